@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * api.c - the public dedup_* functions (libdedup.h).
+ *
+ * Each takes eng.lock for the time it touches engine state, returns 0 or a
+ * negative errno, and never crashes on bad arguments. Runs in application
+ * threads.
+ */
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+DD_API int dedup_version(void)
+{
+	return DEDUP_VERSION_NUMBER;
+}
+
+static void undo_init(void)
+{
+	if (eng.scratch)
+		munmap((void *)eng.scratch, (dd_opt.batch_pages + 2) * DD_PAGE);
+	eng.scratch = 0;
+	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	eng.batch = NULL;
+	dd_index_fini();
+	dd_store_fini();
+	dd_os_close();
+	if (eng.uffd >= 0)
+		close(eng.uffd);
+	eng.uffd = -1;
+}
+
+DD_API int dedup_init(const struct dedup_config *config)
+{
+	const char *why = NULL;
+	int ret;
+
+	pthread_mutex_lock(&eng.lock);
+	if (eng.running) {
+		ret = -EALREADY;
+		goto out;
+	}
+	if (eng.child) {
+		ret = -ECHILD;   /* a fork()ed child shares its parent's uffd */
+		goto out;
+	}
+	ret = dd_options_load(config);
+	if (ret < 0)
+		goto out;
+	ret = dd_uffd_open(&eng.uffd, &why);
+	if (ret < 0) {
+		dd_warn("not merging: %s", why);
+		goto out;
+	}
+	dd_os_probe();
+	eng.vma_budget = dd_opt.vma_budget ? dd_opt.vma_budget
+					   : (uint64_t)dd_feat.max_map_count / 2;
+	static const char zero[DD_PAGE] __attribute__((aligned(64)));
+	eng.zero_hash = dd_hash_page(zero);
+
+	ret = dd_store_init(dd_opt.store_max);
+	if (ret < 0)
+		goto fail;
+	ret = dd_index_init();
+	if (ret < 0)
+		goto fail;
+	eng.batch = dd_vm_alloc((dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	/* S, where pages are moved out during a merge: registered MISSING with
+	 * our uffd (UFFDIO_MOVE wants both ends registered with it). */
+	void *s = mmap(NULL, (dd_opt.batch_pages + 2) * DD_PAGE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (!eng.batch || s == MAP_FAILED) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	eng.scratch = (uintptr_t)s;
+	madvise(s, (dd_opt.batch_pages + 2) * DD_PAGE, MADV_NOHUGEPAGE);
+	ret = dd_uffd_register(eng.uffd, eng.scratch, (dd_opt.batch_pages + 2) * DD_PAGE,
+			       UFFDIO_REGISTER_MODE_MISSING);
+	if (ret < 0)
+		goto fail;
+	eng.nbatch = 0;
+	eng.cursor = 0;
+	eng.scratch_lost = false;
+	ret = dd_engine_start();
+	if (ret < 0)
+		goto fail;
+	eng.running = true;
+	dd_info("engine started (interval %llu ms, cpu %llu%%, batch %llu, vma budget %llu, %s)",
+		(unsigned long long)dd_opt.scan_interval_ms,
+		(unsigned long long)dd_opt.cpu_percent, (unsigned long long)dd_opt.batch_pages,
+		(unsigned long long)eng.vma_budget,
+		dd_feat.pagemap_scan ? "PAGEMAP_SCAN" : "/proc/self/pagemap");
+	ret = 0;
+	goto out;
+fail:
+	dd_err("dedup_init failed: %s", strerror(-ret));
+	undo_init();
+out:
+	pthread_mutex_unlock(&eng.lock);
+	return ret;
+}
+
+DD_API int dedup_register(void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+	int ret;
+
+	if (!len || !dd_page_aligned(a) || !dd_page_aligned(len) || a + len < a)
+		return -EINVAL;
+	pthread_mutex_lock(&eng.lock);
+	if (!eng.running) {
+		ret = -ENODEV;
+		goto out;
+	}
+	if (dd_region_find(a) || (dd_region_find(a + len - 1))) {
+		ret = -EEXIST;
+		goto out;
+	}
+	ret = dd_check_anon_private(a, a + len);
+	if (ret < 0)
+		goto out;
+	ret = dd_region_add(a, len);   /* also catches a region strictly inside */
+	if (ret < 0)
+		goto out;
+	ret = dd_uffd_register(eng.uffd, a, len, UFFDIO_REGISTER_MODE_WP);
+	if (ret < 0) {
+		dd_region_remove(a, len, true);
+		if (ret == -EINVAL)
+			ret = -EINVAL;   /* e.g. mlocked or special mapping */
+	}
+out:
+	pthread_mutex_unlock(&eng.lock);
+	return ret;
+}
+
+DD_API int dedup_unregister(void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+	struct dd_region *r;
+	int ret;
+
+	if (!len || !dd_page_aligned(a) || !dd_page_aligned(len))
+		return -EINVAL;
+	pthread_mutex_lock(&eng.lock);
+	if (!eng.running) {
+		ret = -ENODEV;
+		goto out;
+	}
+	r = dd_region_find(a);
+	if (!r || r->start != a || r->npages * DD_PAGE != len) {
+		ret = -ENOENT;
+		goto out;
+	}
+	/* Unregister the anonymous parts only: merged pages are file mappings
+	 * that were never registered (and the kernel refuses such ranges). */
+	for (size_t i = 0; i < r->npages;) {
+		bool file = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
+		size_t k = i + 1;
+		while (k < r->npages &&
+		       (DD_SLOT_REAL(r->slot[k]) || r->slot[k] == DD_SLOT_COWED) == file)
+			k++;
+		if (!file)
+			dd_uffd_unregister(eng.uffd, a + i * DD_PAGE, (k - i) * DD_PAGE);
+		i = k;
+	}
+	ret = dd_region_remove(a, len, true);
+out:
+	pthread_mutex_unlock(&eng.lock);
+	return ret;
+}
+
+DD_API long dedup_scan_now(void)
+{
+	long merged = 0;
+	size_t scanned = 0;
+	uintptr_t cursor = 0;
+
+	pthread_mutex_lock(&eng.lock);
+	if (!eng.running) {
+		pthread_mutex_unlock(&eng.lock);
+		return -ENODEV;
+	}
+	uint64_t cpu = dd_thread_cpu_ns();
+	while (!dd_scan_step(&cursor, SIZE_MAX / 2, &merged, &scanned))
+		;
+	dd_engine_account_cpu(&cpu);
+	pthread_mutex_unlock(&eng.lock);
+	return merged;
+}
+
+DD_API int dedup_stats(struct dedup_stats *st)
+{
+	if (!st || st->size < sizeof(uint64_t))
+		return -EINVAL;
+	pthread_mutex_lock(&eng.lock);
+	dd_stats_snapshot(st);
+	pthread_mutex_unlock(&eng.lock);
+	return 0;
+}
+
+DD_API int dedup_shutdown(void)
+{
+	pthread_mutex_lock(&eng.lock);
+	if (!eng.running) {
+		pthread_mutex_unlock(&eng.lock);
+		return -ENODEV;
+	}
+	eng.running = false;
+	pthread_mutex_unlock(&eng.lock);
+	dd_engine_stop();   /* joins: the engine thread needs eng.lock */
+
+	pthread_mutex_lock(&eng.lock);
+	if (dd_opt.log_level == DEDUP_LOG_STATS)
+		dd_stats_print(2);
+	/* Closing the uffd unregisters every range and wakes any waiter;
+	 * merged pages keep the memfd alive through their mappings. */
+	dd_region_fini();
+	undo_init();
+	pthread_mutex_unlock(&eng.lock);
+	return 0;
+}

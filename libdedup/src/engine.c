@@ -1,0 +1,379 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * engine.c - libdedup's threads and their event loops.
+ *
+ *  - The engine thread scans and merges (scan.c, merge.c) one step at a
+ *    time under eng.lock, and paces itself between steps: a CPU share of
+ *    one core (DEDUP_CPU) and an optional page rate (DEDUP_PAGES_PER_SEC).
+ *    Its loop is an io_uring waiting on a timeout and on an eventfd
+ *    (ctl_fd) that carries "stop" and "scan now".
+ *  - The uffd reader thread waits (io_uring poll) for the userfaultfd to be
+ *    readable, then reads every pending message under eng.gate. It never
+ *    takes eng.lock and never waits on the merger beyond the gate, which is
+ *    only held for one batch's merge window: so an application thread that
+ *    triggers a non-cooperative event (madvise, mremap) is acknowledged
+ *    within one batch, and nothing can deadlock on our own events.
+ *
+ * Fault messages the reader sees were raised while a window was open; the
+ * merger has woken them already (UFFDIO_WAKE after every window). Anything
+ * else - a write-protected page outside a window, an empty PTE in a MISSING
+ * range that is not parked - is resolved here: un-protect, or map the zero
+ * page, and wake.
+ *
+ * fork(): pthread_atfork handlers take eng.lock and eng.gate before the
+ * fork, so a child never inherits a window half done (a page moved out of
+ * its place). The child has no engine threads; its copy of libdedup is
+ * marked stopped.
+ */
+#include <liburing.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+struct dd_engine eng = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.gate = PTHREAD_MUTEX_INITIALIZER,
+	.uffd = -1,
+	.ctl_fd = -1,
+	.reader_fd = -1,
+};
+
+enum { CTL_STOP = 1, CTL_KICK = 2 };
+
+void dd_engine_account_cpu(uint64_t *last)
+{
+	uint64_t now = dd_thread_cpu_ns();
+	DD_INC(engine_cpu_ns, now - *last);
+	*last = now;
+}
+
+/* ---- the uffd reader ---------------------------------------------------- */
+
+static void record_event(uint8_t type, uintptr_t from, uintptr_t to, size_t len)
+{
+	uint64_t h = atomic_load(&eng.ev_head);
+	eng.ev[h % DD_EVRING] = (struct dd_event){ type, from, to, len };
+	atomic_store(&eng.ev_head, h + 1);
+}
+
+/* Read and handle everything pending. Called with eng.gate held. */
+static void drain_uffd(void)
+{
+	struct uffd_msg msg[32];
+	uintptr_t wp[64], missing[64];
+	size_t nwp = 0, nmissing = 0;
+
+	for (int round = 0; round < 64; round++) {
+		ssize_t r = read(eng.uffd, msg, sizeof(msg));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r > 0) {
+			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
+				struct uffd_msg *m = &msg[i];
+				uintptr_t a;
+				switch (m->event) {
+				case UFFD_EVENT_PAGEFAULT:
+					a = m->arg.pagefault.address & ~(uintptr_t)(DD_PAGE - 1);
+					if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+						if (nwp < DD_ARRAY_SIZE(wp))
+							wp[nwp++] = a;
+					} else if (a != atomic_load(&eng.parked) &&
+						   nmissing < DD_ARRAY_SIZE(missing)) {
+						missing[nmissing++] = a;
+					}
+					break;
+				case UFFD_EVENT_REMOVE:
+					record_event(UFFD_EVENT_REMOVE, m->arg.remove.start, 0,
+						     m->arg.remove.end - m->arg.remove.start);
+					break;
+				case UFFD_EVENT_REMAP:
+					record_event(UFFD_EVENT_REMAP, m->arg.remap.from,
+						     m->arg.remap.to, m->arg.remap.len);
+					break;
+				default:
+					break;
+				}
+			}
+			if (nwp < DD_ARRAY_SIZE(wp) && nmissing < DD_ARRAY_SIZE(missing))
+				continue;
+		}
+		/* Nothing more to read (or arrays full): resolve strays. These
+		 * ioctls fail with EAGAIN while an event is pending; then read
+		 * again, which acknowledges it. */
+		bool again = false;
+		while (nwp) {
+			if (dd_uffd_wp(eng.uffd, wp[nwp - 1], DD_PAGE, false) == -EAGAIN) {
+				again = true;
+				break;
+			}
+			nwp--;
+		}
+		while (!again && nmissing) {
+			struct uffdio_zeropage z = {
+				.range = { .start = missing[nmissing - 1], .len = DD_PAGE },
+			};
+			if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno == EAGAIN) {
+				again = true;
+				break;
+			}
+			dd_uffd_wake(eng.uffd, missing[nmissing - 1], DD_PAGE);
+			nmissing--;
+		}
+		if (!again && (r <= 0))
+			return;
+	}
+}
+
+static void *reader_main(void *arg)
+{
+	struct io_uring ring;
+	uint64_t cpu = dd_thread_cpu_ns();
+	int ret = io_uring_queue_init(4, &ring, 0);
+
+	if (ret < 0) {
+		/* No io_uring (seccomp, old kernel): a plain poll() loop. */
+		struct pollfd p[2] = { { eng.uffd, POLLIN, 0 }, { eng.reader_fd, POLLIN, 0 } };
+		while (!atomic_load(&eng.stop)) {
+			if (poll(p, 2, -1) < 0)
+				continue;
+			if (p[1].revents)
+				break;
+			pthread_mutex_lock(&eng.gate);
+			drain_uffd();
+			pthread_mutex_unlock(&eng.gate);
+			dd_engine_account_cpu(&cpu);
+		}
+		return NULL;
+	}
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_poll_add(sqe, eng.reader_fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, 2);
+	for (;;) {
+		sqe = io_uring_get_sqe(&ring);
+		io_uring_prep_poll_add(sqe, eng.uffd, POLLIN);
+		io_uring_sqe_set_data64(sqe, 1);
+		io_uring_submit(&ring);
+		struct io_uring_cqe *cqe;
+		if (io_uring_wait_cqe(&ring, &cqe) < 0)
+			continue;
+		uint64_t what = io_uring_cqe_get_data64(cqe);
+		io_uring_cqe_seen(&ring, cqe);
+		if (what == 2 || atomic_load(&eng.stop))
+			break;
+		pthread_mutex_lock(&eng.gate);
+		drain_uffd();
+		pthread_mutex_unlock(&eng.gate);
+		dd_engine_account_cpu(&cpu);
+	}
+	io_uring_queue_exit(&ring);
+	dd_engine_account_cpu(&cpu);
+	return NULL;
+}
+
+/* ---- region upkeep from events ---------------------------------------- */
+
+/*
+ * Apply REMAP events to the regions (eng.lock held): the registration moved
+ * with the VMA, so the moved part is tracked at its new address. REMOVE
+ * needs nothing: discarded pages are simply not present at the next pass.
+ */
+static void apply_events(void)
+{
+	pthread_mutex_lock(&eng.gate);
+	uint64_t head = atomic_load(&eng.ev_head);
+	if (head - eng.ev_applied > DD_EVRING) {
+		dd_warn("missed %llu mapping events; re-checking every region",
+			(unsigned long long)(head - eng.ev_applied - DD_EVRING));
+		eng.ev_applied = head - DD_EVRING;
+	}
+	for (; eng.ev_applied < head; eng.ev_applied++) {
+		struct dd_event e = eng.ev[eng.ev_applied % DD_EVRING];
+		if (e.type != UFFD_EVENT_REMAP)
+			continue;
+		if (dd_region_remove(e.from, e.len, false) == 0)
+			dd_region_add(e.to, e.len);
+	}
+	pthread_mutex_unlock(&eng.gate);
+}
+
+/* ---- the engine thread ---------------------------------------------------- */
+
+struct waiter {
+	struct io_uring ring;
+	bool ok;
+	uint64_t ctl_buf;
+	bool ctl_armed;
+	uint64_t tseq;
+};
+
+static void arm_ctl(struct waiter *w)
+{
+	if (w->ctl_armed)
+		return;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	io_uring_prep_read(sqe, eng.ctl_fd, &w->ctl_buf, sizeof(w->ctl_buf), 0);
+	io_uring_sqe_set_data64(sqe, 0);
+	w->ctl_armed = true;
+}
+
+/* Sleep up to ns; returns early (true) when the control eventfd fires. */
+static bool wait_ns(struct waiter *w, uint64_t ns)
+{
+	if (!w->ok) {
+		struct pollfd p = { eng.ctl_fd, POLLIN, 0 };
+		int ms = ns / 1000000 ? (int)(ns / 1000000) : 1;
+		if (poll(&p, 1, ms) > 0) {
+			uint64_t v;
+			(void)!read(eng.ctl_fd, &v, sizeof(v));
+			return true;
+		}
+		return false;
+	}
+	struct __kernel_timespec ts = { (long long)(ns / 1000000000ULL), (long long)(ns % 1000000000ULL) };
+	uint64_t tag = ++w->tseq;
+	arm_ctl(w);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	io_uring_prep_timeout(sqe, &ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, tag);
+	io_uring_submit(&w->ring);
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		if (io_uring_wait_cqe(&w->ring, &cqe) < 0)
+			return false;
+		uint64_t what = io_uring_cqe_get_data64(cqe);
+		io_uring_cqe_seen(&w->ring, cqe);
+		if (what == 0) {
+			w->ctl_armed = false;
+			/* cancel our timeout so it does not linger */
+			sqe = io_uring_get_sqe(&w->ring);
+			io_uring_prep_timeout_remove(sqe, tag, 0);
+			io_uring_sqe_set_data64(sqe, UINT64_MAX);
+			io_uring_submit(&w->ring);
+			return true;
+		}
+		if (what == tag)
+			return false;
+		/* a stale timeout or a timeout-remove completion: ignore */
+	}
+}
+
+static void *engine_main(void *arg)
+{
+	struct waiter w = { 0 };
+	uintptr_t cursor = 0;
+	uint64_t cpu = dd_thread_cpu_ns();
+	const size_t step = 1024;
+
+	w.ok = io_uring_queue_init(8, &w.ring, 0) == 0;
+	while (!atomic_load(&eng.stop)) {
+		long merged = 0;
+		size_t scanned = 0;
+		uint64_t t0 = dd_now_ns(), c0 = dd_thread_cpu_ns();
+
+		pthread_mutex_lock(&eng.lock);
+		apply_events();
+		bool done = dd_scan_step(&cursor, step, &merged, &scanned);
+		pthread_mutex_unlock(&eng.lock);
+		dd_engine_account_cpu(&cpu);
+
+		/* pacing: CPU share, then page rate */
+		uint64_t used = dd_thread_cpu_ns() - c0, wall = dd_now_ns() - t0;
+		uint64_t pause = used * (100 - dd_opt.cpu_percent) / dd_opt.cpu_percent;
+		if (dd_opt.pages_per_sec) {
+			uint64_t want = scanned * 1000000000ULL / dd_opt.pages_per_sec;
+			if (want > wall && want - wall > pause)
+				pause = want - wall;
+		}
+		if (done)
+			pause += dd_opt.scan_interval_ms * 1000000ULL;
+		if (pause >= 50000 && wait_ns(&w, pause))
+			continue;   /* stop or kick: re-check */
+	}
+	if (w.ok)
+		io_uring_queue_exit(&w.ring);
+	dd_engine_account_cpu(&cpu);
+	return NULL;
+}
+
+/* ---- fork ----------------------------------------------------------------- */
+
+static bool atfork_done;
+
+static void prefork(void)
+{
+	pthread_mutex_lock(&eng.lock);
+	pthread_mutex_lock(&eng.gate);
+}
+
+static void postfork_parent(void)
+{
+	pthread_mutex_unlock(&eng.gate);
+	pthread_mutex_unlock(&eng.lock);
+}
+
+static void postfork_child(void)
+{
+	/* No threads of ours here. The uffd is shared with the parent (same
+	 * open file) and our child's VMAs are unregistered (no EVENT_FORK):
+	 * the child runs untouched and never merges. */
+	pthread_mutex_init(&eng.gate, NULL);
+	pthread_mutex_init(&eng.lock, NULL);
+	eng.running = false;
+	eng.child = true;
+}
+
+int dd_engine_start(void)
+{
+	int ret;
+
+	if (!atfork_done) {
+		pthread_atfork(prefork, postfork_parent, postfork_child);
+		atfork_done = true;
+	}
+	eng.ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	eng.reader_fd = eventfd(0, EFD_CLOEXEC);
+	if (eng.ctl_fd < 0 || eng.reader_fd < 0)
+		return -errno;
+	atomic_store(&eng.stop, false);
+	ret = pthread_create(&eng.reader_thr, NULL, reader_main, NULL);
+	if (ret)
+		return -ret;
+	ret = pthread_create(&eng.engine_thr, NULL, engine_main, NULL);
+	if (ret) {
+		uint64_t one = 1;
+		atomic_store(&eng.stop, true);
+		(void)!write(eng.reader_fd, &one, sizeof(one));
+		pthread_join(eng.reader_thr, NULL);
+		return -ret;
+	}
+	pthread_setname_np(eng.engine_thr, "dedup-engine");
+	pthread_setname_np(eng.reader_thr, "dedup-uffd");
+	return 0;
+}
+
+void dd_engine_kick(void)
+{
+	uint64_t one = 1;
+	if (eng.ctl_fd >= 0)
+		(void)!write(eng.ctl_fd, &one, sizeof(one));
+}
+
+void dd_engine_stop(void)
+{
+	uint64_t one = 1;
+
+	atomic_store(&eng.stop, true);
+	(void)!write(eng.ctl_fd, &one, sizeof(one));
+	pthread_join(eng.engine_thr, NULL);
+	(void)!write(eng.reader_fd, &one, sizeof(one));
+	pthread_join(eng.reader_thr, NULL);
+	close(eng.ctl_fd);
+	close(eng.reader_fd);
+	eng.ctl_fd = eng.reader_fd = -1;
+}

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * index.c - the two indexes of the merge, as in ksm.c:
+ *
+ *  - stable: hash -> canonical slot, for pages that are already shared.
+ *    Lives as long as the slot (store.c removes entries it releases).
+ *  - unstable: hash -> address of a candidate seen in this pass that did not
+ *    match a stable page. A second candidate with the same hash (and, checked
+ *    by the scanner, the same content) makes a new stable page. The unstable
+ *    index is not trusted across passes: every pass starts it afresh (a
+ *    generation number makes that O(1)), because the pages it points to are
+ *    not protected and may have changed.
+ *
+ * A hash is never trusted for merging: merge.c compares the full page.
+ * Both are open-addressing tables with linear probing, in dd_vm memory.
+ * Hash value 0 is never stored (dd_hash_page() maps it to 1).
+ *
+ * Locking: eng.lock held by every caller.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+struct stable_ent { uint64_t hash; uint32_t slot; uint32_t used; };  /* used: 0 empty, 1 live, 2 dead */
+struct unstable_ent { uint64_t hash; uintptr_t addr; uint64_t gen; };
+
+static struct {
+	struct stable_ent *s;
+	size_t s_cap, s_live, s_dead;
+	struct unstable_ent *u;
+	size_t u_cap, u_live;
+	uint64_t gen;
+} ix;
+
+static inline size_t mix(uint64_t h, size_t cap)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return (size_t)h & (cap - 1);
+}
+
+int dd_index_init(void)
+{
+	memset(&ix, 0, sizeof(ix));
+	ix.s_cap = 1024;
+	ix.u_cap = 1024;
+	ix.s = dd_vm_alloc(ix.s_cap * sizeof(*ix.s));
+	ix.u = dd_vm_alloc(ix.u_cap * sizeof(*ix.u));
+	ix.gen = 1;
+	return ix.s && ix.u ? 0 : -ENOMEM;
+}
+
+void dd_index_fini(void)
+{
+	dd_vm_free(ix.s, ix.s_cap * sizeof(*ix.s));
+	dd_vm_free(ix.u, ix.u_cap * sizeof(*ix.u));
+	memset(&ix, 0, sizeof(ix));
+}
+
+size_t dd_index_bytes(void)
+{
+	return ix.s_cap * sizeof(*ix.s) + ix.u_cap * sizeof(*ix.u);
+}
+
+/* ---- stable ----------------------------------------------------------- */
+
+uint32_t dd_stable_find(uint64_t hash)
+{
+	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
+		struct stable_ent *e = &ix.s[i];
+		if (!e->used)
+			return 0;
+		if (e->used == 1 && e->hash == hash)
+			return e->slot;
+	}
+}
+
+static int stable_rehash(size_t ncap)
+{
+	struct stable_ent *old = ix.s, *n = dd_vm_alloc(ncap * sizeof(*n));
+	size_t ocap = ix.s_cap;
+
+	if (!n)
+		return -ENOMEM;
+	for (size_t i = 0; i < ocap; i++) {
+		if (old[i].used != 1)
+			continue;
+		size_t j = mix(old[i].hash, ncap);
+		while (n[j].used)
+			j = (j + 1) & (ncap - 1);
+		n[j] = old[i];
+	}
+	ix.s = n;
+	ix.s_cap = ncap;
+	ix.s_dead = 0;
+	dd_vm_free(old, ocap * sizeof(*old));
+	return 0;
+}
+
+int dd_stable_insert(uint64_t hash, uint32_t slot)
+{
+	if ((ix.s_live + ix.s_dead + 1) * 4 > ix.s_cap * 3 &&
+	    stable_rehash(ix.s_live * 4 > ix.s_cap ? ix.s_cap * 2 : ix.s_cap) < 0)
+		return -ENOMEM;
+	size_t i = mix(hash, ix.s_cap);
+	while (ix.s[i].used == 1)
+		i = (i + 1) & (ix.s_cap - 1);
+	if (ix.s[i].used == 2)
+		ix.s_dead--;
+	ix.s[i] = (struct stable_ent){ hash, slot, 1 };
+	ix.s_live++;
+	return 0;
+}
+
+void dd_stable_remove(uint64_t hash, uint32_t slot)
+{
+	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
+		struct stable_ent *e = &ix.s[i];
+		if (!e->used)
+			return;
+		if (e->used == 1 && e->hash == hash && e->slot == slot) {
+			e->used = 2;
+			ix.s_live--;
+			ix.s_dead++;
+			return;
+		}
+	}
+}
+
+/* ---- unstable --------------------------------------------------------- */
+
+void dd_unstable_reset(void)
+{
+	ix.gen++;
+	ix.u_live = 0;
+}
+
+uintptr_t dd_unstable_find(uint64_t hash)
+{
+	for (size_t i = mix(hash, ix.u_cap);; i = (i + 1) & (ix.u_cap - 1)) {
+		struct unstable_ent *e = &ix.u[i];
+		if (e->gen != ix.gen)
+			return 0;
+		if (e->hash == hash && e->addr)
+			return e->addr;
+	}
+}
+
+static int unstable_grow(void)
+{
+	size_t ocap = ix.u_cap, ncap = ocap * 2;
+	struct unstable_ent *old = ix.u, *n = dd_vm_alloc(ncap * sizeof(*n));
+
+	if (!n)
+		return -ENOMEM;
+	for (size_t i = 0; i < ocap; i++) {
+		if (old[i].gen != ix.gen || !old[i].addr)
+			continue;
+		size_t j = mix(old[i].hash, ncap);
+		while (n[j].gen == ix.gen)
+			j = (j + 1) & (ncap - 1);
+		n[j] = old[i];
+	}
+	ix.u = n;
+	ix.u_cap = ncap;
+	dd_vm_free(old, ocap * sizeof(*old));
+	return 0;
+}
+
+int dd_unstable_insert(uint64_t hash, uintptr_t addr)
+{
+	if ((ix.u_live + 1) * 4 > ix.u_cap * 3 && unstable_grow() < 0)
+		return -ENOMEM;
+	size_t i = mix(hash, ix.u_cap);
+	while (ix.u[i].gen == ix.gen)
+		i = (i + 1) & (ix.u_cap - 1);
+	ix.u[i] = (struct unstable_ent){ hash, addr, ix.gen };
+	ix.u_live++;
+	return 0;
+}
+
+void dd_unstable_remove(uint64_t hash)
+{
+	for (size_t i = mix(hash, ix.u_cap);; i = (i + 1) & (ix.u_cap - 1)) {
+		struct unstable_ent *e = &ix.u[i];
+		if (e->gen != ix.gen)
+			return;
+		if (e->hash == hash && e->addr) {
+			e->addr = 0;   /* stays as a probe-chain marker until next pass */
+			return;
+		}
+	}
+}

@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - types and declarations shared by libdedup's modules.
+ *
+ * Module map (one concern per file; "where does a page get replaced?" is
+ * merge.c):
+ *   os.c       the OS boundary: userfaultfd ioctls, memfd, PAGEMAP_SCAN,
+ *              /proc reads, full read/write helpers. Nothing else calls
+ *              ioctl() or parses /proc.
+ *   vm.c       memory for our own tables, straight from mmap: no thread of
+ *              ours ever calls the application's malloc (see below).
+ *   store.c    the canonical page store: memfd slots, reference counts,
+ *              hole punching and slot reuse.
+ *   index.c    the stable index (hash -> canonical slot) and the unstable
+ *              index (hash -> candidate address, rebuilt every pass).
+ *   region.c   registered ranges and their per-page metadata.
+ *   scan.c     one pass: which pages are present, hashing, candidate choice.
+ *   merge.c    the merge protocol (write-protect, compare, move, replace,
+ *              wake) on a batch of candidates.
+ *   engine.c   threads (engine, uffd reader), event loops, pacing, fork.
+ *   options.c  the option table (environment and struct dedup_config).
+ *   stats.c    counters, snapshot and printers.
+ *   api.c      the public dedup_* functions.
+ *
+ * Locks (always taken in this order):
+ *   eng.lock   protects regions, indexes, store metadata and the batch.
+ *              Held by the engine thread for one batch at a time, and by
+ *              API calls. Never held while waiting for the application.
+ *   eng.gate   the merge window: held by the merger from the write-protect
+ *              of a batch to its wake-up, and by the uffd reader around every
+ *              read() of the userfaultfd. Because the reader cannot read
+ *              (and so acknowledge) a non-cooperative event while a window is
+ *              open, an madvise(MADV_DONTNEED) that races with a merge waits
+ *              until the merge is complete. Nothing done under the gate
+ *              raises a uffd event, so the gate cannot deadlock.
+ *
+ * Rule for every thread of ours and every interposed call: no application
+ * malloc, no stdio, no lock that application code can hold. An application
+ * thread may be blocked on a page we protected while holding its malloc
+ * lock; if we then waited for that lock we would never wake it.
+ */
+#ifndef DEDUP_INTERNAL_H
+#define DEDUP_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "libdedup.h"
+
+#define DD_PAGE_SHIFT 12
+#define DD_PAGE ((size_t)1 << DD_PAGE_SHIFT)
+#define DD_HIDDEN __attribute__((visibility("hidden")))
+#define DD_API __attribute__((visibility("default")))
+#define dd_likely(x) __builtin_expect(!!(x), 1)
+#define dd_unlikely(x) __builtin_expect(!!(x), 0)
+#define DD_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static inline bool dd_page_aligned(uintptr_t x) { return (x & (DD_PAGE - 1)) == 0; }
+
+/* ---- log.c ---------------------------------------------------------- */
+void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define dd_err(...) dd_log(DEDUP_LOG_ERROR, __VA_ARGS__)
+#define dd_warn(...) dd_log(DEDUP_LOG_WARN, __VA_ARGS__)
+#define dd_info(...) dd_log(DEDUP_LOG_INFO, __VA_ARGS__)
+#define dd_debug(...) dd_log(DEDUP_LOG_DEBUG, __VA_ARGS__)
+
+/* ---- options.c ------------------------------------------------------ */
+/* X(name, type, env, default, min, max, is_size, help) */
+#define DD_OPTIONS(X)                                                                \
+	X(scan_interval_ms, uint64_t, "DEDUP_INTERVAL", 200, 0, 3600000, 0,          \
+	  "milliseconds to pause between full passes")                               \
+	X(pages_per_sec, uint64_t, "DEDUP_PAGES_PER_SEC", 0, 0, UINT64_MAX / 2, 1,   \
+	  "cap on pages scanned per second (0: no cap; K/M suffixes)")               \
+	X(cpu_percent, uint64_t, "DEDUP_CPU", 25, 1, 100, 0,                        \
+	  "engine CPU budget, percent of one core")                                  \
+	X(zero_pages, uint64_t, "DEDUP_ZERO_PAGES", 1, 0, 1, 0,                     \
+	  "merge zero-filled pages into the kernel zero page (1/0)")                 \
+	X(vma_budget, uint64_t, "DEDUP_VMA_BUDGET", 0, 0, UINT64_MAX / 2, 1,        \
+	  "mappings the engine may add (0: half of vm.max_map_count)")               \
+	X(min_region, uint64_t, "DEDUP_MIN_REGION", 65536, 4096, UINT64_MAX / 2, 1, \
+	  "smallest range the preload library registers, bytes")                     \
+	X(log_level, uint64_t, "DEDUP_LOG", 2, 0, 5, 0,                             \
+	  "quiet|error|warn|info|debug|stats")                                       \
+	X(batch_pages, uint64_t, "DEDUP_BATCH", 64, 1, 512, 0,                      \
+	  "pages write-protected and merged as one batch")                           \
+	X(test_hash_bits, uint64_t, "DEDUP_TEST_HASH_BITS", 64, 1, 64, 0,           \
+	  "test hook: keep only this many hash bits (forces collisions)")            \
+	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
+	  "largest canonical page store (memfd), bytes")
+
+struct dd_options {
+#define X(name, type, env, def, lo, hi, sz, help) type name;
+	DD_OPTIONS(X)
+#undef X
+};
+extern struct dd_options dd_opt;
+int dd_options_load(const struct dedup_config *cfg);
+int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out);
+
+/* ---- stats.c -------------------------------------------------------- */
+/* X(name, help): every counter of struct dedup_stats that the engine keeps. */
+#define DD_COUNTERS(X)                                                           \
+	X(pages_scanned, "pages hashed")                                         \
+	X(full_passes, "completed passes over all regions")                      \
+	X(candidates, "pages unchanged since the last pass, offered to merge")   \
+	X(merges, "successful merges (all time)")                                \
+	X(cow_breaks, "merged pages later written (copied by the kernel)")       \
+	X(skipped_volatile, "pages skipped: changed since the last pass")        \
+	X(skipped_budget, "pages skipped: VMA budget spent")                     \
+	X(skipped_pinned, "pages skipped: pinned or shared (UFFDIO_MOVE EBUSY)") \
+	X(skipped_mismatch, "pages skipped: hash matched, content did not")      \
+	X(skipped_raced, "pages skipped: changed or remapped during the merge")  \
+	X(vmas_added, "mappings added by merging (estimate)")                    \
+	X(store_slots_freed, "canonical pages released")                         \
+	X(engine_cpu_ns, "CPU time of libdedup threads, ns")
+
+struct dd_counters {
+#define X(name, help) _Atomic uint64_t name;
+	DD_COUNTERS(X)
+#undef X
+	_Atomic uint64_t zero_pages;  /* gauge */
+};
+extern struct dd_counters dd_cnt;
+#define DD_INC(name, n) atomic_fetch_add_explicit(&dd_cnt.name, (n), memory_order_relaxed)
+void dd_stats_snapshot(struct dedup_stats *st);
+void dd_stats_print(int fd);
+
+/* ---- vm.c ----------------------------------------------------------- */
+void *dd_vm_alloc(size_t size);              /* zeroed, page granular */
+void dd_vm_free(void *p, size_t size);
+void *dd_vm_grow(void *p, size_t old_size, size_t new_size); /* keeps contents */
+extern _Atomic size_t dd_vm_bytes;           /* metadata bytes in use */
+
+/* ---- os.c ----------------------------------------------------------- */
+struct dd_features {
+	uint64_t uffd_features;   /* what UFFDIO_API granted */
+	bool kernel_faults;       /* uffd handles kernel-mode faults */
+	bool pagemap_scan;        /* PAGEMAP_SCAN ioctl works */
+	long max_map_count;
+};
+extern struct dd_features dd_feat;
+
+int dd_uffd_open(int *fd_out, const char **why);
+int dd_uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
+int dd_uffd_unregister(int uffd, uintptr_t start, size_t len);
+int dd_uffd_wp(int uffd, uintptr_t start, size_t len, bool protect);
+int dd_uffd_wake(int uffd, uintptr_t start, size_t len);
+/* Move pages; returns bytes moved (>= 0) and sets *err to the errno of the
+ * first page that did not move (0 if all moved). */
+ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err);
+
+/* Present-page walk: calls fn(start, end, categories) for each run of
+ * present pages in [start, end). Returns 0 or -errno. */
+#define DD_PG_FILE 1u
+#define DD_PG_ZERO 2u
+typedef void (*dd_present_fn)(void *ctx, uintptr_t start, uintptr_t end, unsigned flags);
+int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx);
+void dd_os_probe(void);
+void dd_os_close(void);
+
+/* VMA facts read from /proc/self/maps. */
+long dd_count_maps(const char *needle, long *matching);
+/* 0 if [start,end) is covered by private, writable, anonymous mappings. */
+int dd_check_anon_private(uintptr_t start, uintptr_t end);
+
+ssize_t dd_read_full(int fd, void *buf, size_t len);
+ssize_t dd_write_full(int fd, const void *buf, size_t len);
+uint64_t dd_now_ns(void);
+uint64_t dd_thread_cpu_ns(void);
+
+/* ---- store.c -------------------------------------------------------- */
+#define DD_SLOT_NONE 0u
+#define DD_SLOT_ZERO 0xffffffffu  /* page was merged into the zero page */
+#define DD_SLOT_COWED 0xfffffffeu /* was merged, then copied: anonymous page
+                                     inside a file VMA of ours */
+#define DD_SLOT_REAL(s) ((s) != DD_SLOT_NONE && (s) < DD_SLOT_COWED)
+/* Slot references in page metadata are slot index + 1. */
+int dd_store_init(size_t max_bytes);
+void dd_store_fini(void);
+int dd_store_fd(void);
+uint32_t dd_store_new(const void *content, uint32_t hint); /* 0 on failure */
+const void *dd_store_page(uint32_t slot);
+void dd_store_get(uint32_t slot);
+void dd_store_put(uint32_t slot);   /* frees (punches) at zero */
+uint32_t dd_store_refs(uint32_t slot);
+uint64_t dd_store_hash(uint32_t slot);
+void dd_store_set_hash(uint32_t slot, uint64_t h);
+uint64_t dd_store_sharing(void);    /* sum of refs */
+uint64_t dd_store_shared(void);     /* slots with refs > 0 */
+
+/* ---- index.c -------------------------------------------------------- */
+int dd_index_init(void);
+void dd_index_fini(void);
+uint32_t dd_stable_find(uint64_t hash);
+int dd_stable_insert(uint64_t hash, uint32_t slot);
+void dd_stable_remove(uint64_t hash, uint32_t slot);
+void dd_unstable_reset(void);     /* new pass: forget all candidates */
+uintptr_t dd_unstable_find(uint64_t hash);
+int dd_unstable_insert(uint64_t hash, uintptr_t addr);
+void dd_unstable_remove(uint64_t hash);
+size_t dd_index_bytes(void);
+
+/* ---- region.c ------------------------------------------------------- */
+struct dd_region {
+	uintptr_t start;
+	size_t npages;
+	uint64_t *hash;    /* last pass's checksum per page (0: none yet) */
+	uint32_t *slot;    /* DD_SLOT_NONE / DD_SLOT_ZERO / canonical slot + 1 */
+};
+int dd_region_add(uintptr_t start, size_t len);
+int dd_region_remove(uintptr_t start, size_t len, bool exact);
+struct dd_region *dd_region_find(uintptr_t addr);
+size_t dd_region_count(void);
+struct dd_region *dd_region_at(size_t i);
+void dd_region_fini(void);
+uint64_t dd_region_bytes(void);
+
+/* ---- engine.c: the process-wide engine state -------------------------- */
+struct dd_merge_item {
+	uintptr_t addr;
+	uint32_t target;   /* slot + 1, or DD_SLOT_ZERO */
+	uint32_t state;    /* merge.c's per-item state */
+};
+
+#define DD_EVRING 1024
+struct dd_event {
+	uint8_t type;            /* UFFD_EVENT_REMOVE or UFFD_EVENT_REMAP */
+	uintptr_t from, to;      /* REMOVE: [from, from+len) */
+	size_t len;
+};
+
+struct dd_engine {
+	pthread_mutex_t lock;   /* see the top of this file */
+	pthread_mutex_t gate;
+	int uffd;
+	int ctl_fd;             /* eventfd: wakes the engine (scan-now, stop) */
+	int reader_fd;          /* eventfd: stops the uffd reader */
+	bool running;
+	_Atomic bool stop;
+	pthread_t engine_thr, reader_thr;
+	uintptr_t scratch;      /* S: batch_pages pages, registered MISSING */
+	struct dd_merge_item *batch;
+	size_t nbatch;
+	/* REMOVE/REMAP events read by the uffd reader (written under the gate):
+	 * merge.c follows them for a parked page, engine.c applies REMAPs to
+	 * the regions. */
+	struct dd_event ev[DD_EVRING];
+	_Atomic uint64_t ev_head;      /* sequence of the next event */
+	uint64_t ev_applied;           /* engine: events applied to regions */
+	_Atomic uintptr_t parked;      /* address whose page sits in S (merge.c) */
+	bool scratch_lost;
+	bool child;                    /* we are a fork()ed child */
+	uintptr_t cursor;              /* dedup_scan_now's pass */
+	/* VMA accounting for the budget */
+	long maps_at_pass;      /* /proc/self/maps lines at pass start */
+	long vmas_this_pass;
+	uint64_t vma_budget;
+	uint64_t zero_hash;
+	uint64_t pass_gen;
+	uint64_t cpu_base;      /* thread CPU already added to the counter */
+};
+extern struct dd_engine eng;
+
+int dd_engine_start(void);
+void dd_engine_stop(void);
+void dd_engine_kick(void);
+void dd_engine_account_cpu(uint64_t *last);
+
+/* ---- scan.c / merge.c --------------------------------------------------- */
+bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned);
+long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
+uint64_t dd_hash_page(const void *p);
+
+#endif /* DEDUP_INTERNAL_H */

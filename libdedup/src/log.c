@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * log.c - one line per message on stderr, without stdio or malloc.
+ *
+ * Runs in any thread, including the uffd reader and interposed calls, so it
+ * formats into a stack buffer and issues a single write(2): no FILE lock that
+ * an application thread (possibly blocked on a page we protected) could hold.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+void dd_log(int level, const char *fmt, ...)
+{
+	char buf[512];
+	int n;
+	va_list ap;
+
+	if (level > (int)dd_opt.log_level || dd_opt.log_level == DEDUP_LOG_QUIET)
+		if (!(dd_opt.log_level == DEDUP_LOG_STATS && level <= DEDUP_LOG_WARN))
+			return;
+	n = snprintf(buf, sizeof(buf), "libdedup[%d]: ", (int)getpid());
+	va_start(ap, fmt);
+	n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(buf) - 2)
+		n = (int)sizeof(buf) - 2;
+	buf[n++] = '\n';
+	dd_write_full(STDERR_FILENO, buf, (size_t)n);
+}

@@ -1,0 +1,446 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * merge.c - the merge protocol: where a page gets replaced.
+ *
+ * DOC: Overview
+ *
+ * A candidate page A (anonymous, private, registered with our userfaultfd in
+ * write-protect mode) is to be replaced by a mapping of canonical page C
+ * (a memfd slot, mapped MAP_PRIVATE) or by nothing at all (a zero page: an
+ * empty PTE reads as zeros and a write gets a fresh page). The scanner's hash
+ * match is only a hint. A batch of candidates is sorted by address and cut
+ * into windows of contiguous pages; each window goes through these steps
+ * while we hold eng.gate (see internal.h):
+ *
+ *  1. Write-protect the window (UFFDIO_WRITEPROTECT). From here on a user-
+ *     or kernel-mode write to A blocks in the kernel and waits for us (our
+ *     uffd handles kernel faults, so read(2) into A waits instead of failing).
+ *  2. Compare every page of the window with its target, byte for byte.
+ *     A page that differs is dropped (un-protected at the end).
+ *  3. Register the window MISSING|WP (a re-registration, same uffd). Once we
+ *     move a page out, its PTE is empty; in a WP-only range an access to an
+ *     empty PTE silently maps zeros, with MISSING it waits for us.
+ *     (Step 2 is done before this one on purpose: reading an empty PTE in a
+ *     MISSING range would block this very thread.)
+ *  4. Move the pages out to our scratch area S with UFFDIO_MOVE. This is the
+ *     pin check that write protection cannot give: the kernel refuses with
+ *     EBUSY a page that is pinned (FOLL_PIN: O_DIRECT in flight, io_uring
+ *     fixed buffers; a device could still write into it after we replaced
+ *     the mapping) or not exclusively ours (shared copy-on-write with a
+ *     forked child). Such pages stay in place and are counted as pinned.
+ *     UFFDIO_MOVE also fails with EAGAIN while a non-cooperative event is
+ *     pending, and when the VMA is no longer the one we registered.
+ *  5. Compare again, now the copy in S: nobody but us can reach S, so this
+ *     comparison is final. (A device write that landed between step 2 and
+ *     the unpin is caught here.) A page that differs is moved back.
+ *  6. Replace: mmap(MAP_FIXED|MAP_PRIVATE) of the canonical slots over each
+ *     run of moved pages (one call per run of contiguous slots); zero
+ *     targets need nothing, their PTE is already empty. Never MAP_POPULATE:
+ *     it would copy every page.
+ *  7. Restore: unregister and re-register WP-only what is still anonymous
+ *     (a registration cannot drop MISSING), un-protect any dropped page
+ *     that is left, and UFFDIO_WAKE the window: a writer that blocked on A retries on the new mapping and the
+ *     kernel gives it a private copy of C; a reader that blocked on an empty
+ *     PTE reads C or zeros.
+ *
+ * Why the gate: between steps 4 and 6 the application must not discard A
+ * (madvise MADV_DONTNEED/FREE/REMOVE), or we would map C where it expects
+ * zeros. Those calls raise UFFD_EVENT_REMOVE before the kernel zaps, and the
+ * caller waits until the event is read; the reader reads only under the
+ * gate. None of the calls in steps 1-7 raises an event (we do not ask for
+ * UNMAP events), so holding the gate never waits on the reader.
+ *
+ * Leaving the gate with a page in S: un-protecting or moving back fails with
+ * EAGAIN while an event is pending, and the pending event cannot be read
+ * while we hold the gate. Un-protecting can simply be retried after letting
+ * the reader run. Moving back is the one delicate case: the page's content
+ * is in S and its address is empty. We "park" the address (the reader will
+ * not resolve faults on it), release the gate, and when we come back we look
+ * at the events that were read meanwhile: a REMOVE over the address means
+ * the application discarded the page (leave it empty: it reads zeros, as it
+ * should); a REMAP moved it (move back to the new address).
+ *
+ * Known limits (see README "Limits"): we do not see munmap() or mmap(MAP_FIXED)
+ * by the application as events; the API asks the caller to dedup_unregister()
+ * first and the preload library interposes those calls. fork() is fenced by
+ * a pthread_atfork() handler that takes the gate.
+ *
+ * Locking: eng.lock held by the caller; eng.gate taken here.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+enum {
+	IT_LIVE,        /* protected, equal so far */
+	IT_DROP_WP,     /* dropped, still in place and write-protected */
+	IT_MOVED,       /* in S, verified */
+	IT_DONE,        /* merged */
+	IT_GONE,        /* dropped, nothing to undo */
+};
+
+static const char zero_page[DD_PAGE] __attribute__((aligned(64)));
+
+static const void *target_page(uint32_t target)
+{
+	return target == DD_SLOT_ZERO ? zero_page : dd_store_page(target - 1);
+}
+
+static uintptr_t scratch_of(size_t i) { return eng.scratch + i * DD_PAGE; }
+
+static void drop(struct dd_merge_item *it, int state, _Atomic uint64_t *counter)
+{
+	it->state = (uint32_t)state;
+	atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+}
+
+/* Let the uffd reader drain pending events: release the gate briefly. */
+static void let_reader_run(void)
+{
+	pthread_mutex_unlock(&eng.gate);
+	usleep(50);
+	pthread_mutex_lock(&eng.gate);
+}
+
+/* Has a REMOVE covering addr been read since sequence @since? Translate addr
+ * through REMAPs read since then. Returns false if the page was discarded. */
+static bool follow_events(uint64_t since, uintptr_t *addr)
+{
+	uint64_t head = atomic_load(&eng.ev_head);
+
+	if (head - since > DD_EVRING)
+		dd_warn("event ring overflowed while a page was parked at %#lx",
+			(unsigned long)*addr);
+	for (uint64_t s = head - since > DD_EVRING ? head - DD_EVRING : since; s < head; s++) {
+		const struct dd_event *e = &eng.ev[s % DD_EVRING];
+		if (*addr < e->from || *addr >= e->from + e->len)
+			continue;
+		if (e->type == UFFD_EVENT_REMOVE)
+			return false;
+		if (e->type == UFFD_EVENT_REMAP)
+			*addr = e->to + (*addr - e->from);
+	}
+	return true;
+}
+
+/*
+ * Put the page in S back at its address. A is empty and registered
+ * MISSING, so any access to it waits. Returns the address it went back to
+ * (0 if the application discarded it meanwhile).
+ */
+static uintptr_t move_back(size_t i, uintptr_t addr)
+{
+	for (int tries = 0;; tries++) {
+		int err;
+		if (dd_uffd_move(eng.uffd, addr, scratch_of(i), DD_PAGE, &err) == (ssize_t)DD_PAGE)
+			return addr;
+		if (err != EAGAIN || tries > 100000) {
+			/* Cannot happen while A stays registered with us and empty. */
+			dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx",
+			       (unsigned long)addr, err, (unsigned long)scratch_of(i));
+			eng.scratch_lost = true;
+			return 0;
+		}
+		uint64_t since = atomic_load(&eng.ev_head);
+		atomic_store(&eng.parked, addr);
+		let_reader_run();
+		atomic_store(&eng.parked, 0);
+		if (!follow_events(since, &addr))
+			return 0;
+	}
+}
+
+/* Un-protect [a, a+len): retried while events are pending. */
+static void unprotect(uintptr_t a, size_t len)
+{
+	for (int tries = 0; tries < 100000; tries++) {
+		int r = dd_uffd_wp(eng.uffd, a, len, false);
+		if (r != -EAGAIN)
+			return;  /* 0, or the range is no longer ours: nothing to undo */
+		let_reader_run();
+	}
+}
+
+/* VMAs one mmap of pages [i, j) would add (see region.c for the slot codes). */
+static long vma_delta(struct dd_region *r, size_t p, size_t n, uint32_t first, uint32_t last)
+{
+	long d = 0;
+	uint32_t left = p ? r->slot[p - 1] : DD_SLOT_NONE;
+	uint32_t right = p + n < r->npages ? r->slot[p + n] : DD_SLOT_NONE;
+
+	if (left == DD_SLOT_NONE || left == DD_SLOT_ZERO)
+		d++;                       /* splits an anonymous VMA */
+	else if (DD_SLOT_REAL(left) && left + 1 == first)
+		d--;                       /* merges with the file VMA on the left */
+	if (right == DD_SLOT_NONE || right == DD_SLOT_ZERO)
+		d++;
+	else if (DD_SLOT_REAL(right) && right == last + 1)
+		d--;
+	return d + 1;                      /* the new VMA */
+}
+
+static bool budget_allows(long delta)
+{
+	long hard = dd_feat.max_map_count - 256;
+	if ((long)atomic_load(&dd_cnt.vmas_added) + delta > (long)eng.vma_budget)
+		return false;
+	return eng.maps_at_pass + eng.vmas_this_pass + delta <= hard;
+}
+
+/* Length of the run of items from i with state st and contiguous addresses. */
+static size_t run_len(struct dd_merge_item *it, size_t i, size_t n, uint32_t st)
+{
+	size_t j = i + 1;
+	while (j < n && it[j].state == st && it[j].addr == it[j - 1].addr + DD_PAGE)
+		j++;
+	return j - i;
+}
+
+/* Same, and targets that are contiguous slots (one mmap) or all zero. */
+static size_t map_run_len(struct dd_merge_item *it, size_t i, size_t n)
+{
+	size_t j = i + 1;
+	while (j < n && it[j].state == IT_MOVED && it[j].addr == it[j - 1].addr + DD_PAGE &&
+	       ((it[i].target == DD_SLOT_ZERO && it[j].target == DD_SLOT_ZERO) ||
+		(it[i].target != DD_SLOT_ZERO && it[j].target == it[j - 1].target + 1)))
+		j++;
+	return j - i;
+}
+
+/*
+ * One window: items it[0..n), contiguous addresses inside region r;
+ * base is the index of it[0] in the batch (its scratch page).
+ */
+static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n, size_t base)
+{
+	uintptr_t a0 = it[0].addr;
+	size_t len = n * DD_PAGE;
+	long merged = 0;
+
+	/* The VMA budget: drop non-zero runs that would spend too much. */
+	for (size_t i = 0; i < n;) {
+		size_t k = i + 1;
+		if (it[i].target != DD_SLOT_ZERO) {
+			while (k < n && it[k].target == it[k - 1].target + 1)
+				k++;
+			size_t p = (it[i].addr - r->start) / DD_PAGE;
+			if (!budget_allows(vma_delta(r, p, k - i, it[i].target, it[k - 1].target)))
+				for (size_t m = i; m < k; m++)
+					drop(&it[m], IT_GONE, &dd_cnt.skipped_budget);
+		}
+		i = k;
+	}
+
+	/* 1. write-protect */
+	if (dd_uffd_wp(eng.uffd, a0, len, true) < 0) {
+		for (size_t i = 0; i < n; i++)
+			if (it[i].state == IT_LIVE)
+				drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (it[i].state == IT_GONE)
+			it[i].state = IT_DROP_WP;
+
+	/* 2. compare in place */
+	for (size_t i = 0; i < n; i++)
+		if (it[i].state == IT_LIVE &&
+		    memcmp((const void *)it[i].addr, target_page(it[i].target), DD_PAGE))
+			drop(&it[i], IT_DROP_WP, &dd_cnt.skipped_mismatch);
+
+	/* 3. make empty PTEs wait for us */
+	int reg = dd_uffd_register(eng.uffd, a0, len,
+				   UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	if (reg < 0)
+		for (size_t i = 0; i < n; i++)
+			if (it[i].state == IT_LIVE)
+				drop(&it[i], IT_DROP_WP, reg == -ENOMEM ? &dd_cnt.skipped_budget
+									: &dd_cnt.skipped_raced);
+
+	/* 4. move out (the pin check) */
+	for (size_t i = 0; i < n;) {
+		if (it[i].state != IT_LIVE) {
+			i++;
+			continue;
+		}
+		size_t k = run_len(it, i, n, IT_LIVE);
+		int err;
+		ssize_t moved = dd_uffd_move(eng.uffd, scratch_of(base + i), it[i].addr,
+					     k * DD_PAGE, &err);
+		size_t m = moved > 0 ? (size_t)moved / DD_PAGE : 0;
+		for (size_t x = i; x < i + m; x++)
+			it[x].state = IT_MOVED;
+		if (m == k) {
+			i += k;
+		} else if (err == EAGAIN && m > 0) {
+			/* A run stops with EAGAIN at a page it cannot take (a hole,
+			 * probe_move_semantics.c): retry from that page alone. */
+			i += m;
+		} else if (err == EAGAIN) {
+			/* an event is pending: stop this window */
+			for (size_t x = i; x < n; x++)
+				if (it[x].state == IT_LIVE)
+					drop(&it[x], IT_DROP_WP, &dd_cnt.skipped_raced);
+			i = n;
+		} else {
+			/* it[i+m] did not move: EBUSY = pinned, or shared copy-on-write
+			 * with a child (probe_move_not_exclusive.c); ENOENT = gone */
+			drop(&it[i + m], IT_DROP_WP,
+			     err == EBUSY ? &dd_cnt.skipped_pinned : &dd_cnt.skipped_raced);
+			i += m + 1;
+		}
+	}
+
+	/* 5. final comparison, on our private copy */
+	for (size_t i = 0; i < n; i++) {
+		if (it[i].state != IT_MOVED ||
+		    !memcmp((const void *)scratch_of(base + i), target_page(it[i].target), DD_PAGE))
+			continue;
+		DD_INC(skipped_raced, 1);
+		it[i].state = move_back(base + i, it[i].addr) ? IT_DROP_WP : IT_GONE;
+	}
+
+	/* 6. replace */
+	for (size_t i = 0; i < n;) {
+		if (it[i].state != IT_MOVED) {
+			i++;
+			continue;
+		}
+		size_t k = map_run_len(it, i, n);
+		bool ok = true;
+		if (it[i].target != DD_SLOT_ZERO) {
+			size_t p = (it[i].addr - r->start) / DD_PAGE;
+			long delta = vma_delta(r, p, k, it[i].target, it[i + k - 1].target);
+			void *m = mmap((void *)it[i].addr, k * DD_PAGE, PROT_READ | PROT_WRITE,
+				       MAP_FIXED | MAP_PRIVATE, dd_store_fd(),
+				       (off_t)(it[i].target - 1) * (off_t)DD_PAGE);
+			ok = m != MAP_FAILED;
+			if (ok) {
+				eng.vmas_this_pass += delta;
+				DD_INC(vmas_added, delta);
+			}
+		}
+		for (size_t x = i; x < i + k; x++) {
+			if (ok) {
+				it[x].state = IT_DONE;
+				merged++;
+			} else {   /* ENOMEM at the map limit: put it back */
+				DD_INC(skipped_budget, 1);
+				it[x].state = move_back(base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
+			}
+		}
+		i += k;
+	}
+
+	/* 7. restore: WP-only registration on what is still anonymous. A
+	 * registration can only add modes (tests/probe/probe_register_modes.c),
+	 * so MISSING goes with an unregister first; that also drops the
+	 * write-protection of those pages, which is what we want now: every
+	 * page of the window is either merged or given back. While the range is
+	 * briefly unregistered an empty PTE reads as zeros, which is right for
+	 * every empty page left in the window (zero merges, discarded pages). */
+	if (reg == 0) {
+		for (size_t i = 0; i < n;) {
+			bool file = it[i].state == IT_DONE && it[i].target != DD_SLOT_ZERO;
+			size_t k = i + 1;
+			while (k < n && (it[k].state == IT_DONE && it[k].target != DD_SLOT_ZERO) == file)
+				k++;
+			if (!file) {
+				uintptr_t s0 = it[i].addr;
+				size_t l = (k - i) * DD_PAGE;
+				dd_uffd_unregister(eng.uffd, s0, l);
+				if (dd_uffd_register(eng.uffd, s0, l, UFFDIO_REGISTER_MODE_WP) < 0)
+					dd_warn("could not re-register %#lx+%zu: no longer merged",
+						(unsigned long)s0, l);
+				for (size_t x = i; x < k; x++)
+					if (it[x].state == IT_DROP_WP)
+						it[x].state = IT_GONE;
+			}
+			i = k;
+		}
+	}
+	/* ... un-protect the dropped pages (this wakes their writers) ... */
+	for (size_t i = 0; i < n;) {
+		if (it[i].state != IT_DROP_WP) {
+			i++;
+			continue;
+		}
+		size_t k = run_len(it, i, n, IT_DROP_WP);
+		unprotect(it[i].addr, k * DD_PAGE);
+		i += k;
+	}
+	/* ... and wake everybody who waited on the window. */
+	dd_uffd_wake(eng.uffd, a0, len);
+
+	/* Bookkeeping (eng.lock): what each page now maps. */
+	for (size_t i = 0; i < n; i++) {
+		if (it[i].state != IT_DONE)
+			continue;
+		size_t p = (it[i].addr - r->start) / DD_PAGE;
+		if (it[i].target == DD_SLOT_ZERO) {
+			atomic_fetch_add(&dd_cnt.zero_pages, 1);
+		} else {
+			dd_store_get(it[i].target);
+		}
+		r->slot[p] = it[i].target;
+		DD_INC(merges, 1);
+	}
+	return merged;
+}
+
+static int cmp_item(const void *a, const void *b)
+{
+	const struct dd_merge_item *x = a, *y = b;
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+long dd_merge_batch(void)
+{
+	struct dd_merge_item *it = eng.batch;
+	size_t n = eng.nbatch;
+	long merged = 0;
+	bool moved_any = false;
+
+	if (!n)
+		return 0;
+	qsort(it, n, sizeof(*it), cmp_item);
+	for (size_t i = 0; i < n; i++)
+		it[i].state = IT_LIVE;
+
+	pthread_mutex_lock(&eng.gate);
+	for (size_t i = 0; i < n;) {
+		struct dd_region *r = dd_region_find(it[i].addr);
+		size_t k = i + 1;
+		if (!r) {
+			drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
+			i++;
+			continue;
+		}
+		uintptr_t rend = r->start + r->npages * DD_PAGE;
+		while (k < n && it[k].addr == it[k - 1].addr + DD_PAGE && it[k].addr < rend)
+			k++;
+		merged += merge_window(r, it + i, k - i, i);
+		for (size_t x = i; x < k; x++)
+			moved_any |= it[x].state == IT_DONE;
+		i = k;
+	}
+	pthread_mutex_unlock(&eng.gate);
+
+	/* Free what we moved out. S is registered with our uffd, so this raises
+	 * a REMOVE event: done outside the gate, the reader acknowledges it. */
+	if (moved_any && !eng.scratch_lost)
+		madvise((void *)eng.scratch, n * DD_PAGE, MADV_DONTNEED);
+
+	/* A canonical page created for this batch that nobody took is freed. */
+	for (size_t i = 0; i < n; i++) {
+		uint32_t t = it[i].target;
+		if (t != DD_SLOT_ZERO && dd_store_hash(t) && dd_store_refs(t) == 0)
+			dd_store_put(t);
+	}
+	eng.nbatch = 0;
+	return merged;
+}

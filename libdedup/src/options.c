@@ -1,0 +1,155 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * options.c - the option table: one place for name, default, environment
+ * variable, range and help text (DD_OPTIONS in internal.h).
+ *
+ * Precedence: a non-zero field of struct dedup_config, then the DEDUP_*
+ * environment variable, then the built-in default. A bad environment value
+ * prints one line on stderr and the default is used. Runs in the thread
+ * calling dedup_init() (or the preload constructor): no malloc, getenv only.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct dd_options dd_opt = {
+#define X(name, type, env, def, lo, hi, sz, help) .name = (def),
+	DD_OPTIONS(X)
+#undef X
+};
+
+static const char *const log_names[] = { "quiet", "error", "warn", "info", "debug", "stats" };
+
+/* Parse a decimal number with an optional K/M/G/T (x1024) suffix. */
+int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out)
+{
+	uint64_t v = 0, mul = 1;
+	const char *p = s;
+
+	if (!s || !*s)
+		return -EINVAL;
+	while (isspace((unsigned char)*p))
+		p++;
+	if (!isdigit((unsigned char)*p))
+		return -EINVAL;
+	for (; isdigit((unsigned char)*p); p++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return -ERANGE;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	if (*p && size_suffix) {
+		switch (toupper((unsigned char)*p)) {
+		case 'K': mul = 1ULL << 10; break;
+		case 'M': mul = 1ULL << 20; break;
+		case 'G': mul = 1ULL << 30; break;
+		case 'T': mul = 1ULL << 40; break;
+		default: return -EINVAL;
+		}
+		p++;
+		if (*p == 'i' || *p == 'I')
+			p++;
+		if (*p == 'b' || *p == 'B')
+			p++;
+	}
+	while (isspace((unsigned char)*p))
+		p++;
+	if (*p)
+		return -EINVAL;
+	if (mul > 1 && v > UINT64_MAX / mul)
+		return -ERANGE;
+	*out = v * mul;
+	return 0;
+}
+
+static int parse_env(const char *env, bool sz, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	const char *s = getenv(env);
+	uint64_t v;
+
+	if (!s)
+		return 0;
+	if (strcmp(env, "DEDUP_LOG") == 0) {
+		for (size_t i = 0; i < DD_ARRAY_SIZE(log_names); i++) {
+			if (strcasecmp(s, log_names[i]) == 0) {
+				*out = i;
+				return 1;
+			}
+		}
+	}
+	if (strcmp(env, "DEDUP_ZERO_PAGES") == 0) {
+		if (!strcasecmp(s, "on") || !strcasecmp(s, "yes") || !strcasecmp(s, "true")) {
+			*out = 1;
+			return 1;
+		}
+		if (!strcasecmp(s, "off") || !strcasecmp(s, "no") || !strcasecmp(s, "false")) {
+			*out = 0;
+			return 1;
+		}
+	}
+	if (dd_parse_u64(s, sz, &v) < 0 || v < lo || v > hi) {
+		dd_warn("ignoring %s=\"%s\": expected %s in [%llu, %llu]; using the default",
+			env, s, sz ? "a size (K/M/G suffix allowed)" : "a number",
+			(unsigned long long)lo, (unsigned long long)hi);
+		return -1;
+	}
+	*out = v;
+	return 1;
+}
+
+static inline bool in_range(uint64_t v, uint64_t lo, uint64_t hi)
+{
+	return v >= lo && v <= hi;
+}
+
+int dd_options_load(const struct dedup_config *cfg)
+{
+	struct dd_options o = {
+#define X(name, type, env, def, lo, hi, sz, help) .name = (def),
+		DD_OPTIONS(X)
+#undef X
+	};
+	uint64_t v;
+
+	/* DEDUP_LOG first, so that the warnings below obey it. */
+	dd_opt.log_level = o.log_level;
+	if (parse_env("DEDUP_LOG", false, 0, 5, &v) > 0)
+		dd_opt.log_level = o.log_level = v;
+
+#define X(name, type, env, def, lo, hi, sz, help) \
+	if (strcmp(env, "DEDUP_LOG") && parse_env(env, sz, lo, hi, &v) > 0) \
+		o.name = (type)v;
+	DD_OPTIONS(X)
+#undef X
+
+	if (cfg) {
+		if (cfg->size < sizeof(uint32_t))
+			return -EINVAL;   /* .size not set */
+#define CFG(field, lo, hi)                                                           \
+	if (cfg->size >= offsetof(struct dedup_config, field) + sizeof(cfg->field) && \
+	    cfg->field) {                                                             \
+		if (!in_range((uint64_t)cfg->field, (lo), (hi)))                      \
+			return -EINVAL;                                               \
+		o.field = (uint64_t)cfg->field;                                       \
+	}
+		CFG(scan_interval_ms, 0, 3600000)
+		CFG(pages_per_sec, 0, UINT64_MAX / 2)
+		CFG(cpu_percent, 1, 100)
+		CFG(vma_budget, 0, UINT64_MAX / 2)
+		CFG(min_region, 4096, UINT64_MAX / 2)
+		CFG(batch_pages, 1, 512)
+#undef CFG
+		if (cfg->size >= offsetof(struct dedup_config, zero_pages) + sizeof(cfg->zero_pages) &&
+		    cfg->zero_pages)
+			o.zero_pages = cfg->zero_pages > 0;
+		if (cfg->size >= offsetof(struct dedup_config, log_level) + sizeof(cfg->log_level) &&
+		    cfg->log_level) {
+			if (cfg->log_level < 1 || cfg->log_level > 6)
+				return -EINVAL;
+			o.log_level = (uint64_t)(cfg->log_level - 1);
+		}
+	}
+	dd_opt = o;
+	return 0;
+}

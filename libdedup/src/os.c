@@ -1,0 +1,421 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * os.c - the OS boundary: every userfaultfd ioctl, the present-page walk
+ * (PAGEMAP_SCAN, or /proc/self/pagemap as the fallback), /proc parsing, and
+ * the full read/write helpers. Callers get 0 / -errno and never see errno.
+ *
+ * Feature probing happens once (dd_os_probe) into dd_feat; every fallback
+ * can be forced from the environment for tests:
+ *   DEDUP_FORCE_PAGEMAP=1      use /proc/self/pagemap instead of PAGEMAP_SCAN
+ *   DEDUP_FORCE_USER_ONLY=1    act as if only a user-mode-only uffd existed
+ *
+ * Thread-safety: stateless apart from dd_feat (written at init) and the
+ * pagemap fd (opened at init, used under eng.lock).
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+struct dd_features dd_feat;
+static int pagemap_fd = -1;
+
+ssize_t dd_read_full(int fd, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = read(fd, (char *)buf + done, len - done);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return done ? (ssize_t)done : -errno;
+		}
+		if (r == 0)
+			break;
+		done += (size_t)r;
+	}
+	return (ssize_t)done;
+}
+
+ssize_t dd_write_full(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = write(fd, (const char *)buf + done, len - done);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		done += (size_t)r;
+	}
+	return (ssize_t)done;
+}
+
+uint64_t dd_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t dd_thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static bool env_on(const char *name)
+{
+	const char *s = getenv(name);
+	return s && *s && strcmp(s, "0") != 0;
+}
+
+/* ---- userfaultfd ------------------------------------------------------ */
+
+#define DD_UFFD_FEATURES                                                   \
+	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMOVE |       \
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MOVE)
+
+/*
+ * A uffd that may handle kernel-mode faults. /dev/userfaultfd gives one to
+ * whoever may open the node; the syscall gives one only with CAP_SYS_PTRACE
+ * (otherwise the kernel insists on UFFD_USER_MODE_ONLY, and a read() into a
+ * protected buffer would fail with EFAULT instead of waiting: we refuse).
+ */
+int dd_uffd_open(int *fd_out, const char **why)
+{
+	int fd = -1, dev;
+	struct uffdio_api api = { .api = UFFD_API, .features = DD_UFFD_FEATURES };
+
+	if (env_on("DEDUP_FORCE_USER_ONLY")) {
+		*why = "forced by DEDUP_FORCE_USER_ONLY: only a user-mode-only userfaultfd";
+		return -EPERM;
+	}
+	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev >= 0) {
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+		close(dev);
+	}
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		int e = errno;
+		*why = e == ENOSYS ? "the kernel has no userfaultfd" :
+		       "no userfaultfd that may handle kernel faults (run as root, grant "
+		       "CAP_SYS_PTRACE, or give read-write access to /dev/userfaultfd)";
+		return -(e == ENOSYS ? ENOSYS : EPERM);
+	}
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		int e = errno;
+		close(fd);
+		*why = "UFFDIO_API refused write-protect, remove/remap events or UFFDIO_MOVE "
+		       "(Linux 6.8 or later is needed)";
+		return -(e ? e : EINVAL);
+	}
+	if ((api.features & DD_UFFD_FEATURES) != DD_UFFD_FEATURES) {
+		close(fd);
+		*why = "the kernel lacks UFFD_FEATURE_MOVE or write-protect support "
+		       "(Linux 6.8 or later is needed)";
+		return -ENOSYS;
+	}
+	dd_feat.uffd_features = api.features;
+	dd_feat.kernel_faults = true;
+	*fd_out = fd;
+	return 0;
+}
+
+int dd_uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode)
+{
+	struct uffdio_register r = { .range = { .start = start, .len = len }, .mode = mode };
+	return ioctl(uffd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
+}
+
+int dd_uffd_unregister(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(uffd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+}
+
+int dd_uffd_wp(int uffd, uintptr_t start, size_t len, bool protect)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = start, .len = len },
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+int dd_uffd_wake(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+}
+
+ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err)
+{
+	struct uffdio_move m = { .dst = dst, .src = src, .len = len,
+				 .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+
+	*err = 0;
+	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
+		return (ssize_t)len;
+	*err = errno;
+	return m.move > 0 ? (ssize_t)m.move : 0;
+}
+
+/* ---- present pages ---------------------------------------------------- */
+
+static int walk_scan(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
+{
+	struct page_region vec[256];
+	struct pm_scan_arg arg;
+
+	while (start < end) {
+		memset(&arg, 0, sizeof(arg));
+		arg.size = sizeof(arg);
+		arg.start = start;
+		arg.end = end;
+		arg.vec = (uintptr_t)vec;
+		arg.vec_len = DD_ARRAY_SIZE(vec);
+		arg.category_anyof_mask = PAGE_IS_PRESENT;
+		arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO;
+		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
+		if (n < 0)
+			return -errno;
+		for (long i = 0; i < n; i++) {
+			unsigned f = 0;
+			if (vec[i].categories & PAGE_IS_FILE)
+				f |= DD_PG_FILE;
+			if (vec[i].categories & PAGE_IS_PFNZERO)
+				f |= DD_PG_ZERO;
+			fn(ctx, vec[i].start, vec[i].end, f);
+		}
+		if (arg.walk_end <= start)
+			break;
+		start = arg.walk_end;
+	}
+	return 0;
+}
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_FILE (1ULL << 61)
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+
+static int walk_pagemap(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
+{
+	uint64_t ent[512];
+	static uint64_t zero_pfn;   /* pfn of the zero page, learned once */
+
+	if (!zero_pfn) {
+		static const char probe[DD_PAGE] __attribute__((aligned(4096)));
+		uint64_t e;
+		volatile char c = probe[0];
+		(void)c;
+		if (pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)probe / DD_PAGE * 8)) == 8 &&
+		    (e & PM_PRESENT))
+			zero_pfn = e & PM_PFN_MASK;
+	}
+	while (start < end) {
+		size_t n = (end - start) / DD_PAGE;
+		if (n > DD_ARRAY_SIZE(ent))
+			n = DD_ARRAY_SIZE(ent);
+		ssize_t r = pread(pagemap_fd, ent, n * 8, (off_t)(start / DD_PAGE * 8));
+		if (r < 0)
+			return -errno;
+		n = (size_t)r / 8;
+		if (!n)
+			break;
+		for (size_t i = 0; i < n;) {
+			if (!(ent[i] & PM_PRESENT)) {
+				i++;
+				continue;
+			}
+			unsigned f = (ent[i] & PM_FILE) ? DD_PG_FILE : 0;
+			if (zero_pfn && (ent[i] & PM_PFN_MASK) == zero_pfn)
+				f = DD_PG_ZERO;
+			size_t j = i + 1;
+			while (j < n && (ent[j] & PM_PRESENT) &&
+			       ((ent[j] & PM_FILE) ? DD_PG_FILE : 0) == (f & DD_PG_FILE) &&
+			       !(zero_pfn && (ent[j] & PM_PFN_MASK) == zero_pfn) == !(f & DD_PG_ZERO))
+				j++;
+			fn(ctx, start + i * DD_PAGE, start + j * DD_PAGE, f);
+			i = j;
+		}
+		start += n * DD_PAGE;
+	}
+	return 0;
+}
+
+int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
+{
+	if (pagemap_fd < 0)
+		return -EBADF;
+	return dd_feat.pagemap_scan ? walk_scan(start, end, fn, ctx)
+				    : walk_pagemap(start, end, fn, ctx);
+}
+
+static long read_long_file(const char *path, long def)
+{
+	char buf[64];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return def;
+	n = dd_read_full(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return def;
+	buf[n] = 0;
+	return strtol(buf, NULL, 10);
+}
+
+void dd_os_probe(void)
+{
+	struct pm_scan_arg arg;
+
+	if (pagemap_fd < 0)
+		pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	memset(&arg, 0, sizeof(arg));
+	arg.size = sizeof(arg);
+	arg.start = (uintptr_t)&arg & ~(uintptr_t)(DD_PAGE - 1);
+	arg.end = arg.start + DD_PAGE;
+	arg.category_anyof_mask = PAGE_IS_PRESENT;
+	arg.return_mask = PAGE_IS_PRESENT;
+	dd_feat.pagemap_scan = pagemap_fd >= 0 && !env_on("DEDUP_FORCE_PAGEMAP") &&
+			       ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) >= 0;
+	dd_feat.max_map_count = read_long_file("/proc/sys/vm/max_map_count", 65530);
+}
+
+void dd_os_close(void)
+{
+	if (pagemap_fd >= 0)
+		close(pagemap_fd);
+	pagemap_fd = -1;
+}
+
+/* ---- /proc/self/maps ---------------------------------------------------- */
+
+/*
+ * Calls fn on each line of /proc/self/maps, parsed in a stack buffer
+ * (no stdio: see internal.h). Stops when fn returns non-zero.
+ */
+typedef int (*maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
+		       const char *rest);
+
+static int maps_each(maps_fn fn, void *ctx)
+{
+	char buf[8192];
+	size_t have = 0;
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		buf[have] = 0;
+		char *line = buf, *nl;
+		while ((nl = memchr(line, '\n', have - (size_t)(line - buf)))) {
+			*nl = 0;
+			char *p = line;
+			uintptr_t lo = strtoull(p, &p, 16);
+			uintptr_t hi = strtoull(p + 1, &p, 16);
+			char perms[5] = { 0 };
+			p++;
+			memcpy(perms, p, 4);
+			if ((ret = fn(ctx, lo, hi, perms, p + 4)))
+				goto out;
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		memmove(buf, line, have);
+	}
+out:
+	close(fd);
+	return ret < 0 ? ret : 0;
+}
+
+struct count_ctx { long n, match; const char *needle; };
+
+static int count_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
+{
+	struct count_ctx *cc = c;
+	cc->n++;
+	if (cc->needle && strstr(rest, cc->needle))
+		cc->match++;
+	return 0;
+}
+
+long dd_count_maps(const char *needle, long *matching)
+{
+	struct count_ctx cc = { 0, 0, needle };
+	int r = maps_each(count_line, &cc);
+	if (matching)
+		*matching = cc.match;
+	return r < 0 ? r : cc.n;
+}
+
+struct anon_ctx { uintptr_t start, end, covered; int bad; };
+
+/* Is this the rest of a maps line for anonymous memory? ("offset dev inode [name]") */
+static bool rest_is_anon(const char *rest)
+{
+	unsigned long long off;
+	unsigned maj, min;
+	unsigned long ino;
+	int n = 0;
+
+	if (sscanf(rest, " %llx %x:%x %lu %n", &off, &maj, &min, &ino, &n) < 4)
+		return false;
+	if (ino != 0)
+		return false;
+	rest += n;
+	/* [heap] and [anon:...] are anonymous; [stack] and [vvar] etc. are not ours */
+	return *rest == 0 || strncmp(rest, "[heap]", 6) == 0 || strncmp(rest, "[anon:", 6) == 0;
+}
+
+static int anon_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
+{
+	struct anon_ctx *a = c;
+
+	if (hi <= a->covered || lo >= a->end)
+		return lo >= a->end ? 1 : 0;
+	if (lo > a->covered) {  /* hole */
+		a->bad = -EINVAL;
+		return 1;
+	}
+	if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p' || !rest_is_anon(rest)) {
+		a->bad = -EINVAL;
+		return 1;
+	}
+	a->covered = hi;
+	return a->covered >= a->end ? 1 : 0;
+}
+
+int dd_check_anon_private(uintptr_t start, uintptr_t end)
+{
+	struct anon_ctx a = { start, end, start, 0 };
+	int r = maps_each(anon_line, &a);
+
+	if (r < 0)
+		return r;
+	if (a.bad)
+		return a.bad;
+	return a.covered >= end ? 0 : -EINVAL;
+}

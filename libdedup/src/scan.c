@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * scan.c - one pass over the registered regions: find present anonymous
+ * pages, hash them, and choose merge candidates (ksm.c's scan loop).
+ *
+ * For each present anonymous page, in address order:
+ *  1. Hash it (XXH3-64). If the hash differs from the last pass, the page
+ *     is volatile: remember the new hash, skip it this time (KSM's rule;
+ *     a page must be stable for a whole pass to be worth protecting).
+ *  2. A zero page goes to the batch with the zero page as target.
+ *  3. A hash found in the stable index goes to the batch with that
+ *     canonical slot as target.
+ *  4. A hash found in the unstable index (another candidate of this pass)
+ *     with byte-equal content makes a new canonical slot; both pages go to
+ *     the batch. Otherwise the page enters the unstable index.
+ * Nothing here changes a mapping: merge.c does that, and re-checks every
+ * page under write protection; the comparisons here only avoid work.
+ *
+ * Pages that are present but file-backed are pages we merged earlier;
+ * present anonymous pages that we had merged were copied by a writer
+ * (copy-on-write): their reference is dropped here, without any fault.
+ *
+ * Locking: eng.lock held. Runs in the engine thread or in dedup_scan_now().
+ */
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "internal.h"
+
+static const char zero_page[DD_PAGE] __attribute__((aligned(64)));
+
+uint64_t dd_hash_page(const void *p)
+{
+	uint64_t h = XXH3_64bits(p, DD_PAGE);
+	if (dd_opt.test_hash_bits < 64)
+		h &= (1ULL << dd_opt.test_hash_bits) - 1;
+	return h ? h : 1;
+}
+
+struct pass_ctx {
+	struct dd_region *r;
+	uint32_t last_new;   /* last slot created, for contiguous allocation */
+	long merged;
+	size_t scanned;
+};
+
+static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
+{
+	long merged = 0;
+	eng.batch[eng.nbatch++] = (struct dd_merge_item){ .addr = addr, .target = target };
+	if (eng.nbatch >= dd_opt.batch_pages)
+		merged = dd_merge_batch();
+	c->merged += merged;
+	return merged;
+}
+
+static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintptr_t a)
+{
+	uint64_t h;
+
+	/* Present and anonymous. Was it merged before? Then a writer copied it. */
+	if (r->slot[p] != DD_SLOT_NONE && r->slot[p] != DD_SLOT_COWED) {
+		if (r->slot[p] == DD_SLOT_ZERO) {
+			atomic_fetch_sub(&dd_cnt.zero_pages, 1);
+			r->slot[p] = DD_SLOT_NONE;
+		} else {
+			dd_store_put(r->slot[p]);
+			r->slot[p] = DD_SLOT_COWED;  /* still inside a file VMA */
+		}
+		DD_INC(cow_breaks, 1);
+	}
+	h = dd_hash_page((const void *)a);
+	c->scanned++;
+	if (h != r->hash[p]) {
+		r->hash[p] = h;
+		DD_INC(skipped_volatile, 1);
+		return;
+	}
+	DD_INC(candidates, 1);
+	if (h == eng.zero_hash && memcmp((const void *)a, zero_page, DD_PAGE) == 0) {
+		if (dd_opt.zero_pages)
+			batch_add(c, a, DD_SLOT_ZERO);
+		return;
+	}
+	uint32_t s = dd_stable_find(h);
+	if (s) {
+		batch_add(c, a, s);
+		return;
+	}
+	uintptr_t b = dd_unstable_find(h);
+	if (b && b != a) {
+		dd_unstable_remove(h);
+		if (memcmp((const void *)a, (const void *)b, DD_PAGE) != 0) {
+			DD_INC(skipped_mismatch, 1);
+			return;
+		}
+		s = dd_store_new((const void *)a, c->last_new ? c->last_new + 1 : 0);
+		if (!s)
+			return;
+		c->last_new = s;
+		dd_store_set_hash(s, h);
+		if (dd_stable_insert(h, s) < 0) {
+			dd_store_put(s);
+			return;
+		}
+		/* b before a: the batch is sorted anyway, but a flush between the
+		 * two must not leave the new slot with no candidate at all. */
+		if (eng.nbatch + 2 > dd_opt.batch_pages && eng.nbatch)
+			c->merged += dd_merge_batch();
+		eng.batch[eng.nbatch++] = (struct dd_merge_item){ .addr = b, .target = s };
+		batch_add(c, a, s);
+		return;
+	}
+	dd_unstable_insert(h, a);
+}
+
+static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
+{
+	struct pass_ctx *c = ctx;
+	struct dd_region *r = c->r;
+
+	if (flags & (DD_PG_FILE | DD_PG_ZERO))
+		return;   /* merged by us, or the shared zero page: nothing to gain */
+	for (uintptr_t a = start; a < end; a += DD_PAGE)
+		visit_page(c, r, (a - r->start) / DD_PAGE, a);
+}
+
+/*
+ * Scan from *cursor for up to max_pages pages of address space (present or
+ * not). Returns true when the pass is complete. A pass starts with
+ * *cursor == 0.
+ */
+bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned)
+{
+	struct pass_ctx c = { 0 };
+	size_t budget = max_pages;
+
+	if (*cursor == 0) {
+		dd_unstable_reset();
+		eng.pass_gen++;
+		long ours = 0;
+		eng.maps_at_pass = dd_count_maps("memfd:libdedup", &ours);
+	}
+	while (budget) {
+		struct dd_region *r = NULL;
+		/* first region ending above the cursor */
+		for (size_t i = 0; i < dd_region_count(); i++) {
+			struct dd_region *x = dd_region_at(i);
+			if (x->start + x->npages * DD_PAGE > *cursor) {
+				r = x;
+				break;
+			}
+		}
+		if (!r) {
+			if (eng.nbatch)
+				c.merged += dd_merge_batch();
+			*cursor = 0;
+			DD_INC(full_passes, 1);
+			*merged += c.merged;
+			*scanned += c.scanned;
+			DD_INC(pages_scanned, c.scanned);
+			return true;
+		}
+		uintptr_t from = *cursor > r->start ? *cursor : r->start;
+		uintptr_t rend = r->start + r->npages * DD_PAGE;
+		size_t n = (rend - from) / DD_PAGE;
+		if (n > budget)
+			n = budget;
+		c.r = r;
+		dd_present_walk(from, from + n * DD_PAGE, on_present, &c);
+		/* the batch refers to addresses, not to r: flush before r can move */
+		if (eng.nbatch)
+			c.merged += dd_merge_batch();
+		*cursor = from + n * DD_PAGE;
+		budget -= n;
+	}
+	*merged += c.merged;
+	*scanned += c.scanned;
+	DD_INC(pages_scanned, c.scanned);
+	return false;
+}

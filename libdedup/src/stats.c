@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * stats.c - the engine's counters (DD_COUNTERS in internal.h), snapshots for
+ * dedup_stats() and the table printed at exit with DEDUP_LOG=stats.
+ *
+ * Counters are relaxed atomics bumped by whichever thread does the work;
+ * gauges that depend on the store (sharing, shared) are read under eng.lock
+ * by the snapshot. No malloc, no stdio.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct dd_counters dd_cnt;
+
+void dd_stats_snapshot(struct dedup_stats *out)
+{
+	struct dedup_stats st;
+	size_t n = out->size < sizeof(st) ? (size_t)out->size : sizeof(st);
+
+	memset(&st, 0, sizeof(st));
+	st.size = n;
+#define X(name, help) st.name = atomic_load_explicit(&dd_cnt.name, memory_order_relaxed);
+	DD_COUNTERS(X)
+#undef X
+	st.zero_pages = atomic_load(&dd_cnt.zero_pages);
+	st.pages_sharing = dd_store_sharing();
+	st.pages_shared = dd_store_shared();
+	st.bytes_saved = (st.pages_sharing - st.pages_shared + st.zero_pages) * DD_PAGE;
+	st.metadata_bytes = atomic_load(&dd_vm_bytes);
+	st.regions = dd_region_count();
+	st.bytes_registered = dd_region_bytes();
+	st.vma_budget = eng.vma_budget;
+	memcpy(out, &st, n);
+}
+
+void dd_stats_print(int fd)
+{
+	struct dedup_stats st = { .size = sizeof(st) };
+	char buf[256];
+	int n;
+
+	dd_stats_snapshot(&st);   /* eng.lock held by the caller */
+#define ROW(name) \
+	n = snprintf(buf, sizeof(buf), "libdedup: %-20s %llu\n", #name, \
+		     (unsigned long long)st.name); \
+	dd_write_full(fd, buf, (size_t)n);
+	ROW(pages_scanned) ROW(full_passes) ROW(candidates) ROW(merges)
+	ROW(pages_sharing) ROW(pages_shared) ROW(zero_pages) ROW(cow_breaks)
+	ROW(skipped_volatile) ROW(skipped_budget) ROW(skipped_pinned)
+	ROW(skipped_mismatch) ROW(skipped_raced) ROW(vmas_added) ROW(vma_budget)
+	ROW(bytes_saved) ROW(metadata_bytes) ROW(regions) ROW(bytes_registered)
+	ROW(engine_cpu_ns) ROW(store_slots_freed)
+#undef ROW
+}

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * store.c - the canonical page store.
+ *
+ * Every canonical ("stable") page lives at one slot of a memfd: slot s is
+ * file offset s * 4096. A merged page is a MAP_PRIVATE mapping of its slot,
+ * so the kernel shares one physical page between all sharers and gives a
+ * writer its own copy. We read canonical pages through one read-only
+ * MAP_SHARED view of the whole file and write a slot only once, with
+ * pwrite(), before anybody maps it: a canonical page is never written while
+ * mapped.
+ *
+ * Slots are reference counted: one reference per page that maps the slot.
+ * When the last one goes (the sharers copied the page on write), the slot's
+ * page is released with fallocate(PUNCH_HOLE) and the slot is reused. A
+ * punch is only ever done at zero references: punching a page that is still
+ * mapped would make its sharers read zeros.
+ *
+ * Contiguity: new slots come from the high-water mark when the caller's hint
+ * (the slot after the previous one) is it, so the canonical pages of a run of
+ * new duplicates are contiguous in the file and one mmap covers the run.
+ *
+ * Locking: all functions are called with eng.lock held.
+ */
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct slot_info {
+	uint64_t hash;
+	uint32_t refs;
+	uint32_t next_free;   /* free list link (slot + 1), 0 = end */
+};
+
+static struct {
+	int fd;
+	const char *view;     /* read-only shared view of the whole file */
+	size_t max_slots;
+	struct slot_info *info;
+	size_t info_cap;      /* entries allocated in info */
+	uint32_t hwm;         /* slots ever used */
+	uint32_t free_head;   /* slot + 1 */
+	uint64_t sharing, shared;
+} st = { .fd = -1 };
+
+int dd_store_init(size_t max_bytes)
+{
+	st.max_slots = max_bytes / DD_PAGE;
+	if (st.max_slots > UINT32_MAX - 2)
+		st.max_slots = UINT32_MAX - 2;
+	st.fd = memfd_create("libdedup", MFD_CLOEXEC);
+	if (st.fd < 0)
+		return -errno;
+	if (ftruncate(st.fd, (off_t)(st.max_slots * DD_PAGE)) < 0)
+		goto fail;
+	st.view = mmap(NULL, st.max_slots * DD_PAGE, PROT_READ, MAP_SHARED | MAP_NORESERVE,
+		       st.fd, 0);
+	if (st.view == MAP_FAILED) {
+		st.view = NULL;
+		goto fail;
+	}
+	st.hwm = 0;
+	st.free_head = 0;
+	st.sharing = st.shared = 0;
+	return 0;
+fail:;
+	int e = -errno;
+	close(st.fd);
+	st.fd = -1;
+	return e;
+}
+
+/*
+ * Called at shutdown. Merged pages keep their own reference to the memfd
+ * (a mapping holds the file), so closing our fd and view is safe; the slot
+ * table goes, and the pages of the file stay as long as somebody maps them.
+ */
+void dd_store_fini(void)
+{
+	if (st.view)
+		munmap((void *)st.view, st.max_slots * DD_PAGE);
+	if (st.fd >= 0)
+		close(st.fd);
+	dd_vm_free(st.info, st.info_cap * sizeof(*st.info));
+	memset(&st, 0, sizeof(st));
+	st.fd = -1;
+}
+
+int dd_store_fd(void) { return st.fd; }
+
+const void *dd_store_page(uint32_t slot)
+{
+	return st.view + (size_t)slot * DD_PAGE;
+}
+
+static int ensure_info(uint32_t slot)
+{
+	if (slot < st.info_cap)
+		return 0;
+	size_t ncap = st.info_cap ? st.info_cap * 2 : 4096;
+	while (ncap <= slot)
+		ncap *= 2;
+	void *p = dd_vm_grow(st.info, st.info_cap * sizeof(*st.info), ncap * sizeof(*st.info));
+	if (!p)
+		return -ENOMEM;
+	st.info = p;
+	st.info_cap = ncap;
+	return 0;
+}
+
+/* A new slot holding a copy of @content, zero references. 0 on failure,
+ * else slot + 1. */
+uint32_t dd_store_new(const void *content, uint32_t hint)
+{
+	uint32_t slot;
+
+	if (hint && hint - 1 == st.hwm && st.hwm < st.max_slots) {
+		slot = st.hwm++;
+	} else if (st.free_head) {
+		slot = st.free_head - 1;
+		st.free_head = st.info[slot].next_free;
+	} else if (st.hwm < st.max_slots) {
+		slot = st.hwm++;
+	} else {
+		return 0;
+	}
+	if (ensure_info(slot) < 0)
+		goto undo;
+	if (pwrite(st.fd, content, DD_PAGE, (off_t)slot * (off_t)DD_PAGE) != (ssize_t)DD_PAGE)
+		goto undo;
+	st.info[slot].refs = 0;
+	st.info[slot].next_free = 0;
+	st.info[slot].hash = 0;
+	return slot + 1;
+undo:
+	/* give it back */
+	if (slot < st.info_cap) {
+		st.info[slot].next_free = st.free_head;
+		st.free_head = slot + 1;
+	}
+	return 0;
+}
+
+void dd_store_get(uint32_t ref)
+{
+	struct slot_info *si = &st.info[ref - 1];
+	if (si->refs++ == 0)
+		st.shared++;
+	st.sharing++;
+}
+
+static void release(uint32_t slot)
+{
+	/* Nobody maps it (refs == 0): punching cannot change what anyone reads. */
+	fallocate(st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		  (off_t)slot * (off_t)DD_PAGE, (off_t)DD_PAGE);
+	dd_stable_remove(st.info[slot].hash, slot + 1);
+	st.info[slot].hash = 0;
+	st.info[slot].next_free = st.free_head;
+	st.free_head = slot + 1;
+	DD_INC(store_slots_freed, 1);
+}
+
+/* Drop one reference; at zero the slot is released. Also used with a
+ * slot that never got a reference (a canonical page nobody matched). */
+void dd_store_put(uint32_t ref)
+{
+	struct slot_info *si = &st.info[ref - 1];
+
+	if (si->refs) {
+		st.sharing--;
+		if (--si->refs)
+			return;
+		st.shared--;
+	}
+	release(ref - 1);
+}
+
+uint32_t dd_store_refs(uint32_t ref) { return st.info[ref - 1].refs; }
+uint64_t dd_store_hash(uint32_t ref) { return st.info[ref - 1].hash; }
+void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
+uint64_t dd_store_sharing(void) { return st.sharing; }
+uint64_t dd_store_shared(void) { return st.shared; }

@@ -1,0 +1,301 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * probe_register_modes - changing the registration mode of one page.
+ *
+ * Facts (kernel-facts.md, "Pinned pages" and "VMAs"):
+ *  - inside a range registered MODE_WP, UFFDIO_REGISTER of a single page
+ *    again with MODE_MISSING|MODE_WP (same uffd) succeeds; it splits the VMA
+ *    (+2 lines in /proc/self/maps), and the page now reports MISSING faults;
+ *  - registering that page again with MODE_WP alone succeeds, the VMAs merge
+ *    back (map count returns to where it was), the VMA's VmFlags in
+ *    /proc/self/smaps lose "um" (VM_UFFD_MISSING) and the page no longer
+ *    reports MISSING faults (an empty PTE reads as zeros);
+ *  - a range registered with one uffd cannot be registered by a second uffd
+ *    (EBUSY), neither in part nor as a whole.
+ *
+ * Why libdedup depends on it: for the window in which a page is moved out of
+ * the application's range, libdedup upgrades that page's registration to
+ * MISSING|WP (so an access waits instead of seeing zeros) and downgrades it
+ * afterwards; the map-count bookkeeping keeps the process below
+ * vm.max_map_count. The EBUSY tells it that another uffd owner (e.g. a
+ * checkpointing tool, or a second libdedup instance) has the range.
+ *
+ * Features: PAGEFAULT_FLAG_WP only (no EVENT_REMOVE), so that MADV_DONTNEED
+ * below does not raise an event nobody reads.
+ */
+#include "tcommon.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define NPAGES 8
+#define PIDX 4 /* the page whose mode changes */
+
+static int uffd;
+static unsigned char pattern[T_PAGE], zero[T_PAGE];
+
+static int read_msg(int ms, struct uffd_msg *m)
+{
+	struct pollfd p = { .fd = uffd, .events = POLLIN };
+	int r = poll(&p, 1, ms);
+	CHECK(r >= 0);
+	if (r == 0)
+		return 0;
+	ssize_t n = read(uffd, m, sizeof(*m));
+	if (n < 0 && errno == EAGAIN)
+		return 0;
+	CHECK(n == (ssize_t)sizeof(*m));
+	return 1;
+}
+
+static int wait_flag(atomic_int *flag, int ms)
+{
+	for (int i = 0; i < ms && !atomic_load(flag); i++)
+		usleep(1000);
+	return atomic_load(flag);
+}
+
+struct reader {
+	volatile unsigned char *addr;
+	unsigned char copy[T_PAGE];
+	atomic_int done;
+};
+
+static void *reader_fn(void *arg)
+{
+	struct reader *r = arg;
+	for (size_t i = 0; i < T_PAGE; i++)
+		r->copy[i] = r->addr[i];
+	atomic_store(&r->done, 1);
+	return NULL;
+}
+
+/* Number of /proc/self/maps lines that overlap [addr, addr + len). */
+static long vmas_in(const void *addr, size_t len)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	long n = 0;
+	CHECK(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 &&
+		    s < (uintptr_t)addr + len && e > (uintptr_t)addr)
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static void *noop_fn(void *arg)
+{
+	return arg;
+}
+
+/* The /proc/self/maps line that contains @addr: [*start, *end). */
+static void vma_of(const void *addr, uintptr_t *start, uintptr_t *end)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	CHECK(f != NULL);
+	*start = *end = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 &&
+		    s <= (uintptr_t)addr && (uintptr_t)addr < e) {
+			*start = s;
+			*end = e;
+			break;
+		}
+	}
+	fclose(f);
+	CHECK(*end != 0);
+}
+
+/*
+ * Does the VMA containing @addr carry the VmFlags mnemonic @flag ("um" is
+ * VM_UFFD_MISSING, "uw" VM_UFFD_WP) in /proc/self/smaps?
+ */
+static int has_vmflag(const void *addr, const char *flag)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[1024];
+	int in = 0, found = -1;
+	CHECK(f != NULL);
+	while (found < 0 && fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		/* Header lines start "start-end "; field lines "Name:". */
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2) {
+			in = s <= (uintptr_t)addr && (uintptr_t)addr < e;
+			continue;
+		}
+		if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			found = 0;
+			for (char *tok = strtok(line + 8, " \n"); tok;
+			     tok = strtok(NULL, " \n"))
+				if (strcmp(tok, flag) == 0)
+					found = 1;
+		}
+	}
+	fclose(f);
+	CHECK(found >= 0);
+	return found;
+}
+
+static int reg(int fd, void *addr, size_t len, uint64_t mode, uint64_t *ioctls)
+{
+	struct uffdio_register r = {
+		.range = { .start = (uintptr_t)addr, .len = len }, .mode = mode
+	};
+	int ret = ioctl(fd, UFFDIO_REGISTER, &r);
+	if (ioctls)
+		*ioctls = r.ioctls;
+	return ret;
+}
+
+int main(void)
+{
+	struct uffd_msg m;
+	uintptr_t s, e;
+	uint64_t ioctls;
+
+	if (access("/dev/userfaultfd", F_OK) != 0)
+		t_skip("/dev/userfaultfd does not exist");
+	uffd = t_uffd_open(UFFD_FEATURE_PAGEFAULT_FLAG_WP, NULL);
+	CHECK(uffd >= 0);
+	t_fill(pattern, 3);
+
+	/*
+	 * An 8-page range with guard pages around it (PROT_NONE) so that it
+	 * never merges with a neighbouring mapping. Page PIDX is left empty.
+	 */
+	unsigned char *g = mmap(NULL, (NPAGES + 2) * T_PAGE, PROT_NONE,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(g != MAP_FAILED);
+	unsigned char *R = g + T_PAGE;
+	CHECK(mmap(R, NPAGES * T_PAGE, PROT_READ | PROT_WRITE,
+		   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == R);
+	unsigned char *P = R + PIDX * T_PAGE;
+	for (int i = 0; i < NPAGES; i++)
+		if (i != PIDX)
+			memcpy(R + i * T_PAGE, pattern, T_PAGE);
+
+	CHECK(reg(uffd, R, NPAGES * T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL) == 0);
+	vma_of(P, &s, &e);
+	CHECK(s == (uintptr_t)R && e == (uintptr_t)(R + NPAGES * T_PAGE));
+	CHECK(vmas_in(R, NPAGES * T_PAGE) == 1);
+	/*
+	 * Warm up glibc's thread-stack cache so that the reader threads below
+	 * do not add their stacks to the process-wide map count.
+	 */
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, noop_fn, NULL) == 0);
+	CHECK(pthread_join(t, NULL) == 0);
+	long count0 = t_map_count();
+
+	/* 1. One page upgraded to MISSING|WP: +2 VMAs, P alone in its VMA. */
+	CHECK(reg(uffd, P, T_PAGE,
+		  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+		  &ioctls) == 0);
+	CHECK(ioctls & (1ULL << _UFFDIO_WRITEPROTECT));
+	long count1 = t_map_count();
+	printf("maps lines: %ld -> %ld\n", count0, count1);
+	CHECK(count1 == count0 + 2);
+	CHECK(vmas_in(R, NPAGES * T_PAGE) == 3);
+	CHECK(has_vmflag(P, "um") && has_vmflag(P, "uw"));
+	CHECK(!has_vmflag(R, "um") && has_vmflag(R, "uw"));
+	vma_of(P, &s, &e);
+	CHECK(s == (uintptr_t)P && e == (uintptr_t)(P + T_PAGE));
+
+	/* ... and its empty PTE now raises a MISSING fault (read: flags 0). */
+	static struct reader rd;
+	rd.addr = P;
+	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
+	CHECK(read_msg(2000, &m) == 1);
+	printf("fault: event %u flags 0x%llx\n", m.event,
+	       (unsigned long long)m.arg.pagefault.flags);
+	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
+	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
+	CHECK((m.arg.pagefault.flags &
+	       (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) == 0);
+	usleep(100 * 1000);
+	CHECK(!atomic_load(&rd.done));
+	struct uffdio_copy cp = { .dst = (uintptr_t)P, .src = (uintptr_t)pattern,
+				  .len = T_PAGE, .mode = 0 };
+	CHECK(ioctl(uffd, UFFDIO_COPY, &cp) == 0 && cp.copy == (int64_t)T_PAGE);
+	CHECK(wait_flag(&rd.done, 2000));
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK(memcmp(rd.copy, pattern, T_PAGE) == 0);
+
+	/* 2. Back to MODE_WP alone: VMAs merge back, no more MISSING faults. */
+	CHECK(reg(uffd, P, T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL) == 0);
+	long count2 = t_map_count();
+	int still_missing = has_vmflag(P, "um");
+	printf("maps lines after downgrade: %ld, P VmFlags um=%d uw=%d\n",
+	       count2, still_missing, has_vmflag(P, "uw"));
+	if (count2 != count0 || still_missing) {
+		/*
+		 * Diagnostic only (the assertions below still fail): does
+		 * UNREGISTER + REGISTER(MODE_WP) restore the original state?
+		 */
+		struct uffdio_range ur = { .start = (uintptr_t)P, .len = T_PAGE };
+		int r1 = ioctl(uffd, UFFDIO_UNREGISTER, &ur);
+		long c_un = t_map_count();
+		int r2 = reg(uffd, P, T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL);
+		fprintf(stderr,
+			"diagnostic: REGISTER(P, MODE_WP) over MISSING|WP was a no-op; "
+			"UNREGISTER -> %d (maps %ld), REGISTER(WP) -> %d (maps %ld, "
+			"um=%d uw=%d, VMAs in range %ld)\n",
+			r1, c_un, r2, t_map_count(), has_vmflag(P, "um"),
+			has_vmflag(P, "uw"), vmas_in(R, NPAGES * T_PAGE));
+	}
+	CHECK(!still_missing);
+	CHECK(count2 == count0);
+	CHECK(vmas_in(R, NPAGES * T_PAGE) == 1);
+	vma_of(P, &s, &e);
+	CHECK(s == (uintptr_t)R && e == (uintptr_t)(R + NPAGES * T_PAGE));
+	CHECK(memcmp(P, pattern, T_PAGE) == 0);
+	/* WP mode still in force on the merged VMA. */
+	CHECK(t_uffd_wp(uffd, R, NPAGES * T_PAGE, 1) == 0);
+	CHECK(t_uffd_wp(uffd, R, NPAGES * T_PAGE, 0) == 0);
+	/* Empty P again: a read now sees zeros, with no message. */
+	CHECK(madvise(P, T_PAGE, MADV_DONTNEED) == 0);
+	memset(&rd, 0, sizeof(rd));
+	rd.addr = P;
+	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
+	if (!wait_flag(&rd.done, 2000)) {
+		int got = read_msg(0, &m);
+		fprintf(stderr, "reader blocked after downgrade (msg %d)\n", got);
+		CHECK(!"read of an empty page in a MODE_WP range did not block");
+	}
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK(memcmp(rd.copy, zero, T_PAGE) == 0);
+	CHECK(read_msg(0, &m) == 0);
+
+	/* 3. A second uffd cannot register any part of the range. */
+	int uffd2 = t_uffd_open(UFFD_FEATURE_PAGEFAULT_FLAG_WP, NULL);
+	CHECK(uffd2 >= 0);
+	errno = 0;
+	CHECK(reg(uffd2, P, T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL) == -1 &&
+	      errno == EBUSY);
+	errno = 0;
+	CHECK(reg(uffd2, P, T_PAGE, UFFDIO_REGISTER_MODE_MISSING, NULL) == -1 &&
+	      errno == EBUSY);
+	errno = 0;
+	CHECK(reg(uffd2, R, NPAGES * T_PAGE,
+		  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+		  NULL) == -1 &&
+	      errno == EBUSY);
+	CHECK(t_map_count() == count0); /* nothing split by the failures */
+	/* ... while a fresh range is fine for it. */
+	unsigned char *other = t_map_anon(T_PAGE);
+	CHECK(reg(uffd2, other, T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL) == 0);
+
+	close(uffd2);
+	close(uffd);
+	munmap(other, T_PAGE);
+	munmap(g, (NPAGES + 2) * T_PAGE);
+	printf("PASS\n");
+	return T_PASS;
+}

@@ -1,0 +1,12 @@
+# Kernel behaviour probes, set B (userfaultfd events, private file mappings,
+# VMA merging and limits, PAGEMAP_SCAN). See each file's header comment for
+# the fact it pins down and why libdedup relies on it.
+dedup_test(probe_remove_event SOURCES probe_remove_event.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_remap_event SOURCES probe_remap_event.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_mmap_fixed_noevent SOURCES probe_mmap_fixed_noevent.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_private_file SOURCES probe_private_file.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_vma_merge SOURCES probe_vma_merge.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_pagemap_scan SOURCES probe_pagemap_scan.c TIMEOUT 30 LABELS probe)
+# Lowers the global vm.max_map_count for a few milliseconds (restored on every
+# exit path; alarm(20) fires before the 30 s timeout's SIGKILL).
+dedup_test(probe_max_map_count SOURCES probe_max_map_count.c TIMEOUT 30 LABELS probe)
