@@ -89,6 +89,7 @@ DD_API int dedup_init(const struct dedup_config *config)
 	if (ret < 0)
 		goto fail;
 	eng.running = true;
+	dd_publish_open();
 	dd_info("engine started (interval %llu ms, cpu %llu%%, batch %llu, vma budget %llu, %s)",
 		(unsigned long long)dd_opt.scan_interval_ms,
 		(unsigned long long)dd_opt.cpu_percent, (unsigned long long)dd_opt.batch_pages,
@@ -216,6 +217,7 @@ DD_API int dedup_shutdown(void)
 	pthread_mutex_lock(&eng.lock);
 	if (dd_opt.log_level == DEDUP_LOG_STATS)
 		dd_stats_print(2);
+	dd_publish_close();
 	/* Closing the uffd unregisters every range and wakes any waiter;
 	 * merged pages keep the memfd alive through their mappings. */
 	dd_region_fini();

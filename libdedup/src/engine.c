@@ -279,8 +279,9 @@ static void *engine_main(void *arg)
 		pthread_mutex_lock(&eng.lock);
 		apply_events();
 		bool done = dd_scan_step(&cursor, step, &merged, &scanned);
-		pthread_mutex_unlock(&eng.lock);
 		dd_engine_account_cpu(&cpu);
+		dd_publish_update();
+		pthread_mutex_unlock(&eng.lock);
 
 		/* pacing: CPU share, then page rate */
 		uint64_t used = dd_thread_cpu_ns() - c0, wall = dd_now_ns() - t0;

@@ -279,4 +279,10 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
 uint64_t dd_hash_page(const void *p);
 
+
+
+/* ---- publish.c: live stats for dedup-stat (issue 5) --------------------- */
+int dd_publish_open(void);      /* at dedup_init, eng.lock held */
+void dd_publish_update(void);   /* engine thread, after each step, eng.lock held */
+void dd_publish_close(void);    /* at dedup_shutdown / exit */
 #endif /* DEDUP_INTERNAL_H */
