@@ -271,6 +271,9 @@ static void *engine_main(void *arg)
 	const size_t step = 1024;
 
 	w.ok = io_uring_queue_init(8, &w.ring, 0) == 0;
+	/* The first pass starts one interval after dedup_init(), like every
+	 * other: the application's start-up is its busiest time. */
+	wait_ns(&w, dd_opt.scan_interval_ms * 1000000ULL + 1);
 	while (!atomic_load(&eng.stop)) {
 		long merged = 0;
 		size_t scanned = 0;

@@ -65,14 +65,27 @@ size_t dd_index_bytes(void)
 
 /* ---- stable ----------------------------------------------------------- */
 
-uint32_t dd_stable_find(uint64_t hash)
+/*
+ * The canonical slot whose content equals @page, among those with @hash.
+ * Several slots may share a hash (a collision, or the test hook that keeps
+ * few hash bits): each is compared, up to DD_MAX_PROBE_CMP of them, so a
+ * collision costs time but never hides an equal page. *collided is set when
+ * a slot had the hash but other content.
+ */
+uint32_t dd_stable_lookup(uint64_t hash, const void *page, bool *collided)
 {
+	int cmps = 0;
 	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
 		struct stable_ent *e = &ix.s[i];
 		if (!e->used)
 			return 0;
-		if (e->used == 1 && e->hash == hash)
+		if (e->used != 1 || e->hash != hash)
+			continue;
+		if (memcmp(page, dd_store_page(e->slot - 1), DD_PAGE) == 0)
 			return e->slot;
+		*collided = true;
+		if (++cmps >= DD_MAX_PROBE_CMP)
+			return 0;
 	}
 }
 
@@ -136,14 +149,28 @@ void dd_unstable_reset(void)
 	ix.u_live = 0;
 }
 
-uintptr_t dd_unstable_find(uint64_t hash)
+/*
+ * Take (find and remove) a candidate of this pass with @hash whose content
+ * equals @page right now. Candidates are not protected: the comparison only
+ * says they were equal a moment ago, merge.c checks again under protection.
+ */
+uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 {
+	int cmps = 0;
 	for (size_t i = mix(hash, ix.u_cap);; i = (i + 1) & (ix.u_cap - 1)) {
 		struct unstable_ent *e = &ix.u[i];
 		if (e->gen != ix.gen)
 			return 0;
-		if (e->hash == hash && e->addr)
-			return e->addr;
+		if (e->hash != hash || !e->addr || e->addr == (uintptr_t)page)
+			continue;
+		if (memcmp(page, (const void *)e->addr, DD_PAGE) == 0) {
+			uintptr_t a = e->addr;
+			e->addr = 0;   /* stays as a probe-chain marker until next pass */
+			return a;
+		}
+		*collided = true;
+		if (++cmps >= DD_MAX_PROBE_CMP)
+			return 0;
 	}
 }
 
@@ -178,17 +205,4 @@ int dd_unstable_insert(uint64_t hash, uintptr_t addr)
 	ix.u[i] = (struct unstable_ent){ hash, addr, ix.gen };
 	ix.u_live++;
 	return 0;
-}
-
-void dd_unstable_remove(uint64_t hash)
-{
-	for (size_t i = mix(hash, ix.u_cap);; i = (i + 1) & (ix.u_cap - 1)) {
-		struct unstable_ent *e = &ix.u[i];
-		if (e->gen != ix.gen)
-			return;
-		if (e->hash == hash && e->addr) {
-			e->addr = 0;   /* stays as a probe-chain marker until next pass */
-			return;
-		}
-	}
 }

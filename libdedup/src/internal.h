@@ -199,13 +199,13 @@ uint64_t dd_store_shared(void);     /* slots with refs > 0 */
 /* ---- index.c -------------------------------------------------------- */
 int dd_index_init(void);
 void dd_index_fini(void);
-uint32_t dd_stable_find(uint64_t hash);
+#define DD_MAX_PROBE_CMP 16   /* full compares per lookup, at most */
+uint32_t dd_stable_lookup(uint64_t hash, const void *page, bool *collided);
 int dd_stable_insert(uint64_t hash, uint32_t slot);
 void dd_stable_remove(uint64_t hash, uint32_t slot);
 void dd_unstable_reset(void);     /* new pass: forget all candidates */
-uintptr_t dd_unstable_find(uint64_t hash);
+uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided);
 int dd_unstable_insert(uint64_t hash, uintptr_t addr);
-void dd_unstable_remove(uint64_t hash);
 size_t dd_index_bytes(void);
 
 /* ---- region.c ------------------------------------------------------- */

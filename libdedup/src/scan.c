@@ -60,16 +60,26 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 {
 	uint64_t h;
 
+	/* An anonymous page inside a file VMA of ours (a sharer copied it):
+	 * UFFDIO_MOVE, our pin check, only works in anonymous VMAs, so it
+	 * cannot be merged again safely. Leave it. */
+	if (r->slot[p] == DD_SLOT_COWED)
+		return;
 	/* Present and anonymous. Was it merged before? Then a writer copied it. */
-	if (r->slot[p] != DD_SLOT_NONE && r->slot[p] != DD_SLOT_COWED) {
+	if (r->slot[p] != DD_SLOT_NONE) {
 		if (r->slot[p] == DD_SLOT_ZERO) {
+			/* Faulted in again. A read does that too where the kernel
+			 * has no shared zero page (pvm_no_zero_page): only a page
+			 * that is no longer zero was written. */
 			atomic_fetch_sub(&dd_cnt.zero_pages, 1);
 			r->slot[p] = DD_SLOT_NONE;
+			if (memcmp((const void *)a, zero_page, DD_PAGE))
+				DD_INC(cow_breaks, 1);
 		} else {
 			dd_store_put(r->slot[p]);
 			r->slot[p] = DD_SLOT_COWED;  /* still inside a file VMA */
+			DD_INC(cow_breaks, 1);
 		}
-		DD_INC(cow_breaks, 1);
 	}
 	h = dd_hash_page((const void *)a);
 	c->scanned++;
@@ -84,18 +94,16 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 			batch_add(c, a, DD_SLOT_ZERO);
 		return;
 	}
-	uint32_t s = dd_stable_find(h);
+	bool collided = false;
+	uint32_t s = dd_stable_lookup(h, (const void *)a, &collided);
 	if (s) {
 		batch_add(c, a, s);
 		return;
 	}
-	uintptr_t b = dd_unstable_find(h);
-	if (b && b != a) {
-		dd_unstable_remove(h);
-		if (memcmp((const void *)a, (const void *)b, DD_PAGE) != 0) {
-			DD_INC(skipped_mismatch, 1);
-			return;
-		}
+	uintptr_t b = dd_unstable_take(h, (const void *)a, &collided);
+	if (collided)
+		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
+	if (b) {
 		s = dd_store_new((const void *)a, c->last_new ? c->last_new + 1 : 0);
 		if (!s)
 			return;
@@ -105,8 +113,8 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 			dd_store_put(s);
 			return;
 		}
-		/* b before a: the batch is sorted anyway, but a flush between the
-		 * two must not leave the new slot with no candidate at all. */
+		/* both pages in one batch, so the new slot cannot be released
+		 * (no reference yet) between them */
 		if (eng.nbatch + 2 > dd_opt.batch_pages && eng.nbatch)
 			c->merged += dd_merge_batch();
 		eng.batch[eng.nbatch++] = (struct dd_merge_item){ .addr = b, .target = s };

@@ -2,26 +2,46 @@
 /*
  * probe_register_modes - changing the registration mode of one page.
  *
- * Facts (kernel-facts.md, "Pinned pages" and "VMAs"):
+ * Pinned down (this kernel, Linux 6.18; see tests/probe/KERNEL-NOTES.md -
+ * kernel-facts.md said a MODE_WP re-registration restores the original
+ * state, and it does not):
  *  - inside a range registered MODE_WP, UFFDIO_REGISTER of a single page
  *    again with MODE_MISSING|MODE_WP (same uffd) succeeds; it splits the VMA
- *    (+2 lines in /proc/self/maps), and the page now reports MISSING faults;
- *  - registering that page again with MODE_WP alone succeeds, the VMAs merge
- *    back (map count returns to where it was), the VMA's VmFlags in
- *    /proc/self/smaps lose "um" (VM_UFFD_MISSING) and the page no longer
- *    reports MISSING faults (an empty PTE reads as zeros);
+ *    (+2 lines in /proc/self/maps), the page's VMA shows VmFlags "um" and
+ *    "uw" in /proc/self/smaps, and an empty PTE there raises a MISSING fault;
+ *  - UFFDIO_REGISTER only ever ADDS modes: registering that page again with
+ *    MODE_WP alone returns 0 but changes nothing (VMA still split, map count
+ *    still +2, VmFlags still "um uw", an empty PTE still raises a MISSING
+ *    fault);
+ *  - UFFDIO_UNREGISTER of the page clears its VmFlags (no "um", no "uw"),
+ *    leaves the split in place (the unregistered VMA cannot merge with its
+ *    registered neighbours: map count still +2) and drops the uffd-wp bit of
+ *    the page's PTE (pagemap bit 57), even though the page was
+ *    write-protected just before;
+ *  - a following UFFDIO_REGISTER(MODE_WP) of the page merges the VMAs back
+ *    (one VMA, map count back to the original) with VmFlags "uw" only; the
+ *    page is NOT write-protected any more: a write to it lands at once and
+ *    queues no uffd message (poll 100 ms); the VMA is back to MODE_WP only
+ *    (an empty PTE reads zeros without a fault), and UFFDIO_WRITEPROTECT
+ *    works on it again;
  *  - a range registered with one uffd cannot be registered by a second uffd
  *    (EBUSY), neither in part nor as a whole.
  *
  * Why libdedup depends on it: for the window in which a page is moved out of
  * the application's range, libdedup upgrades that page's registration to
- * MISSING|WP (so an access waits instead of seeing zeros) and downgrades it
- * afterwards; the map-count bookkeeping keeps the process below
- * vm.max_map_count. The EBUSY tells it that another uffd owner (e.g. a
- * checkpointing tool, or a second libdedup instance) has the range.
+ * MISSING|WP (so an access waits instead of seeing zeros). Its restore step
+ * is UFFDIO_UNREGISTER + UFFDIO_REGISTER(MODE_WP), because a plain MODE_WP
+ * registration cannot drop MISSING; and since the unregister drops the
+ * page's write-protection, libdedup must re-protect a page after the restore
+ * if it still wants to track writes to it (a restored page counts as
+ * written). The map-count bookkeeping (+2 per upgraded page until the
+ * restore) keeps the process below vm.max_map_count. The EBUSY tells it that
+ * another uffd owner (e.g. a checkpointing tool, or a second libdedup
+ * instance) has the range.
  *
  * Features: PAGEFAULT_FLAG_WP only (no EVENT_REMOVE), so that MADV_DONTNEED
- * below does not raise an event nobody reads.
+ * below does not raise an event nobody reads. Every access that may block
+ * runs in a thread and is waited for with a timeout.
  */
 #include "tcommon.h"
 
