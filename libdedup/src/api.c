@@ -50,6 +50,7 @@ DD_API int dedup_init(const struct dedup_config *config)
 	ret = dd_options_load(config);
 	if (ret < 0)
 		goto out;
+	memset(&dd_cnt, 0, sizeof(dd_cnt));
 	ret = dd_uffd_open(&eng.uffd, &why);
 	if (ret < 0) {
 		dd_warn("not merging: %s", why);

@@ -91,6 +91,32 @@ static void *reader_fn(void *arg)
 	return NULL;
 }
 
+struct writer {
+	volatile unsigned char *addr;
+	unsigned char val;
+	atomic_int done;
+};
+
+static void *writer_fn(void *arg)
+{
+	struct writer *w = arg;
+	w->addr[0] = w->val;
+	atomic_store(&w->done, 1);
+	return NULL;
+}
+
+/* The uffd-wp bit (57) of @addr's entry in /proc/self/pagemap. */
+static int pagemap_uffd_wp(const void *addr)
+{
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0);
+	CHECK(pread(fd, &e, 8, (off_t)((uintptr_t)addr / T_PAGE) * 8) == 8);
+	close(fd);
+	CHECK(e >> 63); /* only meaningful for a present page */
+	return (int)((e >> 57) & 1);
+}
+
 /* Number of /proc/self/maps lines that overlap [addr, addr + len). */
 static long vmas_in(const void *addr, size_t len)
 {
@@ -179,6 +205,9 @@ int main(void)
 	struct uffd_msg m;
 	uintptr_t s, e;
 	uint64_t ioctls;
+	pthread_t t;
+	static struct reader rd;
+	static struct writer wr;
 
 	if (access("/dev/userfaultfd", F_OK) != 0)
 		t_skip("/dev/userfaultfd does not exist");
@@ -196,6 +225,7 @@ int main(void)
 	unsigned char *R = g + T_PAGE;
 	CHECK(mmap(R, NPAGES * T_PAGE, PROT_READ | PROT_WRITE,
 		   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == R);
+	CHECK(madvise(R, NPAGES * T_PAGE, MADV_NOHUGEPAGE) == 0);
 	unsigned char *P = R + PIDX * T_PAGE;
 	for (int i = 0; i < NPAGES; i++)
 		if (i != PIDX)
@@ -206,10 +236,9 @@ int main(void)
 	CHECK(s == (uintptr_t)R && e == (uintptr_t)(R + NPAGES * T_PAGE));
 	CHECK(vmas_in(R, NPAGES * T_PAGE) == 1);
 	/*
-	 * Warm up glibc's thread-stack cache so that the reader threads below
-	 * do not add their stacks to the process-wide map count.
+	 * Warm up glibc's thread-stack cache so that the reader/writer threads
+	 * below do not add their stacks to the process-wide map count.
 	 */
-	pthread_t t;
 	CHECK(pthread_create(&t, NULL, noop_fn, NULL) == 0);
 	CHECK(pthread_join(t, NULL) == 0);
 	long count0 = t_map_count();
@@ -220,7 +249,8 @@ int main(void)
 		  &ioctls) == 0);
 	CHECK(ioctls & (1ULL << _UFFDIO_WRITEPROTECT));
 	long count1 = t_map_count();
-	printf("maps lines: %ld -> %ld\n", count0, count1);
+	printf("1. REGISTER(P, MISSING|WP): maps lines %ld -> %ld, um=%d uw=%d\n",
+	       count0, count1, has_vmflag(P, "um"), has_vmflag(P, "uw"));
 	CHECK(count1 == count0 + 2);
 	CHECK(vmas_in(R, NPAGES * T_PAGE) == 3);
 	CHECK(has_vmflag(P, "um") && has_vmflag(P, "uw"));
@@ -229,11 +259,10 @@ int main(void)
 	CHECK(s == (uintptr_t)P && e == (uintptr_t)(P + T_PAGE));
 
 	/* ... and its empty PTE now raises a MISSING fault (read: flags 0). */
-	static struct reader rd;
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
 	CHECK(read_msg(2000, &m) == 1);
-	printf("fault: event %u flags 0x%llx\n", m.event,
+	printf("   fault: event %u flags 0x%llx\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
 	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
@@ -248,52 +277,142 @@ int main(void)
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(rd.copy, pattern, T_PAGE) == 0);
 
-	/* 2. Back to MODE_WP alone: VMAs merge back, no more MISSING faults. */
+	/*
+	 * 2. REGISTER(P, MODE_WP) alone: returns 0 but changes nothing.
+	 *    Registration only adds modes; MISSING stays.
+	 */
 	CHECK(reg(uffd, P, T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL) == 0);
 	long count2 = t_map_count();
-	int still_missing = has_vmflag(P, "um");
-	printf("maps lines after downgrade: %ld, P VmFlags um=%d uw=%d\n",
-	       count2, still_missing, has_vmflag(P, "uw"));
-	if (count2 != count0 || still_missing) {
-		/*
-		 * Diagnostic only (the assertions below still fail): does
-		 * UNREGISTER + REGISTER(MODE_WP) restore the original state?
-		 */
-		struct uffdio_range ur = { .start = (uintptr_t)P, .len = T_PAGE };
-		int r1 = ioctl(uffd, UFFDIO_UNREGISTER, &ur);
-		long c_un = t_map_count();
-		int r2 = reg(uffd, P, T_PAGE, UFFDIO_REGISTER_MODE_WP, NULL);
-		fprintf(stderr,
-			"diagnostic: REGISTER(P, MODE_WP) over MISSING|WP was a no-op; "
-			"UNREGISTER -> %d (maps %ld), REGISTER(WP) -> %d (maps %ld, "
-			"um=%d uw=%d, VMAs in range %ld)\n",
-			r1, c_un, r2, t_map_count(), has_vmflag(P, "um"),
-			has_vmflag(P, "uw"), vmas_in(R, NPAGES * T_PAGE));
-	}
-	CHECK(!still_missing);
-	CHECK(count2 == count0);
+	printf("2. REGISTER(P, WP) over MISSING|WP: ret 0, maps lines %ld, um=%d uw=%d\n",
+	       count2, has_vmflag(P, "um"), has_vmflag(P, "uw"));
+	CHECK(count2 == count0 + 2);
+	CHECK(vmas_in(R, NPAGES * T_PAGE) == 3);
+	CHECK(has_vmflag(P, "um") && has_vmflag(P, "uw"));
+	CHECK(!has_vmflag(R, "um") && has_vmflag(R, "uw"));
+	vma_of(P, &s, &e);
+	CHECK(s == (uintptr_t)P && e == (uintptr_t)(P + T_PAGE));
+	CHECK(memcmp(P, pattern, T_PAGE) == 0);
+	/* MISSING still in force: an emptied P makes a reader wait again. */
+	CHECK(madvise(P, T_PAGE, MADV_DONTNEED) == 0);
+	memset(&rd, 0, sizeof(rd));
+	rd.addr = P;
+	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
+	CHECK(read_msg(2000, &m) == 1);
+	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
+	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
+	CHECK((m.arg.pagefault.flags &
+	       (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) == 0);
+	usleep(100 * 1000);
+	CHECK(!atomic_load(&rd.done));
+	cp = (struct uffdio_copy){ .dst = (uintptr_t)P, .src = (uintptr_t)pattern,
+				   .len = T_PAGE, .mode = 0 };
+	CHECK(ioctl(uffd, UFFDIO_COPY, &cp) == 0 && cp.copy == (int64_t)T_PAGE);
+	CHECK(wait_flag(&rd.done, 2000));
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK(memcmp(rd.copy, pattern, T_PAGE) == 0);
+
+	/*
+	 * 3. Write-protect P. Control: the uffd-wp bit is set and a write
+	 *    blocks on a WP fault until un-protected; then protect it again.
+	 */
+	CHECK(t_uffd_wp(uffd, P, T_PAGE, 1) == 0);
+	CHECK(pagemap_uffd_wp(P) == 1);
+	wr.addr = P;
+	wr.val = (unsigned char)(pattern[0] ^ 0x55);
+	CHECK(pthread_create(&t, NULL, writer_fn, &wr) == 0);
+	CHECK(read_msg(2000, &m) == 1);
+	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
+	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
+	CHECK((m.arg.pagefault.flags &
+	       (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) ==
+	      (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP));
+	usleep(100 * 1000);
+	CHECK(!atomic_load(&wr.done));
+	CHECK(P[0] == pattern[0]);
+	CHECK(t_uffd_wp(uffd, P, T_PAGE, 0) == 0); /* un-protect + wake */
+	CHECK(wait_flag(&wr.done, 2000));
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK(P[0] == wr.val);
+	P[0] = pattern[0];
+	CHECK(read_msg(0, &m) == 0);
+	CHECK(t_uffd_wp(uffd, P, T_PAGE, 1) == 0);
+	CHECK(pagemap_uffd_wp(P) == 1);
+	printf("3. WRITEPROTECT(P): pagemap uffd-wp 1, a write blocked on a WP fault "
+	       "(flags 0x%llx) until un-protected; protected again\n",
+	       (unsigned long long)m.arg.pagefault.flags);
+
+	/*
+	 * 4. UNREGISTER(P): VmFlags cleared, split kept (P's VMA cannot merge
+	 *    with its registered neighbours), uffd-wp bit dropped.
+	 */
+	struct uffdio_range ur = { .start = (uintptr_t)P, .len = T_PAGE };
+	CHECK(ioctl(uffd, UFFDIO_UNREGISTER, &ur) == 0);
+	long count3 = t_map_count();
+	int wp3 = pagemap_uffd_wp(P);
+	printf("4. UNREGISTER(P): maps lines %ld, um=%d uw=%d, pagemap uffd-wp %d\n",
+	       count3, has_vmflag(P, "um"), has_vmflag(P, "uw"), wp3);
+	CHECK(count3 == count0 + 2);
+	CHECK(vmas_in(R, NPAGES * T_PAGE) == 3);
+	CHECK(!has_vmflag(P, "um") && !has_vmflag(P, "uw"));
+	CHECK(!has_vmflag(R, "um") && has_vmflag(R, "uw"));
+	CHECK(wp3 == 0);
+	CHECK(memcmp(P, pattern, T_PAGE) == 0);
+
+	/*
+	 * 5. REGISTER(P, MODE_WP): one VMA again, "uw" only, and P is no
+	 *    longer write-protected: a write lands without any uffd message.
+	 */
+	CHECK(reg(uffd, P, T_PAGE, UFFDIO_REGISTER_MODE_WP, &ioctls) == 0);
+	CHECK(ioctls & (1ULL << _UFFDIO_WRITEPROTECT));
+	long count4 = t_map_count();
+	printf("5. REGISTER(P, WP) after UNREGISTER: maps lines %ld, um=%d uw=%d, "
+	       "pagemap uffd-wp %d\n",
+	       count4, has_vmflag(P, "um"), has_vmflag(P, "uw"),
+	       pagemap_uffd_wp(P));
+	CHECK(count4 == count0);
 	CHECK(vmas_in(R, NPAGES * T_PAGE) == 1);
 	vma_of(P, &s, &e);
 	CHECK(s == (uintptr_t)R && e == (uintptr_t)(R + NPAGES * T_PAGE));
-	CHECK(memcmp(P, pattern, T_PAGE) == 0);
-	/* WP mode still in force on the merged VMA. */
+	CHECK(!has_vmflag(P, "um") && has_vmflag(P, "uw"));
+	CHECK(pagemap_uffd_wp(P) == 0);
+	memset(&wr, 0, sizeof(wr));
+	wr.addr = P;
+	wr.val = (unsigned char)(pattern[0] ^ 0xaa);
+	CHECK(pthread_create(&t, NULL, writer_fn, &wr) == 0);
+	int got = read_msg(100, &m);
+	if (got)
+		fprintf(stderr, "write to P after restore raised event %u flags 0x%llx\n",
+			m.event, (unsigned long long)m.arg.pagefault.flags);
+	CHECK(got == 0);
+	CHECK(wait_flag(&wr.done, 2000));
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK(P[0] == wr.val);
+	CHECK(memcmp(P + 1, pattern + 1, T_PAGE - 1) == 0);
+	CHECK(read_msg(0, &m) == 0);
+	printf("   write to the formerly write-protected P: landed, no uffd message\n");
+	P[0] = pattern[0];
+
+	/* WP mode in force on the merged VMA, MISSING gone. */
 	CHECK(t_uffd_wp(uffd, R, NPAGES * T_PAGE, 1) == 0);
+	CHECK(pagemap_uffd_wp(P) == 1);
 	CHECK(t_uffd_wp(uffd, R, NPAGES * T_PAGE, 0) == 0);
+	CHECK(pagemap_uffd_wp(P) == 0);
 	/* Empty P again: a read now sees zeros, with no message. */
 	CHECK(madvise(P, T_PAGE, MADV_DONTNEED) == 0);
 	memset(&rd, 0, sizeof(rd));
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
 	if (!wait_flag(&rd.done, 2000)) {
-		int got = read_msg(0, &m);
-		fprintf(stderr, "reader blocked after downgrade (msg %d)\n", got);
-		CHECK(!"read of an empty page in a MODE_WP range did not block");
+		got = read_msg(0, &m);
+		fprintf(stderr, "reader blocked after restore (msg %d)\n", got);
+		CHECK(!"read of an empty page in a MODE_WP range did not complete");
 	}
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(rd.copy, zero, T_PAGE) == 0);
 	CHECK(read_msg(0, &m) == 0);
+	CHECK(t_map_count() == count0);
 
-	/* 3. A second uffd cannot register any part of the range. */
+	/* 6. A second uffd cannot register any part of the range. */
 	int uffd2 = t_uffd_open(UFFD_FEATURE_PAGEFAULT_FLAG_WP, NULL);
 	CHECK(uffd2 >= 0);
 	errno = 0;
@@ -316,6 +435,7 @@ int main(void)
 	close(uffd);
 	munmap(other, T_PAGE);
 	munmap(g, (NPAGES + 2) * T_PAGE);
-	printf("PASS\n");
+	printf("PASS: REGISTER only adds modes; UNREGISTER + REGISTER(WP) restores "
+	       "one VMA and drops write-protection\n");
 	return T_PASS;
 }
