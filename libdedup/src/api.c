@@ -21,10 +21,12 @@ DD_API int dedup_version(void)
 static void undo_init(void)
 {
 	if (eng.scratch)
-		munmap((void *)eng.scratch, (dd_opt.batch_pages + 2) * DD_PAGE);
+		munmap((void *)eng.scratch, eng.scratch_pages * DD_PAGE);
 	eng.scratch = 0;
 	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
 	eng.batch = NULL;
+	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
+	eng.cmpbuf = NULL;
 	dd_index_fini();
 	dd_store_fini();
 	dd_os_close();
@@ -50,7 +52,9 @@ DD_API int dedup_init(const struct dedup_config *config)
 	ret = dd_options_load(config);
 	if (ret < 0)
 		goto out;
-	memset(&dd_cnt, 0, sizeof(dd_cnt));
+#define X(name, help) atomic_store(&dd_cnt.name, 0);
+	DD_COUNTERS(X)
+#undef X
 	ret = dd_uffd_open(&eng.uffd, &why);
 	if (ret < 0) {
 		dd_warn("not merging: %s", why);
@@ -69,17 +73,20 @@ DD_API int dedup_init(const struct dedup_config *config)
 	if (ret < 0)
 		goto fail;
 	eng.batch = dd_vm_alloc((dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	eng.cmpbuf = dd_vm_alloc((dd_opt.batch_pages + 2) * DD_PAGE);
 	/* S, where pages are moved out during a merge: registered MISSING with
 	 * our uffd (UFFDIO_MOVE wants both ends registered with it). */
-	void *s = mmap(NULL, (dd_opt.batch_pages + 2) * DD_PAGE, PROT_READ | PROT_WRITE,
+	eng.scratch_pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
+	eng.scratch_used = 0;
+	void *s = mmap(NULL, eng.scratch_pages * DD_PAGE, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (!eng.batch || s == MAP_FAILED) {
+	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED) {
 		ret = -ENOMEM;
 		goto fail;
 	}
 	eng.scratch = (uintptr_t)s;
-	madvise(s, (dd_opt.batch_pages + 2) * DD_PAGE, MADV_NOHUGEPAGE);
-	ret = dd_uffd_register(eng.uffd, eng.scratch, (dd_opt.batch_pages + 2) * DD_PAGE,
+	madvise(s, eng.scratch_pages * DD_PAGE, MADV_NOHUGEPAGE);
+	ret = dd_uffd_register(eng.uffd, eng.scratch, eng.scratch_pages * DD_PAGE,
 			       UFFDIO_REGISTER_MODE_MISSING);
 	if (ret < 0)
 		goto fail;
@@ -198,9 +205,7 @@ DD_API int dedup_stats(struct dedup_stats *st)
 {
 	if (!st || st->size < sizeof(uint64_t))
 		return -EINVAL;
-	pthread_mutex_lock(&eng.lock);
 	dd_stats_snapshot(st);
-	pthread_mutex_unlock(&eng.lock);
 	return 0;
 }
 

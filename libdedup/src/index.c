@@ -21,7 +21,12 @@
 
 #include "internal.h"
 
-struct stable_ent { uint64_t hash; uint32_t slot; uint32_t used; };  /* used: 0 empty, 1 live, 2 dead */
+struct stable_ent {
+	uint64_t hash;
+	uint32_t slot;
+	uint16_t used;      /* 0 empty, 1 live, 2 dead */
+	uint16_t verify;    /* a lookup of this hash must compare content */
+};
 struct unstable_ent { uint64_t hash; uintptr_t addr; uint64_t gen; };
 
 static struct {
@@ -66,26 +71,57 @@ size_t dd_index_bytes(void)
 /* ---- stable ----------------------------------------------------------- */
 
 /*
- * The canonical slot whose content equals @page, among those with @hash.
- * Several slots may share a hash (a collision, or the test hook that keeps
- * few hash bits): each is compared, up to DD_MAX_PROBE_CMP of them, so a
- * collision costs time but never hides an equal page. *collided is set when
- * a slot had the hash but other content.
+ * The canonical slot for @page among those with @hash. A 64-bit hash match
+ * routes the page to its slot without a comparison: merge.c compares the
+ * whole page under protection anyway, and that comparison is the one that
+ * counts. But a hash must never hide an equal page: when a slot turns out
+ * to differ (merge.c calls dd_stable_verify_hash), or when several slots
+ * share the hash, every lookup of that hash compares contents, up to
+ * DD_MAX_PROBE_CMP of them. *collided is set when a slot had the hash but
+ * other content.
  */
 uint32_t dd_stable_lookup(uint64_t hash, const void *page, bool *collided)
 {
 	int cmps = 0;
+	uint32_t first = 0;
+	bool verify = false;
+
 	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
 		struct stable_ent *e = &ix.s[i];
 		if (!e->used)
-			return 0;
+			break;
 		if (e->used != 1 || e->hash != hash)
 			continue;
+		if (!first && !e->verify && !verify) {
+			first = e->slot;   /* the common case: one slot, trusted hash */
+			continue;
+		}
+		verify = true;
+		if (first) {       /* a second slot: compare the first one too */
+			if (memcmp(page, dd_store_page(first - 1), DD_PAGE) == 0)
+				return first;
+			*collided = true;
+			first = 0;
+			cmps++;
+		}
 		if (memcmp(page, dd_store_page(e->slot - 1), DD_PAGE) == 0)
 			return e->slot;
 		*collided = true;
 		if (++cmps >= DD_MAX_PROBE_CMP)
 			return 0;
+	}
+	return first;
+}
+
+/* Content behind @hash differed from a slot: compare from now on. */
+void dd_stable_verify_hash(uint64_t hash)
+{
+	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
+		struct stable_ent *e = &ix.s[i];
+		if (!e->used)
+			return;
+		if (e->hash == hash)
+			e->verify = 1;
 	}
 }
 
@@ -121,7 +157,7 @@ int dd_stable_insert(uint64_t hash, uint32_t slot)
 		i = (i + 1) & (ix.s_cap - 1);
 	if (ix.s[i].used == 2)
 		ix.s_dead--;
-	ix.s[i] = (struct stable_ent){ hash, slot, 1 };
+	ix.s[i] = (struct stable_ent){ hash, slot, 1, 0 };
 	ix.s_live++;
 	return 0;
 }

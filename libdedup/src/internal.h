@@ -130,7 +130,7 @@ struct dd_counters {
 };
 extern struct dd_counters dd_cnt;
 #define DD_INC(name, n) atomic_fetch_add_explicit(&dd_cnt.name, (n), memory_order_relaxed)
-void dd_stats_snapshot(struct dedup_stats *st);
+void dd_stats_snapshot(struct dedup_stats *st);   /* lock-free */
 void dd_stats_print(int fd);
 
 /* ---- vm.c ----------------------------------------------------------- */
@@ -144,6 +144,7 @@ struct dd_features {
 	uint64_t uffd_features;   /* what UFFDIO_API granted */
 	bool kernel_faults;       /* uffd handles kernel-mode faults */
 	bool pagemap_scan;        /* PAGEMAP_SCAN ioctl works */
+	bool vm_readv;            /* process_vm_readv() on ourselves works */
 	long max_map_count;
 };
 extern struct dd_features dd_feat;
@@ -201,6 +202,7 @@ int dd_index_init(void);
 void dd_index_fini(void);
 #define DD_MAX_PROBE_CMP 16   /* full compares per lookup, at most */
 uint32_t dd_stable_lookup(uint64_t hash, const void *page, bool *collided);
+void dd_stable_verify_hash(uint64_t hash);
 int dd_stable_insert(uint64_t hash, uint32_t slot);
 void dd_stable_remove(uint64_t hash, uint32_t slot);
 void dd_unstable_reset(void);     /* new pass: forget all candidates */
@@ -219,6 +221,7 @@ int dd_region_add(uintptr_t start, size_t len);
 int dd_region_remove(uintptr_t start, size_t len, bool exact);
 struct dd_region *dd_region_find(uintptr_t addr);
 size_t dd_region_count(void);
+size_t dd_region_count_relaxed(void);   /* without eng.lock */
 struct dd_region *dd_region_at(size_t i);
 void dd_region_fini(void);
 uint64_t dd_region_bytes(void);
@@ -246,7 +249,10 @@ struct dd_engine {
 	bool running;
 	_Atomic bool stop;
 	pthread_t engine_thr, reader_thr;
-	uintptr_t scratch;      /* S: batch_pages pages, registered MISSING */
+	uintptr_t scratch;      /* S: scratch_pages pages, registered MISSING */
+	size_t scratch_pages;
+	size_t scratch_used;    /* pages of S holding moved-out pages */
+	char *cmpbuf;           /* batch_pages pages: S read back for comparing */
 	struct dd_merge_item *batch;
 	size_t nbatch;
 	/* REMOVE/REMAP events read by the uffd reader (written under the gate):
@@ -277,6 +283,7 @@ void dd_engine_account_cpu(uint64_t *last);
 /* ---- scan.c / merge.c --------------------------------------------------- */
 bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned);
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
+void dd_merge_free_scratch(void);
 uint64_t dd_hash_page(const void *p);
 
 

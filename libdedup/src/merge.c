@@ -70,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -90,7 +91,11 @@ static const void *target_page(uint32_t target)
 	return target == DD_SLOT_ZERO ? zero_page : dd_store_page(target - 1);
 }
 
-static uintptr_t scratch_of(size_t i) { return eng.scratch + i * DD_PAGE; }
+/* Page i of this batch's part of S. S is used as a ring: the pages moved out
+ * are freed only when it wraps, which amortises the madvise (a REMOVE event
+ * and a TLB shootdown) over many batches. */
+static size_t scratch_base;
+static uintptr_t scratch_of(size_t i) { return eng.scratch + (scratch_base + i) * DD_PAGE; }
 
 static void drop(struct dd_merge_item *it, int state, _Atomic uint64_t *counter)
 {
@@ -212,6 +217,44 @@ static size_t map_run_len(struct dd_merge_item *it, size_t i, size_t n)
 }
 
 /*
+ * Read the pages moved into S (state IT_MOVED, window it[0..n)) into
+ * eng.cmpbuf with process_vm_readv(), or return NULL (then the caller reads
+ * S directly); base is it[0]'s scratch page. Why not just read S: the first user access to a PTE that
+ * UFFDIO_MOVE just installed costs ~5 us on a shadow-paging guest such as
+ * this project's machines, process_vm_readv walks the page tables in
+ * software and copies through the kernel's direct map (~0.6 us a page,
+ * measured: README "Performance notes"). Only moved pages are read: S is
+ * registered MISSING, and touching an empty page of it would block this
+ * thread on its own userfaultfd.
+ */
+static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
+{
+	struct iovec local[64], remote[64];
+	size_t nio = 0, total = 0;
+
+	if (!dd_feat.vm_readv)
+		return NULL;
+	for (size_t i = 0; i < n;) {
+		if (it[i].state != IT_MOVED) {
+			i++;
+			continue;
+		}
+		size_t k = run_len(it, i, n, IT_MOVED);
+		if (nio == DD_ARRAY_SIZE(local))
+			return NULL;
+		local[nio] = (struct iovec){ eng.cmpbuf + i * DD_PAGE, k * DD_PAGE };
+		remote[nio] = (struct iovec){ (void *)scratch_of(base + i), k * DD_PAGE };
+		nio++;
+		total += k * DD_PAGE;
+		i += k;
+	}
+	if (!nio)
+		return eng.cmpbuf;
+	ssize_t r = process_vm_readv(getpid(), local, nio, remote, nio, 0);
+	return r == (ssize_t)total ? eng.cmpbuf : NULL;
+}
+
+/*
  * One window: items it[0..n), contiguous addresses inside region r;
  * base is the index of it[0] in the batch (its scratch page).
  */
@@ -246,13 +289,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 		if (it[i].state == IT_GONE)
 			it[i].state = IT_DROP_WP;
 
-	/* 2. compare in place */
-	for (size_t i = 0; i < n; i++)
-		if (it[i].state == IT_LIVE &&
-		    memcmp((const void *)it[i].addr, target_page(it[i].target), DD_PAGE))
-			drop(&it[i], IT_DROP_WP, &dd_cnt.skipped_mismatch);
-
-	/* 3. make empty PTEs wait for us */
+	/* 2. make empty PTEs wait for us */
 	int reg = dd_uffd_register(eng.uffd, a0, len,
 				   UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
 	if (reg < 0)
@@ -261,7 +298,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 				drop(&it[i], IT_DROP_WP, reg == -ENOMEM ? &dd_cnt.skipped_budget
 									: &dd_cnt.skipped_raced);
 
-	/* 4. move out (the pin check) */
+	/* 3. move out (the pin check) */
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_LIVE) {
 			i++;
@@ -295,16 +332,21 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 		}
 	}
 
-	/* 5. final comparison, on our private copy */
+	/* 4. the comparison, on our private copy */
+	const char *copy = read_moved(it, n, base);
 	for (size_t i = 0; i < n; i++) {
-		if (it[i].state != IT_MOVED ||
-		    !memcmp((const void *)scratch_of(base + i), target_page(it[i].target), DD_PAGE))
+		if (it[i].state != IT_MOVED)
 			continue;
-		DD_INC(skipped_raced, 1);
+		const void *page = copy ? copy + i * DD_PAGE : (const void *)scratch_of(base + i);
+		if (!memcmp(page, target_page(it[i].target), DD_PAGE))
+			continue;
+		DD_INC(skipped_mismatch, 1);
+		if (it[i].target != DD_SLOT_ZERO)
+			dd_stable_verify_hash(dd_store_hash(it[i].target));
 		it[i].state = move_back(base + i, it[i].addr) ? IT_DROP_WP : IT_GONE;
 	}
 
-	/* 6. replace */
+	/* 5. replace */
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_MOVED) {
 			i++;
@@ -336,7 +378,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 		i += k;
 	}
 
-	/* 7. restore: WP-only registration on what is still anonymous. A
+	/* 6. restore: WP-only registration on what is still anonymous. A
 	 * registration can only add modes (tests/probe/probe_register_modes.c),
 	 * so MISSING goes with an unregister first; that also drops the
 	 * write-protection of those pages, which is what we want now: every
@@ -398,18 +440,33 @@ static int cmp_item(const void *a, const void *b)
 	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
+/*
+ * Free the pages earlier batches moved out into S. S is registered with our
+ * uffd, so this raises a REMOVE event: never called under the gate, the
+ * reader acknowledges it. Called when S is full and at the end of a pass.
+ */
+void dd_merge_free_scratch(void)
+{
+	if (eng.scratch_used && !eng.scratch_lost)
+		madvise((void *)eng.scratch, eng.scratch_used * DD_PAGE, MADV_DONTNEED);
+	eng.scratch_used = 0;
+}
+
 long dd_merge_batch(void)
 {
 	struct dd_merge_item *it = eng.batch;
 	size_t n = eng.nbatch;
 	long merged = 0;
-	bool moved_any = false;
 
 	if (!n)
 		return 0;
 	qsort(it, n, sizeof(*it), cmp_item);
 	for (size_t i = 0; i < n; i++)
 		it[i].state = IT_LIVE;
+	if (eng.scratch_used + n > eng.scratch_pages)
+		dd_merge_free_scratch();
+	scratch_base = eng.scratch_used;
+	eng.scratch_used += n;
 
 	pthread_mutex_lock(&eng.gate);
 	for (size_t i = 0; i < n;) {
@@ -424,16 +481,9 @@ long dd_merge_batch(void)
 		while (k < n && it[k].addr == it[k - 1].addr + DD_PAGE && it[k].addr < rend)
 			k++;
 		merged += merge_window(r, it + i, k - i, i);
-		for (size_t x = i; x < k; x++)
-			moved_any |= it[x].state == IT_DONE;
 		i = k;
 	}
 	pthread_mutex_unlock(&eng.gate);
-
-	/* Free what we moved out. S is registered with our uffd, so this raises
-	 * a REMOVE event: done outside the gate, the reader acknowledges it. */
-	if (moved_any && !eng.scratch_lost)
-		madvise((void *)eng.scratch, n * DD_PAGE, MADV_DONTNEED);
 
 	/* A canonical page created for this batch that nobody took is freed. */
 	for (size_t i = 0; i < n; i++) {

@@ -8,6 +8,7 @@
  * can be forced from the environment for tests:
  *   DEDUP_FORCE_PAGEMAP=1      use /proc/self/pagemap instead of PAGEMAP_SCAN
  *   DEDUP_FORCE_USER_ONLY=1    act as if only a user-mode-only uffd existed
+ *   DEDUP_FORCE_DIRECT_READ=1  compare moved pages in place, not via process_vm_readv
  *
  * Thread-safety: stateless apart from dd_feat (written at init) and the
  * pagemap fd (opened at init, used under eng.lock).
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -295,6 +297,11 @@ void dd_os_probe(void)
 	dd_feat.pagemap_scan = pagemap_fd >= 0 && !env_on("DEDUP_FORCE_PAGEMAP") &&
 			       ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) >= 0;
 	dd_feat.max_map_count = read_long_file("/proc/sys/vm/max_map_count", 65530);
+
+	char a = 1, b = 0;
+	struct iovec l = { &b, 1 }, r = { &a, 1 };
+	dd_feat.vm_readv = !env_on("DEDUP_FORCE_DIRECT_READ") &&
+			   process_vm_readv(getpid(), &l, 1, &r, 1, 0) == 1 && b == 1;
 }
 
 void dd_os_close(void)

@@ -21,12 +21,14 @@
 static struct {
 	struct dd_region *r;
 	size_t n, cap;
-	uint64_t bytes;
+	_Atomic size_t count;     /* == n, for lock-free stats readers */
+	_Atomic uint64_t bytes;
 } rg;
 
 size_t dd_region_count(void) { return rg.n; }
+size_t dd_region_count_relaxed(void) { return atomic_load_explicit(&rg.count, memory_order_relaxed); }
 struct dd_region *dd_region_at(size_t i) { return &rg.r[i]; }
-uint64_t dd_region_bytes(void) { return rg.bytes; }
+uint64_t dd_region_bytes(void) { return atomic_load_explicit(&rg.bytes, memory_order_relaxed); }
 
 static uintptr_t rend(const struct dd_region *r) { return r->start + r->npages * DD_PAGE; }
 
@@ -83,7 +85,8 @@ static int insert_at(size_t i, const struct dd_region *r)
 	memmove(&rg.r[i + 1], &rg.r[i], (rg.n - i) * sizeof(*rg.r));
 	rg.r[i] = *r;
 	rg.n++;
-	rg.bytes += r->npages * DD_PAGE;
+	atomic_store(&rg.count, rg.n);
+	atomic_fetch_add(&rg.bytes, r->npages * DD_PAGE);
 	return 0;
 }
 
@@ -152,7 +155,8 @@ int dd_region_remove(uintptr_t start, size_t len, bool exact)
 		forget_pages(&old, from, to);
 		memmove(&rg.r[i], &rg.r[i + 1], (rg.n - i - 1) * sizeof(*rg.r));
 		rg.n--;
-		rg.bytes -= old.npages * DD_PAGE;
+		atomic_store(&rg.count, rg.n);
+		atomic_fetch_sub(&rg.bytes, old.npages * DD_PAGE);
 		free_meta(&old);
 		if (left.npages)
 			insert_at(i++, &left);   /* cannot fail: we just freed a slot */
@@ -170,5 +174,8 @@ void dd_region_fini(void)
 		free_meta(&rg.r[i]);
 	}
 	dd_vm_free(rg.r, rg.cap * sizeof(*rg.r));
-	memset(&rg, 0, sizeof(rg));
+	rg.r = NULL;
+	rg.n = rg.cap = 0;
+	atomic_store(&rg.count, 0);
+	atomic_store(&rg.bytes, 0);
 }

@@ -164,6 +164,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		if (!r) {
 			if (eng.nbatch)
 				c.merged += dd_merge_batch();
+			dd_merge_free_scratch();
 			*cursor = 0;
 			DD_INC(full_passes, 1);
 			*merged += c.merged;

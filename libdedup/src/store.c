@@ -43,7 +43,7 @@ static struct {
 	size_t info_cap;      /* entries allocated in info */
 	uint32_t hwm;         /* slots ever used */
 	uint32_t free_head;   /* slot + 1 */
-	uint64_t sharing, shared;
+	_Atomic uint64_t sharing, shared;   /* read without eng.lock by stats */
 } st = { .fd = -1 };
 
 int dd_store_init(size_t max_bytes)
@@ -64,7 +64,8 @@ int dd_store_init(size_t max_bytes)
 	}
 	st.hwm = 0;
 	st.free_head = 0;
-	st.sharing = st.shared = 0;
+	atomic_store(&st.sharing, 0);
+	atomic_store(&st.shared, 0);
 	return 0;
 fail:;
 	int e = -errno;
@@ -85,8 +86,12 @@ void dd_store_fini(void)
 	if (st.fd >= 0)
 		close(st.fd);
 	dd_vm_free(st.info, st.info_cap * sizeof(*st.info));
-	memset(&st, 0, sizeof(st));
+	st.view = NULL;
+	st.info = NULL;
+	st.info_cap = st.max_slots = 0;
+	st.hwm = st.free_head = 0;
 	st.fd = -1;
+	/* sharing/shared stay: the pages are still shared after shutdown */
 }
 
 int dd_store_fd(void) { return st.fd; }
@@ -182,5 +187,5 @@ void dd_store_put(uint32_t ref)
 uint32_t dd_store_refs(uint32_t ref) { return st.info[ref - 1].refs; }
 uint64_t dd_store_hash(uint32_t ref) { return st.info[ref - 1].hash; }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
-uint64_t dd_store_sharing(void) { return st.sharing; }
-uint64_t dd_store_shared(void) { return st.shared; }
+uint64_t dd_store_sharing(void) { return atomic_load(&st.sharing); }
+uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
