@@ -5,3 +5,16 @@ dedup_test(test_zero_pages LABELS core)
 dedup_test(test_collision LABELS core)
 dedup_test(test_unregister LABELS core)
 dedup_test(test_hammer TIMEOUT 120 LABELS core race)
+dedup_test(test_pinned LABELS core race)
+# The same test with the pin check disabled must fail (lost data): proof that
+# test_pinned can catch the bug it is about.
+add_test(NAME test_pinned_catches_naive COMMAND test_pinned)
+set_tests_properties(test_pinned_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_PIN_CHECK=1" LABELS "core;race")
+dedup_test(test_kernel_writer LABELS core race)
+add_test(NAME test_user_mode_only COMMAND test_kernel_writer)
+set_tests_properties(test_user_mode_only PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "DEDUP_FORCE_USER_ONLY=1" LABELS core)
+add_test(NAME test_hammer_signals COMMAND test_hammer)
+set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")

@@ -93,6 +93,8 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	  "pages write-protected and merged as one batch")                           \
 	X(test_hash_bits, uint64_t, "DEDUP_TEST_HASH_BITS", 64, 1, 64, 0,           \
 	  "test hook: keep only this many hash bits (forces collisions)")            \
+	X(test_unsafe_no_move, uint64_t, "DEDUP_TEST_UNSAFE_NO_PIN_CHECK", 0, 0, 1, 0, \
+	  "test hook: the naive protocol (no UFFDIO_MOVE pin check); loses data") \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
 	  "largest canonical page store (memfd), bytes")
 

@@ -299,6 +299,18 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 									: &dd_cnt.skipped_raced);
 
 	/* 3. move out (the pin check) */
+	if (dd_unlikely(dd_opt.test_unsafe_no_move)) {
+		/* Test hook only: the naive protocol that trusts write protection,
+		 * compares in place and replaces. It loses a device's writes into
+		 * a pinned page; tests/test_pinned.c shows that it does. */
+		for (size_t i = 0; i < n; i++)
+			if (it[i].state == IT_LIVE)
+				it[i].state = it[i].target == DD_SLOT_ZERO ||
+					      memcmp((const void *)it[i].addr,
+						     target_page(it[i].target), DD_PAGE)
+						      ? IT_DROP_WP : IT_MOVED;
+		goto replace;
+	}
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_LIVE) {
 			i++;
@@ -346,6 +358,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 		it[i].state = move_back(base + i, it[i].addr) ? IT_DROP_WP : IT_GONE;
 	}
 
+replace:
 	/* 5. replace */
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_MOVED) {
