@@ -18,3 +18,8 @@ set_tests_properties(test_user_mode_only PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 
 add_test(NAME test_hammer_signals COMMAND test_hammer)
 set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")
+dedup_test(test_discard LABELS core)
+# Open bug (README "Known bugs"): fails in about 4 runs out of 10 here.
+add_test(NAME test_hammer_dontneed COMMAND test_hammer)
+set_tests_properties(test_hammer_dontneed PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "DEDUP_TEST_DONTNEED=1" LABELS "core;race" DISABLED TRUE)

@@ -11,12 +11,22 @@
  * a cycle every byte is compared with the shadow. The run fails if almost
  * nothing was merged (it would prove nothing).
  *
+ * With DEDUP_TEST_DONTNEED=1 writers also discard pages (madvise
+ * MADV_DONTNEED: the page must then read as zeros). That variant still
+ * fails now and then on this project's machines (a discarded page briefly
+ * reads zeros, then its old content, with no fault in between: see
+ * README "Known bugs"); CTest registers it disabled until that is solved.
+ * With DEDUP_TEST_SIGNALS=1 a thread also sends the writers a signal storm,
+ * so writers blocked on a protected page are interrupted and retry.
+ *
  * DEDUP_TEST_SECONDS sets the duration (default 4); DEDUP_TEST_SEED the seed.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 
 #include "tdedup.h"
+void dd_trace(char op, uintptr_t a, size_t len, long v);   /* internal, test only */
 
 #define PAGES 512
 #define WRITERS 2
@@ -26,6 +36,21 @@ static char base[T_PAGE];
 static _Atomic int stop_flag;
 static _Atomic unsigned long writes;
 static unsigned seed0;
+static pthread_t writers_t[WRITERS];
+static _Atomic unsigned long signals;
+static int use_dontneed;
+
+static void on_signal(int sig) { atomic_fetch_add(&signals, 1); }
+
+static void *signaller(void *arg)
+{
+	while (!atomic_load(&stop_flag)) {
+		for (int i = 0; i < WRITERS; i++)
+			pthread_kill(writers_t[i], SIGUSR1);
+		usleep(50);
+	}
+	return NULL;
+}
 
 static uint64_t rnd(uint64_t *s)
 {
@@ -39,6 +64,32 @@ static void fail_at(size_t off, unsigned char want, unsigned char got)
 {
 	fprintf(stderr, "MISMATCH at %p (page %zu offset %zu): expected %#x got %#x (seed %u)\n",
 		(void *)(region + off), off / T_PAGE, off % T_PAGE, want, got, seed0);
+	if (getenv("T_DEBUG")) {
+		fprintf(stderr, "now %llu\n", (unsigned long long)(t_now() * 1e6));
+		FILE *f = fopen("/proc/self/smaps", "r");
+		char line[512];
+		int on = 0;
+		uintptr_t x = (uintptr_t)(region + off);
+		while (fgets(line, sizeof line, f)) {
+			unsigned long lo, hi;
+			if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ' ') &&
+			    line[strlen(line) - 1] == '\n' && (line[0] != 'V'))
+				on = (lo <= x && x < hi) && !strchr(line, ':') ? 1 : (strstr(line, "-") && sscanf(line, "%lx-%lx ", &lo, &hi) == 2 ? (lo <= x && x < hi) : on);
+			if (on && (strstr(line, "-") || strstr(line, "VmFlags") || strstr(line, "Rss") || strstr(line, "Anonymous")))
+				fputs(line, stderr);
+		}
+		fclose(f);
+		size_t pg = off / T_PAGE * T_PAGE;
+		fprintf(stderr, "page equals base: %d, equals shadow: %d\n",
+			!memcmp(region + pg, base, T_PAGE), !memcmp(region + pg, shadow + pg, T_PAGE));
+		void dd_trace_dump(uintptr_t);
+		dd_trace_dump(x);
+		int pm = open("/proc/self/pagemap", O_RDONLY);
+		uint64_t e = 0;
+		pread(pm, &e, 8, (off_t)(x / T_PAGE * 8));
+		fprintf(stderr, "pagemap %#llx present %d file %d uffd-wp %d\n", (unsigned long long)e,
+			(int)(e >> 63), (int)(e >> 61 & 1), (int)(e >> 57 & 1));
+	}
 	exit(T_FAIL);
 }
 
@@ -50,9 +101,18 @@ static void *writer(void *arg)
 	while (!atomic_load(&stop_flag)) {
 		size_t page = (rnd(&s) % (PAGES / WRITERS)) * WRITERS + (size_t)id;
 		char *p = region + page * T_PAGE, *sh = shadow + page * T_PAGE;
-		if (rnd(&s) % 16 == 0) {
+		uint64_t action = rnd(&s) % 64;
+		if (action < 4) {
 			memcpy(p, base, T_PAGE);
 			memcpy(sh, base, T_PAGE);
+		} else if (action == 4 && use_dontneed) {
+			dd_trace('d', (uintptr_t)p, T_PAGE, p[0]);
+			CHECK(madvise(p, T_PAGE, MADV_DONTNEED) == 0);
+			dd_trace('e', (uintptr_t)p, T_PAGE, p[0]);
+			memset(sh, 0, T_PAGE);
+			for (size_t i = 0; i < T_PAGE; i += 64)
+				if (p[i])
+					fail_at(page * T_PAGE + i, 0, (unsigned char)p[i]);
 		} else {
 			size_t off = (rnd(&s) % (T_PAGE / 8)) * 8;
 			uint64_t v = rnd(&s);
@@ -74,6 +134,12 @@ int main(void)
 	double seconds = e ? atof(e) : 4;
 	e = getenv("DEDUP_TEST_SEED");
 	seed0 = e ? (unsigned)atoi(e) : (unsigned)time(NULL);
+	int use_signals = getenv("DEDUP_TEST_SIGNALS") != NULL;
+	use_dontneed = getenv("DEDUP_TEST_DONTNEED") != NULL;
+	if (use_signals) {
+		struct sigaction sa = { .sa_handler = on_signal };   /* no SA_RESTART */
+		sigaction(SIGUSR1, &sa, NULL);
+	}
 	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 1,
 				    .cpu_percent = 100, .batch_pages = 8 };
 	int r = dedup_init(&cfg);
@@ -93,15 +159,19 @@ int main(void)
 		memcpy(shadow, region, PAGES * T_PAGE);
 		CHECK(dedup_register(region, PAGES * T_PAGE) == 0);
 		atomic_store(&stop_flag, 0);
-		pthread_t t[WRITERS];
+		pthread_t *t = writers_t, sig;
 		for (long i = 0; i < WRITERS; i++)
 			pthread_create(&t[i], NULL, writer, (void *)i);
+		if (use_signals)
+			pthread_create(&sig, NULL, signaller, NULL);
 		double cyc_end = t_now() + 1.0;
 		while (t_now() < cyc_end)
 			usleep(10000);
 		atomic_store(&stop_flag, 1);
 		for (int i = 0; i < WRITERS; i++)
 			pthread_join(t[i], NULL);
+		if (use_signals)
+			pthread_join(sig, NULL);
 		for (size_t off = 0; off < PAGES * T_PAGE; off++)
 			if (region[off] != shadow[off])
 				fail_at(off, (unsigned char)shadow[off], (unsigned char)region[off]);
@@ -111,8 +181,9 @@ int main(void)
 	}
 	struct dedup_stats st = t_stats();
 	t_print_stats("hammer");
-	fprintf(stderr, "%d cycles, %lu writes verified, %llu merges\n", cycles,
-		(unsigned long)atomic_load(&writes), (unsigned long long)st.merges);
+	fprintf(stderr, "%d cycles, %lu writes verified, %llu merges, %lu signals\n", cycles,
+		(unsigned long)atomic_load(&writes), (unsigned long long)st.merges,
+		(unsigned long)atomic_load(&signals));
 	CHECK(dedup_shutdown() == 0);
 	CHECK(st.merges >= (uint64_t)cycles * 50);   /* merging really happened */
 	return T_PASS;

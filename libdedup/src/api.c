@@ -6,6 +6,7 @@
  * negative errno, and never crashes on bad arguments. Runs in application
  * threads.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -28,6 +29,7 @@ static void undo_init(void)
 	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
 	eng.cmpbuf = NULL;
 	dd_index_fini();
+	dd_discard_fini();
 	dd_store_fini();
 	dd_os_close();
 	if (eng.uffd >= 0)
@@ -55,6 +57,7 @@ DD_API int dedup_init(const struct dedup_config *config)
 #define X(name, help) atomic_store(&dd_cnt.name, 0);
 	DD_COUNTERS(X)
 #undef X
+	dd_trace_on = getenv("DEDUP_TRACE") != NULL;
 	ret = dd_uffd_open(&eng.uffd, &why);
 	if (ret < 0) {
 		dd_warn("not merging: %s", why);
@@ -97,6 +100,7 @@ DD_API int dedup_init(const struct dedup_config *config)
 	if (ret < 0)
 		goto fail;
 	eng.running = true;
+	eng.maps_at_init = dd_count_maps(NULL, NULL);
 	dd_publish_open();
 	dd_info("engine started (interval %llu ms, cpu %llu%%, batch %llu, vma budget %llu, %s)",
 		(unsigned long long)dd_opt.scan_interval_ms,
@@ -197,6 +201,7 @@ DD_API long dedup_scan_now(void)
 	while (!dd_scan_step(&cursor, SIZE_MAX / 2, &merged, &scanned))
 		;
 	dd_engine_account_cpu(&cpu);
+	dd_publish_update();
 	pthread_mutex_unlock(&eng.lock);
 	return merged;
 }

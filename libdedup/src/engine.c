@@ -14,11 +14,12 @@
  *    triggers a non-cooperative event (madvise, mremap) is acknowledged
  *    within one batch, and nothing can deadlock on our own events.
  *
- * Fault messages the reader sees were raised while a window was open; the
- * merger has woken them already (UFFDIO_WAKE after every window). Anything
- * else - a write-protected page outside a window, an empty PTE in a MISSING
- * range that is not parked - is resolved here: un-protect, or map the zero
- * page, and wake.
+ * Faults the reader resolves: minor faults on merged pages (the canonical
+ * page, or zeros after a discard: discard.c). WP and MISSING faults were
+ * raised while a merge window was open and the merger has woken them
+ * already (UFFDIO_WAKE after every window); any that is left - a page still
+ * protected outside a window, an empty page in a MISSING range that is not
+ * parked - is resolved here: un-protect, or map the zero page, and wake.
  *
  * fork(): pthread_atfork handlers take eng.lock and eng.gate before the
  * fork, so a child never inherits a window half done (a page moved out of
@@ -27,6 +28,7 @@
  */
 #include <liburing.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -46,6 +48,20 @@ struct dd_engine eng = {
 
 enum { CTL_STOP = 1, CTL_KICK = 2 };
 
+/* dedup_init() returns once both threads have set up their event loops, so
+ * that the process's mappings (io_uring rings) are complete when it returns. */
+static pthread_mutex_t ready_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ready_cond = PTHREAD_COND_INITIALIZER;
+static int ready;
+
+static void thread_ready(void)
+{
+	pthread_mutex_lock(&ready_lock);
+	ready++;
+	pthread_cond_broadcast(&ready_cond);
+	pthread_mutex_unlock(&ready_lock);
+}
+
 void dd_engine_account_cpu(uint64_t *last)
 {
 	uint64_t now = dd_thread_cpu_ns();
@@ -62,33 +78,111 @@ static void record_event(uint8_t type, uintptr_t from, uintptr_t to, size_t len)
 	atomic_store(&eng.ev_head, h + 1);
 }
 
+static bool parked(uintptr_t a)
+{
+	uintptr_t lo = atomic_load(&eng.parked);
+	return lo && a >= lo && a < atomic_load(&eng.parked_end);
+}
+
+/*
+ * A minor fault on a merged page whose PTE is empty: the canonical page
+ * (UFFDIO_CONTINUE), or zeros if the application discarded it (discard.c).
+ * Returns -EAGAIN if an event is pending (read it first, then retry).
+ */
+static int resolve_minor(uintptr_t a)
+{
+	bool zero = dd_discard_take(a);
+	int r;
+
+	if (zero) {
+		/* A real zeroed anonymous page (UFFDIO_COPY), as a write fault
+		 * on discarded anonymous memory would give. Not UFFDIO_ZEROPAGE:
+		 * in a private file mapping it installs the special zero-pfn PTE,
+		 * which did not stay mapped on this project's machines (a second
+		 * minor fault followed; tests/test_hammer.c caught it). */
+		static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
+		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zeros, .len = DD_PAGE };
+		r = ioctl(eng.uffd, UFFDIO_COPY, &c) < 0 ? -errno : 0;
+	} else {
+		struct uffdio_continue c = { .range = { a, DD_PAGE } };
+		r = ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
+	}
+	DD_TRACE(zero ? 'Z' : 'c', a, DD_PAGE, r);
+	if (r == -EAGAIN && zero)
+		dd_discard_removed(a, a + DD_PAGE);   /* keep the mark for the retry */
+	if (r < 0 && r != -EAGAIN)
+		dd_uffd_wake(eng.uffd, a, DD_PAGE);   /* EEXIST: mapped meanwhile */
+	return r == -EAGAIN ? r : 0;
+}
+
+/*
+ * Faults read but not yet resolved. A fault message, once read, is never
+ * delivered again: dropping one leaves its thread asleep forever. The
+ * ioctls that resolve faults fail with EAGAIN while a non-cooperative event
+ * is pending, and stay failing after we read the event until the thread
+ * that raised it has run (it decrements the kernel's mmap_changing itself),
+ * so resolution is retried until it succeeds. Reader thread only.
+ */
+#define DD_PENDING_MAX 1024
+static struct pending { uintptr_t addr; uint8_t kind; } pend[DD_PENDING_MAX];
+static size_t npend;
+enum { PF_MINOR, PF_WP, PF_MISSING };
+
+static int resolve(const struct pending *p)
+{
+	switch (p->kind) {
+	case PF_MINOR:
+		return resolve_minor(p->addr);
+	case PF_WP:
+		/* a page left protected outside a window: un-protect (wakes) */
+		return dd_uffd_wp(eng.uffd, p->addr, DD_PAGE, false) == -EAGAIN ? -EAGAIN : 0;
+	default: {
+		/* an empty page in a MISSING range, outside a window and not
+		 * parked: a zero page (never touched, or discarded). Parked is
+		 * checked again: the gate may have been released since the
+		 * fault was read, and a new window may hold this page now. */
+		if (parked(p->addr))
+			return 0;   /* the merger wakes it */
+		struct uffdio_zeropage z = { .range = { .start = p->addr, .len = DD_PAGE } };
+		if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno == EAGAIN)
+			return -EAGAIN;
+		dd_uffd_wake(eng.uffd, p->addr, DD_PAGE);
+		return 0;
+	}
+	}
+}
+
 /* Read and handle everything pending. Called with eng.gate held. */
 static void drain_uffd(void)
 {
 	struct uffd_msg msg[32];
-	uintptr_t wp[64], missing[64];
-	size_t nwp = 0, nmissing = 0;
+	uint64_t t0 = 0;
 
-	for (int round = 0; round < 64; round++) {
-		ssize_t r = read(eng.uffd, msg, sizeof(msg));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r > 0) {
+	for (;;) {
+		ssize_t r = 0;
+		while (npend + DD_ARRAY_SIZE(msg) <= DD_PENDING_MAX) {
+			r = read(eng.uffd, msg, sizeof(msg));
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0)
+				break;
 			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
 				struct uffd_msg *m = &msg[i];
 				uintptr_t a;
 				switch (m->event) {
 				case UFFD_EVENT_PAGEFAULT:
 					a = m->arg.pagefault.address & ~(uintptr_t)(DD_PAGE - 1);
-					if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-						if (nwp < DD_ARRAY_SIZE(wp))
-							wp[nwp++] = a;
-					} else if (a != atomic_load(&eng.parked) &&
-						   nmissing < DD_ARRAY_SIZE(missing)) {
-						missing[nmissing++] = a;
-					}
+					DD_TRACE('F', a, DD_PAGE, (long)m->arg.pagefault.flags);
+					if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR)
+						pend[npend++] = (struct pending){ a, PF_MINOR };
+					else if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+						pend[npend++] = (struct pending){ a, PF_WP };
+					else if (!parked(a))   /* parked: the merger wakes it */
+						pend[npend++] = (struct pending){ a, PF_MISSING };
 					break;
 				case UFFD_EVENT_REMOVE:
+					DD_TRACE('X', m->arg.remove.start, m->arg.remove.end - m->arg.remove.start, 0);
+					dd_discard_removed(m->arg.remove.start, m->arg.remove.end);
 					record_event(UFFD_EVENT_REMOVE, m->arg.remove.start, 0,
 						     m->arg.remove.end - m->arg.remove.start);
 					break;
@@ -100,33 +194,27 @@ static void drain_uffd(void)
 					break;
 				}
 			}
-			if (nwp < DD_ARRAY_SIZE(wp) && nmissing < DD_ARRAY_SIZE(missing))
-				continue;
 		}
-		/* Nothing more to read (or arrays full): resolve strays. These
-		 * ioctls fail with EAGAIN while an event is pending; then read
-		 * again, which acknowledges it. */
-		bool again = false;
-		while (nwp) {
-			if (dd_uffd_wp(eng.uffd, wp[nwp - 1], DD_PAGE, false) == -EAGAIN) {
-				again = true;
-				break;
-			}
-			nwp--;
-		}
-		while (!again && nmissing) {
-			struct uffdio_zeropage z = {
-				.range = { .start = missing[nmissing - 1], .len = DD_PAGE },
-			};
-			if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno == EAGAIN) {
-				again = true;
-				break;
-			}
-			dd_uffd_wake(eng.uffd, missing[nmissing - 1], DD_PAGE);
-			nmissing--;
-		}
-		if (!again && (r <= 0))
+		/* resolve, keeping what still meets EAGAIN */
+		size_t keep = 0;
+		for (size_t i = 0; i < npend; i++)
+			if (resolve(&pend[i]) == -EAGAIN)
+				pend[keep++] = pend[i];
+		npend = keep;
+		if (!npend && r <= 0)
 			return;
+		if (npend && r <= 0) {
+			/* an event's thread has yet to run: let it */
+			if (!t0)
+				t0 = dd_now_ns();
+			else if (dd_now_ns() - t0 > 2000000000ULL) {
+				dd_warn("%zu page faults wait for an event to complete", npend);
+				t0 = dd_now_ns();
+			}
+			pthread_mutex_unlock(&eng.gate);
+			sched_yield();
+			pthread_mutex_lock(&eng.gate);
+		}
 	}
 }
 
@@ -136,6 +224,7 @@ static void *reader_main(void *arg)
 	uint64_t cpu = dd_thread_cpu_ns();
 	int ret = io_uring_queue_init(4, &ring, 0);
 
+	thread_ready();
 	if (ret < 0) {
 		/* No io_uring (seccomp, old kernel): a plain poll() loop. */
 		struct pollfd p[2] = { { eng.uffd, POLLIN, 0 }, { eng.reader_fd, POLLIN, 0 } };
@@ -271,6 +360,7 @@ static void *engine_main(void *arg)
 	const size_t step = 1024;
 
 	w.ok = io_uring_queue_init(8, &w.ring, 0) == 0;
+	thread_ready();
 	/* The first pass starts one interval after dedup_init(), like every
 	 * other: the application's start-up is its busiest time. */
 	wait_ns(&w, dd_opt.scan_interval_ms * 1000000ULL + 1);
@@ -345,6 +435,7 @@ int dd_engine_start(void)
 	if (eng.ctl_fd < 0 || eng.reader_fd < 0)
 		return -errno;
 	atomic_store(&eng.stop, false);
+	ready = 0;
 	ret = pthread_create(&eng.reader_thr, NULL, reader_main, NULL);
 	if (ret)
 		return -ret;
@@ -358,6 +449,10 @@ int dd_engine_start(void)
 	}
 	pthread_setname_np(eng.engine_thr, "dedup-engine");
 	pthread_setname_np(eng.reader_thr, "dedup-uffd");
+	pthread_mutex_lock(&ready_lock);
+	while (ready < 2)
+		pthread_cond_wait(&ready_cond, &ready_lock);
+	pthread_mutex_unlock(&ready_lock);
 	return 0;
 }
 

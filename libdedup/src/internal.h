@@ -73,6 +73,7 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define dd_debug(...) dd_log(DEDUP_LOG_DEBUG, __VA_ARGS__)
 
 /* ---- options.c ------------------------------------------------------ */
+#define DD_MAX_BATCH 512
 /* X(name, type, env, default, min, max, is_size, help) */
 #define DD_OPTIONS(X)                                                                \
 	X(scan_interval_ms, uint64_t, "DEDUP_INTERVAL", 200, 0, 3600000, 0,          \
@@ -89,7 +90,7 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	  "smallest range the preload library registers, bytes")                     \
 	X(log_level, uint64_t, "DEDUP_LOG", 2, 0, 5, 0,                             \
 	  "quiet|error|warn|info|debug|stats")                                       \
-	X(batch_pages, uint64_t, "DEDUP_BATCH", 64, 1, 512, 0,                      \
+	X(batch_pages, uint64_t, "DEDUP_BATCH", 64, 1, DD_MAX_BATCH, 0,                      \
 	  "pages write-protected and merged as one batch")                           \
 	X(test_hash_bits, uint64_t, "DEDUP_TEST_HASH_BITS", 64, 1, 64, 0,           \
 	  "test hook: keep only this many hash bits (forces collisions)")            \
@@ -228,6 +229,19 @@ struct dd_region *dd_region_at(size_t i);
 void dd_region_fini(void);
 uint64_t dd_region_bytes(void);
 
+/* ---- debug trace (DEDUP_TRACE=1; tests dump it on failure) ---------- */
+extern bool dd_trace_on;
+void dd_trace(char op, uintptr_t a, size_t len, long v);
+void dd_trace_dump(uintptr_t a);
+#define DD_TRACE(op, a, len, v) do { if (dd_unlikely(dd_trace_on)) dd_trace(op, a, len, v); } while (0)
+
+/* ---- discard.c (eng.gate held) ---------------------------------------- */
+int dd_discard_merged(uintptr_t a, uintptr_t b);
+void dd_discard_removed(uintptr_t a, uintptr_t b);
+bool dd_discard_take(uintptr_t a);
+bool dd_discard_pending(uintptr_t a, uintptr_t b);
+void dd_discard_fini(void);
+
 /* ---- engine.c: the process-wide engine state -------------------------- */
 struct dd_merge_item {
 	uintptr_t addr;
@@ -263,11 +277,14 @@ struct dd_engine {
 	struct dd_event ev[DD_EVRING];
 	_Atomic uint64_t ev_head;      /* sequence of the next event */
 	uint64_t ev_applied;           /* engine: events applied to regions */
-	_Atomic uintptr_t parked;      /* address whose page sits in S (merge.c) */
+	/* [parked, parked_end): window whose pages sit in S while the merger is
+	 * out of the gate (merge.c); the reader leaves their faults alone */
+	_Atomic uintptr_t parked, parked_end;
 	bool scratch_lost;
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */
 	/* VMA accounting for the budget */
+	long maps_at_init;      /* /proc/self/maps lines after dedup_init */
 	long maps_at_pass;      /* /proc/self/maps lines at pass start */
 	long vmas_this_pass;
 	uint64_t vma_budget;

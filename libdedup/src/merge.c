@@ -33,10 +33,10 @@
  *  5. Compare again, now the copy in S: nobody but us can reach S, so this
  *     comparison is final. (A device write that landed between step 2 and
  *     the unpin is caught here.) A page that differs is moved back.
- *  6. Replace: mmap(MAP_FIXED|MAP_PRIVATE) of the canonical slots over each
- *     run of moved pages (one call per run of contiguous slots); zero
- *     targets need nothing, their PTE is already empty. Never MAP_POPULATE:
- *     it would copy every page.
+ *  6. Replace: each run of moved pages with contiguous slots becomes one
+ *     MAP_PRIVATE mapping of the canonical slots, registered MINOR (see
+ *     "Placing a merged run"); zero targets need nothing, their PTE is
+ *     already empty. Never MAP_POPULATE: it would copy every page.
  *  7. Restore: unregister and re-register WP-only what is still anonymous
  *     (a registration cannot drop MISSING), un-protect any dropped page
  *     that is left, and UFFDIO_WAKE the window: a writer that blocked on A retries on the new mapping and the
@@ -59,6 +59,21 @@
  * at the events that were read meanwhile: a REMOVE over the address means
  * the application discarded the page (leave it empty: it reads zeros, as it
  * should); a REMAP moved it (move back to the new address).
+ *
+ * Placing a merged run: a merged page is a private file mapping, and after
+ * madvise(MADV_DONTNEED) such a mapping reads the file again, where the
+ * application expects zeros. So merged runs are registered MINOR with our
+ * uffd: a discard raises UFFD_EVENT_REMOVE (before the zap), and the next
+ * access is a minor fault that the reader resolves with zeros (discard.c).
+ * The registration must exist from the instant the mapping is visible at A,
+ * or a discard in between would go unseen; mmap(MAP_FIXED) cannot give
+ * that. So the run is mapped at a fresh address T, registered there, and
+ * moved over A with mremap(MREMAP_FIXED), which keeps the registration (we
+ * ask for REMAP events). mremap then waits until the reader has read its
+ * REMAP event, so it runs outside the gate, with the window "parked". The
+ * pages are then mapped with UFFDIO_CONTINUE, unless a discard came in
+ * meanwhile; a REMOVE read while we were out of the gate has marked its
+ * pages, and their first access gets zeros.
  *
  * Known limits (see README "Limits"): we do not see munmap() or mmap(MAP_FIXED)
  * by the application as events; the API asks the caller to dedup_unregister()
@@ -141,6 +156,7 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 {
 	for (int tries = 0;; tries++) {
 		int err;
+		DD_TRACE('B', addr, DD_PAGE, tries);
 		if (dd_uffd_move(eng.uffd, addr, scratch_of(i), DD_PAGE, &err) == (ssize_t)DD_PAGE)
 			return addr;
 		if (err != EAGAIN || tries > 100000) {
@@ -151,11 +167,11 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 			return 0;
 		}
 		uint64_t since = atomic_load(&eng.ev_head);
-		atomic_store(&eng.parked, addr);
-		let_reader_run();
-		atomic_store(&eng.parked, 0);
-		if (!follow_events(since, &addr))
+		let_reader_run();   /* the window is parked: its faults wait */
+		if (!follow_events(since, &addr)) {
+			DD_TRACE('b', addr, DD_PAGE, 0);
 			return 0;
+		}
 	}
 }
 
@@ -188,6 +204,8 @@ static long vma_delta(struct dd_region *r, size_t p, size_t n, uint32_t first, u
 	return d + 1;                      /* the new VMA */
 }
 
+/* May a merge that adds @delta mappings go ahead? vmas_added is the
+ * estimate recalibrated at each pass start plus this pass's merges. */
 static bool budget_allows(long delta)
 {
 	long hard = dd_feat.max_map_count - 256;
@@ -279,6 +297,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 	}
 
 	/* 1. write-protect */
+	DD_TRACE('W', a0, len, 0);
 	if (dd_uffd_wp(eng.uffd, a0, len, true) < 0) {
 		for (size_t i = 0; i < n; i++)
 			if (it[i].state == IT_LIVE)
@@ -297,6 +316,13 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 			if (it[i].state == IT_LIVE)
 				drop(&it[i], IT_DROP_WP, reg == -ENOMEM ? &dd_cnt.skipped_budget
 									: &dd_cnt.skipped_raced);
+
+	/* From the first move to the final wake, pages of this window may be
+	 * empty with their content in S, and we may leave the gate (EAGAIN
+	 * retries, 5b). The whole window is parked meanwhile: the reader leaves
+	 * its MISSING faults to us instead of filling them with zeros. */
+	atomic_store(&eng.parked_end, a0 + len);
+	atomic_store(&eng.parked, a0);
 
 	/* 3. move out (the pin check) */
 	if (dd_unlikely(dd_opt.test_unsafe_no_move)) {
@@ -320,6 +346,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 		int err;
 		ssize_t moved = dd_uffd_move(eng.uffd, scratch_of(base + i), it[i].addr,
 					     k * DD_PAGE, &err);
+		DD_TRACE('M', it[i].addr, k * DD_PAGE, moved);
 		size_t m = moved > 0 ? (size_t)moved / DD_PAGE : 0;
 		for (size_t x = i; x < i + m; x++)
 			it[x].state = IT_MOVED;
@@ -359,36 +386,89 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 	}
 
 replace:
-	/* 5. replace */
+	/* 5. replace, in three phases (see "Placing a merged run" above). */
+	struct staged { size_t i, k; uintptr_t t; long delta; } st[DD_MAX_BATCH];
+	size_t nst = 0;
+
+	/* 5a. stage each run of canonical pages at a fresh address T, where
+	 * nobody else looks, registered MINOR; zero targets are already done. */
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_MOVED) {
 			i++;
 			continue;
 		}
 		size_t k = map_run_len(it, i, n);
-		bool ok = true;
-		if (it[i].target != DD_SLOT_ZERO) {
-			size_t p = (it[i].addr - r->start) / DD_PAGE;
-			long delta = vma_delta(r, p, k, it[i].target, it[i + k - 1].target);
-			void *m = mmap((void *)it[i].addr, k * DD_PAGE, PROT_READ | PROT_WRITE,
-				       MAP_FIXED | MAP_PRIVATE, dd_store_fd(),
-				       (off_t)(it[i].target - 1) * (off_t)DD_PAGE);
-			ok = m != MAP_FAILED;
-			if (ok) {
-				eng.vmas_this_pass += delta;
-				DD_INC(vmas_added, delta);
-			}
-		}
-		for (size_t x = i; x < i + k; x++) {
-			if (ok) {
+		if (it[i].target == DD_SLOT_ZERO) {
+			for (size_t x = i; x < i + k; x++)
 				it[x].state = IT_DONE;
-				merged++;
-			} else {   /* ENOMEM at the map limit: put it back */
+			merged += (long)k;
+			i += k;
+			continue;
+		}
+		size_t p = (it[i].addr - r->start) / DD_PAGE;
+		void *t = mmap(NULL, k * DD_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+			       dd_store_fd(), (off_t)(it[i].target - 1) * (off_t)DD_PAGE);
+		if (t != MAP_FAILED &&
+		    dd_uffd_register(eng.uffd, (uintptr_t)t, k * DD_PAGE,
+				     UFFDIO_REGISTER_MODE_MINOR) < 0) {
+			munmap(t, k * DD_PAGE);
+			t = MAP_FAILED;
+		}
+		if (t == MAP_FAILED) {   /* ENOMEM at the map limit: put it back */
+			for (size_t x = i; x < i + k; x++) {
 				DD_INC(skipped_budget, 1);
 				it[x].state = move_back(base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
 			}
+		} else {
+			dd_discard_merged(it[i].addr, it[i].addr + k * DD_PAGE);
+			st[nst++] = (struct staged){ i, k, (uintptr_t)t,
+						     vma_delta(r, p, k, it[i].target,
+							       it[i + k - 1].target) };
 		}
 		i += k;
+	}
+
+	/* 5b. move each staged run over its window: the registration moves
+	 * with the VMA. The kernel then waits for us to read the REMAP event,
+	 * so this is done outside the gate, with the window parked. */
+	if (nst) {
+		pthread_mutex_unlock(&eng.gate);
+		for (size_t s = 0; s < nst; s++) {
+			uintptr_t dst = it[st[s].i].addr;
+			size_t l = st[s].k * DD_PAGE;
+			DD_TRACE('R', dst, l, (long)st[s].t);
+			if (mremap((void *)st[s].t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED,
+				   (void *)dst) == MAP_FAILED) {
+				munmap((void *)st[s].t, l);
+				st[s].t = 0;
+			}
+		}
+		pthread_mutex_lock(&eng.gate);
+	}
+
+	/* 5c. map the pages now (UFFDIO_CONTINUE) unless the application
+	 * discarded some meanwhile: those wait for their minor fault. */
+	for (size_t s = 0; s < nst; s++) {
+		size_t i = st[s].i, k = st[s].k;
+		uintptr_t a = it[i].addr;
+		if (!st[s].t) {
+			for (size_t x = i; x < i + k; x++) {
+				DD_INC(skipped_budget, 1);
+				it[x].state = move_back(base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
+			}
+			continue;
+		}
+		for (size_t x = i; x < i + k; x++)
+			it[x].state = IT_DONE;
+		merged += (long)k;
+		eng.vmas_this_pass += st[s].delta;
+		DD_INC(vmas_added, st[s].delta);
+		if (!dd_discard_pending(a, a + k * DD_PAGE)) {
+			struct uffdio_continue c = { .range = { a, k * DD_PAGE },
+						     .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
+			long cr = ioctl(eng.uffd, UFFDIO_CONTINUE, &c);   /* EAGAIN: faults will do it */
+			DD_TRACE('C', a, k * DD_PAGE, cr < 0 ? -errno : cr);
+		}
 	}
 
 	/* 6. restore: WP-only registration on what is still anonymous. A
@@ -430,6 +510,8 @@ replace:
 	}
 	/* ... and wake everybody who waited on the window. */
 	dd_uffd_wake(eng.uffd, a0, len);
+	atomic_store(&eng.parked, 0);
+	DD_TRACE('w', a0, len, 0);
 
 	/* Bookkeeping (eng.lock): what each page now maps. */
 	for (size_t i = 0; i < n; i++) {

@@ -138,7 +138,7 @@ int dd_options_load(const struct dedup_config *cfg)
 		CFG(cpu_percent, 1, 100)
 		CFG(vma_budget, 0, UINT64_MAX / 2)
 		CFG(min_region, 4096, UINT64_MAX / 2)
-		CFG(batch_pages, 1, 512)
+		CFG(batch_pages, 1, DD_MAX_BATCH)
 #undef CFG
 		if (cfg->size >= offsetof(struct dedup_config, zero_pages) + sizeof(cfg->zero_pages) &&
 		    cfg->zero_pages)

@@ -86,7 +86,7 @@ static bool env_on(const char *name)
 
 #define DD_UFFD_FEATURES                                                   \
 	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMOVE |       \
-	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MOVE)
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MOVE | UFFD_FEATURE_MINOR_SHMEM)
 
 /*
  * A uffd that may handle kernel-mode faults. /dev/userfaultfd gives one to
@@ -126,7 +126,7 @@ int dd_uffd_open(int *fd_out, const char **why)
 	}
 	if ((api.features & DD_UFFD_FEATURES) != DD_UFFD_FEATURES) {
 		close(fd);
-		*why = "the kernel lacks UFFD_FEATURE_MOVE or write-protect support "
+		*why = "the kernel lacks UFFD_FEATURE_MOVE, MINOR_SHMEM or write-protect support "
 		       "(Linux 6.8 or later is needed)";
 		return -ENOSYS;
 	}

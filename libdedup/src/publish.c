@@ -1,10 +1,252 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * publish.c - live per-process stats for dedup-stat. (Placeholder: the
- * publication file is written in issue 5.)
+ * publish.c - live per-process stats for dedup-stat: the writer side of the
+ * stats file described in publish.h (layout, seqlock) and docs/stats.md.
+ *
+ * Owns one shared page, mapped from <dir>/<pid>.stats, and the choice of
+ * <dir>. dd_publish_open() creates the file at dedup_init(): under a
+ * temporary name, filled with the header and a first snapshot, then renamed
+ * into place, so readers only ever see a complete header. The engine thread
+ * calls dd_publish_update() after every scan step; it writes a snapshot at
+ * most every 100 ms (DD_PUB_INTERVAL_NS), except that the first step after a
+ * pass ended is always published: the engine then sleeps for the scan
+ * interval, and the figures must not stay stale meanwhile.
+ * dd_publish_close() unlinks the file at dedup_shutdown().
+ *
+ * Locking: every entry point runs with eng.lock held (dd_stats_snapshot()
+ * needs it), which also makes this file's state single-writer. Readers in
+ * other processes never lock: they use the seqlock.
+ *
+ * The file descriptor stays open with a shared flock() for as long as we
+ * publish (closed on exec, and in a fork()ed child by an atfork handler).
+ * A process that exits without dedup_shutdown() leaves its file behind;
+ * dedup-stat recognises it as stale and removes it, but only once it can
+ * lock the file exclusively. A fork()ed child inherits neither the mapping
+ * (MADV_DONTFORK) nor the lock, and never publishes.
+ *
+ * Rules of internal.h apply: no malloc, no stdio streams; snprintf into stack
+ * buffers only. Failing to publish never fails dedup_init(): it is logged
+ * (info) and the engine runs unobserved.
  */
-#include "internal.h"
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
 
-int dd_publish_open(void) { return 0; }
-void dd_publish_update(void) {}
-void dd_publish_close(void) {}
+#include "internal.h"
+#include "publish.h"
+
+static struct {
+	struct dd_pub *page;       /* NULL: not publishing */
+	int fd;                    /* holds flock(LOCK_SH) while we publish */
+	char path[PATH_MAX];       /* <dir>/<pid>.stats */
+	uint64_t last_ns;          /* CLOCK_MONOTONIC of the last snapshot */
+	uint64_t last_passes;      /* full_passes in the last snapshot */
+} pub = { .fd = -1 };
+
+/* A fork()ed child must not keep the file's lock alive after we exit. */
+static void postfork_child(void)
+{
+	if (pub.fd >= 0)
+		close(pub.fd);
+	pub.fd = -1;
+	pub.page = NULL;   /* not inherited (MADV_DONTFORK) */
+}
+
+static uint64_t realtime_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Make sure dir exists and is a directory we may create files in. With
+ * private set, it must also be ours and closed to others (a directory in a
+ * shared place such as /tmp that someone else made is refused).
+ */
+static bool dir_usable(const char *dir, mode_t mode, bool private)
+{
+	struct stat st;
+
+	if (mkdir(dir, mode) < 0 && errno != EEXIST)
+		return false;
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+		return false;
+	if (private && (st.st_uid != geteuid() || (st.st_mode & 077)))
+		return false;
+	return access(dir, W_OK | X_OK) == 0;
+}
+
+/* Choose the directory (see publish.h) into buf; false if none is usable. */
+static bool choose_dir(char *buf, size_t size)
+{
+	const char *env = secure_getenv(DD_PUB_ENV_DIR);
+	int n;
+
+	if (env && *env) {
+		n = snprintf(buf, size, "%s", env);
+		return n > 0 && (size_t)n < size && dir_usable(buf, 0700, false);
+	}
+	/* /run/libdedup: the system-wide place, usable as root. */
+	n = snprintf(buf, size, "%s", DD_PUB_RUN_DIR);
+	if (dir_usable(buf, 0755, false))
+		return true;
+	env = secure_getenv("XDG_RUNTIME_DIR");
+	if (env && *env) {
+		n = snprintf(buf, size, "%s/libdedup", env);
+		if (n > 0 && (size_t)n < size && dir_usable(buf, 0700, true))
+			return true;
+	}
+	n = snprintf(buf, size, "/tmp/libdedup-%u", (unsigned)geteuid());
+	return n > 0 && (size_t)n < size && dir_usable(buf, 0700, true);
+}
+
+/* Write one snapshot under the seqlock (eng.lock held). */
+static void write_snapshot(uint64_t mono_ns)
+{
+	struct dd_pub *p = pub.page;
+	struct dd_pub_live live;
+	const uint64_t *src = (const uint64_t *)&live;
+	uint64_t *dst = (uint64_t *)&p->live;
+
+	memset(&live, 0, sizeof(live));
+	live.stats.size = sizeof(live.stats);
+	dd_stats_snapshot(&live.stats);
+	live.updated_realtime_ns = realtime_ns();
+	live.updated_mono_ns = mono_ns;
+	live.updates = __atomic_load_n(&p->live.updates, __ATOMIC_RELAXED) + 1;
+	live.cpu_percent = dd_opt.cpu_percent;
+	live.scan_interval_ms = dd_opt.scan_interval_ms;
+	live.pages_per_sec = dd_opt.pages_per_sec;
+	live.batch_pages = dd_opt.batch_pages;
+	live.zero_pages_enabled = dd_opt.zero_pages;
+	live.vma_budget = eng.vma_budget;
+
+	uint64_t s = atomic_load_explicit(&p->seq, memory_order_relaxed);
+	atomic_store_explicit(&p->seq, s + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	for (size_t i = 0; i < sizeof(live) / sizeof(uint64_t); i++)
+		__atomic_store_n(&dst[i], src[i], __ATOMIC_RELAXED);
+	atomic_store_explicit(&p->seq, s + 2, memory_order_release);
+
+	pub.last_ns = mono_ns;
+	pub.last_passes = live.stats.full_passes;
+}
+
+static bool atfork_done;
+
+int dd_publish_open(void)
+{
+	char dir[PATH_MAX - 32], tmp[PATH_MAX];
+	struct dd_pub *p;
+	int fd, n, ret;
+	pid_t pid = getpid();
+
+	if (pub.page)
+		return 0;
+	if (!choose_dir(dir, sizeof(dir))) {
+		dd_info("live stats not published: no usable directory "
+			"(set " DD_PUB_ENV_DIR ")");
+		return -ENOENT;
+	}
+	n = snprintf(pub.path, sizeof(pub.path), "%s/%d" DD_PUB_SUFFIX, dir, (int)pid);
+	snprintf(tmp, sizeof(tmp), "%s/.%d" DD_PUB_SUFFIX ".tmp", dir, (int)pid);
+	if (n <= 0 || (size_t)n >= sizeof(pub.path))
+		return -ENAMETOOLONG;
+
+	unlink(tmp);   /* left by an earlier process with our pid */
+	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		ret = -errno;
+		goto fail_log;
+	}
+	if (fchmod(fd, 0600) < 0 || ftruncate(fd, DD_PUB_FILE_SIZE) < 0) {
+		ret = -errno;
+		goto fail_unlink;
+	}
+	/* The shared lock says "a live process publishes here": dedup-stat
+	 * never deletes a file it cannot lock exclusively, even when the pid
+	 * looks dead to it (another pid namespace). */
+	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+		ret = -errno;
+		goto fail_unlink;
+	}
+	p = mmap(NULL, DD_PUB_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		ret = -errno;
+		goto fail_unlink;
+	}
+	madvise(p, DD_PUB_FILE_SIZE, MADV_DONTFORK);
+	if (!atfork_done) {
+		pthread_atfork(NULL, NULL, postfork_child);
+		atfork_done = true;
+	}
+
+	/* The header; the file is still private to us under its temporary
+	 * name, so plain stores are fine. */
+	memcpy(p->magic, DD_PUB_MAGIC, sizeof(p->magic));
+	p->version = DD_PUB_VERSION;
+	p->size = sizeof(*p);
+	p->pid = (int32_t)pid;
+	p->page_size = DD_PAGE;
+	dd_pub_proc_stat(0, &p->start_time, p->comm);
+	p->lib_version = (uint64_t)DEDUP_VERSION_NUMBER;
+	p->started_realtime_ns = realtime_ns();
+	p->started_mono_ns = dd_now_ns();
+	pub.page = p;
+	write_snapshot(p->started_mono_ns);
+
+	if (rename(tmp, pub.path) < 0) {
+		ret = -errno;
+		munmap(p, DD_PUB_FILE_SIZE);
+		pub.page = NULL;
+		goto fail_unlink;
+	}
+	pub.fd = fd;
+	dd_debug("live stats published in %s", pub.path);
+	return 0;
+
+fail_unlink:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+fail_log:
+	dd_info("live stats not published in %s: %s", dir, strerror(-ret));
+	return ret;
+}
+
+void dd_publish_update(void)
+{
+	uint64_t now;
+
+	if (!pub.page)
+		return;
+	now = dd_now_ns();
+	/* A pass ended since the last snapshot: publish now, as the engine is
+	 * about to sleep for the scan interval (unless that is short, and the
+	 * 100 ms rule catches up soon anyway). */
+	bool pass_ended = atomic_load_explicit(&dd_cnt.full_passes, memory_order_relaxed) !=
+			  pub.last_passes &&
+			  dd_opt.scan_interval_ms * 1000000ULL >= DD_PUB_INTERVAL_NS;
+	if (now - pub.last_ns < DD_PUB_INTERVAL_NS && !pass_ended)
+		return;
+	write_snapshot(now);
+}
+
+void dd_publish_close(void)
+{
+	if (!pub.page)
+		return;
+	/* Unlink before unmapping: while the file has its name it is mapped by
+	 * a live process, which is how dedup-stat tells live from stale. */
+	unlink(pub.path);
+	munmap(pub.page, DD_PUB_FILE_SIZE);
+	close(pub.fd);
+	pub.fd = -1;
+	pub.page = NULL;
+	pub.last_ns = 0;
+	pub.last_passes = 0;
+}

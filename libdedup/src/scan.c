@@ -148,8 +148,15 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 	if (*cursor == 0) {
 		dd_unstable_reset();
 		eng.pass_gen++;
-		long ours = 0;
-		eng.maps_at_pass = dd_count_maps("memfd:libdedup", &ours);
+		/* Recalibrate the VMA estimate from what the kernel says: the
+		 * per-merge estimate (merge.c vma_delta) cannot see merges of
+		 * adjacent mappings and overcounts. Mappings the application
+		 * added since dedup_init() count against the budget too: the
+		 * budget protects the process, whoever spends it. */
+		eng.maps_at_pass = dd_count_maps(NULL, NULL);
+		long added = eng.maps_at_pass - eng.maps_at_init;
+		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
+		eng.vmas_this_pass = 0;
 	}
 	while (budget) {
 		struct dd_region *r = NULL;

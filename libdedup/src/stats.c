@@ -55,3 +55,32 @@ void dd_stats_print(int fd)
 	ROW(engine_cpu_ns) ROW(store_slots_freed)
 #undef ROW
 }
+
+/* ---- debug trace ---------------------------------------------------------- */
+bool dd_trace_on;
+static struct { uint64_t t; char op; uintptr_t a; size_t len; long v; } trace_ring[1 << 16];
+static _Atomic uint64_t trace_head;
+
+void dd_trace(char op, uintptr_t a, size_t len, long v)
+{
+	uint64_t h = atomic_fetch_add(&trace_head, 1);
+	trace_ring[h & 0xffff].t = dd_now_ns();
+	trace_ring[h & 0xffff].op = op;
+	trace_ring[h & 0xffff].a = a;
+	trace_ring[h & 0xffff].len = len;
+	trace_ring[h & 0xffff].v = v;
+}
+
+void dd_trace_dump(uintptr_t a)
+{
+	uint64_t h = atomic_load(&trace_head);
+	char buf[160];
+	for (uint64_t i = h > 0xffff ? h - 0xffff : 0; i < h; i++) {
+		typeof(trace_ring[0]) *e = &trace_ring[i & 0xffff];
+		if (a < e->a || a >= e->a + (e->len ? e->len : 1))
+			continue;
+		int n = snprintf(buf, sizeof buf, "trace %llu %c %#lx+%zu v=%ld\n",
+				 (unsigned long long)(e->t / 1000), e->op, (unsigned long)e->a, e->len, e->v);
+		dd_write_full(2, buf, (size_t)n);
+	}
+}

@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_stat_stale: dedup-stat lists only processes whose file is live, and
+ * removes stale files. In a private DEDUP_STAT_DIR, next to a live file
+ * (this process, made by hand with the publish.h layout and kept mapped, as
+ * the library does; needs no userfaultfd):
+ *   - a file of a pid that no longer exists               -> hidden, removed
+ *   - a file of a live pid (our parent) with another
+ *     start time, as after pid reuse                      -> hidden, removed
+ *   - a file of a live pid with the right start time that
+ *     the process does not map (it exec()ed or exited
+ *     without dedup_shutdown and the pid came back)        -> hidden, removed
+ *   - a file of a live pid with a bad magic                -> hidden, kept
+ *   - a file of a dead pid that a process still holds the
+ *     publisher's lock on (a publisher in another pid
+ *     namespace, whose pid we cannot see)                  -> hidden, kept
+ *   - names that are not <pid>.stats                       -> ignored, kept
+ * --no-clean hides stale files without removing them.
+ */
+#include <sys/file.h>
+
+#include "test_stat_common.h"
+
+/* A stats file as publish.c writes it; returns the mapping (kept mapped
+ * when keep is set). */
+static struct dd_pub *fake(int pid, uint64_t start, const char *magic, bool keep)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "%s/%d.stats", ts_dir, pid);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	CHECK(fd >= 0 && ftruncate(fd, DD_PUB_FILE_SIZE) == 0);
+	struct dd_pub *p = mmap(NULL, DD_PUB_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	CHECK(p != MAP_FAILED);
+	close(fd);
+	memcpy(p->magic, magic, 8);
+	p->version = DD_PUB_VERSION;
+	p->size = sizeof(*p);
+	p->pid = pid;
+	p->page_size = T_PAGE;
+	p->start_time = start;
+	snprintf(p->comm, sizeof(p->comm), "fake%d", pid);
+	p->live.stats.size = sizeof(p->live.stats);
+	p->live.stats.pages_sharing = 10;
+	p->live.stats.pages_shared = 2;
+	p->live.stats.bytes_saved = 8 * T_PAGE;
+	p->live.updates = 1;
+	atomic_store(&p->seq, 2);
+	if (!keep) {
+		munmap(p, DD_PUB_FILE_SIZE);
+		return NULL;
+	}
+	return p;
+}
+
+static bool exists(const char *name)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "%s/%s", ts_dir, name);
+	return access(path, F_OK) == 0;
+}
+
+static bool listed(const char *out, int pid)
+{
+	char pat[32];
+	snprintf(pat, sizeof(pat), "\n%7d ", pid);
+	return strstr(out, pat) != NULL;
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t my_start, parent_start, child_start;
+	char name[64];
+	int me = getpid(), parent = getppid();
+
+	ts_setup(argc, argv);
+	CHECK(dd_pub_proc_stat(0, &my_start, NULL) == 0);
+	CHECK(dd_pub_proc_stat(parent, &parent_start, NULL) == 0);
+	int dead = ts_dead_pid();
+	pid_t child = ts_sleeper("stat-sleeper");
+	CHECK(dd_pub_proc_stat(child, &child_start, NULL) == 0);
+
+	struct dd_pub *mine = fake(me, my_start, DD_PUB_MAGIC, true);
+	fake(dead, 12345, DD_PUB_MAGIC, false);
+	int dead2 = ts_dead_pid();
+	fake(dead2, 12345, DD_PUB_MAGIC, false);
+	char path2[128];
+	snprintf(path2, sizeof(path2), "%s/%d.stats", ts_dir, dead2);
+	int lock_fd = open(path2, O_RDONLY | O_CLOEXEC);
+	CHECK(lock_fd >= 0 && flock(lock_fd, LOCK_SH) == 0);
+	fake(child, child_start, "NOTDEDUP", false);
+	/* the parent's file: right start time, not mapped by the parent */
+	fake(parent, parent_start, DD_PUB_MAGIC, false);
+	char maps[64];
+	snprintf(maps, sizeof(maps), "/proc/%d/maps", parent);
+	FILE *f = fopen(maps, "r");
+	bool can_read_maps = f && fgetc(f) != EOF;
+	if (f)
+		fclose(f);
+	int fd = open(strcat(strcpy(name, ts_dir), "/notes.txt"), O_CREAT | O_WRONLY, 0600);
+	CHECK(fd >= 0);
+	close(fd);
+	fd = open(strcat(strcpy(name, ts_dir), "/12x.stats"), O_CREAT | O_WRONLY, 0600);
+	CHECK(fd >= 0);
+	close(fd);
+
+	/* --no-clean: hidden, kept */
+	struct ts_run *r = ts_tool_run("--no-clean", NULL);
+	fprintf(stderr, "%s", r->out);
+	CHECK(r->status == 0);
+	CHECK(listed(r->out, me));
+	CHECK(!listed(r->out, dead) && !listed(r->out, child));
+	CHECK(!listed(r->out, parent) || !can_read_maps);
+	snprintf(name, sizeof(name), "%d.stats", dead);
+	CHECK(exists(name));
+
+	/* the parent's file with the wrong start time, as after pid reuse */
+	if (!can_read_maps) {
+		fprintf(stderr, "note: cannot read %s; testing the start time only\n", maps);
+		fake(parent, parent_start + 1, DD_PUB_MAGIC, false);
+	}
+	r = ts_tool_run(NULL);
+	fprintf(stderr, "%s", r->out);
+	CHECK(r->status == 0 && listed(r->out, me));
+	CHECK(!listed(r->out, dead) && !listed(r->out, child) && !listed(r->out, parent));
+	snprintf(name, sizeof(name), "%d.stats", dead);
+	CHECK(!exists(name));
+	snprintf(name, sizeof(name), "%d.stats", parent);
+	CHECK(!exists(name));
+	snprintf(name, sizeof(name), "%d.stats", child);
+	CHECK(exists(name));   /* not ours to judge: live pid, unknown format */
+	CHECK(exists("notes.txt") && exists("12x.stats"));
+	CHECK(!listed(r->out, dead2));
+	snprintf(name, sizeof(name), "%d.stats", dead2);
+	CHECK(exists(name));   /* locked: a live publisher we cannot see */
+	close(lock_fd);
+	r = ts_tool_run(NULL);
+	CHECK(r->status == 0 && !listed(r->out, dead2) && !exists(name));
+	snprintf(name, sizeof(name), "%d.stats", me);
+	CHECK(exists(name));
+
+	/* pid reuse, now for sure: start time differs */
+	fake(parent, parent_start + 1, DD_PUB_MAGIC, false);
+	r = ts_tool_run("--json", NULL);
+	CHECK(r->status == 0);
+	snprintf(name, sizeof(name), "\"pid\":%d,", parent);
+	CHECK(strstr(r->out, name) == NULL);
+	snprintf(name, sizeof(name), "{\"pid\":%d,", me);
+	CHECK(strstr(r->out, name) != NULL);
+	snprintf(name, sizeof(name), "%d.stats", parent);
+	CHECK(!exists(name));
+
+	/* asking for them by pid: the parent does not run libdedup, the dead
+	 * pid does not exist */
+	char pidarg[16], want[128], comm[16];
+	snprintf(pidarg, sizeof(pidarg), "%d", dead);
+	fake(dead, 1, DD_PUB_MAGIC, false);
+	r = ts_tool_run(pidarg, NULL);
+	snprintf(want, sizeof(want), "dedup-stat: no process %d\n", dead);
+	CHECK(r->status == 2 && !strcmp(r->err, want));
+	snprintf(pidarg, sizeof(pidarg), "%d", parent);
+	fake(parent, parent_start + 1, DD_PUB_MAGIC, false);
+	r = ts_tool_run(pidarg, NULL);
+	ts_comm(parent, comm);
+	snprintf(want, sizeof(want), "dedup-stat: process %d (%s) does not run libdedup\n", parent,
+		 comm);
+	CHECK(r->status == 3 && !strcmp(r->err, want));
+
+	/* our own file, found by pid through --dir as well */
+	snprintf(pidarg, sizeof(pidarg), "%d", me);
+	unsetenv(DD_PUB_ENV_DIR);
+	r = ts_tool_run(pidarg, "--dir", ts_dir, "--json", NULL);
+	CHECK(r->status == 0 && strstr(r->out, "\"pages_sharing\":10,"));
+
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	munmap(mine, DD_PUB_FILE_SIZE);
+	return T_PASS;
+}
