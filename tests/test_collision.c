@@ -31,5 +31,6 @@ int main(void)
 		buf[i * T_PAGE + 1] ^= 0x11, ref[i * T_PAGE + 1] ^= 0x11;
 	CHECK(memcmp(buf, ref, N * T_PAGE) == 0);
 	CHECK(dedup_shutdown() == 0);
+	free(ref);
 	return T_PASS;
 }

@@ -42,5 +42,6 @@ int main(void)
 	CHECK(dedup_shutdown() == 0);
 	for (size_t i = 0; i < N; i++)
 		CHECK(memcmp(buf + i * T_PAGE, ref + (i % K) * T_PAGE, T_PAGE) == 0);
+	free(ref);
 	return T_PASS;
 }
