@@ -65,15 +65,16 @@
  * application expects zeros. So merged runs are registered MINOR with our
  * uffd: a discard raises UFFD_EVENT_REMOVE (before the zap), and the next
  * access is a minor fault that the reader resolves with zeros (discard.c).
- * The registration must exist from the instant the mapping is visible at A,
- * or a discard in between would go unseen; mmap(MAP_FIXED) cannot give
- * that. So the run is mapped at a fresh address T, registered there, and
- * moved over A with mremap(MREMAP_FIXED), which keeps the registration (we
- * ask for REMAP events). mremap then waits until the reader has read its
- * REMAP event, so it runs outside the gate, with the window "parked". The
- * pages are then mapped with UFFDIO_CONTINUE, unless a discard came in
- * meanwhile; a REMOVE read while we were out of the gate has marked its
- * pages, and their first access gets zeros.
+ * mmap(MAP_FIXED) of the run at A and a registration after it would leave
+ * a moment where a discard goes unseen, and an unpopulated page gives no
+ * trace of having been discarded. So (place_run): the run is mapped at a
+ * fresh address T and populated there (MADV_POPULATE_READ shares the
+ * canonical pages read-only, no copy), moved over A with mremap (T is not
+ * registered: no event, nothing waits for the reader), registered MINOR,
+ * and then every page of it that is not present was discarded in between
+ * and gets marked. A discard after the registration raises REMOVE; one
+ * that was pending since before the window is acknowledged after it, and
+ * then zaps the new mapping, which is registered by then.
  *
  * Known limits (see README "Limits"): we do not see munmap() or mmap(MAP_FIXED)
  * by the application as events; the API asks the caller to dedup_unregister()
@@ -272,6 +273,50 @@ static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
 	return r == (ssize_t)total ? eng.cmpbuf : NULL;
 }
 
+/* A page of a run just placed that is not present: discarded meanwhile. */
+static void mark_absent(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
+{
+	uintptr_t *next = ctx;
+	if (start > *next)
+		dd_discard_removed(*next, start);
+	*next = end;
+}
+
+/*
+ * Place canonical slots [target, target + l/page) at window address a, whose
+ * pages are moved out (empty, parked). Returns 0, or -1 with a untouched.
+ * Under the gate; no step here raises a uffd event or waits for the reader.
+ */
+static int place_run(uintptr_t a, size_t l, uint32_t target)
+{
+	/* Map and populate at a fresh address T nobody else knows: the pages
+	 * are then present, read-only, shared with the canonical slot. */
+	void *t = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE, dd_store_fd(),
+		       (off_t)(target - 1) * (off_t)DD_PAGE);
+	if (t == MAP_FAILED)
+		return -1;
+	if (madvise(t, l, MADV_POPULATE_READ) < 0 ||
+	    mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
+		munmap(t, l);
+		return -1;
+	}
+	DD_TRACE('R', a, l, 0);
+	/* From here the run is visible at a. Forget old discard marks there,
+	 * then register it MINOR: a discard from now on raises REMOVE. */
+	dd_discard_merged(a, a + l);
+	if (dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MINOR) < 0)
+		dd_warn("could not register merged run %#lx+%zu: a discard there would "
+			"read its old content", (unsigned long)a, l);
+	/* A discard between the mremap and the registration raised no event,
+	 * but it zapped a present page: whatever is not present now was
+	 * discarded, and its next fault must read zeros. */
+	uintptr_t next = a;
+	dd_present_walk(a, a + l, mark_absent, &next);
+	if (next < a + l)
+		dd_discard_removed(next, a + l);
+	return 0;
+}
+
 /*
  * One window: items it[0..n), contiguous addresses inside region r;
  * base is the index of it[0] in the batch (its scratch page).
@@ -386,12 +431,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 	}
 
 replace:
-	/* 5. replace, in three phases (see "Placing a merged run" above). */
-	struct staged { size_t i, k; uintptr_t t; long delta; } st[DD_MAX_BATCH];
-	size_t nst = 0;
-
-	/* 5a. stage each run of canonical pages at a fresh address T, where
-	 * nobody else looks, registered MINOR; zero targets are already done. */
+	/* 5. replace (see "Placing a merged run" above) */
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_MOVED) {
 			i++;
@@ -405,70 +445,22 @@ replace:
 			i += k;
 			continue;
 		}
-		size_t p = (it[i].addr - r->start) / DD_PAGE;
-		void *t = mmap(NULL, k * DD_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE,
-			       dd_store_fd(), (off_t)(it[i].target - 1) * (off_t)DD_PAGE);
-		if (t != MAP_FAILED &&
-		    dd_uffd_register(eng.uffd, (uintptr_t)t, k * DD_PAGE,
-				     UFFDIO_REGISTER_MODE_MINOR) < 0) {
-			munmap(t, k * DD_PAGE);
-			t = MAP_FAILED;
-		}
-		if (t == MAP_FAILED) {   /* ENOMEM at the map limit: put it back */
+		uintptr_t a = it[i].addr;
+		size_t p = (a - r->start) / DD_PAGE, l = k * DD_PAGE;
+		long delta = vma_delta(r, p, k, it[i].target, it[i + k - 1].target);
+		if (place_run(a, l, it[i].target) < 0) {   /* ENOMEM at the map limit */
 			for (size_t x = i; x < i + k; x++) {
 				DD_INC(skipped_budget, 1);
 				it[x].state = move_back(base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
 			}
 		} else {
-			dd_discard_merged(it[i].addr, it[i].addr + k * DD_PAGE);
-			st[nst++] = (struct staged){ i, k, (uintptr_t)t,
-						     vma_delta(r, p, k, it[i].target,
-							       it[i + k - 1].target) };
+			for (size_t x = i; x < i + k; x++)
+				it[x].state = IT_DONE;
+			merged += (long)k;
+			eng.vmas_this_pass += delta;
+			DD_INC(vmas_added, delta);
 		}
 		i += k;
-	}
-
-	/* 5b. move each staged run over its window: the registration moves
-	 * with the VMA. The kernel then waits for us to read the REMAP event,
-	 * so this is done outside the gate, with the window parked. */
-	if (nst) {
-		pthread_mutex_unlock(&eng.gate);
-		for (size_t s = 0; s < nst; s++) {
-			uintptr_t dst = it[st[s].i].addr;
-			size_t l = st[s].k * DD_PAGE;
-			DD_TRACE('R', dst, l, (long)st[s].t);
-			if (mremap((void *)st[s].t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED,
-				   (void *)dst) == MAP_FAILED) {
-				munmap((void *)st[s].t, l);
-				st[s].t = 0;
-			}
-		}
-		pthread_mutex_lock(&eng.gate);
-	}
-
-	/* 5c. map the pages now (UFFDIO_CONTINUE) unless the application
-	 * discarded some meanwhile: those wait for their minor fault. */
-	for (size_t s = 0; s < nst; s++) {
-		size_t i = st[s].i, k = st[s].k;
-		uintptr_t a = it[i].addr;
-		if (!st[s].t) {
-			for (size_t x = i; x < i + k; x++) {
-				DD_INC(skipped_budget, 1);
-				it[x].state = move_back(base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
-			}
-			continue;
-		}
-		for (size_t x = i; x < i + k; x++)
-			it[x].state = IT_DONE;
-		merged += (long)k;
-		eng.vmas_this_pass += st[s].delta;
-		DD_INC(vmas_added, st[s].delta);
-		if (!dd_discard_pending(a, a + k * DD_PAGE)) {
-			struct uffdio_continue c = { .range = { a, k * DD_PAGE },
-						     .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
-			long cr = ioctl(eng.uffd, UFFDIO_CONTINUE, &c);   /* EAGAIN: faults will do it */
-			DD_TRACE('C', a, k * DD_PAGE, cr < 0 ? -errno : cr);
-		}
 	}
 
 	/* 6. restore: WP-only registration on what is still anonymous. A
