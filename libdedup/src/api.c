@@ -168,8 +168,10 @@ DD_API int dedup_unregister(void *addr, size_t len)
 		ret = -ENOENT;
 		goto out;
 	}
-	/* Unregister the anonymous parts only: merged pages are file mappings
-	 * that were never registered (and the kernel refuses such ranges). */
+	/* Unregister the anonymous parts only. Merged runs stay registered
+	 * MINOR so that a discard of a merged page still reads zeros; the cost
+	 * (README "Known bugs"): mremap of a range with merged pages inside
+	 * fails, as the kernel refuses to move several uffd-registered VMAs. */
 	for (size_t i = 0; i < r->npages;) {
 		bool file = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
 		size_t k = i + 1;
@@ -180,6 +182,9 @@ DD_API int dedup_unregister(void *addr, size_t len)
 			dd_uffd_unregister(eng.uffd, a + i * DD_PAGE, (k - i) * DD_PAGE);
 		i = k;
 	}
+	/* Candidates of the current pass may point into the range, which the
+	 * application may unmap as soon as we return: forget them. */
+	dd_unstable_reset();
 	ret = dd_region_remove(a, len, true);
 out:
 	pthread_mutex_unlock(&eng.lock);

@@ -285,8 +285,10 @@ static void apply_events(void)
 		struct dd_event e = eng.ev[eng.ev_applied % DD_EVRING];
 		if (e.type != UFFD_EVENT_REMAP)
 			continue;
-		if (dd_region_remove(e.from, e.len, false) == 0)
+		if (dd_region_remove(e.from, e.len, false) == 0) {
+			dd_unstable_reset();   /* candidates may point into the old range */
 			dd_region_add(e.to, e.len);
+		}
 	}
 	pthread_mutex_unlock(&eng.gate);
 }
@@ -403,6 +405,12 @@ static void prefork(void)
 {
 	pthread_mutex_lock(&eng.lock);
 	pthread_mutex_lock(&eng.gate);
+	/* The child inherits private mappings of every slot in use now and
+	 * faults them in from our memfd for as long as it lives: those slots
+	 * must never be punched or reused (tests/torture found a child reading
+	 * another page's content). */
+	if (eng.running)
+		dd_store_keep_all();
 }
 
 static void postfork_parent(void)

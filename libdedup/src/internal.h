@@ -198,6 +198,7 @@ uint32_t dd_store_refs(uint32_t slot);
 uint64_t dd_store_hash(uint32_t slot);
 void dd_store_set_hash(uint32_t slot, uint64_t h);
 uint64_t dd_store_sharing(void);    /* sum of refs */
+void dd_store_keep_all(void);       /* fork(): never release slots in use */
 uint64_t dd_store_shared(void);     /* slots with refs > 0 */
 
 /* ---- index.c -------------------------------------------------------- */

@@ -160,6 +160,16 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 		DD_TRACE('B', addr, DD_PAGE, tries);
 		if (dd_uffd_move(eng.uffd, addr, scratch_of(i), DD_PAGE, &err) == (ssize_t)DD_PAGE)
 			return addr;
+		if (err != EAGAIN && err != EEXIST) {
+			/* UFFDIO_MOVE refuses when the VMAs' protections differ (the
+			 * application mprotect()ed the window meanwhile): copy the
+			 * content back instead. S's page is ours and unpinned (the
+			 * move out proved it), so a copy loses nothing. */
+			struct uffdio_copy c = { .dst = addr, .src = scratch_of(i), .len = DD_PAGE };
+			if (ioctl(eng.uffd, UFFDIO_COPY, &c) == 0)
+				return addr;
+			err = errno;
+		}
 		if (err != EAGAIN || tries > 100000) {
 			/* Cannot happen while A stays registered with us and empty. */
 			dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx",

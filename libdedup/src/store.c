@@ -33,6 +33,7 @@ struct slot_info {
 	uint64_t hash;
 	uint32_t refs;
 	uint32_t next_free;   /* free list link (slot + 1), 0 = end */
+	bool keep;            /* in use at a fork(): never released */
 };
 
 static struct {
@@ -62,6 +63,8 @@ int dd_store_init(size_t max_bytes)
 		st.view = NULL;
 		goto fail;
 	}
+	/* A core dump would otherwise read (and allocate) the whole sparse file. */
+	madvise((void *)st.view, st.max_slots * DD_PAGE, MADV_DONTDUMP);
 	st.hwm = 0;
 	st.free_head = 0;
 	atomic_store(&st.sharing, 0);
@@ -139,6 +142,7 @@ uint32_t dd_store_new(const void *content, uint32_t hint)
 	st.info[slot].refs = 0;
 	st.info[slot].next_free = 0;
 	st.info[slot].hash = 0;
+	st.info[slot].keep = false;
 	return slot + 1;
 undo:
 	/* give it back */
@@ -157,8 +161,18 @@ void dd_store_get(uint32_t ref)
 	st.sharing++;
 }
 
+/* At fork(): a child may map every slot in use; keep them for good. */
+void dd_store_keep_all(void)
+{
+	for (uint32_t i = 0; i < st.hwm && i < st.info_cap; i++)
+		if (st.info[i].refs)
+			st.info[i].keep = true;
+}
+
 static void release(uint32_t slot)
 {
+	if (st.info[slot].keep)
+		return;   /* stays a valid canonical page, found by its hash */
 	/* Nobody maps it (refs == 0): punching cannot change what anyone reads. */
 	fallocate(st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		  (off_t)slot * (off_t)DD_PAGE, (off_t)DD_PAGE);

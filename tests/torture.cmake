@@ -1,0 +1,58 @@
+# The torture suite (issue 3, tests/torture; docs/torture.md). Label: torture.
+# CTest runs a short version: two seeds x DEDUP_TORTURE_SECONDS (30 s), the
+# proof that it catches the naive protocol, and the reproducers of bugs it
+# found. The long run (an hour) is tests/torture/long-run.sh.
+function(torture_exe name)
+  add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/torture/${name}.c)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                             ${PROJECT_SOURCE_DIR}/libdedup/src)
+  target_link_libraries(${name} PRIVATE dedup_static PkgConfig::URING Threads::Threads)
+endfunction()
+torture_exe(torture)
+torture_exe(repro_mremap_grow)
+torture_exe(repro_unstable_stale)
+torture_exe(repro_mprotect_moveback)
+torture_exe(repro_fork_store)
+torture_exe(repro_unregister_mremap)
+
+set(DEDUP_TORTURE_SECONDS 30 CACHE STRING "seconds per torture run in CTest")
+math(EXPR _torture_timeout "${DEDUP_TORTURE_SECONDS} * 3 + 60")
+# Known bugs (README), left out of the CI runs until fixed: mremap of a
+# range with merged pages after dedup_unregister, and MADV_DONTNEED of a
+# merged page in a fork()ed child (which has no engine).
+set(_torture_known --no mremap_grow,mremap_move,mremap_shrink --no-child-dontneed)
+foreach(seed 1 2)
+  add_test(NAME torture_seed${seed}
+           COMMAND torture --seconds ${DEDUP_TORTURE_SECONDS} --seed ${seed} ${_torture_known})
+  set_tests_properties(torture_seed${seed} PROPERTIES TIMEOUT ${_torture_timeout}
+                       SKIP_RETURN_CODE 77 LABELS "torture;race")
+endforeach()
+
+# With the pin check disabled (the naive protocol) the torture must lose data
+# in its io_uring fixed-buffer reads: proof that it catches that bug.
+add_test(NAME torture_catches_naive
+         COMMAND torture --seconds 20 --seed 11 --min-merges 0
+                 --only uring_fixed,write,dup,verify,sleep)
+set_tests_properties(torture_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_PIN_CHECK=1" LABELS "torture;race")
+
+# Bugs the torture found, reduced to small deterministic programs.
+# Open bugs (README "Known bugs"): after dedup_unregister merged runs stay
+# file mappings, so mremap grow maps other canonical pages and a move of
+# several registered VMAs fails half done. Disabled until unregister can turn
+# merged runs back into anonymous memory.
+add_test(NAME torture_repro_mremap_grow COMMAND repro_mremap_grow)
+set_tests_properties(torture_repro_mremap_grow PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
+                     LABELS "torture" DISABLED TRUE)
+add_test(NAME torture_repro_unstable_stale COMMAND repro_unstable_stale)
+set_tests_properties(torture_repro_unstable_stale PROPERTIES TIMEOUT 60 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "DEDUP_TEST_SECONDS=10" LABELS "torture;race")
+add_test(NAME torture_repro_mprotect_moveback COMMAND repro_mprotect_moveback)
+set_tests_properties(torture_repro_mprotect_moveback PROPERTIES TIMEOUT 60 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "DEDUP_TEST_SECONDS=10" LABELS "torture;race")
+add_test(NAME torture_repro_fork_store COMMAND repro_fork_store)
+set_tests_properties(torture_repro_fork_store PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
+                     LABELS "torture;race")
+add_test(NAME torture_repro_unregister_mremap COMMAND repro_unregister_mremap)
+set_tests_properties(torture_repro_unregister_mremap PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
+                     LABELS "torture" DISABLED TRUE)
