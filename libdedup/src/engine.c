@@ -228,7 +228,7 @@ static void *reader_main(void *arg)
 	if (ret < 0) {
 		/* No io_uring (seccomp, old kernel): a plain poll() loop. */
 		struct pollfd p[2] = { { eng.uffd, POLLIN, 0 }, { eng.reader_fd, POLLIN, 0 } };
-		while (!atomic_load(&eng.stop)) {
+		for (;;) {
 			if (poll(p, 2, -1) < 0)
 				continue;
 			if (p[1].revents)
@@ -253,7 +253,10 @@ static void *reader_main(void *arg)
 			continue;
 		uint64_t what = io_uring_cqe_get_data64(cqe);
 		io_uring_cqe_seen(&ring, cqe);
-		if (what == 2 || atomic_load(&eng.stop))
+		/* Only our own stop signal ends the loop, never eng.stop alone: the
+		 * engine thread may be waiting for us to read an event it raised
+		 * (its own madvise) while it is being stopped. */
+		if (what == 2)
 			break;
 		pthread_mutex_lock(&eng.gate);
 		drain_uffd();
@@ -277,7 +280,7 @@ static void apply_events(void)
 	pthread_mutex_lock(&eng.gate);
 	uint64_t head = atomic_load(&eng.ev_head);
 	if (head - eng.ev_applied > DD_EVRING) {
-		dd_warn("missed %llu mapping events; re-checking every region",
+		dd_info("missed %llu mapping events; re-checking every region",
 			(unsigned long long)(head - eng.ev_applied - DD_EVRING));
 		eng.ev_applied = head - DD_EVRING;
 	}

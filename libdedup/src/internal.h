@@ -250,7 +250,7 @@ struct dd_merge_item {
 	uint32_t state;    /* merge.c's per-item state */
 };
 
-#define DD_EVRING 1024
+#define DD_EVRING 4096
 struct dd_event {
 	uint8_t type;            /* UFFD_EVENT_REMOVE or UFFD_EVENT_REMAP */
 	uintptr_t from, to;      /* REMOVE: [from, from+len) */

@@ -134,7 +134,7 @@ static bool follow_events(uint64_t since, uintptr_t *addr)
 	uint64_t head = atomic_load(&eng.ev_head);
 
 	if (head - since > DD_EVRING)
-		dd_warn("event ring overflowed while a page was parked at %#lx",
+		dd_info("event ring overflowed while a page was parked at %#lx",
 			(unsigned long)*addr);
 	for (uint64_t s = head - since > DD_EVRING ? head - DD_EVRING : since; s < head; s++) {
 		const struct dd_event *e = &eng.ev[s % DD_EVRING];
@@ -491,7 +491,7 @@ replace:
 				size_t l = (k - i) * DD_PAGE;
 				dd_uffd_unregister(eng.uffd, s0, l);
 				if (dd_uffd_register(eng.uffd, s0, l, UFFDIO_REGISTER_MODE_WP) < 0)
-					dd_warn("could not re-register %#lx+%zu: no longer merged",
+					dd_debug("could not re-register %#lx+%zu: no longer merged",
 						(unsigned long)s0, l);
 				for (size_t x = i; x < k; x++)
 					if (it[x].state == IT_DROP_WP)
@@ -531,10 +531,20 @@ replace:
 	return merged;
 }
 
-static int cmp_item(const void *a, const void *b)
+/* Sort the batch by address in place. Not qsort(): glibc's may malloc, and
+ * no thread of ours may call the application's allocator (internal.h).
+ * Batches are small and arrive mostly sorted: an insertion sort. */
+static void sort_batch(struct dd_merge_item *it, size_t n)
 {
-	const struct dd_merge_item *x = a, *y = b;
-	return x->addr < y->addr ? -1 : x->addr > y->addr;
+	for (size_t i = 1; i < n; i++) {
+		struct dd_merge_item x = it[i];
+		size_t j = i;
+		while (j > 0 && it[j - 1].addr > x.addr) {
+			it[j] = it[j - 1];
+			j--;
+		}
+		it[j] = x;
+	}
 }
 
 /*
@@ -557,7 +567,7 @@ long dd_merge_batch(void)
 
 	if (!n)
 		return 0;
-	qsort(it, n, sizeof(*it), cmp_item);
+	sort_batch(it, n);
 	for (size_t i = 0; i < n; i++)
 		it[i].state = IT_LIVE;
 	if (eng.scratch_used + n > eng.scratch_pages)

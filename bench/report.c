@@ -1,0 +1,550 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * report.c - dedup-bench's outputs, all from one list of figures.
+ *
+ *   stdout            one row per workload x mode, then notes and targets
+ *   results.csv       the same rows, every figure ("n/a" when missing)
+ *   results.json      the rows with null for missing figures, the merger's
+ *                     own counters ("extra"), the settings, the targets
+ *   series.csv        written while running (run.c): time_s, workload,
+ *                     mode, pss_kib, saved_kib, merger_cpu_s
+ *
+ * net_saved_kib: saved_kib minus the merger's metadata that Pss does not
+ * show. KSM keeps one 64-byte rmap_item per scanned page in the kernel
+ * (ksm_stat: merging_pages * 4096 - ksm_process_profit); libdedup's tables
+ * are in the process, so its Pss already pays for them (net = saved).
+ *
+ * When a figure is n/a (documented here, checked by check_quick.sh):
+ *   merger_cpu_s, pages_scanned, scanned_pages_per_cpu_s   mode none
+ *   t50/t90/t99, merge_cpu_s, cpu_s_per_gib_saved, merged_pages_per_cpu_s
+ *                     the saving is below max(1 MiB, 1% of the buffer)
+ *   cow_p50_us, cow_p99_us, cow_idle_p50_us, cow_idle_p99_us   no merged
+ *                     page to write to (cow_samples 0: mode none, unique),
+ *                     and redis (the harness cannot write into the server)
+ *   app_rate, slowdown_pct   workloads other than churn and redis;
+ *                     slowdown also when mode none was not run
+ *   pages_scanned, scanned_pages_per_cpu_s   a libdedup mode without the
+ *                     child's counters (preload mode)
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "bench.h"
+
+/* X(field, column name, decimals) */
+#define FIGURES(X)                                   \
+	X(duration_s, "duration_s", 2)               \
+	X(pss_before_kib, "pss_before_kib", 0)       \
+	X(pss_after_kib, "pss_after_kib", 0)         \
+	X(saved_kib, "saved_kib", 0)                 \
+	X(saved_pages, "saved_pages", 0)             \
+	X(net_saved_kib, "net_saved_kib", 0)         \
+	X(t50_s, "t50_s", 2)                         \
+	X(t90_s, "t90_s", 2)                         \
+	X(t99_s, "t99_s", 2)                         \
+	X(merger_cpu_s, "merger_cpu_s", 3)           \
+	X(merge_cpu_s, "merge_cpu_s", 3)             \
+	X(cpu_per_gib, "cpu_s_per_gib_saved", 3)     \
+	X(merged_per_cpu, "merged_pages_per_cpu_s", 0) \
+	X(pages_scanned, "pages_scanned", 0)         \
+	X(scanned_per_cpu, "scanned_pages_per_cpu_s", 0) \
+	X(vmas_before, "vmas_before", 0)             \
+	X(vmas_after, "vmas_after", 0)               \
+	X(vmas_added, "vmas_added", 0)               \
+	X(cow_p50_us, "cow_p50_us", 2)               \
+	X(cow_p99_us, "cow_p99_us", 2)               \
+	X(cow_samples, "cow_samples", 0)             \
+	X(cow_idle_p50_us, "cow_idle_p50_us", 2)     \
+	X(cow_idle_p99_us, "cow_idle_p99_us", 2)     \
+	X(app_rate, "app_rate", 0)                   \
+	X(slowdown_pct, "slowdown_pct", 2)
+
+void result_init(struct result *r, const struct workload *w, const struct mode *m)
+{
+	memset(r, 0, sizeof(*r));
+	r->w = w;
+	r->m = m;
+	r->size_mib = opt.size_mib;
+	r->pages = (uint64_t)opt.size_mib * 256;
+	snprintf(r->status, sizeof(r->status), "failed");
+	snprintf(r->end_reason, sizeof(r->end_reason), "n/a");
+	r->app_unit = "n/a";
+#define X(f, name, dec) r->f = NA;
+	FIGURES(X)
+#undef X
+}
+
+void result_extra(struct result *r, const char *key, const char *fmt, ...)
+{
+	struct kv *e = NULL;
+	for (size_t i = 0; i < r->nextra; i++)
+		if (strcmp(r->extra[i].key, key) == 0)
+			e = &r->extra[i];
+	if (!e) {
+		if (r->nextra == MAX_EXTRA)
+			return;
+		e = &r->extra[r->nextra++];
+		snprintf(e->key, sizeof(e->key), "%s", key);
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->val, sizeof(e->val), fmt, ap);
+	va_end(ap);
+}
+
+const char *result_extra_get(const struct result *r, const char *key)
+{
+	for (size_t i = 0; i < r->nextra; i++)
+		if (strcmp(r->extra[i].key, key) == 0)
+			return r->extra[i].val;
+	return NULL;
+}
+
+static const char *num(char *buf, size_t len, double v, int dec)
+{
+	if (is_na(v))
+		return "n/a";
+	snprintf(buf, len, "%.*f", dec, v);
+	return buf;
+}
+
+/* ---- the table --------------------------------------------------------- */
+
+void report_table(FILE *f, struct result *rs, size_t n)
+{
+	char b[20][32];
+
+	fprintf(f, "\n%-9s %-16s %-7s %9s %9s %6s %6s %6s %7s %7s %7s %9s %9s %6s %8s %8s %8s %8s %9s %8s %s\n",
+		"workload", "mode", "status", "saved", "saved", "t50", "t90", "t99", "cpu", "merge",
+		"cpu/GiB", "merged/", "scanned/", "VMAs", "cow p50", "cow p99", "idle p50",
+		"idle p99", "app", "slowdown", "end");
+	fprintf(f, "%-9s %-16s %-7s %9s %9s %6s %6s %6s %7s %7s %7s %9s %9s %6s %8s %8s %8s %8s %9s %8s %s\n",
+		"", "", "", "MiB", "pages", "s", "s", "s", "s", "cpu s", "saved", "cpu s", "cpu s",
+		"added", "us", "us", "us", "us", "rate", "%", "");
+	for (size_t i = 0; i < n; i++) {
+		struct result *r = &rs[i];
+		fprintf(f,
+			"%-9s %-16s %-7s %9s %9s %6s %6s %6s %7s %7s %7s %9s %9s %6s %8s %8s %8s %8s %9s %8s %s\n",
+			r->w->name, r->m->name, r->status,
+			num(b[0], 32, is_na(r->saved_kib) ? NA : r->saved_kib / 1024, 1),
+			num(b[1], 32, r->saved_pages, 0), num(b[2], 32, r->t50_s, 2),
+			num(b[3], 32, r->t90_s, 2), num(b[4], 32, r->t99_s, 2),
+			num(b[5], 32, r->merger_cpu_s, 2), num(b[6], 32, r->merge_cpu_s, 2),
+			num(b[7], 32, r->cpu_per_gib, 2), num(b[8], 32, r->merged_per_cpu, 0),
+			num(b[9], 32, r->scanned_per_cpu, 0), num(b[10], 32, r->vmas_added, 0),
+			num(b[11], 32, r->cow_p50_us, 2), num(b[12], 32, r->cow_p99_us, 2),
+			num(b[13], 32, r->cow_idle_p50_us, 2), num(b[14], 32, r->cow_idle_p99_us, 2),
+			num(b[15], 32, r->app_rate, 0), num(b[16], 32, r->slowdown_pct, 2),
+			r->end_reason);
+	}
+	fprintf(f, "\nsaved: Pss(go) - Pss(end) of the measured process. cpu: merger CPU from go to "
+		   "the end; merge cpu: until 99%% of the saving (used for cpu/GiB and merged/cpu "
+		   "s). cow: first write to a merged page with the merger running; idle: with it paused "
+		   "(ksmd run=0, dedup_shutdown). app rate: churn writes/s, redis GET/s. Merger CPU "
+		   "from %s.\n",
+		proc_cpu_source());
+	fprintf(f, "loadavg at start: %s; at end: %s\n", opt.load_start, opt.load_end);
+	bool notes = false;
+	for (size_t i = 0; i < n; i++) {
+		if (!rs[i].note[0])
+			continue;
+		if (!notes)
+			fprintf(f, "notes:\n");
+		notes = true;
+		fprintf(f, "  %s x %s: %s\n", rs[i].w->name, rs[i].m->name, rs[i].note);
+	}
+}
+
+/* ---- targets -------------------------------------------------------------- */
+
+struct target {
+	char name[96];
+	double measured, goal, ratio;   /* ratio: measured against the goal's basis */
+	char basis[96];
+	const char *verdict;
+};
+
+static struct result *find(struct result *rs, size_t n, const char *w, const char *m)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(rs[i].w->name, w) == 0 && strcmp(rs[i].m->name, m) == 0 &&
+		    strcmp(rs[i].status, "ok") == 0)
+			return &rs[i];
+	return NULL;
+}
+
+static size_t targets(struct result *rs, size_t n, struct target *t, size_t max)
+{
+	size_t k = 0;
+	const char *ksm = "ksm-fast";
+
+#define ADD(x)                 \
+	do {                   \
+		if (k < max)   \
+			t[k++] = (x); \
+	} while (0)
+	for (size_t mi = 0; mi < nmodes; mi++) {
+		const struct mode *L = &modes[mi];
+		if (L->merger != MERGER_LIBDEDUP)
+			continue;
+		bool any = false;
+		for (size_t i = 0; i < n; i++)
+			any |= rs[i].m == L && strcmp(rs[i].status, "ok") == 0;
+		if (!any)
+			continue;
+		struct target x;
+		struct result *a, *b;
+
+		/* 1: scanning unique memory */
+		a = find(rs, n, "unique", L->name);
+		b = find(rs, n, "unique", ksm);
+		memset(&x, 0, sizeof(x));
+		snprintf(x.name, sizeof(x.name), "%s: scan unique >= 1.5 M pages/CPU s", L->name);
+		x.goal = 1.5e6;
+		x.measured = a ? a->scanned_per_cpu : NA;
+		x.ratio = is_na(x.measured) ? NA : x.measured / x.goal;
+		if (b && !is_na(b->scanned_per_cpu))
+			snprintf(x.basis, sizeof(x.basis), "of goal; ksm-fast %.0f pages/CPU s",
+				 b->scanned_per_cpu);
+		else
+			snprintf(x.basis, sizeof(x.basis), "of goal");
+		x.verdict = is_na(x.ratio) ? "n/a" : x.ratio >= 1 ? "met" : "MISSED";
+		ADD(x);
+
+		/* 2: merging runs per CPU second, against KSM */
+		a = find(rs, n, "runs", L->name);
+		b = find(rs, n, "runs", ksm);
+		memset(&x, 0, sizeof(x));
+		snprintf(x.name, sizeof(x.name), "%s: merge runs >= 2x ksm-fast pages/CPU s", L->name);
+		x.goal = 2;
+		x.measured = a ? a->merged_per_cpu : NA;
+		x.ratio = a && b && !is_na(a->merged_per_cpu) && !is_na(b->merged_per_cpu)
+				  ? a->merged_per_cpu / b->merged_per_cpu : NA;
+		snprintf(x.basis, sizeof(x.basis), "x ksm-fast (%s pages/CPU s)",
+			 b && !is_na(b->merged_per_cpu) ? "measured" : "n/a");
+		if (b && !is_na(b->merged_per_cpu))
+			snprintf(x.basis, sizeof(x.basis), "x ksm-fast (%.0f pages/CPU s)",
+				 b->merged_per_cpu);
+		x.verdict = is_na(x.ratio) ? "n/a" : x.ratio >= 2 ? "met" : "MISSED";
+		ADD(x);
+
+		/* 3: savings, every workload */
+		for (size_t wi = 0; wi < nworkloads; wi++) {
+			a = find(rs, n, workloads[wi].name, L->name);
+			b = find(rs, n, workloads[wi].name, ksm);
+			memset(&x, 0, sizeof(x));
+			snprintf(x.name, sizeof(x.name), "%s: saving on %s >= 99%% of ksm-fast", L->name,
+				 workloads[wi].name);
+			x.goal = 0.99;
+			x.measured = a ? a->saved_kib : NA;
+			/* KSM saving nothing (unique) gives no basis */
+			double floor_kib = (double)opt.size_mib * 1024 / 100;
+			if (floor_kib < 1024)
+				floor_kib = 1024;
+			if (a && b && b->saved_kib >= floor_kib) {
+				x.ratio = a->saved_kib / b->saved_kib;
+				if (!is_na(a->net_saved_kib) && !is_na(b->net_saved_kib) &&
+				    b->net_saved_kib > 0)
+					snprintf(x.basis, sizeof(x.basis),
+						 "x ksm-fast (%.1f MiB); net of metadata %.3f",
+						 b->saved_kib / 1024, a->net_saved_kib / b->net_saved_kib);
+				else
+					snprintf(x.basis, sizeof(x.basis), "x ksm-fast (%.1f MiB)",
+						 b->saved_kib / 1024);
+			} else {
+				x.ratio = NA;
+				snprintf(x.basis, sizeof(x.basis), "%s",
+					 !a   ? "not run or skipped (see notes)"
+					 : !b ? "no ksm-fast run"
+					      : "ksm-fast saved ~nothing: no basis");
+			}
+			x.verdict = is_na(x.ratio) ? "n/a" : x.ratio >= 0.99 ? "met" : "MISSED";
+			ADD(x);
+		}
+
+		/* 4: slowdown on churn and redis */
+		static const char *const apps[] = { "churn", "redis" };
+		for (size_t j = 0; j < 2; j++) {
+			a = find(rs, n, apps[j], L->name);
+			memset(&x, 0, sizeof(x));
+			snprintf(x.name, sizeof(x.name), "%s: slowdown on %s < 3%%", L->name, apps[j]);
+			x.goal = 3;
+			x.measured = a ? a->slowdown_pct : NA;
+			x.ratio = is_na(x.measured) ? NA : x.measured / 3;
+			b = find(rs, n, apps[j], ksm);
+			snprintf(x.basis, sizeof(x.basis), "of the 3%% budget; ksm-fast %s%%",
+				 b && !is_na(b->slowdown_pct) ? "" : "n/a");
+			if (b && !is_na(b->slowdown_pct))
+				snprintf(x.basis, sizeof(x.basis), "of the 3%% budget; ksm-fast %.2f%%",
+					 b->slowdown_pct);
+			x.verdict = is_na(x.measured) ? "n/a" : x.measured < 3 ? "met" : "MISSED";
+			ADD(x);
+		}
+
+		/* 5: COW latency, every workload with merged pages under both */
+		for (size_t wi = 0; wi < nworkloads; wi++) {
+			a = find(rs, n, workloads[wi].name, L->name);
+			b = find(rs, n, workloads[wi].name, ksm);
+			if (!a || !b || is_na(a->cow_p50_us) || is_na(b->cow_p50_us))
+				continue;
+			static const char *const which[] = { "p50", "p99", "idle p50", "idle p99" };
+			for (int p = 0; p < 4; p++) {
+				double la = p == 0 ? a->cow_p50_us : p == 1 ? a->cow_p99_us
+					    : p == 2 ? a->cow_idle_p50_us : a->cow_idle_p99_us;
+				double lb = p == 0 ? b->cow_p50_us : p == 1 ? b->cow_p99_us
+					    : p == 2 ? b->cow_idle_p50_us : b->cow_idle_p99_us;
+				if (is_na(la) || is_na(lb))
+					continue;
+				memset(&x, 0, sizeof(x));
+				snprintf(x.name, sizeof(x.name), "%s: COW %s on %s <= 1.5x ksm-fast",
+					 L->name, which[p], workloads[wi].name);
+				x.goal = 1.5;
+				x.measured = la;
+				x.ratio = lb > 0 ? la / lb : NA;
+				snprintf(x.basis, sizeof(x.basis), "x ksm-fast (%.2f us)", lb);
+				x.verdict = is_na(x.ratio) ? "n/a" : x.ratio <= 1.5 ? "met" : "MISSED";
+				ADD(x);
+			}
+		}
+	}
+#undef ADD
+	return k;
+}
+
+static const char *ex(const struct result *r, const char *key)
+{
+	const char *v = result_extra_get(r, key);
+	return v ? v : "?";
+}
+
+/* Figures behind the headline ones, per mode: what a reader needs to judge
+ * the slowdown and the savings. */
+static void report_details(FILE *f, struct result *rs, size_t n)
+{
+	bool head = false;
+	for (size_t i = 0; i < n; i++) {
+		struct result *r = &rs[i];
+		const char *npw = result_extra_get(r, "churn_ns_per_write");
+		const char *budget = result_extra_get(r, "ld_skipped_budget");
+		const char *prof = result_extra_get(r, "general_profit");
+		if (strcmp(r->status, "ok") != 0 || (!npw && !budget && !prof))
+			continue;
+		if (!head)
+			fprintf(f, "\ndetails (results.json \"extra\" has all counters):\n");
+		head = true;
+		fprintf(f, "  %-9s %-16s", r->w->name, r->m->name);
+		if (npw)
+			fprintf(f, " churn: %.0f writes/s of %s, %s ns per write;", r->app_rate,
+				ex(r, "churn_target_writes_per_s"), npw);
+		if (budget)
+			fprintf(f, " libdedup: %s passes, skipped for VMA budget %s, VMAs added %s "
+				   "(budget %s), metadata %s bytes", ex(r, "passes"),
+				budget, ex(r, "ld_vmas_added"),
+				ex(r, "ld_vma_budget"),
+				ex(r, "ld_metadata_bytes"));
+		if (prof)
+			fprintf(f, " ksm: %s full scans, pages_sharing %s, pages_shared %s, "
+				   "general_profit %s bytes", ex(r, "ksm_full_scans"),
+				ex(r, "pages_sharing"), ex(r, "pages_shared"),
+				prof);
+		fputc('\n', f);
+	}
+}
+
+void report_targets(FILE *f, struct result *rs, size_t n)
+{
+	report_details(f, rs, n);
+
+	struct target t[64];
+	size_t k = targets(rs, n, t, B_ARRAY_SIZE(t));
+	char b1[32], b2[32];
+
+	fprintf(f, "\ntargets (goals from issue 6; ratio = measured / basis; \"net of metadata\": "
+		   "KSM's kernel rmap_items counted against its saving):\n");
+	if (!k)
+		fprintf(f, "  none evaluated (no libdedup mode ran)\n");
+	for (size_t i = 0; i < k; i++)
+		fprintf(f, "  %-58s measured %12s  ratio %7s %-48s %s\n", t[i].name,
+			num(b1, 32, t[i].measured, t[i].measured < 100 ? 2 : 0),
+			num(b2, 32, t[i].ratio, 2), t[i].basis, t[i].verdict);
+}
+
+/* ---- files ---------------------------------------------------------------- */
+
+static void csv_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"')
+			fputc('"', f);
+		fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fputc('\\', f);
+		if ((unsigned char)*s < 0x20)
+			fprintf(f, "\\u%04x", *s);
+		else
+			fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+static void json_num(FILE *f, double v, int dec)
+{
+	if (is_na(v))
+		fprintf(f, "null");
+	else
+		fprintf(f, "%.*f", dec, v);
+}
+
+static int write_csv(const char *path, struct result *rs, size_t n)
+{
+	FILE *f = fopen(path, "w");
+	char b[32];
+
+	if (!f)
+		return -errno;
+	fprintf(f, "workload,mode,status,end_reason,size_mib,pages,app_unit");
+#define X(fld, name, dec) fprintf(f, ",%s", name);
+	FIGURES(X)
+#undef X
+	fprintf(f, ",note\n");
+	for (size_t i = 0; i < n; i++) {
+		struct result *r = &rs[i];
+		fprintf(f, "%s,%s,%s,%s,%zu,%llu,%s", r->w->name, r->m->name, r->status, r->end_reason,
+			r->size_mib, (unsigned long long)r->pages, r->app_unit);
+#define X(fld, name, dec) fprintf(f, ",%s", num(b, sizeof(b), r->fld, dec));
+		FIGURES(X)
+#undef X
+		fputc(',', f);
+		csv_str(f, r->note);
+		fputc('\n', f);
+	}
+	return fclose(f) == 0 ? 0 : -errno;
+}
+
+static int write_json(const char *path, struct result *rs, size_t n)
+{
+	FILE *f = fopen(path, "w");
+	struct target t[64];
+	size_t k = targets(rs, n, t, B_ARRAY_SIZE(t));
+
+	if (!f)
+		return -errno;
+	fprintf(f, "{\n  \"tool\": \"dedup-bench\",\n  \"config\": {\"quick\": %s, \"size_mib\": %zu, "
+		   "\"seed\": %llu, \"cap_s\": %.1f, \"slow_cap_s\": %.1f, \"min_s\": %.1f, "
+		   "\"quiet_s\": %.1f, \"interval_ms\": %u, \"lat_samples\": %u, "
+		   "\"churn_rate_per_thread\": %u, \"churn_threads\": 2, \"churn_hot\": %u, "
+		   "\"redis_requests\": %u, \"redis_reps\": %u, \"libdedup_interval_ms\": %d, "
+		   "\"libdedup_cpu_percent\": %d, \"cpu_source\": ",
+		opt.quick ? "true" : "false", opt.size_mib, (unsigned long long)opt.seed, opt.cap_s,
+		opt.slow_cap_s, opt.min_s, opt.quiet_s, opt.interval_ms, opt.lat_samples,
+		opt.churn_rate, opt.churn_hot, opt.redis_requests, opt.redis_reps,
+		BENCH_DEDUP_INTERVAL_MS, BENCH_DEDUP_CPU);
+	json_str(f, proc_cpu_source());
+	fprintf(f, ", \"loadavg_start\": ");
+	json_str(f, opt.load_start);
+	fprintf(f, ", \"loadavg_end\": ");
+	json_str(f, opt.load_end);
+	fprintf(f, ", \"dedup_env\": {");
+	static const char *const env[] = { "DEDUP_INTERVAL", "DEDUP_CPU", "DEDUP_BATCH",
+					   "DEDUP_PAGES_PER_SEC", "DEDUP_ZERO_PAGES",
+					   "DEDUP_VMA_BUDGET", "DEDUP_LOG" };
+	bool first = true;
+	for (size_t i = 0; i < B_ARRAY_SIZE(env); i++) {
+		const char *v = getenv(env[i]);
+		if (!v)
+			continue;
+		fprintf(f, "%s\"%s\": ", first ? "" : ", ", env[i]);
+		json_str(f, v);
+		first = false;
+	}
+	fprintf(f, "}},\n  \"ksm_settings\": ");
+	ksm_settings_json(f);
+	fprintf(f, ",\n  \"modes\": [");
+	for (size_t i = 0; i < nmodes; i++) {
+		fprintf(f, "%s\n    {\"name\": \"%s\", \"ready\": %s, \"description\": ", i ? "," : "",
+			modes[i].name, modes[i].ready ? "true" : "false");
+		json_str(f, modes[i].desc);
+		fprintf(f, "}");
+	}
+	fprintf(f, "\n  ],\n  \"workloads\": [");
+	for (size_t i = 0; i < nworkloads; i++) {
+		fprintf(f, "%s\n    {\"name\": \"%s\", \"description\": ", i ? "," : "",
+			workloads[i].name);
+		json_str(f, workloads[i].desc);
+		fprintf(f, "}");
+	}
+	fprintf(f, "\n  ],\n  \"results\": [");
+	for (size_t i = 0; i < n; i++) {
+		struct result *r = &rs[i];
+		fprintf(f, "%s\n    {\"workload\": \"%s\", \"mode\": \"%s\", \"status\": \"%s\", "
+			   "\"end_reason\": \"%s\", \"size_mib\": %zu, \"pages\": %llu, \"app_unit\": ",
+			i ? "," : "", r->w->name, r->m->name, r->status, r->end_reason, r->size_mib,
+			(unsigned long long)r->pages);
+		json_str(f, r->app_unit);
+#define X(fld, name, dec)                         \
+	fprintf(f, ", \"%s\": ", name);           \
+	json_num(f, r->fld, dec);
+		FIGURES(X)
+#undef X
+		fprintf(f, ", \"note\": ");
+		json_str(f, r->note);
+		fprintf(f, ", \"extra\": {");
+		for (size_t j = 0; j < r->nextra; j++) {
+			fprintf(f, "%s", j ? ", " : "");
+			json_str(f, r->extra[j].key);
+			fprintf(f, ": ");
+			char *end;
+			strtod(r->extra[j].val, &end);
+			if (r->extra[j].val[0] && !*end)
+				fprintf(f, "%s", r->extra[j].val);
+			else
+				json_str(f, r->extra[j].val);
+		}
+		fprintf(f, "}}");
+	}
+	fprintf(f, "\n  ],\n  \"targets\": [");
+	for (size_t i = 0; i < k; i++) {
+		fprintf(f, "%s\n    {\"target\": ", i ? "," : "");
+		json_str(f, t[i].name);
+		fprintf(f, ", \"measured\": ");
+		json_num(f, t[i].measured, 3);
+		fprintf(f, ", \"goal\": ");
+		json_num(f, t[i].goal, 3);
+		fprintf(f, ", \"ratio\": ");
+		json_num(f, t[i].ratio, 3);
+		fprintf(f, ", \"basis\": ");
+		json_str(f, t[i].basis);
+		fprintf(f, ", \"verdict\": \"%s\"}", t[i].verdict);
+	}
+	fprintf(f, "\n  ]\n}\n");
+	return fclose(f) == 0 ? 0 : -errno;
+}
+
+void series_header(FILE *f)
+{
+	fprintf(f, "time_s,workload,mode,pss_kib,saved_kib,merger_cpu_s\n");
+}
+
+int report_files(const char *dir, struct result *rs, size_t n)
+{
+	char path[4096];
+	int err;
+
+	snprintf(path, sizeof(path), "%s/results.csv", dir);
+	if ((err = write_csv(path, rs, n)) < 0)
+		return err;
+	snprintf(path, sizeof(path), "%s/results.json", dir);
+	return write_json(path, rs, n);
+}

@@ -1,0 +1,1696 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * preload.c - LD_PRELOAD mode: find an unmodified program's heap, keep the
+ * engine's regions in step with the program's mapping calls, and keep the
+ * program's view of its memory exactly that of anonymous memory.
+ *
+ * DOC: Overview
+ *
+ * The same libdedup.so serves the API and preloading. Preload mode is on only
+ * when LD_PRELOAD names libdedup.so* or DEDUP_PRELOAD=1 (dedup-run sets it);
+ * DEDUP_PRELOAD=0 turns it off. Otherwise every interposed function below is
+ * a plain system call (or glibc's own sbrk/fork) and nothing is registered.
+ *
+ * Lifecycle. The constructor runs after libc's (we depend on it), so getenv
+ * and malloc work; it calls dedup_init(NULL) (DEDUP_* options; on failure
+ * dedup_init logs its one line and we go passive), then starts the
+ * "dedup-preload" thread, which registers memory. Nothing is registered from
+ * the constructor itself. The destructor stops that thread and calls
+ * dedup_shutdown() (which prints the DEDUP_LOG=stats table).
+ *
+ * Discovery ("reconcile", the dedup-preload thread, every DEDUP_RECONCILE_MS
+ * and soon after a large anonymous mmap): read /proc/self/maps; forget our
+ * registered ranges that are no longer wholly mapped (anonymous pieces or
+ * pieces of our own memfd, rw-p) - glibc's free() of a large chunk and its
+ * realloc() use internal munmap/mremap that no interposer sees; then register
+ * every anonymous private rw-p range of at least DEDUP_MIN_REGION that is not
+ * ours, not excluded and not already registered. Left alone: [stack] and
+ * thread stacks (a PROT_NONE guard VMA right below), VMAs whose VmFlags
+ * (/proc/self/smaps, read only when there are candidates) say lo, dc, wf or
+ * dd, ranges another userfaultfd has (dedup_register says -EBUSY), and
+ * libdedup's own memory. Our own memory is recognised by the caller: a
+ * mapping call whose return address lies in libdedup's text (or made by one
+ * of our threads) is recorded in the "ours" table; there is no other marker
+ * (CONFIG_ANON_VMA_NAME is off on the target kernel). Every tenth round also
+ * checks, in smaps, that the anonymous VMAs of our ranges still carry the
+ * uffd-wp flag: a range that was unmapped internally and mapped again at the
+ * same address looks unchanged in /proc/self/maps but is not registered.
+ *
+ * Interposed calls, and why:
+ *   munmap, mmap(MAP_FIXED), mremap, mprotect, pkey_mprotect, brk/sbrk that
+ *     shrink: the engine must not be merging the range while it changes, and
+ *     a registered range that vanished would keep the engine's region alive.
+ *     We dedup_unregister() every registered range the call touches (this
+ *     waits for the engine's current batch), make the call, and register
+ *     again what is still anonymous rw-p memory. mprotect matters too: a
+ *     merge maps rw, which would undo a PROT_READ.
+ *   mremap: a range with merged pages is several VMAs, and the kernel
+ *     refuses (EFAULT) to grow or move it. We then move it piece by piece
+ *     (mremap of each VMA to its place in the destination, which moves page
+ *     tables and never copies) and map the grown tail anonymous.
+ *   madvise: MADV_FREE fails with EINVAL on a merged page (a private file
+ *     mapping); we apply it to the anonymous pieces and leave merged pieces
+ *     alone (MADV_FREE allows the old content to stay). MADV_DONTFORK,
+ *     MADV_WIPEONFORK, MADV_DONTDUMP: a later merge would create a VMA
+ *     without the flag, so the range is excluded from merging for good;
+ *     WIPEONFORK also fails on a merged page, so merged pieces in the range
+ *     are first turned back into anonymous memory (a copy: see "Known
+ *     limits"). MADV_DONTNEED/REMOVE need nothing here: the engine sees them
+ *     as uffd REMOVE events, from libc-internal callers too.
+ *   mlock, mlock2: excluded for good (a merge would drop VM_LOCKED);
+ *     mlockall: preload goes passive and unregisters everything.
+ *   ioctl(UFFDIO_REGISTER) by the application: we unregister our ranges in
+ *     it and exclude it for good, so its registration does not fail EBUSY.
+ *   fork: with DEDUP_FORK=restart the child starts its own engine once fork()
+ *     has returned (after every atfork handler, so after the allocator's).
+ *
+ * Locks, in order: pl.lock (ours; taken by interposed calls that change
+ * mappings and by the reconcile thread around registering) -> eng.lock ->
+ * eng.gate; ours_lock (a spinlock) is a leaf, held only for table updates.
+ * The real system call is made under pl.lock, so a reconcile can never
+ * register a range between our check and the application's change. Calls
+ * made by libdedup itself never take pl.lock (the engine calls mmap while
+ * holding eng.lock). No malloc and no stdio anywhere here: tables live in
+ * memory we mmap ourselves (MAP_NORESERVE reservations).
+ *
+ * Known limits: see docs/preload.md.
+ */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <link.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+
+extern void *__sbrk(intptr_t increment);
+extern pid_t __fork(void);
+
+/* ---- raw system calls: the real functions, without dlsym ---------------- */
+
+static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
+{
+	return (void *)syscall(SYS_mmap, a, l, prot, flags, fd, off);
+}
+static int sys_munmap(void *a, size_t l) { return (int)syscall(SYS_munmap, a, l); }
+static void *sys_mremap(void *a, size_t ol, size_t nl, int flags, void *na)
+{
+	return (void *)syscall(SYS_mremap, a, ol, nl, flags, na);
+}
+static int sys_mprotect(void *a, size_t l, int p) { return (int)syscall(SYS_mprotect, a, l, p); }
+static int sys_madvise(void *a, size_t l, int adv) { return (int)syscall(SYS_madvise, a, l, adv); }
+
+static uintptr_t pg_down(uintptr_t a) { return a & ~(uintptr_t)(DD_PAGE - 1); }
+static uintptr_t pg_up(uintptr_t a) { return (a + DD_PAGE - 1) & ~(uintptr_t)(DD_PAGE - 1); }
+
+/* ---- state ------------------------------------------------------------------ */
+
+enum {
+	PL_OFF = 0,     /* not preloaded: everything passes straight through */
+	PL_STARTING,    /* dedup_init running: only our own mappings are tracked */
+	PL_ON,
+	PL_PASSIVE,     /* preloaded, but not merging (init failed, child, mlockall) */
+};
+
+struct range {
+	uintptr_t lo, hi;
+};
+
+/* A sorted array of disjoint ranges, in a MAP_NORESERVE reservation. */
+struct rtab {
+	struct range *r;
+	size_t n, cap;
+};
+
+#define RTAB_CAP ((size_t)1 << 18)
+#define VBUF_CAP ((size_t)1 << 17)   /* > vm.max_map_count */
+
+/* One VMA of /proc/self/maps or smaps. */
+enum { K_ANON, K_STACK, K_DEDUP, K_OTHER };
+enum {
+	VF_LO = 1, VF_DC = 2, VF_WF = 4, VF_DD = 8, VF_UM = 16, VF_UW = 32, VF_UI = 64,
+	VF_KNOWN = 1u << 31,   /* flags were read (smaps) */
+};
+struct vma {
+	uintptr_t lo, hi;
+	uint32_t kind, flags;
+	char perms[4];
+};
+
+static struct {
+	pthread_mutex_t lock;        /* see the top of this file */
+	struct rtab mine;            /* ranges we registered (exact, for dedup_unregister) */
+	struct rtab excl;            /* never register (app's uffd, mlock, DONTFORK...) */
+	struct rtab ignore;          /* skip until the next full check (bad flags, errors) */
+	struct vma *vbuf, *sbuf;     /* reconcile: maps and smaps snapshots */
+	size_t nv, ns;
+	struct range *cand;          /* reconcile: candidate ranges */
+	size_t ncand;
+	struct vma *pieces;          /* interposers (pl.lock): VMAs of one range */
+	pthread_t thr;
+	bool thr_started;
+	int kick_fd;                 /* eventfd: "a large mapping appeared" */
+	_Atomic bool kicked;
+	_Atomic bool stop;
+	uint64_t reconcile_ms;
+	bool fork_restart;
+	bool was_on;                 /* this process image ran in preload mode */
+	bool jemalloc;
+} pl = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.kick_fd = -1,
+	.reconcile_ms = 1000,
+};
+
+static _Atomic int pl_state;
+
+/* libdedup's own mappings. Updated from any thread, including the engine
+ * under eng.lock: so a spinlock that nothing else is ever taken under. */
+static struct rtab ours;
+static atomic_flag ours_lock = ATOMIC_FLAG_INIT;
+static uintptr_t text_lo, text_hi;   /* libdedup's code */
+
+static void ours_acquire(void)
+{
+	while (atomic_flag_test_and_set_explicit(&ours_lock, memory_order_acquire))
+		;
+}
+static void ours_release(void) { atomic_flag_clear_explicit(&ours_lock, memory_order_release); }
+
+/* ---- range tables --------------------------------------------------------- */
+
+static void *reserve(size_t bytes)
+{
+	void *p = sys_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static bool rt_init(struct rtab *t)
+{
+	t->r = reserve(RTAB_CAP * sizeof(*t->r));
+	t->n = 0;
+	t->cap = t->r ? RTAB_CAP : 0;
+	return t->r != NULL;
+}
+
+/* Index of the first range whose end is above addr. */
+static size_t rt_lower(const struct rtab *t, uintptr_t addr)
+{
+	size_t lo = 0, hi = t->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (t->r[mid].hi <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool rt_overlaps(const struct rtab *t, uintptr_t lo, uintptr_t hi)
+{
+	size_t i = rt_lower(t, lo);
+	return i < t->n && t->r[i].lo < hi;
+}
+
+static void rt_remove_at(struct rtab *t, size_t i)
+{
+	memmove(&t->r[i], &t->r[i + 1], (t->n - i - 1) * sizeof(*t->r));
+	t->n--;
+}
+
+/* Insert [lo, hi), which overlaps nothing. */
+static bool rt_insert(struct rtab *t, uintptr_t lo, uintptr_t hi)
+{
+	size_t i = rt_lower(t, lo);
+	if (t->n == t->cap)
+		return false;
+	memmove(&t->r[i + 1], &t->r[i], (t->n - i) * sizeof(*t->r));
+	t->r[i] = (struct range){ lo, hi };
+	t->n++;
+	return true;
+}
+
+/* Remove [lo, hi) from every range (splitting where needed). */
+static void rt_sub(struct rtab *t, uintptr_t lo, uintptr_t hi)
+{
+	size_t i = rt_lower(t, lo);
+	while (i < t->n && t->r[i].lo < hi) {
+		struct range r = t->r[i];
+		rt_remove_at(t, i);
+		if (r.lo < lo)
+			rt_insert(t, r.lo, lo), i++;
+		if (r.hi > hi) {
+			rt_insert(t, hi, r.hi);
+			break;
+		}
+	}
+}
+
+/* Add [lo, hi) as a union (coalescing with what overlaps or touches it). */
+static void rt_union(struct rtab *t, uintptr_t lo, uintptr_t hi)
+{
+	size_t i = rt_lower(t, lo ? lo - 1 : 0);
+	while (i < t->n && t->r[i].lo <= hi) {
+		if (t->r[i].lo < lo)
+			lo = t->r[i].lo;
+		if (t->r[i].hi > hi)
+			hi = t->r[i].hi;
+		rt_remove_at(t, i);
+	}
+	rt_insert(t, lo, hi);
+}
+
+static void ours_add(uintptr_t lo, size_t len)
+{
+	ours_acquire();
+	rt_union(&ours, pg_down(lo), pg_up(lo + len));
+	ours_release();
+}
+
+static void ours_sub(uintptr_t lo, size_t len)
+{
+	ours_acquire();
+	rt_sub(&ours, pg_down(lo), pg_up(lo + len));
+	ours_release();
+}
+
+/* Is [lo, hi) blocked: ours, excluded, ignored or already registered?
+ * Returns the end of the blocking range at lo (> lo), or 0 if lo is free;
+ * *next is set to the start of the next block above lo (or hi). pl.lock held. */
+static uintptr_t blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
+{
+	const struct rtab *tabs[] = { &pl.mine, &pl.excl, &pl.ignore, &ours };
+	uintptr_t end = 0, nxt = hi;
+
+	ours_acquire();
+	for (size_t k = 0; k < DD_ARRAY_SIZE(tabs); k++) {
+		const struct rtab *t = tabs[k];
+		size_t i = rt_lower(t, lo);
+		if (i >= t->n)
+			continue;
+		if (t->r[i].lo <= lo) {
+			if (t->r[i].hi > end)
+				end = t->r[i].hi;
+		} else if (t->r[i].lo < nxt) {
+			nxt = t->r[i].lo;
+		}
+	}
+	ours_release();
+	*next = nxt;
+	return end;
+}
+
+/* ---- /proc/self/maps and smaps ----------------------------------------------- */
+
+static uintptr_t parse_hex(const char **pp)
+{
+	const char *p = *pp;
+	uintptr_t v = 0;
+	for (;; p++) {
+		unsigned d;
+		if (*p >= '0' && *p <= '9')
+			d = (unsigned)(*p - '0');
+		else if (*p >= 'a' && *p <= 'f')
+			d = (unsigned)(*p - 'a' + 10);
+		else
+			break;
+		v = v * 16 + d;
+	}
+	*pp = p;
+	return v;
+}
+
+static bool is_header(const char *s)
+{
+	return (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f');
+}
+
+/* "lo-hi perms offset dev inode name" */
+static bool parse_header(const char *s, struct vma *v)
+{
+	const char *p = s;
+	unsigned long inode = 0;
+
+	v->lo = parse_hex(&p);
+	if (*p++ != '-')
+		return false;
+	v->hi = parse_hex(&p);
+	if (*p++ != ' ' || strlen(p) < 4)
+		return false;
+	memcpy(v->perms, p, 4);
+	p += 4;
+	while (*p == ' ')
+		p++;
+	parse_hex(&p);                 /* offset */
+	while (*p == ' ')
+		p++;
+	parse_hex(&p);                 /* dev major */
+	if (*p == ':')
+		p++;
+	parse_hex(&p);                 /* dev minor */
+	while (*p == ' ')
+		p++;
+	while (*p >= '0' && *p <= '9')
+		inode = inode * 10 + (unsigned long)(*p++ - '0');
+	while (*p == ' ')
+		p++;
+	v->flags = 0;
+	if (inode == 0) {
+		if (*p == 0 || strncmp(p, "[heap]", 6) == 0 ||
+		    (strncmp(p, "[anon:", 6) == 0 && strncmp(p, "[anon:libdedup", 14) != 0))
+			v->kind = K_ANON;
+		else if (strncmp(p, "[stack", 6) == 0)
+			v->kind = K_STACK;
+		else
+			v->kind = K_OTHER;
+	} else {
+		v->kind = strncmp(p, "/memfd:libdedup", 15) == 0 ? K_DEDUP : K_OTHER;
+	}
+	return true;
+}
+
+static uint32_t parse_vmflags(const char *p)
+{
+	static const struct { char n[3]; uint32_t f; } names[] = {
+		{ "lo", VF_LO }, { "dc", VF_DC }, { "wf", VF_WF }, { "dd", VF_DD },
+		{ "um", VF_UM }, { "uw", VF_UW }, { "ui", VF_UI },
+	};
+	uint32_t f = VF_KNOWN;
+
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		if (!p[0] || !p[1])
+			break;
+		for (size_t i = 0; i < DD_ARRAY_SIZE(names); i++)
+			if (p[0] == names[i].n[0] && p[1] == names[i].n[1])
+				f |= names[i].f;
+		p += 2;
+	}
+	return f;
+}
+
+typedef int (*vma_fn)(void *ctx, const struct vma *v);
+
+/*
+ * Call fn for every VMA of /proc/self/maps (smaps: with its VmFlags), in
+ * address order, from a stack buffer (no stdio). Lines longer than the
+ * buffer (paths) are cut; only their start matters. Stops when fn returns
+ * non-zero. Returns 0 or -errno.
+ */
+static int vma_walk(bool smaps, vma_fn fn, void *ctx)
+{
+	char buf[8192];
+	size_t have = 0;
+	bool pending = false, skip_rest = false;
+	struct vma v = { 0 };
+	int ret = 0;
+	int fd = open(smaps ? "/proc/self/smaps" : "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		buf[have] = 0;
+		char *line = buf, *nl;
+		while ((nl = memchr(line, '\n', have - (size_t)(line - buf)))) {
+			*nl = 0;
+			if (skip_rest) {
+				skip_rest = false;     /* the tail of a cut line */
+			} else if (is_header(line)) {
+				if (pending && (ret = fn(ctx, &v)))
+					goto out;
+				pending = parse_header(line, &v);
+				if (pending && !smaps) {
+					pending = false;
+					if ((ret = fn(ctx, &v)))
+						goto out;
+				}
+			} else if (pending && strncmp(line, "VmFlags:", 8) == 0) {
+				v.flags = parse_vmflags(line + 8);
+				pending = false;
+				if ((ret = fn(ctx, &v)))
+					goto out;
+			}
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		memmove(buf, line, have);
+		if (have == sizeof(buf) - 1) {   /* a line longer than buf */
+			buf[have] = 0;
+			if (is_header(buf)) {
+				if (pending && (ret = fn(ctx, &v)))
+					goto out;
+				pending = parse_header(buf, &v);
+				if (pending && !smaps) {
+					pending = false;
+					if ((ret = fn(ctx, &v)))
+						goto out;
+				}
+			}
+			have = 0;
+			skip_rest = true;
+		}
+	}
+	if (pending)
+		ret = fn(ctx, &v);
+out:
+	close(fd);
+	return ret < 0 ? ret : 0;
+}
+
+struct collect {
+	struct vma *out;
+	size_t n, cap;
+	uintptr_t lo, hi;    /* only VMAs overlapping this */
+};
+
+static int collect_fn(void *c, const struct vma *v)
+{
+	struct collect *cc = c;
+	if (v->hi <= cc->lo)
+		return 0;
+	if (v->lo >= cc->hi)
+		return 1;
+	if (cc->n == cc->cap)
+		return -ENOSPC;
+	cc->out[cc->n++] = *v;
+	return 0;
+}
+
+/* VMAs overlapping [lo, hi) into out[0..cap). Returns the count or -errno. */
+static long vmas_in(bool smaps, uintptr_t lo, uintptr_t hi, struct vma *out, size_t cap)
+{
+	struct collect cc = { out, 0, cap, lo, hi };
+	int r = vma_walk(smaps, collect_fn, &cc);
+	return r < 0 ? r : (long)cc.n;
+}
+
+static bool perms_rw_private(const struct vma *v)
+{
+	return v->perms[0] == 'r' && v->perms[1] == 'w' && v->perms[2] == '-' && v->perms[3] == 'p';
+}
+
+/* A thread stack: an anonymous rw VMA right above a small PROT_NONE one
+ * (glibc's guard; other runtimes do the same). prev may be NULL. */
+static bool is_thread_stack(const struct vma *prev, const struct vma *v)
+{
+	return prev && prev->hi == v->lo && prev->kind == K_ANON &&
+	       memcmp(prev->perms, "---p", 4) == 0 && prev->hi - prev->lo <= ((size_t)1 << 20);
+}
+
+static bool candidate_vma(const struct vma *prev, const struct vma *v)
+{
+	return v->kind == K_ANON && perms_rw_private(v) && !is_thread_stack(prev, v);
+}
+
+/* ---- registering and unregistering ------------------------------------------ */
+
+static size_t min_region(void)
+{
+	return dd_opt.min_region > DD_PAGE ? (size_t)dd_opt.min_region : DD_PAGE;
+}
+
+/* Record the engine's regions overlapping [lo, hi) as ours to unregister:
+ * they were registered by someone else in this process (the application
+ * through the API) or moved by a REMAP event (libc-internal mremap). */
+static void adopt(uintptr_t lo, uintptr_t hi)
+{
+	struct range got[16];
+	size_t n = 0;
+
+	pthread_mutex_lock(&eng.lock);
+	for (size_t i = 0; i < dd_region_count() && n < DD_ARRAY_SIZE(got); i++) {
+		struct dd_region *r = dd_region_at(i);
+		uintptr_t e = r->start + r->npages * DD_PAGE;
+		if (r->start < hi && e > lo)
+			got[n++] = (struct range){ r->start, e };
+	}
+	pthread_mutex_unlock(&eng.lock);
+	for (size_t i = 0; i < n; i++)
+		if (!rt_overlaps(&pl.mine, got[i].lo, got[i].hi))
+			rt_insert(&pl.mine, got[i].lo, got[i].hi);
+}
+
+/* Register [lo, hi) (one VMA's worth, not blocked). pl.lock held. */
+static int reg_one(uintptr_t lo, uintptr_t hi)
+{
+	int r = dedup_register((void *)lo, hi - lo);
+
+	switch (r) {
+	case 0:
+		if (!rt_insert(&pl.mine, lo, hi)) {
+			dedup_unregister((void *)lo, hi - lo);
+			return -ENOMEM;
+		}
+		dd_debug("preload: registered %#lx-%#lx", (unsigned long)lo, (unsigned long)hi);
+		break;
+	case -EEXIST:
+		adopt(lo, hi);
+		break;
+	case -ENODEV:
+		break;
+	default:   /* -EBUSY: another uffd has it; -EINVAL: changed meanwhile */
+		rt_union(&pl.ignore, lo, hi);
+		/* errno numbers, not strerror(): it may allocate (translations) */
+		dd_debug("preload: not registering %#lx-%#lx: errno %d", (unsigned long)lo,
+			 (unsigned long)hi, -r);
+		break;
+	}
+	return r;
+}
+
+/*
+ * Register every anonymous rw-p part of [lo, hi) that is not blocked and at
+ * least min_region long. Used after an interposed call to put back what we
+ * unregistered before it. pl.lock held.
+ */
+static void register_parts(uintptr_t lo, uintptr_t hi)
+{
+	/* one VMA below lo too, for the stack-guard check */
+	long n = vmas_in(false, lo > DD_PAGE ? lo - DD_PAGE : lo, hi, pl.pieces, VBUF_CAP);
+
+	for (long i = 0; i < n; i++) {
+		const struct vma *v = &pl.pieces[i];
+		const struct vma *prev = i ? &pl.pieces[i - 1] : NULL;
+		if (!candidate_vma(prev, v))
+			continue;
+		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
+		while (a < e) {
+			uintptr_t next, end = blocked_at(a, e, &next);
+			if (end) {
+				a = end;
+				continue;
+			}
+			if (next - a >= min_region())
+				reg_one(a, next);
+			a = next;
+		}
+	}
+}
+
+/*
+ * Before a call that changes [lo, hi): unregister every range of ours that
+ * overlaps it. Returns the union of [lo, hi) and those ranges in *u, the
+ * span to register again afterwards. pl.lock held.
+ */
+static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct range *u)
+{
+	bool any = false;
+	size_t i = rt_lower(&pl.mine, lo);
+
+	u->lo = lo;
+	u->hi = hi;
+	while (i < pl.mine.n && pl.mine.r[i].lo < hi) {
+		struct range r = pl.mine.r[i];
+		int ret = dedup_unregister((void *)r.lo, r.hi - r.lo);
+		if (ret < 0 && ret != -ENOENT && ret != -ENODEV)
+			dd_warn("preload: dedup_unregister(%#lx, %zu): errno %d", (unsigned long)r.lo,
+				(size_t)(r.hi - r.lo), -ret);
+		rt_remove_at(&pl.mine, i);
+		if (r.lo < u->lo)
+			u->lo = r.lo;
+		if (r.hi > u->hi)
+			u->hi = r.hi;
+		any = true;
+	}
+	return any;
+}
+
+/* ---- turning merged pieces back into anonymous memory ------------------------ */
+
+/*
+ * Replace every piece of our memfd in [lo, hi) by anonymous memory holding
+ * the same bytes: map an anonymous range elsewhere, copy, and mremap it over
+ * the piece (which replaces the file VMA in one step). Not atomic: a write
+ * into the piece by another thread between the copy and the mremap is lost.
+ * Used only where file semantics would show and the caller is changing the
+ * range anyway: MADV_WIPEONFORK (refused on a file VMA) and the
+ * application's own UFFDIO_REGISTER (MISSING faults). pl.lock held.
+ */
+static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
+{
+	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+
+	for (long i = 0; i < n; i++) {
+		const struct vma *v = &pl.pieces[i];
+		if (v->kind != K_DEDUP)
+			continue;
+		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
+		size_t len = e - a;
+		int prot = (v->perms[0] == 'r' ? PROT_READ : 0) | (v->perms[1] == 'w' ? PROT_WRITE : 0) |
+			   (v->perms[2] == 'x' ? PROT_EXEC : 0);
+		void *t = sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (t == MAP_FAILED)
+			return -ENOMEM;
+		if (!(prot & PROT_READ))
+			sys_mprotect((void *)a, len, PROT_READ | (prot & PROT_WRITE));
+		memcpy(t, (void *)a, len);
+		sys_mprotect(t, len, prot);
+		if (sys_mremap(t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
+			int e2 = errno;
+			sys_munmap(t, len);
+			return -e2;
+		}
+	}
+	return 0;
+}
+
+/* ---- mremap of a range that merging split into several VMAs ------------------ */
+
+static int prot_of(const struct vma *v)
+{
+	return (v->perms[0] == 'r' ? PROT_READ : 0) | (v->perms[1] == 'w' ? PROT_WRITE : 0) |
+	       (v->perms[2] == 'x' ? PROT_EXEC : 0);
+}
+
+/*
+ * The kernel said EFAULT: [lo, hi) is not one VMA. If it is one anonymous
+ * range that merging split (anonymous pieces and pieces of our memfd, all
+ * private with the same protection, no hole), do what mremap would have
+ * done: grow in place if the tail is free, else (MREMAP_MAYMOVE) move every
+ * piece to its place in a new range with one mremap each - page tables
+ * move, nothing is copied - and map the tail anonymous. pl.lock held.
+ */
+static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flags, void *fixed)
+{
+	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	uintptr_t at = lo, dst;
+	size_t old_len = hi - lo;
+	int prot;
+
+	new_len = pg_up(new_len);
+	if (n <= 0 || (flags & MREMAP_DONTUNMAP))
+		goto efault;
+	prot = prot_of(&pl.pieces[0]);
+	for (long i = 0; i < n; i++) {
+		const struct vma *v = &pl.pieces[i];
+		if (v->lo > at || (v->kind != K_ANON && v->kind != K_DEDUP) || v->perms[3] != 'p' ||
+		    prot_of(v) != prot)
+			goto efault;
+		at = v->hi;
+	}
+	if (at < hi)
+		goto efault;
+
+	if (new_len <= old_len && !(flags & MREMAP_FIXED)) {
+		/* shrink in place: the kernel does not refuse this, but be safe */
+		if (new_len < old_len && sys_munmap((void *)(lo + new_len), old_len - new_len) < 0)
+			return MAP_FAILED;
+		return (void *)lo;
+	}
+	if (new_len < old_len) {
+		if (sys_munmap((void *)(lo + new_len), old_len - new_len) < 0)
+			return MAP_FAILED;
+		hi = lo + new_len;
+		old_len = new_len;
+	}
+	if (!(flags & MREMAP_FIXED)) {
+		void *t = sys_mmap((void *)hi, new_len - old_len, prot,
+				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		if (t == (void *)hi)
+			return (void *)lo;      /* grown in place */
+		if (t != MAP_FAILED)
+			sys_munmap(t, new_len - old_len);   /* old kernel: hint not honoured */
+		if (!(flags & MREMAP_MAYMOVE)) {
+			errno = ENOMEM;
+			return MAP_FAILED;
+		}
+		void *res = sys_mmap(NULL, new_len, PROT_NONE,
+				     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (res == MAP_FAILED)
+			return MAP_FAILED;
+		dst = (uintptr_t)res;
+	} else {
+		dst = (uintptr_t)fixed;
+	}
+	/* Move piece by piece (re-reading: the shrink above may have cut one). */
+	n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	for (long i = 0; i < n; i++) {
+		uintptr_t a = pl.pieces[i].lo > lo ? pl.pieces[i].lo : lo;
+		uintptr_t e = pl.pieces[i].hi < hi ? pl.pieces[i].hi : hi;
+		if (sys_mremap((void *)a, e - a, e - a, MREMAP_MAYMOVE | MREMAP_FIXED,
+			       (void *)(dst + (a - lo))) == MAP_FAILED) {
+			int err = errno;
+			/* Put back what moved; the range is then as before. */
+			for (long k = i - 1; k >= 0; k--) {
+				uintptr_t ka = pl.pieces[k].lo > lo ? pl.pieces[k].lo : lo;
+				uintptr_t ke = pl.pieces[k].hi < hi ? pl.pieces[k].hi : hi;
+				if (sys_mremap((void *)(dst + (ka - lo)), ke - ka, ke - ka,
+					       MREMAP_MAYMOVE | MREMAP_FIXED, (void *)ka) == MAP_FAILED)
+					dd_err("preload: mremap emulation could not restore %#lx",
+					       (unsigned long)ka);
+			}
+			if (!(flags & MREMAP_FIXED))
+				sys_munmap((void *)dst, new_len);
+			errno = err;
+			return MAP_FAILED;
+		}
+	}
+	if (new_len > old_len &&
+	    sys_mmap((void *)(dst + old_len), new_len - old_len, prot,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+		dd_err("preload: mremap emulation could not map the tail at %#lx",
+		       (unsigned long)(dst + old_len));
+	return (void *)dst;
+efault:
+	errno = EFAULT;
+	return MAP_FAILED;
+}
+
+/* ---- the reconcile thread --------------------------------------------------- */
+
+struct fill_ctx {
+	struct vma *out;
+	size_t n;
+};
+
+static int fill_fn(void *c, const struct vma *v)
+{
+	struct fill_ctx *f = c;
+	if (f->n == VBUF_CAP)
+		return -ENOSPC;
+	f->out[f->n++] = *v;
+	return 0;
+}
+
+/* Index of the VMA containing addr in a sorted snapshot, or n. */
+static size_t vma_find(const struct vma *v, size_t n, uintptr_t addr)
+{
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (v[mid].hi <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && v[lo].lo <= addr ? lo : n;
+}
+
+/*
+ * Is [lo, hi) still wholly one of our ranges in snapshot v: rw-p pieces that
+ * are anonymous or our memfd, without a hole? With flags known, anonymous
+ * pieces must also still be registered (uffd-wp).
+ */
+static bool still_ours(const struct vma *v, size_t n, uintptr_t lo, uintptr_t hi, bool flags)
+{
+	size_t i = vma_find(v, n, lo);
+	uintptr_t at = lo;
+
+	for (; i < n && at < hi; i++) {
+		if (v[i].lo > at || !perms_rw_private(&v[i]) ||
+		    (v[i].kind != K_ANON && v[i].kind != K_DEDUP))
+			return false;
+		if (flags && v[i].kind == K_ANON && (v[i].flags & VF_KNOWN) &&
+		    !(v[i].flags & (VF_UW | VF_UM)))
+			return false;
+		at = v[i].hi;
+	}
+	return at >= hi;
+}
+
+static void reconcile(unsigned round)
+{
+	bool full = round % 10 == 0;   /* also check registrations in smaps */
+	struct fill_ctx f = { pl.vbuf, 0 };
+
+	if (vma_walk(false, fill_fn, &f) < 0)
+		return;
+	pl.nv = f.n;
+
+	pthread_mutex_lock(&pl.lock);
+	if (atomic_load(&pl_state) != PL_ON)
+		goto out;
+	if (full)
+		pl.ignore.n = 0;
+	/* 1. forget what went away (unmapped or replaced behind our back) */
+	for (size_t i = 0; i < pl.mine.n;) {
+		struct range r = pl.mine.r[i];
+		if (still_ours(pl.vbuf, pl.nv, r.lo, r.hi, false)) {
+			i++;
+			continue;
+		}
+		dedup_unregister((void *)r.lo, r.hi - r.lo);   /* -ENOENT: moved by REMAP */
+		rt_remove_at(&pl.mine, i);
+		dd_debug("preload: forgot %#lx-%#lx (unmapped)", (unsigned long)r.lo,
+			 (unsigned long)r.hi);
+	}
+	/* 2. candidates: anonymous rw-p memory nobody has */
+	pl.ncand = 0;
+	for (size_t i = 0; i < pl.nv && pl.ncand < RTAB_CAP; i++) {
+		const struct vma *v = &pl.vbuf[i];
+		if (!candidate_vma(i ? &pl.vbuf[i - 1] : NULL, v))
+			continue;
+		for (uintptr_t a = v->lo; a < v->hi && pl.ncand < RTAB_CAP;) {
+			uintptr_t next, end = blocked_at(a, v->hi, &next);
+			if (end) {
+				a = end;
+				continue;
+			}
+			if (next - a >= min_region())
+				pl.cand[pl.ncand++] = (struct range){ a, next };
+			a = next;
+		}
+	}
+	pthread_mutex_unlock(&pl.lock);
+
+	if (!pl.ncand && !full)
+		return;
+	/* 3. VmFlags of the candidates (and of our ranges, on a full round) */
+	f = (struct fill_ctx){ pl.sbuf, 0 };
+	if (vma_walk(true, fill_fn, &f) < 0)
+		return;
+	pl.ns = f.n;
+
+	pthread_mutex_lock(&pl.lock);
+	if (atomic_load(&pl_state) != PL_ON)
+		goto out;
+	if (full) {
+		for (size_t i = 0; i < pl.mine.n;) {
+			struct range r = pl.mine.r[i];
+			if (still_ours(pl.sbuf, pl.ns, r.lo, r.hi, true)) {
+				i++;
+				continue;
+			}
+			dedup_unregister((void *)r.lo, r.hi - r.lo);
+			rt_remove_at(&pl.mine, i);
+			dd_debug("preload: forgot %#lx-%#lx (no longer registered)",
+				 (unsigned long)r.lo, (unsigned long)r.hi);
+		}
+	}
+	/* 4. register; re-checked under the lock (the application may have
+	 * changed the range since we read maps: then dedup_register refuses) */
+	for (size_t i = 0, done = 0; i < pl.ncand && done < 256; i++) {
+		struct range c = pl.cand[i];
+		size_t k = vma_find(pl.sbuf, pl.ns, c.lo);
+		uintptr_t next;
+		if (k == pl.ns || pl.sbuf[k].hi < c.hi || !perms_rw_private(&pl.sbuf[k]))
+			continue;   /* changed since the maps snapshot */
+		if (pl.sbuf[k].flags & (VF_LO | VF_DC | VF_WF | VF_DD)) {
+			rt_union(&pl.ignore, c.lo, c.hi);
+			continue;
+		}
+		if (blocked_at(c.lo, c.hi, &next) || next < c.hi)
+			continue;
+		if (reg_one(c.lo, c.hi) == -ENODEV) {
+			atomic_store(&pl_state, PL_PASSIVE);
+			break;
+		}
+		done++;
+	}
+out:
+	pthread_mutex_unlock(&pl.lock);
+}
+
+static void *reconcile_main(void *arg)
+{
+	unsigned round = 0;
+	uint64_t last = 0;
+	int here;
+
+	/* Our own stack is ours (belt and braces: it has a guard page too). */
+	{
+		struct vma v[4];
+		uintptr_t sp = (uintptr_t)&here;
+		long n = vmas_in(false, sp, sp + 1, v, DD_ARRAY_SIZE(v));
+		if (n == 1)
+			ours_add(v[0].lo, v[0].hi - v[0].lo);
+	}
+	while (!atomic_load(&pl.stop)) {
+		uint64_t now = dd_now_ns();
+		/* at most every 200 ms after a kick, else every reconcile_ms */
+		if (last && now - last < 200000000ULL) {
+			usleep((useconds_t)((200000000ULL - (now - last)) / 1000));
+			continue;
+		}
+		last = dd_now_ns();
+		reconcile(round++);
+		if (atomic_load(&pl_state) != PL_ON)
+			break;
+		struct pollfd p = { pl.kick_fd, POLLIN, 0 };
+		if (poll(&p, 1, (int)pl.reconcile_ms) > 0) {
+			uint64_t v;
+			(void)!read(pl.kick_fd, &v, sizeof(v));
+			atomic_store(&pl.kicked, false);
+		}
+	}
+	return NULL;
+}
+
+static void kick(void)
+{
+	uint64_t one = 1;
+	if (pl.kick_fd >= 0 && !atomic_exchange(&pl.kicked, true))
+		(void)!write(pl.kick_fd, &one, sizeof(one));
+}
+
+/* ---- who is calling -------------------------------------------------------- */
+
+/* Calls made by libdedup itself (its code, or its threads) pass straight
+ * through and only keep the "ours" table up to date. */
+static bool from_us(const void *ret)
+{
+	uintptr_t a = (uintptr_t)ret;
+	if (a >= text_lo && a < text_hi)
+		return true;
+	pthread_t self = pthread_self();
+	if (pl.thr_started && pthread_equal(self, pl.thr))
+		return true;
+	if (eng.running && (pthread_equal(self, eng.engine_thr) || pthread_equal(self, eng.reader_thr)))
+		return true;
+	return false;
+}
+
+static int state(void) { return atomic_load_explicit(&pl_state, memory_order_acquire); }
+
+/* ---- interposed functions ---------------------------------------------------- */
+
+/* Around a call that changes [lo, hi): see drop_overlaps / register_parts. */
+struct op {
+	struct range u;
+	bool dropped;
+};
+
+static void op_begin(struct op *o, uintptr_t lo, uintptr_t hi)
+{
+	pthread_mutex_lock(&pl.lock);
+	o->dropped = state() == PL_ON && drop_overlaps(pg_down(lo), pg_up(hi), &o->u);
+}
+
+static void op_end(struct op *o)
+{
+	if (o->dropped && state() == PL_ON)
+		register_parts(o->u.lo, o->u.hi);
+	pthread_mutex_unlock(&pl.lock);
+}
+
+static bool anon_private(int flags, int fd)
+{
+	return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE;
+}
+
+DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	int st = state();
+	void *ret;
+
+	if (st == PL_OFF || st == PL_PASSIVE)
+		return sys_mmap(addr, len, prot, flags, fd, off);
+	if (from_us(__builtin_return_address(0))) {
+		ret = sys_mmap(addr, len, prot, flags, fd, off);
+		if (ret != MAP_FAILED && anon_private(flags, fd) && !(flags & MAP_FIXED))
+			ours_add((uintptr_t)ret, len);
+		return ret;
+	}
+	if (st != PL_ON)
+		return sys_mmap(addr, len, prot, flags, fd, off);
+	if ((flags & MAP_FIXED) && !(flags & MAP_FIXED_NOREPLACE)) {
+		struct op o;
+		op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
+		ret = sys_mmap(addr, len, prot, flags, fd, off);
+		if (ret != MAP_FAILED)
+			rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
+		op_end(&o);
+		return ret;
+	}
+	ret = sys_mmap(addr, len, prot, flags, fd, off);
+	if (ret != MAP_FAILED && anon_private(flags, fd) && (prot & PROT_WRITE) &&
+	    len >= min_region())
+		kick();
+	return ret;
+}
+
+DD_API void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+	__attribute__((alias("mmap")));
+
+DD_API int munmap(void *addr, size_t len)
+{
+	int st = state(), ret;
+	struct op o;
+
+	if (st == PL_OFF || st == PL_PASSIVE)
+		return sys_munmap(addr, len);
+	if (from_us(__builtin_return_address(0))) {
+		ret = sys_munmap(addr, len);
+		if (ret == 0)
+			ours_sub((uintptr_t)addr, len);
+		return ret;
+	}
+	if (st != PL_ON)
+		return sys_munmap(addr, len);
+	op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
+	ret = sys_munmap(addr, len);
+	if (ret == 0)
+		rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
+	op_end(&o);
+	return ret;
+}
+
+DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	int st = state();
+	void *fixed = NULL, *ret;
+	struct op o;
+
+	if (flags & MREMAP_FIXED) {
+		va_list ap;
+		va_start(ap, flags);
+		fixed = va_arg(ap, void *);
+		va_end(ap);
+	}
+	if (st == PL_OFF || st == PL_PASSIVE)
+		return sys_mremap(old, old_len, new_len, flags, fixed);
+	if (from_us(__builtin_return_address(0))) {
+		ret = sys_mremap(old, old_len, new_len, flags, fixed);
+		if (ret != MAP_FAILED) {
+			ours_sub((uintptr_t)old, old_len);
+			ours_add((uintptr_t)ret, new_len);
+		}
+		return ret;
+	}
+	if (st != PL_ON)
+		return sys_mremap(old, old_len, new_len, flags, fixed);
+	uintptr_t lo = pg_down((uintptr_t)old), hi = pg_up((uintptr_t)old + old_len);
+	struct range dst = { 0, 0 };
+	bool dst_dropped = false;
+	op_begin(&o, lo, hi);
+	/* MREMAP_FIXED unmaps whatever is at the destination first */
+	if ((flags & MREMAP_FIXED) && state() == PL_ON)
+		dst_dropped = drop_overlaps(pg_down((uintptr_t)fixed),
+					    pg_up((uintptr_t)fixed + new_len), &dst);
+	ret = sys_mremap(old, old_len, new_len, flags, fixed);
+	if (ret == MAP_FAILED && errno == EFAULT && old_len && dd_page_aligned((uintptr_t)old))
+		ret = emulate_mremap(lo, hi, new_len, flags, fixed);
+	if (ret != MAP_FAILED) {
+		/* Exclusions travel with the memory; the new range is registered
+		 * now when we had the old one (else the reconcile finds it). */
+		uintptr_t nlo = (uintptr_t)ret;
+		if (nlo != lo && !(flags & MREMAP_DONTUNMAP)) {
+			size_t k = rt_lower(&pl.excl, lo);
+			struct range moved[8];
+			size_t nm = 0;
+			for (; k < pl.excl.n && pl.excl.r[k].lo < hi && nm < DD_ARRAY_SIZE(moved); k++) {
+				uintptr_t a = pl.excl.r[k].lo > lo ? pl.excl.r[k].lo : lo;
+				uintptr_t e = pl.excl.r[k].hi < hi ? pl.excl.r[k].hi : hi;
+				moved[nm++] = (struct range){ nlo + (a - lo), nlo + (e - lo) };
+			}
+			rt_sub(&pl.excl, lo, hi);
+			for (size_t m = 0; m < nm; m++)
+				rt_union(&pl.excl, moved[m].lo, moved[m].hi);
+		}
+		if (o.dropped && state() == PL_ON)
+			register_parts(nlo, nlo + pg_up(new_len));
+		else if (new_len >= min_region())
+			kick();
+	}
+	if (dst_dropped && state() == PL_ON)
+		register_parts(dst.lo, dst.hi);
+	op_end(&o);
+	return ret;
+}
+
+static int protect_common(void *addr, size_t len, int prot, long pkey)
+{
+	int st = state(), ret;
+	struct op o;
+
+	if (st != PL_ON || from_us(__builtin_return_address(0)))
+		return pkey < 0 ? sys_mprotect(addr, len, prot)
+				: (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
+	ret = pkey < 0 ? sys_mprotect(addr, len, prot)
+		       : (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	if (ret == 0 && pkey >= 0)   /* a merge would map it with the default key */
+		rt_union(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
+	op_end(&o);
+	return ret;
+}
+
+DD_API int mprotect(void *addr, size_t len, int prot)
+{
+	return protect_common(addr, len, prot, -1);
+}
+
+DD_API int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
+{
+	return protect_common(addr, len, prot, pkey);
+}
+
+/* Exclude [addr, addr+len) from merging for good, then run the call. */
+static void exclude_range(uintptr_t lo, uintptr_t hi, struct op *o)
+{
+	op_begin(o, lo, hi);
+	rt_union(&pl.excl, pg_down(lo), pg_up(hi));
+}
+
+/* Is any page of [lo, hi) one of our merged (memfd) pieces? */
+static bool has_merged(uintptr_t lo, uintptr_t hi)
+{
+	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	for (long i = 0; i < n; i++)
+		if (pl.pieces[i].kind == K_DEDUP)
+			return true;
+	return false;
+}
+
+/*
+ * MADV_FREE on a range holding merged pieces: the kernel refuses the file
+ * VMAs (EINVAL). Apply it to every anonymous piece; leave merged pieces as
+ * they are (MADV_FREE lets a page keep its old content until it is freed).
+ * Only when every piece is anonymous or ours, else the kernel's EINVAL
+ * stands. pl.lock held.
+ */
+static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
+{
+	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	uintptr_t at = lo;
+
+	for (long i = 0; i < n; i++) {
+		if (pl.pieces[i].lo > at || (pl.pieces[i].kind != K_ANON && pl.pieces[i].kind != K_DEDUP))
+			return -EINVAL;
+		at = pl.pieces[i].hi;
+	}
+	if (at < hi)
+		return -ENOMEM;
+	for (long i = 0; i < n; i++) {
+		if (pl.pieces[i].kind != K_ANON)
+			continue;
+		uintptr_t a = pl.pieces[i].lo > lo ? pl.pieces[i].lo : lo;
+		uintptr_t e = pl.pieces[i].hi < hi ? pl.pieces[i].hi : hi;
+		if (sys_madvise((void *)a, e - a, MADV_FREE) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+DD_API int madvise(void *addr, size_t len, int advice)
+{
+	int st = state(), ret;
+	uintptr_t lo = (uintptr_t)addr, hi = pg_up((uintptr_t)addr + len);
+	struct op o;
+
+	if (st != PL_ON || from_us(__builtin_return_address(0)))
+		return sys_madvise(addr, len, advice);
+	switch (advice) {
+	case MADV_FREE:
+		ret = sys_madvise(addr, len, advice);
+		if (ret < 0 && errno == EINVAL && dd_page_aligned(lo) && len) {
+			/* eng.lock: the engine merges only under it, so no piece
+			 * turns into a file mapping while we go through them.
+			 * (MADV_FREE raises no userfaultfd event: no deadlock
+			 * with the reader.) */
+			pthread_mutex_lock(&pl.lock);
+			pthread_mutex_lock(&eng.lock);
+			int r = has_merged(lo, hi) ? madv_free_pieces(lo, hi) : -EINVAL;
+			pthread_mutex_unlock(&eng.lock);
+			pthread_mutex_unlock(&pl.lock);
+			if (r == 0)
+				return 0;
+			errno = -r;
+		}
+		return ret;
+	case MADV_DONTFORK:
+	case MADV_WIPEONFORK:
+	case MADV_DONTDUMP:
+		exclude_range(lo, hi, &o);
+		ret = sys_madvise(addr, len, advice);
+		if (ret < 0 && errno == EINVAL && advice == MADV_WIPEONFORK && dd_page_aligned(lo) &&
+		    has_merged(lo, hi) && unmerge_pieces(lo, hi) == 0)
+			ret = sys_madvise(addr, len, advice);
+		op_end(&o);
+		return ret;
+	default:
+		return sys_madvise(addr, len, advice);
+	}
+}
+
+static int lock_common(const void *addr, size_t len, unsigned flags, bool two)
+{
+	int st = state(), ret;
+	struct op o;
+
+	if (st != PL_ON || from_us(__builtin_return_address(0)))
+		return two ? (int)syscall(SYS_mlock2, addr, len, flags)
+			   : (int)syscall(SYS_mlock, addr, len);
+	exclude_range((uintptr_t)addr, (uintptr_t)addr + len, &o);
+	ret = two ? (int)syscall(SYS_mlock2, addr, len, flags) : (int)syscall(SYS_mlock, addr, len);
+	op_end(&o);
+	return ret;
+}
+
+DD_API int mlock(const void *addr, size_t len) { return lock_common(addr, len, 0, false); }
+
+DD_API int mlock2(const void *addr, size_t len, unsigned int flags)
+{
+	return lock_common(addr, len, flags, true);
+}
+
+DD_API int mlockall(int flags)
+{
+	if (state() == PL_ON && !from_us(__builtin_return_address(0))) {
+		/* Every VMA, now and later, is to be locked: step aside. */
+		pthread_mutex_lock(&pl.lock);
+		atomic_store(&pl_state, PL_PASSIVE);
+		while (pl.mine.n) {
+			struct range r = pl.mine.r[pl.mine.n - 1];
+			dedup_unregister((void *)r.lo, r.hi - r.lo);
+			pl.mine.n--;
+		}
+		pthread_mutex_unlock(&pl.lock);
+		dd_info("preload: mlockall(): no longer merging");
+	}
+	return (int)syscall(SYS_mlockall, flags);
+}
+
+/* brk/sbrk go through glibc's __sbrk, which keeps its idea of the break. */
+static void *sbrk_common(intptr_t inc)
+{
+	int st = state();
+	void *ret;
+	struct op o;
+
+	if (st != PL_ON || inc >= 0 || from_us(__builtin_return_address(0)))
+		return __sbrk(inc);
+	uintptr_t cur = (uintptr_t)__sbrk(0);
+	op_begin(&o, cur + (uintptr_t)inc, cur);
+	ret = __sbrk(inc);
+	op_end(&o);
+	return ret;
+}
+
+DD_API void *sbrk(intptr_t inc) { return sbrk_common(inc); }
+
+DD_API int brk(void *addr)
+{
+	uintptr_t cur = (uintptr_t)__sbrk(0);
+	void *r = sbrk_common((intptr_t)((uintptr_t)addr - cur));
+	return r == (void *)-1 ? -1 : 0;
+}
+
+DD_API int ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (req == UFFDIO_REGISTER && state() == PL_ON && !from_us(__builtin_return_address(0))) {
+		/* The application registers a range with its own userfaultfd:
+		 * step out of its way (ours would make it fail with EBUSY). */
+		struct uffdio_register r;
+		struct iovec l = { &r, sizeof(r) }, rem = { arg, sizeof(r) };
+		if (process_vm_readv(getpid(), &l, 1, &rem, 1, 0) == (ssize_t)sizeof(r) && r.range.len) {
+			struct op o;
+			exclude_range(r.range.start, r.range.start + r.range.len, &o);
+			/* Whatever of ours is still registered there (merged runs
+			 * are registered MINOR) goes too: the range is no region
+			 * any more, so the engine no longer looks at it. */
+			uintptr_t lo = pg_down(r.range.start), hi = pg_up(r.range.start + r.range.len);
+			if (eng.uffd >= 0)
+				dd_uffd_unregister(eng.uffd, lo, hi - lo);
+			/* A merged page is a private file mapping: after
+			 * MADV_DONTNEED it would read the canonical page again
+			 * instead of raising the application's MISSING fault.
+			 * Make the range anonymous memory again. */
+			if (has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
+				dd_warn("preload: could not unmerge %#lx-%#lx before the "
+					"application's UFFDIO_REGISTER", (unsigned long)lo,
+					(unsigned long)hi);
+			int ret = (int)syscall(SYS_ioctl, fd, req, arg);
+			int e = errno;
+			op_end(&o);
+			dd_debug("preload: the application registers %#llx+%llu with its userfaultfd",
+				 (unsigned long long)r.range.start, (unsigned long long)r.range.len);
+			errno = e;
+			return ret;
+		}
+	}
+	return (int)syscall(SYS_ioctl, fd, req, arg);
+}
+
+/*
+ * free and realloc, for glibc's malloc only. A chunk glibc allocated with
+ * mmap (large requests) is unmapped by free() and moved or unmapped by
+ * realloc() through glibc-internal calls that no interposer sees; the engine
+ * would then read pages that are gone. So before glibc does it, we
+ * unregister what overlaps the chunk's mapping (its header says where: the
+ * IS_MMAPPED bit, and prev_size is the offset from the mapping's start), and
+ * hold pl.lock across the call so that no reconcile registers it meanwhile.
+ * With another allocator (jemalloc, tcmalloc: the next "free" is not glibc's)
+ * everything is forwarded untouched: they call munmap/madvise through the
+ * PLT, where the interposers above see them.
+ */
+extern void __libc_free(void *);
+static void (*next_free)(void *);
+static void *(*next_realloc)(void *, size_t);
+static bool glibc_malloc;
+
+static void resolve_alloc(void)
+{
+	/* dlsym(RTLD_NEXT) of a defined symbol does not allocate. Very early
+	 * (ld.so freeing during start-up) it may find nothing yet: then we
+	 * try again next time, and the constructor resolves for good. */
+	void *f = dlsym(RTLD_NEXT, "free"), *r = dlsym(RTLD_NEXT, "realloc");
+	if (!f || !r)
+		return;
+	glibc_malloc = f == (void *)__libc_free;
+	next_realloc = (void *(*)(void *, size_t))r;
+	next_free = (void (*)(void *))f;   /* same values from every thread */
+}
+
+/* The mapping of glibc chunk p, if it is an mmapped chunk. */
+static bool glibc_mmapped(void *p, uintptr_t *lo, uintptr_t *hi)
+{
+	const size_t *h = (const size_t *)p;
+	size_t size, prev;
+
+	if (!glibc_malloc)   /* only then is there a glibc header before p */
+		return false;
+	size = h[-1];
+	if (!(size & 2))     /* IS_MMAPPED */
+		return false;
+	prev = h[-2];
+	*lo = (uintptr_t)p - 2 * sizeof(size_t) - prev;
+	*hi = *lo + prev + (size & ~(size_t)7);
+	return dd_page_aligned(*lo) && *hi > *lo;
+}
+
+DD_API void free(void *p)
+{
+	uintptr_t lo, hi;
+	struct op o;
+
+	if (dd_unlikely(!next_free)) {
+		resolve_alloc();
+		if (!next_free)
+			return;   /* too early to know whose memory this is: leak it */
+	}
+	if (!p || state() != PL_ON || from_us(__builtin_return_address(0)) ||
+	    !glibc_mmapped(p, &lo, &hi)) {
+		next_free(p);
+		return;
+	}
+	op_begin(&o, lo, hi);
+	next_free(p);
+	op_end(&o);
+}
+
+DD_API void *realloc(void *p, size_t n)
+{
+	uintptr_t lo, hi;
+	struct op o;
+	void *r;
+
+	if (dd_unlikely(!next_realloc))
+		resolve_alloc();
+	if (dd_unlikely(!next_realloc)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (!p || state() != PL_ON || from_us(__builtin_return_address(0)) ||
+	    !glibc_mmapped(p, &lo, &hi))
+		return next_realloc(p, n);
+	op_begin(&o, lo, hi);
+	r = next_realloc(p, n);
+	op_end(&o);
+	return r;
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+static bool env_is(const char *name, const char *val)
+{
+	const char *s = getenv(name);
+	return s && strcasecmp(s, val) == 0;
+}
+
+/* Does LD_PRELOAD name libdedup.so (any directory, any version suffix)? */
+static bool preloaded(void)
+{
+	const char *s = getenv("LD_PRELOAD");
+
+	if (env_is("DEDUP_PRELOAD", "0") || env_is("DEDUP_PRELOAD", "off"))
+		return false;
+	if (env_is("DEDUP_PRELOAD", "1") || env_is("DEDUP_PRELOAD", "on"))
+		return true;
+	while (s && *s) {
+		size_t n = strcspn(s, ": \t");
+		const char *base = s;
+		for (size_t i = 0; i < n; i++)
+			if (s[i] == '/')
+				base = s + i + 1;
+		if ((size_t)(s + n - base) >= 11 && strncmp(base, "libdedup.so", 11) == 0)
+			return true;
+		s += n;
+		while (*s == ':' || *s == ' ' || *s == '\t')
+			s++;
+	}
+	return false;
+}
+
+extern const ElfW(Ehdr) __ehdr_start __attribute__((visibility("hidden")));
+
+/* Our text (to recognise our calls) and our writable segments (ours). */
+static void self_ranges(void)
+{
+	const ElfW(Ehdr) *eh = &__ehdr_start;
+	const ElfW(Phdr) *ph = (const void *)((const char *)eh + eh->e_phoff);
+	uintptr_t bias = (uintptr_t)eh;
+
+	for (int i = 0; i < eh->e_phnum; i++)
+		if (ph[i].p_type == PT_LOAD && ph[i].p_offset == 0)
+			bias = (uintptr_t)eh - ph[i].p_vaddr;
+	for (int i = 0; i < eh->e_phnum; i++) {
+		if (ph[i].p_type != PT_LOAD)
+			continue;
+		uintptr_t lo = bias + ph[i].p_vaddr, hi = lo + ph[i].p_memsz;
+		if (ph[i].p_flags & PF_X) {
+			if (!text_lo || lo < text_lo)
+				text_lo = lo;
+			if (hi > text_hi)
+				text_hi = hi;
+		}
+		if (ph[i].p_flags & PF_W)
+			rt_union(&ours, pg_down(lo), pg_up(hi));
+	}
+}
+
+static bool tables_init(void)
+{
+	if (pl.mine.r)
+		return true;
+	if (!rt_init(&ours) || !rt_init(&pl.mine) || !rt_init(&pl.excl) || !rt_init(&pl.ignore))
+		return false;
+	pl.vbuf = reserve(VBUF_CAP * sizeof(struct vma));
+	pl.sbuf = reserve(VBUF_CAP * sizeof(struct vma));
+	pl.pieces = reserve(VBUF_CAP * sizeof(struct vma));
+	pl.cand = reserve(RTAB_CAP * sizeof(struct range));
+	if (!pl.vbuf || !pl.sbuf || !pl.pieces || !pl.cand)
+		return false;
+	ours_add((uintptr_t)ours.r, RTAB_CAP * sizeof(struct range));
+	ours_add((uintptr_t)pl.mine.r, RTAB_CAP * sizeof(struct range));
+	ours_add((uintptr_t)pl.excl.r, RTAB_CAP * sizeof(struct range));
+	ours_add((uintptr_t)pl.ignore.r, RTAB_CAP * sizeof(struct range));
+	ours_add((uintptr_t)pl.vbuf, VBUF_CAP * sizeof(struct vma));
+	ours_add((uintptr_t)pl.sbuf, VBUF_CAP * sizeof(struct vma));
+	ours_add((uintptr_t)pl.pieces, VBUF_CAP * sizeof(struct vma));
+	ours_add((uintptr_t)pl.cand, RTAB_CAP * sizeof(struct range));
+	self_ranges();
+	return true;
+}
+
+static void pl_prepare(void) { pthread_mutex_lock(&pl.lock); }
+static void pl_parent(void) { pthread_mutex_unlock(&pl.lock); }
+
+static void pl_child(void)
+{
+	/* Only this thread exists. The engine's handler marked the engine a
+	 * child; our registrations did not come along (no EVENT_FORK). */
+	pthread_mutex_init(&pl.lock, NULL);
+	atomic_flag_clear(&ours_lock);
+	pl.mine.n = 0;
+	pl.thr_started = false;
+	if (pl.kick_fd >= 0)   /* shared with the parent's thread */
+		close(pl.kick_fd);
+	pl.kick_fd = -1;
+	atomic_store(&pl.kicked, false);
+	atomic_store(&pl_state, PL_PASSIVE);
+	/* The parent's userfaultfd: keeping it open here would keep its
+	 * context alive after the parent closes it (dedup_shutdown), and a
+	 * later madvise(DONTNEED) in the parent would then wait for a reader
+	 * that no longer exists. */
+	if (eng.uffd >= 0) {
+		close(eng.uffd);
+		eng.uffd = -1;
+	}
+}
+
+static int start_thread(void)
+{
+	int r;
+
+	atomic_store(&pl.stop, false);
+	if (pl.kick_fd < 0)
+		pl.kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	r = pthread_create(&pl.thr, NULL, reconcile_main, NULL);
+	if (r)
+		return -r;
+	pl.thr_started = true;
+	pthread_setname_np(pl.thr, "dedup-preload");
+	return 0;
+}
+
+static void detect_allocator(void)
+{
+	/* A shared jemalloc calls mmap/munmap/madvise through the PLT, so the
+	 * interposers above see its extents come and go (see docs/preload.md). */
+	pl.jemalloc = dlsym(RTLD_DEFAULT, "mallctl") || dlsym(RTLD_DEFAULT, "je_mallctl");
+	if (pl.jemalloc)
+		dd_info("preload: jemalloc detected; its extents are tracked through mmap/munmap/madvise");
+}
+
+/* Start (or, in a fork()ed child with DEDUP_FORK=restart, restart). */
+static void start(void)
+{
+	int r;
+
+	atomic_store(&pl_state, PL_STARTING);
+	r = dedup_init(NULL);
+	if (r < 0) {
+		/* dedup_init() said why, in one line (DEDUP_LOG=quiet: nothing) */
+		atomic_store(&pl_state, PL_PASSIVE);
+		return;
+	}
+	/* ON before the thread starts: it stops when it finds us not ON. */
+	pl.was_on = true;
+	atomic_store(&pl_state, PL_ON);
+	r = start_thread();
+	if (r < 0) {
+		dd_warn("preload: cannot start the preload thread: %s; not merging", strerror(-r));
+		atomic_store(&pl_state, PL_PASSIVE);
+		dedup_shutdown();
+		return;
+	}
+	dd_info("preload: merging (reconcile every %llu ms, min region %llu bytes)",
+		(unsigned long long)pl.reconcile_ms, (unsigned long long)dd_opt.min_region);
+}
+
+/*
+ * The engine state a fork()ed child inherited belongs to the parent: its
+ * userfaultfd, eventfds, pagemap fd (opened on the parent's mm) and tables.
+ * Let go of all of it without touching anything the parent still uses
+ * (nothing is punched or unregistered: this is the child's copy), so that
+ * dedup_init() can start afresh.
+ */
+static void child_reset_engine(void)
+{
+	if (eng.uffd >= 0)
+		close(eng.uffd);
+	if (eng.ctl_fd >= 0)
+		close(eng.ctl_fd);
+	if (eng.reader_fd >= 0)
+		close(eng.reader_fd);
+	eng.uffd = eng.ctl_fd = eng.reader_fd = -1;
+	dd_region_fini();
+	dd_index_fini();
+	dd_store_fini();
+	dd_os_close();
+	if (eng.scratch)
+		sys_munmap((void *)eng.scratch, eng.scratch_pages * DD_PAGE);
+	eng.scratch = 0;
+	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
+	eng.batch = NULL;
+	eng.cmpbuf = NULL;
+	eng.nbatch = 0;
+	eng.scratch_used = 0;
+	atomic_store(&eng.parked, 0);
+	eng.ev_applied = atomic_load(&eng.ev_head);
+	eng.running = false;
+	eng.child = false;
+}
+
+DD_API pid_t fork(void)
+{
+	pid_t pid = __fork();   /* runs every atfork handler, ours included */
+
+	if (pid == 0 && pl.was_on && pl.fork_restart && state() == PL_PASSIVE) {
+		pl.thr_started = false;
+		child_reset_engine();
+		start();
+	}
+	return pid;
+}
+
+__attribute__((constructor)) static void preload_init(void)
+{
+	uint64_t v;
+	const char *s;
+
+	resolve_alloc();
+	if (!preloaded())
+		return;
+	if (!tables_init()) {
+		dd_warn("preload: cannot map the preload tables; not merging");
+		return;
+	}
+	s = getenv("DEDUP_RECONCILE_MS");
+	if (s && (dd_parse_u64(s, false, &v) < 0 || v < 10 || v > 3600000))
+		dd_warn("ignoring DEDUP_RECONCILE_MS=\"%s\": expected a number in [10, 3600000]; "
+			"using the default", s);
+	else if (s)
+		pl.reconcile_ms = v;
+	s = getenv("DEDUP_FORK");
+	if (s && strcasecmp(s, "restart") == 0)
+		pl.fork_restart = true;
+	else if (s && strcasecmp(s, "off") != 0)
+		dd_warn("ignoring DEDUP_FORK=\"%s\": expected off or restart; using off", s);
+	detect_allocator();
+	/* Registered after dedup_init()'s own handlers, so that ours run first
+	 * before a fork (pl.lock before eng.lock) and last after it. */
+	start();
+	pthread_atfork(pl_prepare, pl_parent, pl_child);
+}
+
+__attribute__((destructor)) static void preload_fini(void)
+{
+	if (state() != PL_ON)
+		return;
+	atomic_store(&pl.stop, true);
+	if (pl.thr_started) {
+		uint64_t one = 1;
+		(void)!write(pl.kick_fd, &one, sizeof(one));
+		pthread_join(pl.thr, NULL);
+		pl.thr_started = false;
+	}
+	dedup_shutdown();   /* prints the DEDUP_LOG=stats table */
+	atomic_store(&pl_state, PL_PASSIVE);
+}

@@ -1,0 +1,78 @@
+# Preload mode (issue 4). Label: preload. The test programs are unmodified
+# applications: they do not link libdedup, they run under
+# LD_PRELOAD=libdedup.so and reach it only through dlsym (tests/preload/pl.h).
+# Exit 0 pass, 1 fail, 77 skip.
+if(DEDUP_SANITIZE)
+  # ASan must be the first library of a process, and intercepts mmap itself:
+  # preloading an instrumented libdedup into these programs cannot work.
+  message(STATUS "preload tests: skipped in the sanitizer build")
+  return()
+endif()
+
+set(PL_DIR ${CMAKE_CURRENT_SOURCE_DIR}/preload)
+set(PL_ENV LD_PRELOAD=$<TARGET_FILE:dedup> DEDUP_INTERVAL=20 DEDUP_CPU=100
+    DEDUP_RECONCILE_MS=200)
+
+function(pl_program name)
+  add_executable(${name} ${PL_DIR}/${name}.c)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                             ${PROJECT_SOURCE_DIR}/libdedup/src ${PROJECT_SOURCE_DIR}/libdedup/include)
+  target_link_libraries(${name} PRIVATE Threads::Threads ${CMAKE_DL_LIBS})
+  add_dependencies(${name} dedup)
+endfunction()
+
+# pl_test(NAME PROGRAM prog [TIMEOUT s] [ENV k=v...] [ARGS a...]): prog under
+# LD_PRELOAD with the environment above.
+function(pl_test name)
+  cmake_parse_arguments(T "" "PROGRAM;TIMEOUT" "ENV;ARGS" ${ARGN})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 90)
+  endif()
+  add_test(NAME ${name} COMMAND ${CMAKE_COMMAND} -E env ${PL_ENV} ${T_ENV}
+           $<TARGET_FILE:${T_PROGRAM}> ${T_ARGS})
+  set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} SKIP_RETURN_CODE 77
+                       LABELS preload)
+endfunction()
+
+foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_exec pl_uffd_app
+          pl_jemalloc pl_plain)
+  pl_program(${p})
+endforeach()
+
+pl_test(preload_workload PROGRAM pl_workload TIMEOUT 120)
+pl_test(preload_dontneed PROGRAM pl_dontneed)
+pl_test(preload_madv_free PROGRAM pl_madv_free)
+pl_test(preload_mremap PROGRAM pl_mremap)
+pl_test(preload_fork PROGRAM pl_fork)
+pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart)
+pl_test(preload_exec_fds PROGRAM pl_exec)
+pl_test(preload_uffd_app PROGRAM pl_uffd_app)
+# jemalloc as the program's allocator, purging at once (calloc must see zeros)
+pl_test(preload_jemalloc PROGRAM pl_jemalloc
+        ENV LD_PRELOAD=$<TARGET_FILE:dedup>:${JEMALLOC_LINK_LIBRARIES}
+            MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0)
+
+# A program linking libdedup for its API, without LD_PRELOAD: no surprise.
+add_executable(pl_api ${PL_DIR}/pl_api.c)
+target_include_directories(pl_api PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                           ${PROJECT_SOURCE_DIR}/libdedup/src)
+target_link_libraries(pl_api PRIVATE dedup Threads::Threads ${CMAKE_DL_LIBS})
+add_test(NAME preload_api_no_surprise COMMAND pl_api)
+set_tests_properties(preload_api_no_surprise PROPERTIES TIMEOUT 60 SKIP_RETURN_CODE 77
+                     LABELS preload)
+
+# Scripts: userfaultfd unusable, exported symbols, the launcher, real programs.
+find_program(PL_BASH bash REQUIRED)
+add_test(NAME preload_uffd_unavailable
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_oneline.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain>)
+add_test(NAME preload_symbols COMMAND ${PL_BASH} ${PL_DIR}/pl_symbols.sh $<TARGET_FILE:dedup>)
+add_test(NAME preload_dedup_run
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_dedup_run.sh $<TARGET_FILE:dedup-run> $<TARGET_FILE:pl_plain>)
+add_test(NAME preload_python
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_python.sh $<TARGET_FILE:dedup-run> ${PL_DIR}/pl_workload.py)
+add_test(NAME preload_redis
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_redis.sh $<TARGET_FILE:dedup-run>)
+set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run
+                     PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS preload)
+set_tests_properties(preload_python preload_redis
+                     PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 LABELS "preload;programs")
