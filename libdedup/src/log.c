@@ -19,9 +19,10 @@ void dd_log(int level, const char *fmt, ...)
 	int n;
 	va_list ap;
 
-	if (level > (int)dd_opt.log_level || dd_opt.log_level == DEDUP_LOG_QUIET)
-		if (!(dd_opt.log_level == DEDUP_LOG_STATS && level <= DEDUP_LOG_WARN))
-			return;
+	/* "stats" logs like "warn", plus the table at shutdown (stats.c) */
+	int max = dd_opt.log_level == DEDUP_LOG_STATS ? DEDUP_LOG_WARN : (int)dd_opt.log_level;
+	if (level > max)
+		return;
 	n = snprintf(buf, sizeof(buf), "libdedup[%d]: ", (int)getpid());
 	va_start(ap, fmt);
 	n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
