@@ -234,8 +234,15 @@ DD_API int dedup_shutdown(void)
 	if (dd_opt.log_level == DEDUP_LOG_STATS)
 		dd_stats_print(2);
 	dd_publish_close();
-	/* Closing the uffd unregisters every range and wakes any waiter;
-	 * merged pages keep the memfd alive through their mappings. */
+	/* Unregister every region explicitly (merged runs included), rather
+	 * than rely on close(): another holder of the fd would keep the
+	 * registrations alive with nobody reading. Closing the uffd then wakes
+	 * any waiter; merged pages keep the memfd alive through their
+	 * mappings. */
+	for (size_t i = 0; i < dd_region_count(); i++) {
+		struct dd_region *r = dd_region_at(i);
+		dd_uffd_unregister(eng.uffd, r->start, r->npages * DD_PAGE);
+	}
 	dd_region_fini();
 	undo_init();
 	pthread_mutex_unlock(&eng.lock);

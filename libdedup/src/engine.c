@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -422,15 +423,53 @@ static void postfork_parent(void)
 	pthread_mutex_unlock(&eng.lock);
 }
 
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
 static void postfork_child(void)
 {
-	/* No threads of ours here. The uffd is shared with the parent (same
-	 * open file) and our child's VMAs are unregistered (no EVENT_FORK):
-	 * the child runs untouched and never merges. */
+	/* No threads of ours here, and the child's VMAs are unregistered (no
+	 * EVENT_FORK): it runs untouched and never merges. It lets go of the
+	 * parent's userfaultfd at once: while a child held it, the parent's
+	 * registrations would outlive the parent's dedup_shutdown(), and a
+	 * discard there would wait forever for a reader. */
 	pthread_mutex_init(&eng.gate, NULL);
 	pthread_mutex_init(&eng.lock, NULL);
+	close_fd(&eng.uffd);
+	close_fd(&eng.ctl_fd);
+	close_fd(&eng.reader_fd);
 	eng.running = false;
 	eng.child = true;
+}
+
+/*
+ * In a fork()ed child that wants an engine of its own (preload.c,
+ * DEDUP_FORK=restart): free the parent's tables, so that dedup_init()
+ * starts afresh. Single-threaded: the child has no thread of ours.
+ */
+void dd_engine_child_reset(void)
+{
+	dd_region_fini();
+	dd_index_fini();
+	dd_discard_fini();
+	dd_store_fini();
+	dd_os_close();
+	if (eng.scratch)
+		syscall(SYS_munmap, eng.scratch, eng.scratch_pages * DD_PAGE);
+	eng.scratch = 0;
+	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
+	eng.batch = NULL;
+	eng.cmpbuf = NULL;
+	eng.nbatch = 0;
+	eng.scratch_used = 0;
+	atomic_store(&eng.parked, 0);
+	eng.ev_applied = atomic_load(&eng.ev_head);
+	eng.child = false;
 }
 
 int dd_engine_start(void)

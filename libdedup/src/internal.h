@@ -298,6 +298,7 @@ extern struct dd_engine eng;
 int dd_engine_start(void);
 void dd_engine_stop(void);
 void dd_engine_kick(void);
+void dd_engine_child_reset(void);
 void dd_engine_account_cpu(uint64_t *last);
 
 /* ---- scan.c / merge.c --------------------------------------------------- */

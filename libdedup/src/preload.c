@@ -1610,41 +1610,13 @@ static void start(void)
  * (nothing is punched or unregistered: this is the child's copy), so that
  * dedup_init() can start afresh.
  */
-static void child_reset_engine(void)
-{
-	if (eng.uffd >= 0)
-		close(eng.uffd);
-	if (eng.ctl_fd >= 0)
-		close(eng.ctl_fd);
-	if (eng.reader_fd >= 0)
-		close(eng.reader_fd);
-	eng.uffd = eng.ctl_fd = eng.reader_fd = -1;
-	dd_region_fini();
-	dd_index_fini();
-	dd_store_fini();
-	dd_os_close();
-	if (eng.scratch)
-		sys_munmap((void *)eng.scratch, eng.scratch_pages * DD_PAGE);
-	eng.scratch = 0;
-	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
-	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
-	eng.batch = NULL;
-	eng.cmpbuf = NULL;
-	eng.nbatch = 0;
-	eng.scratch_used = 0;
-	atomic_store(&eng.parked, 0);
-	eng.ev_applied = atomic_load(&eng.ev_head);
-	eng.running = false;
-	eng.child = false;
-}
-
 DD_API pid_t fork(void)
 {
 	pid_t pid = __fork();   /* runs every atfork handler, ours included */
 
 	if (pid == 0 && pl.was_on && pl.fork_restart && state() == PL_PASSIVE) {
 		pl.thr_started = false;
-		child_reset_engine();
+		dd_engine_child_reset();
 		start();
 	}
 	return pid;
