@@ -129,6 +129,7 @@ struct result {
 	uint64_t pages;         /* pages in the workload's buffer (or dataset) */
 	double pss_before_kib, pss_after_kib, saved_kib, saved_pages;
 	double net_saved_kib;   /* saved minus merger metadata outside Pss (KSM) */
+	double baseline_kib;    /* preload: Pss "before" taken from mode none */
 	double t50_s, t90_s, t99_s;
 	double merger_cpu_s;    /* merger CPU from go to the end of the run */
 	double merge_cpu_s;     /* merger CPU until the saving reached 99% */
@@ -156,11 +157,12 @@ double proc_pss_kib(pid_t pid);            /* smaps_rollup Pss, or NA */
 long proc_maps_lines(pid_t pid);           /* -1 if gone */
 uint64_t proc_task_cpu_ns(pid_t pid, pid_t tid);  /* UINT64_MAX if gone */
 const char *proc_cpu_source(void);
-/* CPU of a merger: ksmd, or the measured process's threads dedup-*. Keeps
- * the last value of threads that have exited. */
+/* CPU of a merger: ksmd, or the measured process's libdedup threads
+ * (dedup-engine, dedup-uffd, dedup-preload). Keeps the last value of threads
+ * that have exited. */
 struct cpu_tracker {
 	pid_t pid;          /* process whose threads to look at */
-	bool by_comm;       /* true: threads named dedup-*, false: pid itself */
+	bool by_comm;       /* true: libdedup's threads by name, false: pid itself */
 	size_t n;
 	struct { pid_t tid; uint64_t ns; } t[16];
 };

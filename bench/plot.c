@@ -76,7 +76,9 @@ static int gnuplot(const char *dir, struct result *rs, size_t n, const char *png
 	size_t cols = panels < 3 ? panels : 3, rows = (panels + cols - 1) / cols;
 	fprintf(f, "# dedup-bench: memory saved over time (generated)\n"
 		   "set terminal %s\nset output '%s'\nset datafile separator ','\n"
-		   "set key top left font ',8'\nset grid\nset xlabel 'seconds since go'\n"
+		   "set key top left font ',8'\nset grid\n"
+		   "set logscale x\nset xrange [0.05:*]\n"
+		   "set xlabel 'seconds since go (log scale)'\n"
 		   "set ylabel 'saved MiB (Pss)'\n"
 		   "set multiplot layout %zu,%zu title 'dedup-bench: memory saved over time, %zu MiB per "
 		   "workload'\n",

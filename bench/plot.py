@@ -34,7 +34,9 @@ def main():
         for mode, (t, s) in modes.items():
             ax.plot(t, s, label=mode, linewidth=1.8)
         ax.set_title(wl)
-        ax.set_xlabel("seconds since go")
+        ax.set_xscale("log")
+        ax.set_xlim(left=0.05)
+        ax.set_xlabel("seconds since go (log scale)")
         ax.set_ylabel("saved MiB (Pss)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -7,7 +7,7 @@
  *    once, however many pages map it.
  *  - VMAs: lines of /proc/PID/maps.
  *  - Merger CPU: ksmd's CPU time, or the CPU time of the measured process's
- *    threads named dedup-* (dedup-engine, dedup-uffd). Read from
+ *    libdedup threads (dedup-engine, dedup-uffd, dedup-preload). Read from
  *    /proc/PID/task/TID/schedstat (nanoseconds on CPU) when the kernel has
  *    it, else utime+stime of /proc/PID/task/TID/stat (clock ticks). Both
  *    count the same time; schedstat has finer resolution.
@@ -109,6 +109,21 @@ uint64_t proc_task_cpu_ns(pid_t pid, pid_t tid)
 	return (ut + st) * (1000000000ULL / (uint64_t)(hz > 0 ? hz : 100));
 }
 
+/*
+ * libdedup's own threads, by the names it gives them (engine.c, preload.c).
+ * Exact names: the bench child and its churn writers are "dedup-bench", and
+ * their CPU is the application's, not the merger's.
+ */
+static bool merger_thread(const char *comm)
+{
+	static const char *const names[] = { "dedup-engine", "dedup-uffd", "dedup-preload" };
+	size_t len = strcspn(comm, "\n");
+	for (size_t i = 0; i < B_ARRAY_SIZE(names); i++)
+		if (strlen(names[i]) == len && strncmp(comm, names[i], len) == 0)
+			return true;
+	return false;
+}
+
 void tracker_init(struct cpu_tracker *t, pid_t pid, bool by_comm)
 {
 	memset(t, 0, sizeof(*t));
@@ -151,7 +166,8 @@ uint64_t tracker_ns(struct cpu_tracker *t)
 			if (tid <= 0)
 				continue;
 			snprintf(cpath, sizeof(cpath), "/proc/%d/task/%d/comm", t->pid, tid);
-			if (!proc_read_file(cpath, comm, sizeof(comm)) || strncmp(comm, "dedup-", 6) != 0)
+			if (tid == t->pid || !proc_read_file(cpath, comm, sizeof(comm)) ||
+			    !merger_thread(comm))
 				continue;
 			uint64_t ns = proc_task_cpu_ns(t->pid, tid);
 			if (ns != UINT64_MAX)

@@ -72,6 +72,7 @@ void result_init(struct result *r, const struct workload *w, const struct mode *
 	snprintf(r->status, sizeof(r->status), "failed");
 	snprintf(r->end_reason, sizeof(r->end_reason), "n/a");
 	r->app_unit = "n/a";
+	r->baseline_kib = NA;
 #define X(f, name, dec) r->f = NA;
 	FIGURES(X)
 #undef X

@@ -8,7 +8,7 @@
  * KSM mode sets ksmd running. After "go" it samples every opt.interval_ms:
  *
  *   saved(t)  = Pss(go) - Pss(t)                 (KiB; series.csv)
- *   cpu(t)    = merger CPU since go              (ksmd, or threads dedup-*)
+ *   cpu(t)    = merger CPU since go              (ksmd, or libdedup's threads)
  *   VMAs      = lines of /proc/PID/maps          (once a second, and at end)
  *
  * The run ends when it has settled: at least opt.min_s after go, the merger
@@ -155,6 +155,13 @@ bool run_begin(struct run_ctx *c)
 		snprintf(r->note, sizeof(r->note), "cannot read /proc of the measured process");
 		return false;
 	}
+	/* The preload mode merges from the process's start, before "go": its
+	 * saving is counted from the Pss of the same workload under mode none
+	 * (same seed, same build), so it includes what was merged early. */
+	if (!is_na(r->baseline_kib)) {
+		result_extra(r, "pss_at_go_kib", "%.0f", c->pss0);
+		c->pss0 = r->baseline_kib;
+	}
 	r->pss_before_kib = c->pss0;
 	r->vmas_before = (double)c->maps0;
 	if (m->merger == MERGER_KSM) {
@@ -170,7 +177,9 @@ bool run_begin(struct run_ctx *c)
 	} else {
 		tracker_init(&c->tr, 0, false);
 	}
-	c->cpu0 = tracker_ns(&c->tr);
+	/* libdedup: all the CPU of its threads (with preload they run before
+	 * "go"; with the API they do not exist yet) */
+	c->cpu0 = m->merger == MERGER_LIBDEDUP ? 0 : tracker_ns(&c->tr);
 	if (m->merger == MERGER_KSM) {
 		int err = ksm_start(m->ksm_pages_to_scan, m->ksm_sleep_ms);
 		if (err < 0) {

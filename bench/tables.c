@@ -26,12 +26,13 @@ const struct mode modes[] = {
 	/* The preload mode: set .ready = true once LD_PRELOAD=libdedup.so merges
 	 * on its own (DEDUP_BENCH_PRELOAD=1 forces it on for trying it out).
 	 * Its child (run.c, redis.c) gets LD_PRELOAD and DEDUP_INTERVAL/DEDUP_CPU
-	 * (unless set) and does nothing else. Caveats to look at when enabling
-	 * it: the engine starts with the process, so it may merge while the
-	 * buffer is being built, before the "before" Pss is read (the saving
-	 * is then understated: compare with the none row's pss_before_kib);
-	 * its pages_scanned is unknown to the parent (n/a) unless dedup-stat's
-	 * published counters are read; settling does not wait for 3 passes. */
+	 * (unless set) and does nothing else. The engine starts with the
+	 * process and merges while the buffer is built, before "go": its saving
+	 * is counted from the none row's Pss (main.c, run.c), its CPU from the
+	 * threads' start. Its pages_scanned is unknown to the parent (n/a)
+	 * unless dedup-stat's published counters are read; settling does not
+	 * wait for 3 passes. Tried with DEDUP_BENCH_PRELOAD=1 --quick: every
+	 * workload runs, redis included. */
 	{ .name = "libdedup-preload", .merger = MERGER_LIBDEDUP, .preload = true,
 	  .ready = false,
 	  .desc = "libdedup preloaded: LD_PRELOAD=libdedup.so, DEDUP_* environment" },
