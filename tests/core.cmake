@@ -19,7 +19,8 @@ add_test(NAME test_hammer_signals COMMAND test_hammer)
 set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")
 dedup_test(test_discard LABELS core)
-# Open bug (README "Known bugs"): fails in about 4 runs out of 10 here.
+dedup_test(test_remove_race LABELS core race)
+# Writers also discard pages (MADV_DONTNEED must read zeros).
 add_test(NAME test_hammer_dontneed COMMAND test_hammer)
 set_tests_properties(test_hammer_dontneed PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
-                     ENVIRONMENT "DEDUP_TEST_DONTNEED=1" LABELS "core;race" DISABLED TRUE)
+                     ENVIRONMENT "DEDUP_TEST_DONTNEED=1" LABELS "core;race")

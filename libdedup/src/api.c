@@ -185,6 +185,9 @@ DD_API int dedup_unregister(void *addr, size_t len)
 	/* Candidates of the current pass may point into the range, which the
 	 * application may unmap as soon as we return: forget them. */
 	dd_unstable_reset();
+	pthread_mutex_lock(&eng.gate);
+	dd_removing_unregistered(a, a + len);
+	pthread_mutex_unlock(&eng.gate);
 	ret = dd_region_remove(a, len, true);
 out:
 	pthread_mutex_unlock(&eng.lock);

@@ -13,9 +13,43 @@
  *
  *   merged    address ranges where we placed canonical mappings (only
  *             REMOVE events inside them matter);
- *   discard   pages of those ranges the application discarded and has not
- *             touched since: a minor fault there gets a zero page, anywhere
- *             else the canonical page (UFFDIO_CONTINUE).
+ *   discard   pages of those ranges the application discarded: a minor
+ *             fault there gets a zero page, anywhere else the canonical page
+ *             (UFFDIO_CONTINUE). A mark stays after the fault: the zero page
+ *             we put there is anonymous, and an anonymous page in a merged
+ *             run becomes empty again only by another discard (a REMOVE
+ *             might be read before the zap it announces, and a fault taken
+ *             in between must not use up the mark the zap still needs).
+ *             Placing a new run clears the marks under it.
+ *
+ * DOC: Discards racing with a merge
+ *
+ * The reader acknowledges a REMOVE by reading it, and the thread that called
+ * madvise() zaps only when it runs again (tests/probe/probe_remove_zap_late.c).
+ * In between, the old page is still there. If the merger moved it out then
+ * and placed a canonical page, the zap would hit the canonical page and the
+ * next fault would read it again where the application expects zeros. So
+ * anonymous pages named by a REMOVE are not mergeable until we know the zap
+ * is behind them. Three sets of addresses (outside merged runs) say so:
+ *
+ *   unfenced  named by a REMOVE, nothing known yet: never merged. The
+ *             merger fences them at its next batch (dd_removing_fence):
+ *             it write-protects what is present there. Not at read time:
+ *             until the madvise caller has run, UFFDIO_WRITEPROTECT fails
+ *             with EAGAIN.
+ *   fenced    write-protected after the REMOVE. The zap drops the uffd-wp
+ *             bit and a page faulted in afresh comes without it, so a page
+ *             present without the bit is a new one (mergeable), with the
+ *             bit it may still be the old one (not mergeable), and an empty
+ *             page is past the zap. A page of zeros needs no fence: zeros
+ *             are what the zap leaves, and what is written into it after
+ *             the REMOVE is ordered after the zap.
+ *   sticky    fenced pages the application wrote into (our reader lifted
+ *             the protection): the old bytes around the write may still be
+ *             there, and the bit no longer tells. Mergeable once seen empty.
+ *
+ * Pages are dropped from the sets when found mergeable or empty; at the end
+ * of each pass the sets are pruned the same way (dd_removing_prune).
  *
  * Locking: eng.gate, held by the reader (events and faults) and by the
  * merger (which clears a range before it places a new mapping there).
@@ -29,7 +63,7 @@ struct ivset {
 	size_t n, cap;
 };
 
-static struct ivset merged, discard;
+static struct ivset merged, discard, unfenced, fenced, sticky;
 
 /* first interval whose end is above a */
 static size_t iv_lower(const struct ivset *s, uintptr_t a)
@@ -130,24 +164,188 @@ int dd_discard_merged(uintptr_t a, uintptr_t b)
 	return iv_add(&merged, a, b);
 }
 
-/* A REMOVE event for [a, b): the merged pages in it are being discarded. */
+/* Anonymous [a, b) is being discarded. Whatever was fenced or sticky there
+ * starts over: the zap to come erases what they were about. */
+static void announce(uintptr_t a, uintptr_t b)
+{
+	iv_remove(&fenced, a, b);
+	iv_remove(&sticky, a, b);
+	if (iv_add(&unfenced, a, b) < 0)
+		dd_err("out of memory tracking discarded pages");
+}
+
+/*
+ * A REMOVE event for [a, b): the merged pages in it are being discarded, the
+ * others are not mergeable until the zap is known to be behind them.
+ */
 void dd_discard_removed(uintptr_t a, uintptr_t b)
 {
+	uintptr_t gap = a;
+
+	if (a >= eng.scratch && b <= eng.scratch + eng.scratch_pages * DD_PAGE)
+		return;   /* our own scratch area */
 	for (size_t i = iv_lower(&merged, a); i < merged.n && merged.iv[i][0] < b; i++) {
 		uintptr_t lo = merged.iv[i][0] > a ? merged.iv[i][0] : a;
 		uintptr_t hi = merged.iv[i][1] < b ? merged.iv[i][1] : b;
 		if (iv_add(&discard, lo, hi) < 0)
 			dd_err("out of memory tracking discarded pages");
+		if (lo > gap)
+			announce(gap, lo);
+		gap = hi;
+	}
+	if (gap < b)
+		announce(gap, b);
+}
+
+/* A minor fault at page a: was it discarded? (The mark stays: see above.) */
+bool dd_discard_marked(uintptr_t a)
+{
+	return iv_contains(&discard, a);
+}
+
+/* ---- discards racing with a merge (see "DOC: Discards racing...") ---- */
+
+/*
+ * Fence what can be fenced now; returns the number of ranges left for later.
+ * The reader calls it right after reading REMOVEs (retrying briefly: the
+ * sooner the fence, the fewer fresh pages it catches - those then wait to
+ * be seen empty), the merger at the start of each batch. Write protection
+ * covers present and swapped-out pages alike; empty PTEs keep no mark
+ * (probe_remove_zap_late.c).
+ */
+size_t dd_removing_fence(void)
+{
+	for (size_t i = 0; i < unfenced.n;) {
+		uintptr_t lo = unfenced.iv[i][0], hi = unfenced.iv[i][1];
+		int r = dd_uffd_wp(eng.uffd, lo, hi - lo, true);
+		DD_TRACE('f', lo, hi - lo, r);
+		if (r == -EAGAIN) {
+			i++;              /* an event is pending: next batch */
+			continue;
+		}
+		iv_remove(&unfenced, lo, hi);
+		if (r < 0)        /* no longer registered with us: nothing to merge there */
+			dd_debug("discarded range %#lx-%#lx left (errno %d)", (unsigned long)lo,
+				 (unsigned long)hi, -r);
+		else if (iv_add(&fenced, lo, hi) < 0)
+			dd_err("out of memory tracking discarded pages");
+	}
+	return unfenced.n;
+}
+
+/* Is page a, in state st (DD_PTE_*), known to be past a pending zap? Drops
+ * it from the sets if so. */
+static bool settle(uintptr_t a, uint8_t st)
+{
+	bool past = !(st & (DD_PTE_PRESENT | DD_PTE_SWAP)) || (st & DD_PTE_ZERO) ||
+		    (!(st & (DD_PTE_WP | DD_PTE_SWAP)) && !iv_contains(&sticky, a));
+	if (past) {
+		iv_remove(&fenced, a, a + DD_PAGE);
+		iv_remove(&sticky, a, a + DD_PAGE);
+	}
+	return past;
+}
+
+/* Merger: may anonymous page a be merged now? */
+bool dd_removing_mergeable(uintptr_t a)
+{
+	uint8_t st;
+
+	if (iv_contains(&unfenced, a))
+		return false;
+	if (!iv_contains(&fenced, a) && !iv_contains(&sticky, a))
+		return true;
+	if (dd_pte_states(a, 1, &st) < 0)
+		return false;
+	DD_TRACE('m', a, DD_PAGE, st | (iv_contains(&sticky, a) ? 0x100 : 0));
+	if (settle(a, st))
+		return st & DD_PTE_PRESENT;
+	/* Fenced and still protected: the old page, or one faulted in by a
+	 * read after the zap. All zeros, it is what the zap leaves either way
+	 * (and protected, it cannot change before our window). */
+	if ((st & DD_PTE_PRESENT) && !iv_contains(&sticky, a) && dd_page_is_zero(a)) {
+		iv_remove(&fenced, a, a + DD_PAGE);
+		return true;
+	}
+	return false;
+}
+
+/* Merger, inside a window: was page a named by a REMOVE since the batch
+ * started? (dd_removing_mergeable() left no such page in the sets.) */
+bool dd_removing_named(uintptr_t a)
+{
+	return iv_contains(&unfenced, a) || iv_contains(&fenced, a) || iv_contains(&sticky, a);
+}
+
+/* Reader: the application writes into page a (a write-protect fault that
+ * we are about to resolve, so the page does not hold the write yet). Into
+ * a page of zeros, the write leaves zeros and that write: what the zap
+ * would leave, then the write. (A read of discarded memory maps the zero
+ * page, or on some machines a fresh page of zeros: this covers both.) */
+void dd_removing_written(uintptr_t a)
+{
+	if (!iv_contains(&fenced, a))
+		return;
+	iv_remove(&fenced, a, a + DD_PAGE);
+	bool zero = dd_page_is_zero(a);
+	DD_TRACE('s', a, DD_PAGE, zero);
+	if (zero)
+		return;
+	if (iv_add(&sticky, a, a + DD_PAGE) < 0)
+		dd_err("out of memory tracking discarded pages");
+}
+
+/* dedup_unregister(): [a, b) lost its uffd-wp bits; fence again (a fence
+ * fails and forgets the range if it stays unregistered). */
+void dd_removing_unregistered(uintptr_t a, uintptr_t b)
+{
+	for (size_t i = iv_lower(&fenced, a); i < fenced.n && fenced.iv[i][0] < b; i++) {
+		uintptr_t lo = fenced.iv[i][0] > a ? fenced.iv[i][0] : a;
+		uintptr_t hi = fenced.iv[i][1] < b ? fenced.iv[i][1] : b;
+		if (iv_add(&unfenced, lo, hi) < 0)
+			dd_err("out of memory tracking discarded pages");
+	}
+	iv_remove(&fenced, a, b);
+}
+
+static void prune(struct ivset *s)
+{
+	uint8_t st[512];
+	uintptr_t pos = 0;
+
+	for (;;) {
+		size_t i = iv_lower(s, pos);
+		if (i >= s->n)
+			return;
+		uintptr_t lo = s->iv[i][0] > pos ? s->iv[i][0] : pos;
+		size_t n = (s->iv[i][1] - lo) / DD_PAGE;
+		if (n > DD_ARRAY_SIZE(st))
+			n = DD_ARRAY_SIZE(st);
+		if (dd_pte_states(lo, n, st) < 0)
+			return;
+		for (size_t k = 0; k < n; k++)
+			settle(lo + k * DD_PAGE, st[k]);
+		pos = lo + n * DD_PAGE;
 	}
 }
 
-/* A minor fault at page a: true if it was discarded (then it is no longer). */
-bool dd_discard_take(uintptr_t a)
+/* End of a pass: forget the pages that are past their zap. */
+void dd_removing_prune(void)
 {
-	if (!iv_contains(&discard, a))
-		return false;
-	iv_remove(&discard, a, a + DD_PAGE);
-	return true;
+	prune(&fenced);
+	prune(&sticky);
+}
+
+/* Ranges announced and not fenced yet (tests wait for 0). */
+size_t dd_removing_unfenced(void)
+{
+	return unfenced.n;
+}
+
+/* Is page a inside a range where we placed a merged run? */
+bool dd_discard_in_merged(uintptr_t a)
+{
+	return iv_contains(&merged, a);
 }
 
 bool dd_discard_pending(uintptr_t a, uintptr_t b)
@@ -160,6 +358,12 @@ void dd_discard_fini(void)
 {
 	dd_vm_free(merged.iv, merged.cap * sizeof(*merged.iv));
 	dd_vm_free(discard.iv, discard.cap * sizeof(*discard.iv));
+	dd_vm_free(unfenced.iv, unfenced.cap * sizeof(*unfenced.iv));
+	dd_vm_free(fenced.iv, fenced.cap * sizeof(*fenced.iv));
+	dd_vm_free(sticky.iv, sticky.cap * sizeof(*sticky.iv));
 	memset(&merged, 0, sizeof(merged));
 	memset(&discard, 0, sizeof(discard));
+	memset(&unfenced, 0, sizeof(unfenced));
+	memset(&fenced, 0, sizeof(fenced));
+	memset(&sticky, 0, sizeof(sticky));
 }

@@ -92,7 +92,7 @@ static bool parked(uintptr_t a)
  */
 static int resolve_minor(uintptr_t a)
 {
-	bool zero = dd_discard_take(a);
+	bool zero = dd_discard_marked(a);
 	int r;
 
 	if (zero) {
@@ -109,8 +109,6 @@ static int resolve_minor(uintptr_t a)
 		r = ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
 	}
 	DD_TRACE(zero ? 'Z' : 'c', a, DD_PAGE, r);
-	if (r == -EAGAIN && zero)
-		dd_discard_removed(a, a + DD_PAGE);   /* keep the mark for the retry */
 	if (r < 0 && r != -EAGAIN)
 		dd_uffd_wake(eng.uffd, a, DD_PAGE);   /* EEXIST: mapped meanwhile */
 	return r == -EAGAIN ? r : 0;
@@ -144,6 +142,17 @@ static int resolve(const struct pending *p)
 		 * fault was read, and a new window may hold this page now. */
 		if (parked(p->addr))
 			return 0;   /* the merger wakes it */
+		if (dd_discard_in_merged(p->addr)) {
+			/* a merged page whose slot is gone (merge.c, "Placing a
+			 * merged run"): zeros, as a real anonymous page */
+			static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
+			struct uffdio_copy c = { .dst = p->addr, .src = (uintptr_t)zeros, .len = DD_PAGE };
+			DD_TRACE('z', p->addr, DD_PAGE, 0);
+			if (ioctl(eng.uffd, UFFDIO_COPY, &c) < 0 && errno == EAGAIN)
+				return -EAGAIN;
+			dd_uffd_wake(eng.uffd, p->addr, DD_PAGE);
+			return 0;
+		}
 		struct uffdio_zeropage z = { .range = { .start = p->addr, .len = DD_PAGE } };
 		if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno == EAGAIN)
 			return -EAGAIN;
@@ -158,6 +167,7 @@ static void drain_uffd(void)
 {
 	struct uffd_msg msg[32];
 	uint64_t t0 = 0;
+	unsigned fence_tries = 0;
 
 	for (;;) {
 		ssize_t r = 0;
@@ -176,8 +186,10 @@ static void drain_uffd(void)
 					DD_TRACE('F', a, DD_PAGE, (long)m->arg.pagefault.flags);
 					if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR)
 						pend[npend++] = (struct pending){ a, PF_MINOR };
-					else if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+					else if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+						dd_removing_written(a);
 						pend[npend++] = (struct pending){ a, PF_WP };
+					}
 					else if (!parked(a))   /* parked: the merger wakes it */
 						pend[npend++] = (struct pending){ a, PF_MISSING };
 					break;
@@ -188,6 +200,8 @@ static void drain_uffd(void)
 						     m->arg.remove.end - m->arg.remove.start);
 					break;
 				case UFFD_EVENT_REMAP:
+					if (m->arg.remap.from == atomic_load(&eng.placing_from))
+						break;   /* merge.c placing a run */
 					record_event(UFFD_EVENT_REMAP, m->arg.remap.from,
 						     m->arg.remap.to, m->arg.remap.len);
 					break;
@@ -202,9 +216,17 @@ static void drain_uffd(void)
 			if (resolve(&pend[i]) == -EAGAIN)
 				pend[keep++] = pend[i];
 		npend = keep;
-		if (!npend && r <= 0)
+		/* Fence the ranges of REMOVEs just read (discard.c), as soon as
+		 * their callers have run; a few tries, then the merger's turn. */
+		bool fencing = dd_removing_fence() > 0 && fence_tries < 64;
+		if (!npend && !fencing && r <= 0)
 			return;
-		if (npend && r <= 0) {
+		if (fencing && !npend && r <= 0) {
+			fence_tries++;
+			pthread_mutex_unlock(&eng.gate);
+			sched_yield();
+			pthread_mutex_lock(&eng.gate);
+		} else if (npend && r <= 0) {
 			/* an event's thread has yet to run: let it */
 			if (!t0)
 				t0 = dd_now_ns();

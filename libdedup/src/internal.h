@@ -167,6 +167,12 @@ ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *er
 #define DD_PG_ZERO 2u
 typedef void (*dd_present_fn)(void *ctx, uintptr_t start, uintptr_t end, unsigned flags);
 int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx);
+#define DD_PTE_PRESENT 1u
+#define DD_PTE_SWAP 2u
+#define DD_PTE_WP 4u
+#define DD_PTE_ZERO 8u
+int dd_pte_states(uintptr_t start, size_t n, uint8_t *out);
+bool dd_page_is_zero(uintptr_t a);
 void dd_os_probe(void);
 void dd_os_close(void);
 
@@ -239,8 +245,16 @@ void dd_trace_dump(uintptr_t a);
 /* ---- discard.c (eng.gate held) ---------------------------------------- */
 int dd_discard_merged(uintptr_t a, uintptr_t b);
 void dd_discard_removed(uintptr_t a, uintptr_t b);
-bool dd_discard_take(uintptr_t a);
+bool dd_discard_marked(uintptr_t a);
+bool dd_discard_in_merged(uintptr_t a);
 bool dd_discard_pending(uintptr_t a, uintptr_t b);
+size_t dd_removing_fence(void);
+bool dd_removing_mergeable(uintptr_t a);
+bool dd_removing_named(uintptr_t a);
+void dd_removing_written(uintptr_t a);
+void dd_removing_unregistered(uintptr_t a, uintptr_t b);
+void dd_removing_prune(void);
+size_t dd_removing_unfenced(void);
 void dd_discard_fini(void);
 
 /* ---- engine.c: the process-wide engine state -------------------------- */
@@ -281,6 +295,9 @@ struct dd_engine {
 	/* [parked, parked_end): window whose pages sit in S while the merger is
 	 * out of the gate (merge.c); the reader leaves their faults alone */
 	_Atomic uintptr_t parked, parked_end;
+	/* T while merge.c moves a new run from T into place: the REMAP that
+	 * raises is ours, the reader does not record it */
+	_Atomic uintptr_t placing_from;
 	bool scratch_lost;
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */

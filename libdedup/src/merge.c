@@ -34,9 +34,9 @@
  *     comparison is final. (A device write that landed between step 2 and
  *     the unpin is caught here.) A page that differs is moved back.
  *  6. Replace: each run of moved pages with contiguous slots becomes one
- *     MAP_PRIVATE mapping of the canonical slots, registered MINOR (see
- *     "Placing a merged run"); zero targets need nothing, their PTE is
- *     already empty. Never MAP_POPULATE: it would copy every page.
+ *     MAP_PRIVATE mapping of the canonical slots, registered MINOR|MISSING
+ *     (see "Placing a merged run"); zero targets need nothing, their PTE
+ *     is already empty.
  *  7. Restore: unregister and re-register WP-only what is still anonymous
  *     (a registration cannot drop MISSING), un-protect any dropped page
  *     that is left, and UFFDIO_WAKE the window: a writer that blocked on A retries on the new mapping and the
@@ -48,7 +48,17 @@
  * zeros. Those calls raise UFFD_EVENT_REMOVE before the kernel zaps, and the
  * caller waits until the event is read; the reader reads only under the
  * gate. None of the calls in steps 1-7 raises an event (we do not ask for
- * UNMAP events), so holding the gate never waits on the reader.
+ * UNMAP events) except the mremap of step 6, done outside the gate, so
+ * holding the gate never waits on the reader.
+ *
+ * The gate covers discards announced while a window is open. A discard
+ * announced before (its REMOVE read) may still have its zap ahead of it:
+ * the madvise() caller zaps when it runs again, and if that is after step 6
+ * the zap lands on C, whose next fault reads C again instead of zeros. Such
+ * pages are left out of batches until the zap is known to be behind them
+ * (discard.c, "Discards racing with a merge"), and a REMOVE read while we
+ * let the reader run inside a window drops the pages it names from the
+ * window: they stay empty, as the discard leaves them (events_in_window).
  *
  * Leaving the gate with a page in S: un-protecting or moving back fails with
  * EAGAIN while an event is pending, and the pending event cannot be read
@@ -65,16 +75,26 @@
  * application expects zeros. So merged runs are registered MINOR with our
  * uffd: a discard raises UFFD_EVENT_REMOVE (before the zap), and the next
  * access is a minor fault that the reader resolves with zeros (discard.c).
- * mmap(MAP_FIXED) of the run at A and a registration after it would leave
- * a moment where a discard goes unseen, and an unpopulated page gives no
- * trace of having been discarded. So (place_run): the run is mapped at a
- * fresh address T and populated there (MADV_POPULATE_READ shares the
- * canonical pages read-only, no copy), moved over A with mremap (T is not
- * registered: no event, nothing waits for the reader), registered MINOR,
- * and then every page of it that is not present was discarded in between
- * and gets marked. A discard after the registration raises REMOVE; one
- * that was pending since before the window is acknowledged after it, and
- * then zaps the new mapping, which is registered by then.
+ * MISSING too: once every page of a slot's mappings has been copied on
+ * write, the slot is freed and its memfd page punched (or reused for other
+ * content) while our mapping still covers that offset. If such a page is
+ * then discarded, a fault must not read the file: without a page there the
+ * kernel would quietly insert a new zero page into our memfd, shared with
+ * the next content stored in that slot (test_hammer_dontneed caught a
+ * page that read zeros, then another page's content). With MISSING the
+ * reader resolves it with zeros, as anonymous memory would read.
+ *
+ * The run must be registered from the instant it appears at A: mapped at A
+ * first and registered after, a discard and a read in between would read
+ * the canonical page (no event; test_hammer_dontneed caught that too). So
+ * (place_run) the run is mapped at a fresh address T, registered there,
+ * and moved over A with mremap. Moving a registered VMA raises
+ * UFFD_EVENT_REMAP and waits for the reader, so the gate is released for
+ * the mremap; the window stays parked, and discard marks for the run are
+ * armed before (a REMOVE read meanwhile marks its pages). The run arrives
+ * with empty PTEs (an access faults to the reader, who waits for the
+ * gate), and UFFDIO_CONTINUE then maps every page not marked discarded.
+ * No page tables move, and never MAP_POPULATE: it would copy every page.
  *
  * Known limits (see README "Limits"): we do not see munmap() or mmap(MAP_FIXED)
  * by the application as events; the API asks the caller to dedup_unregister()
@@ -283,48 +303,89 @@ static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
 	return r == (ssize_t)total ? eng.cmpbuf : NULL;
 }
 
-/* A page of a run just placed that is not present: discarded meanwhile. */
-static void mark_absent(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
+/* UFFDIO_CONTINUE on the pages of [a, a + l) that are not marked discarded:
+ * maps their canonical pages read-only. A page it cannot map (an event
+ * pending: EAGAIN) is mapped by the reader on first access instead. */
+static void map_canonical(uintptr_t a, size_t l)
 {
-	uintptr_t *next = ctx;
-	if (start > *next)
-		dd_discard_removed(*next, start);
-	*next = end;
+	for (uintptr_t p = a, end = a + l; p < end;) {
+		if (dd_discard_marked(p)) {
+			p += DD_PAGE;
+			continue;
+		}
+		uintptr_t q = p + DD_PAGE;
+		while (q < end && !dd_discard_marked(q))
+			q += DD_PAGE;
+		struct uffdio_continue c = { .range = { p, q - p }, .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
+		if (ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 && c.mapped > 0 && (uintptr_t)c.mapped < q - p)
+			q = p + (uintptr_t)c.mapped + DD_PAGE;   /* skip the page it stopped at */
+		p = q;
+	}
 }
 
 /*
  * Place canonical slots [target, target + l/page) at window address a, whose
  * pages are moved out (empty, parked). Returns 0, or -1 with a untouched.
- * Under the gate; no step here raises a uffd event or waits for the reader.
+ * Called and returns under the gate, which it releases during the mremap.
  */
 static int place_run(uintptr_t a, size_t l, uint32_t target)
 {
-	/* Map and populate at a fresh address T nobody else knows: the pages
-	 * are then present, read-only, shared with the canonical slot. */
+	/* Map the slots at a fresh address T nobody else knows and register
+	 * them there, so that the run is registered from the moment it
+	 * appears at a: no access or discard there can miss us. */
 	void *t = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE, dd_store_fd(),
 		       (off_t)(target - 1) * (off_t)DD_PAGE);
 	if (t == MAP_FAILED)
 		return -1;
-	if (madvise(t, l, MADV_POPULATE_READ) < 0 ||
-	    mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
+	if (dd_uffd_register(eng.uffd, (uintptr_t)t, l,
+			     UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING) < 0) {
+		munmap(t, l);
+		return -1;
+	}
+	/* From here a REMOVE over [a, a + l) marks discarded pages. */
+	dd_discard_merged(a, a + l);
+	/* Moving a registered VMA raises UFFD_EVENT_REMAP and waits until our
+	 * reader has read it: leave the gate meanwhile. The window stays
+	 * parked; a REMOVE read now marks pages of the run (above) or names
+	 * other pages in S (events_in_window). */
+	atomic_store(&eng.placing_from, (uintptr_t)t);
+	pthread_mutex_unlock(&eng.gate);
+	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+	pthread_mutex_lock(&eng.gate);
+	atomic_store(&eng.placing_from, 0);
+	if (m == MAP_FAILED) {
 		munmap(t, l);
 		return -1;
 	}
 	DD_TRACE('R', a, l, 0);
-	/* From here the run is visible at a. Forget old discard marks there,
-	 * then register it MINOR: a discard from now on raises REMOVE. */
-	dd_discard_merged(a, a + l);
-	if (dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MINOR) < 0)
-		dd_warn("could not register merged run %#lx+%zu: a discard there would "
-			"read its old content", (unsigned long)a, l);
-	/* A discard between the mremap and the registration raised no event,
-	 * but it zapped a present page: whatever is not present now was
-	 * discarded, and its next fault must read zeros. */
-	uintptr_t next = a;
-	dd_present_walk(a, a + l, mark_absent, &next);
-	if (next < a + l)
-		dd_discard_removed(next, a + l);
+	/* Every PTE of the run is empty: an access faults to the reader, who
+	 * waits for the gate. Map the canonical pages, except where the
+	 * application discarded them meanwhile (those must read zeros). */
+	map_canonical(a, l);
 	return 0;
+}
+
+/*
+ * Events the reader read while we let it run inside this window (EAGAIN
+ * retries in move_back): a page in S that the application discarded stays
+ * out (its address is empty, as the discard leaves it; placing C there
+ * would bring old content back when the zap comes), and pages of a range
+ * that was moved are put back at their new address. Everything else goes on.
+ */
+static void events_in_window(struct dd_merge_item *it, size_t n, size_t base, uint64_t since)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (it[i].state != IT_MOVED)
+			continue;
+		uintptr_t a = it[i].addr;
+		if (dd_removing_named(a) || !follow_events(since, &a)) {
+			DD_TRACE('x', it[i].addr, DD_PAGE, 0);
+			drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
+		} else if (a != it[i].addr) {
+			move_back(base + i, a);
+			drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
+		}
+	}
 }
 
 /*
@@ -336,6 +397,9 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 	uintptr_t a0 = it[0].addr;
 	size_t len = n * DD_PAGE;
 	long merged = 0;
+	/* events read so far; more are read only when we let the reader run */
+	const uint64_t since = atomic_load(&eng.ev_head);
+	uint64_t seen = since;
 
 	/* The VMA budget: drop non-zero runs that would spend too much. */
 	for (size_t i = 0; i < n;) {
@@ -443,6 +507,10 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 replace:
 	/* 5. replace (see "Placing a merged run" above) */
 	for (size_t i = 0; i < n;) {
+		if (atomic_load(&eng.ev_head) != seen) {
+			seen = atomic_load(&eng.ev_head);
+			events_in_window(it, n, base, since);
+		}
 		if (it[i].state != IT_MOVED) {
 			i++;
 			continue;
@@ -576,16 +644,26 @@ long dd_merge_batch(void)
 	eng.scratch_used += n;
 
 	pthread_mutex_lock(&eng.gate);
+	/* Pages named by a REMOVE whose zap may still be coming are left out
+	 * (discard.c, "Discards racing with a merge"). They also cut windows:
+	 * a window write-protects and un-protects every page in it, which
+	 * would erase the fence. */
+	dd_removing_fence();
+	for (size_t i = 0; i < n; i++)
+		if (!dd_removing_mergeable(it[i].addr))
+			drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
 	for (size_t i = 0; i < n;) {
-		struct dd_region *r = dd_region_find(it[i].addr);
+		struct dd_region *r = it[i].state == IT_LIVE ? dd_region_find(it[i].addr) : NULL;
 		size_t k = i + 1;
 		if (!r) {
-			drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
+			if (it[i].state == IT_LIVE)
+				drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
 			i++;
 			continue;
 		}
 		uintptr_t rend = r->start + r->npages * DD_PAGE;
-		while (k < n && it[k].addr == it[k - 1].addr + DD_PAGE && it[k].addr < rend)
+		while (k < n && it[k].addr == it[k - 1].addr + DD_PAGE && it[k].addr < rend &&
+		       it[k].state == IT_LIVE)
 			k++;
 		merged += merge_window(r, it + i, k - i, i);
 		i = k;

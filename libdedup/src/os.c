@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -210,23 +211,42 @@ static int walk_scan(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx
 }
 
 #define PM_PRESENT (1ULL << 63)
+#define PM_SWAP (1ULL << 62)
 #define PM_FILE (1ULL << 61)
+#define PM_UFFD_WP (1ULL << 57)
+#define PM_EXCLUSIVE (1ULL << 56)
 #define PM_PFN_MASK ((1ULL << 55) - 1)
+
+/* The pfn of the zero page, learned once (0: unknown, e.g. not root: then
+ * /proc/self/pagemap hides pfns). */
+static uint64_t zero_pfn(void)
+{
+	static uint64_t pfn;
+	static bool tried;
+
+	if (!pfn && !tried) {
+		/* Read an untouched anonymous page: the kernel maps the shared
+		 * zero page - or, on some machines (this project's), a fresh
+		 * exclusive page, and then there is no zero page to find. */
+		tried = true;
+		volatile char *p = mmap(NULL, DD_PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		uint64_t e;
+		if (p == MAP_FAILED)
+			return 0;
+		(void)p[0];
+		if (pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)p / DD_PAGE * 8)) == 8 &&
+		    (e & PM_PRESENT) && !(e & PM_EXCLUSIVE))
+			pfn = e & PM_PFN_MASK;
+		munmap((void *)p, DD_PAGE);
+	}
+	return pfn;
+}
 
 static int walk_pagemap(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
 {
 	uint64_t ent[512];
-	static uint64_t zero_pfn;   /* pfn of the zero page, learned once */
+	uint64_t zpfn = zero_pfn();
 
-	if (!zero_pfn) {
-		static const char probe[DD_PAGE] __attribute__((aligned(4096)));
-		uint64_t e;
-		volatile char c = probe[0];
-		(void)c;
-		if (pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)probe / DD_PAGE * 8)) == 8 &&
-		    (e & PM_PRESENT))
-			zero_pfn = e & PM_PFN_MASK;
-	}
 	while (start < end) {
 		size_t n = (end - start) / DD_PAGE;
 		if (n > DD_ARRAY_SIZE(ent))
@@ -243,12 +263,12 @@ static int walk_pagemap(uintptr_t start, uintptr_t end, dd_present_fn fn, void *
 				continue;
 			}
 			unsigned f = (ent[i] & PM_FILE) ? DD_PG_FILE : 0;
-			if (zero_pfn && (ent[i] & PM_PFN_MASK) == zero_pfn)
+			if (zpfn && (ent[i] & PM_PFN_MASK) == zpfn)
 				f = DD_PG_ZERO;
 			size_t j = i + 1;
 			while (j < n && (ent[j] & PM_PRESENT) &&
 			       ((ent[j] & PM_FILE) ? DD_PG_FILE : 0) == (f & DD_PG_FILE) &&
-			       !(zero_pfn && (ent[j] & PM_PFN_MASK) == zero_pfn) == !(f & DD_PG_ZERO))
+			       !(zpfn && (ent[j] & PM_PFN_MASK) == zpfn) == !(f & DD_PG_ZERO))
 				j++;
 			fn(ctx, start + i * DD_PAGE, start + j * DD_PAGE, f);
 			i = j;
@@ -264,6 +284,61 @@ int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
 		return -EBADF;
 	return dd_feat.pagemap_scan ? walk_scan(start, end, fn, ctx)
 				    : walk_pagemap(start, end, fn, ctx);
+}
+
+/* Is the page at a all zeros? Read through process_vm_readv(): the
+ * application may unmap it under us. False if it cannot be read. */
+bool dd_page_is_zero(uintptr_t a)
+{
+	uint64_t buf[DD_PAGE / 8];
+	struct iovec l = { buf, DD_PAGE }, r = { (void *)a, DD_PAGE };
+
+	if (process_vm_readv(getpid(), &l, 1, &r, 1, 0) != (ssize_t)DD_PAGE)
+		return false;
+	for (size_t i = 0; i < DD_ARRAY_SIZE(buf); i++)
+		if (buf[i])
+			return false;
+	return true;
+}
+
+/*
+ * The state of the PTEs of n pages from start (DD_PTE_* bits per page), from
+ * /proc/self/pagemap: present, swapped (or a migration entry: not present
+ * but not gone), uffd-wp bit set, the zero page (known only when pfns are
+ * visible, i.e. as root). Returns 0 or -errno.
+ */
+int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
+{
+	uint64_t ent[512];
+	uint64_t zpfn;
+
+	if (pagemap_fd < 0)
+		return -EBADF;
+	zpfn = zero_pfn();
+	while (n) {
+		size_t k = n < DD_ARRAY_SIZE(ent) ? n : DD_ARRAY_SIZE(ent);
+		ssize_t r = pread(pagemap_fd, ent, k * 8, (off_t)(start / DD_PAGE * 8));
+		if (r < 0)
+			return -errno;
+		if ((size_t)r != k * 8)
+			return -EIO;
+		for (size_t i = 0; i < k; i++) {
+			uint8_t f = 0;
+			if (ent[i] & PM_PRESENT)
+				f |= DD_PTE_PRESENT;
+			if (ent[i] & PM_SWAP)
+				f |= DD_PTE_SWAP;
+			if (ent[i] & PM_UFFD_WP)
+				f |= DD_PTE_WP;
+			if ((ent[i] & PM_PRESENT) && zpfn && (ent[i] & PM_PFN_MASK) == zpfn)
+				f |= DD_PTE_ZERO;
+			out[i] = f;
+		}
+		out += k;
+		n -= k;
+		start += k * DD_PAGE;
+	}
+	return 0;
 }
 
 static long read_long_file(const char *path, long def)
