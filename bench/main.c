@@ -329,12 +329,17 @@ int main(int argc, char **argv)
 				snprintf(r->status, sizeof(r->status), "skipped");
 				snprintf(r->note, sizeof(r->note), "%s", ksm_why);
 			} else {
-				/* preload merges before "go": count from none's Pss */
-				for (size_t j = 0; m->preload && j + 1 < n; j++)
+				/* a preloaded program we exec (redis) merges
+				 * before "go": count from none's Pss and VMAs */
+				bool early = m->preload && w->external;
+				for (size_t j = 0; early && j + 1 < n; j++) {
 					if (rs[j].w == w && rs[j].m->merger == MERGER_NONE &&
-					    strcmp(rs[j].status, "ok") == 0)
+					    strcmp(rs[j].status, "ok") == 0) {
 						r->baseline_kib = rs[j].pss_before_kib;
-				if (m->preload && is_na(r->baseline_kib))
+						r->baseline_vmas = rs[j].vmas_before;
+					}
+				}
+				if (early && is_na(r->baseline_kib))
 					snprintf(r->note, sizeof(r->note),
 						 "no none row to count from: merging before go is missed");
 				run_one(r, series);
