@@ -133,11 +133,9 @@ static bool check_list(const char *list, bool modes_list)
 
 static bool mode_selected(const struct mode *m)
 {
-	bool forced = m->preload && getenv("DEDUP_BENCH_PRELOAD") &&
-		      strcmp(getenv("DEDUP_BENCH_PRELOAD"), "1") == 0;
 	if (opt.modes)
 		return in_list(opt.modes, m->name);
-	return m->ready || forced;
+	return m->ready;
 }
 
 static int mkdir_p(const char *dir)
