@@ -221,6 +221,10 @@ bool run_sample(struct run_ctx *c);
 void run_ksm_collect(struct run_ctx *c);
 /* Run one workload x mode and fill *r; series: the open series.csv. */
 void run_one(struct result *r, FILE *series);
+/* Preload: a note when more than 10% of the final saving was made before
+ * the clock started (while the data was written: the merger runs from the
+ * process's start), so the times are read for what they are. */
+void run_note_early(struct result *r, double early_kib, const char *when, double secs);
 /* libdedup modes, after sampling: pages scanned and scanned per CPU second
  * from libdedup's own final counters, paired with a CPU read at the same
  * moment; the counters into r->extra (preload). */

@@ -341,12 +341,10 @@ void redis_run(struct result *r, FILE *series)
 	if (c.pl)
 		run_ld_final(&c);
 	const char *early = result_extra_get(r, "saved_before_go_kib");
-	if (early && !is_na(r->saved_kib) && strtod(early, NULL) > 0.1 * r->saved_kib)
-		snprintf(r->note, sizeof(r->note),
-			 "merged while redis loaded: %.1f of %.1f MiB saved before go (load %s s + "
-			 "0.5 s): t50/t90/t99 count from go, merge cpu includes the load",
-			 strtod(early, NULL) / 1024, r->saved_kib / 1024,
-			 result_extra_get(r, "load_s") ? result_extra_get(r, "load_s") : "?");
+	const char *load = result_extra_get(r, "load_s");
+	if (early)
+		run_note_early(r, strtod(early, NULL), "redis loaded its data, before go",
+			       load ? strtod(load, NULL) + 0.5 : NA);
 	run_ksm_collect(&c);
 	if (m->merger == MERGER_KSM && !is_na(r->pages_scanned) && c.cpu_end_s > 0)
 		r->scanned_per_cpu = r->pages_scanned / c.cpu_end_s;

@@ -434,6 +434,16 @@ void run_ksm_collect(struct run_ctx *c)
 	net_saving(r);
 }
 
+void run_note_early(struct result *r, double early_kib, const char *when, double secs)
+{
+	if (is_na(r->saved_kib) || r->saved_kib <= 0 || early_kib <= 0.1 * r->saved_kib)
+		return;
+	snprintf(r->note, sizeof(r->note),
+		 "merging overlapped the data being written: %.1f MiB saved while %s (%.2f s), "
+		 "%.1f MiB at the end; t50/t90/t99 count from after that", early_kib / 1024, when,
+		 is_na(secs) ? -1.0 : secs, r->saved_kib / 1024);
+}
+
 void run_ld_final(struct run_ctx *c)
 {
 	struct result *r = c->r;
@@ -609,7 +619,7 @@ void run_one(struct result *r, FILE *series)
 			snprintf(r->note, sizeof(r->note), "child did not start the merger");
 		goto out;
 	}
-	double enable_ns;
+	double enable_ns = NA;
 	if (kv_num(line, "enable_ns", &enable_ns))
 		result_extra(r, m->preload ? "data_copy_ms" : "enable_ms", "%.2f", enable_ns / 1e6);
 	if (m->preload) {
@@ -626,8 +636,13 @@ void run_one(struct result *r, FILE *series)
 		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
 		goto out;
 	}
-	if (c.pl)
+	if (c.pl) {
+		const char *early = result_extra_get(r, "saved_at_start_kib");
+		if (early)
+			run_note_early(r, strtod(early, NULL), "the child copied its data in",
+				       is_na(enable_ns) ? NA : enable_ns / 1e9);
 		run_ld_final(&c);
+	}
 	run_ksm_collect(&c);
 
 	send_cmd(ctl[1], "measure\n");
