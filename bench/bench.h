@@ -11,6 +11,8 @@
  *             in its own process, turns the merger on, runs the churn
  *             writers, times first writes to merged pages, reports.
  *   redis.c   the redis workload: redis-server as the measured process.
+ *   preload.c the preload mode: LD_PRELOAD environment of the measured
+ *             process, and libdedup's counters from its published stats file.
  *   ksm.c     /sys/kernel/mm/ksm: save, set, restore (also from signals).
  *   proc.c    /proc readers: Pss, VMAs, CPU time of threads.
  *   report.c  the table on stdout, results.csv/json, series.csv, targets.
@@ -39,10 +41,10 @@
 enum merger { MERGER_NONE, MERGER_KSM, MERGER_LIBDEDUP };
 
 /*
- * A mode: which merger runs, and how the measured process opts in.
- * Adding the preload mode is one row (it exists below, with ready = false):
- * its child gets LD_PRELOAD=<libdedup.so> plus the DEDUP_* environment and
- * does nothing else, so it also applies to programs we exec (redis).
+ * A mode: which merger runs, and how the measured process opts in. The
+ * preload mode's process gets LD_PRELOAD=<libdedup.so> plus the DEDUP_*
+ * environment (preload.c) and registers nothing itself, so it also applies
+ * to programs we exec (redis).
  */
 struct mode {
 	const char *name;
@@ -129,7 +131,8 @@ struct result {
 	uint64_t pages;         /* pages in the workload's buffer (or dataset) */
 	double pss_before_kib, pss_after_kib, saved_kib, saved_pages;
 	double net_saved_kib;   /* saved minus merger metadata outside Pss (KSM) */
-	double baseline_kib;    /* preload: Pss "before" taken from mode none */
+	double baseline_kib;    /* preload x redis: Pss "before" from mode none */
+	double baseline_vmas;   /* preload x redis: VMAs "before" from mode none */
 	double t50_s, t90_s, t99_s;
 	double merger_cpu_s;    /* merger CPU from go to the end of the run */
 	double merge_cpu_s;     /* merger CPU until the saving reached 99% */
@@ -184,6 +187,8 @@ int lb_read(struct linebuf *lb, char *line, size_t len, int timeout_ms);
 /* value of "key=" in a line of k=v words */
 bool kv_num(const char *line, const char *key, double *out);
 
+struct preload;   /* preload.c */
+
 /* The parent's view of one run, shared by run.c and redis.c. */
 struct run_ctx {
 	struct result *r;
@@ -196,8 +201,11 @@ struct run_ctx {
 	uint64_t cpu0;            /* tracker at "go" */
 	double t_go;
 	long long ksm_scanned0, ksm_full0, ksm_skipped0;
-	/* latest "stat" line of a libdedup API child */
+	/* libdedup's counters: the latest "stat" line of an API child, or the
+	 * published stats file of a preloaded process (pl) */
 	double ld_passes, ld_scanned, ld_cpu_ns;
+	double ld_passes0;        /* full passes before "go" (preload) */
+	struct preload *pl;       /* preload mode: its stats file, else NULL */
 	double cpu_end_s;         /* merger CPU at the end of sampling */
 	bool child_died;
 };
@@ -213,6 +221,14 @@ bool run_sample(struct run_ctx *c);
 void run_ksm_collect(struct run_ctx *c);
 /* Run one workload x mode and fill *r; series: the open series.csv. */
 void run_one(struct result *r, FILE *series);
+/* Preload: a note when more than 10% of the final saving was made before
+ * the clock started (while the data was written: the merger runs from the
+ * process's start), so the times are read for what they are. */
+void run_note_early(struct result *r, double early_kib, const char *when, double secs);
+/* libdedup modes, after sampling: pages scanned and scanned per CPU second
+ * from libdedup's own final counters, paired with a CPU read at the same
+ * moment; the counters into r->extra (preload). */
+void run_ld_final(struct run_ctx *c);
 
 /* ---- child.c ------------------------------------------------------------- */
 int child_main(int argc, char **argv);
@@ -220,6 +236,23 @@ int child_main(int argc, char **argv);
 /* ---- redis.c ------------------------------------------------------------- */
 void redis_run(struct result *r, FILE *series);
 bool redis_available(const char **why);
+
+/* ---- preload.c ----------------------------------------------------------- */
+/* A private DEDUP_STAT_DIR for one run; NULL on failure. */
+struct preload *preload_new(void);
+/* In the forked child, before exec: LD_PRELOAD, DEDUP_* (see preload.c). */
+void preload_setenv(const struct preload *s);
+/* Map the stats file of pid (it appears at dedup_init, in the preloaded
+ * library's constructor); false if it did not within timeout_ms. */
+bool preload_attach(struct preload *s, pid_t pid, int timeout_ms);
+/* Read the latest snapshot into c->ld_* (c may be NULL), waiting up to
+ * wait_ms for one newer than the last read. 1: a newer one, 0: none newer,
+ * -1: not attached. */
+int preload_poll(struct preload *s, struct run_ctx *c, int wait_ms);
+/* The last snapshot's counters and options into r->extra. */
+void preload_extras(const struct preload *s, struct result *r);
+/* Unmap, remove the directory (and a file a killed process left). */
+void preload_free(struct preload *s);
 
 /* ---- ksm.c --------------------------------------------------------------- */
 bool ksm_usable(const char **why);

@@ -13,11 +13,17 @@
 #  - results.csv has every figure column and a row for every workload x
 #    mode; every row is "ok", except redis rows, which may be "skipped"
 #    (redis-server missing), and redis x libdedup-api, which must be
-#    "skipped" (needs the preload mode);
+#    "skipped" (needs the preload mode); when redis x none ran, redis x
+#    libdedup-preload must be "ok";
 #  - in each ok row every figure is a number or "n/a", and "n/a" appears
-#    only where report.c documents it;
-#  - the harness really measured: runs x ksm-fast and runs x libdedup-api
-#    saved more than a quarter of the buffer.
+#    only where report.c documents it; libdedup rows always have pages
+#    scanned (the preload rows read them from the published stats file);
+#  - the harness really measured: runs x ksm-fast, runs x libdedup-api and
+#    runs x libdedup-preload saved more than a quarter of the buffer;
+#  - the preload rows ran with the API mode's options (the stats file's
+#    interval and CPU budget: 50 ms and 100% unless DEDUP_INTERVAL /
+#    DEDUP_CPU are set), and their child paused the engine for the idle
+#    COW timings (preload_pause "ok").
 # Exit 0 pass, 1 fail, 77 skip (not root, or no writable KSM).
 
 bench=${1:?usage: check_quick.sh DEDUP_BENCH}
@@ -111,6 +117,7 @@ NR == 1 {
 {
 	w = $col["workload"]; m = $col["mode"]; st = $col["status"]
 	seen[w "," m] = 1
+	status[w "," m] = st
 	if (w == "redis" && m == "libdedup-api") {
 		if (st != "skipped") fail("redis x libdedup-api should be skipped, is " st)
 		next
@@ -121,7 +128,7 @@ NR == 1 {
 	}
 	if (st != "ok")
 		next
-	merged = (w == "runs" && (m == "ksm-fast" || m == "libdedup-api"))
+	merged = (w == "runs" && (m == "ksm-fast" || m ~ /^libdedup-/))
 	for (i = 8; i < nc; i++) {
 		name = want[i]; v = $col[name]
 		if (isnum(v)) continue
@@ -135,7 +142,7 @@ NR == 1 {
 		else if (name == "merger_cpu_s")
 			ok = (m == "none")
 		else if (name == "pages_scanned" || name == "scanned_pages_per_cpu_s")
-			ok = (m == "none" || w != "unique")
+			ok = (m == "none" || (w != "unique" && m !~ /^libdedup-/))
 		else if (name == "app_rate" || name == "slowdown_pct")
 			ok = (w != "churn" && w != "redis")
 		if (!ok) fail(w " x " m ": " name " is n/a")
@@ -144,8 +151,10 @@ NR == 1 {
 		fail(w " x " m ": saved only " $col["saved_kib"] " KiB of " size_mib * 1024)
 }
 END {
+	if (status["redis,none"] == "ok" && status["redis,libdedup-preload"] != "ok")
+		fail("redis x libdedup-preload should be ok (redis x none ran), is " status["redis,libdedup-preload"])
 	nw = split("runs scattered unique zero churn redis", W, " ")
-	nm = split("none ksm-fast ksm-default libdedup-api", M, " ")
+	nm = split("none ksm-fast ksm-default libdedup-api libdedup-preload", M, " ")
 	for (i = 1; i <= nw; i++)
 		for (j = 1; j <= nm; j++)
 			if (!((W[i] "," M[j]) in seen))
@@ -154,13 +163,40 @@ END {
 }' "$out/results.csv" || exit 1
 
 for w in runs scattered unique zero churn redis; do
-	for m in none ksm-fast ksm-default libdedup-api; do
+	for m in none ksm-fast ksm-default libdedup-api libdedup-preload; do
 		if ! grep -q "\"workload\": \"$w\", \"mode\": \"$m\"" "$out/results.json"; then
 			echo "FAIL: results.json has no result for $w x $m"
 			exit 1
 		fi
 	done
 done
+
+# The preload rows: run with the API mode's options (bench.h), and (the
+# synthetic ones) with the engine paused for the idle timings.
+want_interval=${DEDUP_INTERVAL:-50}
+want_cpu=${DEDUP_CPU:-100}
+grep '"mode": "libdedup-preload", "status": "ok"' "$out/results.json" >"$out/preload.rows"
+if [ ! -s "$out/preload.rows" ]; then
+	echo "FAIL: no ok libdedup-preload row in results.json"
+	exit 1
+fi
+while IFS= read -r row; do
+	w=$(printf '%s\n' "$row" | sed 's/.*"workload": "\([a-z]*\)".*/\1/')
+	for kv in "\"ld_cfg_interval_ms\": $want_interval," "\"ld_cfg_cpu_percent\": $want_cpu,"; do
+		case $row in
+		*"$kv"*) ;;
+		*) echo "FAIL: $w x libdedup-preload: no $kv in its extra (stats file not read, or other options)"
+		   exit 1 ;;
+		esac
+	done
+	if [ "$w" != redis ]; then
+		case $row in
+		*'"preload_pause": "ok"'*) ;;
+		*) echo "FAIL: $w x libdedup-preload: the child did not pause the engine (preload_pause)"
+		   exit 1 ;;
+		esac
+	fi
+done <"$out/preload.rows"
 if ! grep -q '^targets' "$out/stdout.txt"; then
 	echo "FAIL: no targets in the table footer"
 	exit 1

@@ -10,18 +10,25 @@
  *   child                                   parent
  *   builds the buffer, "ready pages=N"  ->  reads Pss (before), starts ksmd
  *                                       <-  "go"
- *   opts in (madvise / dedup_register),
+ *   opts in (madvise / dedup_register;
+ *   preload: copies the buffer from
+ *   its staging place, see build()),
  *   starts churn writers, "started"     ->  samples Pss, merger CPU, VMAs
- *   every 100 ms "stat ..." (libdedup)  ->  ... until settled or capped
+ *   every 100 ms "stat ..." (API)       ->  ... until settled or capped
  *                                       <-  "measure"
- *   "final ..." (libdedup counters),
+ *   "final ..." (API counters),
  *   stops writers, times first writes
  *   to merged pages, "lat ..."          ->  stops ksmd (run=0)
  *                                       <-  "pause"
- *   dedup_shutdown() (libdedup), times
- *   first writes to other merged pages,
- *   "done k=v ..."                      ->  records the figures
+ *   dedup_shutdown() (libdedup modes),
+ *   times first writes to other merged
+ *   pages, "done k=v ..."               ->  records the figures
  *                                       <-  "quit"
+ *
+ * Preload mode: the child runs with LD_PRELOAD=libdedup.so and does not
+ * register anything; the parent reads libdedup's counters from the stats
+ * file the library publishes (preload.c), not from "stat" lines. The only
+ * call into the library is the shutdown at "pause" (preload_pause()).
  *
  * First-write latency: after the merge settled, the child finds its merged
  * pages (find_merged(): libdedup's file VMAs, KSM and zero pages from
@@ -38,6 +45,7 @@
  * against the clock (behind schedule they write without pausing). The rate
  * they achieve over the run, against mode none, is the slowdown.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -117,11 +125,22 @@ static uint64_t ns_now(void)
 
 /* ---- building the workload ---------------------------------------------- */
 
-static char *build(enum wl_kind kind, size_t bytes, uint64_t seed, size_t *len_out)
+/*
+ * The buffer, built before "go". staging (preload mode): in a shared
+ * anonymous mapping instead, which the preloaded library never registers
+ * (it takes private memory only): otherwise its engine would merge the
+ * buffer while it is built, before the parent's "before" figures, and the
+ * times would start from nothing. place() turns the staging copy into the
+ * workload's real buffer at "go". Zero: the staging pages hold zeros
+ * (written, so that they are resident like the real buffer's). The
+ * templates are shared memory too, for the same reason.
+ */
+static char *build(enum wl_kind kind, size_t bytes, uint64_t seed, bool staging, size_t *len_out)
 {
 	size_t npages = bytes / B_PAGE;
+	int type = staging ? MAP_SHARED : MAP_PRIVATE;
 
-	if (kind == WL_ZERO) {
+	if (kind == WL_ZERO && !staging) {
 		/* calloc'd and touched by a read, never written. There is no
 		 * shared zero page on this machine, so the read allocates a
 		 * zeroed page (seen: Pss grows by the size). */
@@ -136,12 +155,21 @@ static char *build(enum wl_kind kind, size_t bytes, uint64_t seed, size_t *len_o
 		*len_out = npages * B_PAGE;
 		return (char *)a;
 	}
-	char *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, type | MAP_ANONYMOUS, -1, 0);
 	if (buf == MAP_FAILED)
 		return NULL;
-	char *tmpl = malloc(WL_K * B_PAGE);
-	if (!tmpl)
+	*len_out = npages * B_PAGE;
+	if (kind == WL_ZERO) {
+		for (size_t i = 0; i < npages; i++)
+			buf[i * B_PAGE] = 0;
+		return buf;
+	}
+	char *tmpl = mmap(NULL, WL_K * B_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+			  -1, 0);
+	if (tmpl == MAP_FAILED) {
+		munmap(buf, bytes);
 		return NULL;
+	}
 	for (size_t k = 0; k < WL_K; k++)
 		wl_fill_page(tmpl + k * B_PAGE, seed, k);
 	for (size_t i = 0; i < npages; i++) {
@@ -162,8 +190,47 @@ static char *build(enum wl_kind kind, size_t bytes, uint64_t seed, size_t *len_o
 			break;
 		}
 	}
-	free(tmpl);
-	*len_out = npages * B_PAGE;
+	munmap(tmpl, WL_K * B_PAGE);
+	return buf;
+}
+
+/*
+ * Preload mode, at "go": the real buffer from the staging copy, made the way
+ * build() makes it (calloc + a read of each page for zero, else a private
+ * mapping written with the content), while the staging pages are freed as
+ * they are copied, so the process's Pss stays that of one buffer. The
+ * preloaded engine sees the new memory as it would in any program: a large
+ * anonymous mmap wakes its reconcile thread; calloc's mmap is libc-internal
+ * and is found at the next periodic reconcile.
+ */
+static char *place(enum wl_kind kind, char *st, size_t len)
+{
+	const size_t chunk = 2UL << 20;
+	char *buf;
+
+	if (kind == WL_ZERO) {
+		char *c = calloc(1, len + B_PAGE);
+		if (!c)
+			return NULL;
+		buf = (char *)(((uintptr_t)c + B_PAGE - 1) & ~(B_PAGE - 1));
+	} else {
+		buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (buf == MAP_FAILED)
+			return NULL;
+	}
+	for (size_t off = 0; off < len; off += chunk) {
+		size_t n = len - off < chunk ? len - off : chunk;
+		if (kind == WL_ZERO) {
+			volatile char sink = 0;
+			for (size_t i = 0; i < n; i += B_PAGE)
+				sink += ((volatile char *)buf)[off + i];
+			(void)sink;
+		} else {
+			memcpy(buf + off, st + off, n);
+		}
+		madvise(st + off, n, MADV_REMOVE);
+	}
+	munmap(st, len);
 	return buf;
 }
 
@@ -490,6 +557,29 @@ static int libdedup_start(void *buf, size_t len)
 	return dedup_register(buf, len);
 }
 
+/*
+ * Preload mode, "pause": stop the preloaded library's engine the way the API
+ * mode does, with its own dedup_shutdown() (merged pages stay; its
+ * reconcile thread then finds the engine gone and goes passive). The one
+ * call into the library this child makes; the bench binary's own static
+ * copy of libdedup is a different one, hence the handle on the preloaded
+ * file. Failure is reported (preload_pause=...) and the idle timings are
+ * then taken with the engine running.
+ */
+static void preload_pause(char *out, size_t len)
+{
+	void *h = dlopen(DEDUP_BENCH_PRELOAD_LIB, RTLD_NOW | RTLD_NOLOAD);
+	int (*shutdown_fn)(void) = h ? (int (*)(void))dlsym(h, "dedup_shutdown") : NULL;
+	int r = shutdown_fn ? shutdown_fn() : -ENOENT;
+
+	snprintf(out, len, "preload_pause=%s", r == 0 ? "ok" : strerror(-r));
+	for (char *p = out; *p; p++)
+		if (*p == ' ')
+			*p = '_';
+	if (h)
+		dlclose(h);
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 int child_main(int argc, char **argv)
@@ -512,7 +602,7 @@ int child_main(int argc, char **argv)
 		rep("error bad arguments");
 		return 2;
 	}
-	char *buf = build(w->kind, bytes, seed, &len);
+	char *buf = build(w->kind, bytes, seed, m->preload, &len);
 	if (!buf) {
 		rep("error cannot allocate %zu bytes", bytes);
 		return 1;
@@ -536,8 +626,15 @@ int child_main(int argc, char **argv)
 			    strerror(-r));
 			return 1;
 		}
+	} else if (m->preload) {
+		/* nothing to opt in: the data appears, the library finds it */
+		buf = place(w->kind, buf, len);
+		if (!buf) {
+			rep("error cannot allocate %zu bytes", len);
+			return 1;
+		}
 	}
-	uint64_t enable_ns = ns_now() - e0;
+	uint64_t enable_ns = ns_now() - e0;   /* preload: the copy */
 
 	atomic_bool stop = false;
 	struct churn ch[2];
@@ -595,11 +692,12 @@ int child_main(int argc, char **argv)
 	cmd = ctl_wait(60000);
 	if (!cmd || strcmp(cmd, "pause") != 0)
 		return 1;
+	line[0] = 0;
 	if (libdedup) {
 		stats_line(line, sizeof(line));   /* before shutdown */
 		dedup_shutdown();
-	} else {
-		line[0] = 0;
+	} else if (m->preload) {
+		preload_pause(line, sizeof(line));
 	}
 	struct timespec settle = { 0, 100000000 };
 	nanosleep(&settle, NULL);

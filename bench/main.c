@@ -133,11 +133,9 @@ static bool check_list(const char *list, bool modes_list)
 
 static bool mode_selected(const struct mode *m)
 {
-	bool forced = m->preload && getenv("DEDUP_BENCH_PRELOAD") &&
-		      strcmp(getenv("DEDUP_BENCH_PRELOAD"), "1") == 0;
 	if (opt.modes)
 		return in_list(opt.modes, m->name);
-	return m->ready || forced;
+	return m->ready;
 }
 
 static int mkdir_p(const char *dir)
@@ -329,12 +327,17 @@ int main(int argc, char **argv)
 				snprintf(r->status, sizeof(r->status), "skipped");
 				snprintf(r->note, sizeof(r->note), "%s", ksm_why);
 			} else {
-				/* preload merges before "go": count from none's Pss */
-				for (size_t j = 0; m->preload && j + 1 < n; j++)
+				/* a preloaded program we exec (redis) merges
+				 * before "go": count from none's Pss and VMAs */
+				bool early = m->preload && w->external;
+				for (size_t j = 0; early && j + 1 < n; j++) {
 					if (rs[j].w == w && rs[j].m->merger == MERGER_NONE &&
-					    strcmp(rs[j].status, "ok") == 0)
+					    strcmp(rs[j].status, "ok") == 0) {
 						r->baseline_kib = rs[j].pss_before_kib;
-				if (m->preload && is_na(r->baseline_kib))
+						r->baseline_vmas = rs[j].vmas_before;
+					}
+				}
+				if (early && is_na(r->baseline_kib))
 					snprintf(r->note, sizeof(r->note),
 						 "no none row to count from: merging before go is missed");
 				run_one(r, series);

@@ -9,7 +9,14 @@
  *             ("mm/ksm: support fork/exec for prctl"), kept across exec;
  *             checked on every run: results.json has the server's own
  *             /proc/PID/ksm_stat ("ksm_merge_any": "yes", merging pages).
- *   preload   LD_PRELOAD=libdedup.so and DEDUP_* in the environment.
+ *   preload   LD_PRELOAD=libdedup.so and DEDUP_* in the environment
+ *             (preload.c); libdedup's counters (passes, pages scanned)
+ *             come from the stats file it publishes. It merges from the
+ *             server's start, so also while the dataset is loaded: Pss and
+ *             VMAs "before" are those of the none row (run.c, run_begin),
+ *             and the saving made before "go" is in results.json
+ *             (saved_before_go_kib). Times count from "go" (the dataset
+ *             loaded), as for KSM, whose ksmd starts then.
  *   api       cannot apply (redis does not call dedup_register): skipped.
  *
  * Dataset: --size MiB of identical 16368-byte values (a seeded printable
@@ -238,6 +245,12 @@ void redis_run(struct result *r, FILE *series)
 		snprintf(r->note, sizeof(r->note), "no free port or temporary directory");
 		return;
 	}
+	if (m->preload && !(c.pl = preload_new())) {
+		snprintf(r->status, sizeof(r->status), "failed");
+		snprintf(r->note, sizeof(r->note), "cannot make a DEDUP_STAT_DIR: %s", strerror(errno));
+		rmdir(dir);
+		return;
+	}
 	unsigned nkeys = (unsigned)((r->size_mib << 20) / 16384);
 	r->pages = (uint64_t)nkeys * 4;
 	snprintf(logpath, sizeof(logpath), "%s/redis-%s.log", opt.out, m->name);
@@ -250,6 +263,7 @@ void redis_run(struct result *r, FILE *series)
 		snprintf(r->status, sizeof(r->status), "failed");
 		snprintf(r->note, sizeof(r->note), "fork: %s", strerror(errno));
 		rmdir(dir);
+		preload_free(c.pl);
 		return;
 	}
 	if (pid == 0) {
@@ -263,14 +277,8 @@ void redis_run(struct result *r, FILE *series)
 			fprintf(stderr, "prctl(PR_SET_MEMORY_MERGE): %s\n", strerror(errno));
 			_exit(126);
 		}
-		if (m->preload) {
-			setenv("LD_PRELOAD", DEDUP_BENCH_PRELOAD_LIB, 1);
-			char v[16];
-			snprintf(v, sizeof(v), "%d", BENCH_DEDUP_INTERVAL_MS);
-			setenv("DEDUP_INTERVAL", v, 0);
-			snprintf(v, sizeof(v), "%d", BENCH_DEDUP_CPU);
-			setenv("DEDUP_CPU", v, 0);
-		}
+		if (c.pl)
+			preload_setenv(c.pl);
 		execlp("redis-server", "redis-server", "--port", ps, "--bind", "127.0.0.1", "--save",
 		       "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
 		       "--dir", dir, "--loglevel", "warning", (char *)NULL);
@@ -289,6 +297,13 @@ void redis_run(struct result *r, FILE *series)
 		snprintf(r->note, sizeof(r->note), "redis-server did not answer (see %.200s)", logpath);
 		goto out;
 	}
+	if (c.pl && !preload_attach(c.pl, pid, 5000)) {
+		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
+		snprintf(r->note, sizeof(r->note),
+			 "libdedup not running in preloaded redis-server (no stats file; see %.160s)",
+			 logpath);
+		goto out;
+	}
 
 	progress("  loading %u keys x %u bytes into redis on port %d", nkeys, VALUE_LEN, port);
 	struct load l = { .nkeys = nkeys, .value = malloc(VALUE_LEN) };
@@ -303,7 +318,9 @@ void redis_run(struct result *r, FILE *series)
 	}
 	char *cli[] = { (char *)"redis-cli", (char *)"-h", (char *)"127.0.0.1", (char *)"-p", ps,
 			(char *)"--pipe", NULL };
+	double t_load = now_s();
 	int st = run_capture(cli, NULL, 0, out, sizeof(out), feed_sets, &l);
+	result_extra(r, "load_s", "%.2f", now_s() - t_load);
 	free(l.value);
 	if (st != 0 || !strstr(out, "errors: 0")) {
 		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
@@ -321,8 +338,15 @@ void redis_run(struct result *r, FILE *series)
 		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
 		goto out;
 	}
+	if (c.pl)
+		run_ld_final(&c);
+	const char *early = result_extra_get(r, "saved_before_go_kib");
+	const char *load = result_extra_get(r, "load_s");
+	if (early)
+		run_note_early(r, strtod(early, NULL), "redis loaded its data, before go",
+			       load ? strtod(load, NULL) + 0.5 : NA);
 	run_ksm_collect(&c);
-	if (!is_na(r->pages_scanned) && c.cpu_end_s > 0)
+	if (m->merger == MERGER_KSM && !is_na(r->pages_scanned) && c.cpu_end_s > 0)
 		r->scanned_per_cpu = r->pages_scanned / c.cpu_end_s;
 	progress("  redis-benchmark: %u GETs x %u", opt.redis_requests, opt.redis_reps);
 	r->app_rate = bench_gets(port, nkeys);
@@ -346,4 +370,5 @@ out:
 	}
 	g_child = 0;
 	rmdir(dir);
+	preload_free(c.pl);
 }

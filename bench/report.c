@@ -23,8 +23,12 @@
  *                     and redis (the harness cannot write into the server)
  *   app_rate, slowdown_pct   workloads other than churn and redis;
  *                     slowdown also when mode none was not run
- *   pages_scanned, scanned_pages_per_cpu_s   a libdedup mode without the
- *                     child's counters (preload mode)
+ *   cow_idle_p50_us, cow_idle_p99_us   also the preload mode when its
+ *                     child could not pause the engine (note says why)
+ *
+ * libdedup's own counters come from the API child's "stat" lines, or for
+ * the preload mode from the stats file the library publishes (preload.c);
+ * both give the same keys in "extra".
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -73,6 +77,7 @@ void result_init(struct result *r, const struct workload *w, const struct mode *
 	snprintf(r->end_reason, sizeof(r->end_reason), "n/a");
 	r->app_unit = "n/a";
 	r->baseline_kib = NA;
+	r->baseline_vmas = NA;
 #define X(f, name, dec) r->f = NA;
 	FIGURES(X)
 #undef X

@@ -12,8 +12,9 @@
  *   VMAs      = lines of /proc/PID/maps          (once a second, and at end)
  *
  * The run ends when it has settled: at least opt.min_s after go, the merger
- * has finished 3 full passes (KSM full_scans, libdedup full_passes; unknown
- * for the preload mode, then not required), and the saving has not grown by
+ * has finished 3 full passes since go (KSM full_scans, libdedup full_passes:
+ * the API child's "stat" lines, or the preloaded process's published stats
+ * file, preload.c), and the saving has not grown by
  * more than max(256 KiB, 0.2% of the buffer) for opt.quiet_s. Or at the cap.
  * (unique: at least 10 s outside --quick, a steadier scan rate.)
  *
@@ -155,12 +156,19 @@ bool run_begin(struct run_ctx *c)
 		snprintf(r->note, sizeof(r->note), "cannot read /proc of the measured process");
 		return false;
 	}
-	/* The preload mode merges from the process's start, before "go": its
-	 * saving is counted from the Pss of the same workload under mode none
-	 * (same seed, same build), so it includes what was merged early. */
+	/* A preloaded redis-server merges while the dataset is loaded, before
+	 * "go": its saving (and VMAs added) are counted from the same workload
+	 * under mode none (same seed, same dataset), so they include what was
+	 * merged early. (The synthetic child builds its data where the engine
+	 * cannot see it until "go", child.c.) */
 	if (!is_na(r->baseline_kib)) {
 		result_extra(r, "pss_at_go_kib", "%.0f", c->pss0);
+		result_extra(r, "saved_before_go_kib", "%.0f", r->baseline_kib - c->pss0);
 		c->pss0 = r->baseline_kib;
+	}
+	if (!is_na(r->baseline_vmas)) {
+		result_extra(r, "vmas_at_go", "%ld", c->maps0);
+		c->maps0 = (long)r->baseline_vmas;
 	}
 	r->pss_before_kib = c->pss0;
 	r->vmas_before = (double)c->maps0;
@@ -177,8 +185,9 @@ bool run_begin(struct run_ctx *c)
 	} else {
 		tracker_init(&c->tr, 0, false);
 	}
-	/* libdedup: all the CPU of its threads (with preload they run before
-	 * "go"; with the API they do not exist yet) */
+	/* libdedup: all the CPU of its threads (with preload they run from the
+	 * process's start: finding memory is part of the cost; with the API
+	 * they do not exist yet) */
 	c->cpu0 = m->merger == MERGER_LIBDEDUP ? 0 : tracker_ns(&c->tr);
 	if (m->merger == MERGER_KSM) {
 		int err = ksm_start(m->ksm_pages_to_scan, m->ksm_sleep_ms);
@@ -256,6 +265,10 @@ bool run_sample(struct run_ctx *c)
 
 	if (eps < 256)
 		eps = 256;
+	if (c->pl) {
+		preload_poll(c->pl, c, 0);
+		c->ld_passes0 = c->ld_passes;
+	}
 	/* unique saves nothing and would settle at once: give the scan rate a
 	 * longer window (pages scanned per CPU second is its figure) */
 	double min_s = opt.min_s;
@@ -327,6 +340,8 @@ bool run_sample(struct run_ctx *c)
 			npass = (double)(ksm_read("full_scans") - c->ksm_full0);
 		else if (m->merger == MERGER_LIBDEDUP && m->api)
 			npass = c->ld_passes;
+		else if (m->merger == MERGER_LIBDEDUP && c->pl && preload_poll(c->pl, c, 0) >= 0)
+			npass = c->ld_passes - c->ld_passes0;
 		bool passes = npass < 0 || npass >= 3;
 		if (t - last_progress >= 1.0) {
 			last_progress = t;
@@ -419,6 +434,34 @@ void run_ksm_collect(struct run_ctx *c)
 	net_saving(r);
 }
 
+void run_note_early(struct result *r, double early_kib, const char *when, double secs)
+{
+	if (is_na(r->saved_kib) || r->saved_kib <= 0 || early_kib <= 0.1 * r->saved_kib)
+		return;
+	snprintf(r->note, sizeof(r->note),
+		 "merging overlapped the data being written: %.1f MiB saved while %s (%.2f s), "
+		 "%.1f MiB at the end; t50/t90/t99 count from after that", early_kib / 1024, when,
+		 is_na(secs) ? -1.0 : secs, r->saved_kib / 1024);
+}
+
+void run_ld_final(struct run_ctx *c)
+{
+	struct result *r = c->r;
+
+	/* preload: wait for a snapshot newer than the end of sampling (the
+	 * engine publishes at least every ~150 ms), then read the CPU at once */
+	if (c->pl) {
+		if (preload_poll(c->pl, c, 500) < 0)
+			return;
+		preload_extras(c->pl, r);
+	}
+	double cpu = (double)(tracker_ns(&c->tr) - c->cpu0) / 1e9;
+	r->pages_scanned = c->ld_scanned;
+	if (cpu > 0)
+		r->scanned_per_cpu = c->ld_scanned / cpu;
+	result_extra(r, "engine_cpu_s_own_count", "%.3f", c->ld_cpu_ns / 1e9);
+}
+
 /* A child that stopped answering: what each of its threads waits in, for
  * the note (e.g. "dedup-bench:handle_userfault"). */
 static void hang_note(struct run_ctx *c, const char *what)
@@ -503,9 +546,15 @@ void run_one(struct result *r, FILE *series)
 		return;
 	}
 	size_t bytes = r->size_mib << 20;
+	if (m->preload && !(c.pl = preload_new())) {
+		snprintf(r->status, sizeof(r->status), "failed");
+		snprintf(r->note, sizeof(r->note), "cannot make a DEDUP_STAT_DIR: %s", strerror(errno));
+		return;
+	}
 	if (pipe2(ctl, O_CLOEXEC) < 0 || pipe2(rp, O_CLOEXEC) < 0) {
 		snprintf(r->status, sizeof(r->status), "failed");
 		snprintf(r->note, sizeof(r->note), "pipe: %s", strerror(errno));
+		preload_free(c.pl);
 		return;
 	}
 	char a_bytes[32], a_seed[32], a_lat[16], a_rate[16], a_hot[16];
@@ -521,6 +570,7 @@ void run_one(struct result *r, FILE *series)
 	if (pid < 0) {
 		snprintf(r->status, sizeof(r->status), "failed");
 		snprintf(r->note, sizeof(r->note), "fork: %s", strerror(errno));
+		preload_free(c.pl);
 		return;
 	}
 	if (pid == 0) {
@@ -528,14 +578,8 @@ void run_one(struct result *r, FILE *series)
 		signal(SIGTERM, SIG_DFL);
 		if (dup2(ctl[0], 3) < 0 || dup2(rp[1], 4) < 0)
 			_exit(127);
-		if (m->preload) {
-			setenv("LD_PRELOAD", DEDUP_BENCH_PRELOAD_LIB, 1);
-			char v[16];
-			snprintf(v, sizeof(v), "%d", BENCH_DEDUP_INTERVAL_MS);
-			setenv("DEDUP_INTERVAL", v, 0);
-			snprintf(v, sizeof(v), "%d", BENCH_DEDUP_CPU);
-			setenv("DEDUP_CPU", v, 0);
-		}
+		if (c.pl)
+			preload_setenv(c.pl);
 		execv(opt.self, argv);
 		_exit(127);
 	}
@@ -556,6 +600,14 @@ void run_one(struct result *r, FILE *series)
 	double pages;
 	if (kv_num(line, "pages", &pages))
 		r->pages = (uint64_t)pages;
+	/* the library's constructor published the file before main() ran */
+	if (c.pl && !preload_attach(c.pl, pid, 5000)) {
+		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
+		snprintf(r->note, sizeof(r->note),
+			 "libdedup is not running in the preloaded child (no stats file; its "
+			 "stderr says why)");
+		goto out;
+	}
 	if (!run_begin(&c))
 		goto out;
 	c.t_go = now_s();
@@ -567,12 +619,29 @@ void run_one(struct result *r, FILE *series)
 			snprintf(r->note, sizeof(r->note), "child did not start the merger");
 		goto out;
 	}
-	double enable_ns;
+	double enable_ns = NA;
 	if (kv_num(line, "enable_ns", &enable_ns))
-		result_extra(r, "enable_ms", "%.2f", enable_ns / 1e6);
+		result_extra(r, m->preload ? "data_copy_ms" : "enable_ms", "%.2f", enable_ns / 1e6);
+	if (m->preload) {
+		/* go..started was the child writing its data where the engine
+		 * sees it (child.c): the clock starts when the data is in place,
+		 * as it does for the API at dedup_register. What merged during
+		 * the copy counts, at t = 0. */
+		c.t_go = now_s();
+		double pss = proc_pss_kib(pid);
+		if (!is_na(pss))
+			result_extra(r, "saved_at_start_kib", "%.0f", c.pss0 - pss);
+	}
 	if (!run_sample(&c)) {
 		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
 		goto out;
+	}
+	if (c.pl) {
+		const char *early = result_extra_get(r, "saved_at_start_kib");
+		if (early)
+			run_note_early(r, strtod(early, NULL), "the child copied its data in",
+				       is_na(enable_ns) ? NA : enable_ns / 1e9);
+		run_ld_final(&c);
 	}
 	run_ksm_collect(&c);
 
@@ -581,11 +650,7 @@ void run_one(struct result *r, FILE *series)
 	 * with the CPU read now */
 	if (m->merger == MERGER_LIBDEDUP && m->api && expect(&c, "final", line, sizeof(line), 30000)) {
 		handle_line(&c, line);
-		double cpu = (double)(tracker_ns(&c.tr) - c.cpu0) / 1e9;
-		r->pages_scanned = c.ld_scanned;
-		if (cpu > 0)
-			r->scanned_per_cpu = c.ld_scanned / cpu;
-		result_extra(r, "engine_cpu_s_own_count", "%.3f", c.ld_cpu_ns / 1e9);
+		run_ld_final(&c);
 	} else if (m->merger == MERGER_KSM && !is_na(r->pages_scanned) && c.cpu_end_s > 0) {
 		r->scanned_per_cpu = r->pages_scanned / c.cpu_end_s;
 	}
@@ -622,6 +687,13 @@ void run_one(struct result *r, FILE *series)
 			r->cow_idle_p99_us = v / 1000;
 	}
 	snprintf(r->status, sizeof(r->status), "ok");
+	const char *pause = result_extra_get(r, "preload_pause");
+	if (m->preload && (!pause || strcmp(pause, "ok") != 0)) {
+		/* the idle timings would be of a running engine: not idle */
+		r->cow_idle_p50_us = r->cow_idle_p99_us = NA;
+		snprintf(r->note, sizeof(r->note), "no idle COW timing: the preloaded "
+			 "dedup_shutdown() failed (%s)", pause ? pause : "not reported");
+	}
 	if (r->w->kind == WL_CHURN) {
 		double w = 0, secs = 0, stuck = 0, rel = 0;
 		if (kv_num(line, "churn_writes", &w) && kv_num(line, "churn_secs", &secs) && secs > 0) {
@@ -655,4 +727,5 @@ out:
 	close(rp[0]);
 	reap(pid, g_stop ? 0 : 10000);
 	g_child = 0;
+	preload_free(c.pl);
 }
