@@ -1,0 +1,3 @@
+# Unit tests (issue 2): index.c, store.c and options.c driven directly,
+# without the engine or a userfaultfd. Label: unit.
+dedup_test(test_unit_index TIMEOUT 30 LABELS unit)
