@@ -1,3 +1,4 @@
 # Unit tests (issue 2): index.c, store.c and options.c driven directly,
 # without the engine or a userfaultfd. Label: unit.
 dedup_test(test_unit_index TIMEOUT 30 LABELS unit)
+dedup_test(test_unit_store TIMEOUT 30 LABELS unit)
