@@ -2,3 +2,4 @@
 # without the engine or a userfaultfd. Label: unit.
 dedup_test(test_unit_index TIMEOUT 30 LABELS unit)
 dedup_test(test_unit_store TIMEOUT 30 LABELS unit)
+dedup_test(test_unit_options TIMEOUT 30 LABELS unit)
