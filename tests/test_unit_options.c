@@ -132,6 +132,11 @@ static const struct pcase parse_cases[] = {
 	{ "42 ", false, 0, 42 },
 	{ "\t42\n", false, 0, 42 },
 	{ "18446744073709551609", false, 0, 18446744073709551609ULL },
+	/* the overflow check must not reject the last few values below 2^64 */
+	{ "18446744073709551610", false, 0, 18446744073709551610ULL },
+	{ "18446744073709551615", false, 0, UINT64_MAX },
+	{ "18446744073709551615", true, 0, UINT64_MAX },
+	{ "018446744073709551615", false, 0, UINT64_MAX },
 	{ "18446744073709551616", false, -ERANGE, 0 },
 	{ "99999999999999999999", false, -ERANGE, 0 },
 	{ "184467440737095516150", false, -ERANGE, 0 },
