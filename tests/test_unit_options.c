@@ -168,6 +168,9 @@ static const struct pcase parse_cases[] = {
 	{ "4kB", true, 0, 4096 },
 	{ "4Ki", true, 0, 4096 },
 	{ " 64K ", true, 0, 65536 },
+	/* white space after a plain number, as for the non-size options */
+	{ "65536 ", true, 0, 65536 },
+	{ "\t65536\n", true, 0, 65536 },
 	{ "\t64K\n", true, 0, 65536 },
 	{ "17179869183G", true, 0, 17179869183ULL << 30 },
 	{ "17179869184G", true, -ERANGE, 0 },   /* 2^64 */
@@ -264,6 +267,8 @@ static const struct ecase good[] = {
 	{ "DEDUP_MIN_REGION", "4096", 4096 },
 	{ "DEDUP_MIN_REGION", "4K", 4096 },
 	{ "DEDUP_MIN_REGION", " 8K ", 8192 },
+	{ "DEDUP_MIN_REGION", "8192 ", 8192 },
+	{ "DEDUP_STORE_MAX", "1048576\n", 1 << 20 },
 	{ "DEDUP_MIN_REGION", "2MiB", 2 << 20 },
 	{ "DEDUP_LOG", "quiet", DEDUP_LOG_QUIET },
 	{ "DEDUP_LOG", "error", DEDUP_LOG_ERROR },

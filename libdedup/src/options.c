@@ -40,7 +40,7 @@ int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out)
 			return -ERANGE;
 		v = v * 10 + d;
 	}
-	if (*p && size_suffix) {
+	if (*p && size_suffix && !isspace((unsigned char)*p)) {
 		switch (toupper((unsigned char)*p)) {
 		case 'K': mul = 1ULL << 10; break;
 		case 'M': mul = 1ULL << 20; break;
