@@ -365,6 +365,25 @@ static void test_env_bad(void)
 		check_defaults();
 	}
 
+	/* the line says which words are accepted where a number is not all */
+	clear_env();
+	CHECK(setenv("DEDUP_LOG", "verbose", 1) == 0);
+	CHECK(load(NULL) == 0 && nlines() == 1);
+	CHECK(strstr(err, "expected quiet|error|warn|info|debug|stats or a number in [0, 5]"));
+	clear_env();
+	CHECK(setenv("DEDUP_ZERO_PAGES", "maybe", 1) == 0);
+	CHECK(load(NULL) == 0 && nlines() == 1);
+	CHECK(strstr(err, "expected on/off, yes/no, true/false or a number in [0, 1]"));
+	clear_env();
+	CHECK(setenv("DEDUP_MIN_REGION", "big", 1) == 0);
+	CHECK(load(NULL) == 0 && nlines() == 1);
+	CHECK(strstr(err, "expected a size (K/M/G suffix allowed) in [4096, "));
+	clear_env();
+	CHECK(setenv("DEDUP_CPU", "all", 1) == 0);
+	CHECK(load(NULL) == 0 && nlines() == 1);
+	CHECK(strstr(err, ": ignoring DEDUP_CPU=\"all\": expected a number in [1, 100]; "
+			  "using the default\n"));
+
 	/* two bad variables, one good: two lines, one each; the good one counts */
 	clear_env();
 	CHECK(setenv("DEDUP_CPU", "lots", 1) == 0);

@@ -90,9 +90,12 @@ static int parse_env(const char *env, bool sz, uint64_t lo, uint64_t hi, uint64_
 		}
 	}
 	if (dd_parse_u64(s, sz, &v) < 0 || v < lo || v > hi) {
+		const char *what = !strcmp(env, "DEDUP_LOG")
+			? "quiet|error|warn|info|debug|stats or a number"
+			: !strcmp(env, "DEDUP_ZERO_PAGES") ? "on/off, yes/no, true/false or a number"
+			: sz ? "a size (K/M/G suffix allowed)" : "a number";
 		dd_warn("ignoring %s=\"%s\": expected %s in [%llu, %llu]; using the default",
-			env, s, sz ? "a size (K/M/G suffix allowed)" : "a number",
-			(unsigned long long)lo, (unsigned long long)hi);
+			env, s, what, (unsigned long long)lo, (unsigned long long)hi);
 		return -1;
 	}
 	*out = v;
