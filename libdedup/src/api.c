@@ -152,6 +152,17 @@ out:
 
 DD_API int dedup_unregister(void *addr, size_t len)
 {
+	return dd_unregister(addr, len, true);
+}
+
+/*
+ * unmerge: hand merged runs back as anonymous memory (merge.c, "Unmerging"),
+ * as the API promises. The preload library passes false: it unregisters
+ * around munmap/mprotect/mremap and registers again, and handles merged
+ * pieces itself (it moves them with mremap, which keeps pinned pages).
+ */
+int dd_unregister(void *addr, size_t len, bool unmerge)
+{
 	uintptr_t a = (uintptr_t)addr;
 	struct dd_region *r;
 	int ret;
@@ -168,10 +179,11 @@ DD_API int dedup_unregister(void *addr, size_t len)
 		ret = -ENOENT;
 		goto out;
 	}
-	/* Unregister the anonymous parts only. Merged runs stay registered
-	 * MINOR so that a discard of a merged page still reads zeros; the cost
-	 * (README "Known bugs"): mremap of a range with merged pages inside
-	 * fails, as the kernel refuses to move several uffd-registered VMAs. */
+	if (unmerge)
+		dd_merge_unmerge(r);   /* a run it cannot unmerge stays merged */
+	/* Unregister the anonymous parts. Merged runs left (preload, or a run
+	 * that could not be unmerged) stay registered MINOR|MISSING, so that a
+	 * discard of a merged page still reads zeros. */
 	for (size_t i = 0; i < r->npages;) {
 		bool file = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
 		size_t k = i + 1;
@@ -224,11 +236,22 @@ DD_API int dedup_stats(struct dedup_stats *st)
 
 DD_API int dedup_shutdown(void)
 {
+	return dd_shutdown(true);
+}
+
+/* unmerge: hand merged runs back as anonymous memory first (merge.c,
+ * "Unmerging"); the preload library passes false at process exit, where
+ * the copy would only cost time. */
+int dd_shutdown(bool unmerge)
+{
 	pthread_mutex_lock(&eng.lock);
 	if (!eng.running) {
 		pthread_mutex_unlock(&eng.lock);
 		return -ENODEV;
 	}
+	if (unmerge)   /* with the reader still there to read events */
+		for (size_t i = 0; i < dd_region_count(); i++)
+			dd_merge_unmerge(dd_region_at(i));
 	eng.running = false;
 	pthread_mutex_unlock(&eng.lock);
 	dd_engine_stop();   /* joins: the engine thread needs eng.lock */

@@ -342,6 +342,13 @@ size_t dd_removing_unfenced(void)
 	return unfenced.n;
 }
 
+/* [a, b) is anonymous memory again (unmerged): forget it. */
+void dd_discard_unmerged(uintptr_t a, uintptr_t b)
+{
+	iv_remove(&merged, a, b);
+	iv_remove(&discard, a, b);
+}
+
 /* Is page a inside a range where we placed a merged run? */
 bool dd_discard_in_merged(uintptr_t a)
 {

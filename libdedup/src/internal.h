@@ -171,6 +171,7 @@ int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
 #define DD_PTE_SWAP 2u
 #define DD_PTE_WP 4u
 #define DD_PTE_ZERO 8u
+#define DD_PTE_FILE 16u   /* present, a file (memfd) page */
 int dd_pte_states(uintptr_t start, size_t n, uint8_t *out);
 bool dd_page_is_zero(uintptr_t a);
 void dd_os_probe(void);
@@ -180,6 +181,7 @@ void dd_os_close(void);
 long dd_count_maps(const char *needle, long *matching);
 /* 0 if [start,end) is covered by private, writable, anonymous mappings. */
 int dd_check_anon_private(uintptr_t start, uintptr_t end);
+int dd_vma_prot(uintptr_t a);
 
 ssize_t dd_read_full(int fd, void *buf, size_t len);
 ssize_t dd_write_full(int fd, const void *buf, size_t len);
@@ -247,6 +249,7 @@ int dd_discard_merged(uintptr_t a, uintptr_t b);
 void dd_discard_removed(uintptr_t a, uintptr_t b);
 bool dd_discard_marked(uintptr_t a);
 bool dd_discard_in_merged(uintptr_t a);
+void dd_discard_unmerged(uintptr_t a, uintptr_t b);
 bool dd_discard_pending(uintptr_t a, uintptr_t b);
 size_t dd_removing_fence(void);
 bool dd_removing_mergeable(uintptr_t a);
@@ -321,6 +324,9 @@ void dd_engine_account_cpu(uint64_t *last);
 /* ---- scan.c / merge.c --------------------------------------------------- */
 bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned);
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
+int dd_merge_unmerge(struct dd_region *r);   /* eng.lock held */
+int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
+int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);
 uint64_t dd_hash_page(const void *p);
 

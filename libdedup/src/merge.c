@@ -599,6 +599,207 @@ replace:
 	return merged;
 }
 
+/*
+ * DOC: Unmerging
+ *
+ * dedup_unregister() and dedup_shutdown() hand the range back as anonymous
+ * memory: merged runs are private memfd mappings, and left so an mremap()
+ * that grows one would map the memfd's next slots where zeros belong, and
+ * a discard after we stop listening would read the canonical page again.
+ * The result must also be what the application had: one anonymous VMA
+ * where it had one (an mremap() over several fails with EFAULT). Each run
+ * of merged pages (its VMAs are ours: canonical pages, and pages copied on
+ * write since) goes, under the gate:
+ *  1. registered WP as well and write-protected: from here a write, user or
+ *     kernel mode, waits for us, and so does a read of an empty page (its
+ *     minor fault waits for the reader, who waits for the gate);
+ *  2. copied into a buffer B, page by page from what A reads: a canonical
+ *     page from the store, a page copied on write from A itself (anonymous:
+ *     reading it never faults to us), zeros where A was discarded;
+ *  3. replaced by an empty anonymous VMA registered MISSING|WP like the
+ *     rest of the region, which takes MISSING for this (dd_merge_unmerge;
+ *     mapped at T, registered, moved over A: the REMAP
+ *     this raises is read by our reader, so the gate is released for the
+ *     mremap, with the run parked: its faults wait). It has no anon_vma of
+ *     its own, so it merges with its anonymous neighbours;
+ *  4. filled from B with UFFDIO_COPY, except pages the application
+ *     discarded while we were out of the gate (they stay empty: zeros),
+ *     and woken. dedup_unregister() then unregisters the whole region,
+ *     and what is left is one anonymous VMA.
+ * Limit: a page copied on write that a device is writing into at that
+ * moment (O_DIRECT in flight, an io_uring fixed buffer) is copied, not
+ * moved; the device's later writes go to the old page. UFFDIO_MOVE, our pin
+ * check, does not take pages out of a file VMA. Do not unregister memory
+ * with such I/O in flight.
+ */
+
+/* UFFDIO_COPY of [dst, dst + len) from src, retried while events are
+ * pending; pages a REMOVE read since @since names stay empty. */
+static int refill(uintptr_t dst, const char *src, size_t len, uint64_t since)
+{
+	for (size_t off = 0; off < len;) {
+		uintptr_t x = dst + off;
+		if (!follow_events(since, &x) || x != dst + off) {
+			off += DD_PAGE;   /* discarded (or moved: not ours to fill) */
+			continue;
+		}
+		struct uffdio_copy c = { .dst = dst + off, .src = (uintptr_t)src + off,
+					 .len = DD_PAGE, .mode = UFFDIO_COPY_MODE_DONTWAKE };
+		if (ioctl(eng.uffd, UFFDIO_COPY, &c) == 0 || errno == EEXIST) {
+			off += DD_PAGE;
+			continue;
+		}
+		if (errno != EAGAIN)
+			return -errno;
+		let_reader_run();   /* parked: faults on the run still wait */
+	}
+	return 0;
+}
+
+static int unmerge_run(struct dd_region *r, size_t i, size_t k)
+{
+	uintptr_t a = r->start + i * DD_PAGE;
+	size_t l = (k - i) * DD_PAGE;
+	int prot = dd_vma_prot(a), ret = 0;
+	uint8_t st[64];
+	bool replaced = false;
+	void *t = MAP_FAILED;
+
+	if (prot < 0 || !(prot & PROT_READ))
+		return prot < 0 ? prot : -EACCES;
+	char *buf = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED)
+		return -ENOMEM;
+	pthread_mutex_lock(&eng.gate);
+	ret = dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MINOR |
+				UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	if (ret < 0)
+		goto out;
+	DD_TRACE('U', a, l, 0);
+	for (size_t p = i; p < k; p += DD_ARRAY_SIZE(st)) {
+		size_t n = k - p < DD_ARRAY_SIZE(st) ? k - p : DD_ARRAY_SIZE(st);
+		uintptr_t c = r->start + p * DD_PAGE;
+		/* What each page is, read before 1.: protecting an empty PTE
+		 * of a file VMA leaves a marker that pagemap shows like a
+		 * swapped-out page, and reading it would fault to our own
+		 * reader, who waits for the gate we hold. Meanwhile nothing
+		 * empties a page (a discard waits for its REMOVE to be read)
+		 * and nothing fills an empty one (its fault waits too). */
+		if ((ret = dd_pte_states(c, n, st)) < 0)
+			goto out;
+		/* 1. */
+		for (int tries = 0;; tries++) {
+			ret = dd_uffd_wp(eng.uffd, c, n * DD_PAGE, true);
+			if (ret != -EAGAIN || tries > 1000)
+				break;
+			let_reader_run();   /* an event is pending */
+		}
+		if (ret < 0)
+			goto out;
+		/* 2. */
+		for (size_t q = 0; q < n; q++) {
+			uintptr_t pa = c + q * DD_PAGE;
+			char *dst = buf + (p + q - i) * DD_PAGE;
+			uint32_t slot = r->slot[p + q];
+			bool anon = (st[q] & DD_PTE_SWAP) ||
+				    ((st[q] & DD_PTE_PRESENT) && !(st[q] & DD_PTE_FILE));
+			if (anon) {
+				struct iovec lv = { dst, DD_PAGE }, rv = { (void *)pa, DD_PAGE };
+				if (process_vm_readv(getpid(), &lv, 1, &rv, 1, 0) != (ssize_t)DD_PAGE) {
+					ret = -EFAULT;
+					goto out;
+				}
+			} else if (DD_SLOT_REAL(slot) &&
+				   ((st[q] & DD_PTE_PRESENT) || !dd_discard_marked(pa))) {
+				memcpy(dst, dd_store_page(slot - 1), DD_PAGE);
+			}   /* else discarded: zeros */
+		}
+	}
+	/* 3. */
+	t = mmap(NULL, l, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t == MAP_FAILED ||
+	    dd_uffd_register(eng.uffd, (uintptr_t)t, l,
+			     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	const uint64_t since = atomic_load(&eng.ev_head);
+	atomic_store(&eng.parked_end, a + l);
+	atomic_store(&eng.parked, a);
+	atomic_store(&eng.placing_from, (uintptr_t)t);
+	pthread_mutex_unlock(&eng.gate);
+	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+	pthread_mutex_lock(&eng.gate);
+	atomic_store(&eng.placing_from, 0);
+	if (m == MAP_FAILED) {
+		ret = -errno;
+		atomic_store(&eng.parked, 0);
+		goto out;
+	}
+	t = MAP_FAILED;
+	replaced = true;
+	/* 4. */
+	ret = refill(a, buf, l, since);
+	atomic_store(&eng.parked, 0);
+	if (ret < 0)   /* cannot happen while the run stays ours and empty */
+		dd_err("could not refill %#lx+%zu while unmerging (errno %d): pages lost",
+		       (unsigned long)a, l, -ret);
+	dd_discard_unmerged(a, a + l);
+	for (size_t p = i; p < k; p++) {
+		if (DD_SLOT_REAL(r->slot[p]))
+			dd_store_put(r->slot[p]);
+		r->slot[p] = DD_SLOT_NONE;
+	}
+out:
+	if (!replaced)   /* left merged: lift the protection */
+		dd_uffd_wp(eng.uffd, a, l, false);
+	dd_uffd_wake(eng.uffd, a, l);
+	pthread_mutex_unlock(&eng.gate);
+	if (t != MAP_FAILED)
+		munmap(t, l);
+	munmap(buf, l);
+	return replaced ? 0 : ret;
+}
+
+/* Unmerge every merged run of r (see "Unmerging"). eng.lock held. Returns
+ * 0, or the first error (the runs it concerns stay merged and valid). */
+int dd_merge_unmerge(struct dd_region *r)
+{
+	int ret = 0;
+	bool any = false;
+
+	for (size_t i = 0; i < r->npages && !any; i++)
+		any = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
+	if (!any)
+		return 0;
+	/* The anonymous parts take MISSING too (their empty pages then fault
+	 * to the reader, who fills them with zeros as the kernel would): with
+	 * the same flags as the runs' replacements (step 3), the VMAs merge. */
+	ret = dd_uffd_register(eng.uffd, r->start, r->npages * DD_PAGE,
+			       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	if (ret < 0)
+		dd_debug("unmerge: could not register %#lx MISSING (errno %d): the "
+			 "region may stay several mappings", (unsigned long)r->start, -ret);
+	ret = 0;
+	for (size_t i = 0; i < r->npages;) {
+		bool file = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
+		size_t k = i + 1;
+		while (k < r->npages && (DD_SLOT_REAL(r->slot[k]) || r->slot[k] == DD_SLOT_COWED) == file)
+			k++;
+		if (file) {
+			int e = unmerge_run(r, i, k);
+			if (e < 0) {
+				dd_warn("could not unmerge %#lx+%zu (errno %d): left merged",
+					(unsigned long)(r->start + i * DD_PAGE), (k - i) * DD_PAGE, -e);
+				if (!ret)
+					ret = e;
+			}
+		}
+		i = k;
+	}
+	return ret;
+}
+
 /* Sort the batch by address in place. Not qsort(): glibc's may malloc, and
  * no thread of ours may call the application's allocator (internal.h).
  * Batches are small and arrive mostly sorted: an insertion sort. */

@@ -330,6 +330,8 @@ int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
 				f |= DD_PTE_SWAP;
 			if (ent[i] & PM_UFFD_WP)
 				f |= DD_PTE_WP;
+			if ((ent[i] & PM_PRESENT) && (ent[i] & PM_FILE))
+				f |= DD_PTE_FILE;
 			if ((ent[i] & PM_PRESENT) && zpfn && (ent[i] & PM_PFN_MASK) == zpfn)
 				f |= DD_PTE_ZERO;
 			out[i] = f;
@@ -431,6 +433,27 @@ static int maps_each(maps_fn fn, void *ctx)
 out:
 	close(fd);
 	return ret < 0 ? ret : 0;
+}
+
+struct prot_ctx { uintptr_t a; int prot; };
+
+static int prot_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
+{
+	struct prot_ctx *pc = c;
+	(void)rest;
+	if (pc->a < lo || pc->a >= hi)
+		return 0;
+	pc->prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+		   (perms[2] == 'x' ? PROT_EXEC : 0);
+	return 1;
+}
+
+/* The protection (PROT_*) of the mapping holding a, or -ENOENT. */
+int dd_vma_prot(uintptr_t a)
+{
+	struct prot_ctx pc = { a, -ENOENT };
+	int r = maps_each(prot_line, &pc);
+	return r < 0 ? r : pc.prot;
 }
 
 struct count_ctx { long n, match; const char *needle; };

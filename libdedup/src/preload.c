@@ -566,7 +566,7 @@ static int reg_one(uintptr_t lo, uintptr_t hi)
 	switch (r) {
 	case 0:
 		if (!rt_insert(&pl.mine, lo, hi)) {
-			dedup_unregister((void *)lo, hi - lo);
+			dd_unregister((void *)lo, hi - lo, false);
 			return -ENOMEM;
 		}
 		dd_debug("preload: registered %#lx-%#lx", (unsigned long)lo, (unsigned long)hi);
@@ -629,7 +629,7 @@ static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct range *u)
 	u->hi = hi;
 	while (i < pl.mine.n && pl.mine.r[i].lo < hi) {
 		struct range r = pl.mine.r[i];
-		int ret = dedup_unregister((void *)r.lo, r.hi - r.lo);
+		int ret = dd_unregister((void *)r.lo, r.hi - r.lo, false);
 		if (ret < 0 && ret != -ENOENT && ret != -ENODEV)
 			dd_warn("preload: dedup_unregister(%#lx, %zu): errno %d", (unsigned long)r.lo,
 				(size_t)(r.hi - r.lo), -ret);
@@ -857,7 +857,7 @@ static void reconcile(unsigned round)
 			i++;
 			continue;
 		}
-		dedup_unregister((void *)r.lo, r.hi - r.lo);   /* -ENOENT: moved by REMAP */
+		dd_unregister((void *)r.lo, r.hi - r.lo, false);   /* -ENOENT: moved by REMAP */
 		rt_remove_at(&pl.mine, i);
 		dd_debug("preload: forgot %#lx-%#lx (unmapped)", (unsigned long)r.lo,
 			 (unsigned long)r.hi);
@@ -899,7 +899,7 @@ static void reconcile(unsigned round)
 				i++;
 				continue;
 			}
-			dedup_unregister((void *)r.lo, r.hi - r.lo);
+			dd_unregister((void *)r.lo, r.hi - r.lo, false);
 			rt_remove_at(&pl.mine, i);
 			dd_debug("preload: forgot %#lx-%#lx (no longer registered)",
 				 (unsigned long)r.lo, (unsigned long)r.hi);
@@ -1280,7 +1280,7 @@ DD_API int mlockall(int flags)
 		atomic_store(&pl_state, PL_PASSIVE);
 		while (pl.mine.n) {
 			struct range r = pl.mine.r[pl.mine.n - 1];
-			dedup_unregister((void *)r.lo, r.hi - r.lo);
+			dd_unregister((void *)r.lo, r.hi - r.lo, false);
 			pl.mine.n--;
 		}
 		pthread_mutex_unlock(&pl.lock);
@@ -1663,6 +1663,6 @@ __attribute__((destructor)) static void preload_fini(void)
 		pthread_join(pl.thr, NULL);
 		pl.thr_started = false;
 	}
-	dedup_shutdown();   /* prints the DEDUP_LOG=stats table */
+	dd_shutdown(false);   /* prints the DEDUP_LOG=stats table; no unmerging at exit */
 	atomic_store(&pl_state, PL_PASSIVE);
 }
