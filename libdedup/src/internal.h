@@ -97,7 +97,11 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	X(test_unsafe_no_move, uint64_t, "DEDUP_TEST_UNSAFE_NO_PIN_CHECK", 0, 0, 1, 0, \
 	  "test hook: the naive protocol (no UFFDIO_MOVE pin check); loses data") \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
-	  "largest canonical page store (memfd), bytes")
+	  "largest canonical page store (memfd), bytes")                             \
+	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \
+	  "preload: milliseconds between reads of /proc/self/maps for new memory")   \
+	X(fork_restart, uint64_t, "DEDUP_FORK", 0, 0, 1, 0,                         \
+	  "preload: in a fork()ed child, off (no merging) or restart (own engine)")
 
 struct dd_options {
 #define X(name, type, env, def, lo, hi, sz, help) type name;

@@ -171,14 +171,11 @@ static struct {
 	int kick_fd;                 /* eventfd: "a large mapping appeared" */
 	_Atomic bool kicked;
 	_Atomic bool stop;
-	uint64_t reconcile_ms;
-	bool fork_restart;
 	bool was_on;                 /* this process image ran in preload mode */
 	bool jemalloc;
 } pl = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.kick_fd = -1,
-	.reconcile_ms = 1000,
 };
 
 static _Atomic int pl_state;
@@ -955,7 +952,7 @@ static void *reconcile_main(void *arg)
 		if (atomic_load(&pl_state) != PL_ON)
 			break;
 		struct pollfd p = { pl.kick_fd, POLLIN, 0 };
-		if (poll(&p, 1, (int)pl.reconcile_ms) > 0) {
+		if (poll(&p, 1, (int)dd_opt.reconcile_ms) > 0) {
 			uint64_t v;
 			(void)!read(pl.kick_fd, &v, sizeof(v));
 			atomic_store(&pl.kicked, false);
@@ -1600,7 +1597,7 @@ static void start(void)
 		return;
 	}
 	dd_info("preload: merging (reconcile every %llu ms, min region %llu bytes)",
-		(unsigned long long)pl.reconcile_ms, (unsigned long long)dd_opt.min_region);
+		(unsigned long long)dd_opt.reconcile_ms, (unsigned long long)dd_opt.min_region);
 }
 
 /*
@@ -1614,7 +1611,7 @@ DD_API pid_t fork(void)
 {
 	pid_t pid = __fork();   /* runs every atfork handler, ours included */
 
-	if (pid == 0 && pl.was_on && pl.fork_restart && state() == PL_PASSIVE) {
+	if (pid == 0 && pl.was_on && dd_opt.fork_restart && state() == PL_PASSIVE) {
 		pl.thr_started = false;
 		dd_engine_child_reset();
 		start();
@@ -1624,9 +1621,6 @@ DD_API pid_t fork(void)
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	uint64_t v;
-	const char *s;
-
 	resolve_alloc();
 	if (!preloaded())
 		return;
@@ -1634,17 +1628,8 @@ __attribute__((constructor)) static void preload_init(void)
 		dd_warn("preload: cannot map the preload tables; not merging");
 		return;
 	}
-	s = getenv("DEDUP_RECONCILE_MS");
-	if (s && (dd_parse_u64(s, false, &v) < 0 || v < 10 || v > 3600000))
-		dd_warn("ignoring DEDUP_RECONCILE_MS=\"%s\": expected a number in [10, 3600000]; "
-			"using the default", s);
-	else if (s)
-		pl.reconcile_ms = v;
-	s = getenv("DEDUP_FORK");
-	if (s && strcasecmp(s, "restart") == 0)
-		pl.fork_restart = true;
-	else if (s && strcasecmp(s, "off") != 0)
-		dd_warn("ignoring DEDUP_FORK=\"%s\": expected off or restart; using off", s);
+	/* DEDUP_RECONCILE_MS and DEDUP_FORK are in the option table: dedup_init()
+	 * (in start()) reads them with the others. */
 	detect_allocator();
 	/* Registered after dedup_init()'s own handlers, so that ours run first
 	 * before a fork (pl.lock before eng.lock) and last after it. */
