@@ -36,6 +36,12 @@
  * uffd-wp flag: a range that was unmapped internally and mapped again at the
  * same address looks unchanged in /proc/self/maps but is not registered.
  *
+ * Allocator hooks (jemalloc.c): a shared jemalloc's extent hooks report each
+ * new extent through dd_pl_track_new (a lock-free slot table: the hook runs
+ * under jemalloc's mutexes) and the dedup-preload thread registers it at
+ * once with register_parts, the reconcile's own rules; dd_pl_track_gone
+ * forgets an extent jemalloc unmapped. The reconcile still covers the rest.
+ *
  * Interposed calls, and why:
  *   munmap, mmap(MAP_FIXED), mremap, mprotect, pkey_mprotect, brk/sbrk that
  *     shrink: the engine must not be merging the range while it changes, and
