@@ -35,7 +35,7 @@ function(pl_test name)
 endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_exec pl_uffd_app
-          pl_jemalloc pl_plain)
+          pl_jemalloc pl_plain pl_fork_alloc_lock)
   pl_program(${p})
 endforeach()
 
@@ -47,10 +47,14 @@ pl_test(preload_fork PROGRAM pl_fork)
 pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart)
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
-# jemalloc as the program's allocator, purging at once (calloc must see zeros)
-pl_test(preload_jemalloc PROGRAM pl_jemalloc
-        ENV LD_PRELOAD=$<TARGET_FILE:dedup>:${JEMALLOC_LINK_LIBRARIES}
+# Open bug (README "Known bugs"): fork() deadlocks when a thread holding a
+# jemalloc mutex waits in a userfault only the uffd reader resolves, because
+# libdedup's fork handlers hold eng.gate while jemalloc's run. Hung in about
+# 1 run of 4-8 here (300 forks each). Disabled until the fork handlers are fixed.
+pl_test(preload_repro_fork_alloc_lock PROGRAM pl_fork_alloc_lock TIMEOUT 120
+        ENV LD_PRELOAD=$<TARGET_FILE:dedup>:${JEMALLOC_LINK_LIBRARIES} DEDUP_RECONCILE_MS=50
             MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0)
+set_tests_properties(preload_repro_fork_alloc_lock PROPERTIES DISABLED TRUE)
 
 # A program linking libdedup for its API, without LD_PRELOAD: no surprise.
 add_executable(pl_api ${PL_DIR}/pl_api.c)
@@ -63,6 +67,13 @@ set_tests_properties(preload_api_no_surprise PROPERTIES TIMEOUT 60 SKIP_RETURN_C
 
 # Scripts: userfaultfd unusable, exported symbols, the launcher, real programs.
 find_program(PL_BASH bash REQUIRED)
+# jemalloc as the program's allocator, purging at once (calloc must see zeros):
+# extent hooks on, off (DEDUP_JEMALLOC=0) and with retain:false, same results
+add_test(NAME preload_jemalloc
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_jemalloc.sh $<TARGET_FILE:pl_jemalloc> $<TARGET_FILE:dedup>
+                 ${JEMALLOC_LINK_LIBRARIES})
+set_tests_properties(preload_jemalloc PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
+                     LABELS preload)
 add_test(NAME preload_uffd_unavailable
          COMMAND ${PL_BASH} ${PL_DIR}/pl_oneline.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain>)
 add_test(NAME preload_symbols COMMAND ${PL_BASH} ${PL_DIR}/pl_symbols.sh $<TARGET_FILE:dedup>)

@@ -284,13 +284,7 @@ int main(int argc, char **argv)
 				bad_value("--fork", optarg, "expected off or restart");
 			setenv("DEDUP_FORK", optarg, 1);
 			break;
-		case O_RECONCILE: {
-			uint64_t v;
-			if (!parse_u64(optarg, false, &v) || v < 10 || v > 3600000)
-				bad_value("--reconcile", optarg, "expected a whole number in [10, 3600000]");
-			setenv("DEDUP_RECONCILE_MS", optarg, 1);
-			break;
-		}
+		case O_RECONCILE: set_num("--reconcile", "DEDUP_RECONCILE_MS", optarg); break;
 		case 'h':
 			help();
 			return 0;

@@ -21,6 +21,10 @@
  *   options.c  the option table (environment and struct dedup_config).
  *   stats.c    counters, snapshot and printers.
  *   api.c      the public dedup_* functions.
+ *   preload.c  LD_PRELOAD mode (shared library only): finds the program's
+ *              heap, interposes mmap & co., reconciles with /proc/self/maps.
+ *   jemalloc.c LD_PRELOAD mode: a shared jemalloc's extent hooks, wrapped
+ *              so that new extents are registered at once.
  *
  * Locks (always taken in this order):
  *   eng.lock   protects regions, indexes, store metadata and the batch.
@@ -38,6 +42,10 @@
  * malloc, no stdio, no lock that application code can hold. An application
  * thread may be blocked on a page we protected while holding its malloc
  * lock; if we then waited for that lock we would never wake it.
+ * One exception, made safe by holding nothing: the dedup-preload thread
+ * calls jemalloc's mallctl() (jemalloc.c) with no lock of ours held. It may
+ * wait there for a jemalloc lock, but the engine never waits for that
+ * thread, so every protected page is still released.
  */
 #ifndef DEDUP_INTERNAL_H
 #define DEDUP_INTERNAL_H
@@ -97,7 +105,13 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	X(test_unsafe_no_move, uint64_t, "DEDUP_TEST_UNSAFE_NO_PIN_CHECK", 0, 0, 1, 0, \
 	  "test hook: the naive protocol (no UFFDIO_MOVE pin check); loses data") \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
-	  "largest canonical page store (memfd), bytes")
+	  "largest canonical page store (memfd), bytes")                             \
+	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \
+	  "preload: milliseconds between reads of /proc/self/maps for new memory")   \
+	X(fork_restart, uint64_t, "DEDUP_FORK", 0, 0, 1, 0,                         \
+	  "preload: in a fork()ed child, off (no merging) or restart (own engine)")  \
+	X(jemalloc_hooks, uint64_t, "DEDUP_JEMALLOC", 1, 0, 1, 0,                   \
+	  "preload: register a shared jemalloc's extents through its extent hooks")
 
 struct dd_options {
 #define X(name, type, env, def, lo, hi, sz, help) type name;
@@ -331,6 +345,20 @@ void dd_merge_free_scratch(void);
 uint64_t dd_hash_page(const void *p);
 
 
+
+/* ---- preload.c / jemalloc.c (shared library only, preload mode) ---------- */
+/* An allocator hook saw [lo, lo+len) appear: register its anonymous rw-p
+ * parts now (the reconcile's rules: min_region, exclusions). Any thread. */
+void dd_pl_track_new(uintptr_t lo, size_t len);
+/* An allocator hook saw [lo, lo+len) go away: forget what we registered
+ * there (and register again what is still anonymous memory). Any thread. */
+void dd_pl_track_gone(uintptr_t lo, size_t len);
+/* preload start, before the dedup-preload thread: is jemalloc the
+ * allocator? (dlsym only, nothing of jemalloc called) */
+bool dd_jemalloc_detect(void);
+/* dedup-preload thread, no lock of ours held: wrap the extent hooks of
+ * every arena that has jemalloc's own hooks and is not wrapped yet. */
+void dd_jemalloc_sync(void);
 
 /* ---- publish.c: live stats for dedup-stat (issue 5) --------------------- */
 int dd_publish_open(void);      /* at dedup_init, eng.lock held */

@@ -20,8 +20,6 @@ struct dd_options dd_opt = {
 #undef X
 };
 
-static const char *const log_names[] = { "quiet", "error", "warn", "info", "debug", "stats" };
-
 /* Parse a decimal number with an optional K/M/G/T (x1024) suffix. */
 int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out)
 {
@@ -64,30 +62,61 @@ int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out)
 	return 0;
 }
 
+/*
+ * Options that take words. DEDUP_LOG takes its level names or a number;
+ * DEDUP_FORK only its mode names (a number would mean nothing to a user).
+ * Every other 0/1 option is a switch: on/off, yes/no, true/false or 1/0.
+ */
+static const char *const log_names[] = { "quiet", "error", "warn", "info", "debug", "stats" };
+static const char *const fork_names[] = { "off", "restart" };
+static const struct {
+	const char *env;
+	const char *const *names;
+	size_t n;
+	bool numbers;          /* numbers are accepted too */
+	const char *expect;    /* for the warning when words only */
+} word_opts[] = {
+	{ "DEDUP_LOG", log_names, DD_ARRAY_SIZE(log_names), true, NULL },
+	{ "DEDUP_FORK", fork_names, DD_ARRAY_SIZE(fork_names), false, "off or restart" },
+};
+
+static int parse_switch(const char *s)
+{
+	if (!strcasecmp(s, "on") || !strcasecmp(s, "yes") || !strcasecmp(s, "true"))
+		return 1;
+	if (!strcasecmp(s, "off") || !strcasecmp(s, "no") || !strcasecmp(s, "false"))
+		return 0;
+	return -1;
+}
+
 static int parse_env(const char *env, bool sz, uint64_t lo, uint64_t hi, uint64_t *out)
 {
 	const char *s = getenv(env);
+	bool words = false;
 	uint64_t v;
+	int b;
 
 	if (!s)
 		return 0;
-	if (strcmp(env, "DEDUP_LOG") == 0) {
-		for (size_t i = 0; i < DD_ARRAY_SIZE(log_names); i++) {
-			if (strcasecmp(s, log_names[i]) == 0) {
+	for (size_t k = 0; k < DD_ARRAY_SIZE(word_opts); k++) {
+		if (strcmp(env, word_opts[k].env))
+			continue;
+		for (size_t i = 0; i < word_opts[k].n; i++) {
+			if (strcasecmp(s, word_opts[k].names[i]) == 0) {
 				*out = i;
 				return 1;
 			}
 		}
+		if (!word_opts[k].numbers) {
+			dd_warn("ignoring %s=\"%s\": expected %s; using the default", env, s,
+				word_opts[k].expect);
+			return -1;
+		}
+		words = true;
 	}
-	if (strcmp(env, "DEDUP_ZERO_PAGES") == 0) {
-		if (!strcasecmp(s, "on") || !strcasecmp(s, "yes") || !strcasecmp(s, "true")) {
-			*out = 1;
-			return 1;
-		}
-		if (!strcasecmp(s, "off") || !strcasecmp(s, "no") || !strcasecmp(s, "false")) {
-			*out = 0;
-			return 1;
-		}
+	if (!words && lo == 0 && hi == 1 && !sz && (b = parse_switch(s)) >= 0) {
+		*out = (uint64_t)b;
+		return 1;
 	}
 	if (dd_parse_u64(s, sz, &v) < 0 || v < lo || v > hi) {
 		const char *what = !strcmp(env, "DEDUP_LOG")

@@ -36,6 +36,12 @@
  * uffd-wp flag: a range that was unmapped internally and mapped again at the
  * same address looks unchanged in /proc/self/maps but is not registered.
  *
+ * Allocator hooks (jemalloc.c): a shared jemalloc's extent hooks report each
+ * new extent through dd_pl_track_new (a lock-free slot table: the hook runs
+ * under jemalloc's mutexes) and the dedup-preload thread registers it at
+ * once with register_parts, the reconcile's own rules; dd_pl_track_gone
+ * forgets an extent jemalloc unmapped. The reconcile still covers the rest.
+ *
  * Interposed calls, and why:
  *   munmap, mmap(MAP_FIXED), mremap, mprotect, pkey_mprotect, brk/sbrk that
  *     shrink: the engine must not be merging the range while it changes, and
@@ -168,17 +174,14 @@ static struct {
 	struct vma *pieces;          /* interposers (pl.lock): VMAs of one range */
 	pthread_t thr;
 	bool thr_started;
-	int kick_fd;                 /* eventfd: "a large mapping appeared" */
-	_Atomic bool kicked;
+	int kick_fd;                 /* eventfd: wakes the dedup-preload thread */
+	_Atomic bool kicked;         /* kick_fd written, not read yet */
+	_Atomic bool round_wanted;   /* "a large mapping appeared": reconcile */
 	_Atomic bool stop;
-	uint64_t reconcile_ms;
-	bool fork_restart;
 	bool was_on;                 /* this process image ran in preload mode */
-	bool jemalloc;
 } pl = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.kick_fd = -1,
-	.reconcile_ms = 1000,
 };
 
 static _Atomic int pl_state;
@@ -929,10 +932,14 @@ out:
 	pthread_mutex_unlock(&pl.lock);
 }
 
+static void take_reported(void);
+
 static void *reconcile_main(void *arg)
 {
+	const uint64_t rate_ns = 200000000ULL;   /* full rounds at most every 200 ms */
 	unsigned round = 0;
 	uint64_t last = 0;
+	bool due = true;
 	int here;
 
 	/* Our own stack is ours (belt and braces: it has a guard page too). */
@@ -944,18 +951,27 @@ static void *reconcile_main(void *arg)
 			ours_add(v[0].lo, v[0].hi - v[0].lo);
 	}
 	while (!atomic_load(&pl.stop)) {
-		uint64_t now = dd_now_ns();
-		/* at most every 200 ms after a kick, else every reconcile_ms */
-		if (last && now - last < 200000000ULL) {
-			usleep((useconds_t)((200000000ULL - (now - last)) / 1000));
-			continue;
+		uint64_t now = dd_now_ns(), until;
+
+		/* what the allocator's hooks reported: at once */
+		take_reported();
+		/* a full round: every reconcile_ms, and soon after a kick */
+		if (atomic_exchange(&pl.round_wanted, false) ||
+		    (last && now - last >= dd_opt.reconcile_ms * 1000000ULL))
+			due = true;
+		if (due && (!last || now - last >= rate_ns)) {
+			/* jemalloc's new arenas first (mallctl: no lock of ours held) */
+			dd_jemalloc_sync();
+			last = dd_now_ns();
+			due = false;
+			reconcile(round++);
+			if (atomic_load(&pl_state) != PL_ON)
+				break;
+			now = dd_now_ns();
 		}
-		last = dd_now_ns();
-		reconcile(round++);
-		if (atomic_load(&pl_state) != PL_ON)
-			break;
+		until = last + (due ? rate_ns : dd_opt.reconcile_ms * 1000000ULL);
 		struct pollfd p = { pl.kick_fd, POLLIN, 0 };
-		if (poll(&p, 1, (int)pl.reconcile_ms) > 0) {
+		if (poll(&p, 1, until > now ? (int)((until - now + 999999) / 1000000) : 0) > 0) {
 			uint64_t v;
 			(void)!read(pl.kick_fd, &v, sizeof(v));
 			atomic_store(&pl.kicked, false);
@@ -964,16 +980,9 @@ static void *reconcile_main(void *arg)
 	return NULL;
 }
 
-static void kick(void)
-{
-	uint64_t one = 1;
-	if (pl.kick_fd >= 0 && !atomic_exchange(&pl.kicked, true))
-		(void)!write(pl.kick_fd, &one, sizeof(one));
-}
-
 /* ---- who is calling -------------------------------------------------------- */
 
-/* Calls made by libdedup itself (its code, or its threads) pass straight
+/* Calls made by libdedup itself (its code, or its engine threads) pass straight
  * through and only keep the "ours" table up to date. */
 static bool from_us(const void *ret)
 {
@@ -981,8 +990,9 @@ static bool from_us(const void *ret)
 	if (a >= text_lo && a < text_hi)
 		return true;
 	pthread_t self = pthread_self();
-	if (pl.thr_started && pthread_equal(self, pl.thr))
-		return true;
+	/* Not the dedup-preload thread: it calls jemalloc's mallctl(), and what
+	 * jemalloc maps or unmaps there (its thread cache, new arenas' memory)
+	 * is the application's. Its own calls come from our text. */
 	if (eng.running && (pthread_equal(self, eng.engine_thr) || pthread_equal(self, eng.reader_thr)))
 		return true;
 	return false;
@@ -1009,6 +1019,104 @@ static void op_end(struct op *o)
 	if (o->dropped && state() == PL_ON)
 		register_parts(o->u.lo, o->u.hi);
 	pthread_mutex_unlock(&pl.lock);
+}
+
+/* ---- ranges reported by allocator hooks (jemalloc.c) ------------------------ */
+
+/*
+ * An allocator's hook reports a new extent while the allocator holds its own
+ * locks (jemalloc 5.3 calls the extent alloc hook under its grow or base
+ * mutex), and jemalloc's fork handler takes those mutexes after pl_prepare
+ * took pl.lock: a hook that waited for pl.lock could deadlock with fork().
+ * So the hook only puts the range in a free slot here (lock-free, any thread)
+ * and wakes the dedup-preload thread, which registers it at once - no rate
+ * limit, no full reconcile. With every slot taken the report is dropped;
+ * the next reconcile finds the range anyway.
+ */
+#define REPORT_SLOTS 256
+enum { SLOT_FREE, SLOT_BUSY, SLOT_READY };
+static struct {
+	_Atomic int state;
+	uintptr_t lo, hi;
+} reported[REPORT_SLOTS];
+static _Atomic unsigned report_hint;
+
+static void wake(void)
+{
+	uint64_t one = 1;
+	if (pl.kick_fd >= 0 && !atomic_exchange(&pl.kicked, true))
+		(void)!write(pl.kick_fd, &one, sizeof(one));
+}
+
+/* An interposed call saw a large anonymous mapping appear: reconcile soon. */
+static void kick(void)
+{
+	atomic_store(&pl.round_wanted, true);
+	wake();
+}
+
+void dd_pl_track_new(uintptr_t lo, size_t len)
+{
+	uintptr_t a = pg_down(lo), e = pg_up(lo + len);
+	unsigned h;
+
+	if (state() != PL_ON || e - a < min_region())
+		return;
+	h = atomic_fetch_add_explicit(&report_hint, 1, memory_order_relaxed);
+	for (unsigned k = 0; k < REPORT_SLOTS; k++) {
+		unsigned i = (h + k) % REPORT_SLOTS;
+		int expect = SLOT_FREE;
+		if (atomic_compare_exchange_strong(&reported[i].state, &expect, SLOT_BUSY)) {
+			reported[i].lo = a;
+			reported[i].hi = e;
+			/* seq_cst, like wake()'s exchange: the thread clears
+			 * pl.kicked before it looks at the slots, so it either
+			 * sees this slot or gets a new wake-up. */
+			atomic_store(&reported[i].state, SLOT_READY);
+			break;
+		}
+	}
+	wake();
+}
+
+/* dedup-preload thread: register what the hooks reported. */
+static void take_reported(void)
+{
+	bool locked = false;
+
+	for (unsigned i = 0; i < REPORT_SLOTS; i++) {
+		if (atomic_load(&reported[i].state) != SLOT_READY)
+			continue;
+		struct range r = { reported[i].lo, reported[i].hi };
+		atomic_store(&reported[i].state, SLOT_FREE);
+		if (!locked) {
+			pthread_mutex_lock(&pl.lock);
+			locked = true;
+		}
+		if (state() != PL_ON)
+			continue;
+		dd_debug("preload: allocator hook reported %#lx-%#lx", (unsigned long)r.lo,
+			 (unsigned long)r.hi);
+		register_parts(r.lo, r.hi);
+	}
+	if (locked)
+		pthread_mutex_unlock(&pl.lock);
+}
+
+/*
+ * A hook saw [lo, lo+len) go away (jemalloc's dalloc and destroy hooks run
+ * with no jemalloc mutex held, so waiting for pl.lock is safe there): forget
+ * what we registered in it, and register again what is still anonymous
+ * memory - the same as around an interposed munmap.
+ */
+void dd_pl_track_gone(uintptr_t lo, size_t len)
+{
+	struct op o;
+
+	if (state() != PL_ON)
+		return;
+	op_begin(&o, lo, lo + len);
+	op_end(&o);
 }
 
 static bool anon_private(int flags, int fd)
@@ -1542,6 +1650,9 @@ static void pl_child(void)
 		close(pl.kick_fd);
 	pl.kick_fd = -1;
 	atomic_store(&pl.kicked, false);
+	atomic_store(&pl.round_wanted, false);
+	for (unsigned i = 0; i < REPORT_SLOTS; i++)   /* a reporter may have died mid-slot */
+		atomic_store(&reported[i].state, SLOT_FREE);
 	atomic_store(&pl_state, PL_PASSIVE);
 	/* The parent's userfaultfd: keeping it open here would keep its
 	 * context alive after the parent closes it (dedup_shutdown), and a
@@ -1568,15 +1679,6 @@ static int start_thread(void)
 	return 0;
 }
 
-static void detect_allocator(void)
-{
-	/* A shared jemalloc calls mmap/munmap/madvise through the PLT, so the
-	 * interposers above see its extents come and go (see docs/preload.md). */
-	pl.jemalloc = dlsym(RTLD_DEFAULT, "mallctl") || dlsym(RTLD_DEFAULT, "je_mallctl");
-	if (pl.jemalloc)
-		dd_info("preload: jemalloc detected; its extents are tracked through mmap/munmap/madvise");
-}
-
 /* Start (or, in a fork()ed child with DEDUP_FORK=restart, restart). */
 static void start(void)
 {
@@ -1589,6 +1691,9 @@ static void start(void)
 		atomic_store(&pl_state, PL_PASSIVE);
 		return;
 	}
+	/* Options (DEDUP_JEMALLOC, DEDUP_LOG) are loaded now. Only dlsym here;
+	 * the dedup-preload thread installs the hooks (jemalloc.c). */
+	dd_jemalloc_detect();
 	/* ON before the thread starts: it stops when it finds us not ON. */
 	pl.was_on = true;
 	atomic_store(&pl_state, PL_ON);
@@ -1600,7 +1705,7 @@ static void start(void)
 		return;
 	}
 	dd_info("preload: merging (reconcile every %llu ms, min region %llu bytes)",
-		(unsigned long long)pl.reconcile_ms, (unsigned long long)dd_opt.min_region);
+		(unsigned long long)dd_opt.reconcile_ms, (unsigned long long)dd_opt.min_region);
 }
 
 /*
@@ -1614,7 +1719,7 @@ DD_API pid_t fork(void)
 {
 	pid_t pid = __fork();   /* runs every atfork handler, ours included */
 
-	if (pid == 0 && pl.was_on && pl.fork_restart && state() == PL_PASSIVE) {
+	if (pid == 0 && pl.was_on && dd_opt.fork_restart && state() == PL_PASSIVE) {
 		pl.thr_started = false;
 		dd_engine_child_reset();
 		start();
@@ -1624,9 +1729,6 @@ DD_API pid_t fork(void)
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	uint64_t v;
-	const char *s;
-
 	resolve_alloc();
 	if (!preloaded())
 		return;
@@ -1634,18 +1736,6 @@ __attribute__((constructor)) static void preload_init(void)
 		dd_warn("preload: cannot map the preload tables; not merging");
 		return;
 	}
-	s = getenv("DEDUP_RECONCILE_MS");
-	if (s && (dd_parse_u64(s, false, &v) < 0 || v < 10 || v > 3600000))
-		dd_warn("ignoring DEDUP_RECONCILE_MS=\"%s\": expected a number in [10, 3600000]; "
-			"using the default", s);
-	else if (s)
-		pl.reconcile_ms = v;
-	s = getenv("DEDUP_FORK");
-	if (s && strcasecmp(s, "restart") == 0)
-		pl.fork_restart = true;
-	else if (s && strcasecmp(s, "off") != 0)
-		dd_warn("ignoring DEDUP_FORK=\"%s\": expected off or restart; using off", s);
-	detect_allocator();
 	/* Registered after dedup_init()'s own handlers, so that ours run first
 	 * before a fork (pl.lock before eng.lock) and last after it. */
 	start();
