@@ -47,14 +47,13 @@ pl_test(preload_fork PROGRAM pl_fork)
 pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart)
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
-# Open bug (README "Known bugs"): fork() deadlocks when a thread holding a
-# jemalloc mutex waits in a userfault only the uffd reader resolves, because
-# libdedup's fork handlers hold eng.gate while jemalloc's run. Hung in about
-# 1 run of 4-8 here (300 forks each). Disabled until the fork handlers are fixed.
+# fork() used to deadlock when a thread holding a jemalloc mutex waited in a
+# userfault only the uffd reader resolves, while libdedup's fork handlers held
+# eng.gate and jemalloc's waited for the mutex (hung in about 1 run of 4-8,
+# 300 forks each). Now the handlers hold no lock (engine.c, prefork()).
 pl_test(preload_repro_fork_alloc_lock PROGRAM pl_fork_alloc_lock TIMEOUT 120
         ENV LD_PRELOAD=$<TARGET_FILE:dedup>:${JEMALLOC_LINK_LIBRARIES} DEDUP_RECONCILE_MS=50
             MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0)
-set_tests_properties(preload_repro_fork_alloc_lock PROPERTIES DISABLED TRUE)
 
 # A program linking libdedup for its API, without LD_PRELOAD: no surprise.
 add_executable(pl_api ${PL_DIR}/pl_api.c)

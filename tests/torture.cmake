@@ -17,10 +17,9 @@ torture_exe(repro_unregister_mremap)
 
 set(DEDUP_TORTURE_SECONDS 30 CACHE STRING "seconds per torture run in CTest")
 math(EXPR _torture_timeout "${DEDUP_TORTURE_SECONDS} * 3 + 60")
-# Known bugs (README), left out of the CI runs until fixed: mremap of a
-# range with merged pages after dedup_unregister, and MADV_DONTNEED of a
+# Known bug (README), left out of the CI runs until fixed: MADV_DONTNEED of a
 # merged page in a fork()ed child (which has no engine).
-set(_torture_known --no mremap_grow,mremap_move,mremap_shrink --no-child-dontneed)
+set(_torture_known --no-child-dontneed)
 foreach(seed 1 2)
   add_test(NAME torture_seed${seed}
            COMMAND torture --seconds ${DEDUP_TORTURE_SECONDS} --seed ${seed} ${_torture_known})
@@ -37,13 +36,12 @@ set_tests_properties(torture_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_PIN_CHECK=1" LABELS "torture;race")
 
 # Bugs the torture found, reduced to small deterministic programs.
-# Open bugs (README "Known bugs"): after dedup_unregister merged runs stay
-# file mappings, so mremap grow maps other canonical pages and a move of
-# several registered VMAs fails half done. Disabled until unregister can turn
-# merged runs back into anonymous memory.
+# After dedup_unregister merged runs used to stay file mappings, so mremap
+# grow mapped other canonical pages and a move of several registered VMAs
+# failed half done (merge.c, "Unmerging").
 add_test(NAME torture_repro_mremap_grow COMMAND repro_mremap_grow)
 set_tests_properties(torture_repro_mremap_grow PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
-                     LABELS "torture" DISABLED TRUE)
+                     LABELS "torture")
 add_test(NAME torture_repro_unstable_stale COMMAND repro_unstable_stale)
 set_tests_properties(torture_repro_unstable_stale PROPERTIES TIMEOUT 60 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_SECONDS=10" LABELS "torture;race")
@@ -55,4 +53,4 @@ set_tests_properties(torture_repro_fork_store PROPERTIES TIMEOUT 30 SKIP_RETURN_
                      LABELS "torture;race")
 add_test(NAME torture_repro_unregister_mremap COMMAND repro_unregister_mremap)
 set_tests_properties(torture_repro_unregister_mremap PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
-                     LABELS "torture" DISABLED TRUE)
+                     LABELS "torture")

@@ -21,10 +21,11 @@
  * protected outside a window, an empty page in a MISSING range that is not
  * parked - is resolved here: un-protect, or map the zero page, and wake.
  *
- * fork(): pthread_atfork handlers take eng.lock and eng.gate before the
- * fork, so a child never inherits a window half done (a page moved out of
- * its place). The child has no engine threads; its copy of libdedup is
- * marked stopped.
+ * fork(): the pthread_atfork prepare handler waits for the window in
+ * progress and keeps new ones from starting (eng.forking), so a child never
+ * inherits a window half done (a page moved out of its place), without
+ * holding a lock while other handlers run (see prefork()). The child has no
+ * engine threads; its copy of libdedup is marked stopped.
  */
 #include <liburing.h>
 #include <poll.h>
@@ -427,22 +428,32 @@ static void *engine_main(void *arg)
 
 static bool atfork_done;
 
+/*
+ * Our prepare handler runs before the allocator's (it was registered after
+ * them), and holds no lock of ours while theirs run: an application thread
+ * that holds an allocator mutex may be waiting for our reader (a write to a
+ * protected page) or for eng.lock (an interposed munmap), and the
+ * allocator's handler waits for that mutex (preload_repro_fork_alloc_lock).
+ * Instead, eng.forking keeps merge windows and unmerging from starting
+ * until the fork is done; taking eng.lock once waits for the one in
+ * progress, so a child never inherits a window half done.
+ */
 static void prefork(void)
 {
 	pthread_mutex_lock(&eng.lock);
-	pthread_mutex_lock(&eng.gate);
+	atomic_store(&eng.forking, true);
 	/* The child inherits private mappings of every slot in use now and
 	 * faults them in from our memfd for as long as it lives: those slots
 	 * must never be punched or reused (tests/torture found a child reading
-	 * another page's content). */
+	 * another page's content). No window places a new one until then. */
 	if (eng.running)
 		dd_store_keep_all();
+	pthread_mutex_unlock(&eng.lock);
 }
 
 static void postfork_parent(void)
 {
-	pthread_mutex_unlock(&eng.gate);
-	pthread_mutex_unlock(&eng.lock);
+	atomic_store(&eng.forking, false);
 }
 
 static void close_fd(int *fd)
@@ -461,6 +472,7 @@ static void postfork_child(void)
 	 * discard there would wait forever for a reader. */
 	pthread_mutex_init(&eng.gate, NULL);
 	pthread_mutex_init(&eng.lock, NULL);
+	atomic_store(&eng.forking, false);
 	close_fd(&eng.uffd);
 	close_fd(&eng.ctl_fd);
 	close_fd(&eng.reader_fd);

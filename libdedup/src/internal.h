@@ -315,6 +315,8 @@ struct dd_engine {
 	/* T while merge.c moves a new run from T into place: the REMAP that
 	 * raises is ours, the reader does not record it */
 	_Atomic uintptr_t placing_from;
+	/* a fork() is under way: no merge window or unmerging starts (engine.c) */
+	_Atomic bool forking;
 	bool scratch_lost;
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */

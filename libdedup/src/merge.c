@@ -772,6 +772,8 @@ int dd_merge_unmerge(struct dd_region *r)
 		any = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
 	if (!any)
 		return 0;
+	if (atomic_load(&eng.forking))   /* engine.c, prefork(): stay merged */
+		return -EBUSY;
 	/* The anonymous parts take MISSING too (their empty pages then fault
 	 * to the reader, who fills them with zeros as the kernel would): with
 	 * the same flags as the runs' replacements (step 3), the VMAs merge. */
@@ -836,6 +838,16 @@ long dd_merge_batch(void)
 
 	if (!n)
 		return 0;
+	if (atomic_load(&eng.forking)) {   /* engine.c, prefork() */
+		DD_INC(skipped_raced, n);
+		eng.nbatch = 0;
+		for (size_t i = 0; i < n; i++) {
+			uint32_t t = it[i].target;
+			if (t != DD_SLOT_ZERO && dd_store_hash(t) && dd_store_refs(t) == 0)
+				dd_store_put(t);
+		}
+		return 0;
+	}
 	sort_batch(it, n);
 	for (size_t i = 0; i < n; i++)
 		it[i].state = IT_LIVE;

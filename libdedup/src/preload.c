@@ -1635,8 +1635,12 @@ static bool tables_init(void)
 	return true;
 }
 
-static void pl_prepare(void) { pthread_mutex_lock(&pl.lock); }
-static void pl_parent(void) { pthread_mutex_unlock(&pl.lock); }
+/* No lock held across fork(): like the engine's prepare handler (engine.c,
+ * prefork()), ours runs before the allocator's, and a thread holding an
+ * allocator mutex may be waiting for pl.lock in an interposed mmap/munmap.
+ * The child starts from clean tables (pl_child) whatever state it saw. */
+static void pl_prepare(void) { }
+static void pl_parent(void) { }
 
 static void pl_child(void)
 {
