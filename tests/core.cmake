@@ -20,6 +20,17 @@ set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE
                      ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")
 dedup_test(test_discard LABELS core)
 dedup_test(test_remove_race LABELS core race)
+# Each race test must fail on the naive implementation it guards against:
+add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
+set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_DISCARD_FENCE=1" LABELS "core;race")
+dedup_test(test_signal_thread LABELS core race)
+add_test(NAME test_signal_thread_catches_naive COMMAND test_signal_thread)
+set_tests_properties(test_signal_thread_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_SIGNALS=1" LABELS "core;race")
+add_test(NAME test_kernel_writer_catches_naive COMMAND test_kernel_writer)
+set_tests_properties(test_kernel_writer_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_USER_ONLY=1" LABELS "core;race")
 # Writers also discard pages (MADV_DONTNEED must read zeros).
 add_test(NAME test_hammer_dontneed COMMAND test_hammer)
 set_tests_properties(test_hammer_dontneed PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77

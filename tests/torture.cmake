@@ -51,6 +51,10 @@ set_tests_properties(torture_repro_mprotect_moveback PROPERTIES TIMEOUT 60 SKIP_
 add_test(NAME torture_repro_fork_store COMMAND repro_fork_store)
 set_tests_properties(torture_repro_fork_store PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
                      LABELS "torture;race")
+# ... and fails without the fork() fence (prefork's dd_store_keep_all).
+add_test(NAME torture_repro_fork_store_catches_naive COMMAND repro_fork_store)
+set_tests_properties(torture_repro_fork_store_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 30
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_FORK_FENCE=1" LABELS "torture;race")
 add_test(NAME torture_repro_unregister_mremap COMMAND repro_unregister_mremap)
 set_tests_properties(torture_repro_unregister_mremap PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
                      LABELS "torture")

@@ -30,6 +30,7 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -424,6 +425,30 @@ static void *engine_main(void *arg)
 	return NULL;
 }
 
+/* ---- our threads ------------------------------------------------------------ */
+
+/*
+ * Every thread of ours starts with all signals blocked. A signal sent to the
+ * process goes to any thread that does not block it; the application's
+ * handler would then run on our thread, and a handler that touches a page
+ * we protected would leave our reader waiting for itself (tests/
+ * test_signal_thread.c). The kernel's own synchronous signals (SIGSEGV,
+ * SIGBUS on a fault of ours) cannot be blocked and still arrive.
+ */
+int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int ret;
+
+	sigfillset(&all);
+	if (dd_opt.test_unsafe_signals)   /* test hook: the naive thread */
+		sigemptyset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return ret;
+}
+
 /* ---- fork ----------------------------------------------------------------- */
 
 static bool atfork_done;
@@ -440,6 +465,8 @@ static bool atfork_done;
  */
 static void prefork(void)
 {
+	if (dd_unlikely(dd_opt.test_unsafe_no_fork_fence))
+		return;   /* test hook: tests/torture.cmake shows repro_fork_store failing */
 	pthread_mutex_lock(&eng.lock);
 	atomic_store(&eng.forking, true);
 	/* The child inherits private mappings of every slot in use now and
@@ -520,10 +547,10 @@ int dd_engine_start(void)
 		return -errno;
 	atomic_store(&eng.stop, false);
 	ready = 0;
-	ret = pthread_create(&eng.reader_thr, NULL, reader_main, NULL);
+	ret = dd_thread_create(&eng.reader_thr, reader_main, NULL);
 	if (ret)
 		return -ret;
-	ret = pthread_create(&eng.engine_thr, NULL, engine_main, NULL);
+	ret = dd_thread_create(&eng.engine_thr, engine_main, NULL);
 	if (ret) {
 		uint64_t one = 1;
 		atomic_store(&eng.stop, true);

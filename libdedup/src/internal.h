@@ -104,6 +104,14 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	  "test hook: keep only this many hash bits (forces collisions)")            \
 	X(test_unsafe_no_move, uint64_t, "DEDUP_TEST_UNSAFE_NO_PIN_CHECK", 0, 0, 1, 0, \
 	  "test hook: the naive protocol (no UFFDIO_MOVE pin check); loses data") \
+	X(test_unsafe_user_only, uint64_t, "DEDUP_TEST_UNSAFE_USER_ONLY", 0, 0, 1, 0, \
+	  "test hook: merge with a user-mode-only uffd; read() into merging pages fails") \
+	X(test_unsafe_no_fork_fence, uint64_t, "DEDUP_TEST_UNSAFE_NO_FORK_FENCE", 0, 0, 1, 0, \
+	  "test hook: no fork() fence (slots a child maps may be reused)")           \
+	X(test_unsafe_no_discard_fence, uint64_t, "DEDUP_TEST_UNSAFE_NO_DISCARD_FENCE", 0, 0, 1, 0, \
+	  "test hook: merge pages whose discard is still to land")                   \
+	X(test_unsafe_signals, uint64_t, "DEDUP_TEST_UNSAFE_SIGNALS", 0, 0, 1, 0,   \
+	  "test hook: our threads take the application's signals")                \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
 	  "largest canonical page store (memfd), bytes")                             \
 	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \
@@ -336,6 +344,7 @@ void dd_engine_stop(void);
 void dd_engine_kick(void);
 void dd_engine_child_reset(void);
 void dd_engine_account_cpu(uint64_t *last);
+int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);   /* signals blocked */
 
 /* ---- scan.c / merge.c --------------------------------------------------- */
 bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned);

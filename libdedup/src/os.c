@@ -104,6 +104,16 @@ int dd_uffd_open(int *fd_out, const char **why)
 		*why = "forced by DEDUP_FORCE_USER_ONLY: only a user-mode-only userfaultfd";
 		return -EPERM;
 	}
+	if (dd_opt.test_unsafe_user_only) {
+		/* Test hook only: what a naive engine would do with a user-mode-
+		 * only uffd. tests/core.cmake shows test_kernel_writer failing. */
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+		if (fd < 0) {
+			*why = "DEDUP_TEST_UNSAFE_USER_ONLY: no userfaultfd";
+			return -EPERM;
+		}
+		goto api;
+	}
 	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 	if (dev >= 0) {
 		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
@@ -118,6 +128,7 @@ int dd_uffd_open(int *fd_out, const char **why)
 		       "CAP_SYS_PTRACE, or give read-write access to /dev/userfaultfd)";
 		return -(e == ENOSYS ? ENOSYS : EPERM);
 	}
+api:
 	if (ioctl(fd, UFFDIO_API, &api) < 0) {
 		int e = errno;
 		close(fd);
@@ -132,7 +143,7 @@ int dd_uffd_open(int *fd_out, const char **why)
 		return -ENOSYS;
 	}
 	dd_feat.uffd_features = api.features;
-	dd_feat.kernel_faults = true;
+	dd_feat.kernel_faults = !dd_opt.test_unsafe_user_only;
 	*fd_out = fd;
 	return 0;
 }

@@ -1675,7 +1675,7 @@ static int start_thread(void)
 	atomic_store(&pl.stop, false);
 	if (pl.kick_fd < 0)
 		pl.kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	r = pthread_create(&pl.thr, NULL, reconcile_main, NULL);
+	r = dd_thread_create(&pl.thr, reconcile_main, NULL);
 	if (r)
 		return -r;
 	pl.thr_started = true;
