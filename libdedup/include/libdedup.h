@@ -21,7 +21,7 @@
  *	...                                      // the engine merges in the background
  *	struct dedup_stats st = { .size = sizeof(st) };
  *	dedup_stats(&st);
- *	dedup_shutdown();                        // merged pages stay valid
+ *	dedup_shutdown();                        // memory is plain anonymous again
  */
 #ifndef LIBDEDUP_H
 #define LIBDEDUP_H
@@ -115,9 +115,15 @@ int dedup_init(const struct dedup_config *config);
  * Before unmapping or mremapping the range, call dedup_unregister(). */
 int dedup_register(void *addr, size_t len);
 
-/* Stop tracking exactly a range given to dedup_register(). Pages already
- * merged stay merged (readable, and writable by copy-on-write).
- * -ENOENT if no such range. */
+/* Stop tracking exactly a range given to dedup_register(). The range is
+ * handed back as plain anonymous memory holding the same bytes: merged
+ * pages are copied back (the saving goes), and the range is again one
+ * mapping where it was one, so mremap() and madvise() behave as without
+ * libdedup. Do not call it while a device writes into the range (O_DIRECT
+ * or io_uring fixed-buffer I/O in flight): a page copied on write since its
+ * merge is copied again, and the device would write into the old copy.
+ * -ENOENT if no such range; -EBUSY is never returned (if a run cannot be
+ * handed back it stays merged, valid, and a warning is logged). */
 int dedup_unregister(void *addr, size_t len);
 
 /* Run one full pass (scan and merge every region) in the caller's thread's
@@ -128,8 +134,9 @@ long dedup_scan_now(void);
 /* Copy a snapshot of the counters into *st (st->size must be set). */
 int dedup_stats(struct dedup_stats *st);
 
-/* Stop the engine threads and release what can be released. Merged pages
- * stay valid. dedup_init() may be called again afterwards. */
+/* Hand every registered range back as dedup_unregister() does, stop the
+ * engine threads and release what can be released. dedup_init() may be
+ * called again afterwards. */
 int dedup_shutdown(void);
 
 /* Runtime version, DEDUP_VERSION_NUMBER of the library actually loaded. */
