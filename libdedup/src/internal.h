@@ -353,6 +353,7 @@ int dd_merge_unmerge(struct dd_region *r);   /* eng.lock held */
 int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
 int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);
+bool dd_merge_budget_spent(void);
 uint64_t dd_hash_page(const void *p);
 
 

@@ -245,6 +245,12 @@ static bool budget_allows(long delta)
 	return eng.maps_at_pass + eng.vmas_this_pass + delta <= hard;
 }
 
+/* Is the budget spent, so that a merge needing a new mapping cannot go? */
+bool dd_merge_budget_spent(void)
+{
+	return !budget_allows(1);
+}
+
 /* Length of the run of items from i with state st and contiguous addresses. */
 static size_t run_len(struct dd_merge_item *it, size_t i, size_t n, uint32_t st)
 {

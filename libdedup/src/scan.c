@@ -100,6 +100,13 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 		batch_add(c, a, s);
 		return;
 	}
+	if (dd_merge_budget_spent()) {
+		/* A new canonical page would need new mappings that the VMA
+		 * budget no longer allows: do not write one only to drop it.
+		 * (Stable matches above still go: some extend a run.) */
+		DD_INC(skipped_budget, 1);
+		return;
+	}
 	uintptr_t b = dd_unstable_take(h, (const void *)a, &collided);
 	if (collided)
 		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
