@@ -131,6 +131,13 @@ enum { PF_MINOR, PF_WP, PF_MISSING };
 
 static int resolve(const struct pending *p)
 {
+	/* A parked range (a merge window, or a run being unmerged) is the
+	 * merger's: it lets us read events while it waits, but a fault there
+	 * is left to it (it wakes the whole range when it is done). Un-
+	 * protecting a page it captured would let a write land in a page
+	 * about to be replaced. */
+	if (parked(p->addr))
+		return 0;
 	switch (p->kind) {
 	case PF_MINOR:
 		return resolve_minor(p->addr);

@@ -616,9 +616,10 @@ replace:
  * where it had one (an mremap() over several fails with EFAULT). Each run
  * of merged pages (its VMAs are ours: canonical pages, and pages copied on
  * write since) goes, under the gate:
- *  1. registered WP as well and write-protected: from here a write, user or
- *     kernel mode, waits for us, and so does a read of an empty page (its
- *     minor fault waits for the reader, who waits for the gate);
+ *  1. parked, registered WP as well and write-protected: from here a
+ *     write, user or kernel mode, waits for us, and so does a read of an
+ *     empty page (the reader leaves a parked range's faults to us, also
+ *     when we let it run to read events);
  *  2. copied into a buffer B, page by page from what A reads: a canonical
  *     page from the store, a page copied on write from A itself (anonymous:
  *     reading it never faults to us), zeros where A was discarded;
@@ -677,6 +678,11 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 	if (buf == MAP_FAILED)
 		return -ENOMEM;
 	pthread_mutex_lock(&eng.gate);
+	/* Parked from here to the end: when we let the reader run (EAGAIN
+	 * retries), it leaves the run's faults to us, and never un-protects a
+	 * page we have copied. */
+	atomic_store(&eng.parked_end, a + l);
+	atomic_store(&eng.parked, a);
 	ret = dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MINOR |
 				UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
 	if (ret < 0)
@@ -730,8 +736,6 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 		goto out;
 	}
 	const uint64_t since = atomic_load(&eng.ev_head);
-	atomic_store(&eng.parked_end, a + l);
-	atomic_store(&eng.parked, a);
 	atomic_store(&eng.placing_from, (uintptr_t)t);
 	pthread_mutex_unlock(&eng.gate);
 	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
@@ -739,14 +743,12 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 	atomic_store(&eng.placing_from, 0);
 	if (m == MAP_FAILED) {
 		ret = -errno;
-		atomic_store(&eng.parked, 0);
 		goto out;
 	}
 	t = MAP_FAILED;
 	replaced = true;
 	/* 4. */
 	ret = refill(a, buf, l, since);
-	atomic_store(&eng.parked, 0);
 	if (ret < 0)   /* cannot happen while the run stays ours and empty */
 		dd_err("could not refill %#lx+%zu while unmerging (errno %d): pages lost",
 		       (unsigned long)a, l, -ret);
@@ -759,6 +761,7 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 out:
 	if (!replaced)   /* left merged: lift the protection */
 		dd_uffd_wp(eng.uffd, a, l, false);
+	atomic_store(&eng.parked, 0);
 	dd_uffd_wake(eng.uffd, a, l);
 	pthread_mutex_unlock(&eng.gate);
 	if (t != MAP_FAILED)
