@@ -668,7 +668,7 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 	uintptr_t a = r->start + i * DD_PAGE;
 	size_t l = (k - i) * DD_PAGE;
 	int prot = dd_vma_prot(a), ret = 0;
-	uint8_t st[64];
+	uint8_t st[64], st2[64];
 	bool replaced = false;
 	void *t = MAP_FAILED;
 
@@ -706,15 +706,21 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 				break;
 			let_reader_run();   /* an event is pending */
 		}
-		if (ret < 0)
+		if (ret < 0 || (ret = dd_pte_states(c, n, st2)) < 0)
 			goto out;
-		/* 2. */
+		/* 2. A canonical page may have been copied on write between the
+		 * first look and the protection: what a present page is comes
+		 * from the second look (st2, nothing changes any more), whether
+		 * a page that is not present is swapped out (ours to read) or
+		 * was empty (now a marker) from the first (st). */
 		for (size_t q = 0; q < n; q++) {
 			uintptr_t pa = c + q * DD_PAGE;
 			char *dst = buf + (p + q - i) * DD_PAGE;
 			uint32_t slot = r->slot[p + q];
-			bool anon = (st[q] & DD_PTE_SWAP) ||
-				    ((st[q] & DD_PTE_PRESENT) && !(st[q] & DD_PTE_FILE));
+			bool was_anon = (st[q] & DD_PTE_SWAP) ||
+					((st[q] & DD_PTE_PRESENT) && !(st[q] & DD_PTE_FILE));
+			bool anon = (st2[q] & DD_PTE_PRESENT) ? !(st2[q] & DD_PTE_FILE)
+							       : was_anon && (st2[q] & DD_PTE_SWAP);
 			if (anon) {
 				struct iovec lv = { dst, DD_PAGE }, rv = { (void *)pa, DD_PAGE };
 				if (process_vm_readv(getpid(), &lv, 1, &rv, 1, 0) != (ssize_t)DD_PAGE) {
@@ -722,7 +728,8 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 					goto out;
 				}
 			} else if (DD_SLOT_REAL(slot) &&
-				   ((st[q] & DD_PTE_PRESENT) || !dd_discard_marked(pa))) {
+				   ((st2[q] & DD_PTE_PRESENT) || (st[q] & DD_PTE_PRESENT) ||
+				    !dd_discard_marked(pa))) {
 				memcpy(dst, dd_store_page(slot - 1), DD_PAGE);
 			}   /* else discarded: zeros */
 		}
