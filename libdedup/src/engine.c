@@ -401,6 +401,13 @@ static void *engine_main(void *arg)
 	/* The first pass starts one interval after dedup_init(), like every
 	 * other: the application's start-up is its busiest time. */
 	wait_ns(&w, dd_opt.scan_interval_ms * 1000000ULL + 1);
+	/* Idle back-off: after a pass that merged nothing, the pause between
+	 * passes doubles, up to dd_opt.idle_backoff times the interval; a pass
+	 * that merges, or a change in the registered memory, resets it. A
+	 * steady heap then costs a fraction of a full rescan every interval. */
+	unsigned quiet = 0;
+	long pass_merged = 0;
+	uint64_t regions_seen = 0;
 	while (!atomic_load(&eng.stop)) {
 		long merged = 0;
 		size_t scanned = 0;
@@ -412,6 +419,16 @@ static void *engine_main(void *arg)
 		dd_engine_account_cpu(&cpu);
 		dd_publish_update();
 		pthread_mutex_unlock(&eng.lock);
+		pass_merged += merged;
+		if (done) {
+			uint64_t regions = dd_region_gen();
+			if (pass_merged || regions != regions_seen)
+				quiet = 0;
+			else if ((2u << quiet) <= dd_opt.idle_backoff)
+				quiet++;
+			regions_seen = regions;
+			pass_merged = 0;
+		}
 
 		/* pacing: CPU share, then page rate */
 		uint64_t used = dd_thread_cpu_ns() - c0, wall = dd_now_ns() - t0;
@@ -422,7 +439,7 @@ static void *engine_main(void *arg)
 				pause = want - wall;
 		}
 		if (done)
-			pause += dd_opt.scan_interval_ms * 1000000ULL;
+			pause += (dd_opt.scan_interval_ms * 1000000ULL) << quiet;
 		if (pause >= 50000 && wait_ns(&w, pause))
 			continue;   /* stop or kick: re-check */
 	}

@@ -192,6 +192,7 @@ void dd_unstable_reset(void)
  */
 uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 {
+	static char cmp[DD_PAGE] __attribute__((aligned(64)));   /* eng.lock */
 	int cmps = 0;
 	for (size_t i = mix(hash, ix.u_cap);; i = (i + 1) & (ix.u_cap - 1)) {
 		struct unstable_ent *e = &ix.u[i];
@@ -199,7 +200,9 @@ uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 			return 0;
 		if (e->hash != hash || !e->addr || e->addr == (uintptr_t)page)
 			continue;
-		if (memcmp(page, (const void *)e->addr, DD_PAGE) == 0) {
+		/* e->addr is the application's page, read the safe way: in a
+		 * fragile region (scan.c) it may be gone since it was seen */
+		if (dd_read_page(e->addr, cmp) && memcmp(page, cmp, DD_PAGE) == 0) {
 			uintptr_t a = e->addr;
 			e->addr = 0;   /* stays as a probe-chain marker until next pass */
 			return a;

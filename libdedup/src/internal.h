@@ -100,6 +100,8 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	  "quiet|error|warn|info|debug|stats")                                       \
 	X(batch_pages, uint64_t, "DEDUP_BATCH", 64, 1, DD_MAX_BATCH, 0,                      \
 	  "pages write-protected and merged as one batch")                           \
+	X(idle_backoff, uint64_t, "DEDUP_IDLE_BACKOFF", 8, 1, 1024, 0,             \
+	  "after passes that merge nothing, pause up to this many intervals")      \
 	X(test_hash_bits, uint64_t, "DEDUP_TEST_HASH_BITS", 64, 1, 64, 0,           \
 	  "test hook: keep only this many hash bits (forces collisions)")            \
 	X(test_unsafe_no_move, uint64_t, "DEDUP_TEST_UNSAFE_NO_PIN_CHECK", 0, 0, 1, 0, \
@@ -196,6 +198,7 @@ int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
 #define DD_PTE_FILE 16u   /* present, a file (memfd) page */
 int dd_pte_states(uintptr_t start, size_t n, uint8_t *out);
 bool dd_page_is_zero(uintptr_t a);
+bool dd_read_page(uintptr_t a, void *buf);
 void dd_os_probe(void);
 void dd_os_close(void);
 
@@ -250,10 +253,12 @@ struct dd_region {
 	size_t npages;
 	uint64_t *hash;    /* last pass's checksum per page (0: none yet) */
 	uint32_t *slot;    /* DD_SLOT_NONE / DD_SLOT_ZERO / canonical slot + 1 */
+	bool fragile;      /* may vanish without our knowing: read it safely (scan.c) */
 };
 int dd_region_add(uintptr_t start, size_t len);
 int dd_region_remove(uintptr_t start, size_t len, bool exact);
 struct dd_region *dd_region_find(uintptr_t addr);
+uint64_t dd_region_gen(void);   /* changes when regions are added or removed */
 size_t dd_region_count(void);
 size_t dd_region_count_relaxed(void);   /* without eng.lock */
 struct dd_region *dd_region_at(size_t i);
@@ -325,6 +330,9 @@ struct dd_engine {
 	_Atomic uintptr_t placing_from;
 	/* a fork() is under way: no merge window or unmerging starts (engine.c) */
 	_Atomic bool forking;
+	/* new regions are fragile (scan.c): set by the preload library, whose
+	 * regions libc may unmap or shrink behind its back */
+	bool fragile_regions;
 	bool scratch_lost;
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */

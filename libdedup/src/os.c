@@ -297,6 +297,14 @@ int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
 				    : walk_pagemap(start, end, fn, ctx);
 }
 
+/* Copy the application's page at a into buf through process_vm_readv(),
+ * which fails (false) where a direct read would fault. */
+bool dd_read_page(uintptr_t a, void *buf)
+{
+	struct iovec l = { buf, DD_PAGE }, r = { (void *)a, DD_PAGE };
+	return process_vm_readv(getpid(), &l, 1, &r, 1, 0) == (ssize_t)DD_PAGE;
+}
+
 /* Is the page at a all zeros? Read through process_vm_readv(): the
  * application may unmap it under us. False if it cannot be read. */
 bool dd_page_is_zero(uintptr_t a)

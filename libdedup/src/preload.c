@@ -1695,6 +1695,10 @@ static void start(void)
 		atomic_store(&pl_state, PL_PASSIVE);
 		return;
 	}
+	/* libc may shrink or unmap what we register behind any interposer's
+	 * back (glibc trims the brk heap with its internal sbrk): the engine
+	 * reads our regions the safe way (scan.c, "fragile"). */
+	eng.fragile_regions = true;
 	/* Options (DEDUP_JEMALLOC, DEDUP_LOG) are loaded now. Only dlsym here;
 	 * the dedup-preload thread installs the hooks (jemalloc.c). */
 	dd_jemalloc_detect();

@@ -90,9 +90,15 @@ static int insert_at(size_t i, const struct dd_region *r)
 	return 0;
 }
 
+static _Atomic uint64_t rg_gen;   /* bumped by every add and remove */
+
+uint64_t dd_region_gen(void) { return atomic_load(&rg_gen); }
+
 int dd_region_add(uintptr_t start, size_t len)
 {
-	struct dd_region r = { .start = start, .npages = len / DD_PAGE };
+	atomic_fetch_add(&rg_gen, 1);
+	struct dd_region r = { .start = start, .npages = len / DD_PAGE,
+			       .fragile = eng.fragile_regions };
 	size_t i = lower(start);
 
 	if (i < rg.n && rg.r[i].start < start + len)
@@ -119,6 +125,7 @@ static int piece(const struct dd_region *r, size_t from, size_t to, struct dd_re
 {
 	out->start = r->start + from * DD_PAGE;
 	out->npages = to - from;
+	out->fragile = r->fragile;
 	if (alloc_meta(out) < 0)
 		return -ENOMEM;
 	memcpy(out->hash, r->hash + from, out->npages * sizeof(*r->hash));
@@ -133,6 +140,7 @@ static int piece(const struct dd_region *r, size_t from, size_t to, struct dd_re
  */
 int dd_region_remove(uintptr_t start, size_t len, bool exact)
 {
+	atomic_fetch_add(&rg_gen, 1);
 	uintptr_t end = start + len;
 	size_t i = lower(start);
 	int found = 0;

@@ -23,6 +23,8 @@
  * Locking: eng.lock held. Runs in the engine thread or in dedup_scan_now().
  */
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -30,6 +32,7 @@
 #include "internal.h"
 
 static const char zero_page[DD_PAGE] __attribute__((aligned(64)));
+#define FRAGILE_CHUNK 32   /* pages read per process_vm_readv() */
 
 uint64_t dd_hash_page(const void *p)
 {
@@ -56,7 +59,8 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 	return merged;
 }
 
-static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintptr_t a)
+static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintptr_t a,
+		       const void *d)
 {
 	uint64_t h;
 
@@ -73,7 +77,7 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 			 * that is no longer zero was written. */
 			atomic_fetch_sub(&dd_cnt.zero_pages, 1);
 			r->slot[p] = DD_SLOT_NONE;
-			if (memcmp((const void *)a, zero_page, DD_PAGE))
+			if (memcmp(d, zero_page, DD_PAGE))
 				DD_INC(cow_breaks, 1);
 		} else {
 			dd_store_put(r->slot[p]);
@@ -81,7 +85,7 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 			DD_INC(cow_breaks, 1);
 		}
 	}
-	h = dd_hash_page((const void *)a);
+	h = dd_hash_page(d);
 	c->scanned++;
 	if (h != r->hash[p]) {
 		r->hash[p] = h;
@@ -89,13 +93,13 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 		return;
 	}
 	DD_INC(candidates, 1);
-	if (h == eng.zero_hash && memcmp((const void *)a, zero_page, DD_PAGE) == 0) {
+	if (h == eng.zero_hash && memcmp(d, zero_page, DD_PAGE) == 0) {
 		if (dd_opt.zero_pages)
 			batch_add(c, a, DD_SLOT_ZERO);
 		return;
 	}
 	bool collided = false;
-	uint32_t s = dd_stable_lookup(h, (const void *)a, &collided);
+	uint32_t s = dd_stable_lookup(h, d, &collided);
 	if (s) {
 		batch_add(c, a, s);
 		return;
@@ -107,11 +111,11 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 		DD_INC(skipped_budget, 1);
 		return;
 	}
-	uintptr_t b = dd_unstable_take(h, (const void *)a, &collided);
+	uintptr_t b = dd_unstable_take(h, d, &collided);
 	if (collided)
 		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
 	if (b) {
-		s = dd_store_new((const void *)a, c->last_new ? c->last_new + 1 : 0);
+		s = dd_store_new(d, c->last_new ? c->last_new + 1 : 0);
 		if (!s)
 			return;
 		c->last_new = s;
@@ -138,8 +142,30 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 
 	if (flags & (DD_PG_FILE | DD_PG_ZERO))
 		return;   /* merged by us, or the shared zero page: nothing to gain */
-	for (uintptr_t a = start; a < end; a += DD_PAGE)
-		visit_page(c, r, (a - r->start) / DD_PAGE, a);
+	if (!r->fragile) {
+		for (uintptr_t a = start; a < end; a += DD_PAGE)
+			visit_page(c, r, (a - r->start) / DD_PAGE, a, (const void *)a);
+		return;
+	}
+	/* A fragile region (the preload library's: libc may shrink or unmap
+	 * it behind any interposer's back, e.g. glibc trimming the brk heap)
+	 * is read through process_vm_readv(), which fails where a direct read
+	 * would kill the process. What is gone is simply not scanned. */
+	static char *buf;
+	if (!buf && !(buf = dd_vm_alloc(FRAGILE_CHUNK * DD_PAGE)))
+		return;
+	for (uintptr_t a = start; a < end;) {
+		size_t n = (end - a) / DD_PAGE < FRAGILE_CHUNK ? (end - a) / DD_PAGE : FRAGILE_CHUNK;
+		struct iovec l = { buf, n * DD_PAGE }, rv = { (void *)a, n * DD_PAGE };
+		ssize_t got = process_vm_readv(getpid(), &l, 1, &rv, 1, 0);
+		if (got < (ssize_t)DD_PAGE)
+			return;
+		for (size_t k = 0; k < (size_t)got / DD_PAGE; k++)
+			visit_page(c, r, (a - r->start) / DD_PAGE + k, a + k * DD_PAGE, buf + k * DD_PAGE);
+		if ((size_t)got < n * DD_PAGE)
+			return;
+		a += n * DD_PAGE;
+	}
 }
 
 /*
