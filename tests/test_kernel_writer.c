@@ -14,15 +14,16 @@
 #define N 256
 static char *buf;
 static int pfd[2];
-static _Atomic int done;
 
 static void *reader(void *arg)
 {
 	uint64_t seq = 0;
-	while (!atomic_load(&done)) {
+	for (;;) {   /* until the writer closes the pipe */
 		size_t page = (seq * 7) % N;
 		char *dst = buf + page * T_PAGE + (seq % 8) * 512;
 		ssize_t r = read(pfd[0], dst, 512);
+		if (r == 0)
+			break;
 		if (r != 512) {
 			fprintf(stderr, "read() into a merging page: %zd (%s)\n", r, strerror(errno));
 			/* _exit: the engine still holds pages protected, and exit's
@@ -70,9 +71,8 @@ int main(void)
 		memset(buf, 0x42, N * T_PAGE);
 		CHECK(pipe(pfd) == 0);   /* fresh: the last chunk of a cycle stays unread */
 		CHECK(dedup_register(buf, N * T_PAGE) == 0);
-		atomic_store(&done, 0);
 		pthread_t t;
-		pthread_create(&t, NULL, reader, NULL);
+		CHECK(pthread_create(&t, NULL, reader, NULL) == 0);
 		double cyc = t_now() + 0.3;
 		uint64_t seq = 0;
 		while (t_now() < cyc) {
@@ -83,17 +83,16 @@ int main(void)
 			if (seq % 16 == 0)
 				usleep(1000);   /* let pages settle and merge */
 		}
-		atomic_store(&done, 1);
-		for (int i = 0; i < 512; i++)
-			chunk[i] = (char)(seq + (uint64_t)i);
-		CHECK(write(pfd[1], chunk, 512) == 512);   /* release the last read */
+		/* The reader reads everything written, then sees end-of-file
+		 * (under load it may lag the writer by a full pipe). */
+		close(pfd[1]);
 		void *n;
-		pthread_join(t, &n);
+		CHECK(pthread_join(t, &n) == 0);
+		CHECK((uintptr_t)n == seq);
 		reads += (uintptr_t)n;
 		CHECK(dedup_unregister(buf, N * T_PAGE) == 0);
 		munmap(buf, N * T_PAGE);
 		close(pfd[0]);
-		close(pfd[1]);
 	}
 	struct dedup_stats st = t_stats();
 	t_print_stats("kernel writer");
