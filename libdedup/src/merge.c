@@ -330,6 +330,25 @@ static void map_canonical(uintptr_t a, size_t l)
 }
 
 /*
+ * mremap the VMA at t, registered with our uffd, over [a, a + l). Moving a
+ * registered VMA raises UFFD_EVENT_REMAP and waits until our reader has
+ * read it, so the gate is released meanwhile (the caller has parked what
+ * must wait); the reader does not record this REMAP (eng.placing_from).
+ * Called and returns under the gate; errno is mremap's.
+ */
+static void *move_registered(void *t, size_t l, uintptr_t a)
+{
+	atomic_store(&eng.placing_from, (uintptr_t)t);
+	pthread_mutex_unlock(&eng.gate);
+	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+	int e = errno;
+	pthread_mutex_lock(&eng.gate);
+	atomic_store(&eng.placing_from, 0);
+	errno = e;
+	return m;
+}
+
+/*
  * Place canonical slots [target, target + l/page) at window address a, whose
  * pages are moved out (empty, parked). Returns 0, or -1 with a untouched.
  * Called and returns under the gate, which it releases during the mremap.
@@ -354,12 +373,7 @@ static int place_run(uintptr_t a, size_t l, uint32_t target)
 	 * reader has read it: leave the gate meanwhile. The window stays
 	 * parked; a REMOVE read now marks pages of the run (above) or names
 	 * other pages in S (events_in_window). */
-	atomic_store(&eng.placing_from, (uintptr_t)t);
-	pthread_mutex_unlock(&eng.gate);
-	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
-	pthread_mutex_lock(&eng.gate);
-	atomic_store(&eng.placing_from, 0);
-	if (m == MAP_FAILED) {
+	if (move_registered(t, l, a) == MAP_FAILED) {
 		munmap(t, l);
 		return -1;
 	}
@@ -743,12 +757,7 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 		goto out;
 	}
 	const uint64_t since = atomic_load(&eng.ev_head);
-	atomic_store(&eng.placing_from, (uintptr_t)t);
-	pthread_mutex_unlock(&eng.gate);
-	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
-	pthread_mutex_lock(&eng.gate);
-	atomic_store(&eng.placing_from, 0);
-	if (m == MAP_FAILED) {
+	if (move_registered(t, l, a) == MAP_FAILED) {
 		ret = -errno;
 		goto out;
 	}
@@ -846,6 +855,16 @@ void dd_merge_free_scratch(void)
 	eng.scratch_used = 0;
 }
 
+/* A canonical page created for this batch that nobody took is freed. */
+static void release_untaken(const struct dd_merge_item *it, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint32_t t = it[i].target;
+		if (t != DD_SLOT_ZERO && dd_store_hash(t) && dd_store_refs(t) == 0)
+			dd_store_put(t);
+	}
+}
+
 long dd_merge_batch(void)
 {
 	struct dd_merge_item *it = eng.batch;
@@ -856,12 +875,8 @@ long dd_merge_batch(void)
 		return 0;
 	if (atomic_load(&eng.forking)) {   /* engine.c, prefork() */
 		DD_INC(skipped_raced, n);
+		release_untaken(it, n);
 		eng.nbatch = 0;
-		for (size_t i = 0; i < n; i++) {
-			uint32_t t = it[i].target;
-			if (t != DD_SLOT_ZERO && dd_store_hash(t) && dd_store_refs(t) == 0)
-				dd_store_put(t);
-		}
 		return 0;
 	}
 	sort_batch(it, n);
@@ -899,12 +914,7 @@ long dd_merge_batch(void)
 	}
 	pthread_mutex_unlock(&eng.gate);
 
-	/* A canonical page created for this batch that nobody took is freed. */
-	for (size_t i = 0; i < n; i++) {
-		uint32_t t = it[i].target;
-		if (t != DD_SLOT_ZERO && dd_store_hash(t) && dd_store_refs(t) == 0)
-			dd_store_put(t);
-	}
+	release_untaken(it, n);
 	eng.nbatch = 0;
 	return merged;
 }
