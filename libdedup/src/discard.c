@@ -357,12 +357,6 @@ bool dd_discard_in_merged(uintptr_t a)
 	return iv_contains(&merged, a);
 }
 
-bool dd_discard_pending(uintptr_t a, uintptr_t b)
-{
-	size_t i = iv_lower(&discard, a);
-	return i < discard.n && discard.iv[i][0] < b;
-}
-
 void dd_discard_fini(void)
 {
 	dd_vm_free(merged.iv, merged.cap * sizeof(*merged.iv));

@@ -277,7 +277,6 @@ void dd_discard_removed(uintptr_t a, uintptr_t b);
 bool dd_discard_marked(uintptr_t a);
 bool dd_discard_in_merged(uintptr_t a);
 void dd_discard_unmerged(uintptr_t a, uintptr_t b);
-bool dd_discard_pending(uintptr_t a, uintptr_t b);
 size_t dd_removing_fence(void);
 bool dd_removing_mergeable(uintptr_t a);
 bool dd_removing_named(uintptr_t a);

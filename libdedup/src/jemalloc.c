@@ -157,7 +157,7 @@ static bool jh_decommit(jh_hooks *h, void *addr, size_t size, size_t off, size_t
  *    then zapped and read zeros; a merged page is a private mapping of our
  *    memfd, which would read the canonical page again, so discard.c records
  *    the removed range and the next access, a MINOR fault (merged runs are
- *    registered MINOR), is answered with a zero page.
+ *    registered MINOR|MISSING), is answered with a zero page.
  *  - purge_lazy is MADV_FREE: the interposed madvise applies it to the
  *    anonymous pieces and leaves merged pieces as they are, which MADV_FREE
  *    allows (old content or zeros); jemalloc does not assume zeros after it.

@@ -1241,30 +1241,9 @@ static bool is_hole(const void *a)
 	return mincore((void *)a, PG, &v) < 0 && errno == ENOMEM;
 }
 
-/* Per page of [lo, lo + n pages): is it mapped read-write (not our PROT_NONE
- * placeholder, not a hole)? From /proc/self/maps. */
-static void maps_rw(uintptr_t lo, size_t n, bool *rw)
-{
-	char buf[512];
-	uintptr_t hi = lo + n * PG;
-	memset(rw, 0, n);
-	FILE *f = fopen("/proc/self/maps", "r");
-	if (!f)
-		hard_fail("open /proc/self/maps");
-	while (fgets(buf, sizeof(buf), f)) {
-		uintptr_t a = strtoul(buf, NULL, 16), b = strtoul(strchr(buf, '-') + 1, NULL, 16);
-		if (a >= hi)
-			break;
-		if (b <= lo || strncmp(strchr(buf, ' ') + 1, "rw", 2))
-			continue;
-		for (uintptr_t x = a > lo ? a : lo; x < b && x < hi; x += PG)
-			rw[(x - lo) / PG] = true;
-	}
-	fclose(f);
-}
-
-/* Per page: is it a mapping of libdedup's memfd (a merged page)? */
-static void maps_memfd(uintptr_t lo, size_t n, bool *out)
+/* Per page of [lo, lo + n pages): does the /proc/self/maps line of its
+ * mapping satisfy want()? Pages in no mapping get false. */
+static void maps_pages(uintptr_t lo, size_t n, bool *out, bool (*want)(const char *line))
 {
 	char buf[512];
 	uintptr_t hi = lo + n * PG;
@@ -1276,13 +1255,21 @@ static void maps_memfd(uintptr_t lo, size_t n, bool *out)
 		uintptr_t a = strtoul(buf, NULL, 16), b = strtoul(strchr(buf, '-') + 1, NULL, 16);
 		if (a >= hi)
 			break;
-		if (b <= lo || !strstr(buf, "memfd:libdedup"))
+		if (b <= lo || !want(buf))
 			continue;
 		for (uintptr_t x = a > lo ? a : lo; x < b && x < hi; x += PG)
 			out[(x - lo) / PG] = true;
 	}
 	fclose(f);
 }
+
+/* mapped read-write (not our PROT_NONE placeholder, not a hole) */
+static bool line_rw(const char *l) { return !strncmp(strchr(l, ' ') + 1, "rw", 2); }
+/* a mapping of libdedup's memfd (a merged page) */
+static bool line_memfd(const char *l) { return strstr(l, "memfd:libdedup") != NULL; }
+
+static void maps_rw(uintptr_t lo, size_t n, bool *rw) { maps_pages(lo, n, rw, line_rw); }
+static void maps_memfd(uintptr_t lo, size_t n, bool *out) { maps_pages(lo, n, out, line_memfd); }
 
 /* The smaps header and VmFlags of the VMAs overlapping [lo, hi) ("uw" = uffd
  * write-protect, "um" = missing, "ui" = minor registration). */
