@@ -34,7 +34,7 @@ function(pl_test name)
                        LABELS preload)
 endfunction()
 
-foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_exec pl_uffd_app
+foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_jemalloc pl_plain pl_fork_alloc_lock)
   pl_program(${p})
 endforeach()
@@ -45,6 +45,11 @@ pl_test(preload_madv_free PROGRAM pl_madv_free)
 pl_test(preload_mremap PROGRAM pl_mremap)
 pl_test(preload_fork PROGRAM pl_fork)
 pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart)
+# A fork()ed child's merged pages behave as anonymous memory (child.c); with
+# the guard off the child reads the merged content where zeros are due.
+pl_test(preload_fork_child PROGRAM pl_fork_child)
+pl_test(preload_fork_child_catches_naive PROGRAM pl_fork_child ENV DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1)
+set_tests_properties(preload_fork_child_catches_naive PROPERTIES WILL_FAIL TRUE)
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a

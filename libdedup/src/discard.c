@@ -64,6 +64,7 @@ struct ivset {
 };
 
 static struct ivset merged, discard, unfenced, fenced, sticky;
+static struct ivset fork_snap;   /* discard, as of the last fork() */
 
 /* first interval whose end is above a */
 static size_t iv_lower(const struct ivset *s, uintptr_t a)
@@ -201,6 +202,30 @@ void dd_discard_removed(uintptr_t a, uintptr_t b)
 bool dd_discard_marked(uintptr_t a)
 {
 	return iv_contains(&discard, a);
+}
+
+/*
+ * fork(): the child keeps reading zeros where its parent discarded merged
+ * pages (child.c), so it needs the marks as they were when it was forked.
+ * Its own copy of `discard` may be torn (the reader does not stop for a
+ * fork: engine.c, prefork()), so prefork() copies the set here under
+ * eng.gate, after every REMOVE read so far has been recorded. Returns the
+ * intervals (sorted, disjoint) through *iv; the child only reads them.
+ */
+int dd_discard_fork_snapshot(void)
+{
+	fork_snap.n = 0;
+	if (iv_reserve(&fork_snap, discard.n) < 0)
+		return -ENOMEM;
+	memcpy(fork_snap.iv, discard.iv, discard.n * sizeof(*discard.iv));
+	fork_snap.n = discard.n;
+	return 0;
+}
+
+size_t dd_discard_forked(const uintptr_t (**iv)[2])
+{
+	*iv = (const uintptr_t (*)[2])fork_snap.iv;
+	return fork_snap.n;
 }
 
 /* ---- discards racing with a merge (see "DOC: Discards racing...") ---- */
@@ -364,9 +389,11 @@ void dd_discard_fini(void)
 	dd_vm_free(unfenced.iv, unfenced.cap * sizeof(*unfenced.iv));
 	dd_vm_free(fenced.iv, fenced.cap * sizeof(*fenced.iv));
 	dd_vm_free(sticky.iv, sticky.cap * sizeof(*sticky.iv));
+	dd_vm_free(fork_snap.iv, fork_snap.cap * sizeof(*fork_snap.iv));
 	memset(&merged, 0, sizeof(merged));
 	memset(&discard, 0, sizeof(discard));
 	memset(&unfenced, 0, sizeof(unfenced));
 	memset(&fenced, 0, sizeof(fenced));
 	memset(&sticky, 0, sizeof(sticky));
+	memset(&fork_snap, 0, sizeof(fork_snap));
 }

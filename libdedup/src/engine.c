@@ -500,11 +500,23 @@ static void prefork(void)
 	if (eng.running)
 		dd_store_keep_all();
 	pthread_mutex_unlock(&eng.lock);
+	/* The child guards the merged pages it inherits (child.c) and must
+	 * know which of them were discarded. The reader records a REMOVE
+	 * under eng.gate in the same hold that read it, so once we hold the
+	 * gate every discard whose madvise() returned before this fork() is
+	 * recorded. Held only for the copy, never across other handlers. */
+	if (eng.running) {
+		pthread_mutex_lock(&eng.gate);
+		if (dd_discard_fork_snapshot() < 0)
+			atomic_store(&eng.fork_snap_failed, true);
+		pthread_mutex_unlock(&eng.gate);
+	}
 }
 
 static void postfork_parent(void)
 {
 	atomic_store(&eng.forking, false);
+	atomic_store(&eng.fork_snap_failed, false);
 }
 
 static void close_fd(int *fd)
@@ -517,7 +529,8 @@ static void close_fd(int *fd)
 static void postfork_child(void)
 {
 	/* No threads of ours here, and the child's VMAs are unregistered (no
-	 * EVENT_FORK): it runs untouched and never merges. It lets go of the
+	 * EVENT_FORK): it never merges, and fork() (child.c) guards the merged
+	 * pages it inherited once every handler has run. It lets go of the
 	 * parent's userfaultfd at once: while a child held it, the parent's
 	 * registrations would outlive the parent's dedup_shutdown(), and a
 	 * discard there would wait forever for a reader. */

@@ -114,6 +114,8 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	  "test hook: merge pages whose discard is still to land")                   \
 	X(test_unsafe_signals, uint64_t, "DEDUP_TEST_UNSAFE_SIGNALS", 0, 0, 1, 0,   \
 	  "test hook: our threads take the application's signals")                \
+	X(test_unsafe_no_child_guard, uint64_t, "DEDUP_TEST_UNSAFE_NO_CHILD_GUARD", 0, 0, 1, 0, \
+	  "test hook: a fork()ed child's merged pages are left unguarded")          \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
 	  "largest canonical page store (memfd), bytes")                             \
 	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \
@@ -165,6 +167,37 @@ void *dd_vm_alloc(size_t size);              /* zeroed, page granular */
 void dd_vm_free(void *p, size_t size);
 void *dd_vm_grow(void *p, size_t old_size, size_t new_size); /* keeps contents */
 extern _Atomic size_t dd_vm_bytes;           /* metadata bytes in use */
+
+/* ---- os.c: /proc/self/maps ------------------------------------------------ */
+/* fn gets each line: lo, hi, "rwxp", and the rest (" offset dev inode [name]");
+ * non-zero from fn stops the walk (a negative value is returned). */
+typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
+			  const char *rest);
+int dd_maps_each(dd_maps_fn fn, void *ctx);
+
+/* ---- ranges.c ------------------------------------------------------- */
+struct dd_range {
+	uintptr_t lo, hi;
+};
+struct dd_rtab {                 /* sorted, disjoint; owner does the locking */
+	struct dd_range *r;
+	size_t n, cap;
+};
+bool dd_rt_init(struct dd_rtab *t, size_t cap);
+void dd_rt_fini(struct dd_rtab *t);
+size_t dd_rt_lower(const struct dd_rtab *t, uintptr_t addr);
+bool dd_rt_overlaps(const struct dd_rtab *t, uintptr_t lo, uintptr_t hi);
+void dd_rt_remove_at(struct dd_rtab *t, size_t i);
+bool dd_rt_insert(struct dd_rtab *t, uintptr_t lo, uintptr_t hi);
+void dd_rt_sub(struct dd_rtab *t, uintptr_t lo, uintptr_t hi);
+bool dd_rt_union(struct dd_rtab *t, uintptr_t lo, uintptr_t hi);
+
+/* ---- child.c: a fork()ed child's merged pages ------------------------------ */
+void dd_child_guard(void);           /* in the child, from fork() */
+bool dd_child_guarding(void);
+int dd_child_release(void);          /* back to anonymous memory, guard stopped */
+int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero);
+void dd_preload_forked(void);        /* preload.c: after the guard, in the child */
 
 /* ---- os.c ----------------------------------------------------------- */
 struct dd_features {
@@ -276,6 +309,8 @@ int dd_discard_merged(uintptr_t a, uintptr_t b);
 void dd_discard_removed(uintptr_t a, uintptr_t b);
 bool dd_discard_marked(uintptr_t a);
 bool dd_discard_in_merged(uintptr_t a);
+int dd_discard_fork_snapshot(void);          /* prefork, eng.gate held */
+size_t dd_discard_forked(const uintptr_t (**iv)[2]);   /* in the child */
 void dd_discard_unmerged(uintptr_t a, uintptr_t b);
 size_t dd_removing_fence(void);
 bool dd_removing_mergeable(uintptr_t a);
@@ -329,6 +364,7 @@ struct dd_engine {
 	_Atomic uintptr_t placing_from;
 	/* a fork() is under way: no merge window or unmerging starts (engine.c) */
 	_Atomic bool forking;
+	_Atomic bool fork_snap_failed; /* prefork could not copy the discard marks */
 	/* new regions are fragile (scan.c): set by the preload library, whose
 	 * regions libc may unmap or shrink behind its back */
 	bool fragile_regions;

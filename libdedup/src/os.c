@@ -413,10 +413,7 @@ void dd_os_close(void)
  * Calls fn on each line of /proc/self/maps, parsed in a stack buffer
  * (no stdio: see internal.h). Stops when fn returns non-zero.
  */
-typedef int (*maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
-		       const char *rest);
-
-static int maps_each(maps_fn fn, void *ctx)
+int dd_maps_each(dd_maps_fn fn, void *ctx)
 {
 	char buf[8192];
 	size_t have = 0;
@@ -471,7 +468,7 @@ static int prot_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, con
 int dd_vma_prot(uintptr_t a)
 {
 	struct prot_ctx pc = { a, -ENOENT };
-	int r = maps_each(prot_line, &pc);
+	int r = dd_maps_each(prot_line, &pc);
 	return r < 0 ? r : pc.prot;
 }
 
@@ -489,7 +486,7 @@ static int count_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, co
 long dd_count_maps(const char *needle, long *matching)
 {
 	struct count_ctx cc = { 0, 0, needle };
-	int r = maps_each(count_line, &cc);
+	int r = dd_maps_each(count_line, &cc);
 	if (matching)
 		*matching = cc.match;
 	return r < 0 ? r : cc.n;
@@ -535,7 +532,7 @@ static int anon_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, con
 int dd_check_anon_private(uintptr_t start, uintptr_t end)
 {
 	struct anon_ctx a = { start, end, start, 0 };
-	int r = maps_each(anon_line, &a);
+	int r = dd_maps_each(anon_line, &a);
 
 	if (r < 0)
 		return r;

@@ -67,8 +67,11 @@
  *     mlockall: preload goes passive and unregisters everything.
  *   ioctl(UFFDIO_REGISTER) by the application: we unregister our ranges in
  *     it and exclude it for good, so its registration does not fail EBUSY.
- *   fork: with DEDUP_FORK=restart the child starts its own engine once fork()
- *     has returned (after every atfork handler, so after the allocator's).
+ *   fork (child.c): the child guards the merged pages it inherited; with
+ *     DEDUP_FORK=restart it then starts its own engine (dd_preload_forked,
+ *     after every atfork handler, so after the allocator's).
+ *   unshare, setns of a user namespace: need a single-threaded process; a
+ *     guarded child gives up its guard first (child.c, dd_child_release).
  *
  * Locks, in order: pl.lock (ours; taken by interposed calls that change
  * mappings and by the reconcile thread around registering) -> eng.lock ->
@@ -109,7 +112,6 @@
 #endif
 
 extern void *__sbrk(intptr_t increment);
-extern pid_t __fork(void);
 
 /* ---- raw system calls: the real functions, without dlsym ---------------- */
 
@@ -137,16 +139,6 @@ enum {
 	PL_PASSIVE,     /* preloaded, but not merging (init failed, child, mlockall) */
 };
 
-struct range {
-	uintptr_t lo, hi;
-};
-
-/* A sorted array of disjoint ranges, in a MAP_NORESERVE reservation. */
-struct rtab {
-	struct range *r;
-	size_t n, cap;
-};
-
 #define RTAB_CAP ((size_t)1 << 18)
 #define VBUF_CAP ((size_t)1 << 17)   /* > vm.max_map_count */
 
@@ -164,12 +156,12 @@ struct vma {
 
 static struct {
 	pthread_mutex_t lock;        /* see the top of this file */
-	struct rtab mine;            /* ranges we registered (exact, for dedup_unregister) */
-	struct rtab excl;            /* never register (app's uffd, mlock, DONTFORK...) */
-	struct rtab ignore;          /* skip until the next full check (bad flags, errors) */
+	struct dd_rtab mine;            /* ranges we registered (exact, for dedup_unregister) */
+	struct dd_rtab excl;            /* never register (app's uffd, mlock, DONTFORK...) */
+	struct dd_rtab ignore;          /* skip until the next full check (bad flags, errors) */
 	struct vma *vbuf, *sbuf;     /* reconcile: maps and smaps snapshots */
 	size_t nv, ns;
-	struct range *cand;          /* reconcile: candidate ranges */
+	struct dd_range *cand;          /* reconcile: candidate ranges */
 	size_t ncand;
 	struct vma *pieces;          /* interposers (pl.lock): VMAs of one range */
 	pthread_t thr;
@@ -188,7 +180,7 @@ static _Atomic int pl_state;
 
 /* libdedup's own mappings. Updated from any thread, including the engine
  * under eng.lock: so a spinlock that nothing else is ever taken under. */
-static struct rtab ours;
+static struct dd_rtab ours;
 static atomic_flag ours_lock = ATOMIC_FLAG_INIT;
 static uintptr_t text_lo, text_hi;   /* libdedup's code */
 
@@ -208,93 +200,17 @@ static void *reserve(size_t bytes)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-static bool rt_init(struct rtab *t)
-{
-	t->r = reserve(RTAB_CAP * sizeof(*t->r));
-	t->n = 0;
-	t->cap = t->r ? RTAB_CAP : 0;
-	return t->r != NULL;
-}
-
-/* Index of the first range whose end is above addr. */
-static size_t rt_lower(const struct rtab *t, uintptr_t addr)
-{
-	size_t lo = 0, hi = t->n;
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		if (t->r[mid].hi <= addr)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-static bool rt_overlaps(const struct rtab *t, uintptr_t lo, uintptr_t hi)
-{
-	size_t i = rt_lower(t, lo);
-	return i < t->n && t->r[i].lo < hi;
-}
-
-static void rt_remove_at(struct rtab *t, size_t i)
-{
-	memmove(&t->r[i], &t->r[i + 1], (t->n - i - 1) * sizeof(*t->r));
-	t->n--;
-}
-
-/* Insert [lo, hi), which overlaps nothing. */
-static bool rt_insert(struct rtab *t, uintptr_t lo, uintptr_t hi)
-{
-	size_t i = rt_lower(t, lo);
-	if (t->n == t->cap)
-		return false;
-	memmove(&t->r[i + 1], &t->r[i], (t->n - i) * sizeof(*t->r));
-	t->r[i] = (struct range){ lo, hi };
-	t->n++;
-	return true;
-}
-
-/* Remove [lo, hi) from every range (splitting where needed). */
-static void rt_sub(struct rtab *t, uintptr_t lo, uintptr_t hi)
-{
-	size_t i = rt_lower(t, lo);
-	while (i < t->n && t->r[i].lo < hi) {
-		struct range r = t->r[i];
-		rt_remove_at(t, i);
-		if (r.lo < lo)
-			rt_insert(t, r.lo, lo), i++;
-		if (r.hi > hi) {
-			rt_insert(t, hi, r.hi);
-			break;
-		}
-	}
-}
-
-/* Add [lo, hi) as a union (coalescing with what overlaps or touches it). */
-static void rt_union(struct rtab *t, uintptr_t lo, uintptr_t hi)
-{
-	size_t i = rt_lower(t, lo ? lo - 1 : 0);
-	while (i < t->n && t->r[i].lo <= hi) {
-		if (t->r[i].lo < lo)
-			lo = t->r[i].lo;
-		if (t->r[i].hi > hi)
-			hi = t->r[i].hi;
-		rt_remove_at(t, i);
-	}
-	rt_insert(t, lo, hi);
-}
-
 static void ours_add(uintptr_t lo, size_t len)
 {
 	ours_acquire();
-	rt_union(&ours, pg_down(lo), pg_up(lo + len));
+	dd_rt_union(&ours, pg_down(lo), pg_up(lo + len));
 	ours_release();
 }
 
 static void ours_sub(uintptr_t lo, size_t len)
 {
 	ours_acquire();
-	rt_sub(&ours, pg_down(lo), pg_up(lo + len));
+	dd_rt_sub(&ours, pg_down(lo), pg_up(lo + len));
 	ours_release();
 }
 
@@ -303,13 +219,13 @@ static void ours_sub(uintptr_t lo, size_t len)
  * *next is set to the start of the next block above lo (or hi). pl.lock held. */
 static uintptr_t blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
 {
-	const struct rtab *tabs[] = { &pl.mine, &pl.excl, &pl.ignore, &ours };
+	const struct dd_rtab *tabs[] = { &pl.mine, &pl.excl, &pl.ignore, &ours };
 	uintptr_t end = 0, nxt = hi;
 
 	ours_acquire();
 	for (size_t k = 0; k < DD_ARRAY_SIZE(tabs); k++) {
-		const struct rtab *t = tabs[k];
-		size_t i = rt_lower(t, lo);
+		const struct dd_rtab *t = tabs[k];
+		size_t i = dd_rt_lower(t, lo);
 		if (i >= t->n)
 			continue;
 		if (t->r[i].lo <= lo) {
@@ -545,7 +461,7 @@ static size_t min_region(void)
  * through the API) or moved by a REMAP event (libc-internal mremap). */
 static void adopt(uintptr_t lo, uintptr_t hi)
 {
-	struct range got[16];
+	struct dd_range got[16];
 	size_t n = 0;
 
 	pthread_mutex_lock(&eng.lock);
@@ -553,12 +469,12 @@ static void adopt(uintptr_t lo, uintptr_t hi)
 		struct dd_region *r = dd_region_at(i);
 		uintptr_t e = r->start + r->npages * DD_PAGE;
 		if (r->start < hi && e > lo)
-			got[n++] = (struct range){ r->start, e };
+			got[n++] = (struct dd_range){ r->start, e };
 	}
 	pthread_mutex_unlock(&eng.lock);
 	for (size_t i = 0; i < n; i++)
-		if (!rt_overlaps(&pl.mine, got[i].lo, got[i].hi))
-			rt_insert(&pl.mine, got[i].lo, got[i].hi);
+		if (!dd_rt_overlaps(&pl.mine, got[i].lo, got[i].hi))
+			dd_rt_insert(&pl.mine, got[i].lo, got[i].hi);
 }
 
 /* Register [lo, hi) (one VMA's worth, not blocked). pl.lock held. */
@@ -568,7 +484,7 @@ static int reg_one(uintptr_t lo, uintptr_t hi)
 
 	switch (r) {
 	case 0:
-		if (!rt_insert(&pl.mine, lo, hi)) {
+		if (!dd_rt_insert(&pl.mine, lo, hi)) {
 			dd_unregister((void *)lo, hi - lo, false);
 			return -ENOMEM;
 		}
@@ -580,7 +496,7 @@ static int reg_one(uintptr_t lo, uintptr_t hi)
 	case -ENODEV:
 		break;
 	default:   /* -EBUSY: another uffd has it; -EINVAL: changed meanwhile */
-		rt_union(&pl.ignore, lo, hi);
+		dd_rt_union(&pl.ignore, lo, hi);
 		/* errno numbers, not strerror(): it may allocate (translations) */
 		dd_debug("preload: not registering %#lx-%#lx: errno %d", (unsigned long)lo,
 			 (unsigned long)hi, -r);
@@ -623,20 +539,20 @@ static void register_parts(uintptr_t lo, uintptr_t hi)
  * overlaps it. Returns the union of [lo, hi) and those ranges in *u, the
  * span to register again afterwards. pl.lock held.
  */
-static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct range *u)
+static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u)
 {
 	bool any = false;
-	size_t i = rt_lower(&pl.mine, lo);
+	size_t i = dd_rt_lower(&pl.mine, lo);
 
 	u->lo = lo;
 	u->hi = hi;
 	while (i < pl.mine.n && pl.mine.r[i].lo < hi) {
-		struct range r = pl.mine.r[i];
+		struct dd_range r = pl.mine.r[i];
 		int ret = dd_unregister((void *)r.lo, r.hi - r.lo, false);
 		if (ret < 0 && ret != -ENOENT && ret != -ENODEV)
 			dd_warn("preload: dedup_unregister(%#lx, %zu): errno %d", (unsigned long)r.lo,
 				(size_t)(r.hi - r.lo), -ret);
-		rt_remove_at(&pl.mine, i);
+		dd_rt_remove_at(&pl.mine, i);
 		if (r.lo < u->lo)
 			u->lo = r.lo;
 		if (r.hi > u->hi)
@@ -647,6 +563,12 @@ static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct range *u)
 }
 
 /* ---- turning merged pieces back into anonymous memory ------------------------ */
+
+static int prot_of(const struct vma *v)
+{
+	return (v->perms[0] == 'r' ? PROT_READ : 0) | (v->perms[1] == 'w' ? PROT_WRITE : 0) |
+	       (v->perms[2] == 'x' ? PROT_EXEC : 0);
+}
 
 /*
  * Replace every piece of our memfd in [lo, hi) by anonymous memory holding
@@ -666,31 +588,23 @@ static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 		if (v->kind != K_DEDUP)
 			continue;
 		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
-		size_t len = e - a;
-		int prot = (v->perms[0] == 'r' ? PROT_READ : 0) | (v->perms[1] == 'w' ? PROT_WRITE : 0) |
-			   (v->perms[2] == 'x' ? PROT_EXEC : 0);
-		void *t = sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (t == MAP_FAILED)
-			return -ENOMEM;
-		if (!(prot & PROT_READ))
-			sys_mprotect((void *)a, len, PROT_READ | (prot & PROT_WRITE));
-		memcpy(t, (void *)a, len);
-		sys_mprotect(t, len, prot);
-		if (sys_mremap(t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
-			int e2 = errno;
-			sys_munmap(t, len);
-			return -e2;
-		}
+		int r = dd_piece_to_anon(a, e - a, prot_of(v), NULL);
+		if (r < 0)
+			return r;
 	}
 	return 0;
 }
 
 /* ---- mremap of a range that merging split into several VMAs ------------------ */
 
-static int prot_of(const struct vma *v)
+/* Is any page of [lo, hi) one of our merged (memfd) pieces? */
+static bool has_merged(uintptr_t lo, uintptr_t hi)
 {
-	return (v->perms[0] == 'r' ? PROT_READ : 0) | (v->perms[1] == 'w' ? PROT_WRITE : 0) |
-	       (v->perms[2] == 'x' ? PROT_EXEC : 0);
+	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	for (long i = 0; i < n; i++)
+		if (pl.pieces[i].kind == K_DEDUP)
+			return true;
+	return false;
 }
 
 /*
@@ -855,13 +769,13 @@ static void reconcile(unsigned round)
 		pl.ignore.n = 0;
 	/* 1. forget what went away (unmapped or replaced behind our back) */
 	for (size_t i = 0; i < pl.mine.n;) {
-		struct range r = pl.mine.r[i];
+		struct dd_range r = pl.mine.r[i];
 		if (still_ours(pl.vbuf, pl.nv, r.lo, r.hi, false)) {
 			i++;
 			continue;
 		}
 		dd_unregister((void *)r.lo, r.hi - r.lo, false);   /* -ENOENT: moved by REMAP */
-		rt_remove_at(&pl.mine, i);
+		dd_rt_remove_at(&pl.mine, i);
 		dd_debug("preload: forgot %#lx-%#lx (unmapped)", (unsigned long)r.lo,
 			 (unsigned long)r.hi);
 	}
@@ -878,7 +792,7 @@ static void reconcile(unsigned round)
 				continue;
 			}
 			if (next - a >= min_region())
-				pl.cand[pl.ncand++] = (struct range){ a, next };
+				pl.cand[pl.ncand++] = (struct dd_range){ a, next };
 			a = next;
 		}
 	}
@@ -897,13 +811,13 @@ static void reconcile(unsigned round)
 		goto out;
 	if (full) {
 		for (size_t i = 0; i < pl.mine.n;) {
-			struct range r = pl.mine.r[i];
+			struct dd_range r = pl.mine.r[i];
 			if (still_ours(pl.sbuf, pl.ns, r.lo, r.hi, true)) {
 				i++;
 				continue;
 			}
 			dd_unregister((void *)r.lo, r.hi - r.lo, false);
-			rt_remove_at(&pl.mine, i);
+			dd_rt_remove_at(&pl.mine, i);
 			dd_debug("preload: forgot %#lx-%#lx (no longer registered)",
 				 (unsigned long)r.lo, (unsigned long)r.hi);
 		}
@@ -911,13 +825,13 @@ static void reconcile(unsigned round)
 	/* 4. register; re-checked under the lock (the application may have
 	 * changed the range since we read maps: then dedup_register refuses) */
 	for (size_t i = 0, done = 0; i < pl.ncand && done < 256; i++) {
-		struct range c = pl.cand[i];
+		struct dd_range c = pl.cand[i];
 		size_t k = vma_find(pl.sbuf, pl.ns, c.lo);
 		uintptr_t next;
 		if (k == pl.ns || pl.sbuf[k].hi < c.hi || !perms_rw_private(&pl.sbuf[k]))
 			continue;   /* changed since the maps snapshot */
 		if (pl.sbuf[k].flags & (VF_LO | VF_DC | VF_WF | VF_DD)) {
-			rt_union(&pl.ignore, c.lo, c.hi);
+			dd_rt_union(&pl.ignore, c.lo, c.hi);
 			continue;
 		}
 		if (blocked_at(c.lo, c.hi, &next) || next < c.hi)
@@ -1004,7 +918,7 @@ static int state(void) { return atomic_load_explicit(&pl_state, memory_order_acq
 
 /* Around a call that changes [lo, hi): see drop_overlaps / register_parts. */
 struct op {
-	struct range u;
+	struct dd_range u;
 	bool dropped;
 };
 
@@ -1087,7 +1001,7 @@ static void take_reported(void)
 	for (unsigned i = 0; i < REPORT_SLOTS; i++) {
 		if (atomic_load(&reported[i].state) != SLOT_READY)
 			continue;
-		struct range r = { reported[i].lo, reported[i].hi };
+		struct dd_range r = { reported[i].lo, reported[i].hi };
 		atomic_store(&reported[i].state, SLOT_FREE);
 		if (!locked) {
 			pthread_mutex_lock(&pl.lock);
@@ -1144,7 +1058,7 @@ DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 		op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 		ret = sys_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED)
-			rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
+			dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 		op_end(&o);
 		return ret;
 	}
@@ -1176,8 +1090,44 @@ DD_API int munmap(void *addr, size_t len)
 	op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 	ret = sys_munmap(addr, len);
 	if (ret == 0)
-		rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
+		dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 	op_end(&o);
+	return ret;
+}
+
+/*
+ * mremap() of a range that may hold merged pieces. pl.lock held.
+ *  - Several VMAs: the kernel refuses (EFAULT); emulate_mremap() does it.
+ *  - Growing a range that holds a piece: the kernel would grow a piece that
+ *    is one whole VMA, or move one and grow it, by mapping more of our
+ *    memfd - other pages' content (preload_mremap, case 6). emulate_mremap()
+ *    maps the tail anonymous instead.
+ */
+static void *grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags, void *fixed)
+{
+	uintptr_t lo = pg_down((uintptr_t)old), hi = pg_up((uintptr_t)old + old_len);
+	bool can = old_len && dd_page_aligned((uintptr_t)old) && !(flags & MREMAP_DONTUNMAP);
+	void *ret;
+
+	if (can && pg_up(new_len) > hi - lo && has_merged(lo, hi))
+		return emulate_mremap(lo, hi, new_len, flags, fixed);
+	ret = sys_mremap(old, old_len, new_len, flags, fixed);
+	if (ret == MAP_FAILED && errno == EFAULT && can)
+		ret = emulate_mremap(lo, hi, new_len, flags, fixed);
+	return ret;
+}
+
+/* A fork()ed child guarding its parent's merged pieces (child.c): no engine,
+ * but the pieces are there. */
+static void *child_mremap(void *old, size_t old_len, size_t new_len, int flags, void *fixed)
+{
+	void *ret;
+
+	if (!dd_child_guarding())
+		return sys_mremap(old, old_len, new_len, flags, fixed);
+	pthread_mutex_lock(&pl.lock);
+	ret = grow_or_mremap(old, old_len, new_len, flags, fixed);
+	pthread_mutex_unlock(&pl.lock);
 	return ret;
 }
 
@@ -1193,7 +1143,7 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		fixed = va_arg(ap, void *);
 		va_end(ap);
 	}
-	if (st == PL_OFF || st == PL_PASSIVE)
+	if (st == PL_OFF || (st == PL_PASSIVE && !dd_child_guarding()))
 		return sys_mremap(old, old_len, new_len, flags, fixed);
 	if (from_us(__builtin_return_address(0))) {
 		ret = sys_mremap(old, old_len, new_len, flags, fixed);
@@ -1204,34 +1154,32 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		return ret;
 	}
 	if (st != PL_ON)
-		return sys_mremap(old, old_len, new_len, flags, fixed);
+		return child_mremap(old, old_len, new_len, flags, fixed);
 	uintptr_t lo = pg_down((uintptr_t)old), hi = pg_up((uintptr_t)old + old_len);
-	struct range dst = { 0, 0 };
+	struct dd_range dst = { 0, 0 };
 	bool dst_dropped = false;
 	op_begin(&o, lo, hi);
 	/* MREMAP_FIXED unmaps whatever is at the destination first */
 	if ((flags & MREMAP_FIXED) && state() == PL_ON)
 		dst_dropped = drop_overlaps(pg_down((uintptr_t)fixed),
 					    pg_up((uintptr_t)fixed + new_len), &dst);
-	ret = sys_mremap(old, old_len, new_len, flags, fixed);
-	if (ret == MAP_FAILED && errno == EFAULT && old_len && dd_page_aligned((uintptr_t)old))
-		ret = emulate_mremap(lo, hi, new_len, flags, fixed);
+	ret = grow_or_mremap(old, old_len, new_len, flags, fixed);
 	if (ret != MAP_FAILED) {
 		/* Exclusions travel with the memory; the new range is registered
 		 * now when we had the old one (else the reconcile finds it). */
 		uintptr_t nlo = (uintptr_t)ret;
 		if (nlo != lo && !(flags & MREMAP_DONTUNMAP)) {
-			size_t k = rt_lower(&pl.excl, lo);
-			struct range moved[8];
+			size_t k = dd_rt_lower(&pl.excl, lo);
+			struct dd_range moved[8];
 			size_t nm = 0;
 			for (; k < pl.excl.n && pl.excl.r[k].lo < hi && nm < DD_ARRAY_SIZE(moved); k++) {
 				uintptr_t a = pl.excl.r[k].lo > lo ? pl.excl.r[k].lo : lo;
 				uintptr_t e = pl.excl.r[k].hi < hi ? pl.excl.r[k].hi : hi;
-				moved[nm++] = (struct range){ nlo + (a - lo), nlo + (e - lo) };
+				moved[nm++] = (struct dd_range){ nlo + (a - lo), nlo + (e - lo) };
 			}
-			rt_sub(&pl.excl, lo, hi);
+			dd_rt_sub(&pl.excl, lo, hi);
 			for (size_t m = 0; m < nm; m++)
-				rt_union(&pl.excl, moved[m].lo, moved[m].hi);
+				dd_rt_union(&pl.excl, moved[m].lo, moved[m].hi);
 		}
 		if (o.dropped && state() == PL_ON)
 			register_parts(nlo, nlo + pg_up(new_len));
@@ -1256,7 +1204,7 @@ static int protect_common(void *addr, size_t len, int prot, long pkey)
 	ret = pkey < 0 ? sys_mprotect(addr, len, prot)
 		       : (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
 	if (ret == 0 && pkey >= 0)   /* a merge would map it with the default key */
-		rt_union(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
+		dd_rt_union(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 	op_end(&o);
 	return ret;
 }
@@ -1275,17 +1223,7 @@ DD_API int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 static void exclude_range(uintptr_t lo, uintptr_t hi, struct op *o)
 {
 	op_begin(o, lo, hi);
-	rt_union(&pl.excl, pg_down(lo), pg_up(hi));
-}
-
-/* Is any page of [lo, hi) one of our merged (memfd) pieces? */
-static bool has_merged(uintptr_t lo, uintptr_t hi)
-{
-	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
-	for (long i = 0; i < n; i++)
-		if (pl.pieces[i].kind == K_DEDUP)
-			return true;
-	return false;
+	dd_rt_union(&pl.excl, pg_down(lo), pg_up(hi));
 }
 
 /*
@@ -1318,14 +1256,41 @@ static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
 	return 0;
 }
 
+/* A guarded fork()ed child (child.c): MADV_FREE and MADV_WIPEONFORK on
+ * merged pieces, as for the parent below, without an engine to stop. */
+static int child_madvise(void *addr, size_t len, int advice)
+{
+	uintptr_t lo = (uintptr_t)addr, hi = pg_up((uintptr_t)addr + len);
+	int ret = sys_madvise(addr, len, advice), r;
+
+	if (ret == 0 || errno != EINVAL || !dd_page_aligned(lo) || !len || !dd_child_guarding() ||
+	    (advice != MADV_FREE && advice != MADV_WIPEONFORK))
+		return ret;
+	pthread_mutex_lock(&pl.lock);
+	if (!has_merged(lo, hi))
+		r = -EINVAL;
+	else if (advice == MADV_FREE)
+		r = madv_free_pieces(lo, hi);
+	else if ((r = unmerge_pieces(lo, hi)) == 0)
+		r = sys_madvise(addr, len, advice) < 0 ? -errno : 0;
+	pthread_mutex_unlock(&pl.lock);
+	if (r < 0) {
+		errno = -r;
+		return -1;
+	}
+	return 0;
+}
+
 DD_API int madvise(void *addr, size_t len, int advice)
 {
 	int st = state(), ret;
 	uintptr_t lo = (uintptr_t)addr, hi = pg_up((uintptr_t)addr + len);
 	struct op o;
 
-	if (st != PL_ON || from_us(__builtin_return_address(0)))
+	if (from_us(__builtin_return_address(0)))
 		return sys_madvise(addr, len, advice);
+	if (st != PL_ON)
+		return child_madvise(addr, len, advice);
 	switch (advice) {
 	case MADV_FREE:
 		ret = sys_madvise(addr, len, advice);
@@ -1387,7 +1352,7 @@ DD_API int mlockall(int flags)
 		pthread_mutex_lock(&pl.lock);
 		atomic_store(&pl_state, PL_PASSIVE);
 		while (pl.mine.n) {
-			struct range r = pl.mine.r[pl.mine.n - 1];
+			struct dd_range r = pl.mine.r[pl.mine.n - 1];
 			dd_unregister((void *)r.lo, r.hi - r.lo, false);
 			pl.mine.n--;
 		}
@@ -1607,7 +1572,7 @@ static void self_ranges(void)
 				text_hi = hi;
 		}
 		if (ph[i].p_flags & PF_W)
-			rt_union(&ours, pg_down(lo), pg_up(hi));
+			dd_rt_union(&ours, pg_down(lo), pg_up(hi));
 	}
 }
 
@@ -1615,22 +1580,23 @@ static bool tables_init(void)
 {
 	if (pl.mine.r)
 		return true;
-	if (!rt_init(&ours) || !rt_init(&pl.mine) || !rt_init(&pl.excl) || !rt_init(&pl.ignore))
+	if (!dd_rt_init(&ours, RTAB_CAP) || !dd_rt_init(&pl.mine, RTAB_CAP) ||
+	    !dd_rt_init(&pl.excl, RTAB_CAP) || !dd_rt_init(&pl.ignore, RTAB_CAP))
 		return false;
 	pl.vbuf = reserve(VBUF_CAP * sizeof(struct vma));
 	pl.sbuf = reserve(VBUF_CAP * sizeof(struct vma));
 	pl.pieces = reserve(VBUF_CAP * sizeof(struct vma));
-	pl.cand = reserve(RTAB_CAP * sizeof(struct range));
+	pl.cand = reserve(RTAB_CAP * sizeof(struct dd_range));
 	if (!pl.vbuf || !pl.sbuf || !pl.pieces || !pl.cand)
 		return false;
-	ours_add((uintptr_t)ours.r, RTAB_CAP * sizeof(struct range));
-	ours_add((uintptr_t)pl.mine.r, RTAB_CAP * sizeof(struct range));
-	ours_add((uintptr_t)pl.excl.r, RTAB_CAP * sizeof(struct range));
-	ours_add((uintptr_t)pl.ignore.r, RTAB_CAP * sizeof(struct range));
+	ours_add((uintptr_t)ours.r, RTAB_CAP * sizeof(struct dd_range));
+	ours_add((uintptr_t)pl.mine.r, RTAB_CAP * sizeof(struct dd_range));
+	ours_add((uintptr_t)pl.excl.r, RTAB_CAP * sizeof(struct dd_range));
+	ours_add((uintptr_t)pl.ignore.r, RTAB_CAP * sizeof(struct dd_range));
 	ours_add((uintptr_t)pl.vbuf, VBUF_CAP * sizeof(struct vma));
 	ours_add((uintptr_t)pl.sbuf, VBUF_CAP * sizeof(struct vma));
 	ours_add((uintptr_t)pl.pieces, VBUF_CAP * sizeof(struct vma));
-	ours_add((uintptr_t)pl.cand, RTAB_CAP * sizeof(struct range));
+	ours_add((uintptr_t)pl.cand, RTAB_CAP * sizeof(struct dd_range));
 	self_ranges();
 	return true;
 }
@@ -1717,22 +1683,49 @@ static void start(void)
 }
 
 /*
- * The engine state a fork()ed child inherited belongs to the parent: its
- * userfaultfd, eventfds, pagemap fd (opened on the parent's mm) and tables.
- * Let go of all of it without touching anything the parent still uses
- * (nothing is punched or unregistered: this is the child's copy), so that
- * dedup_init() can start afresh.
+ * Called by fork() (child.c) in the child, after the merged pages it
+ * inherited are guarded. The engine state a fork()ed child inherited belongs
+ * to the parent: its userfaultfd, eventfds, pagemap fd (opened on the
+ * parent's mm) and tables. With DEDUP_FORK=restart, let go of all of it
+ * without touching anything the parent still uses (nothing is punched or
+ * unregistered: this is the child's copy), so that dedup_init() can start
+ * afresh.
  */
-DD_API pid_t fork(void)
+void dd_preload_forked(void)
 {
-	pid_t pid = __fork();   /* runs every atfork handler, ours included */
-
-	if (pid == 0 && pl.was_on && dd_opt.fork_restart && state() == PL_PASSIVE) {
+	if (pl.was_on && dd_opt.fork_restart && state() == PL_PASSIVE) {
 		pl.thr_started = false;
 		dd_engine_child_reset();
 		start();
 	}
-	return pid;
+}
+
+/*
+ * A few calls need a single-threaded process: unshare() and setns() of a
+ * user namespace (the kernel says EINVAL otherwise). A fork()ed child that
+ * guards merged pages has our thread (child.c); it turns those pages back
+ * into anonymous memory and stops the thread first, so that the call
+ * behaves as without us. (A process that merges has our threads too; there
+ * the call fails as it would in any multi-threaded process.)
+ */
+#ifndef CLONE_NEWUSER
+#define CLONE_NEWUSER 0x10000000
+#endif
+#define NEEDS_ONE_THREAD (CLONE_NEWUSER | 0x00010000 /* THREAD */ | 0x00000800 /* SIGHAND */ | \
+			  0x00000100 /* VM */)
+
+DD_API int unshare(int flags)
+{
+	if ((flags & NEEDS_ONE_THREAD) && dd_child_guarding())
+		dd_child_release();
+	return (int)syscall(SYS_unshare, flags);
+}
+
+DD_API int setns(int fd, int nstype)
+{
+	if ((nstype == 0 || (nstype & CLONE_NEWUSER)) && dd_child_guarding())
+		dd_child_release();
+	return (int)syscall(SYS_setns, fd, nstype);
 }
 
 __attribute__((constructor)) static void preload_init(void)

@@ -5,6 +5,9 @@
  * memory and keeps the content: grow with MREMAP_MAYMOVE, move to a fixed
  * address, grow in place, shrink. New tail pages read zeros and are
  * writable; the old range is gone.
+ * Also a range that is one merged piece (a single file VMA, which the kernel
+ * grows by mapping more of our memfd: other pages' content): its new tail is
+ * anonymous memory and reads zeros, grown in place or moved.
  */
 #include "pl.h"
 
@@ -32,6 +35,40 @@ static bool mapped(const void *p)
 {
 	unsigned char v;
 	return mincore((void *)((uintptr_t)p & ~(T_PAGE - 1)), T_PAGE, &v) == 0;
+}
+
+/* No mapping of a libdedup memfd overlaps [p, p + len). */
+static bool no_memfd(const char *p, size_t len)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	bool ok = true;
+	CHECK(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		uintptr_t lo, hi;
+		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo < (uintptr_t)p + len &&
+		    hi > (uintptr_t)p && strstr(line, "memfd:libdedup"))
+			ok = false;
+	}
+	fclose(f);
+	return ok;
+}
+
+/* Grow the one-piece copy at q (NP merged pages) to 2 NP pages. */
+static void grow_piece(char *q, int flags, uint64_t seed)
+{
+	size_t l = NP * T_PAGE;
+	char *q2 = mremap(q, l, 2 * l, flags);
+	if (q2 == MAP_FAILED) {
+		fprintf(stderr, "FAIL: mremap grow of a merged piece (flags %d): %s\n", flags,
+			strerror(errno));
+		exit(T_FAIL);
+	}
+	CHECK(pl_check(q2, NP, seed));
+	if (!no_memfd(q2 + l, l) || !pl_is_zero(q2 + l, l)) {
+		fprintf(stderr, "FAIL: the grown tail of a merged piece maps our memfd\n");
+		exit(T_FAIL);
+	}
 }
 
 int main(void)
@@ -88,6 +125,20 @@ int main(void)
 		pl_wait_merged(base + 4 * 3 * NP * 8 / 10, 30);
 		CHECK(mremap(d, len, 2 * len, 0) == MAP_FAILED && errno == ENOMEM);
 		check_copies(d, 34);
+	}
+	/* 6. one merged piece grown in place (the last copy, room above), and
+	 * one grown and moved (a copy in the middle) */
+	char *e = merged_range(36, 2 * len);
+	char *last = e + 3 * NP * T_PAGE;
+	for (double t0 = t_now(); no_memfd(last, NP * T_PAGE) && t_now() - t0 < 30;)
+		usleep(20000);
+	if (!no_memfd(last, NP * T_PAGE)) {   /* merged */
+		grow_piece(last, 0, 36);
+		CHECK(mremap(last, 2 * NP * T_PAGE, NP * T_PAGE, 0) == last);
+		grow_piece(e + NP * T_PAGE, MREMAP_MAYMOVE, 36);
+	} else {
+		fprintf(stderr, "FAIL: the last copy of e did not merge\n");
+		return T_FAIL;
 	}
 	/* merging goes on in the moved ranges */
 	pl_fill(a2 + len, NP, 35);

@@ -1,0 +1,476 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * child.c - the merged pages a fork()ed child inherits keep behaving as
+ * anonymous memory.
+ *
+ * DOC: Why a child needs a guard
+ *
+ * A merged run is a MAP_PRIVATE mapping of our memfd, registered with the
+ * parent's userfaultfd (MINOR|MISSING) so that a discarded page reads zeros
+ * (discard.c). fork() copies the mapping but not the registration: our uffd
+ * has no UFFD_FEATURE_EVENT_FORK (it needs CAP_SYS_PTRACE, and a child whose
+ * faults its parent served would lose them when the parent exits - which is
+ * how a daemon starts). Unguarded, a child reads the canonical page again
+ * after madvise(MADV_DONTNEED) - its allocator's, libc's or a raw system
+ * call's - where anonymous memory reads zeros. tests/preload/pl_fork_child.c
+ * shows it, and fails with DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1.
+ *
+ * DOC: What the child does
+ *
+ * fork() is ours (below; exported by libdedup.so, and linked into a program
+ * that uses libdedup.a): in the child, after every atfork handler (the
+ * allocator's included) and while the child has one thread, it calls
+ * dd_child_guard():
+ *  1. Find the private mappings of a libdedup memfd in /proc/self/maps. If
+ *     there are none, stop here: the child runs exactly as without us.
+ *  2. Open a userfaultfd of its own (one that handles kernel-mode faults, as
+ *     the engine's) with REMOVE, REMAP and UNMAP events.
+ *  3. MADV_POPULATE_READ the pieces except the pages discarded before the
+ *     fork (the marks prefork copied, discard.c): fork() copies no PTE of a
+ *     file mapping without an anon_vma, and each first read would otherwise
+ *     be a round trip to our thread (tests/probe/probe_fork_child_file.c).
+ *  4. Register each run of pieces MINOR|MISSING and start the "dedup-child"
+ *     thread, which serves that uffd:
+ *       REMOVE [a, b)  the pages are discarded: remember them;
+ *       UNMAP [a, b)   forget them;
+ *       REMAP f -> t   the marks move from f to t, and all of f counts as
+ *                      discarded (with MREMAP_DONTUNMAP f stays mapped and
+ *                      empty, and anonymous memory would read zeros there);
+ *       minor fault    zeros (UFFDIO_COPY) where discarded, else the
+ *                      canonical page (UFFDIO_CONTINUE);
+ *       missing fault  zeros (the slot was freed before the fork: only a
+ *                      page discarded since can be empty there).
+ *     A mark stays after its fault, as in discard.c: the zeros are an
+ *     anonymous page, which only another discard empties again.
+ *  A piece that cannot be guarded (no uffd, a registration refused) is made
+ *  anonymous memory again by a copy: more memory, same behaviour.
+ *
+ * The child never merges these pieces; with DEDUP_FORK=restart its own new
+ * engine merges other memory (a range holding our pieces is registered with
+ * our uffd, and the engine's registration there fails EBUSY and skips it).
+ * The preload interposers keep fixing up mremap, MADV_FREE and
+ * MADV_WIPEONFORK on merged pieces in a guarded child (dd_child_guarding()).
+ *
+ * DOC: fork() of a guarded child
+ *
+ * The grandchild runs through here again: it closes the inherited uffd (no
+ * thread serves it there) and guards its own copy of the pieces, with the
+ * marks copied by prefork_guard(). The guard thread holds cg.lock from its
+ * non-blocking read() until the messages are recorded and never waits while
+ * holding it, so the prefork handler, which takes it for the copy only,
+ * sees every discard whose madvise() returned before fork() was called.
+ * (A discard in another thread, concurrent with the fork, may or may not
+ * show in the grandchild, as with the engine: engine.c, prefork().)
+ *
+ * Locking: cg.lock protects cg.gone and cg.snap; the guard thread and
+ * prefork_guard() take it, never around anything that can block. Our code
+ * in the child never calls malloc: tables come from mmap (ranges.c).
+ */
+#include <dlfcn.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+#define CG_CAP ((size_t)1 << 20)      /* ranges per table (MAP_NORESERVE) */
+#define CG_PIECES ((size_t)1 << 17)   /* > vm.max_map_count */
+#define CG_PENDING 1024
+
+struct piece {
+	uintptr_t lo, hi;
+	int prot;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	int uffd;                 /* -1: not guarding */
+	int stop_fd;              /* eventfd: stops the guard thread */
+	pthread_t thr;
+	bool thr_started;
+	bool atfork_done;
+	struct dd_rtab gone;      /* discarded pages of our pieces */
+	struct dd_rtab snap;      /* gone, as of the last fork() (prefork_guard) */
+	struct piece *pieces;     /* dd_child_guard: the pieces found */
+	size_t npieces;
+} cg = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.uffd = -1,
+	.stop_fd = -1,
+};
+
+static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
+{
+	return (void *)syscall(SYS_mmap, a, l, prot, flags, fd, off);
+}
+
+/* ---- a piece back to anonymous memory ------------------------------------ */
+
+/*
+ * Replace [a, a + len), one private file VMA with protection prot, by
+ * anonymous memory holding the same bytes: copy into an anonymous range
+ * and mremap it over the piece (one step, no hole). Pages in `zero` (may be
+ * NULL) read zeros instead: discarded pages the copy would read wrong. Not
+ * atomic against another thread writing the piece meanwhile: callers hold
+ * the only thread (the child at fork) or are changing the range anyway.
+ * Raw system calls: this runs inside interposed calls (preload.c).
+ */
+int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero)
+{
+	void *t = sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (t == MAP_FAILED)
+		return -ENOMEM;
+	if (!(prot & PROT_READ))
+		syscall(SYS_mprotect, a, len, PROT_READ | (prot & PROT_WRITE));
+	memcpy(t, (void *)a, len);
+	if (zero)
+		for (size_t i = dd_rt_lower(zero, a); i < zero->n && zero->r[i].lo < a + len; i++) {
+			uintptr_t lo = zero->r[i].lo > a ? zero->r[i].lo : a;
+			uintptr_t hi = zero->r[i].hi < a + len ? zero->r[i].hi : a + len;
+			memset((char *)t + (lo - a), 0, hi - lo);
+		}
+	syscall(SYS_mprotect, t, len, prot);
+	if ((void *)syscall(SYS_mremap, t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, a) == MAP_FAILED) {
+		int e = errno;
+		syscall(SYS_munmap, t, len);
+		return -e;
+	}
+	return 0;
+}
+
+/* ---- the guard thread ----------------------------------------------------- */
+
+static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
+
+/* Resolve a fault at page a; -EAGAIN while an event's thread has yet to run. */
+static int resolve(uintptr_t a, bool minor)
+{
+	int r;
+
+	if (!minor || dd_rt_overlaps(&cg.gone, a, a + DD_PAGE)) {
+		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zeros, .len = DD_PAGE };
+		r = ioctl(cg.uffd, UFFDIO_COPY, &c) < 0 ? -errno : 0;
+	} else {
+		struct uffdio_continue c = { .range = { a, DD_PAGE } };
+		r = ioctl(cg.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
+	}
+	if (r == -EAGAIN)
+		return r;
+	if (r < 0)   /* EEXIST: mapped meanwhile; ENOENT: unmapped meanwhile */
+		dd_uffd_wake(cg.uffd, a, DD_PAGE);
+	return 0;
+}
+
+static void mark_gone(uintptr_t lo, uintptr_t hi)
+{
+	if (!dd_rt_union(&cg.gone, lo, hi))
+		dd_err("child: out of room tracking discarded pages");
+}
+
+/* REMAP from -> to (len): see "What the child does". cg.lock held. */
+static void remapped(uintptr_t from, uintptr_t to, size_t len)
+{
+	struct dd_range moved[64];
+	size_t n = 0;
+
+	dd_rt_sub(&cg.gone, to, to + len);
+	for (size_t i = dd_rt_lower(&cg.gone, from); i < cg.gone.n && cg.gone.r[i].lo < from + len; i++) {
+		uintptr_t lo = cg.gone.r[i].lo > from ? cg.gone.r[i].lo : from;
+		uintptr_t hi = cg.gone.r[i].hi < from + len ? cg.gone.r[i].hi : from + len;
+		if (n == DD_ARRAY_SIZE(moved)) {
+			/* too scattered to copy here: all of it reads zeros
+			 * would be wrong, so keep every mark we can */
+			mark_gone(to + (lo - from), to + (hi - from));
+			continue;
+		}
+		moved[n++] = (struct dd_range){ to + (lo - from), to + (hi - from) };
+	}
+	for (size_t i = 0; i < n; i++)
+		mark_gone(moved[i].lo, moved[i].hi);
+	mark_gone(from, from + len);
+}
+
+static void *guard_main(void *arg)
+{
+	static struct { uintptr_t a; bool minor; } pend[CG_PENDING];
+	size_t npend = 0;
+	struct uffd_msg msg[32];
+	struct pollfd pfd[2] = { { .fd = cg.uffd, .events = POLLIN }, { .fd = cg.stop_fd, .events = POLLIN } };
+
+	(void)arg;
+	for (;;) {
+		if (poll(pfd, 2, npend ? 1 : -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			break;
+		pthread_mutex_lock(&cg.lock);
+		while (npend + DD_ARRAY_SIZE(msg) <= CG_PENDING) {
+			ssize_t r = read(cg.uffd, msg, sizeof(msg));
+			if (r <= 0)
+				break;
+			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
+				const struct uffd_msg *m = &msg[i];
+				switch (m->event) {
+				case UFFD_EVENT_PAGEFAULT:
+					pend[npend].a = m->arg.pagefault.address & ~(uintptr_t)(DD_PAGE - 1);
+					pend[npend++].minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
+					break;
+				case UFFD_EVENT_REMOVE:
+					mark_gone(m->arg.remove.start, m->arg.remove.end);
+					break;
+				case UFFD_EVENT_UNMAP:
+					dd_rt_sub(&cg.gone, m->arg.remove.start, m->arg.remove.end);
+					break;
+				case UFFD_EVENT_REMAP:
+					remapped(m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+					break;
+				default:
+					break;
+				}
+			}
+		}
+		size_t keep = 0;
+		for (size_t i = 0; i < npend; i++)
+			if (resolve(pend[i].a, pend[i].minor) == -EAGAIN)
+				pend[keep++] = pend[i];
+		npend = keep;
+		pthread_mutex_unlock(&cg.lock);
+		if (npend)
+			sched_yield();   /* an event's thread has yet to run */
+	}
+	return NULL;
+}
+
+/* ---- fork() of a guarded child -------------------------------------------- */
+
+static void prefork_guard(void)
+{
+	if (cg.uffd < 0)
+		return;
+	pthread_mutex_lock(&cg.lock);
+	cg.snap.n = 0;
+	if (cg.gone.n <= cg.snap.cap) {
+		memcpy(cg.snap.r, cg.gone.r, cg.gone.n * sizeof(*cg.gone.r));
+		cg.snap.n = cg.gone.n;
+	}
+	pthread_mutex_unlock(&cg.lock);
+}
+
+static void postfork_guard_child(void)
+{
+	pthread_mutex_init(&cg.lock, NULL);
+}
+
+/* ---- starting the guard --------------------------------------------------- */
+
+static int piece_line(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
+{
+	(void)ctx;
+	if (perms[3] != 'p' || !strstr(rest, "/memfd:libdedup") || cg.npieces == CG_PIECES)
+		return 0;
+	cg.pieces[cg.npieces++] = (struct piece){
+		lo, hi,
+		(perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+			(perms[2] == 'x' ? PROT_EXEC : 0),
+	};
+	return 0;
+}
+
+static void give_up(size_t first, size_t last, const char *why, int err)
+{
+	for (size_t i = first; i < last; i++) {
+		const struct piece *p = &cg.pieces[i];
+		int r = dd_piece_to_anon(p->lo, p->hi - p->lo, p->prot, &cg.gone);
+		if (r < 0)
+			dd_err("child: cannot guard nor copy merged pages at %#lx (%s: %s)",
+			       (unsigned long)p->lo, why, strerror(-r));
+	}
+	if (last > first)
+		dd_debug("child: %zu merged pieces copied (%s: %s)", last - first, why, strerror(-err));
+}
+
+/* Populate [lo, hi) except what was discarded before the fork. */
+static void populate(uintptr_t lo, uintptr_t hi)
+{
+	uintptr_t at = lo;
+	for (size_t i = dd_rt_lower(&cg.gone, lo); at < hi; i++) {
+		uintptr_t end = i < cg.gone.n && cg.gone.r[i].lo < hi ? cg.gone.r[i].lo : hi;
+		if (end > at)
+			(void)madvise((void *)at, end - at, MADV_POPULATE_READ);
+		if (i >= cg.gone.n || cg.gone.r[i].lo >= hi)
+			break;
+		at = cg.gone.r[i].hi;
+	}
+}
+
+/* The marks the child starts from: its parent engine's, or its parent
+ * guard's (a grandchild). */
+static void seed_marks(bool grandchild)
+{
+	cg.gone.n = 0;
+	if (grandchild) {
+		for (size_t i = 0; i < cg.snap.n; i++)
+			mark_gone(cg.snap.r[i].lo, cg.snap.r[i].hi);
+		return;
+	}
+	const uintptr_t (*iv)[2];
+	size_t n = dd_discard_forked(&iv);
+	if (atomic_load(&eng.fork_snap_failed))
+		dd_err("child: out of memory copying the discard marks at fork(); pages the "
+		       "parent discarded may read their merged content here");
+	for (size_t i = 0; i < n; i++)
+		mark_gone(iv[i][0], iv[i][1]);
+}
+
+void dd_child_guard(void)
+{
+	bool grandchild = cg.uffd >= 0;
+	const char *why = NULL;
+	int r;
+
+	if (grandchild) {
+		/* our parent's guard uffd: nobody serves it here */
+		close(cg.uffd);
+		close(cg.stop_fd);
+		cg.uffd = cg.stop_fd = -1;
+		cg.thr_started = false;
+	}
+	if (dd_opt.test_unsafe_no_child_guard)
+		return;   /* test hook: tests/preload.cmake shows pl_fork_child failing */
+	if (!cg.pieces) {
+		cg.pieces = sys_mmap(NULL, CG_PIECES * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (cg.pieces == MAP_FAILED) {
+			cg.pieces = NULL;
+			dd_err("child: no memory to look for merged pages");
+			return;
+		}
+	}
+	cg.npieces = 0;
+	if (dd_maps_each(piece_line, NULL) < 0 || !cg.npieces)
+		return;
+	if (!cg.gone.r && (!dd_rt_init(&cg.gone, CG_CAP) || !dd_rt_init(&cg.snap, CG_CAP))) {
+		dd_err("child: no memory for the discard marks");
+		return;   /* nothing to guard with: see give_up() below */
+	}
+	seed_marks(grandchild);
+
+	r = dd_uffd_open(&cg.uffd, &why);
+	if (r == 0) {
+		cg.stop_fd = eventfd(0, EFD_CLOEXEC);
+		if (cg.stop_fd < 0)
+			r = -errno, why = "eventfd";
+	}
+	if (r < 0) {
+		if (cg.uffd >= 0)
+			close(cg.uffd);
+		cg.uffd = -1;
+		give_up(0, cg.npieces, why ? why : "userfaultfd", r);
+		return;
+	}
+	for (size_t i = 0; i < cg.npieces;) {
+		size_t j = i + 1;
+		while (j < cg.npieces && cg.pieces[j].lo == cg.pieces[j - 1].hi)
+			j++;
+		uintptr_t lo = cg.pieces[i].lo, hi = cg.pieces[j - 1].hi;
+		populate(lo, hi);
+		r = dd_uffd_register(cg.uffd, lo, hi - lo,
+				     UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING);
+		if (r < 0)
+			give_up(i, j, "UFFDIO_REGISTER", r);
+		i = j;
+	}
+	r = dd_thread_create(&cg.thr, guard_main, NULL);
+	if (r) {
+		/* Unregistered again by closing the uffd, then copied. */
+		close(cg.uffd);
+		close(cg.stop_fd);
+		cg.uffd = cg.stop_fd = -1;
+		give_up(0, cg.npieces, "pthread_create", -r);
+		return;
+	}
+	pthread_setname_np(cg.thr, "dedup-child");
+	cg.thr_started = true;
+	if (!cg.atfork_done) {
+		pthread_atfork(prefork_guard, NULL, postfork_guard_child);
+		cg.atfork_done = true;
+	}
+	dd_debug("child: guarding %zu merged pieces", cg.npieces);
+}
+
+bool dd_child_guarding(void)
+{
+	return cg.uffd >= 0;
+}
+
+/*
+ * Make every guarded piece anonymous memory again and stop the guard: for a
+ * call that needs a single-threaded process (unshare(CLONE_NEWUSER) and
+ * friends, preload.c). Copies merged pages: memory, not behaviour.
+ */
+int dd_child_release(void)
+{
+	uint64_t one = 1;
+	int ret = 0;
+
+	if (cg.uffd < 0)
+		return 0;
+	/* The copies read discarded pages through the guard (zeros), and their
+	 * mremap raises UNMAP events it reads: it must still run. */
+	cg.npieces = 0;
+	dd_maps_each(piece_line, NULL);
+	for (size_t i = 0; i < cg.npieces; i++) {
+		const struct piece *p = &cg.pieces[i];
+		int r = dd_piece_to_anon(p->lo, p->hi - p->lo, p->prot, NULL);
+		if (r < 0 && !ret)
+			ret = r;
+	}
+	if (cg.thr_started) {
+		(void)!write(cg.stop_fd, &one, sizeof(one));
+		pthread_join(cg.thr, NULL);
+		cg.thr_started = false;
+	}
+	close(cg.uffd);
+	close(cg.stop_fd);
+	cg.uffd = cg.stop_fd = -1;
+	return ret;
+}
+
+/* ---- fork() ------------------------------------------------------------- */
+
+extern pid_t __fork(void);
+/* preload.c, when linked in (libdedup.so): DEDUP_FORK=restart */
+void dd_preload_forked(void) __attribute__((weak));
+
+/* The next fork() in the lookup order (a sanitizer's or another preloaded
+ * library's interceptor, or libc's), else glibc's own. */
+static pid_t (*next_fork)(void);
+
+DD_API pid_t fork(void)
+{
+	if (!next_fork) {
+		pid_t (*f)(void) = (pid_t (*)(void))dlsym(RTLD_NEXT, "fork");
+		next_fork = f && f != fork ? f : __fork;
+	}
+	pid_t pid = next_fork();   /* runs every atfork handler, ours included */
+
+	if (pid != 0)
+		return pid;
+	/* Merged pages from the parent (or from a guarded parent) first,
+	 * before a restarted engine looks at the child's memory. */
+	if (eng.child || dd_child_guarding())
+		dd_child_guard();
+	if (dd_preload_forked)
+		dd_preload_forked();
+	return 0;
+}
