@@ -299,10 +299,18 @@ static enum load load_file(const char *dir, int pid, struct sample *out)
 	snprintf(base, sizeof(base), "%d" DD_PUB_SUFFIX, pid);
 	if (snprintf(path, sizeof(path), "%s/%s", dir, base) >= (int)sizeof(path))
 		return L_INVALID;
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? L_NOFILE
-		       : (errno == EACCES || errno == EPERM) ? L_DENIED : L_INVALID;
+	/* O_NONBLOCK: anyone may put a FIFO named <pid>.stats in a directory
+	 * we scan (root scans /tmp/libdedup-*); opening it must not hang us. */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return L_NOFILE;
+		if (errno != EACCES && errno != EPERM)
+			return L_INVALID;
+		/* another user's file: stale if its process is gone (not
+		 * ours to remove), else a process we may not look at */
+		return dd_pub_proc_stat(pid, NULL, NULL) == -ENOENT ? L_STALE : L_DENIED;
+	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
 		return L_INVALID;
