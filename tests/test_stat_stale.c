@@ -18,7 +18,9 @@
  *   - a file this process maps, with another start time
  *     (pid reuse where the maps cannot tell)               -> hidden, removed
  *   - a FIFO named <live pid>.stats                        -> hidden, no hang
- * --no-clean hides stale files without removing them.
+ * --no-clean hides stale files without removing them. A live process's
+ * file in a directory the tool does not look in is found by pid through
+ * /proc/<pid>/maps (not with --dir, not in the list).
  */
 #include <sys/file.h>
 
@@ -181,8 +183,26 @@ int main(int argc, char **argv)
 	CHECK(r->status == 0 && strstr(r->out, "\"pages_sharing\":10,"));
 	CHECK(setenv(DD_PUB_ENV_DIR, ts_dir, 1) == 0);
 
+	/* a file in a directory dedup-stat does not look in (the publisher's
+	 * XDG_RUNTIME_DIR is not ours): found by pid through the process's
+	 * maps, unless --dir says where to look; never in the list */
+	char other[64] = "/tmp/dedup-stat-other-XXXXXX", opath[128];
+	CHECK(mkdtemp(other) != NULL);
+	snprintf(opath, sizeof(opath), "%s/%d.stats", other, me);
 	munmap(mine, DD_PUB_FILE_SIZE);
 	snprintf(name, sizeof(name), "%d.stats", me);
+	CHECK(unlink(strcat(strcat(strcpy(path2, ts_dir), "/"), name)) == 0);
+	mine = fake_in(other, me, my_start, DD_PUB_MAGIC, true);
+	r = ts_tool_run(pidarg, NULL);
+	fprintf(stderr, "found through maps: exit %d, %s%s", r->status, r->err, r->out);
+	CHECK(r->status == 0 && strstr(r->out, opath));
+	r = ts_tool_run(pidarg, "--dir", ts_dir, NULL);
+	CHECK(r->status == 3);
+	r = ts_tool_run(NULL);
+	CHECK(r->status == 0 && !listed(r->out, me));
+	munmap(mine, DD_PUB_FILE_SIZE);
+	unlink(opath);
+	rmdir(other);
 
 	/* pid reuse that the maps cannot tell: a file this process maps, with
 	 * a start time that is not ours */

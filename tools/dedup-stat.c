@@ -222,6 +222,10 @@ static struct dirs stat_dirs(void)
 		snprintf(buf, sizeof(buf), "%s/libdedup", env);
 		dirs_add(&d, buf);
 	}
+	/* where XDG_RUNTIME_DIR points in a login session, for when ours is
+	 * unset or differs from the application's (su, sudo -u, cron) */
+	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup", (unsigned)geteuid());
+	dirs_add(&d, buf);
 	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u", (unsigned)geteuid());
 	dirs_add(&d, buf);
 	if (geteuid() == 0) {
@@ -355,10 +359,45 @@ static enum load load_file(const char *dir, int pid, struct sample *out)
 	return ret;
 }
 
-/* The stats of one pid, from whichever directory holds a live file. */
+/*
+ * The directory of the stats file process pid maps, from /proc/<pid>/maps,
+ * into buf: how we find a publisher whose directory we would not look in
+ * (its XDG_RUNTIME_DIR or DEDUP_STAT_DIR is not ours). False if none.
+ */
+static bool mapped_dir(int pid, char *buf, size_t size)
+{
+	char path[64], line[PATH_MAX + 128], base[32];
+	bool found = false;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+	snprintf(base, sizeof(base), "/%d" DD_PUB_SUFFIX, pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		int name_at = 0;
+		if (sscanf(line, "%*s %*s %*s %*s %*u %n", &name_at) < 0 || !name_at ||
+		    line[name_at] != '/')
+			continue;
+		char *name = line + name_at, *end = name + strcspn(name, "\n");
+		size_t blen = strlen(base);
+		*end = 0;   /* an unlinked file ends in " (deleted)": no match */
+		if ((size_t)(end - name) > blen && !strcmp(end - blen, base) &&
+		    (size_t)(end - name - blen) < size) {
+			snprintf(buf, size, "%.*s", (int)(end - name - blen), name);
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/* The stats of one pid, from whichever directory holds a live file; failing
+ * that (and without --dir), from the file the process maps. */
 static enum load find_pid(const struct dirs *d, int pid, struct sample *out)
 {
 	enum load best = L_NOFILE;
+	char dir[PATH_MAX];
 
 	for (size_t i = 0; i < d->n; i++) {
 		enum load r = load_file(d->v[i], pid, out);
@@ -367,6 +406,8 @@ static enum load find_pid(const struct dirs *d, int pid, struct sample *out)
 		if (r == L_DENIED || r == L_BUSY || (r == L_INVALID && best != L_DENIED))
 			best = r;
 	}
+	if (best == L_NOFILE && !opt.dir && mapped_dir(pid, dir, sizeof(dir)))
+		best = load_file(dir, pid, out);   /* checked like any other */
 	return best;
 }
 
@@ -866,9 +907,12 @@ static const char help_text[] =
 "    DIR/PID.stats, one page, mode 0600, where DIR is the first usable of\n"
 "    $DEDUP_STAT_DIR, /run/libdedup (root), $XDG_RUNTIME_DIR/libdedup,\n"
 "    /tmp/libdedup-UID. dedup-stat reads $DEDUP_STAT_DIR alone when it is\n"
-"    set, else all the others (as root also /run/user/*/libdedup and\n"
-"    /tmp/libdedup-*). The layout is in libdedup/src/publish.h, the\n"
-"    meaning of every figure in docs/stats.md.\n"
+"    set, else all the others and /run/user/UID/libdedup (as root also\n"
+"    /run/user/*/libdedup and /tmp/libdedup-*). For a PID not found there\n"
+"    (its XDG_RUNTIME_DIR or DEDUP_STAT_DIR differs from ours), the file\n"
+"    the process maps, from /proc/PID/maps, unless --dir is given. The\n"
+"    layout is in libdedup/src/publish.h, the meaning of every figure in\n"
+"    docs/stats.md.\n"
 "\n"
 "EXIT STATUS\n"
 "    0   success (also when no process publishes stats)\n"
