@@ -54,7 +54,7 @@ int main(int argc, char **argv)
 	r = ts_tool_run("--help", NULL);
 	CHECK(r->status == 0);
 	const char *sections[] = { "NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FILES",
-				   "EXIT STATUS", "EXAMPLES" };
+				   "ENVIRONMENT", "EXIT STATUS", "EXAMPLES" };
 	for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++) {
 		char s[32];
 		snprintf(s, sizeof(s), "\n%s\n", sections[i]);

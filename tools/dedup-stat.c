@@ -914,9 +914,17 @@ static const char help_text[] =
 "    layout is in libdedup/src/publish.h, the meaning of every figure in\n"
 "    docs/stats.md.\n"
 "\n"
+"ENVIRONMENT\n"
+"    DEDUP_STAT_DIR\n"
+"        The only directory to read (as libdedup's only place to publish).\n"
+"    XDG_RUNTIME_DIR\n"
+"        $XDG_RUNTIME_DIR/libdedup is one of the places read.\n"
+"\n"
 "EXIT STATUS\n"
-"    0   success (also when no process publishes stats)\n"
-"    1   usage error, or stats that could not be read (permission)\n"
+"    0   success, also when no process publishes stats, and for --watch\n"
+"        ended by Ctrl-C (SIGINT) or SIGTERM, --count or the PID's exit\n"
+"    1   usage error, or stats that exist but could not be read\n"
+"        (permission denied, a file that stays mid-update)\n"
 "    2   no process PID (\"dedup-stat: no process PID\")\n"
 "    3   process PID does not run libdedup\n"
 "        (\"dedup-stat: process PID (COMM) does not run libdedup\")\n"
@@ -926,7 +934,8 @@ static const char help_text[] =
 "    dedup-stat 1234                 the full table for process 1234\n"
 "    dedup-stat 1234 --watch 2       redraw every 2 s with rates\n"
 "    dedup-stat --json | jq '.[] | {pid, saved: .stats.bytes_saved}'\n"
-"    dedup-stat --prometheus > /var/lib/node_exporter/libdedup.prom\n";
+"    dedup-stat --prometheus > /var/lib/node_exporter/libdedup.prom.$$ &&\n"
+"        mv /var/lib/node_exporter/libdedup.prom.$$ /var/lib/node_exporter/libdedup.prom\n";
 
 __attribute__((format(printf, 1, 0), noreturn))
 static void usage_error(const char *fmt, const char *arg)
