@@ -6,7 +6,8 @@
  *     usable, a fork()ed child of a process running the engine, which
  *     inherits neither the engine nor the stats file);
  *   - a pid that does not exist: "dedup-stat: no process PID", exit 2;
- *   - usage errors: exit 1; --help: a man page, exit 0.
+ *   - usage errors: exit 1; --help: a man page, exit 0;
+ *   - a command name with control characters is printed with '?' for them.
  */
 #include "test_stat_common.h"
 
@@ -34,6 +35,12 @@ int main(int argc, char **argv)
 	expect_not_libdedup(plain, "plain-sleeper");
 	kill(plain, SIGKILL);
 	waitpid(plain, NULL, 0);
+
+	/* a name with control characters reaches the terminal as '?' */
+	pid_t esc = ts_sleeper("e\033[2J\a\nx");
+	expect_not_libdedup(esc, "e?[2J??x");
+	kill(esc, SIGKILL);
+	waitpid(esc, NULL, 0);
 
 	/* no such process (the pid just reaped) */
 	snprintf(arg, sizeof(arg), "%d", (int)plain);

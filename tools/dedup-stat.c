@@ -532,6 +532,23 @@ static void version_str(uint64_t v, char *buf, size_t size)
 
 /* ---- plain text ---------------------------------------------------------- */
 
+static bool valid_utf8(const unsigned char *s);
+
+/* A comm for the terminal (buf: 16 bytes): any process may name itself
+ * with control characters, an escape sequence among them; like ps, show
+ * them as '?' (and every high byte of a comm that is not UTF-8). */
+static const char *printable(const char *comm, char *buf)
+{
+	bool utf8 = valid_utf8((const unsigned char *)comm);
+	size_t i;
+	for (i = 0; i < 15 && comm[i]; i++) {
+		unsigned char c = (unsigned char)comm[i];
+		buf[i] = c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8) ? '?' : (char)c;
+	}
+	buf[i] = 0;
+	return buf;
+}
+
 static void print_list(const struct samples *s, const struct samples *prev)
 {
 	bool rates = opt.watch;
@@ -548,7 +565,9 @@ static void print_list(const struct samples *s, const struct samples *prev)
 		char vmas[48];
 		snprintf(vmas, sizeof(vmas), "%lld/%llu", (long long)st->vmas_added,
 			 (unsigned long long)st->vma_budget);
-		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %6.1f", x->pid, x->comm,
+		char cbuf[16];
+		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %6.1f", x->pid,
+		       printable(x->comm, cbuf),
 		       mib(st->bytes_saved), (unsigned long long)st->pages_sharing,
 		       (unsigned long long)st->pages_shared, (unsigned long long)st->zero_pages,
 		       (unsigned long long)st->cow_breaks, vmas, r.cpu_percent);
@@ -598,7 +617,7 @@ static void print_table(const struct sample *x, const struct sample *prev)
 
 	version_str(x->lib_version, ver, sizeof(ver));
 	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&started));
-	printf("libdedup %s in process %d (%s)\n", ver, x->pid, x->comm);
+	printf("libdedup %s in process %d (%s)\n", ver, x->pid, printable(x->comm, hum));
 	printf("  engine started %s (up %.1f s); stats updated %.1f s ago (update #%llu)\n", when,
 	       (double)(x->live.updated_mono_ns - x->started_mono_ns) / 1e9 + age_s(x), age_s(x),
 	       (unsigned long long)l->updates);
@@ -611,7 +630,10 @@ static void print_table(const struct sample *x, const struct sample *prev)
 	printf(", batch %llu pages, zero pages %s, VMA budget %llu\n",
 	       (unsigned long long)l->batch_pages, l->zero_pages_enabled ? "on" : "off",
 	       (unsigned long long)l->vma_budget);
-	printf("  file %s\n", x->path);
+	printf("  file ");
+	for (const char *c = x->path; *c; c++)   /* a directory name may hold anything */
+		putchar((unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c);
+	printf("\n");
 
 	printf("\nAs /proc/<pid>/ksm_stat\n");
 	snprintf(value, sizeof(value), "%llu", (unsigned long long)st->pages_sharing);
@@ -991,12 +1013,13 @@ static void sleep_s(double s)
 /* Exit status and message for a PID without readable stats. */
 static int explain_missing(int pid, enum load why)
 {
-	char comm[16] = "?";
+	char raw[16] = "?", comm[16];
 
-	if (dd_pub_proc_stat(pid, NULL, comm) == -ENOENT) {
+	if (dd_pub_proc_stat(pid, NULL, raw) == -ENOENT) {
 		fprintf(stderr, "dedup-stat: no process %d\n", pid);
 		return EXIT_NO_PROCESS;
 	}
+	printable(raw, comm);
 	if (why == L_DENIED) {
 		fprintf(stderr, "dedup-stat: process %d (%s): cannot read its stats: %s\n", pid,
 			comm, strerror(EACCES));
