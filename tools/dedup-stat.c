@@ -18,6 +18,7 @@
 #include <getopt.h>
 #include <glob.h>
 #include <limits.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -291,13 +292,28 @@ static void remove_stale(int fd, const char *path, const struct stat *seen)
 
 enum load { L_OK, L_NOFILE, L_STALE, L_INVALID, L_DENIED, L_BUSY };
 
+/* A file's owner may truncate it while we read it through the mapping
+ * (root reads every user's files): SIGBUS. While bus_armed, that makes the
+ * file invalid instead of ending dedup-stat and every other process's
+ * figures with it. */
+static sigjmp_buf bus_jmp;
+static volatile sig_atomic_t bus_armed;
+
+static void on_sigbus(int sig)
+{
+	if (bus_armed)
+		siglongjmp(bus_jmp, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 /* Read <dir>/<pid>.stats into *out, if its process is alive. */
 static enum load load_file(const char *dir, int pid, struct sample *out)
 {
 	char path[PATH_MAX], base[32];
 	struct stat st;
 	uint64_t start = 0;
-	enum load ret = L_OK;
+	volatile enum load ret = L_OK;   /* volatile: sigsetjmp below */
 	int fd, r;
 
 	snprintf(base, sizeof(base), "%d" DD_PUB_SUFFIX, pid);
@@ -333,6 +349,19 @@ static enum load load_file(const char *dir, int pid, struct sample *out)
 		close(fd);
 		return L_INVALID;
 	}
+	static bool bus_handler;
+	if (!bus_handler) {
+		struct sigaction sa = { .sa_handler = on_sigbus };
+		sigaction(SIGBUS, &sa, NULL);
+		bus_handler = true;
+	}
+	if (sigsetjmp(bus_jmp, 1)) {   /* the file shrank under us */
+		bus_armed = 0;
+		munmap((void *)p, DD_PUB_FILE_SIZE);
+		close(fd);
+		return L_INVALID;
+	}
+	bus_armed = 1;
 	if (memcmp(p->magic, DD_PUB_MAGIC, sizeof(p->magic)) || p->version != DD_PUB_VERSION ||
 	    p->pid != pid) {
 		ret = L_INVALID;
@@ -354,6 +383,7 @@ static enum load load_file(const char *dir, int pid, struct sample *out)
 		out->started_mono_ns = p->started_mono_ns;
 		out->page_size = p->page_size ? p->page_size : 4096;
 	}
+	bus_armed = 0;
 	munmap((void *)p, DD_PUB_FILE_SIZE);
 	close(fd);
 	return ret;
