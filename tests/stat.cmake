@@ -4,3 +4,14 @@ foreach(t test_stat_json test_stat_prometheus test_stat_stale test_stat_errors t
   dedup_test(${t} SOURCES ${t}.c TIMEOUT 60 LABELS stat ARGS $<TARGET_FILE:dedup-stat>)
   add_dependencies(${t} dedup-stat)
 endforeach()
+# The DEDUP_LOG=stats table at exit; the second argument, libdedup.so, adds
+# preload mode (not in the sanitizer build: ASan must come first in a process).
+if(DEDUP_SANITIZE)
+  dedup_test(test_stat_exit SOURCES test_stat_exit.c TIMEOUT 60 LABELS stat
+             ARGS $<TARGET_FILE:dedup-stat>)
+else()
+  dedup_test(test_stat_exit SOURCES test_stat_exit.c TIMEOUT 60 LABELS stat
+             ARGS $<TARGET_FILE:dedup-stat> $<TARGET_FILE:dedup>)
+  add_dependencies(test_stat_exit dedup)
+endif()
+add_dependencies(test_stat_exit dedup-stat)

@@ -12,6 +12,7 @@
 #define DEDUP_TEST_STAT_COMMON_H
 
 #include <dirent.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -23,6 +24,7 @@
 
 static char ts_dir[64];
 static const char *ts_tool;
+static uid_t ts_run_uid;   /* nonzero: ts_tool_run runs the tool as this user (and group) */
 
 static void ts_cleanup(void)
 {
@@ -93,6 +95,13 @@ static inline struct ts_run *ts_tool_run(const char *arg, ...)
 		dup2(e[1], 2);
 		close(o[0]);
 		close(e[0]);
+		/* a tool that hangs fails the test (status 128 + SIGALRM),
+		 * rather than CTest's timeout, which would wait on for the
+		 * pipe the tool still holds */
+		alarm(30);
+		if (ts_run_uid && (setgroups(0, NULL) < 0 || setgid(ts_run_uid) < 0 ||
+				   setuid(ts_run_uid) < 0))
+			_exit(126);
 		execv(ts_tool, (char *const *)argv);
 		_exit(127);
 	}

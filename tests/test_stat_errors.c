@@ -6,7 +6,8 @@
  *     usable, a fork()ed child of a process running the engine, which
  *     inherits neither the engine nor the stats file);
  *   - a pid that does not exist: "dedup-stat: no process PID", exit 2;
- *   - usage errors: exit 1; --help: a man page, exit 0.
+ *   - usage errors: exit 1; --help: a man page, exit 0;
+ *   - a command name with control characters is printed with '?' for them.
  */
 #include "test_stat_common.h"
 
@@ -35,6 +36,12 @@ int main(int argc, char **argv)
 	kill(plain, SIGKILL);
 	waitpid(plain, NULL, 0);
 
+	/* a name with control characters reaches the terminal as '?' */
+	pid_t esc = ts_sleeper("e\033[2J\a\nx");
+	expect_not_libdedup(esc, "e?[2J??x");
+	kill(esc, SIGKILL);
+	waitpid(esc, NULL, 0);
+
 	/* no such process (the pid just reaped) */
 	snprintf(arg, sizeof(arg), "%d", (int)plain);
 	snprintf(want, sizeof(want), "dedup-stat: no process %d\n", (int)plain);
@@ -54,7 +61,7 @@ int main(int argc, char **argv)
 	r = ts_tool_run("--help", NULL);
 	CHECK(r->status == 0);
 	const char *sections[] = { "NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FILES",
-				   "EXIT STATUS", "EXAMPLES" };
+				   "ENVIRONMENT", "EXIT STATUS", "EXAMPLES" };
 	for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++) {
 		char s[32];
 		snprintf(s, sizeof(s), "\n%s\n", sections[i]);

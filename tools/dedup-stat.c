@@ -18,6 +18,7 @@
 #include <getopt.h>
 #include <glob.h>
 #include <limits.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -222,6 +223,10 @@ static struct dirs stat_dirs(void)
 		snprintf(buf, sizeof(buf), "%s/libdedup", env);
 		dirs_add(&d, buf);
 	}
+	/* where XDG_RUNTIME_DIR points in a login session, for when ours is
+	 * unset or differs from the application's (su, sudo -u, cron) */
+	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup", (unsigned)geteuid());
+	dirs_add(&d, buf);
 	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u", (unsigned)geteuid());
 	dirs_add(&d, buf);
 	if (geteuid() == 0) {
@@ -287,22 +292,45 @@ static void remove_stale(int fd, const char *path, const struct stat *seen)
 
 enum load { L_OK, L_NOFILE, L_STALE, L_INVALID, L_DENIED, L_BUSY };
 
+/* A file's owner may truncate it while we read it through the mapping
+ * (root reads every user's files): SIGBUS. While bus_armed, that makes the
+ * file invalid instead of ending dedup-stat and every other process's
+ * figures with it. */
+static sigjmp_buf bus_jmp;
+static volatile sig_atomic_t bus_armed;
+
+static void on_sigbus(int sig)
+{
+	if (bus_armed)
+		siglongjmp(bus_jmp, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 /* Read <dir>/<pid>.stats into *out, if its process is alive. */
 static enum load load_file(const char *dir, int pid, struct sample *out)
 {
 	char path[PATH_MAX], base[32];
 	struct stat st;
 	uint64_t start = 0;
-	enum load ret = L_OK;
+	volatile enum load ret = L_OK;   /* volatile: sigsetjmp below */
 	int fd, r;
 
 	snprintf(base, sizeof(base), "%d" DD_PUB_SUFFIX, pid);
 	if (snprintf(path, sizeof(path), "%s/%s", dir, base) >= (int)sizeof(path))
 		return L_INVALID;
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? L_NOFILE
-		       : (errno == EACCES || errno == EPERM) ? L_DENIED : L_INVALID;
+	/* O_NONBLOCK: anyone may put a FIFO named <pid>.stats in a directory
+	 * we scan (root scans /tmp/libdedup-*); opening it must not hang us. */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return L_NOFILE;
+		if (errno != EACCES && errno != EPERM)
+			return L_INVALID;
+		/* another user's file: stale if its process is gone (not
+		 * ours to remove), else a process we may not look at */
+		return dd_pub_proc_stat(pid, NULL, NULL) == -ENOENT ? L_STALE : L_DENIED;
+	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
 		return L_INVALID;
@@ -321,6 +349,19 @@ static enum load load_file(const char *dir, int pid, struct sample *out)
 		close(fd);
 		return L_INVALID;
 	}
+	static bool bus_handler;
+	if (!bus_handler) {
+		struct sigaction sa = { .sa_handler = on_sigbus };
+		sigaction(SIGBUS, &sa, NULL);
+		bus_handler = true;
+	}
+	if (sigsetjmp(bus_jmp, 1)) {   /* the file shrank under us */
+		bus_armed = 0;
+		munmap((void *)p, DD_PUB_FILE_SIZE);
+		close(fd);
+		return L_INVALID;
+	}
+	bus_armed = 1;
 	if (memcmp(p->magic, DD_PUB_MAGIC, sizeof(p->magic)) || p->version != DD_PUB_VERSION ||
 	    p->pid != pid) {
 		ret = L_INVALID;
@@ -342,15 +383,51 @@ static enum load load_file(const char *dir, int pid, struct sample *out)
 		out->started_mono_ns = p->started_mono_ns;
 		out->page_size = p->page_size ? p->page_size : 4096;
 	}
+	bus_armed = 0;
 	munmap((void *)p, DD_PUB_FILE_SIZE);
 	close(fd);
 	return ret;
 }
 
-/* The stats of one pid, from whichever directory holds a live file. */
+/*
+ * The directory of the stats file process pid maps, from /proc/<pid>/maps,
+ * into buf: how we find a publisher whose directory we would not look in
+ * (its XDG_RUNTIME_DIR or DEDUP_STAT_DIR is not ours). False if none.
+ */
+static bool mapped_dir(int pid, char *buf, size_t size)
+{
+	char path[64], line[PATH_MAX + 128], base[32];
+	bool found = false;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+	snprintf(base, sizeof(base), "/%d" DD_PUB_SUFFIX, pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		int name_at = 0;
+		if (sscanf(line, "%*s %*s %*s %*s %*u %n", &name_at) < 0 || !name_at ||
+		    line[name_at] != '/')
+			continue;
+		char *name = line + name_at, *end = name + strcspn(name, "\n");
+		size_t blen = strlen(base);
+		*end = 0;   /* an unlinked file ends in " (deleted)": no match */
+		if ((size_t)(end - name) > blen && !strcmp(end - blen, base) &&
+		    (size_t)(end - name - blen) < size) {
+			snprintf(buf, size, "%.*s", (int)(end - name - blen), name);
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/* The stats of one pid, from whichever directory holds a live file; failing
+ * that (and without --dir), from the file the process maps. */
 static enum load find_pid(const struct dirs *d, int pid, struct sample *out)
 {
 	enum load best = L_NOFILE;
+	char dir[PATH_MAX];
 
 	for (size_t i = 0; i < d->n; i++) {
 		enum load r = load_file(d->v[i], pid, out);
@@ -359,6 +436,8 @@ static enum load find_pid(const struct dirs *d, int pid, struct sample *out)
 		if (r == L_DENIED || r == L_BUSY || (r == L_INVALID && best != L_DENIED))
 			best = r;
 	}
+	if (best == L_NOFILE && !opt.dir && mapped_dir(pid, dir, sizeof(dir)))
+		best = load_file(dir, pid, out);   /* checked like any other */
 	return best;
 }
 
@@ -483,6 +562,23 @@ static void version_str(uint64_t v, char *buf, size_t size)
 
 /* ---- plain text ---------------------------------------------------------- */
 
+static bool valid_utf8(const unsigned char *s);
+
+/* A comm for the terminal (buf: 16 bytes): any process may name itself
+ * with control characters, an escape sequence among them; like ps, show
+ * them as '?' (and every high byte of a comm that is not UTF-8). */
+static const char *printable(const char *comm, char *buf)
+{
+	bool utf8 = valid_utf8((const unsigned char *)comm);
+	size_t i;
+	for (i = 0; i < 15 && comm[i]; i++) {
+		unsigned char c = (unsigned char)comm[i];
+		buf[i] = c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8) ? '?' : (char)c;
+	}
+	buf[i] = 0;
+	return buf;
+}
+
 static void print_list(const struct samples *s, const struct samples *prev)
 {
 	bool rates = opt.watch;
@@ -499,7 +595,9 @@ static void print_list(const struct samples *s, const struct samples *prev)
 		char vmas[48];
 		snprintf(vmas, sizeof(vmas), "%lld/%llu", (long long)st->vmas_added,
 			 (unsigned long long)st->vma_budget);
-		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %6.1f", x->pid, x->comm,
+		char cbuf[16];
+		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %6.1f", x->pid,
+		       printable(x->comm, cbuf),
 		       mib(st->bytes_saved), (unsigned long long)st->pages_sharing,
 		       (unsigned long long)st->pages_shared, (unsigned long long)st->zero_pages,
 		       (unsigned long long)st->cow_breaks, vmas, r.cpu_percent);
@@ -549,7 +647,7 @@ static void print_table(const struct sample *x, const struct sample *prev)
 
 	version_str(x->lib_version, ver, sizeof(ver));
 	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&started));
-	printf("libdedup %s in process %d (%s)\n", ver, x->pid, x->comm);
+	printf("libdedup %s in process %d (%s)\n", ver, x->pid, printable(x->comm, hum));
 	printf("  engine started %s (up %.1f s); stats updated %.1f s ago (update #%llu)\n", when,
 	       (double)(x->live.updated_mono_ns - x->started_mono_ns) / 1e9 + age_s(x), age_s(x),
 	       (unsigned long long)l->updates);
@@ -562,7 +660,10 @@ static void print_table(const struct sample *x, const struct sample *prev)
 	printf(", batch %llu pages, zero pages %s, VMA budget %llu\n",
 	       (unsigned long long)l->batch_pages, l->zero_pages_enabled ? "on" : "off",
 	       (unsigned long long)l->vma_budget);
-	printf("  file %s\n", x->path);
+	printf("  file ");
+	for (const char *c = x->path; *c; c++)   /* a directory name may hold anything */
+		putchar((unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c);
+	printf("\n");
 
 	printf("\nAs /proc/<pid>/ksm_stat\n");
 	snprintf(value, sizeof(value), "%llu", (unsigned long long)st->pages_sharing);
@@ -858,13 +959,24 @@ static const char help_text[] =
 "    DIR/PID.stats, one page, mode 0600, where DIR is the first usable of\n"
 "    $DEDUP_STAT_DIR, /run/libdedup (root), $XDG_RUNTIME_DIR/libdedup,\n"
 "    /tmp/libdedup-UID. dedup-stat reads $DEDUP_STAT_DIR alone when it is\n"
-"    set, else all the others (as root also /run/user/*/libdedup and\n"
-"    /tmp/libdedup-*). The layout is in libdedup/src/publish.h, the\n"
-"    meaning of every figure in docs/stats.md.\n"
+"    set, else all the others and /run/user/UID/libdedup (as root also\n"
+"    /run/user/*/libdedup and /tmp/libdedup-*). For a PID not found there\n"
+"    (its XDG_RUNTIME_DIR or DEDUP_STAT_DIR differs from ours), the file\n"
+"    the process maps, from /proc/PID/maps, unless --dir is given. The\n"
+"    layout is in libdedup/src/publish.h, the meaning of every figure in\n"
+"    docs/stats.md.\n"
+"\n"
+"ENVIRONMENT\n"
+"    DEDUP_STAT_DIR\n"
+"        The only directory to read (as libdedup's only place to publish).\n"
+"    XDG_RUNTIME_DIR\n"
+"        $XDG_RUNTIME_DIR/libdedup is one of the places read.\n"
 "\n"
 "EXIT STATUS\n"
-"    0   success (also when no process publishes stats)\n"
-"    1   usage error, or stats that could not be read (permission)\n"
+"    0   success, also when no process publishes stats, and for --watch\n"
+"        ended by Ctrl-C (SIGINT) or SIGTERM, --count or the PID's exit\n"
+"    1   usage error, or stats that exist but could not be read\n"
+"        (permission denied, a file that stays mid-update)\n"
 "    2   no process PID (\"dedup-stat: no process PID\")\n"
 "    3   process PID does not run libdedup\n"
 "        (\"dedup-stat: process PID (COMM) does not run libdedup\")\n"
@@ -874,7 +986,8 @@ static const char help_text[] =
 "    dedup-stat 1234                 the full table for process 1234\n"
 "    dedup-stat 1234 --watch 2       redraw every 2 s with rates\n"
 "    dedup-stat --json | jq '.[] | {pid, saved: .stats.bytes_saved}'\n"
-"    dedup-stat --prometheus > /var/lib/node_exporter/libdedup.prom\n";
+"    dedup-stat --prometheus > /var/lib/node_exporter/libdedup.prom.$$ &&\n"
+"        mv /var/lib/node_exporter/libdedup.prom.$$ /var/lib/node_exporter/libdedup.prom\n";
 
 __attribute__((format(printf, 1, 0), noreturn))
 static void usage_error(const char *fmt, const char *arg)
@@ -930,12 +1043,13 @@ static void sleep_s(double s)
 /* Exit status and message for a PID without readable stats. */
 static int explain_missing(int pid, enum load why)
 {
-	char comm[16] = "?";
+	char raw[16] = "?", comm[16];
 
-	if (dd_pub_proc_stat(pid, NULL, comm) == -ENOENT) {
+	if (dd_pub_proc_stat(pid, NULL, raw) == -ENOENT) {
 		fprintf(stderr, "dedup-stat: no process %d\n", pid);
 		return EXIT_NO_PROCESS;
 	}
+	printable(raw, comm);
 	if (why == L_DENIED) {
 		fprintf(stderr, "dedup-stat: process %d (%s): cannot read its stats: %s\n", pid,
 			comm, strerror(EACCES));

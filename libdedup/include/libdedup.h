@@ -41,7 +41,9 @@ extern "C" {
 
 /*
  * Log levels for dedup_config.log_level (DEDUP_LOG=quiet|error|warn|info|
- * debug|stats). "stats" is "warn" plus a stats table on stderr at shutdown.
+ * debug|stats). "stats" is "warn" plus a stats table on stderr at
+ * dedup_shutdown() (figures before unmerging), or at exit if the program
+ * never called it.
  */
 enum dedup_log_level {
 	DEDUP_LOG_QUIET = 0,

@@ -102,6 +102,7 @@ DD_API int dedup_init(const struct dedup_config *config)
 	eng.running = true;
 	eng.maps_at_init = dd_count_maps(NULL, NULL);
 	dd_publish_open();
+	dd_stats_table_open();
 	dd_info("engine started (interval %llu ms, cpu %llu%%, batch %llu, vma budget %llu, %s)",
 		(unsigned long long)dd_opt.scan_interval_ms,
 		(unsigned long long)dd_opt.cpu_percent, (unsigned long long)dd_opt.batch_pages,
@@ -249,6 +250,8 @@ int dd_shutdown(bool unmerge)
 		pthread_mutex_unlock(&eng.lock);
 		return -ENODEV;
 	}
+	/* The table first: after unmerging, nothing would show as saved. */
+	dd_stats_report("shutdown");
 	if (unmerge)   /* with the reader still there to read events */
 		for (size_t i = 0; i < dd_region_count(); i++)
 			dd_merge_unmerge(dd_region_at(i));
@@ -257,8 +260,7 @@ int dd_shutdown(bool unmerge)
 	dd_engine_stop();   /* joins: the engine thread needs eng.lock */
 
 	pthread_mutex_lock(&eng.lock);
-	if (dd_opt.log_level == DEDUP_LOG_STATS)
-		dd_stats_print(2);
+	dd_stats_table_close();
 	dd_publish_close();
 	/* Unregister every region explicitly (merged runs included), rather
 	 * than rely on close(): another holder of the fd would keep the
@@ -273,4 +275,21 @@ int dd_shutdown(bool unmerge)
 	undo_init();
 	pthread_mutex_unlock(&eng.lock);
 	return 0;
+}
+
+/*
+ * The program exits with the engine still running: it never called
+ * dedup_shutdown() (the preload library's destructor does, and may run
+ * before or after this one). Two things must not be left undone: the
+ * DEDUP_LOG=stats table, and the removal of the live stats file. Only those
+ * (each is done once, whoever comes first), not a shutdown: other threads
+ * of the program may still run and use registered memory, and the process
+ * is going away. A fork()ed child has eng.running false: nothing to do.
+ */
+__attribute__((destructor)) static void api_fini(void)
+{
+	if (!__atomic_load_n(&eng.running, __ATOMIC_ACQUIRE))
+		return;
+	dd_stats_report("exit");
+	dd_publish_unlink();
 }

@@ -160,7 +160,11 @@ struct dd_counters {
 extern struct dd_counters dd_cnt;
 #define DD_INC(name, n) atomic_fetch_add_explicit(&dd_cnt.name, (n), memory_order_relaxed)
 void dd_stats_snapshot(struct dedup_stats *st);   /* lock-free */
-void dd_stats_print(int fd);
+/* DEDUP_LOG=stats: open the copy of stderr (dedup_init), print the table
+ * once per engine run (lock-free), close the copy (shutdown) */
+void dd_stats_table_open(void);
+void dd_stats_report(const char *when);   /* "shutdown", "exit" */
+void dd_stats_table_close(void);
 
 /* ---- vm.c ----------------------------------------------------------- */
 void *dd_vm_alloc(size_t size);              /* zeroed, page granular */
@@ -418,5 +422,6 @@ void dd_jemalloc_sync(void);
 /* ---- publish.c: live stats for dedup-stat (issue 5) --------------------- */
 int dd_publish_open(void);      /* at dedup_init, eng.lock held */
 void dd_publish_update(void);   /* engine thread, after each step, eng.lock held */
-void dd_publish_close(void);    /* at dedup_shutdown / exit */
+void dd_publish_close(void);    /* at dedup_shutdown */
+void dd_publish_unlink(void);   /* at exit without dedup_shutdown; lock-free */
 #endif /* DEDUP_INTERNAL_H */

@@ -11,18 +11,20 @@
  * most every 100 ms (DD_PUB_INTERVAL_NS), except that the first step after a
  * pass ended is always published: the engine then sleeps for the scan
  * interval, and the figures must not stay stale meanwhile.
- * dd_publish_close() unlinks the file at dedup_shutdown().
+ * dd_publish_close() unlinks the file at dedup_shutdown(); at exit without
+ * it, dd_publish_unlink() (from api.c's destructor) only unlinks it.
  *
- * Locking: every entry point runs with eng.lock held (dd_stats_snapshot()
- * needs it), which also makes this file's state single-writer. Readers in
+ * Locking: every entry point but dd_publish_unlink() runs with eng.lock
+ * held (dd_stats_snapshot() needs it), which also makes this file's state
+ * single-writer. Readers in
  * other processes never lock: they use the seqlock.
  *
  * The file descriptor stays open with a shared flock() for as long as we
  * publish (closed on exec, and in a fork()ed child by an atfork handler).
- * A process that exits without dedup_shutdown() leaves its file behind;
- * dedup-stat recognises it as stale and removes it, but only once it can
- * lock the file exclusively. A fork()ed child inherits neither the mapping
- * (MADV_DONTFORK) nor the lock, and never publishes.
+ * A process that never gets to run destructors (_exit(), a crash, a signal)
+ * leaves its file behind; dedup-stat recognises it as stale and removes it,
+ * but only once it can lock the file exclusively. A fork()ed child inherits
+ * neither the mapping (MADV_DONTFORK) nor the lock, and never publishes.
  *
  * Rules of internal.h apply: no malloc, no stdio streams; snprintf into stack
  * buffers only. Failing to publish never fails dedup_init(): it is logged
@@ -44,6 +46,7 @@ static struct {
 	char path[PATH_MAX];       /* <dir>/<pid>.stats */
 	uint64_t last_ns;          /* CLOCK_MONOTONIC of the last snapshot */
 	uint64_t last_passes;      /* full_passes in the last snapshot */
+	_Atomic bool unlinked;     /* the file no longer has its name */
 } pub = { .fd = -1 };
 
 /* A fork()ed child must not keep the file's lock alive after we exit. */
@@ -206,6 +209,7 @@ int dd_publish_open(void)
 		goto fail_unlink;
 	}
 	pub.fd = fd;
+	atomic_store(&pub.unlinked, false);
 	dd_debug("live stats published in %s", pub.path);
 	return 0;
 
@@ -242,11 +246,20 @@ void dd_publish_close(void)
 		return;
 	/* Unlink before unmapping: while the file has its name it is mapped by
 	 * a live process, which is how dedup-stat tells live from stale. */
-	unlink(pub.path);
+	dd_publish_unlink();
 	munmap(pub.page, DD_PUB_FILE_SIZE);
 	close(pub.fd);
 	pub.fd = -1;
 	pub.page = NULL;
 	pub.last_ns = 0;
 	pub.last_passes = 0;
+}
+
+/* Take the file's name away, once; the mapping and the lock stay until
+ * dd_publish_close() or the process's end. Needs no lock: pub.path does not
+ * change while pub.page is set. */
+void dd_publish_unlink(void)
+{
+	if (__atomic_load_n(&pub.page, __ATOMIC_ACQUIRE) && !atomic_exchange(&pub.unlinked, true))
+		unlink(pub.path);
 }

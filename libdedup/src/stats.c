@@ -1,15 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * stats.c - the engine's counters (DD_COUNTERS in internal.h), snapshots for
- * dedup_stats() and the table printed at exit with DEDUP_LOG=stats.
+ * dedup_stats() and the table printed at shutdown or exit with
+ * DEDUP_LOG=stats, with the copy of stderr it is written to.
  *
  * Counters are relaxed atomics bumped by whichever thread does the work,
  * and so are the gauges kept by the store and the region table: a snapshot
  * needs no lock (the engine may hold eng.lock for a whole step), and is
  * consistent per field, not across fields. No malloc, no stdio.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -36,24 +40,90 @@ void dd_stats_snapshot(struct dedup_stats *out)
 	memcpy(out, &st, n);
 }
 
-void dd_stats_print(int fd)
+/*
+ * The DEDUP_LOG=stats table goes to stderr; if the program closed its stderr
+ * before we print (GNU programs do, in an atexit handler that runs before a
+ * library's destructor), to a copy of it taken at dedup_init(), as long as
+ * that copy still is the file stderr was (a program may close every
+ * descriptor, and the number be reused for something else).
+ */
+static struct {
+	int fd;                  /* F_DUPFD_CLOEXEC of stderr, or -1 */
+	dev_t dev;
+	ino_t ino;
+	_Atomic bool printed;    /* once per engine run */
+} tbl = { .fd = -1 };
+
+void dd_stats_table_open(void)
+{
+	struct stat st;
+	int fd;
+
+	atomic_store(&tbl.printed, false);
+	if (dd_opt.log_level != DEDUP_LOG_STATS || tbl.fd >= 0)
+		return;
+	fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return;
+	}
+	tbl.dev = st.st_dev;
+	tbl.ino = st.st_ino;
+	tbl.fd = fd;
+}
+
+void dd_stats_table_close(void)
+{
+	if (tbl.fd >= 0)
+		close(tbl.fd);
+	tbl.fd = -1;
+}
+
+static int table_fd(void)
+{
+	struct stat st;
+
+	if (fcntl(STDERR_FILENO, F_GETFD) >= 0 || tbl.fd < 0)
+		return STDERR_FILENO;
+	if (fstat(tbl.fd, &st) == 0 && st.st_dev == tbl.dev && st.st_ino == tbl.ino)
+		return tbl.fd;
+	return STDERR_FILENO;
+}
+
+void dd_stats_report(const char *when)
 {
 	struct dedup_stats st = { .size = sizeof(st) };
-	char buf[256];
-	int n;
+	char buf[3072];
+	size_t n = 0;
+	int pid = (int)getpid();
 
+	if (dd_opt.log_level != DEDUP_LOG_STATS || atomic_exchange(&tbl.printed, true))
+		return;
 	dd_stats_snapshot(&st);
-#define ROW(name) \
-	n = snprintf(buf, sizeof(buf), "libdedup: %-20s %llu\n", #name, \
-		     (unsigned long long)st.name); \
-	dd_write_full(fd, buf, (size_t)n);
+	/* one write: tables of processes sharing a stderr do not interleave */
+#define LINE(...) \
+	do { \
+		int l_ = snprintf(buf + n, sizeof(buf) - n, __VA_ARGS__); \
+		if (l_ > 0 && (size_t)l_ < sizeof(buf) - n) \
+			n += (size_t)l_; \
+	} while (0)
+#define ROW(name) LINE("libdedup[%d]: %-20s %llu\n", pid, #name, (unsigned long long)st.name);
+	LINE("libdedup[%d]: stats at %s\n", pid, when);
 	ROW(pages_scanned) ROW(full_passes) ROW(candidates) ROW(merges)
 	ROW(pages_sharing) ROW(pages_shared) ROW(zero_pages) ROW(cow_breaks)
 	ROW(skipped_volatile) ROW(skipped_budget) ROW(skipped_pinned)
-	ROW(skipped_mismatch) ROW(skipped_raced) ROW(vmas_added) ROW(vma_budget)
-	ROW(bytes_saved) ROW(metadata_bytes) ROW(regions) ROW(bytes_registered)
+	ROW(skipped_mismatch) ROW(skipped_raced)
+	LINE("libdedup[%d]: %-20s %lld\n", pid, "vmas_added", (long long)st.vmas_added); /* may be < 0 */
+	ROW(vma_budget) ROW(bytes_saved) ROW(metadata_bytes) ROW(regions) ROW(bytes_registered)
 	ROW(engine_cpu_ns) ROW(store_slots_freed)
+	/* ksm_process_profit's counterpart; may be negative */
+	LINE("libdedup[%d]: %-20s %lld\n", pid, "process_profit",
+	     (long long)st.bytes_saved - (long long)st.metadata_bytes);
 #undef ROW
+#undef LINE
+	dd_write_full(table_fd(), buf, n);
 }
 
 /* ---- debug trace ---------------------------------------------------------- */
