@@ -18,6 +18,7 @@
 #include <getopt.h>
 #include <glob.h>
 #include <limits.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -29,6 +30,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -930,8 +932,8 @@ static const char help_text[] =
 "\n"
 "OPTIONS\n"
 "    --watch [SECONDS]\n"
-"        Refresh every SECONDS (default 1, fractions allowed) until Ctrl-C,\n"
-"        or until the watched PID exits. On a terminal the screen is redrawn\n"
+"        Refresh every SECONDS (default 1, fractions allowed) until Ctrl-C\n"
+"        (or q, on a terminal), or until the watched PID exits. On a terminal the screen is redrawn\n"
 "        in place, like top; otherwise frames are separated by a blank line\n"
 "        (with --json: one JSON document per line). Shows rates over each\n"
 "        refresh: pages merged per second, MiB scanned per second, COW\n"
@@ -1033,11 +1035,68 @@ static bool proc_running(int pid)
 	return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X' && p[2] != 0;
 }
 
+/* --watch on a terminal: 'q' quits, as in top. The terminal gets
+ * non-canonical input without echo while we watch, and its settings back
+ * however we stop (the loop's end, exit(), Ctrl-C and SIGTERM end the loop). */
+static struct termios tty_saved;
+static bool tty_raw;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void tty_restore(void)
+{
+	if (tty_raw)
+		tcsetattr(STDIN_FILENO, TCSANOW, &tty_saved);
+	tty_raw = false;
+}
+
+static void tty_keys(void)
+{
+	struct termios t;
+
+	if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO) || tcgetattr(STDIN_FILENO, &tty_saved))
+		return;
+	t = tty_saved;
+	t.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+	t.c_cc[VMIN] = 0;
+	t.c_cc[VTIME] = 0;
+	if (tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0) {
+		tty_raw = true;
+		atexit(tty_restore);
+	}
+}
+
+/* Wait s seconds, or less if 'q' is typed (then stop). */
 static void sleep_s(double s)
 {
 	struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
-	while (!stop && nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+
+	if (!tty_raw) {
+		while (!stop && nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		return;
+	}
+	double end = now_s() + s;
+	while (!stop) {
+		double left = end - now_s();
+		if (left <= 0)
+			break;
+		struct pollfd pfd = { .fd = STDIN_FILENO, .events = POLLIN };
+		if (poll(&pfd, 1, (int)(left * 1000) + 1) > 0) {
+			char c[16];
+			ssize_t n = read(STDIN_FILENO, c, sizeof(c));
+			for (ssize_t i = 0; i < n; i++)
+				if (c[i] == 'q' || c[i] == 'Q')
+					stop = 1;
+			if (n == 0)
+				break;   /* end of input: keep the cadence without spinning */
+		}
+	}
 }
 
 /* Exit status and message for a PID without readable stats. */
@@ -1187,6 +1246,8 @@ int main(int argc, char **argv)
 		struct sigaction sa = { .sa_handler = on_signal };
 		sigaction(SIGINT, &sa, NULL);
 		sigaction(SIGTERM, &sa, NULL);
+		if (tty && !opt.json)
+			tty_keys();
 	}
 	for (long n = 0; !stop; n++) {
 		if (n && !opt.json) {
@@ -1201,8 +1262,8 @@ int main(int argc, char **argv)
 			strftime(when, sizeof(when), "%H:%M:%S", localtime(&t));
 			if (n == 0 && tty)
 				printf("\033[H\033[2J");
-			printf("dedup-stat %s  every %g s  (Ctrl-C to quit)\n\n", when,
-			       opt.interval);
+			printf("dedup-stat %s  every %g s  (%s to quit)\n\n", when,
+			       opt.interval, tty_raw ? "q or Ctrl-C" : "Ctrl-C");
 		}
 		if (pid) {
 			enum load r = find_pid(&dirs, (int)pid, &cur);
