@@ -35,6 +35,7 @@ function(pl_test name)
 endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
+          pl_exclude
           pl_jemalloc pl_plain pl_fork_alloc_lock)
   pl_program(${p})
 endforeach()
@@ -50,6 +51,11 @@ pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart
 pl_test(preload_fork_child PROGRAM pl_fork_child)
 pl_test(preload_fork_child_catches_naive PROGRAM pl_fork_child ENV DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1)
 set_tests_properties(preload_fork_child_catches_naive PROPERTIES WILL_FAIL TRUE)
+# DEDUP_EXCLUDE: the brk heap, every other anonymous mapping, an address range
+pl_test(preload_exclude_heap PROGRAM pl_exclude ARGS heap ENV DEDUP_EXCLUDE=heap)
+pl_test(preload_exclude_mmap PROGRAM pl_exclude ARGS mmap ENV DEDUP_EXCLUDE=mmap)
+pl_test(preload_exclude_range PROGRAM pl_exclude ARGS range
+        ENV DEDUP_EXCLUDE=0x600000000000-0x600000400000)
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a

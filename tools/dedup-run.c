@@ -45,7 +45,8 @@ static void help(void)
 "SYNOPSIS\n"
 "    dedup-run [--interval MS] [--pages-per-sec N] [--cpu PCT] [--no-zero-pages]\n"
 "              [--vma-budget N] [--batch N] [--min-region SIZE] [--log LEVEL]\n"
-"              [--stats] [--fork off|restart] [--reconcile MS] [--] program [args...]\n"
+"              [--stats] [--fork off|restart] [--reconcile MS] [--exclude LIST]\n"
+"              [--] program [args...]\n"
 "\n"
 "DESCRIPTION\n"
 "    dedup-run starts program with libdedup.so preloaded (LD_PRELOAD). The\n"
@@ -78,6 +79,10 @@ static void help(void)
 "                         or restart (the child starts its own engine) (off)\n"
 "    --reconcile MS       how often /proc/self/maps is re-read to find new\n"
 "                         memory, 10-3600000 (1000)\n"
+"    --exclude LIST       memory never to merge, comma-separated: heap (the\n"
+"                         brk heap), mmap (every other anonymous mapping:\n"
+"                         malloc arenas and chunks, jemalloc extents), or\n"
+"                         LO-HI (an address range in hex; up to 16) (none)\n"
 "    -h, --help           this text\n"
 "\n"
 "ENVIRONMENT\n"
@@ -85,7 +90,7 @@ static void help(void)
 "    after it), DEDUP_PRELOAD=1, and for each option given the matching\n"
 "    variable: DEDUP_INTERVAL, DEDUP_PAGES_PER_SEC, DEDUP_CPU, DEDUP_ZERO_PAGES,\n"
 "    DEDUP_VMA_BUDGET, DEDUP_BATCH, DEDUP_MIN_REGION, DEDUP_LOG, DEDUP_FORK,\n"
-"    DEDUP_RECONCILE_MS. Variables already set and not overridden by an\n"
+"    DEDUP_RECONCILE_MS, DEDUP_EXCLUDE. Variables already set and not overridden by an\n"
 "    option are passed on unchanged.\n"
 "    DEDUP_LIBRARY   path of libdedup.so to preload (default: found relative\n"
 "                    to dedup-run, then %s)\n"
@@ -237,7 +242,7 @@ static bool find_library(char *out, size_t size)
 int main(int argc, char **argv)
 {
 	enum { O_INTERVAL = 256, O_PPS, O_CPU, O_NOZERO, O_VMA, O_BATCH, O_MINREG, O_LOG,
-	       O_STATS, O_FORK, O_RECONCILE };
+	       O_STATS, O_FORK, O_RECONCILE, O_EXCLUDE };
 	static const struct option longopts[] = {
 		{ "interval", required_argument, NULL, O_INTERVAL },
 		{ "pages-per-sec", required_argument, NULL, O_PPS },
@@ -250,6 +255,7 @@ int main(int argc, char **argv)
 		{ "stats", no_argument, NULL, O_STATS },
 		{ "fork", required_argument, NULL, O_FORK },
 		{ "reconcile", required_argument, NULL, O_RECONCILE },
+		{ "exclude", required_argument, NULL, O_EXCLUDE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -285,6 +291,19 @@ int main(int argc, char **argv)
 			setenv("DEDUP_FORK", optarg, 1);
 			break;
 		case O_RECONCILE: set_num("--reconcile", "DEDUP_RECONCILE_MS", optarg); break;
+		case O_EXCLUDE: {
+			struct dd_exclude x;
+			const char *bad;
+			size_t badlen;
+			char msg[160];
+			if (dd_parse_exclude(optarg, &x, &bad, &badlen) < 0) {
+				snprintf(msg, sizeof(msg), "'%.*s' is not heap, mmap or LO-HI "
+					 "(hex, LO < HI, at most 16 ranges)", (int)badlen, bad);
+				bad_value("--exclude", optarg, msg);
+			}
+			setenv("DEDUP_EXCLUDE", optarg, 1);
+			break;
+		}
 		case 'h':
 			help();
 			return 0;

@@ -133,6 +133,15 @@ struct dd_options {
 extern struct dd_options dd_opt;
 int dd_options_load(const struct dedup_config *cfg);
 int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out);
+/* DEDUP_EXCLUDE (options.c): memory the preload library never registers */
+#define DD_EXCL_HEAP 1u   /* the brk heap */
+#define DD_EXCL_MMAP 2u   /* every other anonymous mapping */
+struct dd_exclude {
+	unsigned kinds;
+	size_t n;
+	struct { uintptr_t lo, hi; } r[16];
+};
+int dd_parse_exclude(const char *s, struct dd_exclude *out, const char **bad, size_t *badlen);
 
 /* ---- stats.c -------------------------------------------------------- */
 /* X(name, help): every counter of struct dedup_stats that the engine keeps. */

@@ -186,3 +186,55 @@ int dd_options_load(const struct dedup_config *cfg)
 	dd_opt = o;
 	return 0;
 }
+
+/*
+ * DEDUP_EXCLUDE: memory the preload library never registers, a comma- or
+ * space-separated list of
+ *   heap       the brk heap ([heap] in /proc/self/maps)
+ *   mmap       every other anonymous mapping (malloc arenas and chunks,
+ *              jemalloc extents, runtime heaps)
+ *   LO-HI      an address range in hex (0x optional), LO < HI
+ * Returns 0, or -EINVAL with *bad and *badlen naming the first bad word
+ * (nothing is kept from a list with a bad word). No malloc (preload).
+ */
+int dd_parse_exclude(const char *s, struct dd_exclude *out, const char **bad, size_t *badlen)
+{
+	struct dd_exclude x = { 0 };
+
+	while (s && *s) {
+		size_t n = strcspn(s, ", \t");
+		if (n == 0) {
+			s++;
+			continue;
+		}
+		char *end;
+		if (n == 4 && !strncmp(s, "heap", 4)) {
+			x.kinds |= DD_EXCL_HEAP;
+		} else if (n == 4 && !strncmp(s, "mmap", 4)) {
+			x.kinds |= DD_EXCL_MMAP;
+		} else if (isxdigit((unsigned char)*s)) {
+			errno = 0;
+			unsigned long long lo = strtoull(s, &end, 16), hi = 0;
+			bool ok = !errno && *end == '-' && isxdigit((unsigned char)end[1]);
+			if (ok) {
+				hi = strtoull(end + 1, &end, 16);
+				ok = !errno && end == s + n && lo < hi && x.n < DD_ARRAY_SIZE(x.r);
+			}
+			if (!ok)
+				goto bad_word;
+			x.r[x.n].lo = (uintptr_t)lo & ~(uintptr_t)(DD_PAGE - 1);
+			x.r[x.n].hi = ((uintptr_t)hi + DD_PAGE - 1) & ~(uintptr_t)(DD_PAGE - 1);
+			x.n++;
+		} else {
+			goto bad_word;
+		}
+		s += n;
+		continue;
+bad_word:
+		*bad = s;
+		*badlen = n;
+		return -EINVAL;
+	}
+	*out = x;
+	return 0;
+}

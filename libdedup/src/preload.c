@@ -152,6 +152,7 @@ struct vma {
 	uintptr_t lo, hi;
 	uint32_t kind, flags;
 	char perms[4];
+	bool heap;                   /* [heap]: the brk heap */
 };
 
 static struct {
@@ -177,6 +178,9 @@ static struct {
 };
 
 static _Atomic int pl_state;
+
+/* DEDUP_EXCLUDE (options.c), read once at start */
+static struct dd_exclude conf_excl;
 
 /* libdedup's own mappings. Updated from any thread, including the engine
  * under eng.lock: so a spinlock that nothing else is ever taken under. */
@@ -214,7 +218,8 @@ static void ours_sub(uintptr_t lo, size_t len)
 	ours_release();
 }
 
-/* Is [lo, hi) blocked: ours, excluded, ignored or already registered?
+/* Is [lo, hi) blocked: ours, excluded (by a call or by DEDUP_EXCLUDE),
+ * ignored or already registered?
  * Returns the end of the blocking range at lo (> lo), or 0 if lo is free;
  * *next is set to the start of the next block above lo (or hi). pl.lock held. */
 static uintptr_t blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
@@ -236,6 +241,14 @@ static uintptr_t blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
 		}
 	}
 	ours_release();
+	for (size_t k = 0; k < conf_excl.n; k++) {   /* DEDUP_EXCLUDE ranges */
+		if (conf_excl.r[k].lo <= lo && conf_excl.r[k].hi > lo) {
+			if (conf_excl.r[k].hi > end)
+				end = conf_excl.r[k].hi;
+		} else if (conf_excl.r[k].lo > lo && conf_excl.r[k].lo < nxt) {
+			nxt = conf_excl.r[k].lo;
+		}
+	}
 	*next = nxt;
 	return end;
 }
@@ -295,6 +308,7 @@ static bool parse_header(const char *s, struct vma *v)
 	while (*p == ' ')
 		p++;
 	v->flags = 0;
+	v->heap = inode == 0 && strncmp(p, "[heap]", 6) == 0;
 	if (inode == 0) {
 		if (*p == 0 || strncmp(p, "[heap]", 6) == 0 ||
 		    (strncmp(p, "[anon:", 6) == 0 && strncmp(p, "[anon:libdedup", 14) != 0))
@@ -446,6 +460,8 @@ static bool is_thread_stack(const struct vma *prev, const struct vma *v)
 
 static bool candidate_vma(const struct vma *prev, const struct vma *v)
 {
+	if (conf_excl.kinds & (v->heap ? DD_EXCL_HEAP : DD_EXCL_MMAP))
+		return false;
 	return v->kind == K_ANON && perms_rw_private(v) && !is_thread_stack(prev, v);
 }
 
@@ -1656,6 +1672,18 @@ static void start(void)
 
 	atomic_store(&pl_state, PL_STARTING);
 	r = dedup_init(NULL);
+	if (r >= 0) {
+		const char *x = getenv("DEDUP_EXCLUDE"), *bad;
+		size_t badlen;
+		if (x && dd_parse_exclude(x, &conf_excl, &bad, &badlen) < 0) {
+			/* excluding too little would merge what was meant to be
+			 * left alone: better not to merge at all */
+			dd_warn("DEDUP_EXCLUDE: '%.*s' is not heap, mmap or LO-HI (hex, LO < HI, "
+				"at most 16 ranges); not merging", (int)badlen, bad);
+			dedup_shutdown();
+			r = -EINVAL;
+		}
+	}
 	if (r < 0) {
 		/* dedup_init() said why, in one line (DEDUP_LOG=quiet: nothing) */
 		atomic_store(&pl_state, PL_PASSIVE);

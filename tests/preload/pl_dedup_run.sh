@@ -12,7 +12,7 @@ for sec in NAME SYNOPSIS DESCRIPTION OPTIONS ENVIRONMENT "EXIT STATUS" EXAMPLES;
 done
 for bad in "--cpu 0" "--cpu 101" "--interval -1" "--interval 5x" "--batch 513" \
 	   "--pages-per-sec lots" "--log loud" "--fork maybe" "--vma-budget" "--nonsense" \
-	   "--min-region 1"; do
+	   "--min-region 1" "--exclude brk" "--exclude 2000-1000" "--exclude heap,0x10-zz"; do
 	# shellcheck disable=SC2086
 	"$run" $bad -- true 2>/dev/null
 	rc=$?
@@ -24,10 +24,11 @@ done
 err=$("$run" -- /nonexistent/program 2>&1); grep -q "cannot execute" <<<"$err" || fail "no message for 127"
 
 envout=$("$run" --interval 50 --cpu 30 --pages-per-sec 10K --no-zero-pages --vma-budget 1000 \
-	--batch 32 --min-region 128K --log quiet --fork restart --reconcile 300 -- env)
+	--batch 32 --min-region 128K --log quiet --fork restart --reconcile 300 \
+	--exclude heap,7f00-7f80 -- env)
 for kv in DEDUP_INTERVAL=50 DEDUP_CPU=30 DEDUP_PAGES_PER_SEC=10K DEDUP_ZERO_PAGES=0 \
 	  DEDUP_VMA_BUDGET=1000 DEDUP_BATCH=32 DEDUP_MIN_REGION=128K DEDUP_LOG=quiet \
-	  DEDUP_FORK=restart DEDUP_RECONCILE_MS=300 DEDUP_PRELOAD=1; do
+	  DEDUP_FORK=restart DEDUP_RECONCILE_MS=300 DEDUP_EXCLUDE=heap,7f00-7f80 DEDUP_PRELOAD=1; do
 	grep -qx "$kv" <<<"$envout" || fail "$kv not set"
 done
 grep -q '^LD_PRELOAD=/.*libdedup\.so' <<<"$envout" || fail "LD_PRELOAD not an absolute libdedup.so"
