@@ -67,11 +67,13 @@
  * in the child never calls malloc: tables come from mmap (ranges.c).
  */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -472,5 +474,45 @@ DD_API pid_t fork(void)
 		dd_child_guard();
 	if (dd_preload_forked)
 		dd_preload_forked();
+	return 0;
+}
+
+/*
+ * daemon(3): glibc's calls its internal fork, which is not ours, and the
+ * child is the process that goes on running. So it is done here the same
+ * way (glibc 2.36 misc/daemon.c) with our fork().
+ */
+DD_API int daemon(int nochdir, int noclose)
+{
+	struct stat st;
+	int fd;
+
+	switch (fork()) {
+	case -1:
+		return -1;
+	case 0:
+		break;
+	default:
+		_exit(0);
+	}
+	if (setsid() == -1)
+		return -1;
+	if (!nochdir)
+		(void)!chdir("/");
+	if (!noclose) {
+		fd = open("/dev/null", O_RDWR);   /* as glibc: no O_CLOEXEC when it is 0-2 */
+		if (fd < 0)
+			return -1;
+		if (fstat(fd, &st) != 0 || !S_ISCHR(st.st_mode)) {
+			close(fd);
+			errno = ENODEV;
+			return -1;
+		}
+		(void)dup2(fd, STDIN_FILENO);
+		(void)dup2(fd, STDOUT_FILENO);
+		(void)dup2(fd, STDERR_FILENO);
+		if (fd > 2)
+			close(fd);
+	}
 	return 0;
 }

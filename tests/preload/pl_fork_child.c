@@ -10,7 +10,8 @@
  *   - MADV_FREE and MADV_WIPEONFORK succeed; mremap grows a merged chunk;
  *   - a grandchild sees the child's discards (made before its fork) as zeros,
  *     and discards of its own too; unshare(CLONE_NEWUSER), which needs a
- *     single-threaded process, is not refused because of libdedup.
+ *     single-threaded process, is not refused because of libdedup;
+ *   - a process that daemon() made (glibc forks internally) is guarded too.
  * The parent's memory is unchanged by all of it.
  * With DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1 (no guard) the child must fail.
  */
@@ -156,6 +157,31 @@ int main(void)
 	for (int c = 0; c < 7; c++)
 		CHECK(chunk_ok(c, 0, 0));
 	CHECK(chunk_ok(7, 0, 16));
+
+	/* daemon(): glibc forks internally; the process that goes on is the
+	 * child, and it is guarded too */
+	int pfd[2];
+	CHECK(pipe(pfd) == 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		close(pfd[0]);
+		if (daemon(1, 1) != 0)
+			_exit(50);
+		char ok = madvise(CH(0) + T_PAGE, T_PAGE, MADV_DONTNEED) == 0 && chunk_ok(0, 1, 2) &&
+			  chunk_ok(7, 0, 16) ? 'y' : 'n';
+		(void)!write(pfd[1], &ok, 1);
+		_exit(0);
+	}
+	close(pfd[1]);
+	char ok = 0;
+	CHECK(read(pfd[0], &ok, 1) == 1);
+	CHECK(waitpid(pid, &st, 0) == pid);
+	if (ok != 'y') {
+		fprintf(stderr, "FAIL: a daemon()ized child read merged content after a discard\n");
+		return T_FAIL;
+	}
+	CHECK(chunk_ok(0, 0, 0));
 	fprintf(stderr, "PASS\n");
 	return T_PASS;
 }
