@@ -217,7 +217,8 @@ int dd_discard_fork_snapshot(void)
 	fork_snap.n = 0;
 	if (iv_reserve(&fork_snap, discard.n) < 0)
 		return -ENOMEM;
-	memcpy(fork_snap.iv, discard.iv, discard.n * sizeof(*discard.iv));
+	if (discard.n)   /* both may be NULL while empty */
+		memcpy(fork_snap.iv, discard.iv, discard.n * sizeof(*discard.iv));
 	fork_snap.n = discard.n;
 	return 0;
 }
