@@ -69,6 +69,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -420,12 +421,35 @@ bool dd_child_guarding(void)
  * call that needs a single-threaded process (unshare(CLONE_NEWUSER) and
  * friends, preload.c). Copies merged pages: memory, not behaviour.
  */
+/* Threads in this process (/proc/self/stat field 20), or -1. */
+static long thread_count(void)
+{
+	char buf[1024], *p;
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	p = strrchr(buf, ')');   /* the command may hold spaces */
+	for (int field = 2; p && field < 20; field++)
+		p = strchr(p + 1, ' ');
+	return p ? strtol(p + 1, NULL, 10) : -1;
+}
+
 int dd_child_release(void)
 {
 	uint64_t one = 1;
 	int ret = 0;
 
 	if (cg.uffd < 0)
+		return 0;
+	/* With threads of the program's own the call fails anyway (EINVAL),
+	 * as it would without us: keep the guard, and copy nothing under
+	 * their feet. */
+	if (cg.thr_started && thread_count() != 2)
 		return 0;
 	/* The copies read discarded pages through the guard (zeros), and their
 	 * mremap raises UNMAP events it reads: it must still run. */
