@@ -219,7 +219,7 @@ DD_API long dedup_scan_now(void)
 		return -ENODEV;
 	}
 	uint64_t cpu = dd_thread_cpu_ns();
-	while (!dd_scan_step(&cursor, SIZE_MAX / 2, &merged, &scanned))
+	while (!dd_scan_step(&cursor, SIZE_MAX / 2, &merged, &scanned, false))
 		;
 	dd_engine_account_cpu(&cpu);
 	dd_publish_update();

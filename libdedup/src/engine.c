@@ -401,32 +401,55 @@ static void *engine_main(void *arg)
 	/* The first pass starts one interval after dedup_init(), like every
 	 * other: the application's start-up is its busiest time. */
 	wait_ns(&w, dd_opt.scan_interval_ms * 1000000ULL + 1);
-	/* Idle back-off: after a pass that merged nothing, the pause between
-	 * passes doubles, up to dd_opt.idle_backoff times the interval; a pass
-	 * that merges, or a change in the registered memory, resets it. A
-	 * steady heap then costs a fraction of a full rescan every interval. */
+	/* Idle back-off: after a full pass that merged nothing, the pause
+	 * before the next full pass doubles, up to dd_opt.idle_backoff times
+	 * the interval; a pass that merges resets it. Fresh regions get passes
+	 * of their own meanwhile (below). A steady heap then costs a fraction
+	 * of a full rescan every interval. (test_backoff) */
 	unsigned quiet = 0;
 	long pass_merged = 0;
-	uint64_t regions_seen = 0;
+	bool fresh_only = false;       /* this pass: fresh regions only */
+	uint64_t next_full = 0;        /* backing off: no full pass before */
+	const uint64_t interval = dd_opt.scan_interval_ms * 1000000ULL;
 	while (!atomic_load(&eng.stop)) {
 		long merged = 0;
 		size_t scanned = 0;
 		uint64_t t0 = dd_now_ns(), c0 = dd_thread_cpu_ns();
 
+		if (cursor == 0) {
+			/* Backing off: until the next full pass is due, wake
+			 * every interval and scan only fresh regions (scan.c),
+			 * if there are any: memory an allocator keeps mapping
+			 * and unmapping then costs what it maps, not a rescan
+			 * of the whole heap. */
+			fresh_only = quiet && t0 < next_full;
+			if (fresh_only) {
+				pthread_mutex_lock(&eng.lock);
+				bool fresh = dd_scan_fresh_regions();
+				pthread_mutex_unlock(&eng.lock);
+				if (!fresh) {
+					uint64_t left = next_full - t0;
+					wait_ns(&w, left < interval ? left : interval);
+					continue;
+				}
+			}
+		}
 		pthread_mutex_lock(&eng.lock);
 		apply_events();
-		bool done = dd_scan_step(&cursor, step, &merged, &scanned);
+		bool done = dd_scan_step(&cursor, step, &merged, &scanned, fresh_only);
 		dd_engine_account_cpu(&cpu);
 		dd_publish_update();
 		pthread_mutex_unlock(&eng.lock);
 		pass_merged += merged;
 		if (done) {
-			uint64_t regions = dd_region_gen();
-			if (pass_merged || regions != regions_seen)
+			/* A pass that merged resets the back-off; a full pass
+			 * that merged nothing doubles the wait for the next. */
+			if (pass_merged)
 				quiet = 0;
-			else if ((2u << quiet) <= dd_opt.idle_backoff)
+			else if (!fresh_only && (2u << quiet) <= dd_opt.idle_backoff)
 				quiet++;
-			regions_seen = regions;
+			if (!fresh_only || !quiet)
+				next_full = dd_now_ns() + (interval << quiet);
 			pass_merged = 0;
 		}
 
@@ -439,7 +462,7 @@ static void *engine_main(void *arg)
 				pause = want - wall;
 		}
 		if (done)
-			pause += (dd_opt.scan_interval_ms * 1000000ULL) << quiet;
+			pause += interval;
 		if (pause >= 50000 && wait_ns(&w, pause))
 			continue;   /* stop or kick: re-check */
 	}

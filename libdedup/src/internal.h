@@ -300,6 +300,8 @@ struct dd_region {
 	uint64_t *hash;    /* last pass's checksum per page (0: none yet) */
 	uint32_t *slot;    /* DD_SLOT_NONE / DD_SLOT_ZERO / canonical slot + 1 */
 	bool fragile;      /* may vanish without our knowing: read it safely (scan.c) */
+	uint8_t passes;    /* passes that went over all of it, up to 2 (scan.c) */
+	uint64_t scan_gen; /* eng.pass_gen of the pass that last began it */
 };
 int dd_region_add(uintptr_t start, size_t len);
 int dd_region_remove(uintptr_t start, size_t len, bool exact);
@@ -403,7 +405,9 @@ void dd_engine_account_cpu(uint64_t *last);
 int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);   /* signals blocked */
 
 /* ---- scan.c / merge.c --------------------------------------------------- */
-bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned);
+bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned,
+		  bool fresh_only);
+bool dd_scan_fresh_regions(void);   /* a region with fewer than 2 passes? */
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
 int dd_merge_unmerge(struct dd_region *r);   /* eng.lock held */
 int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */

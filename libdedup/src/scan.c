@@ -169,11 +169,27 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 }
 
 /*
- * Scan from *cursor for up to max_pages pages of address space (present or
- * not). Returns true when the pass is complete. A pass starts with
- * *cursor == 0.
+ * A region is fresh until two passes went over all of it: the first hashes
+ * its pages, the second finds which of them held still. The engine scans
+ * fresh regions promptly even while it backs off from full passes over a
+ * steady heap (engine.c): memory that an allocator keeps mapping and
+ * unmapping then costs what is new, not a rescan of everything.
  */
-bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned)
+bool dd_scan_fresh_regions(void)
+{
+	for (size_t i = 0; i < dd_region_count(); i++)
+		if (dd_region_at(i)->passes < 2)
+			return true;
+	return false;
+}
+
+/*
+ * Scan from *cursor for up to max_pages pages of address space (present or
+ * not); with fresh_only, of fresh regions only. Returns true when the pass
+ * is complete. A pass starts with *cursor == 0.
+ */
+bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned,
+		  bool fresh_only)
 {
 	struct pass_ctx c = { 0 };
 	size_t budget = max_pages;
@@ -196,6 +212,8 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		/* first region ending above the cursor */
 		for (size_t i = 0; i < dd_region_count(); i++) {
 			struct dd_region *x = dd_region_at(i);
+			if (fresh_only && x->passes >= 2)
+				continue;
 			if (x->start + x->npages * DD_PAGE > *cursor) {
 				r = x;
 				break;
@@ -221,7 +239,12 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		if (n > budget)
 			n = budget;
 		c.r = r;
+		if (from == r->start)
+			r->scan_gen = eng.pass_gen;
 		dd_present_walk(from, from + n * DD_PAGE, on_present, &c);
+		/* a whole pass over r (this pass started at or below it) */
+		if (from + n * DD_PAGE == rend && r->passes < 2 && r->scan_gen == eng.pass_gen)
+			r->passes++;
 		/* the batch refers to addresses, not to r: flush before r can move */
 		if (eng.nbatch)
 			c.merged += dd_merge_batch();
