@@ -197,11 +197,16 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 	if (*cursor == 0) {
 		dd_unstable_reset();
 		eng.pass_gen++;
+	}
+	if (*cursor == 0 && !fresh_only) {
 		/* Recalibrate the VMA estimate from what the kernel says: the
 		 * per-merge estimate (merge.c vma_delta) cannot see merges of
 		 * adjacent mappings and overcounts. Mappings the application
 		 * added since dedup_init() count against the budget too: the
-		 * budget protects the process, whoever spends it. */
+		 * budget protects the process, whoever spends it. Not for a
+		 * pass over fresh regions only, which may come every interval:
+		 * /proc/self/maps of a process with 30,000 mappings takes
+		 * milliseconds to read, and the estimate carries on meanwhile. */
 		eng.maps_at_pass = dd_count_maps(NULL, NULL);
 		long added = eng.maps_at_pass - eng.maps_at_init;
 		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
