@@ -408,6 +408,7 @@ static void *engine_main(void *arg)
 	 * of a full rescan every interval. (test_backoff) */
 	unsigned quiet = 0;
 	long pass_merged = 0;
+	size_t pass_scanned = 0;
 	bool fresh_only = false;       /* this pass: fresh regions only */
 	uint64_t next_full = 0;        /* backing off: no full pass before */
 	const uint64_t interval = dd_opt.scan_interval_ms * 1000000ULL;
@@ -441,16 +442,24 @@ static void *engine_main(void *arg)
 		dd_publish_update();
 		pthread_mutex_unlock(&eng.lock);
 		pass_merged += merged;
+		pass_scanned += scanned;
 		if (done) {
 			/* A pass that merged resets the back-off; a full pass
-			 * that merged nothing doubles the wait for the next. */
-			if (pass_merged)
+			 * that merged nothing doubles the wait for the next. A
+			 * trickle - under 1 page in 256 of those scanned - counts
+			 * as nothing: a heap that yields a few pages per pass
+			 * (freed memory turning to zeros, the last pairs under a
+			 * spent VMA budget) is otherwise rescanned every interval
+			 * for ever. The trickle still merges, at the backed-off
+			 * pace. */
+			if (pass_merged && (size_t)pass_merged * 256 >= pass_scanned)
 				quiet = 0;
 			else if (!fresh_only && (2u << quiet) <= dd_opt.idle_backoff)
 				quiet++;
 			if (!fresh_only || !quiet)
 				next_full = dd_now_ns() + (interval << quiet);
 			pass_merged = 0;
+			pass_scanned = 0;
 		}
 
 		/* pacing: CPU share, then page rate */

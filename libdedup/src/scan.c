@@ -85,8 +85,22 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 			DD_INC(cow_breaks, 1);
 		}
 	}
-	h = dd_hash_page(d);
 	c->scanned++;
+	/* VMA budget spent: only a zero page can still merge (it adds no
+	 * mapping). Skip the rest before hashing: with the budget spent, a
+	 * heap whose other duplicates could never merge was hashed whole on
+	 * every pass, and its stable matches went to merge windows that
+	 * write-protected them (a TLB shootdown each) only to find the
+	 * budget spent - redis in the benchmark lost most of its GET rate to
+	 * that. Its hash is forgotten: should the budget allow merges again,
+	 * it starts over. */
+	if (dd_merge_budget_spent() &&
+	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, zero_page, DD_PAGE))) {
+		r->hash[p] = 0;
+		DD_INC(skipped_budget, 1);
+		return;
+	}
+	h = dd_hash_page(d);
 	if (h != r->hash[p]) {
 		r->hash[p] = h;
 		DD_INC(skipped_volatile, 1);
