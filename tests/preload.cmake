@@ -35,7 +35,7 @@ function(pl_test name)
 endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
-          pl_exclude pl_semantics
+          pl_exclude pl_semantics pl_leave_alone
           pl_jemalloc pl_plain pl_fork_alloc_lock)
   pl_program(${p})
 endforeach()
@@ -58,6 +58,8 @@ pl_test(preload_exclude_range PROGRAM pl_exclude ARGS range
         ENV DEDUP_EXCLUDE=0x600000000000-0x600000400000)
 # mprotect, munmap, mlock, MADV_DONTFORK and MADV_WIPEONFORK on merged memory
 pl_test(preload_semantics PROGRAM pl_semantics)
+# Thread stacks, mlock/DONTDUMP/WIPEONFORK/DONTFORK (libc and raw syscalls), small ranges
+pl_test(preload_leave_alone PROGRAM pl_leave_alone)
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a

@@ -3,7 +3,8 @@
  * pl_dontneed - madvise(MADV_DONTNEED) on merged memory reads zeros
  * afterwards, as on anonymous memory (allocators rely on it), both on the
  * program's own mmap and on malloc()ed heap memory; and the memory is
- * usable (writable, keeps what is written) afterwards.
+ * usable (writable, keeps what is written) afterwards. Also through a raw
+ * system call, with the kernel making the first read (write() to a pipe).
  */
 #include "pl.h"
 
@@ -51,7 +52,19 @@ int main(void)
 			break;
 		}
 	}
-	CHECK(pl_check(a, NP, 11) && pl_check(a + 3 * len, NP, 11));
+	/* a raw system call (no interposer sees it), then the first read of
+	 * the discarded pages by the kernel (write() to a pipe) */
+	CHECK(syscall(SYS_madvise, a + 3 * len + 8 * T_PAGE, 4 * T_PAGE, MADV_DONTNEED) == 0);
+	int pfd[2];
+	char buf[4 * T_PAGE];
+	CHECK(pipe(pfd) == 0);
+	CHECK(write(pfd[1], a + 3 * len + 8 * T_PAGE, sizeof(buf)) == (ssize_t)sizeof(buf));
+	CHECK(read(pfd[0], buf, sizeof(buf)) == (ssize_t)sizeof(buf));
+	if (!pl_is_zero(buf, sizeof(buf)) || !pl_is_zero(a + 3 * len + 8 * T_PAGE, sizeof(buf))) {
+		fprintf(stderr, "FAIL: not zero after a raw MADV_DONTNEED (read by the kernel)\n");
+		ok = false;
+	}
+	CHECK(pl_check(a, NP, 11) && pl_check(a + 3 * len, 8, 11));
 	CHECK(pl_check(ha, NP, 12) && pl_check(ha + 3 * len, NP, 12));
 	/* usable afterwards */
 	pl_fill(a + len, NP, 13);
