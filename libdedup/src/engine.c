@@ -24,8 +24,14 @@
  * fork(): the pthread_atfork prepare handler waits for the window in
  * progress and keeps new ones from starting (eng.forking), so a child never
  * inherits a window half done (a page moved out of its place), without
- * holding a lock while other handlers run (see prefork()). The child has no
- * engine threads; its copy of libdedup is marked stopped.
+ * holding a lock while other handlers run (see prefork()). It also copies
+ * the discard marks, briefly under eng.gate, for the child's guard. The
+ * child has no engine threads; its copy of libdedup is marked stopped, and
+ * fork() (child.c) guards the merged pages it inherited.
+ *
+ * Pacing between passes: the interval, doubled after each full pass that
+ * merged (almost) nothing, up to DEDUP_IDLE_BACKOFF intervals; meanwhile
+ * fresh regions (scan.c) get passes of their own every interval.
  */
 #include <liburing.h>
 #include <poll.h>
