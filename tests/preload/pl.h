@@ -135,4 +135,34 @@ static inline bool pl_is_zero(const char *p, size_t len)
 	return true;
 }
 
+/* Does [p, p + len) hold a merged piece (a mapping of libdedup's memfd), or
+ * a VMA registered with a userfaultfd (VmFlags uw/um/ui)? From smaps. */
+static inline void pl_look(const void *p, size_t len, bool *merged, bool *registered)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+	*merged = *registered = false;
+	CHECK(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		uintptr_t a, b;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			in = a < (uintptr_t)p + len && b > (uintptr_t)p;
+			if (in && strstr(line, "memfd:libdedup"))
+				*merged = true;
+		} else if (in && !strncmp(line, "VmFlags:", 8) &&
+			   (strstr(line, " uw") || strstr(line, " um") || strstr(line, " ui"))) {
+			*registered = true;
+		}
+	}
+	fclose(f);
+}
+
+static inline bool pl_has_merged(const void *p, size_t len)
+{
+	bool m, r;
+	pl_look(p, len, &m, &r);
+	return m;
+}
+
 #endif

@@ -15,28 +15,6 @@
 #define A_ADDR 0x600000000000UL
 #define LEN (4UL << 20)
 
-/* Does [lo, hi) hold a merged piece / a VMA registered with a uffd? */
-static void look(uintptr_t lo, uintptr_t hi, bool *merged, bool *registered)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	char line[512];
-	bool in = false;
-	*merged = *registered = false;
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		uintptr_t a, b;
-		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-			in = a < hi && b > lo;
-			if (in && strstr(line, "memfd:libdedup"))
-				*merged = true;
-		} else if (in && !strncmp(line, "VmFlags:", 8) &&
-			   (strstr(line, " uw") || strstr(line, " um") || strstr(line, " ui"))) {
-			*registered = true;
-		}
-	}
-	fclose(f);
-}
-
 static void fill(char *p)
 {
 	for (size_t i = 0; i < LEN / T_PAGE; i++)
@@ -71,7 +49,7 @@ int main(int argc, char **argv)
 			continue;
 		do {
 			usleep(20000);
-			look((uintptr_t)r[i].p, (uintptr_t)r[i].p + LEN, &m, &reg);
+			pl_look(r[i].p, LEN, &m, &reg);
 		} while (!m && t_now() - t0 < 30);
 		if (!m) {
 			fprintf(stderr, "FAIL: %s: %s did not merge\n", mode, r[i].name);
@@ -80,7 +58,7 @@ int main(int argc, char **argv)
 	}
 	sleep(1);
 	for (int i = 0; i < 3; i++) {
-		look((uintptr_t)r[i].p, (uintptr_t)r[i].p + LEN, &m, &reg);
+		pl_look(r[i].p, LEN, &m, &reg);
 		if (!r[i].want && (m || reg)) {
 			fprintf(stderr, "FAIL: %s: %s is %s although excluded\n", mode, r[i].name,
 				m ? "merged" : "registered");

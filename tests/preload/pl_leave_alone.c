@@ -24,28 +24,6 @@
 #define NP 64
 #define LEN (NP * T_PAGE)
 
-/* Does [p, p + len) hold a merged piece, or a VMA registered with a uffd? */
-static void look(const void *p, size_t len, bool *merged, bool *registered)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	char line[512];
-	bool in = false;
-	*merged = *registered = false;
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		uintptr_t a, b;
-		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-			in = a < (uintptr_t)p + len && b > (uintptr_t)p;
-			if (in && strstr(line, "memfd:libdedup"))
-				*merged = true;
-		} else if (in && !strncmp(line, "VmFlags:", 8) &&
-			   (strstr(line, " uw") || strstr(line, " um") || strstr(line, " ui"))) {
-			*registered = true;
-		}
-	}
-	fclose(f);
-}
-
 static pthread_barrier_t ready, done;
 static char *stack_buf;
 
@@ -108,7 +86,7 @@ int main(void)
 	double t0 = t_now();
 	do {
 		usleep(20000);
-		look(ctl, 2 * LEN, &m, &reg);
+		pl_look(ctl, 2 * LEN, &m, &reg);
 	} while (!m && t_now() - t0 < 30);
 	if (!m) {
 		fprintf(stderr, "FAIL: the control range did not merge\n");
@@ -117,7 +95,7 @@ int main(void)
 	usleep(1000000);   /* five reconcile periods (DEDUP_RECONCILE_MS=200) */
 	int bad = 0;
 	for (int i = 0; i < n; i++) {
-		look(r[i].p, r[i].len, &m, &reg);
+		pl_look(r[i].p, r[i].len, &m, &reg);
 		if (m || reg) {
 			fprintf(stderr, "FAIL: %s: %s\n", r[i].what, m ? "merged" : "registered");
 			bad++;
@@ -127,7 +105,7 @@ int main(void)
 			bad++;
 		}
 	}
-	look(stack_buf, LEN, &m, &reg);
+	pl_look(stack_buf, LEN, &m, &reg);
 	if (m || reg) {
 		fprintf(stderr, "FAIL: a thread stack is %s\n", m ? "merged" : "registered");
 		bad++;

@@ -37,23 +37,6 @@ static bool mapped(const void *p)
 	return mincore((void *)((uintptr_t)p & ~(T_PAGE - 1)), T_PAGE, &v) == 0;
 }
 
-/* No mapping of a libdedup memfd overlaps [p, p + len). */
-static bool no_memfd(const char *p, size_t len)
-{
-	FILE *f = fopen("/proc/self/maps", "r");
-	char line[512];
-	bool ok = true;
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo < (uintptr_t)p + len &&
-		    hi > (uintptr_t)p && strstr(line, "memfd:libdedup"))
-			ok = false;
-	}
-	fclose(f);
-	return ok;
-}
-
 /* Grow the one-piece copy at q (NP merged pages) to 2 NP pages. */
 static void grow_piece(char *q, int flags, uint64_t seed)
 {
@@ -65,7 +48,7 @@ static void grow_piece(char *q, int flags, uint64_t seed)
 		exit(T_FAIL);
 	}
 	CHECK(pl_check(q2, NP, seed));
-	if (!no_memfd(q2 + l, l) || !pl_is_zero(q2 + l, l)) {
+	if (pl_has_merged(q2 + l, l) || !pl_is_zero(q2 + l, l)) {
 		fprintf(stderr, "FAIL: the grown tail of a merged piece maps our memfd\n");
 		exit(T_FAIL);
 	}
@@ -130,9 +113,9 @@ int main(void)
 	 * one grown and moved (a copy in the middle) */
 	char *e = merged_range(36, 2 * len);
 	char *last = e + 3 * NP * T_PAGE;
-	for (double t0 = t_now(); no_memfd(last, NP * T_PAGE) && t_now() - t0 < 30;)
+	for (double t0 = t_now(); !pl_has_merged(last, NP * T_PAGE) && t_now() - t0 < 30;)
 		usleep(20000);
-	if (!no_memfd(last, NP * T_PAGE)) {   /* merged */
+	if (pl_has_merged(last, NP * T_PAGE)) {   /* merged */
 		grow_piece(last, 0, 36);
 		CHECK(mremap(last, 2 * NP * T_PAGE, NP * T_PAGE, 0) == last);
 		grow_piece(e + NP * T_PAGE, MREMAP_MAYMOVE, 36);

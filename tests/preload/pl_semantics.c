@@ -45,22 +45,6 @@ static bool faults(char *p, bool write)
 	return f;
 }
 
-static bool has_merged(const char *p, size_t len)
-{
-	FILE *f = fopen("/proc/self/maps", "r");
-	char line[512];
-	bool m = false;
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo < (uintptr_t)p + len &&
-		    hi > (uintptr_t)p && strstr(line, "memfd:libdedup"))
-			m = true;
-	}
-	fclose(f);
-	return m;
-}
-
 /* Sum of smaps "Locked:" (kB) over the VMAs inside [p, p + len). */
 static long locked_kb(const char *p, size_t len)
 {
@@ -90,7 +74,7 @@ int main(void)
 		pl_fill(ch(a, c), NP, 51);
 	pl_wait_merged(6 * NP * 9 / 10, 30);
 	for (int c = 1; c < 6; c++)
-		if (!has_merged(ch(a, c), CL)) {
+		if (!pl_has_merged(ch(a, c), CL)) {
 			fprintf(stderr, "FAIL: chunk %d did not merge\n", c);
 			return T_FAIL;
 		}
