@@ -58,7 +58,7 @@ DD_API int dedup_init(const struct dedup_config *config)
 	DD_COUNTERS(X)
 #undef X
 	dd_trace_on = getenv("DEDUP_TRACE") != NULL;
-	ret = dd_uffd_open(&eng.uffd, &why);
+	ret = dd_uffd_open(&eng.uffd, 0, &why);
 	if (ret < 0) {
 		dd_warn("not merging: %s", why);
 		goto out;

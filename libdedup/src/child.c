@@ -316,16 +316,15 @@ static void populate(uintptr_t lo, uintptr_t hi)
 	}
 }
 
-/* The marks the child starts from: its parent engine's, or its parent
- * guard's (a grandchild). */
+/* The marks the child starts from: its parent's guard's (a grandchild)
+ * and its parent's engine's (which, with DEDUP_FORK=restart, a guarded
+ * child may run too: both then have merged pieces). */
 static void seed_marks(bool grandchild)
 {
 	cg.gone.n = 0;
-	if (grandchild) {
+	if (grandchild)
 		for (size_t i = 0; i < cg.snap.n; i++)
 			mark_gone(cg.snap.r[i].lo, cg.snap.r[i].hi);
-		return;
-	}
 	const uintptr_t (*iv)[2];
 	size_t n = dd_discard_forked(&iv);
 	if (atomic_load(&eng.fork_snap_failed))
@@ -368,7 +367,9 @@ void dd_child_guard(void)
 	}
 	seed_marks(grandchild);
 
-	r = dd_uffd_open(&cg.uffd, &why);
+	/* UNMAP events too: marks of memory the program unmaps must go, or
+	 * they would zero what a restarted engine merges there later */
+	r = dd_uffd_open(&cg.uffd, UFFD_FEATURE_EVENT_UNMAP, &why);
 	if (r == 0) {
 		cg.stop_fd = eventfd(0, EFD_CLOEXEC);
 		if (cg.stop_fd < 0)

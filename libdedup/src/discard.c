@@ -209,8 +209,8 @@ bool dd_discard_marked(uintptr_t a)
  * pages (child.c), so it needs the marks as they were when it was forked.
  * Its own copy of `discard` may be torn (the reader does not stop for a
  * fork: engine.c, prefork()), so prefork() copies the set here under
- * eng.gate, after every REMOVE read so far has been recorded. Returns the
- * intervals (sorted, disjoint) through *iv; the child only reads them.
+ * eng.gate, after every REMOVE read so far has been recorded. The child
+ * takes them once (dd_discard_forked: sorted, disjoint intervals).
  */
 int dd_discard_fork_snapshot(void)
 {
@@ -225,8 +225,13 @@ int dd_discard_fork_snapshot(void)
 
 size_t dd_discard_forked(const uintptr_t (**iv)[2])
 {
+	size_t n = fork_snap.n;
+	/* Once: a grandchild must not take the marks of a fork two
+	 * generations back for its parent's (prefork refills this only
+	 * where an engine runs). */
+	fork_snap.n = 0;
 	*iv = (const uintptr_t (*)[2])fork_snap.iv;
-	return fork_snap.n;
+	return n;
 }
 
 /* ---- discards racing with a merge (see "DOC: Discards racing...") ---- */

@@ -222,7 +222,7 @@ struct dd_features {
 };
 extern struct dd_features dd_feat;
 
-int dd_uffd_open(int *fd_out, const char **why);
+int dd_uffd_open(int *fd_out, uint64_t extra_features, const char **why);
 int dd_uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
 int dd_uffd_unregister(int uffd, uintptr_t start, size_t len);
 int dd_uffd_wp(int uffd, uintptr_t start, size_t len, bool protect);

@@ -90,15 +90,16 @@ static bool env_on(const char *name)
 	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MOVE | UFFD_FEATURE_MINOR_SHMEM)
 
 /*
- * A uffd that may handle kernel-mode faults. /dev/userfaultfd gives one to
+ * A uffd that may handle kernel-mode faults, with DD_UFFD_FEATURES and the
+ * extra features asked for. /dev/userfaultfd gives one to
  * whoever may open the node; the syscall gives one only with CAP_SYS_PTRACE
  * (otherwise the kernel insists on UFFD_USER_MODE_ONLY, and a read() into a
  * protected buffer would fail with EFAULT instead of waiting: we refuse).
  */
-int dd_uffd_open(int *fd_out, const char **why)
+int dd_uffd_open(int *fd_out, uint64_t extra, const char **why)
 {
 	int fd = -1, dev;
-	struct uffdio_api api = { .api = UFFD_API, .features = DD_UFFD_FEATURES };
+	struct uffdio_api api = { .api = UFFD_API, .features = DD_UFFD_FEATURES | extra };
 
 	if (env_on("DEDUP_FORCE_USER_ONLY")) {
 		*why = "forced by DEDUP_FORCE_USER_ONLY: only a user-mode-only userfaultfd";
@@ -136,7 +137,7 @@ api:
 		       "(Linux 6.8 or later is needed)";
 		return -(e ? e : EINVAL);
 	}
-	if ((api.features & DD_UFFD_FEATURES) != DD_UFFD_FEATURES) {
+	if ((api.features & (DD_UFFD_FEATURES | extra)) != (DD_UFFD_FEATURES | extra)) {
 		close(fd);
 		*why = "the kernel lacks UFFD_FEATURE_MOVE, MINOR_SHMEM or write-protect support "
 		       "(Linux 6.8 or later is needed)";

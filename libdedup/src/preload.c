@@ -1162,8 +1162,17 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	if (st == PL_OFF || (st == PL_PASSIVE && !dd_child_guarding()))
 		return sys_mremap(old, old_len, new_len, flags, fixed);
 	if (from_us(__builtin_return_address(0))) {
+		/* Our own memory stays ours where it moves. The engine also
+		 * moves merged runs into the application's memory (merge.c,
+		 * placing a run): that is not ours, and marking it so kept
+		 * the reconcile from ever registering memory the application
+		 * mapped there again later. */
+		ours_acquire();
+		bool was_ours = dd_rt_overlaps(&ours, pg_down((uintptr_t)old),
+					       pg_up((uintptr_t)old + old_len));
+		ours_release();
 		ret = sys_mremap(old, old_len, new_len, flags, fixed);
-		if (ret != MAP_FAILED) {
+		if (ret != MAP_FAILED && was_ours) {
 			ours_sub((uintptr_t)old, old_len);
 			ours_add((uintptr_t)ret, new_len);
 		}

@@ -4,7 +4,8 @@
  * right content and can write to it (its own copy), the parent is not
  * affected, and the parent keeps merging afterwards.
  * With argument "restart" (run with DEDUP_FORK=restart), the child also
- * starts its own engine and merges its own new memory.
+ * starts its own engine and merges its own new memory, and a grandchild
+ * sees the discards of both the child's engine and its guard right.
  */
 #include "pl.h"
 
@@ -49,6 +50,42 @@ int main(int argc, char **argv)
 			for (int c = 0; c < 4; c++)
 				if (!pl_check(b + c * len, NP, 43))
 					_exit(13);
+			/* The child's own engine and the guard of the parent's
+			 * pages, together, seen by a grandchild: (1) a page of
+			 * the parent's merged memory discarded here, then the
+			 * range unmapped and mapped again with content the
+			 * child's engine merges: it must not read as discarded;
+			 * (2) a page the child's engine merged, discarded and
+			 * not touched before the fork: zeros. */
+			char *a1 = NULL;   /* a copy that is one of the parent's merged pieces */
+			for (int c = 0; c < 4 && !a1; c++)
+				if (pl_has_merged(a + c * len, len))
+					a1 = a + c * len;
+			if (!a1)
+				_exit(20);
+			if (madvise(a1, T_PAGE, MADV_DONTNEED) || !pl_is_zero(a1, T_PAGE))
+				_exit(14);
+			if (mmap(a1, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+				 -1, 0) != a1)
+				_exit(15);
+			pl_fill(a1, NP, 43);
+			uint64_t m0 = pl_stats().merges;
+			t0 = t_now();
+			while (pl_stats().merges < m0 + NP * 9 / 10 && t_now() - t0 < 30)
+				usleep(20000);
+			if (madvise(b + len + 3 * T_PAGE, T_PAGE, MADV_DONTNEED))
+				_exit(16);
+			pid_t g = fork();
+			if (g == 0) {
+				if (!pl_check(a1, NP, 43))
+					_exit(17);
+				if (!pl_is_zero(b + len + 3 * T_PAGE, T_PAGE))
+					_exit(18);
+				_exit(0);
+			}
+			int gs;
+			if (g < 0 || waitpid(g, &gs, 0) != g || !WIFEXITED(gs) || WEXITSTATUS(gs))
+				_exit(19);
 		}
 		_exit(0);
 	}
