@@ -9,7 +9,8 @@
  *   mlock: succeeds, the whole range is resident and locked (smaps Locked),
  *     content intact; munlock;
  *   MADV_DONTFORK: the child has no such range (SIGSEGV there);
- *   MADV_WIPEONFORK: the child reads zeros there, the parent its data.
+ *   MADV_WIPEONFORK: the child reads zeros there, the parent its data;
+ *   munmap and mmap again at the same address: the new memory merges.
  */
 #include "pl.h"
 
@@ -131,6 +132,21 @@ int main(void)
 		return T_FAIL;
 	}
 	CHECK(pl_check(ch(a, 4), NP, 51) && pl_check(ch(a, 5), NP, 51));
+
+	/* 6. memory mapped again where a merged run was merges again (the
+	 * placement's mremap once marked such addresses as libdedup's own) */
+	CHECK(munmap(ch(a, 6), CL) == 0);
+	CHECK(mmap(ch(a, 6), CL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+		   -1, 0) == ch(a, 6));
+	pl_fill(ch(a, 6), NP, 51);
+	double t0 = t_now();
+	while (!pl_has_merged(ch(a, 6), CL) && t_now() - t0 < 20)
+		usleep(20000);
+	if (!pl_has_merged(ch(a, 6), CL)) {
+		fprintf(stderr, "FAIL: memory mapped again at a former merged run never merged\n");
+		return T_FAIL;
+	}
+	CHECK(pl_check(ch(a, 6), NP, 51));
 	fprintf(stderr, "PASS\n");
 	return T_PASS;
 }
