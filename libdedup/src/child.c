@@ -362,8 +362,11 @@ void dd_child_guard(void)
 	if (dd_maps_each(piece_line, NULL) < 0 || !cg.npieces)
 		return;
 	if (!cg.gone.r && (!dd_rt_init(&cg.gone, CG_CAP) || !dd_rt_init(&cg.snap, CG_CAP))) {
-		dd_err("child: no memory for the discard marks");
-		return;   /* nothing to guard with: see give_up() below */
+		/* Nothing to keep marks in: copy, the one way left. Pages
+		 * discarded before the fork then read their merged content. */
+		dd_err("child: no memory for the discard marks; merged pages copied");
+		give_up(0, cg.npieces, "mmap", -ENOMEM);
+		return;
 	}
 	seed_marks(grandchild);
 
