@@ -87,7 +87,8 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 	}
 	c->scanned++;
 	/* VMA budget spent: only a zero page can still merge (it adds no
-	 * mapping). Skip the rest before hashing: with the budget spent, a
+	 * mapping). Skip the rest before hashing (so no canonical page is
+	 * written only to be dropped, and no stable match is tried): with the budget spent, a
 	 * heap whose other duplicates could never merge was hashed whole on
 	 * every pass, and its stable matches went to merge windows that
 	 * write-protected them (a TLB shootdown each) only to find the
@@ -116,13 +117,6 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 	uint32_t s = dd_stable_lookup(h, d, &collided);
 	if (s) {
 		batch_add(c, a, s);
-		return;
-	}
-	if (dd_merge_budget_spent()) {
-		/* A new canonical page would need new mappings that the VMA
-		 * budget no longer allows: do not write one only to drop it.
-		 * (Stable matches above still go: some extend a run.) */
-		DD_INC(skipped_budget, 1);
 		return;
 	}
 	uintptr_t b = dd_unstable_take(h, d, &collided);
