@@ -281,11 +281,7 @@ static int piece_line(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms, 
 	(void)ctx;
 	if (perms[3] != 'p' || !strstr(rest, "/memfd:libdedup") || cg.npieces == CG_PIECES)
 		return 0;
-	cg.pieces[cg.npieces++] = (struct piece){
-		lo, hi,
-		(perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
-			(perms[2] == 'x' ? PROT_EXEC : 0),
-	};
+	cg.pieces[cg.npieces++] = (struct piece){ lo, hi, dd_perms_prot(perms) };
 	return 0;
 }
 

@@ -187,6 +187,7 @@ extern _Atomic size_t dd_vm_bytes;           /* metadata bytes in use */
 typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
 			  const char *rest);
 int dd_maps_each(dd_maps_fn fn, void *ctx);
+int dd_perms_prot(const char *perms);   /* PROT_* of "rwxp" */
 
 /* ---- ranges.c ------------------------------------------------------- */
 struct dd_range {

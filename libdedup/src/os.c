@@ -452,6 +452,13 @@ out:
 	return ret < 0 ? ret : 0;
 }
 
+/* PROT_* of a maps line's "rwxp" */
+int dd_perms_prot(const char *perms)
+{
+	return (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+	       (perms[2] == 'x' ? PROT_EXEC : 0);
+}
+
 struct prot_ctx { uintptr_t a; int prot; };
 
 static int prot_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
@@ -460,8 +467,7 @@ static int prot_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, con
 	(void)rest;
 	if (pc->a < lo || pc->a >= hi)
 		return 0;
-	pc->prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
-		   (perms[2] == 'x' ? PROT_EXEC : 0);
+	pc->prot = dd_perms_prot(perms);
 	return 1;
 }
 

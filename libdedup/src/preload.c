@@ -582,8 +582,7 @@ static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u)
 
 static int prot_of(const struct vma *v)
 {
-	return (v->perms[0] == 'r' ? PROT_READ : 0) | (v->perms[1] == 'w' ? PROT_WRITE : 0) |
-	       (v->perms[2] == 'x' ? PROT_EXEC : 0);
+	return dd_perms_prot(v->perms);
 }
 
 /*
