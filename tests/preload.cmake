@@ -36,7 +36,7 @@ endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
-          pl_jemalloc pl_plain pl_fork_alloc_lock)
+          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon)
   pl_program(${p})
 endforeach()
 
@@ -56,6 +56,15 @@ pl_test(preload_exclude_heap PROGRAM pl_exclude ARGS heap ENV DEDUP_EXCLUDE=heap
 pl_test(preload_exclude_mmap PROGRAM pl_exclude ARGS mmap ENV DEDUP_EXCLUDE=mmap)
 pl_test(preload_exclude_range PROGRAM pl_exclude ARGS range
         ENV DEDUP_EXCLUDE=0x600000000000-0x600000400000)
+# A program that closes every descriptor (fds.c): through libc, by a raw
+# system call, in the process and in a fork()ed child, with and without
+# DEDUP_FORK=restart. Before fds.c the engine died with SIGSEGV.
+pl_test(preload_daemon_libc PROGRAM pl_daemon ARGS libc)
+pl_test(preload_daemon_raw PROGRAM pl_daemon ARGS raw)
+pl_test(preload_daemon_fork PROGRAM pl_daemon ARGS libc fork)
+pl_test(preload_daemon_fork_raw PROGRAM pl_daemon ARGS raw fork)
+pl_test(preload_daemon_restart PROGRAM pl_daemon ARGS libc fork ENV DEDUP_FORK=restart)
+pl_test(preload_daemon_restart_raw PROGRAM pl_daemon ARGS raw fork ENV DEDUP_FORK=restart)
 # mprotect, munmap, mlock, MADV_DONTFORK and MADV_WIPEONFORK on merged memory
 pl_test(preload_semantics PROGRAM pl_semantics)
 # Thread stacks, mlock/DONTDUMP/WIPEONFORK/DONTFORK (libc and raw syscalls), small ranges

@@ -32,9 +32,7 @@ static void undo_init(void)
 	dd_discard_fini();
 	dd_store_fini();
 	dd_os_close();
-	if (eng.uffd >= 0)
-		close(eng.uffd);
-	eng.uffd = -1;
+	dd_fd_close(&eng.uffd);
 }
 
 DD_API int dedup_init(const struct dedup_config *config)

@@ -100,6 +100,7 @@ static struct {
 	int stop_fd;              /* eventfd: stops the guard thread */
 	pthread_t thr;
 	bool thr_started;
+	_Atomic bool stopping;    /* dd_child_release: the guard is to leave */
 	bool atfork_done;
 	struct dd_rtab gone;      /* discarded pages of our pieces */
 	struct dd_rtab snap;      /* gone, as of the last fork() (prefork_guard) */
@@ -212,9 +213,18 @@ static void *guard_main(void *arg)
 
 	(void)arg;
 	for (;;) {
-		if (poll(pfd, 2, npend ? 1 : -1) < 0 && errno != EINTR)
+		/* The numbers are read again each time: an interposed dup2()
+		 * onto one of ours moves it (fds.c). A uffd the program closed
+		 * by a raw system call is gone for good: leave (its file goes
+		 * with the number, and the kernel drops the registrations). */
+		pfd[0].fd = cg.uffd;
+		pfd[1].fd = dd_fd_intact(cg.stop_fd) ? cg.stop_fd : -1;
+		if (!dd_fd_intact(cg.uffd))
 			break;
-		if (pfd[1].revents)
+		/* without stop_fd (closed behind our back), look every 100 ms */
+		if (poll(pfd, 2, npend ? 1 : pfd[1].fd < 0 ? 100 : -1) < 0 && errno != EINTR)
+			break;
+		if (atomic_load(&cg.stopping))
 			break;
 		pthread_mutex_lock(&cg.lock);
 		while (npend + DD_ARRAY_SIZE(msg) <= CG_PENDING) {
@@ -338,9 +348,8 @@ void dd_child_guard(void)
 
 	if (grandchild) {
 		/* our parent's guard uffd: nobody serves it here */
-		close(cg.uffd);
-		close(cg.stop_fd);
-		cg.uffd = cg.stop_fd = -1;
+		dd_fd_close(&cg.uffd);
+		dd_fd_close(&cg.stop_fd);
 		cg.thr_started = false;
 	}
 	if (dd_opt.test_unsafe_no_child_guard)
@@ -370,14 +379,12 @@ void dd_child_guard(void)
 	 * they would zero what a restarted engine merges there later */
 	r = dd_uffd_open(&cg.uffd, UFFD_FEATURE_EVENT_UNMAP, &why);
 	if (r == 0) {
-		cg.stop_fd = eventfd(0, EFD_CLOEXEC);
-		if (cg.stop_fd < 0)
+		r = dd_fd_adopt(&cg.stop_fd, eventfd(0, EFD_CLOEXEC));
+		if (r < 0)
 			r = -errno, why = "eventfd";
 	}
 	if (r < 0) {
-		if (cg.uffd >= 0)
-			close(cg.uffd);
-		cg.uffd = -1;
+		dd_fd_close(&cg.uffd);
 		give_up(0, cg.npieces, why ? why : "userfaultfd", r);
 		return;
 	}
@@ -396,14 +403,14 @@ void dd_child_guard(void)
 	r = dd_thread_create(&cg.thr, guard_main, NULL);
 	if (r) {
 		/* Unregistered again by closing the uffd, then copied. */
-		close(cg.uffd);
-		close(cg.stop_fd);
-		cg.uffd = cg.stop_fd = -1;
+		dd_fd_close(&cg.uffd);
+		dd_fd_close(&cg.stop_fd);
 		give_up(0, cg.npieces, "pthread_create", -r);
 		return;
 	}
 	pthread_setname_np(cg.thr, "dedup-child");
 	cg.thr_started = true;
+	atomic_store(&cg.stopping, false);
 	if (!cg.atfork_done) {
 		pthread_atfork(prefork_guard, NULL, postfork_guard_child);
 		cg.atfork_done = true;
@@ -462,13 +469,14 @@ int dd_child_release(void)
 			ret = r;
 	}
 	if (cg.thr_started) {
-		(void)!write(cg.stop_fd, &one, sizeof(one));
+		atomic_store(&cg.stopping, true);
+		if (dd_fd_intact(cg.stop_fd))
+			(void)!write(cg.stop_fd, &one, sizeof(one));
 		pthread_join(cg.thr, NULL);
 		cg.thr_started = false;
 	}
-	close(cg.uffd);
-	close(cg.stop_fd);
-	cg.uffd = cg.stop_fd = -1;
+	dd_fd_close(&cg.uffd);
+	dd_fd_close(&cg.stop_fd);
 	return ret;
 }
 

@@ -5,14 +5,27 @@
  *  - The engine thread scans and merges (scan.c, merge.c) one step at a
  *    time under eng.lock, and paces itself between steps: a CPU share of
  *    one core (DEDUP_CPU) and an optional page rate (DEDUP_PAGES_PER_SEC).
- *    Its loop is an io_uring waiting on a timeout and on an eventfd
- *    (ctl_fd) that carries "stop" and "scan now".
+ *    Between steps it sleeps on a futex (eng.ctl) that "stop" and "scan
+ *    now" wake: no descriptor of its own.
  *  - The uffd reader thread waits (io_uring poll) for the userfaultfd to be
  *    readable, then reads every pending message under eng.gate. It never
  *    takes eng.lock and never waits on the merger beyond the gate, which is
  *    only held for one batch's merge window: so an application thread that
  *    triggers a non-cooperative event (madvise, mremap) is acknowledged
  *    within one batch, and nothing can deadlock on our own events.
+ *
+ * Descriptors (fds.c). The program may close ours by a raw system call that
+ * no interposer sees. The reader's ring has no descriptor of its own (the
+ * ring fd is registered with the thread, then closed) and holds the uffd in
+ * its fixed-file table: the userfaultfd itself can never be released behind
+ * our back (releasing it would drop every registration - a merge window half
+ * done would read zeros), and the reader installs it again at a new number
+ * (IORING_OP_FIXED_FD_INSTALL, Linux 6.8) when the old one is no longer
+ * ours. It is woken by the uffd alone: to stop it, or to have it recover the
+ * uffd, another thread discards the doorbell page D, which raises a REMOVE
+ * event that the reader must read before that madvise() returns. The engine
+ * checks every descriptor at each step; if one is gone it hands merged
+ * memory back and stops merging, with one line on stderr ("lost", below).
  *
  * Faults the reader resolves: minor faults on merged pages (the canonical
  * page, or zeros after a discard: discard.c). WP and MISSING faults were
@@ -38,7 +51,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -51,11 +63,7 @@ struct dd_engine eng = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.gate = PTHREAD_MUTEX_INITIALIZER,
 	.uffd = -1,
-	.ctl_fd = -1,
-	.reader_fd = -1,
 };
-
-enum { CTL_STOP = 1, CTL_KICK = 2 };
 
 /* dedup_init() returns once both threads have set up their event loops, so
  * that the process's mappings (io_uring rings) are complete when it returns. */
@@ -177,12 +185,14 @@ static int resolve(const struct pending *p)
 	}
 }
 
-/* Read and handle everything pending. Called with eng.gate held. */
-static void drain_uffd(void)
+/* Read and handle everything pending. Called with eng.gate held. Returns
+ * whether the doorbell rang (a REMOVE of D: stop or recover, see above). */
+static bool drain_uffd(void)
 {
 	struct uffd_msg msg[32];
 	uint64_t t0 = 0;
 	unsigned fence_tries = 0;
+	bool rang = false;
 
 	for (;;) {
 		ssize_t r = 0;
@@ -209,6 +219,10 @@ static void drain_uffd(void)
 						pend[npend++] = (struct pending){ a, PF_MISSING };
 					break;
 				case UFFD_EVENT_REMOVE:
+					if (m->arg.remove.start == eng.doorbell) {
+						rang = true;
+						break;
+					}
 					DD_TRACE('X', m->arg.remove.start, m->arg.remove.end - m->arg.remove.start, 0);
 					dd_discard_removed(m->arg.remove.start, m->arg.remove.end);
 					record_event(UFFD_EVENT_REMOVE, m->arg.remove.start, 0,
@@ -235,7 +249,7 @@ static void drain_uffd(void)
 		 * their callers have run; a few tries, then the merger's turn. */
 		bool fencing = dd_removing_fence() > 0 && fence_tries < 64;
 		if (!npend && !fencing && r <= 0)
-			return;
+			return rang;
 		if (fencing && !npend && r <= 0) {
 			fence_tries++;
 			pthread_mutex_unlock(&eng.gate);
@@ -256,54 +270,183 @@ static void drain_uffd(void)
 	}
 }
 
+/* Linux 6.8; liburing 2.3's headers predate it (uapi.h has no room for
+ * io_uring): install fixed file sqe->fd as a new O_CLOEXEC descriptor. */
+#define DD_IORING_OP_FIXED_FD_INSTALL 54
+
+/* Wait for a completion of ours: the uffd's poll (tag 1) or the install
+ * (tag 3). Returns the result of the one asked for, or -errno. */
+static int ring_wait_for(struct io_uring *ring, uint64_t tag, bool *polled)
+{
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		int r = io_uring_wait_cqe(ring, &cqe);
+		if (r == -EINTR)
+			continue;
+		if (r < 0)
+			return r;
+		uint64_t what = io_uring_cqe_get_data64(cqe);
+		int res = cqe->res;
+		io_uring_cqe_seen(ring, cqe);
+		if (what == 1)
+			*polled = false;
+		if (what == tag)
+			return res;
+	}
+}
+
+static struct io_uring_sqe *ring_sqe(struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	if (!sqe && io_uring_submit(ring) >= 0)
+		sqe = io_uring_get_sqe(ring);
+	return sqe;   /* NULL: the caller falls back to poll() */
+}
+
+/* The fixed uffd as a new descriptor of ours, in place of a lost one. */
+static int ring_install_uffd(struct io_uring *ring, bool *polled)
+{
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_rw(DD_IORING_OP_FIXED_FD_INSTALL, sqe, 0, NULL, 0, 0);
+	sqe->flags = IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, 3);
+	int r = io_uring_submit(ring);
+	return r < 0 ? r : ring_wait_for(ring, 3, polled);
+}
+
+/*
+ * The reader's ring: io_uring_queue_init, then the uffd in the fixed-file
+ * table, the ring fd registered and closed, the rings kept from fork()ed
+ * children (they would keep the uffd alive). Once, the install is tried, so
+ * that recovery is known to work before it is needed. false: no ring (no
+ * io_uring, seccomp, an old kernel); the reader then uses poll().
+ */
+static bool reader_ring_init(struct io_uring *ring)
+{
+	bool polled = false;
+	int fd = eng.uffd;
+
+	eng.uffd_recoverable = false;
+	if (io_uring_queue_init(4, ring, 0) < 0)
+		return false;
+	if (io_uring_register_files(ring, &fd, 1) < 0 || io_uring_register_ring_fd(ring) != 1) {
+		io_uring_queue_exit(ring);
+		return false;
+	}
+	dd_sys_close(ring->ring_fd);
+	ring->ring_fd = -1;
+	io_uring_ring_dontfork(ring);
+	fd = ring_install_uffd(ring, &polled);
+	if (fd >= 0) {
+		dd_sys_close(fd);
+		eng.uffd_recoverable = true;
+	}
+	return true;
+}
+
+/*
+ * Wait until the uffd is readable. With the ring, a poll of the fixed file
+ * (it needs no number); without, poll() on the number. Returns false if the
+ * ring failed (the caller goes on with poll()).
+ */
+static bool wait_readable(struct io_uring *ring, bool *polled)
+{
+	if (!*polled) {
+		struct io_uring_sqe *sqe = ring_sqe(ring);
+		if (!sqe)
+			return false;
+		io_uring_prep_poll_add(sqe, 0, POLLIN);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		io_uring_sqe_set_data64(sqe, 1);
+		if (io_uring_submit(ring) < 0)
+			return false;
+		*polled = true;
+	}
+	return ring_wait_for(ring, 1, polled) >= 0;
+}
+
+/*
+ * Is eng.uffd still our userfaultfd? If the program closed the number (a
+ * raw system call), install the uffd again from the ring. eng.gate held:
+ * the merger uses eng.uffd under it or under eng.lock, and sees the number
+ * change only between its steps (it checks at each, "lost" below).
+ */
+static bool uffd_usable(struct io_uring *ring, bool have_ring, bool *polled)
+{
+	if (dd_fd_intact(eng.uffd))
+		return true;
+	if (!have_ring || !eng.uffd_recoverable)
+		return false;
+	int fd = ring_install_uffd(ring, polled);
+	if (fd < 0)
+		return false;
+	dd_fd_forget(&eng.uffd);
+	return dd_fd_adopt(&eng.uffd, fd) >= 0;   /* the file kept its tag */
+}
+
+static _Atomic bool reader_gone;   /* the reader left on its own */
+
 static void *reader_main(void *arg)
 {
 	struct io_uring ring;
 	uint64_t cpu = dd_thread_cpu_ns();
-	int ret = io_uring_queue_init(4, &ring, 0);
+	bool have_ring = reader_ring_init(&ring), polled = false;
 
 	thread_ready();
-	if (ret < 0) {
-		/* No io_uring (seccomp, old kernel): a plain poll() loop. */
-		struct pollfd p[2] = { { eng.uffd, POLLIN, 0 }, { eng.reader_fd, POLLIN, 0 } };
-		for (;;) {
-			if (poll(p, 2, -1) < 0)
-				continue;
-			if (p[1].revents)
-				break;
-			pthread_mutex_lock(&eng.gate);
-			drain_uffd();
-			pthread_mutex_unlock(&eng.gate);
-			dd_engine_account_cpu(&cpu);
-		}
-		return NULL;
-	}
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-	io_uring_prep_poll_add(sqe, eng.reader_fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, 2);
 	for (;;) {
-		sqe = io_uring_get_sqe(&ring);
-		io_uring_prep_poll_add(sqe, eng.uffd, POLLIN);
-		io_uring_sqe_set_data64(sqe, 1);
-		io_uring_submit(&ring);
-		struct io_uring_cqe *cqe;
-		if (io_uring_wait_cqe(&ring, &cqe) < 0)
-			continue;
-		uint64_t what = io_uring_cqe_get_data64(cqe);
-		io_uring_cqe_seen(&ring, cqe);
-		/* Only our own stop signal ends the loop, never eng.stop alone: the
-		 * engine thread may be waiting for us to read an event it raised
-		 * (its own madvise) while it is being stopped. */
-		if (what == 2)
-			break;
+		if (!have_ring || !wait_readable(&ring, &polled)) {
+			have_ring = false;
+			struct pollfd p = { eng.uffd, POLLIN, 0 };
+			if (poll(&p, 1, -1) < 0 && errno != EINTR)
+				break;
+		}
 		pthread_mutex_lock(&eng.gate);
-		drain_uffd();
+		bool ok = uffd_usable(&ring, have_ring, &polled), rang = false;
+		if (ok)
+			rang = drain_uffd();
 		pthread_mutex_unlock(&eng.gate);
 		dd_engine_account_cpu(&cpu);
+		/* The number is gone and cannot be had again: leave, and with
+		 * our ring the last reference to the uffd goes; the kernel then
+		 * wakes every waiter and drops the registrations (merged pages
+		 * keep their content). The engine says so (it checks too). */
+		if (!ok) {
+			atomic_store(&eng.fds_lost, true);
+			atomic_store(&reader_gone, true);
+			break;
+		}
+		/* Only the doorbell with reader_stop set ends the loop, never
+		 * eng.stop alone: the engine thread may be waiting for us to
+		 * read an event it raised (its own madvise) while it is being
+		 * stopped, and the stopper waits for us to read the doorbell. */
+		if (rang && atomic_load(&eng.reader_stop))
+			break;
 	}
-	io_uring_queue_exit(&ring);
+	if (have_ring)
+		io_uring_queue_exit(&ring);
 	dd_engine_account_cpu(&cpu);
 	return NULL;
+}
+
+/* Discard D: the reader must read the REMOVE before this returns, and
+ * before it reads it makes sure eng.uffd is ours (uffd_usable). Our own
+ * madvise, straight to the kernel. Not while the reader may be gone. */
+static void ring_doorbell(void)
+{
+	if (eng.doorbell)
+		syscall(SYS_madvise, eng.doorbell, DD_PAGE, MADV_DONTNEED);
+}
+
+/* The reader leaves once it has read the doorbell with reader_stop set
+ * (or on its own, once the uffd is gone for good: eng.fds_lost). */
+static void stop_reader(void)
+{
+	atomic_store(&eng.reader_stop, true);
+	if (!atomic_load(&reader_gone))
+		ring_doorbell();
+	pthread_join(eng.reader_thr, NULL);
 }
 
 /* ---- region upkeep from events ---------------------------------------- */
@@ -336,77 +479,57 @@ static void apply_events(void)
 
 /* ---- the engine thread ---------------------------------------------------- */
 
-struct waiter {
-	struct io_uring ring;
-	bool ok;
-	uint64_t ctl_buf;
-	bool ctl_armed;
-	uint64_t tseq;
-};
-
-static void arm_ctl(struct waiter *w)
+/* Sleep up to ns; returns early (true) when kicked or stopped. */
+static bool wait_ns(uint64_t ns)
 {
-	if (w->ctl_armed)
-		return;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-	io_uring_prep_read(sqe, eng.ctl_fd, &w->ctl_buf, sizeof(w->ctl_buf), 0);
-	io_uring_sqe_set_data64(sqe, 0);
-	w->ctl_armed = true;
+	if (atomic_exchange(&eng.ctl, 0))
+		return true;
+	dd_futex_wait(&eng.ctl, 0, ns);
+	return atomic_exchange(&eng.ctl, 0) != 0;
 }
 
-/* Sleep up to ns; returns early (true) when the control eventfd fires. */
-static bool wait_ns(struct waiter *w, uint64_t ns)
+/*
+ * The program closed or replaced a descriptor of ours behind our back (a
+ * raw close_range(), say: the interposed calls never let it). Lose nothing:
+ * have the reader install the uffd again if it was that one, hand every
+ * merged run back as anonymous memory, and stop merging; the preload
+ * library then unregisters everything (eng.on_fds_lost). With the uffd
+ * gone for good (no io_uring, or a kernel before 6.8), merged pages keep
+ * their content but a discard of one reads it again instead of zeros: we
+ * say that too. Engine thread, no lock held.
+ */
+static void lost(void)
 {
-	if (!w->ok) {
-		struct pollfd p = { eng.ctl_fd, POLLIN, 0 };
-		int ms = ns / 1000000 ? (int)(ns / 1000000) : 1;
-		if (poll(&p, 1, ms) > 0) {
-			uint64_t v;
-			(void)!read(eng.ctl_fd, &v, sizeof(v));
-			return true;
-		}
-		return false;
+	if (!dd_fd_intact(eng.uffd) && eng.uffd_recoverable && !atomic_load(&eng.fds_lost))
+		ring_doorbell();
+	bool uffd_ok = dd_fd_intact(eng.uffd) && !atomic_load(&eng.fds_lost);
+	atomic_store(&eng.fds_lost, true);
+	if (uffd_ok) {
+		pthread_mutex_lock(&eng.lock);
+		dd_os_reopen();   /* unmerging reads the page table */
+		for (size_t i = 0; i < dd_region_count(); i++)
+			dd_merge_unmerge(dd_region_at(i));
+		pthread_mutex_unlock(&eng.lock);
+		dd_warn("the program closed libdedup's file descriptors; merged memory handed "
+			"back, not merging any more");
+	} else {
+		dd_warn("the program closed libdedup's userfaultfd; not merging any more (merged "
+			"pages keep their content, but MADV_DONTNEED on them no longer gives zeros)");
 	}
-	struct __kernel_timespec ts = { (long long)(ns / 1000000000ULL), (long long)(ns % 1000000000ULL) };
-	uint64_t tag = ++w->tseq;
-	arm_ctl(w);
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-	io_uring_prep_timeout(sqe, &ts, 0, 0);
-	io_uring_sqe_set_data64(sqe, tag);
-	io_uring_submit(&w->ring);
-	for (;;) {
-		struct io_uring_cqe *cqe;
-		if (io_uring_wait_cqe(&w->ring, &cqe) < 0)
-			return false;
-		uint64_t what = io_uring_cqe_get_data64(cqe);
-		io_uring_cqe_seen(&w->ring, cqe);
-		if (what == 0) {
-			w->ctl_armed = false;
-			/* cancel our timeout so it does not linger */
-			sqe = io_uring_get_sqe(&w->ring);
-			io_uring_prep_timeout_remove(sqe, tag, 0);
-			io_uring_sqe_set_data64(sqe, UINT64_MAX);
-			io_uring_submit(&w->ring);
-			return true;
-		}
-		if (what == tag)
-			return false;
-		/* a stale timeout or a timeout-remove completion: ignore */
-	}
+	if (eng.on_fds_lost)
+		eng.on_fds_lost();
 }
 
 static void *engine_main(void *arg)
 {
-	struct waiter w = { 0 };
 	uintptr_t cursor = 0;
 	uint64_t cpu = dd_thread_cpu_ns();
 	const size_t step = 1024;
 
-	w.ok = io_uring_queue_init(8, &w.ring, 0) == 0;
 	thread_ready();
 	/* The first pass starts one interval after dedup_init(), like every
 	 * other: the application's start-up is its busiest time. */
-	wait_ns(&w, dd_opt.scan_interval_ms * 1000000ULL + 1);
+	wait_ns(dd_opt.scan_interval_ms * 1000000ULL + 1);
 	/* Idle back-off: after a full pass that merged nothing, the pause
 	 * before the next full pass doubles, up to dd_opt.idle_backoff times
 	 * the interval; a pass that merges resets it. Fresh regions get passes
@@ -419,6 +542,12 @@ static void *engine_main(void *arg)
 	uint64_t next_full = 0;        /* backing off: no full pass before */
 	const uint64_t interval = dd_opt.scan_interval_ms * 1000000ULL;
 	while (!atomic_load(&eng.stop)) {
+		if (dd_unlikely(!dd_fds_intact() || atomic_load(&eng.fds_lost))) {
+			lost();
+			while (!atomic_load(&eng.stop))
+				wait_ns(0);
+			break;
+		}
 		long merged = 0;
 		size_t scanned = 0;
 		uint64_t t0 = dd_now_ns(), c0 = dd_thread_cpu_ns();
@@ -436,7 +565,7 @@ static void *engine_main(void *arg)
 				pthread_mutex_unlock(&eng.lock);
 				if (!fresh) {
 					uint64_t left = next_full - t0;
-					wait_ns(&w, left < interval ? left : interval);
+					wait_ns(left < interval ? left : interval);
 					continue;
 				}
 			}
@@ -478,11 +607,9 @@ static void *engine_main(void *arg)
 		}
 		if (done)
 			pause += interval;
-		if (pause >= 50000 && wait_ns(&w, pause))
+		if (pause >= 50000 && wait_ns(pause))
 			continue;   /* stop or kick: re-check */
 	}
-	if (w.ok)
-		io_uring_queue_exit(&w.ring);
 	dd_engine_account_cpu(&cpu);
 	return NULL;
 }
@@ -557,13 +684,6 @@ static void postfork_parent(void)
 	atomic_store(&eng.fork_snap_failed, false);
 }
 
-static void close_fd(int *fd)
-{
-	if (*fd >= 0)
-		close(*fd);
-	*fd = -1;
-}
-
 static void postfork_child(void)
 {
 	/* No threads of ours here, and the child's VMAs are unregistered (no
@@ -575,9 +695,7 @@ static void postfork_child(void)
 	pthread_mutex_init(&eng.gate, NULL);
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
-	close_fd(&eng.uffd);
-	close_fd(&eng.ctl_fd);
-	close_fd(&eng.reader_fd);
+	dd_fd_close(&eng.uffd);
 	eng.running = false;
 	eng.child = true;
 }
@@ -597,6 +715,9 @@ void dd_engine_child_reset(void)
 	if (eng.scratch)
 		syscall(SYS_munmap, eng.scratch, eng.scratch_pages * DD_PAGE);
 	eng.scratch = 0;
+	if (eng.doorbell)
+		syscall(SYS_munmap, eng.doorbell, DD_PAGE);
+	eng.doorbell = 0;
 	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
 	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
 	eng.batch = NULL;
@@ -608,6 +729,13 @@ void dd_engine_child_reset(void)
 	eng.child = false;
 }
 
+static void doorbell_free(void)
+{
+	if (eng.doorbell)
+		munmap((void *)eng.doorbell, DD_PAGE);
+	eng.doorbell = 0;
+}
+
 int dd_engine_start(void)
 {
 	int ret;
@@ -616,21 +744,31 @@ int dd_engine_start(void)
 		pthread_atfork(prefork, postfork_parent, postfork_child);
 		atfork_done = true;
 	}
-	eng.ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	eng.reader_fd = eventfd(0, EFD_CLOEXEC);
-	if (eng.ctl_fd < 0 || eng.reader_fd < 0)
-		return -errno;
+	/* D, the reader's doorbell: registered MISSING, never touched */
+	void *d = mmap(NULL, DD_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (d == MAP_FAILED)
+		return -ENOMEM;
+	eng.doorbell = (uintptr_t)d;
+	ret = dd_uffd_register(eng.uffd, eng.doorbell, DD_PAGE, UFFDIO_REGISTER_MODE_MISSING);
+	if (ret < 0) {
+		doorbell_free();
+		return ret;
+	}
 	atomic_store(&eng.stop, false);
+	atomic_store(&eng.reader_stop, false);
+	atomic_store(&reader_gone, false);
+	atomic_store(&eng.fds_lost, false);
+	atomic_store(&eng.ctl, 0);
 	ready = 0;
 	ret = dd_thread_create(&eng.reader_thr, reader_main, NULL);
-	if (ret)
+	if (ret) {
+		doorbell_free();
 		return -ret;
+	}
 	ret = dd_thread_create(&eng.engine_thr, engine_main, NULL);
 	if (ret) {
-		uint64_t one = 1;
-		atomic_store(&eng.stop, true);
-		(void)!write(eng.reader_fd, &one, sizeof(one));
-		pthread_join(eng.reader_thr, NULL);
+		stop_reader();
+		doorbell_free();
 		return -ret;
 	}
 	pthread_setname_np(eng.engine_thr, "dedup-engine");
@@ -644,21 +782,15 @@ int dd_engine_start(void)
 
 void dd_engine_kick(void)
 {
-	uint64_t one = 1;
-	if (eng.ctl_fd >= 0)
-		(void)!write(eng.ctl_fd, &one, sizeof(one));
+	atomic_store(&eng.ctl, 1);
+	dd_futex_wake(&eng.ctl);
 }
 
 void dd_engine_stop(void)
 {
-	uint64_t one = 1;
-
 	atomic_store(&eng.stop, true);
-	(void)!write(eng.ctl_fd, &one, sizeof(one));
+	dd_engine_kick();
 	pthread_join(eng.engine_thr, NULL);
-	(void)!write(eng.reader_fd, &one, sizeof(one));
-	pthread_join(eng.reader_thr, NULL);
-	close(eng.ctl_fd);
-	close(eng.reader_fd);
-	eng.ctl_fd = eng.reader_fd = -1;
+	stop_reader();
+	doorbell_free();
 }

@@ -7,6 +7,8 @@
  *   os.c       the OS boundary: userfaultfd ioctls, memfd, PAGEMAP_SCAN,
  *              /proc reads, full read/write helpers. Nothing else calls
  *              ioctl() or parses /proc.
+ *   fds.c      our file descriptors: placed above a floor, tagged, and
+ *              checked before use, so the program's numbering is its own.
  *   vm.c       memory for our own tables, straight from mmap: no thread of
  *              ours ever calls the application's malloc (see below).
  *   store.c    the canonical page store: memfd slots, reference counts,
@@ -189,6 +191,20 @@ typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *per
 int dd_maps_each(dd_maps_fn fn, void *ctx);
 int dd_perms_prot(const char *perms);   /* PROT_* of "rwxp" */
 
+/* ---- fds.c: our descriptors, out of the program's way ------------------ */
+#define DD_FD_TAG 47              /* F_SETSIG value that marks a file of ours */
+int dd_fd_adopt(int *var, int fd); /* place fd above the floor, tag it, record
+				      var (which gets the new number); closes fd */
+void dd_fd_close(int *var);        /* forget; close only if still ours */
+void dd_fd_forget(int *var);       /* forget without closing */
+bool dd_fd_ours(int fd);           /* a number of ours (lock-free) */
+int dd_fd_next_ours(unsigned int lo, unsigned int hi);   /* lowest in [lo, hi], or -1 */
+bool dd_fd_intact(int fd);         /* the number still names our file */
+bool dd_fds_intact(void);          /* every recorded descriptor is */
+int dd_fd_move_away(int fd);       /* the program dup2()s onto fd: move ours */
+int dd_fd_floor(void);
+int dd_sys_close(int fd);          /* close(2), not the interposed close() */
+
 /* ---- ranges.c ------------------------------------------------------- */
 struct dd_range {
 	uintptr_t lo, hi;
@@ -248,6 +264,7 @@ bool dd_page_is_zero(uintptr_t a);
 bool dd_read_page(uintptr_t a, void *buf);
 void dd_os_probe(void);
 void dd_os_close(void);
+void dd_os_reopen(void);   /* pagemap again, after the program closed ours */
 
 /* VMA facts read from /proc/self/maps. */
 long dd_count_maps(const char *needle, long *matching);
@@ -256,6 +273,9 @@ int dd_check_anon_private(uintptr_t start, uintptr_t end);
 int dd_vma_prot(uintptr_t a);
 
 ssize_t dd_read_full(int fd, void *buf, size_t len);
+/* futex on a word of ours: sleep while *w == val, up to ns (0: no limit) */
+void dd_futex_wait(_Atomic uint32_t *w, uint32_t val, uint64_t ns);
+void dd_futex_wake(_Atomic uint32_t *w);
 ssize_t dd_write_full(int fd, const void *buf, size_t len);
 uint64_t dd_now_ns(void);
 uint64_t dd_thread_cpu_ns(void);
@@ -355,8 +375,13 @@ struct dd_engine {
 	pthread_mutex_t lock;   /* see the top of this file */
 	pthread_mutex_t gate;
 	int uffd;
-	int ctl_fd;             /* eventfd: wakes the engine (scan-now, stop) */
-	int reader_fd;          /* eventfd: stops the uffd reader */
+	_Atomic uint32_t ctl;   /* futex: non-zero wakes the engine (kick, stop) */
+	uintptr_t doorbell;     /* D: one page registered MISSING; discarding it
+				   wakes the uffd reader (engine.c) */
+	_Atomic bool reader_stop;
+	bool uffd_recoverable;  /* the reader can install the uffd again */
+	_Atomic bool fds_lost;  /* the program took our descriptors: passive */
+	void (*on_fds_lost)(void);   /* preload.c: go passive too */
 	bool running;
 	_Atomic bool stop;
 	pthread_t engine_thr, reader_thr;

@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/futex.h>
+
 #include "internal.h"
 #include "uapi.h"
 
@@ -61,6 +63,17 @@ ssize_t dd_write_full(int fd, const void *buf, size_t len)
 		done += (size_t)r;
 	}
 	return (ssize_t)done;
+}
+
+void dd_futex_wait(_Atomic uint32_t *w, uint32_t val, uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL) };
+	syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, val, ns ? &ts : NULL, NULL, 0);
+}
+
+void dd_futex_wake(_Atomic uint32_t *w)
+{
+	syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 }
 
 uint64_t dd_now_ns(void)
@@ -145,7 +158,10 @@ api:
 	}
 	dd_feat.uffd_features = api.features;
 	dd_feat.kernel_faults = !dd_opt.test_unsafe_user_only;
-	*fd_out = fd;
+	if (dd_fd_adopt(fd_out, fd) < 0) {   /* above the floor, tagged (fds.c) */
+		*why = "no file descriptor left for the userfaultfd";
+		return -EMFILE;
+	}
 	return 0;
 }
 
@@ -384,7 +400,7 @@ void dd_os_probe(void)
 	struct pm_scan_arg arg;
 
 	if (pagemap_fd < 0)
-		pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		dd_fd_adopt(&pagemap_fd, open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
 	memset(&arg, 0, sizeof(arg));
 	arg.size = sizeof(arg);
 	arg.start = (uintptr_t)&arg & ~(uintptr_t)(DD_PAGE - 1);
@@ -401,11 +417,19 @@ void dd_os_probe(void)
 			   process_vm_readv(getpid(), &l, 1, &r, 1, 0) == 1 && b == 1;
 }
 
+/* The program closed our pagemap descriptor (engine.c, lost()): it is only
+ * a file of ours to open again. */
+void dd_os_reopen(void)
+{
+	if (pagemap_fd < 0 || dd_fd_intact(pagemap_fd))
+		return;
+	dd_fd_forget(&pagemap_fd);
+	dd_fd_adopt(&pagemap_fd, open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+}
+
 void dd_os_close(void)
 {
-	if (pagemap_fd >= 0)
-		close(pagemap_fd);
-	pagemap_fd = -1;
+	dd_fd_close(&pagemap_fd);
 }
 
 /* ---- /proc/self/maps ---------------------------------------------------- */

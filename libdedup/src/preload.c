@@ -167,14 +167,12 @@ static struct {
 	struct vma *pieces;          /* interposers (pl.lock): VMAs of one range */
 	pthread_t thr;
 	bool thr_started;
-	int kick_fd;                 /* eventfd: wakes the dedup-preload thread */
-	_Atomic bool kicked;         /* kick_fd written, not read yet */
+	_Atomic uint32_t kicked;     /* futex: wakes the dedup-preload thread */
 	_Atomic bool round_wanted;   /* "a large mapping appeared": reconcile */
 	_Atomic bool stop;
 	bool was_on;                 /* this process image ran in preload mode */
 } pl = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.kick_fd = -1,
 };
 
 static _Atomic int pl_state;
@@ -862,6 +860,8 @@ out:
 }
 
 static void take_reported(void);
+static void step_aside(void);
+static void wake(void);
 
 static void *reconcile_main(void *arg)
 {
@@ -882,6 +882,15 @@ static void *reconcile_main(void *arg)
 	while (!atomic_load(&pl.stop)) {
 		uint64_t now = dd_now_ns(), until;
 
+		/* The program took our descriptors (engine.c, lost()): the
+		 * engine handed merged memory back; unregister, and stop our
+		 * threads (not this one: it is not the engine's to join). */
+		if (atomic_load(&eng.fds_lost)) {
+			step_aside();
+			dd_shutdown(false);
+			break;
+		}
+
 		/* what the allocator's hooks reported: at once */
 		take_reported();
 		/* a full round: every reconcile_ms, and soon after a kick */
@@ -899,12 +908,9 @@ static void *reconcile_main(void *arg)
 			now = dd_now_ns();
 		}
 		until = last + (due ? rate_ns : dd_opt.reconcile_ms * 1000000ULL);
-		struct pollfd p = { pl.kick_fd, POLLIN, 0 };
-		if (poll(&p, 1, until > now ? (int)((until - now + 999999) / 1000000) : 0) > 0) {
-			uint64_t v;
-			(void)!read(pl.kick_fd, &v, sizeof(v));
-			atomic_store(&pl.kicked, false);
-		}
+		if (until > now && !atomic_load(&pl.kicked))
+			dd_futex_wait(&pl.kicked, 0, until - now);
+		atomic_store(&pl.kicked, 0);
 	}
 	return NULL;
 }
@@ -972,9 +978,8 @@ static _Atomic unsigned report_hint;
 
 static void wake(void)
 {
-	uint64_t one = 1;
-	if (pl.kick_fd >= 0 && !atomic_exchange(&pl.kicked, true))
-		(void)!write(pl.kick_fd, &one, sizeof(one));
+	if (!atomic_exchange(&pl.kicked, 1))
+		dd_futex_wake(&pl.kicked);
 }
 
 /* An interposed call saw a large anonymous mapping appear: reconcile soon. */
@@ -1369,18 +1374,24 @@ DD_API int mlock2(const void *addr, size_t len, unsigned int flags)
 	return lock_common(addr, len, flags, true);
 }
 
+/* Stop merging for good: unregister everything we registered. */
+static void step_aside(void)
+{
+	pthread_mutex_lock(&pl.lock);
+	atomic_store(&pl_state, PL_PASSIVE);
+	while (pl.mine.n) {
+		struct dd_range r = pl.mine.r[pl.mine.n - 1];
+		dd_unregister((void *)r.lo, r.hi - r.lo, false);
+		pl.mine.n--;
+	}
+	pthread_mutex_unlock(&pl.lock);
+}
+
 DD_API int mlockall(int flags)
 {
 	if (state() == PL_ON && !from_us(__builtin_return_address(0))) {
 		/* Every VMA, now and later, is to be locked: step aside. */
-		pthread_mutex_lock(&pl.lock);
-		atomic_store(&pl_state, PL_PASSIVE);
-		while (pl.mine.n) {
-			struct dd_range r = pl.mine.r[pl.mine.n - 1];
-			dd_unregister((void *)r.lo, r.hi - r.lo, false);
-			pl.mine.n--;
-		}
-		pthread_mutex_unlock(&pl.lock);
+		step_aside();
 		dd_info("preload: mlockall(): no longer merging");
 	}
 	return (int)syscall(SYS_mlockall, flags);
@@ -1409,6 +1420,105 @@ DD_API int brk(void *addr)
 	uintptr_t cur = (uintptr_t)__sbrk(0);
 	void *r = sbrk_common((intptr_t)((uintptr_t)addr - cur));
 	return r == (void *)-1 ? -1 : 0;
+}
+
+/* ---- descriptors (fds.c) -------------------------------------------------------
+ *
+ * Our descriptors are not the program's to close or replace. To the program
+ * a number of ours looks like one that is not open: close() says EBADF and
+ * closes nothing, close_range() and closefrom() close everything around it,
+ * dup2()/dup3() from it say EBADF, and dup2()/dup3() onto it first move ours
+ * to another number. The real calls are glibc's (close is a cancellation
+ * point), resolved in the constructor; before that, the system call. These
+ * run in any thread and in signal handlers (close and dup2 are async-signal-
+ * safe): no lock, nothing but the lock-free table.
+ */
+static int (*next_close)(int);
+static int (*next_dup2)(int, int);
+static int (*next_dup3)(int, int, int);
+
+static void resolve_fd_calls(void)
+{
+	next_close = (int (*)(int))dlsym(RTLD_NEXT, "close");
+	next_dup2 = (int (*)(int, int))dlsym(RTLD_NEXT, "dup2");
+	next_dup3 = (int (*)(int, int, int))dlsym(RTLD_NEXT, "dup3");
+}
+
+DD_API int close(int fd)
+{
+	if (dd_unlikely(dd_fd_ours(fd))) {
+		errno = EBADF;
+		return -1;
+	}
+	return next_close ? next_close(fd) : (int)syscall(SYS_close, fd);
+}
+
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+DD_API int close_range(unsigned int first, unsigned int last, int flags)
+{
+	unsigned int lo = first;
+	int ret = 0, f = flags;   /* ret: -1 if a piece failed (errno says why) */
+
+	/* setting close-on-exec changes nothing of ours (ours have it) */
+	if (first > last || (flags & CLOSE_RANGE_CLOEXEC))
+		return (int)syscall(SYS_close_range, first, last, flags);
+	/* the ranges between our descriptors, lowest first */
+	for (;;) {
+		int o = dd_fd_next_ours(lo, last), r;
+		if (o < 0) {
+			r = (int)syscall(SYS_close_range, lo, last, f);
+			return r < 0 ? r : ret;
+		}
+		if ((unsigned int)o > lo) {
+			r = (int)syscall(SYS_close_range, lo, (unsigned int)o - 1, f);
+			if (r < 0)
+				ret = r;
+			f &= ~(int)CLOSE_RANGE_UNSHARE;   /* unshared by the first call */
+		}
+		if ((unsigned int)o == last)
+			return ret;
+		lo = (unsigned int)o + 1;
+	}
+}
+
+DD_API void closefrom(int lowfd)
+{
+	if (lowfd < 0)
+		lowfd = 0;
+	if (close_range((unsigned int)lowfd, ~0U, 0) == 0)
+		return;
+	/* no close_range (not on the kernels we run on): one by one */
+	long max = sysconf(_SC_OPEN_MAX);
+	for (long fd = lowfd; fd < max; fd++)
+		close((int)fd);
+}
+
+DD_API int dup2(int oldfd, int newfd)
+{
+	if (dd_unlikely(dd_fd_ours(oldfd))) {
+		errno = EBADF;
+		return -1;
+	}
+	if (dd_unlikely(dd_fd_ours(newfd)) && oldfd != newfd && fcntl(oldfd, F_GETFD) >= 0)
+		dd_fd_move_away(newfd);
+	return next_dup2 ? next_dup2(oldfd, newfd) : (int)syscall(SYS_dup2, oldfd, newfd);
+}
+
+DD_API int dup3(int oldfd, int newfd, int flags)
+{
+	if (dd_unlikely(dd_fd_ours(oldfd))) {
+		errno = EBADF;
+		return -1;
+	}
+	if (dd_unlikely(dd_fd_ours(newfd)) && oldfd != newfd && fcntl(oldfd, F_GETFD) >= 0)
+		dd_fd_move_away(newfd);
+	return next_dup3 ? next_dup3(oldfd, newfd, flags) : (int)syscall(SYS_dup3, oldfd, newfd, flags);
 }
 
 DD_API int ioctl(int fd, unsigned long req, ...)
@@ -1481,6 +1591,7 @@ static void resolve_alloc(void)
 	glibc_malloc = f == (void *)__libc_free;
 	next_realloc = (void *(*)(void *, size_t))r;
 	next_free = (void (*)(void *))f;   /* same values from every thread */
+	resolve_fd_calls();
 }
 
 /* The mapping of glibc chunk p, if it is an mmapped chunk. */
@@ -1640,10 +1751,7 @@ static void pl_child(void)
 	atomic_flag_clear(&ours_lock);
 	pl.mine.n = 0;
 	pl.thr_started = false;
-	if (pl.kick_fd >= 0)   /* shared with the parent's thread */
-		close(pl.kick_fd);
-	pl.kick_fd = -1;
-	atomic_store(&pl.kicked, false);
+	atomic_store(&pl.kicked, 0);
 	atomic_store(&pl.round_wanted, false);
 	for (unsigned i = 0; i < REPORT_SLOTS; i++)   /* a reporter may have died mid-slot */
 		atomic_store(&reported[i].state, SLOT_FREE);
@@ -1652,10 +1760,7 @@ static void pl_child(void)
 	 * context alive after the parent closes it (dedup_shutdown), and a
 	 * later madvise(DONTNEED) in the parent would then wait for a reader
 	 * that no longer exists. */
-	if (eng.uffd >= 0) {
-		close(eng.uffd);
-		eng.uffd = -1;
-	}
+	dd_fd_close(&eng.uffd);
 }
 
 static int start_thread(void)
@@ -1663,8 +1768,6 @@ static int start_thread(void)
 	int r;
 
 	atomic_store(&pl.stop, false);
-	if (pl.kick_fd < 0)
-		pl.kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	r = dd_thread_create(&pl.thr, reconcile_main, NULL);
 	if (r)
 		return -r;
@@ -1704,6 +1807,7 @@ static void start(void)
 	/* Options (DEDUP_JEMALLOC, DEDUP_LOG) are loaded now. Only dlsym here;
 	 * the dedup-preload thread installs the hooks (jemalloc.c). */
 	dd_jemalloc_detect();
+	eng.on_fds_lost = wake;
 	/* ON before the thread starts: it stops when it finds us not ON. */
 	pl.was_on = true;
 	atomic_store(&pl_state, PL_ON);
@@ -1785,8 +1889,7 @@ __attribute__((destructor)) static void preload_fini(void)
 		return;
 	atomic_store(&pl.stop, true);
 	if (pl.thr_started) {
-		uint64_t one = 1;
-		(void)!write(pl.kick_fd, &one, sizeof(one));
+		wake();
 		pthread_join(pl.thr, NULL);
 		pl.thr_started = false;
 	}

@@ -19,8 +19,10 @@
  * single-writer. Readers in
  * other processes never lock: they use the seqlock.
  *
- * The file descriptor stays open with a shared flock() for as long as we
- * publish (closed on exec, and in a fork()ed child by an atfork handler).
+ * The file keeps a shared flock() for as long as we publish, with no
+ * descriptor of ours left open (a program may close every descriptor):
+ * flock() belongs to the open file, and our MAP_SHARED mapping keeps the
+ * open file, so the lock lasts until munmap(), exec or the process's end.
  * A process that never gets to run destructors (_exit(), a crash, a signal)
  * leaves its file behind; dedup-stat recognises it as stale and removes it,
  * but only once it can lock the file exclusively. A fork()ed child inherits
@@ -42,20 +44,19 @@
 
 static struct {
 	struct dd_pub *page;       /* NULL: not publishing */
-	int fd;                    /* holds flock(LOCK_SH) while we publish */
+	/* no descriptor: the shared flock() taken on the file is held by the
+	 * mapping of it (a mapping keeps the open file, and with it the lock) */
 	char path[PATH_MAX];       /* <dir>/<pid>.stats */
 	uint64_t last_ns;          /* CLOCK_MONOTONIC of the last snapshot */
 	uint64_t last_passes;      /* full_passes in the last snapshot */
 	_Atomic bool unlinked;     /* the file no longer has its name */
-} pub = { .fd = -1 };
+} pub;
 
-/* A fork()ed child must not keep the file's lock alive after we exit. */
+/* A fork()ed child must not keep the file's lock alive after we exit: it
+ * does not inherit the mapping (MADV_DONTFORK), the lock's only holder. */
 static void postfork_child(void)
 {
-	if (pub.fd >= 0)
-		close(pub.fd);
-	pub.fd = -1;
-	pub.page = NULL;   /* not inherited (MADV_DONTFORK) */
+	pub.page = NULL;
 }
 
 static uint64_t realtime_ns(void)
@@ -208,7 +209,7 @@ int dd_publish_open(void)
 		pub.page = NULL;
 		goto fail_unlink;
 	}
-	pub.fd = fd;
+	close(fd);   /* the mapping holds the file and its lock */
 	atomic_store(&pub.unlinked, false);
 	dd_debug("live stats published in %s", pub.path);
 	return 0;
@@ -248,8 +249,6 @@ void dd_publish_close(void)
 	 * a live process, which is how dedup-stat tells live from stale. */
 	dd_publish_unlink();
 	munmap(pub.page, DD_PUB_FILE_SIZE);
-	close(pub.fd);
-	pub.fd = -1;
 	pub.page = NULL;
 	pub.last_ns = 0;
 	pub.last_passes = 0;

@@ -62,7 +62,7 @@ void dd_stats_table_open(void)
 	atomic_store(&tbl.printed, false);
 	if (dd_opt.log_level != DEDUP_LOG_STATS || tbl.fd >= 0)
 		return;
-	fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+	fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, dd_fd_floor());   /* out of the way (fds.c) */
 	if (fd < 0)
 		return;
 	if (fstat(fd, &st) < 0) {
@@ -74,22 +74,26 @@ void dd_stats_table_open(void)
 	tbl.fd = fd;
 }
 
+/* Our copy of stderr, if the number still is it (the program may have
+ * closed it by a raw system call and opened a file of its own there). */
+static bool tbl_intact(void)
+{
+	struct stat st;
+	return tbl.fd >= 0 && fstat(tbl.fd, &st) == 0 && st.st_dev == tbl.dev && st.st_ino == tbl.ino;
+}
+
 void dd_stats_table_close(void)
 {
-	if (tbl.fd >= 0)
-		close(tbl.fd);
+	if (tbl_intact())
+		dd_sys_close(tbl.fd);
 	tbl.fd = -1;
 }
 
 static int table_fd(void)
 {
-	struct stat st;
-
-	if (fcntl(STDERR_FILENO, F_GETFD) >= 0 || tbl.fd < 0)
+	if (fcntl(STDERR_FILENO, F_GETFD) >= 0 || !tbl_intact())
 		return STDERR_FILENO;
-	if (fstat(tbl.fd, &st) == 0 && st.st_dev == tbl.dev && st.st_ino == tbl.ino)
-		return tbl.fd;
-	return STDERR_FILENO;
+	return tbl.fd;
 }
 
 void dd_stats_report(const char *when)

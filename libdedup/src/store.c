@@ -52,9 +52,12 @@ int dd_store_init(size_t max_bytes)
 	st.max_slots = max_bytes / DD_PAGE;
 	if (st.max_slots > UINT32_MAX - 2)
 		st.max_slots = UINT32_MAX - 2;
-	st.fd = memfd_create("libdedup", MFD_CLOEXEC);
-	if (st.fd < 0)
+	int fd = memfd_create("libdedup", MFD_CLOEXEC);
+	if (fd < 0)
 		return -errno;
+	fd = dd_fd_adopt(&st.fd, fd);   /* above the floor, tagged (fds.c) */
+	if (fd < 0)
+		return fd;
 	if (ftruncate(st.fd, (off_t)(st.max_slots * DD_PAGE)) < 0)
 		goto fail;
 	st.view = mmap(NULL, st.max_slots * DD_PAGE, PROT_READ, MAP_SHARED | MAP_NORESERVE,
@@ -72,8 +75,7 @@ int dd_store_init(size_t max_bytes)
 	return 0;
 fail:;
 	int e = -errno;
-	close(st.fd);
-	st.fd = -1;
+	dd_fd_close(&st.fd);
 	return e;
 }
 
@@ -86,8 +88,7 @@ void dd_store_fini(void)
 {
 	if (st.view)
 		munmap((void *)st.view, st.max_slots * DD_PAGE);
-	if (st.fd >= 0)
-		close(st.fd);
+	dd_fd_close(&st.fd);
 	dd_vm_free(st.info, st.info_cap * sizeof(*st.info));
 	st.view = NULL;
 	st.info = NULL;
@@ -97,7 +98,9 @@ void dd_store_fini(void)
 	/* sharing/shared stay: the pages are still shared after shutdown */
 }
 
-int dd_store_fd(void) { return st.fd; }
+/* -1 once the number is no longer our memfd (fds.c): a mapping or write
+ * through it then fails instead of reaching the program's file. */
+int dd_store_fd(void) { return dd_fd_intact(st.fd) ? st.fd : -1; }
 
 const void *dd_store_page(uint32_t slot)
 {
@@ -137,7 +140,7 @@ uint32_t dd_store_new(const void *content, uint32_t hint)
 	}
 	if (ensure_info(slot) < 0)
 		goto undo;
-	if (pwrite(st.fd, content, DD_PAGE, (off_t)slot * (off_t)DD_PAGE) != (ssize_t)DD_PAGE)
+	if (pwrite(dd_store_fd(), content, DD_PAGE, (off_t)slot * (off_t)DD_PAGE) != (ssize_t)DD_PAGE)
 		goto undo;
 	st.info[slot].refs = 0;
 	st.info[slot].next_free = 0;
@@ -174,7 +177,7 @@ static void release(uint32_t slot)
 	if (st.info[slot].keep)
 		return;   /* stays a valid canonical page, found by its hash */
 	/* Nobody maps it (refs == 0): punching cannot change what anyone reads. */
-	fallocate(st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	fallocate(dd_store_fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		  (off_t)slot * (off_t)DD_PAGE, (off_t)DD_PAGE);
 	dd_stable_remove(st.info[slot].hash, slot + 1);
 	st.info[slot].hash = 0;
