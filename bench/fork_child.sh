@@ -9,6 +9,6 @@ exe=$build/bench/dedup-bench-fork
 lib=$(cd "$build" && pwd)/libdedup.so
 echo "mode,mib,fork_ms,read_ms,dontneed_read_ms,status"
 FORK_BENCH_MODE=none "$exe" "$mib" "$rounds"
-FORK_BENCH_MODE=libdedup LD_PRELOAD=$lib DEDUP_INTERVAL=20 DEDUP_CPU=100 "$exe" "$mib" "$rounds"
-FORK_BENCH_MODE=no-guard LD_PRELOAD=$lib DEDUP_INTERVAL=20 DEDUP_CPU=100 \
+FORK_BENCH_MODE=libdedup LD_PRELOAD=$lib DEDUP_START=0 DEDUP_INTERVAL=20 DEDUP_CPU=100 "$exe" "$mib" "$rounds"
+FORK_BENCH_MODE=no-guard LD_PRELOAD=$lib DEDUP_START=0 DEDUP_INTERVAL=20 DEDUP_CPU=100 \
 	DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1 "$exe" "$mib" "$rounds"

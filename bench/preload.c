@@ -67,6 +67,8 @@ void preload_setenv(const struct preload *s)
 	snprintf(v, sizeof(v), "%d", BENCH_DEDUP_CPU);
 	setenv("DEDUP_CPU", v, 0);
 	setenv("DEDUP_STAT_DIR", s->dir, 1);
+	/* merging from the start, as in the other modes (no lazy start) */
+	setenv("DEDUP_START", "0", 0);
 }
 
 static bool try_attach(struct preload *s)

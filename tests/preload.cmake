@@ -10,8 +10,10 @@ if(DEDUP_SANITIZE)
 endif()
 
 set(PL_DIR ${CMAKE_CURRENT_SOURCE_DIR}/preload)
+# DEDUP_START=0: these programs are small; lazy start has tests of its own
+# (preload_lazy, and preload_python and preload_redis keep the default).
 set(PL_ENV LD_PRELOAD=$<TARGET_FILE:dedup> DEDUP_INTERVAL=20 DEDUP_CPU=100
-    DEDUP_RECONCILE_MS=200)
+    DEDUP_RECONCILE_MS=200 DEDUP_START=0)
 
 function(pl_program name)
   add_executable(${name} ${PL_DIR}/${name}.c)
@@ -36,7 +38,7 @@ endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
-          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon)
+          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy)
   pl_program(${p})
 endforeach()
 
@@ -56,6 +58,9 @@ pl_test(preload_exclude_heap PROGRAM pl_exclude ARGS heap ENV DEDUP_EXCLUDE=heap
 pl_test(preload_exclude_mmap PROGRAM pl_exclude ARGS mmap ENV DEDUP_EXCLUDE=mmap)
 pl_test(preload_exclude_range PROGRAM pl_exclude ARGS range
         ENV DEDUP_EXCLUDE=0x600000000000-0x600000400000)
+# Lazy start: no thread, no descriptor of ours in a small process; the engine
+# starts by itself past DEDUP_START (64M, the default here).
+pl_test(preload_lazy PROGRAM pl_lazy ENV DEDUP_START=64M TIMEOUT 300)
 # A program that closes every descriptor (fds.c): through libc, by a raw
 # system call, in the process and in a fork()ed child, with and without
 # DEDUP_FORK=restart. Before fds.c the engine died with SIGSEGV.

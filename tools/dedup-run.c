@@ -46,6 +46,7 @@ static void help(void)
 "    dedup-run [--interval MS] [--pages-per-sec N] [--cpu PCT] [--no-zero-pages]\n"
 "              [--vma-budget N] [--batch N] [--min-region SIZE] [--log LEVEL]\n"
 "              [--stats] [--fork off|restart] [--reconcile MS] [--exclude LIST]\n"
+"              [--start SIZE]\n"
 "              [--] program [args...]\n"
 "\n"
 "DESCRIPTION\n"
@@ -83,6 +84,10 @@ static void help(void)
 "                         brk heap), mmap (every other anonymous mapping:\n"
 "                         malloc arenas and chunks, jemalloc extents), or\n"
 "                         LO-HI (an address range in hex; up to 16) (none)\n"
+"    --start SIZE         start merging only once the program has this much\n"
+"                         anonymous memory resident, K/M/G suffixes; until\n"
+"                         then libdedup has no thread and no descriptor in\n"
+"                         it; 0 = at once (64M)\n"
 "    -h, --help           this text\n"
 "\n"
 "ENVIRONMENT\n"
@@ -90,7 +95,7 @@ static void help(void)
 "    after it), DEDUP_PRELOAD=1, and for each option given the matching\n"
 "    variable: DEDUP_INTERVAL, DEDUP_PAGES_PER_SEC, DEDUP_CPU, DEDUP_ZERO_PAGES,\n"
 "    DEDUP_VMA_BUDGET, DEDUP_BATCH, DEDUP_MIN_REGION, DEDUP_LOG, DEDUP_FORK,\n"
-"    DEDUP_RECONCILE_MS, DEDUP_EXCLUDE. Variables already set and not overridden by an\n"
+"    DEDUP_RECONCILE_MS, DEDUP_EXCLUDE, DEDUP_START. Variables already set and not overridden by an\n"
 "    option are passed on unchanged.\n"
 "    DEDUP_LIBRARY   path of libdedup.so to preload (default: found relative\n"
 "                    to dedup-run, then %s)\n"
@@ -242,7 +247,7 @@ static bool find_library(char *out, size_t size)
 int main(int argc, char **argv)
 {
 	enum { O_INTERVAL = 256, O_PPS, O_CPU, O_NOZERO, O_VMA, O_BATCH, O_MINREG, O_LOG,
-	       O_STATS, O_FORK, O_RECONCILE, O_EXCLUDE };
+	       O_STATS, O_FORK, O_RECONCILE, O_EXCLUDE, O_START };
 	static const struct option longopts[] = {
 		{ "interval", required_argument, NULL, O_INTERVAL },
 		{ "pages-per-sec", required_argument, NULL, O_PPS },
@@ -256,6 +261,7 @@ int main(int argc, char **argv)
 		{ "fork", required_argument, NULL, O_FORK },
 		{ "reconcile", required_argument, NULL, O_RECONCILE },
 		{ "exclude", required_argument, NULL, O_EXCLUDE },
+		{ "start", required_argument, NULL, O_START },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -291,6 +297,7 @@ int main(int argc, char **argv)
 			setenv("DEDUP_FORK", optarg, 1);
 			break;
 		case O_RECONCILE: set_num("--reconcile", "DEDUP_RECONCILE_MS", optarg); break;
+		case O_START: set_num("--start", "DEDUP_START", optarg); break;
 		case O_EXCLUDE: {
 			struct dd_exclude x;
 			const char *bad;

@@ -122,6 +122,8 @@ void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 	  "largest canonical page store (memfd), bytes")                             \
 	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \
 	  "preload: milliseconds between reads of /proc/self/maps for new memory")   \
+	X(start_at, uint64_t, "DEDUP_START", 64ULL << 20, 0, UINT64_MAX / 2, 1,     \
+	  "preload: start the engine once this much anonymous memory is resident (0: at once)") \
 	X(fork_restart, uint64_t, "DEDUP_FORK", 0, 0, 1, 0,                         \
 	  "preload: in a fork()ed child, off (no merging) or restart (own engine)")  \
 	X(jemalloc_hooks, uint64_t, "DEDUP_JEMALLOC", 1, 0, 1, 0,                   \

@@ -94,6 +94,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -137,6 +138,7 @@ enum {
 	PL_STARTING,    /* dedup_init running: only our own mappings are tracked */
 	PL_ON,
 	PL_PASSIVE,     /* preloaded, but not merging (init failed, child, mlockall) */
+	PL_WATCHING,    /* preloaded, engine not started yet (lazy start, below) */
 };
 
 #define RTAB_CAP ((size_t)1 << 18)
@@ -860,6 +862,7 @@ out:
 }
 
 static void take_reported(void);
+static void watch(bool may_start);
 static void step_aside(void);
 static void wake(void);
 
@@ -1071,8 +1074,11 @@ DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 			ours_add((uintptr_t)ret, len);
 		return ret;
 	}
-	if (st != PL_ON)
+	if (st != PL_ON) {
+		if (st == PL_WATCHING && anon_private(flags, fd) && len >= (1u << 20))
+			watch(false);   /* a look at the next free() */
 		return sys_mmap(addr, len, prot, flags, fd, off);
+	}
 	if ((flags & MAP_FIXED) && !(flags & MAP_FIXED_NOREPLACE)) {
 		struct op o;
 		op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
@@ -1422,6 +1428,77 @@ DD_API int brk(void *addr)
 	return r == (void *)-1 ? -1 : 0;
 }
 
+/* ---- lazy start ----------------------------------------------------------------
+ *
+ * A program that never has much memory should not pay for us: the engine
+ * (two threads, the userfaultfd, descriptors, tables) starts only once the
+ * process has DEDUP_START bytes (64 MiB) of anonymous memory resident. Until
+ * then the preload library only keeps watch, from calls the program makes
+ * anyway: every 256th free() or realloc() of a thread (a thread-local count,
+ * nothing shared), and each sbrk()/brk() and large anonymous mmap(), look at
+ * the peak RSS (getrusage(): one system call, at most every 20 ms); past
+ * the threshold, /proc/self/statm says how much of it is anonymous. The
+ * start itself runs in the program's thread, after the real call returned:
+ * never inside the allocator, and never from mmap() or munmap(), which a
+ * signal handler may call (they only ask for a look at the next free()).
+ */
+static void start(void);
+static uint64_t start_at;
+static bool watch_restart;           /* DEDUP_FORK=restart: a child watches too */
+static __thread unsigned watch_tick;
+static _Atomic uint64_t watch_next_ns;
+static _Atomic bool watch_soon;
+
+static uint64_t anon_resident(void)
+{
+	char buf[128], *p = buf;
+	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : dd_read_full(fd, buf, sizeof(buf) - 1);
+	unsigned long v[3];
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	for (int i = 0; i < 3; i++) {   /* size resident shared, in pages */
+		char *end;
+		v[i] = strtoul(p, &end, 10);
+		if (end == p)
+			return 0;
+		p = end;
+	}
+	return v[1] > v[2] ? (uint64_t)(v[1] - v[2]) * DD_PAGE : 0;
+}
+
+static void watch(bool may_start)
+{
+	struct timespec ts;
+	struct rusage ru;
+
+	if (dd_likely(state() != PL_WATCHING))
+		return;
+	if (!may_start) {   /* mmap, munmap, mremap: only ask */
+		atomic_store_explicit(&watch_soon, true, memory_order_relaxed);
+		return;
+	}
+	if ((++watch_tick & 255) && !atomic_load_explicit(&watch_soon, memory_order_relaxed))
+		return;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	uint64_t next = atomic_load(&watch_next_ns);
+	if (now < next || !atomic_compare_exchange_strong(&watch_next_ns, &next, now + 20000000ULL))
+		return;
+	atomic_store_explicit(&watch_soon, false, memory_order_relaxed);
+	if (getrusage(RUSAGE_SELF, &ru) < 0 || (uint64_t)ru.ru_maxrss * 1024 < start_at)
+		return;
+	if (anon_resident() < start_at)
+		return;
+	int expect = PL_WATCHING;
+	if (atomic_compare_exchange_strong(&pl_state, &expect, PL_STARTING))
+		start();
+}
+
 /* ---- descriptors (fds.c) -------------------------------------------------------
  *
  * Our descriptors are not the program's to close or replace. To the program
@@ -1624,6 +1701,7 @@ DD_API void free(void *p)
 	if (!p || state() != PL_ON || from_us(__builtin_return_address(0)) ||
 	    !glibc_mmapped(p, &lo, &hi)) {
 		next_free(p);
+		watch(true);
 		return;
 	}
 	op_begin(&o, lo, hi);
@@ -1644,8 +1722,11 @@ DD_API void *realloc(void *p, size_t n)
 		return NULL;
 	}
 	if (!p || state() != PL_ON || from_us(__builtin_return_address(0)) ||
-	    !glibc_mmapped(p, &lo, &hi))
-		return next_realloc(p, n);
+	    !glibc_mmapped(p, &lo, &hi)) {
+		r = next_realloc(p, n);
+		watch(true);
+		return r;
+	}
 	op_begin(&o, lo, hi);
 	r = next_realloc(p, n);
 	op_end(&o);
@@ -1745,6 +1826,7 @@ static void pl_parent(void) { }
 
 static void pl_child(void)
 {
+	bool watching = state() == PL_WATCHING;
 	/* Only this thread exists. The engine's handler marked the engine a
 	 * child; our registrations did not come along (no EVENT_FORK). */
 	pthread_mutex_init(&pl.lock, NULL);
@@ -1755,7 +1837,10 @@ static void pl_child(void)
 	atomic_store(&pl.round_wanted, false);
 	for (unsigned i = 0; i < REPORT_SLOTS; i++)   /* a reporter may have died mid-slot */
 		atomic_store(&reported[i].state, SLOT_FREE);
-	atomic_store(&pl_state, PL_PASSIVE);
+	/* a parent that had not started: with DEDUP_FORK=restart the child
+	 * keeps watch for itself */
+	atomic_store(&pl_state, watching && watch_restart ? PL_WATCHING : PL_PASSIVE);
+	atomic_store(&watch_next_ns, 0);
 	/* The parent's userfaultfd: keeping it open here would keep its
 	 * context alive after the parent closes it (dedup_shutdown), and a
 	 * later madvise(DONTNEED) in the parent would then wait for a reader
@@ -1868,6 +1953,15 @@ DD_API int setns(int fd, int nstype)
 	return (int)syscall(SYS_setns, fd, nstype);
 }
 
+/* DEDUP_START and DEDUP_FORK, read by the constructor: the engine's
+ * options are loaded only when it starts (a bad value is reported then). */
+static uint64_t env_size(const char *name, uint64_t def)
+{
+	const char *s = getenv(name);
+	uint64_t v;
+	return s && *s && dd_parse_u64(s, true, &v) == 0 ? v : def;
+}
+
 __attribute__((constructor)) static void preload_init(void)
 {
 	resolve_alloc();
@@ -1877,10 +1971,15 @@ __attribute__((constructor)) static void preload_init(void)
 		dd_warn("preload: cannot map the preload tables; not merging");
 		return;
 	}
-	/* Registered after dedup_init()'s own handlers, so that ours run first
-	 * before a fork (pl.lock before eng.lock) and last after it. */
-	start();
 	pthread_atfork(pl_prepare, pl_parent, pl_child);
+	start_at = env_size("DEDUP_START", 64ULL << 20);
+	watch_restart = env_is("DEDUP_FORK", "restart") || env_is("DEDUP_FORK", "1");
+	if (start_at == 0) {
+		start();
+		return;
+	}
+	atomic_store(&pl_state, PL_WATCHING);
+	watch(true);
 }
 
 __attribute__((destructor)) static void preload_fini(void)

@@ -9,7 +9,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$prog" >"$tmp/ref.out" 2>"$tmp/ref.err" || fail "the program fails without libdedup"
-timeout 60 env LD_PRELOAD="$lib" DEDUP_FORCE_USER_ONLY=1 "$prog" >"$tmp/out" 2>"$tmp/err"
+timeout 60 env LD_PRELOAD="$lib" DEDUP_START=0 DEDUP_FORCE_USER_ONLY=1 "$prog" >"$tmp/out" 2>"$tmp/err"
 rc=$?
 [ $rc -eq 0 ] || fail "exit status $rc under libdedup"
 cmp -s "$tmp/ref.out" "$tmp/out" || fail "stdout differs under libdedup"
@@ -19,7 +19,7 @@ cat "$tmp/err" >&2
 [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "stderr has other lines too"
 grep -q 'not merging' "$tmp/err" || fail "the line does not say it is not merging"
 
-timeout 60 env LD_PRELOAD="$lib" DEDUP_FORCE_USER_ONLY=1 DEDUP_LOG=quiet "$prog" >"$tmp/out" 2>"$tmp/err"
+timeout 60 env LD_PRELOAD="$lib" DEDUP_START=0 DEDUP_FORCE_USER_ONLY=1 DEDUP_LOG=quiet "$prog" >"$tmp/out" 2>"$tmp/err"
 [ $? -eq 0 ] || fail "exit status under DEDUP_LOG=quiet"
 [ ! -s "$tmp/err" ] || { cat "$tmp/err" >&2; fail "DEDUP_LOG=quiet still printed"; }
 echo PASS >&2
