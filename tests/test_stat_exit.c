@@ -52,6 +52,8 @@ static int run(char *const argv[], const char *preload, char *err, size_t size, 
 		if (preload) {
 			setenv("LD_PRELOAD", preload, 1);
 			setenv("DEDUP_PRELOAD", "1", 1);
+			/* a small program: start at once, not lazily */
+			setenv("DEDUP_START", "0", 1);
 		}
 		execv(argv[0], argv);
 		_exit(127);
