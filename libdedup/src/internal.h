@@ -184,6 +184,10 @@ void *dd_vm_alloc(size_t size);              /* zeroed, page granular */
 void dd_vm_free(void *p, size_t size);
 void *dd_vm_grow(void *p, size_t old_size, size_t new_size); /* keeps contents */
 extern _Atomic size_t dd_vm_bytes;           /* metadata bytes in use */
+/* single pages, for region.c (eng.lock held): */
+void *dd_vm_page_get(void);                  /* one zeroed page, or NULL */
+void dd_vm_page_put(void *p);                /* never splits a mapping */
+void dd_vm_pages_reset(void);                /* all of them back, at once */
 
 /* ---- os.c: /proc/self/maps ------------------------------------------------ */
 /* fn gets each line: lo, hi, "rwxp", and the rest (" offset dev inode [name]");
