@@ -183,15 +183,12 @@ int dd_unregister(void *addr, size_t len, bool unmerge)
 	/* Unregister the anonymous parts. Merged runs left (preload, or a run
 	 * that could not be unmerged) stay registered MINOR|MISSING, so that a
 	 * discard of a merged page still reads zeros. */
-	for (size_t i = 0; i < r->npages;) {
-		bool file = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
-		size_t k = i + 1;
-		while (k < r->npages &&
-		       (DD_SLOT_REAL(r->slot[k]) || r->slot[k] == DD_SLOT_COWED) == file)
-			k++;
-		if (!file)
-			dd_uffd_unregister(eng.uffd, a + i * DD_PAGE, (k - i) * DD_PAGE);
-		i = k;
+	for (size_t i = 0, m = 0, k; i < r->npages; i = k) {
+		if (!dd_region_next_merged(r, &m, &k))
+			m = k = r->npages;   /* anonymous up to the end */
+		if (m > i)
+			dd_uffd_unregister(eng.uffd, a + i * DD_PAGE, (m - i) * DD_PAGE);
+		m = k;
 	}
 	/* Candidates of the current pass may point into the range, which the
 	 * application may unmap as soon as we return: forget them. */

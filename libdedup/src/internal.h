@@ -255,11 +255,16 @@ int dd_uffd_wake(int uffd, uintptr_t start, size_t len);
 ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err);
 
 /* Present-page walk: calls fn(start, end, categories) for each run of
- * present pages in [start, end). Returns 0 or -errno. */
+ * present pages in [start, end), in address order, up to max_pages pages
+ * (the last run may be cut), and sets *walk_end to where it stopped (end if
+ * it got there). Its cost follows the pages present, not the range (with
+ * the /proc/self/pagemap fallback it reads at most 64 entries per page it
+ * may return, and may stop early for that). Returns 0 or -errno. */
 #define DD_PG_FILE 1u
 #define DD_PG_ZERO 2u
 typedef void (*dd_present_fn)(void *ctx, uintptr_t start, uintptr_t end, unsigned flags);
-int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx);
+int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+		    void *ctx, uintptr_t *walk_end);
 #define DD_PTE_PRESENT 1u
 #define DD_PTE_SWAP 2u
 #define DD_PTE_WP 4u
@@ -324,8 +329,6 @@ size_t dd_index_bytes(void);
 struct dd_region {
 	uintptr_t start;
 	size_t npages;
-	uint64_t *hash;    /* last pass's checksum per page (0: none yet) */
-	uint32_t *slot;    /* DD_SLOT_NONE / DD_SLOT_ZERO / canonical slot + 1 */
 	bool fragile;      /* may vanish without our knowing: read it safely (scan.c) */
 	uint8_t passes;    /* passes that went over all of it, up to 2 (scan.c) */
 	uint64_t scan_gen; /* eng.pass_gen of the pass that last began it */
@@ -333,12 +336,27 @@ struct dd_region {
 int dd_region_add(uintptr_t start, size_t len);
 int dd_region_remove(uintptr_t start, size_t len, bool exact);
 struct dd_region *dd_region_find(uintptr_t addr);
+size_t dd_region_lower(uintptr_t addr);   /* index of the first region ending above addr */
 uint64_t dd_region_gen(void);   /* changes when regions are added or removed */
 size_t dd_region_count(void);
 size_t dd_region_count_relaxed(void);   /* without eng.lock */
 struct dd_region *dd_region_at(size_t i);
 void dd_region_fini(void);
 uint64_t dd_region_bytes(void);
+/* Per-page metadata (kept only where pages are present, see region.c):
+ * page p of r is merged into dd_region_slot() (DD_SLOT_NONE / DD_SLOT_ZERO /
+ * canonical slot + 1 / DD_SLOT_COWED). */
+uint32_t dd_region_slot(const struct dd_region *r, size_t p);
+void dd_region_set_slot(const struct dd_region *r, size_t p, uint32_t slot);
+/* first run [*i, *k) of merged pages (real slot or COWED) at or after *i */
+bool dd_region_next_merged(const struct dd_region *r, size_t *i, size_t *k);
+/* scan.c: a walk over present pages visits each (its checksum, 0: none,
+ * and its slot; false without memory for them), then sweeps the range it
+ * walked: pages not visited forget their checksum, empty chunks go. */
+void dd_meta_walk_begin(void);
+bool dd_meta_visit(uintptr_t a, uint64_t **hash, uint32_t **slot);
+void dd_meta_sweep(uintptr_t lo, uintptr_t hi);
+size_t dd_meta_chunks(void);
 
 /* ---- debug trace (DEDUP_TRACE=1; tests dump it on failure) ---------- */
 extern bool dd_trace_on;

@@ -221,8 +221,8 @@ static void unprotect(uintptr_t a, size_t len)
 static long vma_delta(struct dd_region *r, size_t p, size_t n, uint32_t first, uint32_t last)
 {
 	long d = 0;
-	uint32_t left = p ? r->slot[p - 1] : DD_SLOT_NONE;
-	uint32_t right = p + n < r->npages ? r->slot[p + n] : DD_SLOT_NONE;
+	uint32_t left = p ? dd_region_slot(r, p - 1) : DD_SLOT_NONE;
+	uint32_t right = p + n < r->npages ? dd_region_slot(r, p + n) : DD_SLOT_NONE;
 
 	if (left == DD_SLOT_NONE || left == DD_SLOT_ZERO)
 		d++;                       /* splits an anonymous VMA */
@@ -613,7 +613,7 @@ replace:
 		} else {
 			dd_store_get(it[i].target);
 		}
-		r->slot[p] = it[i].target;
+		dd_region_set_slot(r, p, it[i].target);
 		DD_INC(merges, 1);
 	}
 	return merged;
@@ -730,7 +730,7 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 		for (size_t q = 0; q < n; q++) {
 			uintptr_t pa = c + q * DD_PAGE;
 			char *dst = buf + (p + q - i) * DD_PAGE;
-			uint32_t slot = r->slot[p + q];
+			uint32_t slot = dd_region_slot(r, p + q);
 			bool was_anon = (st[q] & DD_PTE_SWAP) ||
 					((st[q] & DD_PTE_PRESENT) && !(st[q] & DD_PTE_FILE));
 			bool anon = (st2[q] & DD_PTE_PRESENT) ? !(st2[q] & DD_PTE_FILE)
@@ -770,9 +770,10 @@ static int unmerge_run(struct dd_region *r, size_t i, size_t k)
 		       (unsigned long)a, l, -ret);
 	dd_discard_unmerged(a, a + l);
 	for (size_t p = i; p < k; p++) {
-		if (DD_SLOT_REAL(r->slot[p]))
-			dd_store_put(r->slot[p]);
-		r->slot[p] = DD_SLOT_NONE;
+		uint32_t slot = dd_region_slot(r, p);
+		if (DD_SLOT_REAL(slot))
+			dd_store_put(slot);
+		dd_region_set_slot(r, p, DD_SLOT_NONE);
 	}
 out:
 	if (!replaced)   /* left merged: lift the protection */
@@ -791,11 +792,10 @@ out:
 int dd_merge_unmerge(struct dd_region *r)
 {
 	int ret = 0;
-	bool any = false;
+	size_t i = 0, k;
 
-	for (size_t i = 0; i < r->npages && !any; i++)
-		any = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
-	if (!any)
+	/* merged runs are found without visiting absent pages (region.c) */
+	if (!dd_region_next_merged(r, &i, &k))
 		return 0;
 	if (atomic_load(&eng.forking))   /* engine.c, prefork(): stay merged */
 		return -EBUSY;
@@ -808,21 +808,14 @@ int dd_merge_unmerge(struct dd_region *r)
 		dd_debug("unmerge: could not register %#lx MISSING (errno %d): the "
 			 "region may stay several mappings", (unsigned long)r->start, -ret);
 	ret = 0;
-	for (size_t i = 0; i < r->npages;) {
-		bool file = DD_SLOT_REAL(r->slot[i]) || r->slot[i] == DD_SLOT_COWED;
-		size_t k = i + 1;
-		while (k < r->npages && (DD_SLOT_REAL(r->slot[k]) || r->slot[k] == DD_SLOT_COWED) == file)
-			k++;
-		if (file) {
-			int e = unmerge_run(r, i, k);
-			if (e < 0) {
-				dd_warn("could not unmerge %#lx+%zu (errno %d): left merged",
-					(unsigned long)(r->start + i * DD_PAGE), (k - i) * DD_PAGE, -e);
-				if (!ret)
-					ret = e;
-			}
+	for (i = 0; dd_region_next_merged(r, &i, &k); i = k) {
+		int e = unmerge_run(r, i, k);
+		if (e < 0) {
+			dd_warn("could not unmerge %#lx+%zu (errno %d): left merged",
+				(unsigned long)(r->start + i * DD_PAGE), (k - i) * DD_PAGE, -e);
+			if (!ret)
+				ret = e;
 		}
-		i = k;
 	}
 	return ret;
 }

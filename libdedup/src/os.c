@@ -206,18 +206,27 @@ ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *er
 
 /* ---- present pages ---------------------------------------------------- */
 
-static int walk_scan(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
+/*
+ * Both walks stop after max_pages present pages (a run may be cut there)
+ * and say in *walk_end where they stopped. PAGEMAP_SCAN skips absent
+ * page-table levels inside the kernel, so its cost follows the pages
+ * present, not the range; /proc/self/pagemap has an entry for every page,
+ * so its walk also stops after 64 entries per page it may return.
+ */
+static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+		     void *ctx, uintptr_t *walk_end)
 {
 	struct page_region vec[256];
 	struct pm_scan_arg arg;
 
-	while (start < end) {
+	while (start < end && max_pages) {
 		memset(&arg, 0, sizeof(arg));
 		arg.size = sizeof(arg);
 		arg.start = start;
 		arg.end = end;
 		arg.vec = (uintptr_t)vec;
 		arg.vec_len = DD_ARRAY_SIZE(vec);
+		arg.max_pages = max_pages;
 		arg.category_anyof_mask = PAGE_IS_PRESENT;
 		arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO;
 		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
@@ -225,16 +234,19 @@ static int walk_scan(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx
 			return -errno;
 		for (long i = 0; i < n; i++) {
 			unsigned f = 0;
+			size_t pages = (vec[i].end - vec[i].start) / DD_PAGE;
 			if (vec[i].categories & PAGE_IS_FILE)
 				f |= DD_PG_FILE;
 			if (vec[i].categories & PAGE_IS_PFNZERO)
 				f |= DD_PG_ZERO;
+			max_pages -= pages < max_pages ? pages : max_pages;
 			fn(ctx, vec[i].start, vec[i].end, f);
 		}
 		if (arg.walk_end <= start)
 			break;
 		start = arg.walk_end;
 	}
+	*walk_end = start < end ? start : end;
 	return 0;
 }
 
@@ -270,21 +282,26 @@ static uint64_t zero_pfn(void)
 	return pfn;
 }
 
-static int walk_pagemap(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
+static int walk_pagemap(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+			void *ctx, uintptr_t *walk_end)
 {
 	uint64_t ent[512];
 	uint64_t zpfn = zero_pfn();
+	size_t entries = max_pages > SIZE_MAX / 64 ? SIZE_MAX : max_pages * 64;
 
-	while (start < end) {
+	while (start < end && max_pages && entries) {
 		size_t n = (end - start) / DD_PAGE;
 		if (n > DD_ARRAY_SIZE(ent))
 			n = DD_ARRAY_SIZE(ent);
+		if (n > entries)
+			n = entries;
 		ssize_t r = pread(pagemap_fd, ent, n * 8, (off_t)(start / DD_PAGE * 8));
 		if (r < 0)
 			return -errno;
 		n = (size_t)r / 8;
 		if (!n)
 			break;
+		entries -= n;
 		for (size_t i = 0; i < n;) {
 			if (!(ent[i] & PM_PRESENT)) {
 				i++;
@@ -294,24 +311,32 @@ static int walk_pagemap(uintptr_t start, uintptr_t end, dd_present_fn fn, void *
 			if (zpfn && (ent[i] & PM_PFN_MASK) == zpfn)
 				f = DD_PG_ZERO;
 			size_t j = i + 1;
-			while (j < n && (ent[j] & PM_PRESENT) &&
+			while (j < n && j - i < max_pages && (ent[j] & PM_PRESENT) &&
 			       ((ent[j] & PM_FILE) ? DD_PG_FILE : 0) == (f & DD_PG_FILE) &&
 			       !(zpfn && (ent[j] & PM_PFN_MASK) == zpfn) == !(f & DD_PG_ZERO))
 				j++;
 			fn(ctx, start + i * DD_PAGE, start + j * DD_PAGE, f);
+			max_pages -= j - i;
 			i = j;
+			if (!max_pages) {
+				n = i;   /* stop right after the last page returned */
+				break;
+			}
 		}
 		start += n * DD_PAGE;
 	}
+	*walk_end = start < end ? start : end;
 	return 0;
 }
 
-int dd_present_walk(uintptr_t start, uintptr_t end, dd_present_fn fn, void *ctx)
+int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+		    void *ctx, uintptr_t *walk_end)
 {
+	*walk_end = start;
 	if (pagemap_fd < 0)
 		return -EBADF;
-	return dd_feat.pagemap_scan ? walk_scan(start, end, fn, ctx)
-				    : walk_pagemap(start, end, fn, ctx);
+	return dd_feat.pagemap_scan ? walk_scan(start, end, max_pages, fn, ctx, walk_end)
+				    : walk_pagemap(start, end, max_pages, fn, ctx, walk_end);
 }
 
 /* Copy the application's page at a into buf through process_vm_readv(),

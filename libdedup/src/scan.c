@@ -47,6 +47,7 @@ struct pass_ctx {
 	uint32_t last_new;   /* last slot created, for contiguous allocation */
 	long merged;
 	size_t scanned;
+	size_t found;        /* present pages the walk returned */
 };
 
 static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
@@ -59,29 +60,31 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 	return merged;
 }
 
-static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintptr_t a,
-		       const void *d)
+static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d)
 {
-	uint64_t h;
+	uint64_t h, *hash;
+	uint32_t *slot;
 
+	if (!dd_meta_visit(a, &hash, &slot))
+		return;   /* no memory for its metadata: not a candidate */
 	/* An anonymous page inside a file VMA of ours (a sharer copied it):
 	 * UFFDIO_MOVE, our pin check, only works in anonymous VMAs, so it
 	 * cannot be merged again safely. Leave it. */
-	if (r->slot[p] == DD_SLOT_COWED)
+	if (*slot == DD_SLOT_COWED)
 		return;
 	/* Present and anonymous. Was it merged before? Then a writer copied it. */
-	if (r->slot[p] != DD_SLOT_NONE) {
-		if (r->slot[p] == DD_SLOT_ZERO) {
+	if (*slot != DD_SLOT_NONE) {
+		if (*slot == DD_SLOT_ZERO) {
 			/* Faulted in again. A read does that too where the kernel
 			 * has no shared zero page (pvm_no_zero_page): only a page
 			 * that is no longer zero was written. */
 			atomic_fetch_sub(&dd_cnt.zero_pages, 1);
-			r->slot[p] = DD_SLOT_NONE;
+			*slot = DD_SLOT_NONE;
 			if (memcmp(d, zero_page, DD_PAGE))
 				DD_INC(cow_breaks, 1);
 		} else {
-			dd_store_put(r->slot[p]);
-			r->slot[p] = DD_SLOT_COWED;  /* still inside a file VMA */
+			dd_store_put(*slot);
+			*slot = DD_SLOT_COWED;  /* still inside a file VMA */
 			DD_INC(cow_breaks, 1);
 		}
 	}
@@ -97,13 +100,13 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 	 * it starts over. */
 	if (dd_merge_budget_spent() &&
 	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, zero_page, DD_PAGE))) {
-		r->hash[p] = 0;
+		*hash = 0;
 		DD_INC(skipped_budget, 1);
 		return;
 	}
 	h = dd_hash_page(d);
-	if (h != r->hash[p]) {
-		r->hash[p] = h;
+	if (h != *hash) {
+		*hash = h;
 		DD_INC(skipped_volatile, 1);
 		return;
 	}
@@ -146,13 +149,13 @@ static void visit_page(struct pass_ctx *c, struct dd_region *r, size_t p, uintpt
 static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
 {
 	struct pass_ctx *c = ctx;
-	struct dd_region *r = c->r;
 
+	c->found += (end - start) / DD_PAGE;
 	if (flags & (DD_PG_FILE | DD_PG_ZERO))
 		return;   /* merged by us, or the shared zero page: nothing to gain */
-	if (!r->fragile) {
+	if (!c->r->fragile) {
 		for (uintptr_t a = start; a < end; a += DD_PAGE)
-			visit_page(c, r, (a - r->start) / DD_PAGE, a, (const void *)a);
+			visit_page(c, a, (const void *)a);
 		return;
 	}
 	/* A fragile region (the preload library's: libc may shrink or unmap
@@ -169,7 +172,7 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		if (got < (ssize_t)DD_PAGE)
 			return;
 		for (size_t k = 0; k < (size_t)got / DD_PAGE; k++)
-			visit_page(c, r, (a - r->start) / DD_PAGE + k, a + k * DD_PAGE, buf + k * DD_PAGE);
+			visit_page(c, a + k * DD_PAGE, buf + k * DD_PAGE);
 		if ((size_t)got < n * DD_PAGE)
 			return;
 		a += n * DD_PAGE;
@@ -191,10 +194,17 @@ bool dd_scan_fresh_regions(void)
 	return false;
 }
 
+/* What one walk costs against a step's budget, in pages hashed: the pages
+ * it returned, a little for the call, and with the /proc/self/pagemap
+ * fallback the entries it read (64 to a page). PAGEMAP_SCAN skips what is
+ * absent inside the kernel: a terabyte with nothing in it costs a call. */
+#define WALK_COST 16
+
 /*
- * Scan from *cursor for up to max_pages pages of address space (present or
- * not); with fresh_only, of fresh regions only. Returns true when the pass
- * is complete. A pass starts with *cursor == 0.
+ * Scan from *cursor for up to max_pages present pages (a pass over a huge
+ * sparse region costs what is in it, and one step is as short over a
+ * terabyte as over a megabyte); with fresh_only, of fresh regions only.
+ * Returns true when the pass is complete. A pass starts with *cursor == 0.
  */
 bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned,
 		  bool fresh_only)
@@ -223,11 +233,9 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 	while (budget) {
 		struct dd_region *r = NULL;
 		/* first region ending above the cursor */
-		for (size_t i = 0; i < dd_region_count(); i++) {
+		for (size_t i = dd_region_lower(*cursor); i < dd_region_count(); i++) {
 			struct dd_region *x = dd_region_at(i);
-			if (fresh_only && x->passes >= 2)
-				continue;
-			if (x->start + x->npages * DD_PAGE > *cursor) {
+			if (!fresh_only || x->passes < 2) {
 				r = x;
 				break;
 			}
@@ -247,22 +255,27 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			return true;
 		}
 		uintptr_t from = *cursor > r->start ? *cursor : r->start;
-		uintptr_t rend = r->start + r->npages * DD_PAGE;
-		size_t n = (rend - from) / DD_PAGE;
-		if (n > budget)
-			n = budget;
+		uintptr_t rend = r->start + r->npages * DD_PAGE, to;
 		c.r = r;
+		c.found = 0;
 		if (from == r->start)
 			r->scan_gen = eng.pass_gen;
-		dd_present_walk(from, from + n * DD_PAGE, on_present, &c);
+		dd_meta_walk_begin();
+		if (dd_present_walk(from, rend, budget, on_present, &c, &to) == 0 && to > from)
+			dd_meta_sweep(from, to);   /* what is gone forgets its checksum */
+		else
+			to = rend;   /* cannot walk it (or no progress): next pass */
 		/* a whole pass over r (this pass started at or below it) */
-		if (from + n * DD_PAGE == rend && r->passes < 2 && r->scan_gen == eng.pass_gen)
+		if (to == rend && r->passes < 2 && r->scan_gen == eng.pass_gen)
 			r->passes++;
 		/* the batch refers to addresses, not to r: flush before r can move */
 		if (eng.nbatch)
 			c.merged += dd_merge_batch();
-		*cursor = from + n * DD_PAGE;
-		budget -= n;
+		size_t cost = c.found + WALK_COST;
+		if (!dd_feat.pagemap_scan)
+			cost += (to - from) / DD_PAGE / 64;
+		*cursor = to;
+		budget -= cost < budget ? cost : budget;
 	}
 	*merged += c.merged;
 	*scanned += c.scanned;
