@@ -38,3 +38,6 @@ add_test(NAME test_hammer_dontneed COMMAND test_hammer)
 set_tests_properties(test_hammer_dontneed PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_DONTNEED=1" LABELS "core;race")
 dedup_test(test_backoff TIMEOUT 60 LABELS core)
+# A 1 TiB sparse reservation (issue 14): metadata, scan cost and the CPU
+# budget follow the pages present, not the range registered.
+dedup_test(test_sparse TIMEOUT 120 LABELS core)

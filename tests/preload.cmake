@@ -38,7 +38,7 @@ endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
-          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy)
+          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse)
   pl_program(${p})
 endforeach()
 
@@ -111,7 +111,11 @@ add_test(NAME preload_python
          COMMAND ${PL_BASH} ${PL_DIR}/pl_python.sh $<TARGET_FILE:dedup-run> ${PL_DIR}/pl_workload.py)
 add_test(NAME preload_redis
          COMMAND ${PL_BASH} ${PL_DIR}/pl_redis.sh $<TARGET_FILE:dedup-run>)
-set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run
+# A 1 TiB sparse reservation (issue 14): merges, metadata and engine CPU in
+# proportion to the pages present; Pss below the run without libdedup.
+add_test(NAME preload_sparse
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_sparse.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_sparse>)
+set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run preload_sparse
                      PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS preload)
 set_tests_properties(preload_python preload_redis
                      PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 LABELS "preload;programs")
