@@ -341,6 +341,9 @@ void dd_removing_unregistered(uintptr_t a, uintptr_t b)
 	iv_remove(&fenced, a, b);
 }
 
+/* Pages of s past their zap leave it. An empty page is (settle()): the
+ * empty stretches go at once, found without reading an entry per page - a
+ * discard of a whole sparse reservation names a terabyte of them. */
 static void prune(struct ivset *s)
 {
 	uint8_t st[512];
@@ -350,15 +353,24 @@ static void prune(struct ivset *s)
 		size_t i = iv_lower(s, pos);
 		if (i >= s->n)
 			return;
-		uintptr_t lo = s->iv[i][0] > pos ? s->iv[i][0] : pos;
-		size_t n = (s->iv[i][1] - lo) / DD_PAGE;
+		uintptr_t lo = s->iv[i][0] > pos ? s->iv[i][0] : pos, hi = s->iv[i][1];
+		uintptr_t a, b;
+		if (dd_first_mapped(lo, hi, &a, &b) < 0)
+			return;
+		if (a > lo)
+			iv_remove(s, lo, a);
+		if (a >= hi) {
+			pos = hi;
+			continue;
+		}
+		size_t n = (b - a) / DD_PAGE;
 		if (n > DD_ARRAY_SIZE(st))
 			n = DD_ARRAY_SIZE(st);
-		if (dd_pte_states(lo, n, st) < 0)
+		if (dd_pte_states(a, n, st) < 0)
 			return;
 		for (size_t k = 0; k < n; k++)
-			settle(lo + k * DD_PAGE, st[k]);
-		pos = lo + n * DD_PAGE;
+			settle(a + k * DD_PAGE, st[k]);
+		pos = a + n * DD_PAGE;
 	}
 }
 

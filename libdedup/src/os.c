@@ -339,6 +339,70 @@ int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present
 				    : walk_pagemap(start, end, max_pages, fn, ctx, walk_end);
 }
 
+/*
+ * The first run of pages in [start, end) that are not empty (present, or
+ * swapped out, or holding a marker: whatever pagemap does not show as
+ * nothing), as [*lo, *hi); *lo = *hi = end if there is none. With
+ * PAGEMAP_SCAN the empty stretch before it costs what its page tables hold,
+ * not one entry per page. Returns 0 or -errno.
+ */
+int dd_first_mapped(uintptr_t start, uintptr_t end, uintptr_t *lo, uintptr_t *hi)
+{
+	*lo = *hi = end;
+	if (pagemap_fd < 0)
+		return -EBADF;
+	if (dd_feat.pagemap_scan) {
+		struct page_region v;
+		struct pm_scan_arg arg;
+		while (start < end) {
+			memset(&arg, 0, sizeof(arg));
+			arg.size = sizeof(arg);
+			arg.start = start;
+			arg.end = end;
+			arg.vec = (uintptr_t)&v;
+			arg.vec_len = 1;
+			arg.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+			arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+			long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
+			if (n < 0)
+				return -errno;
+			if (n > 0) {
+				*lo = v.start;
+				*hi = v.end;
+				return 0;
+			}
+			if (arg.walk_end <= start)
+				break;
+			start = arg.walk_end;
+		}
+		return 0;
+	}
+	uint64_t ent[512];
+	while (start < end) {
+		size_t n = (end - start) / DD_PAGE;
+		if (n > DD_ARRAY_SIZE(ent))
+			n = DD_ARRAY_SIZE(ent);
+		ssize_t r = pread(pagemap_fd, ent, n * 8, (off_t)(start / DD_PAGE * 8));
+		if (r < 0)
+			return -errno;
+		n = (size_t)r / 8;
+		if (!n)
+			return -EIO;
+		for (size_t i = 0; i < n; i++) {
+			if (!(ent[i] & (PM_PRESENT | PM_SWAP)))
+				continue;
+			size_t j = i + 1;
+			while (j < n && (ent[j] & (PM_PRESENT | PM_SWAP)))
+				j++;
+			*lo = start + i * DD_PAGE;
+			*hi = start + j * DD_PAGE;
+			return 0;
+		}
+		start += n * DD_PAGE;
+	}
+	return 0;
+}
+
 /* Copy the application's page at a into buf through process_vm_readv(),
  * which fails (false) where a direct read would fault. */
 bool dd_read_page(uintptr_t a, void *buf)
