@@ -13,12 +13,15 @@
  * only once the scan has met a present page in it. So metadata follows the
  * pages present, not the range registered: a 1 TiB MAP_NORESERVE
  * reservation with 16 MiB touched (sanitizers, JITs, big hash tables make
- * them) costs a few MiB at most, where one 12-byte entry per registered
- * page cost 3.2 GB (issue 14). Dense memory costs 12.6 bytes per page
- * (0.3%), a page alone in its chunk 808 bytes (20%; the kernel's own page
- * table for such a page is 4 KiB). After each walk over a range the scan
- * calls dd_meta_sweep(): pages it did not find present forget their
- * checksum, and a chunk left with no checksum and nothing merged is freed.
+ * them) costs 1.7 MiB, where one 12-byte entry per registered page cost
+ * 3.2 GB (issue 14). With five chunks to a 4 KiB page, dense memory costs
+ * 12.8 bytes per page (0.3%), a page alone in its chunk 819 bytes (20%;
+ * the kernel's own page table for such a page is 4 KiB). After each walk
+ * over a range the scan calls dd_meta_sweep(): pages it did not find
+ * present forget their checksum, and a chunk left with no checksum and
+ * nothing merged is freed. Absent pages keep their slot: a page merged
+ * into the zero page is absent by design, a discarded merged page still
+ * lies in a mapping of ours.
  *
  * Chunks are keyed by absolute address, not by region: a chunk may hold
  * pages of two adjacent regions, and splitting a region copies nothing.
