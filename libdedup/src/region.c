@@ -32,7 +32,9 @@
  * (unregistering a terabyte costs what is present in it); the chunk used
  * last is cached, as the scan goes through pages in order. Chunks are
  * carved five to a page ("slab page", vm.c's dd_vm_page_get); a slab page
- * whose chunks are all free goes back.
+ * whose chunks are all free goes back, a chunk freed among live ones is
+ * the next to be reused (no compaction: what is held is bounded by the
+ * most chunks ever live, which follow the pages present).
  *
  * Pages that were merged into a slot keep their reference when forgotten:
  * the mapping still exists, and a slot is only released when we know
