@@ -14,7 +14,7 @@ dedup_test(test_pinned LABELS core race)
 add_test(NAME test_pinned_catches_naive COMMAND test_pinned)
 set_tests_properties(test_pinned_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_PIN_CHECK=1" LABELS "core;race")
-dedup_test(test_kernel_writer LABELS core race)
+dedup_test(test_kernel_writer TIMEOUT 600 LABELS core race)
 add_test(NAME test_user_mode_only COMMAND test_kernel_writer)
 set_tests_properties(test_user_mode_only PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_FORCE_USER_ONLY=1" LABELS core)
@@ -34,7 +34,7 @@ add_test(NAME test_signal_thread_catches_naive COMMAND test_signal_thread)
 set_tests_properties(test_signal_thread_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_SIGNALS=1" LABELS "core;race")
 add_test(NAME test_kernel_writer_catches_naive COMMAND test_kernel_writer)
-set_tests_properties(test_kernel_writer_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+set_tests_properties(test_kernel_writer_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_USER_ONLY=1" LABELS "core;race")
 # Writers also discard pages (MADV_DONTNEED must read zeros).
 add_test(NAME test_hammer_dontneed COMMAND test_hammer)
