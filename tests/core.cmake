@@ -29,9 +29,9 @@ dedup_test(test_unregister_race TIMEOUT 600 LABELS core race)
 add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
 set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_DISCARD_FENCE=1" LABELS "core;race")
-dedup_test(test_signal_thread LABELS core race)
+dedup_test(test_signal_thread TIMEOUT 600 LABELS core race)
 add_test(NAME test_signal_thread_catches_naive COMMAND test_signal_thread)
-set_tests_properties(test_signal_thread_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+set_tests_properties(test_signal_thread_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_SIGNALS=1" LABELS "core;race")
 add_test(NAME test_kernel_writer_catches_naive COMMAND test_kernel_writer)
 set_tests_properties(test_kernel_writer_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
