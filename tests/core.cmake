@@ -22,12 +22,12 @@ add_test(NAME test_hammer_signals COMMAND test_hammer)
 set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")
 dedup_test(test_discard LABELS core)
-dedup_test(test_remove_race LABELS core race)
+dedup_test(test_remove_race TIMEOUT 600 LABELS core race)
 dedup_test(test_vma_budget LABELS core)
 dedup_test(test_unregister_race TIMEOUT 600 LABELS core race)
 # Each race test must fail on the naive implementation it guards against:
 add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
-set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60
+set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_DISCARD_FENCE=1" LABELS "core;race")
 dedup_test(test_signal_thread TIMEOUT 600 LABELS core race)
 add_test(NAME test_signal_thread_catches_naive COMMAND test_signal_thread)
