@@ -81,6 +81,8 @@ static inline double t_cap(void)
 	return v > 0 ? v : T_CAP_S;
 }
 
+static inline int t_cap_ms(void) { return (int)(t_cap() * 1000); }
+
 /* Anonymous private read-write memory, page aligned. */
 static inline void *t_map_anon(size_t len)
 {
