@@ -52,6 +52,7 @@ static int run(char *const argv[], const char *preload, char *err, size_t size, 
 		if (preload) {
 			setenv("LD_PRELOAD", preload, 1);
 			setenv("DEDUP_PRELOAD", "1", 1);
+			setenv("DEDUP_START", "0", 1);   /* small: no lazy start */
 		}
 		execv(argv[0], argv);
 		_exit(127);
