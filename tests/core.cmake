@@ -40,4 +40,4 @@ set_tests_properties(test_kernel_writer_catches_naive PROPERTIES WILL_FAIL TRUE 
 add_test(NAME test_hammer_dontneed COMMAND test_hammer)
 set_tests_properties(test_hammer_dontneed PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_DONTNEED=1" LABELS "core;race")
-dedup_test(test_backoff TIMEOUT 60 LABELS core)
+dedup_test(test_backoff TIMEOUT 600 LABELS core)
