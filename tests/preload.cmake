@@ -24,11 +24,13 @@ function(pl_program name)
 endfunction()
 
 # pl_test(NAME PROGRAM prog [TIMEOUT s] [ENV k=v...] [ARGS a...]): prog under
-# LD_PRELOAD with the environment above.
+# LD_PRELOAD with the environment above. The programs wait for merging
+# (pl_wait_merged) up to t_cap() (3 minutes) and then fail; the TIMEOUT of
+# 600 s only catches a hang.
 function(pl_test name)
   cmake_parse_arguments(T "" "PROGRAM;TIMEOUT" "ENV;ARGS" ${ARGN})
   if(NOT T_TIMEOUT)
-    set(T_TIMEOUT 90)
+    set(T_TIMEOUT 600)
   endif()
   add_test(NAME ${name} COMMAND ${CMAKE_COMMAND} -E env ${PL_ENV} ${T_ENV}
            $<TARGET_FILE:${T_PROGRAM}> ${T_ARGS})
@@ -42,7 +44,7 @@ foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child p
   pl_program(${p})
 endforeach()
 
-pl_test(preload_workload PROGRAM pl_workload TIMEOUT 120)
+pl_test(preload_workload PROGRAM pl_workload)
 pl_test(preload_dontneed PROGRAM pl_dontneed)
 pl_test(preload_madv_free PROGRAM pl_madv_free)
 pl_test(preload_mremap PROGRAM pl_mremap)
@@ -60,7 +62,7 @@ pl_test(preload_exclude_range PROGRAM pl_exclude ARGS range
         ENV DEDUP_EXCLUDE=0x600000000000-0x600000400000)
 # Lazy start: no thread, no descriptor of ours in a small process; the engine
 # starts by itself past DEDUP_START (64M, the default here).
-pl_test(preload_lazy PROGRAM pl_lazy ENV DEDUP_START=64M TIMEOUT 300)
+pl_test(preload_lazy PROGRAM pl_lazy ENV DEDUP_START=64M)
 # A program that closes every descriptor (fds.c): through libc, by a raw
 # system call, in the process and in a fork()ed child, with and without
 # DEDUP_FORK=restart. Before fds.c the engine died with SIGSEGV.
@@ -100,7 +102,7 @@ find_program(PL_BASH bash REQUIRED)
 add_test(NAME preload_jemalloc
          COMMAND ${PL_BASH} ${PL_DIR}/pl_jemalloc.sh $<TARGET_FILE:pl_jemalloc> $<TARGET_FILE:dedup>
                  ${JEMALLOC_LINK_LIBRARIES})
-set_tests_properties(preload_jemalloc PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
+set_tests_properties(preload_jemalloc PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                      LABELS preload)
 add_test(NAME preload_uffd_unavailable
          COMMAND ${PL_BASH} ${PL_DIR}/pl_oneline.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain>)
@@ -115,7 +117,8 @@ add_test(NAME preload_redis
 # proportion to the pages present; Pss below the run without libdedup.
 add_test(NAME preload_sparse
          COMMAND ${PL_BASH} ${PL_DIR}/pl_sparse.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_sparse>)
-set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run preload_sparse
+set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run
                      PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS preload)
 set_tests_properties(preload_python preload_redis
-                     PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 LABELS "preload;programs")
+                     PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS "preload;programs")
+set_tests_properties(preload_sparse PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS preload)

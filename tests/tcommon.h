@@ -62,6 +62,27 @@ static inline double t_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/*
+ * How long a test waits for work it needs before it calls that a failure.
+ * A test that needs something to have happened (so many merges, a published
+ * snapshot, a fault message) waits until it has happened, not for a fixed
+ * time: what a second gives depends on how busy the machine is. The cap
+ * only ends a wait for work that never comes: T_CAP_S (3 minutes), or
+ * DEDUP_TEST_CAP_S seconds when set (e.g. 5, to see a failure quickly).
+ * Tests that wait this long have a CTest TIMEOUT of 600 s, so a missed cap
+ * fails with the test's own message, not a kill.
+ */
+#define T_CAP_S 180.0
+
+static inline double t_cap(void)
+{
+	const char *e = getenv("DEDUP_TEST_CAP_S");
+	double v = e ? atof(e) : 0;
+	return v > 0 ? v : T_CAP_S;
+}
+
+static inline int t_cap_ms(void) { return (int)(t_cap() * 1000); }
+
 /* Anonymous private read-write memory, page aligned. */
 static inline void *t_map_anon(size_t len)
 {

@@ -80,7 +80,7 @@ static void discard_for_real(int page)
 {
 	static const char zeros[T_PAGE];
 	CHECK(madvise(region + page * T_PAGE, T_PAGE, MADV_DONTNEED) == 0);
-	double until = t_now() + 5;
+	double until = t_now() + t_cap();   /* the reader runs when it gets a CPU */
 	for (;;) {
 		CHECK(pthread_mutex_lock(&eng.gate) == 0);
 		size_t left = dd_removing_unfenced();

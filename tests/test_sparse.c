@@ -115,7 +115,7 @@ int main(void)
 
 	double t0 = t_now();
 	struct dedup_stats s;
-	while ((s = t_stats()).merges < NPAGES && t_now() - t0 < 60)
+	while ((s = t_stats()).merges < NPAGES && t_now() - t0 < t_cap())
 		usleep(20000);
 	t_print_stats("merged");
 	fprintf(stderr, "%llu of %d pages merged in %.2f s\n", (unsigned long long)s.merges,
@@ -164,7 +164,7 @@ int main(void)
 	double tm = t_now() - m0;
 	struct dedup_stats d0 = t_stats();   /* passes from now on see it empty */
 	double p1 = process_cpu(), x0 = t_now();
-	while (t_stats().full_passes < d0.full_passes + 3 && t_now() - x0 < 60)
+	while (t_stats().full_passes < d0.full_passes + 3 && t_now() - x0 < t_cap())
 		usleep(10000);
 	double xw = t_now() - x0, xc = process_cpu() - p1;
 	struct dedup_stats d1 = t_stats();
@@ -172,7 +172,9 @@ int main(void)
 		"CPU %.3f s, metadata %llu KiB (was %llu KiB)\n", tm, xw, xc,
 		(unsigned long long)(d1.metadata_bytes >> 10),
 		(unsigned long long)(meta_before >> 10));
-	ok &= d1.full_passes >= d0.full_passes + 3 && xw < 10;
+	/* CPU, not wall time (a busy machine stretches wall time): on 7dca772
+	 * these passes cost 6-8 s of CPU, one pagemap entry per page */
+	ok &= d1.full_passes >= d0.full_passes + 3 && xc < 3;
 	/* the unique pages' tables went with them (the merged pages' stay:
 	 * they are still mappings of ours). Their chunks were made after the
 	 * others' (the scan goes in address order), so whole slab pages of

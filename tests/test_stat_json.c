@@ -81,7 +81,7 @@ int main(int argc, char **argv)
 		CHECK(r->status == 0);
 		if (compare(r->out, &st, false) == 0)
 			break;
-		if (t_now() - t0 > 5.0) {
+		if (t_now() - t0 > t_cap()) {
 			fprintf(stderr, "published figures never matched:\n%s\n", r->out);
 			compare(r->out, &st, true);
 			return T_FAIL;

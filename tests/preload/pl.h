@@ -68,10 +68,11 @@ static inline void pl_print(const char *tag, const struct dedup_stats *s)
 }
 
 /* Wait until at least @pages merges happened (all time: a counter that
- * never goes down), or fail after @timeout seconds. */
-static inline struct dedup_stats pl_wait_merged(uint64_t pages, double timeout)
+ * never goes down), or fail after t_cap() seconds (3 minutes: merging
+ * that has not happened by then is not coming). */
+static inline struct dedup_stats pl_wait_merged(uint64_t pages)
 {
-	double t0 = t_now();
+	double t0 = t_now(), timeout = t_cap();
 	struct dedup_stats s;
 
 	for (;;) {
@@ -89,11 +90,11 @@ static inline struct dedup_stats pl_wait_merged(uint64_t pages, double timeout)
 	}
 }
 
-/* Wait until no region overlaps [p, p+len) any more and a new one covers
- * it... simpler: until bytes_registered reaches at least @bytes. */
-static inline void pl_wait_registered(uint64_t bytes, double timeout)
+/* Wait until bytes_registered reaches at least @bytes, or fail after
+ * t_cap() seconds. */
+static inline void pl_wait_registered(uint64_t bytes)
 {
-	double t0 = t_now();
+	double t0 = t_now(), timeout = t_cap();
 	while (pl_stats().bytes_registered < bytes) {
 		if (t_now() - t0 > timeout) {
 			struct dedup_stats s = pl_stats();

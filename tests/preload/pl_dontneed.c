@@ -23,7 +23,7 @@ int main(void)
 		pl_fill(a + c * len, NP, 11);
 		pl_fill(ha + c * len, NP, 12);
 	}
-	pl_wait_merged(2 * 3 * NP * 9 / 10, 30);
+	pl_wait_merged(2 * 3 * NP * 9 / 10);
 
 	/* the whole second copy, and single pages of the third */
 	CHECK(madvise(a + len, len, MADV_DONTNEED) == 0);

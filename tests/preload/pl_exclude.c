@@ -50,7 +50,7 @@ int main(int argc, char **argv)
 		do {
 			usleep(20000);
 			pl_look(r[i].p, LEN, &m, &reg);
-		} while (!m && t_now() - t0 < 30);
+		} while (!m && t_now() - t0 < t_cap());
 		if (!m) {
 			fprintf(stderr, "FAIL: %s: %s did not merge\n", mode, r[i].name);
 			return T_FAIL;

@@ -50,7 +50,7 @@ int main(int argc, char **argv)
 	char *a = t_map_anon(3 * len);
 	for (int c = 0; c < 3; c++)
 		pl_fill(a + c * len, 256, 51);
-	pl_wait_merged(2 * 256 * 9 / 10, 30);
+	pl_wait_merged(2 * 256 * 9 / 10);
 	setenv("DEDUP_PRELOAD", "0", 1);
 	execl("/proc/self/exe", argv[0], "--list", (char *)NULL);
 	perror("exec");

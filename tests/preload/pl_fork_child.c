@@ -138,7 +138,7 @@ int main(void)
 	a = t_map_anon(8 * NP * T_PAGE);
 	for (int c = 0; c < 8; c++)
 		fill_chunk(c);
-	pl_wait_merged(7 * NP * 9 / 10, 30);
+	pl_wait_merged(7 * NP * 9 / 10);
 	/* discard merged pages and leave them untouched: the child must read
 	 * zeros there although fork() copies no page table entry for them */
 	CHECK(madvise(CH(7), 16 * T_PAGE, MADV_DONTNEED) == 0);

@@ -68,9 +68,9 @@ static char hooks_owner(unsigned i)
 	return strstr(info.dli_fname, "jemalloc") ? 'j' : '?';
 }
 
-/* Wait for arena i's hooks to be libdedup's (hooks on) or check that they
- * stay jemalloc's for a while (off: they would be wrapped within one
- * reconcile period, 200 ms in the tests). */
+/* Wait for arena i's hooks to be libdedup's (hooks on: up to t_cap()) or
+ * check that they stay jemalloc's for a while (off: they would be wrapped
+ * within one reconcile period, 200 ms in the tests). */
 static void expect_hooks(unsigned i, const char *what)
 {
 	double t0 = t_now();
@@ -82,7 +82,7 @@ static void expect_hooks(unsigned i, const char *what)
 			break;
 		if (!hooks_on && t_now() - t0 > 1.0)
 			break;
-		if (hooks_on && t_now() - t0 > 5.0)
+		if (hooks_on && t_now() - t0 > t_cap())
 			break;
 		usleep(20000);
 	}
@@ -117,7 +117,7 @@ static void hooks(void)
 		fresh[k] = je_mallocx(size, MALLOCX_ARENA(arena) | MALLOCX_TCACHE_NONE |
 						    MALLOCX_ALIGN_4K);
 		CHECK(fresh[k]);
-		while (pl_stats().bytes_registered < before + size && t_now() - t0 < 5)
+		while (pl_stats().bytes_registered < before + size && t_now() - t0 < t_cap())
 			usleep(1000);
 		fprintf(stderr, "fresh extent %p size %zu: registered after %.3f s\n",
 			(void *)fresh[k], size, t_now() - t0);
@@ -175,9 +175,9 @@ static void merge_and_zeros(void)
 		if (round == 0) {
 			uint64_t want = (uint64_t)(NBUF - 1) * (BUFSZ / T_PAGE) * 8 / 10;
 			long pss0 = pss_start + (long)(NBUF * BUFSZ >> 10), pss1;
-			s = pl_wait_merged(s0.merges + want, 30);
+			s = pl_wait_merged(s0.merges + want);
 			pss1 = t_rollup_kb("Pss:");
-			for (int i = 0; i < 100 && pss0 - pss1 < (long)(want * 4); i++) {
+			for (double t0 = t_now(); pss0 - pss1 < (long)(want * 4) && t_now() - t0 < t_cap();) {
 				usleep(50000);
 				pss1 = t_rollup_kb("Pss:");
 			}

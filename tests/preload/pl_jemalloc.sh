@@ -17,7 +17,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 run() {
 	local name=$1 conf=$2; shift 2
-	timeout 120 env LD_PRELOAD="$lib:$je" DEDUP_START=0 DEDUP_INTERVAL=20 DEDUP_CPU=100 \
+	timeout 300 env LD_PRELOAD="$lib:$je" DEDUP_START=0 DEDUP_INTERVAL=20 DEDUP_CPU=100 \
 		DEDUP_RECONCILE_MS=200 DEDUP_LOG=debug MALLOC_CONF="$conf" "$@" \
 		"$prog" >"$tmp/$name.out" 2>"$tmp/$name.err"
 	local rc=$?

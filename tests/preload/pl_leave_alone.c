@@ -87,7 +87,7 @@ int main(void)
 	do {
 		usleep(20000);
 		pl_look(ctl, 2 * LEN, &m, &reg);
-	} while (!m && t_now() - t0 < 30);
+	} while (!m && t_now() - t0 < t_cap());
 	if (!m) {
 		fprintf(stderr, "FAIL: the control range did not merge\n");
 		return T_FAIL;

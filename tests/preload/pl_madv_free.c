@@ -18,7 +18,7 @@ int main(void)
 
 	for (int c = 0; c < 3; c++)
 		pl_fill(a + c * len, NP, 21);
-	pl_wait_merged(2 * NP * 9 / 10, 30);
+	pl_wait_merged(2 * NP * 9 / 10);
 
 	if (madvise(a, 3 * len, MADV_FREE) != 0) {
 		fprintf(stderr, "FAIL: MADV_FREE: %s\n", strerror(errno));

@@ -63,7 +63,7 @@ int main(void)
 	char *a = merged_range(31, 0);
 	char *b = merged_range(32, 0);
 	char *c = merged_range(33, 2 * len);
-	pl_wait_merged(base + 3 * 3 * NP * 9 / 10, 30);
+	pl_wait_merged(base + 3 * 3 * NP * 9 / 10);
 
 	/* 1. grow, may move */
 	char *a2 = mremap(a, len, 2 * len, MREMAP_MAYMOVE);
@@ -105,7 +105,7 @@ int main(void)
 	char *d = merged_range(34, 0);
 	char *guard = mmap(d + len, T_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	if (guard == d + len) {
-		pl_wait_merged(base + 4 * 3 * NP * 8 / 10, 30);
+		pl_wait_merged(base + 4 * 3 * NP * 8 / 10);
 		CHECK(mremap(d, len, 2 * len, 0) == MAP_FAILED && errno == ENOMEM);
 		check_copies(d, 34);
 	}
@@ -113,7 +113,7 @@ int main(void)
 	 * one grown and moved (a copy in the middle) */
 	char *e = merged_range(36, 2 * len);
 	char *last = e + 3 * NP * T_PAGE;
-	for (double t0 = t_now(); !pl_has_merged(last, NP * T_PAGE) && t_now() - t0 < 30;)
+	for (double t0 = t_now(); !pl_has_merged(last, NP * T_PAGE) && t_now() - t0 < t_cap();)
 		usleep(20000);
 	if (pl_has_merged(last, NP * T_PAGE)) {   /* merged */
 		grow_piece(last, 0, 36);

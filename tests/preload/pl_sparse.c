@@ -59,7 +59,7 @@ int main(void)
 
 	if (stats) {
 		double t0 = t_now();
-		struct dedup_stats s = pl_wait_merged(NPAGES, 60);
+		struct dedup_stats s = pl_wait_merged(NPAGES);
 		fprintf(stderr, "merged %d pages in %.2f s\n", NPAGES, t_now() - t0);
 		/* The tables: the index and the other regions' pages take
 		 * their share; what the terabyte adds must be in proportion to

@@ -16,7 +16,7 @@ plain=$(env -u LD_PRELOAD "$prog"); rc=$?
 # engine rescans the terabyte, not only while it waits. DEDUP_START=0: 16 MiB
 # resident is below the lazy start's threshold, and the point is what the
 # engine costs once it runs.
-pre=$(timeout 100 env LD_PRELOAD="$lib" DEDUP_CPU=25 DEDUP_INTERVAL=50 DEDUP_IDLE_BACKOFF=1 \
+pre=$(timeout 500 env LD_PRELOAD="$lib" DEDUP_CPU=25 DEDUP_INTERVAL=50 DEDUP_IDLE_BACKOFF=1 \
 	DEDUP_START=0 "$prog"); rc=$?
 [ $rc -eq 77 ] && exit 77
 a=$(sed -n 's/^pss_kb //p' <<<"$plain") b=$(sed -n 's/^pss_kb //p' <<<"$pre")

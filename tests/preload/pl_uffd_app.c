@@ -51,7 +51,7 @@ int main(void)
 	area = t_map_anon(4 * len);
 	for (int c = 0; c < 4; c++)
 		pl_fill(area + c * len, NP, 61);
-	pl_wait_merged(3 * NP * 9 / 10, 30);
+	pl_wait_merged(3 * NP * 9 / 10);
 
 	uint64_t got;
 	uffd = t_uffd_open(UFFD_FEATURE_PAGEFAULT_FLAG_WP, &got);
@@ -82,7 +82,7 @@ int main(void)
 	char *b = t_map_anon(3 * len);
 	for (int c = 0; c < 3; c++)
 		pl_fill(b + c * len, NP, 62);
-	pl_wait_merged(before + 2 * NP * 8 / 10, 30);
+	pl_wait_merged(before + 2 * NP * 8 / 10);
 	fprintf(stderr, "PASS\n");
 	return T_PASS;
 }

@@ -53,11 +53,11 @@ static void round_trip(int round)
 	long pss0 = pss_start + alloc_kb;
 	double t0 = t_now();
 	uint64_t want = (uint64_t)(NBUF - 1) * (BUFSZ / T_PAGE) * 8 / 10;
-	struct dedup_stats s = pl_wait_merged(s0.merges + want, 30);
+	struct dedup_stats s = pl_wait_merged(s0.merges + want);
 	double t_merge = t_now() - t0;
 	/* Pss lags the counters by nothing, but give the last batch a moment */
 	long pss1 = t_rollup_kb("Pss:");
-	for (int i = 0; i < 100 && pss0 - pss1 < (long)(want * 4); i++) {
+	for (double t1 = t_now(); pss0 - pss1 < (long)(want * 4) && t_now() - t1 < t_cap();) {
 		usleep(50000);
 		pss1 = t_rollup_kb("Pss:");
 	}

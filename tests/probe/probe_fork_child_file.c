@@ -47,11 +47,11 @@ static bool present(const void *p)
 	return (e >> 63) & 1;
 }
 
-/* Next message, waiting at most 2 s; false on timeout. */
+/* Next message, waiting at most t_cap(); false on timeout. */
 static bool next_msg(int uffd, struct uffd_msg *m)
 {
 	struct pollfd pfd = { .fd = uffd, .events = POLLIN };
-	if (poll(&pfd, 1, 2000) != 1)
+	if (poll(&pfd, 1, t_cap_ms()) != 1)
 		return false;
 	return read(uffd, m, sizeof(*m)) == sizeof(*m);
 }

@@ -120,7 +120,7 @@ int main(void)
 	struct reader r = { 0 };
 	unsigned char *p = start_reader(uffd, &r, &t, pfd);
 
-	CHECK(read_msg(uffd, 2000, &m) == 1);
+	CHECK(read_msg(uffd, t_cap_ms(), &m) == 1);
 	printf("dev uffd: event %u flags 0x%llx address %p (page %p)\n",
 	       m.event, (unsigned long long)m.arg.pagefault.flags,
 	       (void *)(uintptr_t)m.arg.pagefault.address, (void *)p);
@@ -135,7 +135,7 @@ int main(void)
 
 	/* Un-protect (wakes the waiter): the read completes correctly. */
 	CHECK(t_uffd_wp(uffd, p, T_PAGE, 0) == 0);
-	CHECK(wait_flag(&r.done, 2000));
+	CHECK(wait_flag(&r.done, t_cap_ms()));
 	CHECK(pthread_join(t, NULL) == 0);
 	if (r.ret != RLEN)
 		fprintf(stderr, "read returned %zd errno %d\n", r.ret, r.err);
@@ -157,13 +157,13 @@ int main(void)
 	CHECK(ioctl(uffd, UFFDIO_API, &api) == 0);
 
 	p = start_reader(uffd, &r, &t, pfd);
-	if (!wait_flag(&r.done, 2000)) {
+	if (!wait_flag(&r.done, t_cap_ms())) {
 		/* It blocked instead: report and release it. */
 		int got = read_msg(uffd, 0, &m);
 		fprintf(stderr, "user-mode-only uffd: read() blocked (msg %d flags 0x%llx)\n",
 			got, got ? (unsigned long long)m.arg.pagefault.flags : 0ULL);
 		CHECK(t_uffd_wp(uffd, p, T_PAGE, 0) == 0);
-		CHECK(wait_flag(&r.done, 2000));
+		CHECK(wait_flag(&r.done, t_cap_ms()));
 		CHECK(!"read() on a user-mode-only uffd failed with EFAULT");
 	}
 	CHECK(pthread_join(t, NULL) == 0);

@@ -63,7 +63,7 @@ static int bg_done(struct bg *b, int ms)
 
 static void bg_join(struct bg *b)
 {
-	CHECK(bg_done(b, 2000));
+	CHECK(bg_done(b, t_cap_ms()));
 	CHECK(pthread_join(b->th, NULL) == 0);
 	close(b->pfd[0]);
 	close(b->pfd[1]);
@@ -79,7 +79,7 @@ static int uffd_readable(int uffd, int ms)
 
 static void uffd_read_msg(int uffd, struct uffd_msg *m)
 {
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(read(uffd, m, sizeof(*m)) == (ssize_t)sizeof(*m));
 }
 
@@ -91,7 +91,7 @@ static void uffd_read_msg(int uffd, struct uffd_msg *m)
 static void run_unblocked(struct bg *b, int uffd, const char *what)
 {
 	bg_start(b);
-	if (!bg_done(b, 1000)) {
+	if (!bg_done(b, t_cap_ms())) {
 		struct uffd_msg m;
 		fprintf(stderr, "FAIL: %s blocked\n", what);
 		while (uffd_readable(uffd, 1000) &&
@@ -204,7 +204,7 @@ int main(void)
 	b.addr = r + 2 * T_PAGE;
 	b.len = T_PAGE;
 	bg_start(&b);
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(!bg_done(&b, 100));
 	CHECK(is_unmapped(r + 2 * T_PAGE, T_PAGE)); /* already done */
 	uffd_read_msg(uffd, &m);
@@ -223,7 +223,7 @@ int main(void)
 	b.addr = r + T_PAGE;
 	b.fd = mfd;
 	bg_start(&b);
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(!bg_done(&b, 100));
 	CHECK(memcmp(r + T_PAGE, fpat, T_PAGE) == 0); /* already replaced */
 	uffd_read_msg(uffd, &m);

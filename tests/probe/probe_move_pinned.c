@@ -118,7 +118,7 @@ int main(void)
 	io_uring_prep_read_fixed(sqe, memfd, A, T_PAGE, 0, 0);
 	CHECK(io_uring_submit(&ring) == 1);
 	struct io_uring_cqe *cqe = NULL;
-	struct __kernel_timespec ts = { .tv_sec = 5 };
+	struct __kernel_timespec ts = { .tv_sec = (long long)t_cap() };
 	r = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
 	CHECK(r == 0 && cqe != NULL);
 	printf("READ_FIXED res %d\n", cqe->res);

@@ -119,7 +119,7 @@ static void access_nonblocking(struct access *a)
 	struct uffd_msg m;
 	atomic_store(&a->done, 0);
 	CHECK(pthread_create(&t, NULL, access_fn, a) == 0);
-	if (!wait_flag(&a->done, 2000)) {
+	if (!wait_flag(&a->done, t_cap_ms())) {
 		int got = read_msg(0, &m);
 		fprintf(stderr, "access blocked (msg %d event %u flags 0x%llx)\n",
 			got, got ? m.event : 0,
@@ -245,7 +245,7 @@ static void test_missing_wp(void)
 	a.addr = A;
 	pthread_t t;
 	CHECK(pthread_create(&t, NULL, access_fn, &a) == 0);
-	CHECK(read_msg(2000, &m) == 1);
+	CHECK(read_msg(t_cap_ms(), &m) == 1);
 	printf("reader fault: event %u flags 0x%llx\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
@@ -261,7 +261,7 @@ static void test_missing_wp(void)
 	usleep(100 * 1000);
 	CHECK(!atomic_load(&a.done)); /* mmap does not wake */
 	CHECK(t_uffd_wake(uffd, A, T_PAGE) == 0);
-	CHECK(wait_flag(&a.done, 2000));
+	CHECK(wait_flag(&a.done, t_cap_ms()));
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(a.copy, mpat, T_PAGE) == 0);
 	CHECK(memcmp(A, mpat, T_PAGE) == 0);

@@ -261,7 +261,7 @@ int main(void)
 	/* ... and its empty PTE now raises a MISSING fault (read: flags 0). */
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
-	CHECK(read_msg(2000, &m) == 1);
+	CHECK(read_msg(t_cap_ms(), &m) == 1);
 	printf("   fault: event %u flags 0x%llx\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
@@ -273,7 +273,7 @@ int main(void)
 	struct uffdio_copy cp = { .dst = (uintptr_t)P, .src = (uintptr_t)pattern,
 				  .len = T_PAGE, .mode = 0 };
 	CHECK(ioctl(uffd, UFFDIO_COPY, &cp) == 0 && cp.copy == (int64_t)T_PAGE);
-	CHECK(wait_flag(&rd.done, 2000));
+	CHECK(wait_flag(&rd.done, t_cap_ms()));
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(rd.copy, pattern, T_PAGE) == 0);
 
@@ -297,7 +297,7 @@ int main(void)
 	memset(&rd, 0, sizeof(rd));
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
-	CHECK(read_msg(2000, &m) == 1);
+	CHECK(read_msg(t_cap_ms(), &m) == 1);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
 	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
 	CHECK((m.arg.pagefault.flags &
@@ -307,7 +307,7 @@ int main(void)
 	cp = (struct uffdio_copy){ .dst = (uintptr_t)P, .src = (uintptr_t)pattern,
 				   .len = T_PAGE, .mode = 0 };
 	CHECK(ioctl(uffd, UFFDIO_COPY, &cp) == 0 && cp.copy == (int64_t)T_PAGE);
-	CHECK(wait_flag(&rd.done, 2000));
+	CHECK(wait_flag(&rd.done, t_cap_ms()));
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(rd.copy, pattern, T_PAGE) == 0);
 
@@ -320,7 +320,7 @@ int main(void)
 	wr.addr = P;
 	wr.val = (unsigned char)(pattern[0] ^ 0x55);
 	CHECK(pthread_create(&t, NULL, writer_fn, &wr) == 0);
-	CHECK(read_msg(2000, &m) == 1);
+	CHECK(read_msg(t_cap_ms(), &m) == 1);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
 	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
 	CHECK((m.arg.pagefault.flags &
@@ -330,7 +330,7 @@ int main(void)
 	CHECK(!atomic_load(&wr.done));
 	CHECK(P[0] == pattern[0]);
 	CHECK(t_uffd_wp(uffd, P, T_PAGE, 0) == 0); /* un-protect + wake */
-	CHECK(wait_flag(&wr.done, 2000));
+	CHECK(wait_flag(&wr.done, t_cap_ms()));
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(P[0] == wr.val);
 	P[0] = pattern[0];
@@ -384,7 +384,7 @@ int main(void)
 		fprintf(stderr, "write to P after restore raised event %u flags 0x%llx\n",
 			m.event, (unsigned long long)m.arg.pagefault.flags);
 	CHECK(got == 0);
-	CHECK(wait_flag(&wr.done, 2000));
+	CHECK(wait_flag(&wr.done, t_cap_ms()));
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(P[0] == wr.val);
 	CHECK(memcmp(P + 1, pattern + 1, T_PAGE - 1) == 0);
@@ -402,7 +402,7 @@ int main(void)
 	memset(&rd, 0, sizeof(rd));
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
-	if (!wait_flag(&rd.done, 2000)) {
+	if (!wait_flag(&rd.done, t_cap_ms())) {
 		got = read_msg(0, &m);
 		fprintf(stderr, "reader blocked after restore (msg %d)\n", got);
 		CHECK(!"read of an empty page in a MODE_WP range did not complete");

@@ -61,7 +61,7 @@ static int bg_done(struct bg *b, int ms)
 
 static void bg_join(struct bg *b)
 {
-	CHECK(bg_done(b, 2000));
+	CHECK(bg_done(b, t_cap_ms()));
 	CHECK(pthread_join(b->th, NULL) == 0);
 	close(b->pfd[0]);
 	close(b->pfd[1]);
@@ -77,7 +77,7 @@ static int uffd_readable(int uffd, int ms)
 
 static void uffd_read_msg(int uffd, struct uffd_msg *m)
 {
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(read(uffd, m, sizeof(*m)) == (ssize_t)sizeof(*m));
 }
 
@@ -160,7 +160,7 @@ int main(void)
 	b.len = len;
 	bg_start(&b);
 
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(!bg_done(&b, 100)); /* the mremap caller waits for the read */
 
 	/* While pending: the move is already done. */

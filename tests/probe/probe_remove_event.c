@@ -64,7 +64,7 @@ static int bg_done(struct bg *b, int ms)
 
 static void bg_join(struct bg *b)
 {
-	CHECK(bg_done(b, 2000));
+	CHECK(bg_done(b, t_cap_ms()));
 	CHECK(pthread_join(b->th, NULL) == 0);
 	close(b->pfd[0]);
 	close(b->pfd[1]);
@@ -81,7 +81,7 @@ static int uffd_readable(int uffd, int ms)
 
 static void uffd_read_msg(int uffd, struct uffd_msg *m)
 {
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(read(uffd, m, sizeof(*m)) == (ssize_t)sizeof(*m));
 }
 
@@ -154,7 +154,7 @@ int main(void)
 	b.arg = MADV_DONTNEED;
 	bg_start(&b);
 
-	CHECK(uffd_readable(uffd, 2000)); /* the event is queued */
+	CHECK(uffd_readable(uffd, t_cap_ms())); /* the event is queued */
 	CHECK(!bg_done(&b, 100));          /* and the caller is blocked on it */
 
 	/* (a) REMOVE comes before the zap: the content is still there. */
@@ -204,7 +204,7 @@ int main(void)
 	b.arg = MADV_FREE;
 	bg_start(&b);
 
-	CHECK(uffd_readable(uffd, 2000));
+	CHECK(uffd_readable(uffd, t_cap_ms()));
 	CHECK(!bg_done(&b, 100));
 	CHECK(memcmp(y, pat2, T_PAGE) == 0);
 	errno = 0;

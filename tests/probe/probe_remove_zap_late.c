@@ -92,7 +92,7 @@ int main(void)
 
 	/* Sleep in poll: the madvise thread runs, raises the event, waits. */
 	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	CHECK(poll(&p, 1, 5000) == 1);
+	CHECK(poll(&p, 1, t_cap_ms()) == 1);
 	struct uffd_msg m;
 	CHECK(read(uffd, &m, sizeof(m)) == (ssize_t)sizeof(m));
 	CHECK(m.event == UFFD_EVENT_REMOVE);

@@ -130,7 +130,7 @@ int main(void)
 	pthread_t wt;
 	CHECK(pthread_create(&wt, NULL, writer_fn, &w) == 0);
 
-	CHECK(read_msg(2000, &m) == 1);
+	CHECK(read_msg(t_cap_ms(), &m) == 1);
 	printf("fault: event %u flags 0x%llx address %p\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags,
 	       (void *)(uintptr_t)m.arg.pagefault.address);
@@ -146,7 +146,7 @@ int main(void)
 	struct replacer r = { .addr = A, .memfd = memfd };
 	pthread_t rt;
 	CHECK(pthread_create(&rt, NULL, replace_fn, &r) == 0);
-	if (!wait_flag(&r.done, 2000)) {
+	if (!wait_flag(&r.done, t_cap_ms())) {
 		if (read_msg(0, &m))
 			fprintf(stderr, "mmap(MAP_FIXED) blocked on uffd event %u\n",
 				m.event);
@@ -162,7 +162,7 @@ int main(void)
 
 	/* 3. UFFDIO_WAKE on the now unregistered range releases the writer. */
 	CHECK(t_uffd_wake(uffd, A, T_PAGE) == 0);
-	CHECK(wait_flag(&w.done, 2000));
+	CHECK(wait_flag(&w.done, t_cap_ms()));
 	CHECK(pthread_join(wt, NULL) == 0);
 
 	CHECK(A[WOFF] == val);

@@ -1,14 +1,15 @@
 # Kernel behaviour probes, set B (userfaultfd events, private file mappings,
 # VMA merging and limits, PAGEMAP_SCAN). See each file's header comment for
-# the fact it pins down and why libdedup relies on it.
-dedup_test(probe_remove_event SOURCES probe_remove_event.c TIMEOUT 30 LABELS probe)
-dedup_test(probe_remap_event SOURCES probe_remap_event.c TIMEOUT 30 LABELS probe)
-dedup_test(probe_mmap_fixed_noevent SOURCES probe_mmap_fixed_noevent.c TIMEOUT 30 LABELS probe)
+# the fact it pins down and why libdedup relies on it. Waits for something
+# due fail after t_cap() (3 minutes), hence TIMEOUT 600 for those probes.
+dedup_test(probe_remove_event SOURCES probe_remove_event.c TIMEOUT 600 LABELS probe)
+dedup_test(probe_remap_event SOURCES probe_remap_event.c TIMEOUT 600 LABELS probe)
+dedup_test(probe_mmap_fixed_noevent SOURCES probe_mmap_fixed_noevent.c TIMEOUT 600 LABELS probe)
 dedup_test(probe_private_file SOURCES probe_private_file.c TIMEOUT 30 LABELS probe)
 dedup_test(probe_vma_merge SOURCES probe_vma_merge.c TIMEOUT 30 LABELS probe)
 dedup_test(probe_pagemap_scan SOURCES probe_pagemap_scan.c TIMEOUT 30 LABELS probe)
 # Lowers the global vm.max_map_count for a few milliseconds (restored on every
 # exit path; alarm(20) fires before the 30 s timeout's SIGKILL).
 dedup_test(probe_max_map_count SOURCES probe_max_map_count.c TIMEOUT 30 LABELS probe)
-dedup_test(probe_remove_zap_late SOURCES probe_remove_zap_late.c TIMEOUT 30 LABELS probe)
-dedup_test(probe_fork_child_file SOURCES probe_fork_child_file.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_remove_zap_late SOURCES probe_remove_zap_late.c TIMEOUT 600 LABELS probe)
+dedup_test(probe_fork_child_file SOURCES probe_fork_child_file.c TIMEOUT 600 LABELS probe)

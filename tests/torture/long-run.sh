@@ -42,7 +42,8 @@ failed_seeds=()
 echo "long run: ${total} s, ${per} s per seed from seed $first, args: ${extra[*]:-(none)}; logs in $logdir"
 while [ $(( $(date +%s) - start )) -lt "$total" ]; do
 	log=$logdir/seed-$seed.log
-	timeout -k 10 $(( per * 3 + 60 )) "$bin" --seconds "$per" --seed "$seed" "${extra[@]}" >"$log" 2>&1
+	# a run may go on 180 s past --per-run for the merges it needs (--max-seconds)
+	timeout -k 10 $(( per * 3 + 60 + 180 )) "$bin" --seconds "$per" --seed "$seed" "${extra[@]}" >"$log" 2>&1
 	rc=$?
 	m=$(sed -n 's/^engine: merges \([0-9]*\).*/\1/p' "$log" | tail -1)
 	b=$(sed -n 's/^bytes verified: \([0-9]*\).*/\1/p' "$log" | tail -1)
