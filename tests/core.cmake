@@ -3,7 +3,7 @@ dedup_test(test_merge_basic TIMEOUT 60 LABELS core)
 dedup_test(test_cow_write LABELS core)
 dedup_test(test_zero_pages LABELS core)
 dedup_test(test_collision LABELS core)
-dedup_test(test_unregister LABELS core)
+dedup_test(test_unregister LABELS core MMC)
 dedup_test(test_hammer TIMEOUT 120 LABELS core race)
 dedup_test(test_pinned LABELS core race)
 # The same test with the pin check disabled must fail (lost data): proof that
@@ -20,8 +20,8 @@ set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE
                      ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")
 dedup_test(test_discard LABELS core)
 dedup_test(test_remove_race LABELS core race)
-dedup_test(test_vma_budget LABELS core)
-dedup_test(test_unregister_race TIMEOUT 60 LABELS core race)
+dedup_test(test_vma_budget LABELS core MMC)
+dedup_test(test_unregister_race TIMEOUT 60 LABELS core race MMC)
 # Each race test must fail on the naive implementation it guards against:
 add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
 set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 60

@@ -25,10 +25,17 @@ endfunction()
 
 # pl_test(NAME PROGRAM prog [TIMEOUT s] [ENV k=v...] [ARGS a...]): prog under
 # LD_PRELOAD with the environment above.
+# MMC: at both vm.max_map_count values (tests/CMakeLists.txt), name@64k/@1m.
 function(pl_test name)
-  cmake_parse_arguments(T "" "PROGRAM;TIMEOUT" "ENV;ARGS" ${ARGN})
+  cmake_parse_arguments(T "MMC" "PROGRAM;TIMEOUT" "ENV;ARGS" ${ARGN})
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 90)
+  endif()
+  if(T_MMC)
+    dedup_mmc_test(NAME ${name} TIMEOUT ${T_TIMEOUT} LABELS preload
+                   COMMAND ${CMAKE_COMMAND} -E env ${PL_ENV} ${T_ENV}
+                           $<TARGET_FILE:${T_PROGRAM}> ${T_ARGS})
+    return()
   endif()
   add_test(NAME ${name} COMMAND ${CMAKE_COMMAND} -E env ${PL_ENV} ${T_ENV}
            $<TARGET_FILE:${T_PROGRAM}> ${T_ARGS})
@@ -45,12 +52,12 @@ endforeach()
 pl_test(preload_workload PROGRAM pl_workload TIMEOUT 120)
 pl_test(preload_dontneed PROGRAM pl_dontneed)
 pl_test(preload_madv_free PROGRAM pl_madv_free)
-pl_test(preload_mremap PROGRAM pl_mremap)
-pl_test(preload_fork PROGRAM pl_fork)
-pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart)
+pl_test(preload_mremap PROGRAM pl_mremap MMC)
+pl_test(preload_fork PROGRAM pl_fork MMC)
+pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart MMC)
 # A fork()ed child's merged pages behave as anonymous memory (child.c); with
 # the guard off the child reads the merged content where zeros are due.
-pl_test(preload_fork_child PROGRAM pl_fork_child)
+pl_test(preload_fork_child PROGRAM pl_fork_child MMC)
 pl_test(preload_fork_child_catches_naive PROGRAM pl_fork_child ENV DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1)
 set_tests_properties(preload_fork_child_catches_naive PROPERTIES WILL_FAIL TRUE)
 # DEDUP_EXCLUDE: the brk heap, every other anonymous mapping, an address range
