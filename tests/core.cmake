@@ -41,3 +41,13 @@ dedup_test(test_backoff TIMEOUT 60 LABELS core)
 # A 1 TiB sparse reservation (issue 14): metadata, scan cost and the CPU
 # budget follow the pages present, not the range registered.
 dedup_test(test_sparse TIMEOUT 120 LABELS core)
+# Unmerging 16k isolated merged runs: linear time (a 60 s hang guard, no
+# timing asserted), one anonymous mapping again, every page as it read.
+add_executable(test_unmerge_scale test_unmerge_scale.c)
+target_include_directories(test_unmerge_scale PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                           ${PROJECT_SOURCE_DIR}/libdedup/src)
+target_link_libraries(test_unmerge_scale PRIVATE dedup_static Threads::Threads)
+foreach(how shutdown unregister)
+  dedup_mmc_test(NAME test_unmerge_scale_${how} TIMEOUT 180 LABELS core
+                 COMMAND $<TARGET_FILE:test_unmerge_scale> ${how} 16384)
+endforeach()

@@ -343,6 +343,7 @@ const void *dd_store_page(uint32_t slot);
 void dd_store_get(uint32_t slot);
 void dd_store_put(uint32_t slot);   /* frees (punches) at zero */
 uint32_t dd_store_refs(uint32_t slot);
+bool dd_store_alive(uint32_t slot);   /* in use (refs > 0): its page is there */
 uint64_t dd_store_hash(uint32_t slot);
 void dd_store_set_hash(uint32_t slot, uint64_t h);
 uint64_t dd_store_sharing(void);    /* sum of refs */
@@ -500,6 +501,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 bool dd_scan_fresh_regions(void);   /* a region with fewer than 2 passes? */
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
 int dd_merge_unmerge(struct dd_region *r);   /* eng.lock held */
+int dd_merge_unmerge_pieces(uintptr_t lo, uintptr_t hi);   /* preload: takes eng.lock */
 int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
 int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);
