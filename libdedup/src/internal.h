@@ -223,8 +223,10 @@ struct dd_range {
 struct dd_rtab {                 /* sorted, disjoint; owner does the locking */
 	struct dd_range *r;
 	size_t n, cap;
+	unsigned moves;          /* times growing moved the table */
 };
-bool dd_rt_init(struct dd_rtab *t, size_t cap);
+bool dd_rt_init(struct dd_rtab *t, size_t cap);   /* grows past cap when needed */
+bool dd_rt_reserve(struct dd_rtab *t, size_t n);
 void dd_rt_fini(struct dd_rtab *t);
 size_t dd_rt_lower(const struct dd_rtab *t, uintptr_t addr);
 bool dd_rt_overlaps(const struct dd_rtab *t, uintptr_t lo, uintptr_t hi);
