@@ -45,7 +45,8 @@ endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
-          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse)
+          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse
+          pl_unmerge_scale)
   pl_program(${p})
 endforeach()
 
@@ -81,6 +82,16 @@ pl_test(preload_daemon_restart_raw PROGRAM pl_daemon ARGS raw fork ENV DEDUP_FOR
 pl_test(preload_semantics PROGRAM pl_semantics)
 # Thread stacks, mlock/DONTDUMP/WIPEONFORK/DONTFORK (libc and raw syscalls), small ranges
 pl_test(preload_leave_alone PROGRAM pl_leave_alone)
+# The library's own unmerging of 4096 isolated runs: linear, one mapping again
+# (mlock: 512 runs, 4 MiB, under the usual 8 MiB RLIMIT_MEMLOCK)
+foreach(m wipeonfork uffd mremap mlock release)
+  set(n 4096)
+  if(m STREQUAL mlock)
+    set(n 512)
+  endif()
+  pl_test(preload_unmerge_scale_${m} PROGRAM pl_unmerge_scale ARGS ${m} ${n} TIMEOUT 150 MMC
+          ENV DEDUP_VMA_BUDGET=16384)
+endforeach()
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a

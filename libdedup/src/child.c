@@ -125,6 +125,12 @@ static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
  * atomic against another thread writing the piece meanwhile: callers hold
  * the only thread (the child at fork) or are changing the range anyway.
  * Raw system calls: this runs inside interposed calls (preload.c).
+ * The copy stays a mapping of its own: in a fork()ed child the anonymous
+ * neighbours came from the parent with anon_vma chains of their own, and
+ * the kernel merges nothing into them (not even a fresh mapping made in
+ * place: tests/probe/probe_child_no_merge.c), so the range keeps one
+ * mapping per piece - no more than it had. Linear in the pieces: one read
+ * of /proc/self/maps per call, four system calls per piece.
  */
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero)
 {

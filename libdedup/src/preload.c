@@ -661,16 +661,24 @@ static int prot_of(const struct vma *v)
 
 /*
  * Replace every piece of our memfd in [lo, hi) by anonymous memory holding
- * the same bytes: map an anonymous range elsewhere, copy, and mremap it over
- * the piece (which replaces the file VMA in one step). Not atomic: a write
- * into the piece by another thread between the copy and the mremap is lost.
- * Used only where file semantics would show and the caller is changing the
- * range anyway: MADV_WIPEONFORK (refused on a file VMA) and the
- * application's own UFFDIO_REGISTER (MISSING faults). pl.lock held.
+ * the same bytes, for a call that needs anonymous memory there
+ * (MADV_WIPEONFORK and mlock, refused or wrong on a file VMA, and the
+ * program's own UFFDIO_REGISTER: MISSING faults). Its regions are dropped
+ * already. With the engine running: its unmerging protocol (merge.c,
+ * dd_merge_unmerge_pieces), which loses no write of another thread and
+ * leaves one anonymous mapping. In a guarded fork()ed child (no engine,
+ * child.c): a copy mremapped over each piece (dd_piece_to_anon; in a child
+ * the copies stay mappings of their own: see there). pl.lock held.
  */
 static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 {
+	if (atomic_load(&pl_state) == PL_ON) {
+		int r = dd_merge_unmerge_pieces(lo, hi);
+		if (r != -ENODEV && r != -EBUSY)
+			return r;
+	}
 	long n = pieces_in(lo, hi);
+	int ret = n < 0 ? (int)n : 0;
 
 	for (long i = 0; i < n; i++) {
 		const struct vma *v = &pl.pieces[i];
@@ -678,10 +686,12 @@ static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 			continue;
 		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
 		int r = dd_piece_to_anon(a, e - a, prot_of(v), NULL);
-		if (r < 0)
-			return r;
+		if (r < 0) {
+			ret = r;
+			break;
+		}
 	}
-	return 0;
+	return ret;
 }
 
 /* ---- mremap of a range that merging split into several VMAs ------------------ */
@@ -1459,6 +1469,13 @@ static int lock_common(const void *addr, size_t len, unsigned flags, bool two)
 		return two ? (int)syscall(SYS_mlock2, addr, len, flags)
 			   : (int)syscall(SYS_mlock, addr, len);
 	exclude_range((uintptr_t)addr, (uintptr_t)addr + len, &o);
+	/* Locking a merged piece would copy every page on write (a private
+	 * file mapping is populated for writing) and keep it a mapping of
+	 * its own: unmerge it first, into one locked anonymous mapping. */
+	uintptr_t lo = pg_down((uintptr_t)addr), hi = pg_up((uintptr_t)addr + len);
+	if (len && has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
+		dd_debug("preload: could not unmerge %#lx-%#lx before mlock", (unsigned long)lo,
+			 (unsigned long)hi);
 	ret = two ? (int)syscall(SYS_mlock2, addr, len, flags) : (int)syscall(SYS_mlock, addr, len);
 	op_end(&o);
 	return ret;
@@ -1709,16 +1726,18 @@ DD_API int ioctl(int fd, unsigned long req, ...)
 			 * are registered MINOR) goes too: the range is no region
 			 * any more, so the engine no longer looks at it. */
 			uintptr_t lo = pg_down(r.range.start), hi = pg_up(r.range.start + r.range.len);
-			if (eng.uffd >= 0)
-				dd_uffd_unregister(eng.uffd, lo, hi - lo);
 			/* A merged page is a private file mapping: after
 			 * MADV_DONTNEED it would read the canonical page again
 			 * instead of raising the application's MISSING fault.
-			 * Make the range anonymous memory again. */
+			 * Make the range anonymous memory again (while its
+			 * pieces are still registered with us: their discards
+			 * read zeros until then), then step out of the way. */
 			if (has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
 				dd_warn("preload: could not unmerge %#lx-%#lx before the "
 					"application's UFFDIO_REGISTER", (unsigned long)lo,
 					(unsigned long)hi);
+			if (eng.uffd >= 0)
+				dd_uffd_unregister(eng.uffd, lo, hi - lo);
 			int ret = (int)syscall(SYS_ioctl, fd, req, arg);
 			int e = errno;
 			op_end(&o);

@@ -15,5 +15,6 @@ set_tests_properties(probe_max_map_count PROPERTIES RESOURCE_LOCK max_map_count)
 dedup_test(probe_remove_zap_late SOURCES probe_remove_zap_late.c TIMEOUT 30 LABELS probe)
 dedup_test(probe_fork_child_file SOURCES probe_fork_child_file.c TIMEOUT 30 LABELS probe)
 # What lets an unmerged run merge with its neighbours again (merge.c,
-# "Unmerging").
+# "Unmerging"), and where it cannot (a fork()ed child, child.c).
 dedup_test(probe_mremap_fresh_merge SOURCES probe_mremap_fresh_merge.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_child_no_merge SOURCES probe_child_no_merge.c TIMEOUT 30 LABELS probe)
