@@ -51,3 +51,8 @@ foreach(how shutdown unregister)
   dedup_mmc_test(NAME test_unmerge_scale_${how} TIMEOUT 180 LABELS core
                  COMMAND $<TARGET_FILE:test_unmerge_scale> ${how} 16384)
 endforeach()
+# ... and without PROCMAP_QUERY (Linux < 6.11): the text of /proc/self/maps,
+# read once per region, not once per run
+add_test(NAME test_unmerge_scale_maps_text COMMAND test_unmerge_scale unregister 16384)
+set_tests_properties(test_unmerge_scale_maps_text PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
+                     LABELS core ENVIRONMENT "DEDUP_FORCE_MAPS_TEXT=1;DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")

@@ -9,6 +9,7 @@
  *   DEDUP_FORCE_PAGEMAP=1      use /proc/self/pagemap instead of PAGEMAP_SCAN
  *   DEDUP_FORCE_USER_ONLY=1    act as if only a user-mode-only uffd existed
  *   DEDUP_FORCE_DIRECT_READ=1  compare moved pages in place, not via process_vm_readv
+ *   DEDUP_FORCE_MAPS_TEXT=1    read the text of /proc/self/maps, not PROCMAP_QUERY
  *
  * Thread-safety: stateless apart from dd_feat (written at init) and the
  * pagemap fd (opened at init, used under eng.lock).
