@@ -6,7 +6,7 @@ dedup_test(test_merge_basic TIMEOUT 60 LABELS core)
 dedup_test(test_cow_write LABELS core)
 dedup_test(test_zero_pages LABELS core)
 dedup_test(test_collision LABELS core)
-dedup_test(test_unregister LABELS core)
+dedup_test(test_unregister LABELS core MMC)
 dedup_test(test_hammer TIMEOUT 600 LABELS core race)
 dedup_test(test_pinned LABELS core race)
 # The same test with the pin check disabled must fail (lost data): proof that
@@ -23,8 +23,8 @@ set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE
                      ENVIRONMENT "DEDUP_TEST_SIGNALS=1" LABELS "core;race")
 dedup_test(test_discard LABELS core)
 dedup_test(test_remove_race TIMEOUT 600 LABELS core race)
-dedup_test(test_vma_budget LABELS core)
-dedup_test(test_unregister_race TIMEOUT 600 LABELS core race)
+dedup_test(test_vma_budget LABELS core MMC)
+dedup_test(test_unregister_race TIMEOUT 600 LABELS core race MMC)
 # Each race test must fail on the naive implementation it guards against:
 add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
 set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
@@ -44,3 +44,18 @@ dedup_test(test_backoff TIMEOUT 600 LABELS core)
 # A 1 TiB sparse reservation (issue 14): metadata, scan cost and the CPU
 # budget follow the pages present, not the range registered.
 dedup_test(test_sparse TIMEOUT 600 LABELS core)
+# Unmerging 16k isolated merged runs: linear time (a 60 s hang guard, no
+# timing asserted), one anonymous mapping again, every page as it read.
+add_executable(test_unmerge_scale test_unmerge_scale.c)
+target_include_directories(test_unmerge_scale PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                           ${PROJECT_SOURCE_DIR}/libdedup/src)
+target_link_libraries(test_unmerge_scale PRIVATE dedup_static Threads::Threads)
+foreach(how shutdown unregister)
+  dedup_mmc_test(NAME test_unmerge_scale_${how} TIMEOUT 180 LABELS core
+                 COMMAND $<TARGET_FILE:test_unmerge_scale> ${how} 16384)
+endforeach()
+# ... and without PROCMAP_QUERY (Linux < 6.11): the text of /proc/self/maps,
+# read once per region, not once per run
+add_test(NAME test_unmerge_scale_maps_text COMMAND test_unmerge_scale unregister 16384)
+set_tests_properties(test_unmerge_scale_maps_text PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
+                     LABELS core ENVIRONMENT "DEDUP_FORCE_MAPS_TEXT=1;DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")

@@ -27,10 +27,17 @@ endfunction()
 # LD_PRELOAD with the environment above. The programs wait for merging
 # (pl_wait_merged) up to t_cap() (3 minutes) and then fail; the TIMEOUT of
 # 600 s only catches a hang.
+# MMC: at both vm.max_map_count values (tests/CMakeLists.txt), name@64k/@1m.
 function(pl_test name)
-  cmake_parse_arguments(T "" "PROGRAM;TIMEOUT" "ENV;ARGS" ${ARGN})
+  cmake_parse_arguments(T "MMC" "PROGRAM;TIMEOUT" "ENV;ARGS" ${ARGN})
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 600)
+  endif()
+  if(T_MMC)
+    dedup_mmc_test(NAME ${name} TIMEOUT ${T_TIMEOUT} LABELS preload
+                   COMMAND ${CMAKE_COMMAND} -E env ${PL_ENV} ${T_ENV}
+                           $<TARGET_FILE:${T_PROGRAM}> ${T_ARGS})
+    return()
   endif()
   add_test(NAME ${name} COMMAND ${CMAKE_COMMAND} -E env ${PL_ENV} ${T_ENV}
            $<TARGET_FILE:${T_PROGRAM}> ${T_ARGS})
@@ -40,19 +47,20 @@ endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
-          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse)
+          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse
+          pl_unmerge_scale)
   pl_program(${p})
 endforeach()
 
 pl_test(preload_workload PROGRAM pl_workload)
 pl_test(preload_dontneed PROGRAM pl_dontneed)
 pl_test(preload_madv_free PROGRAM pl_madv_free)
-pl_test(preload_mremap PROGRAM pl_mremap)
-pl_test(preload_fork PROGRAM pl_fork)
-pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart)
+pl_test(preload_mremap PROGRAM pl_mremap MMC)
+pl_test(preload_fork PROGRAM pl_fork MMC)
+pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart MMC)
 # A fork()ed child's merged pages behave as anonymous memory (child.c); with
 # the guard off the child reads the merged content where zeros are due.
-pl_test(preload_fork_child PROGRAM pl_fork_child)
+pl_test(preload_fork_child PROGRAM pl_fork_child MMC)
 pl_test(preload_fork_child_catches_naive PROGRAM pl_fork_child ENV DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1)
 set_tests_properties(preload_fork_child_catches_naive PROPERTIES WILL_FAIL TRUE)
 # DEDUP_EXCLUDE: the brk heap, every other anonymous mapping, an address range
@@ -76,6 +84,16 @@ pl_test(preload_daemon_restart_raw PROGRAM pl_daemon ARGS raw fork ENV DEDUP_FOR
 pl_test(preload_semantics PROGRAM pl_semantics)
 # Thread stacks, mlock/DONTDUMP/WIPEONFORK/DONTFORK (libc and raw syscalls), small ranges
 pl_test(preload_leave_alone PROGRAM pl_leave_alone)
+# The library's own unmerging of 4096 isolated runs: linear, one mapping again
+# (mlock: 512 runs, 4 MiB, under the usual 8 MiB RLIMIT_MEMLOCK)
+foreach(m wipeonfork uffd mremap mlock release)
+  set(n 4096)
+  if(m STREQUAL mlock)
+    set(n 512)
+  endif()
+  pl_test(preload_unmerge_scale_${m} PROGRAM pl_unmerge_scale ARGS ${m} ${n} TIMEOUT 150 MMC
+          ENV DEDUP_VMA_BUDGET=16384)
+endforeach()
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a

@@ -22,11 +22,11 @@ math(EXPR _torture_timeout "${DEDUP_TORTURE_SECONDS} * 3 + 60 + 180")
 # Nothing known to be broken is left out of the CI runs (set options here if
 # something ever is, with its README "Known bugs" entry).
 set(_torture_known)
+# Each seed at both vm.max_map_count values (tests/CMakeLists.txt, MMC).
 foreach(seed 1 2)
-  add_test(NAME torture_seed${seed}
-           COMMAND torture --seconds ${DEDUP_TORTURE_SECONDS} --seed ${seed} ${_torture_known})
-  set_tests_properties(torture_seed${seed} PROPERTIES TIMEOUT ${_torture_timeout}
-                       SKIP_RETURN_CODE 77 LABELS "torture;race")
+  dedup_mmc_test(NAME torture_seed${seed} TIMEOUT ${_torture_timeout} LABELS torture race
+                 COMMAND $<TARGET_FILE:torture> --seconds ${DEDUP_TORTURE_SECONDS} --seed ${seed}
+                         ${_torture_known})
 endforeach()
 
 # With the pin check disabled (the naive protocol) the torture must lose data
@@ -60,9 +60,9 @@ set_tests_properties(torture_repro_unstable_stale PROPERTIES TIMEOUT 60 SKIP_RET
 add_test(NAME torture_repro_mprotect_moveback COMMAND repro_mprotect_moveback)
 set_tests_properties(torture_repro_mprotect_moveback PROPERTIES TIMEOUT 60 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DEDUP_TEST_SECONDS=10" LABELS "torture;race")
-add_test(NAME torture_repro_fork_store COMMAND repro_fork_store)
-set_tests_properties(torture_repro_fork_store PROPERTIES TIMEOUT 30 SKIP_RETURN_CODE 77
-                     LABELS "torture;race")
+# fork() of a merged process, at both vm.max_map_count values
+dedup_mmc_test(NAME torture_repro_fork_store TIMEOUT 45 LABELS torture race
+               COMMAND $<TARGET_FILE:repro_fork_store>)
 # ... and fails without the fork() fence (prefork's dd_store_keep_all).
 add_test(NAME torture_repro_fork_store_catches_naive COMMAND repro_fork_store)
 set_tests_properties(torture_repro_fork_store_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 30

@@ -85,8 +85,6 @@
 #define MADV_POPULATE_READ 22
 #endif
 
-#define CG_CAP ((size_t)1 << 20)      /* ranges per table (MAP_NORESERVE) */
-#define CG_PIECES ((size_t)1 << 17)   /* > vm.max_map_count */
 #define CG_PENDING 1024
 
 struct piece {
@@ -104,8 +102,8 @@ static struct {
 	bool atfork_done;
 	struct dd_rtab gone;      /* discarded pages of our pieces */
 	struct dd_rtab snap;      /* gone, as of the last fork() (prefork_guard) */
-	struct piece *pieces;     /* dd_child_guard: the pieces found */
-	size_t npieces;
+	struct piece *pieces;     /* dd_child_guard: the pieces found (grows) */
+	size_t npieces, cap;
 } cg = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.uffd = -1,
@@ -127,6 +125,12 @@ static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
  * atomic against another thread writing the piece meanwhile: callers hold
  * the only thread (the child at fork) or are changing the range anyway.
  * Raw system calls: this runs inside interposed calls (preload.c).
+ * The copy stays a mapping of its own: in a fork()ed child the anonymous
+ * neighbours came from the parent with anon_vma chains of their own, and
+ * the kernel merges nothing into them (not even a fresh mapping made in
+ * place: tests/probe/probe_child_no_merge.c), so the range keeps one
+ * mapping per piece - no more than it had. Linear in the pieces: one read
+ * of /proc/self/maps per call, four system calls per piece.
  */
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero)
 {
@@ -272,9 +276,11 @@ static void prefork_guard(void)
 		return;
 	pthread_mutex_lock(&cg.lock);
 	cg.snap.n = 0;
-	if (cg.gone.n <= cg.snap.cap) {
+	if (dd_rt_reserve(&cg.snap, cg.gone.n)) {
 		memcpy(cg.snap.r, cg.gone.r, cg.gone.n * sizeof(*cg.gone.r));
 		cg.snap.n = cg.gone.n;
+	} else {
+		dd_err("child: out of memory copying the discard marks for fork()");
 	}
 	pthread_mutex_unlock(&cg.lock);
 }
@@ -286,11 +292,38 @@ static void postfork_guard_child(void)
 
 /* ---- starting the guard --------------------------------------------------- */
 
+/* Room for n pieces: the table starts at the live vm.max_map_count (a
+ * process has at most that many mappings, ours among them) and doubles if
+ * the limit was raised since. Raw system calls: we may be inside fork(). */
+static bool pieces_reserve(size_t n)
+{
+	size_t ncap = cg.cap ? cg.cap : dd_maps_table_cap();
+	void *p;
+
+	if (cg.pieces && n <= cg.cap)
+		return true;
+	while (ncap < n)
+		ncap *= 2;
+	if (!cg.pieces)
+		p = sys_mmap(NULL, ncap * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	else
+		p = (void *)syscall(SYS_mremap, cg.pieces, cg.cap * sizeof(*cg.pieces),
+				    ncap * sizeof(*cg.pieces), MREMAP_MAYMOVE);
+	if (p == MAP_FAILED)
+		return false;
+	cg.pieces = p;
+	cg.cap = ncap;
+	return true;
+}
+
 static int piece_line(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
 {
 	(void)ctx;
-	if (perms[3] != 'p' || !strstr(rest, "/memfd:libdedup") || cg.npieces == CG_PIECES)
+	if (perms[3] != 'p' || !strstr(rest, "/memfd:libdedup"))
 		return 0;
+	if (!pieces_reserve(cg.npieces + 1))
+		return -ENOMEM;
 	cg.pieces[cg.npieces++] = (struct piece){ lo, hi, dd_perms_prot(perms) };
 	return 0;
 }
@@ -354,19 +387,18 @@ void dd_child_guard(void)
 	}
 	if (dd_opt.test_unsafe_no_child_guard)
 		return;   /* test hook: tests/preload.cmake shows pl_fork_child failing */
-	if (!cg.pieces) {
-		cg.pieces = sys_mmap(NULL, CG_PIECES * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
-				     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (cg.pieces == MAP_FAILED) {
-			cg.pieces = NULL;
-			dd_err("child: no memory to look for merged pages");
-			return;
-		}
+	if (!pieces_reserve(1)) {
+		dd_err("child: no memory to look for merged pages");
+		return;
 	}
 	cg.npieces = 0;
-	if (dd_maps_each(piece_line, NULL) < 0 || !cg.npieces)
+	r = dd_maps_each(piece_line, NULL);
+	if (r < 0)   /* no memory for the table: the pieces listed are guarded */
+		dd_err("child: out of memory listing merged pages; some are not guarded");
+	if (!cg.npieces)
 		return;
-	if (!cg.gone.r && (!dd_rt_init(&cg.gone, CG_CAP) || !dd_rt_init(&cg.snap, CG_CAP))) {
+	if (!cg.gone.r && (!dd_rt_init(&cg.gone, dd_maps_table_cap()) ||
+			   !dd_rt_init(&cg.snap, dd_maps_table_cap()))) {
 		/* Nothing to keep marks in: copy, the one way left. Pages
 		 * discarded before the fork then read their merged content. */
 		dd_err("child: no memory for the discard marks; merged pages copied");

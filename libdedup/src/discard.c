@@ -21,6 +21,10 @@
  *             might be read before the zap it announces, and a fault taken
  *             in between must not use up the mark the zap still needs).
  *             Placing a new run clears the marks under it.
+ *   refilled  marked pages that the reader filled with zeros since the
+ *             last REMOVE that named them. A marked page that is present
+ *             and not refilled may still be the old page whose zap is to
+ *             come: unmerging (merge.c) hands it back as zeros.
  *
  * DOC: Discards racing with a merge
  *
@@ -63,7 +67,7 @@ struct ivset {
 	size_t n, cap;
 };
 
-static struct ivset merged, discard, unfenced, fenced, sticky;
+static struct ivset merged, discard, refilled, unfenced, fenced, sticky;
 static struct ivset fork_snap;   /* discard, as of the last fork() */
 
 /* first interval whose end is above a */
@@ -162,6 +166,7 @@ int dd_discard_merged(uintptr_t a, uintptr_t b)
 {
 	DD_TRACE('D', a, b - a, 0);
 	iv_remove(&discard, a, b);
+	iv_remove(&refilled, a, b);
 	return iv_add(&merged, a, b);
 }
 
@@ -190,6 +195,7 @@ void dd_discard_removed(uintptr_t a, uintptr_t b)
 		uintptr_t hi = merged.iv[i][1] < b ? merged.iv[i][1] : b;
 		if (iv_add(&discard, lo, hi) < 0)
 			dd_err("out of memory tracking discarded pages");
+		iv_remove(&refilled, lo, hi);   /* a zap is announced again */
 		if (lo > gap)
 			announce(gap, lo);
 		gap = hi;
@@ -202,6 +208,19 @@ void dd_discard_removed(uintptr_t a, uintptr_t b)
 bool dd_discard_marked(uintptr_t a)
 {
 	return iv_contains(&discard, a);
+}
+
+/* The reader filled marked page a with zeros (a fault after its zap). */
+void dd_discard_refilled(uintptr_t a)
+{
+	if (iv_contains(&discard, a) && iv_add(&refilled, a, a + DD_PAGE) < 0)
+		dd_err("out of memory tracking discarded pages");
+}
+
+/* Marked, and not filled since: the zap of its last REMOVE may be to come. */
+bool dd_discard_pending(uintptr_t a)
+{
+	return iv_contains(&discard, a) && !iv_contains(&refilled, a);
 }
 
 /*
@@ -392,6 +411,55 @@ void dd_discard_unmerged(uintptr_t a, uintptr_t b)
 {
 	iv_remove(&merged, a, b);
 	iv_remove(&discard, a, b);
+	iv_remove(&refilled, a, b);
+}
+
+/* s minus the sorted, disjoint ranges d[0..m), in one pass (a new array:
+ * cutting may split intervals). -ENOMEM leaves s as it was. */
+static int iv_subtract(struct ivset *s, const uintptr_t (*d)[2], size_t m)
+{
+	if (!s->n || !m)
+		return 0;
+	size_t cap = s->n + m, n = 0, j = 0;
+	uintptr_t (*out)[2] = dd_vm_alloc(cap * sizeof(*out));
+	if (!out)
+		return -ENOMEM;
+	for (size_t i = 0; i < s->n; i++) {
+		uintptr_t cur = s->iv[i][0], hi = s->iv[i][1];
+		while (j < m && d[j][1] <= cur)
+			j++;
+		for (size_t k = j; k < m && d[k][0] < hi; k++) {
+			if (d[k][0] > cur) {
+				out[n][0] = cur;
+				out[n++][1] = d[k][0];
+			}
+			if (d[k][1] > cur)
+				cur = d[k][1];
+			if (cur >= hi)
+				break;
+		}
+		if (cur < hi) {
+			out[n][0] = cur;
+			out[n++][1] = hi;
+		}
+	}
+	dd_vm_free(s->iv, s->cap * sizeof(*s->iv));
+	s->iv = out;
+	s->n = n;
+	s->cap = cap;
+	return 0;
+}
+
+/* Many ranges (sorted, disjoint) are anonymous memory again: one pass over
+ * each set, not one memmove per range (16k unmerged runs made that
+ * quadratic). */
+void dd_discard_unmerged_many(const uintptr_t (*d)[2], size_t m)
+{
+	struct ivset *sets[] = { &merged, &discard, &refilled };
+	for (size_t k = 0; k < DD_ARRAY_SIZE(sets); k++)
+		if (iv_subtract(sets[k], d, m) < 0)
+			for (size_t i = 0; i < m; i++)
+				iv_remove(sets[k], d[i][0], d[i][1]);
 }
 
 /* Is page a inside a range where we placed a merged run? */
@@ -404,12 +472,14 @@ void dd_discard_fini(void)
 {
 	dd_vm_free(merged.iv, merged.cap * sizeof(*merged.iv));
 	dd_vm_free(discard.iv, discard.cap * sizeof(*discard.iv));
+	dd_vm_free(refilled.iv, refilled.cap * sizeof(*refilled.iv));
 	dd_vm_free(unfenced.iv, unfenced.cap * sizeof(*unfenced.iv));
 	dd_vm_free(fenced.iv, fenced.cap * sizeof(*fenced.iv));
 	dd_vm_free(sticky.iv, sticky.cap * sizeof(*sticky.iv));
 	dd_vm_free(fork_snap.iv, fork_snap.cap * sizeof(*fork_snap.iv));
 	memset(&merged, 0, sizeof(merged));
 	memset(&discard, 0, sizeof(discard));
+	memset(&refilled, 0, sizeof(refilled));
 	memset(&unfenced, 0, sizeof(unfenced));
 	memset(&fenced, 0, sizeof(fenced));
 	memset(&sticky, 0, sizeof(sticky));

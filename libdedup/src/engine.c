@@ -120,6 +120,8 @@ static int resolve_minor(uintptr_t a)
 		static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
 		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zeros, .len = DD_PAGE };
 		r = ioctl(eng.uffd, UFFDIO_COPY, &c) < 0 ? -errno : 0;
+		if (r == 0)
+			dd_discard_refilled(a);   /* its zap is behind it */
 	} else {
 		struct uffdio_continue c = { .range = { a, DD_PAGE } };
 		r = ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
@@ -171,8 +173,12 @@ static int resolve(const struct pending *p)
 			static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
 			struct uffdio_copy c = { .dst = p->addr, .src = (uintptr_t)zeros, .len = DD_PAGE };
 			DD_TRACE('z', p->addr, DD_PAGE, 0);
-			if (ioctl(eng.uffd, UFFDIO_COPY, &c) < 0 && errno == EAGAIN)
-				return -EAGAIN;
+			if (ioctl(eng.uffd, UFFDIO_COPY, &c) < 0) {
+				if (errno == EAGAIN)
+					return -EAGAIN;
+			} else {
+				dd_discard_refilled(p->addr);
+			}
 			dd_uffd_wake(eng.uffd, p->addr, DD_PAGE);
 			return 0;
 		}

@@ -190,6 +190,11 @@ void dd_vm_page_put(void *p);                /* never splits a mapping */
 void dd_vm_pages_reset(void);                /* all of them back, at once */
 
 /* ---- os.c: /proc/self/maps ------------------------------------------------ */
+/* vm.max_map_count, read now (the sysctl may change while we run) */
+long dd_max_map_count_now(void);
+/* Entries for a table that may hold one per mapping of the process: the
+ * live vm.max_map_count and some room, bounded (such tables grow past it). */
+size_t dd_maps_table_cap(void);
 /* fn gets each line: lo, hi, "rwxp", and the rest (" offset dev inode [name]");
  * non-zero from fn stops the walk (a negative value is returned). */
 typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
@@ -218,8 +223,10 @@ struct dd_range {
 struct dd_rtab {                 /* sorted, disjoint; owner does the locking */
 	struct dd_range *r;
 	size_t n, cap;
+	unsigned moves;          /* times growing moved the table */
 };
-bool dd_rt_init(struct dd_rtab *t, size_t cap);
+bool dd_rt_init(struct dd_rtab *t, size_t cap);   /* grows past cap when needed */
+bool dd_rt_reserve(struct dd_rtab *t, size_t n);
 void dd_rt_fini(struct dd_rtab *t);
 size_t dd_rt_lower(const struct dd_rtab *t, uintptr_t addr);
 bool dd_rt_overlaps(const struct dd_rtab *t, uintptr_t lo, uintptr_t hi);
@@ -286,6 +293,35 @@ long dd_count_maps(const char *needle, long *matching);
 int dd_check_anon_private(uintptr_t start, uintptr_t end);
 int dd_vma_prot(uintptr_t a);
 
+/* Mappings by address (os.c): PROCMAP_QUERY where the kernel has it (one
+ * ioctl per VMA, whatever the number of mappings), else the text of maps. */
+struct dd_vma {
+	uintptr_t lo, hi;
+	int prot;          /* PROT_* */
+	bool shared;
+	bool file;         /* backed by a file (inode != 0) */
+	bool anon;         /* private anonymous memory ([heap], [anon:...] too) */
+	bool ours;         /* a mapping of a libdedup memfd (a merged run) */
+	uint64_t offset;   /* file offset of lo */
+};
+typedef int (*dd_vma_fn)(void *ctx, const struct dd_vma *v);   /* non-zero stops */
+int dd_procmap_open(void);   /* fd for dd_vma_query, or -ENOTTY (no PROCMAP_QUERY) */
+/* The VMA covering a (or_next: or the first above it): 0, -ENOENT, -ENOTTY */
+int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v);
+/* fn for each VMA overlapping [lo, hi), in address order. 0 or -errno. */
+int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
+#define DD_VMF_NOHUGEPAGE 0x001u
+#define DD_VMF_HUGEPAGE   0x002u
+#define DD_VMF_DONTDUMP   0x004u
+#define DD_VMF_DONTFORK   0x008u
+#define DD_VMF_WIPEONFORK 0x010u
+#define DD_VMF_SEQ_READ   0x020u
+#define DD_VMF_RAND_READ  0x040u
+#define DD_VMF_MERGEABLE  0x080u
+#define DD_VMF_NORESERVE  0x100u
+#define DD_VMF_ACCOUNT    0x200u
+#define DD_VMF_LOCKED     0x400u
+int dd_vma_vmflags(uintptr_t a, unsigned *flags);   /* from smaps: expensive */
 ssize_t dd_read_full(int fd, void *buf, size_t len);
 /* futex on a word of ours: sleep while *w == val, up to ns (0: no limit) */
 void dd_futex_wait(_Atomic uint32_t *w, uint32_t val, uint64_t ns);
@@ -309,6 +345,7 @@ const void *dd_store_page(uint32_t slot);
 void dd_store_get(uint32_t slot);
 void dd_store_put(uint32_t slot);   /* frees (punches) at zero */
 uint32_t dd_store_refs(uint32_t slot);
+bool dd_store_alive(uint32_t slot);   /* in use (refs > 0): its page is there */
 uint64_t dd_store_hash(uint32_t slot);
 void dd_store_set_hash(uint32_t slot, uint64_t h);
 uint64_t dd_store_sharing(void);    /* sum of refs */
@@ -371,10 +408,13 @@ void dd_trace_dump(uintptr_t a);
 int dd_discard_merged(uintptr_t a, uintptr_t b);
 void dd_discard_removed(uintptr_t a, uintptr_t b);
 bool dd_discard_marked(uintptr_t a);
+void dd_discard_refilled(uintptr_t a);
+bool dd_discard_pending(uintptr_t a);
 bool dd_discard_in_merged(uintptr_t a);
 int dd_discard_fork_snapshot(void);          /* prefork, eng.gate held */
 size_t dd_discard_forked(const uintptr_t (**iv)[2]);   /* in the child */
 void dd_discard_unmerged(uintptr_t a, uintptr_t b);
+void dd_discard_unmerged_many(const uintptr_t (*iv)[2], size_t n);
 size_t dd_removing_fence(void);
 bool dd_removing_mergeable(uintptr_t a);
 bool dd_removing_named(uintptr_t a);
@@ -463,6 +503,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 bool dd_scan_fresh_regions(void);   /* a region with fewer than 2 passes? */
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
 int dd_merge_unmerge(struct dd_region *r);   /* eng.lock held */
+int dd_merge_unmerge_pieces(uintptr_t lo, uintptr_t hi);   /* preload: takes eng.lock */
 int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
 int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);

@@ -106,6 +106,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -334,13 +335,15 @@ static void map_canonical(uintptr_t a, size_t l)
  * registered VMA raises UFFD_EVENT_REMAP and waits until our reader has
  * read it, so the gate is released meanwhile (the caller has parked what
  * must wait); the reader does not record this REMAP (eng.placing_from).
- * Called and returns under the gate; errno is mremap's.
+ * The raw system call: the preload library's mremap would count [a, a + l)
+ * as libdedup's own memory when t is. Called and returns under the gate;
+ * errno is mremap's.
  */
 static void *move_registered(void *t, size_t l, uintptr_t a)
 {
 	atomic_store(&eng.placing_from, (uintptr_t)t);
 	pthread_mutex_unlock(&eng.gate);
-	void *m = mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+	void *m = (void *)syscall(SYS_mremap, t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
 	int e = errno;
 	pthread_mutex_lock(&eng.gate);
 	atomic_store(&eng.placing_from, 0);
@@ -627,26 +630,52 @@ replace:
  * that grows one would map the memfd's next slots where zeros belong, and
  * a discard after we stop listening would read the canonical page again.
  * The result must also be what the application had: one anonymous VMA
- * where it had one (an mremap() over several fails with EFAULT). Each run
- * of merged pages (its VMAs are ours: canonical pages, and pages copied on
- * write since) goes, under the gate:
- *  1. parked, registered WP as well and write-protected: from here a
- *     write, user or kernel mode, waits for us, and so does a read of an
- *     empty page (the reader leaves a parked range's faults to us, also
- *     when we let it run to read events);
- *  2. copied into a buffer B, page by page from what A reads: a canonical
- *     page from the store, a page copied on write from A itself (anonymous:
- *     reading it never faults to us), zeros where A was discarded;
+ * where it had one (an mremap() over several fails with EFAULT).
+ *
+ * Each run of merged pages (its VMAs are ours: canonical pages, and pages
+ * copied on write since) is cut into chunks (at most UM_CHUNK pages, one
+ * protection). A group of chunks (at most UM_GROUP of them within UM_SPAN
+ * pages) goes through these steps under the gate:
+ *  0. (once per region, before the first group) every run is registered
+ *     MINOR|MISSING|WP, then the whole region MISSING|WP. In this order: a
+ *     registration that does not ask for every mode a VMA has replaces its
+ *     modes (tests/probe/probe_register_modes.c), and a run without MINOR
+ *     would read its canonical page again after a discard. The anonymous
+ *     parts take MISSING so that their VMAs are like the replacements (3.);
+ *  1. the group's span is parked and write-protected: from here a write,
+ *     user or kernel mode, waits for us, and so does a read of an empty
+ *     page (the reader leaves a parked range's faults to us, also when we
+ *     let it run to read events). What each page is comes from pagemap,
+ *     read once before and once after the protection;
+ *  2. per chunk, it is copied into a buffer B page by page from what A
+ *     reads: a canonical page from the store, a page copied on write from
+ *     A itself (anonymous: reading it never faults to us), zeros where A
+ *     was discarded - and where a discard was announced (its REMOVE read)
+ *     whose zap may still be to come (dd_discard_pending: the zap would
+ *     otherwise land on the old page after our copy and be lost);
  *  3. replaced by an empty anonymous VMA registered MISSING|WP like the
- *     rest of the region, which takes MISSING for this (dd_merge_unmerge;
- *     mapped at T, registered, moved over A: the REMAP
- *     this raises is read by our reader, so the gate is released for the
- *     mremap, with the run parked: its faults wait). It has no anon_vma of
- *     its own, so it merges with its anonymous neighbours;
- *  4. filled from B with UFFDIO_COPY, except pages the application
- *     discarded while we were out of the gate (they stay empty: zeros),
- *     and woken. dedup_unregister() then unregisters the whole region,
- *     and what is left is one anonymous VMA.
+ *     rest of the region: a piece T of a PROT_NONE reservation registered
+ *     with us, made accessible (mprotect keeps the registration) and moved
+ *     over A (the REMAP this raises is read by our reader, so the gate is
+ *     released for the mremap, with the span parked: its faults wait). T
+ *     has never been touched, so it has no anon_vma and the kernel gives it
+ *     the page offset of its new address (copy_vma): it merges with its
+ *     anonymous neighbours at once. (A T mapped with mmap(NULL) next to our
+ *     buffer merged with that buffer instead, took its anon_vma, and kept
+ *     T's page offset: every unmerged run stayed a VMA of its own, 16,423
+ *     of them after 16k runs.) If a neighbour has flags T lacks (madvise:
+ *     MADV_NOHUGEPAGE and friends, or MAP_NORESERVE), the merge does not
+ *     happen; we then read the neighbour's VmFlags once (smaps), give them
+ *     to the still empty replacement and to every later T;
+ *  4. filled from B with UFFDIO_COPY (pages that read zeros stay empty),
+ *     except pages the application discarded while we were out of the
+ *     gate (they stay empty: zeros);
+ *  5. the span is un-protected and woken. dedup_unregister() then
+ *     unregisters the whole region, and what is left is one anonymous VMA.
+ * Every step costs the same whatever the number of mappings: protections
+ * come from one PROCMAP_QUERY per VMA of the region (or one read of maps
+ * text per region), never from parsing maps per run (that was a quadratic
+ * 57 s for 16k runs).
  * Limit: a page copied on write that a device is writing into at that
  * moment (O_DIRECT in flight, an io_uring fixed buffer) is copied, not
  * moved; the device's later writes go to the old page. UFFDIO_MOVE, our pin
@@ -654,169 +683,687 @@ replace:
  * with such I/O in flight.
  */
 
-/* UFFDIO_COPY of [dst, dst + len) from src, retried while events are
- * pending; pages a REMOVE read since @since names stay empty. */
-static int refill(uintptr_t dst, const char *src, size_t len, uint64_t since)
+#define UM_CHUNK 1024      /* pages per chunk: the size of B */
+#define UM_SPAN 8192       /* pages a group spans at most */
+#define UM_GROUP 256       /* chunks per group */
+#define UM_RESERVE ((size_t)64 << 20)   /* T reservation, bytes */
+
+struct um_chunk {
+	uintptr_t a;
+	size_t n;          /* pages */
+	int prot;
+};
+
+/* The state of one unmerge: a region's runs (dd_merge_unmerge), or the
+ * pieces of our memfd in a range that no region covers any more
+ * (dd_merge_unmerge_pieces: r is NULL). */
+struct um {
+	struct dd_region *r;
+	uintptr_t lo, hi;          /* the range (r's, or the one asked for) */
+	uintptr_t pos;             /* chunks are found from here on */
+	struct um_vma { uintptr_t lo, hi; uint64_t offset; int prot; bool ours; } *v;
+	size_t nv, vcap, vi;       /* the range's VMAs; vi: cursor */
+	char *buf;                 /* B */
+	uint8_t *st, *st2;         /* PTE states of a span, before/after 1. */
+	uint8_t zero[UM_CHUNK];    /* what B's pages are (UM_COPIED, ...) */
+	struct um_chunk ch[UM_GROUP];
+	uintptr_t res, res_end, res_pos;   /* T reservation */
+	bool noreserve;            /* T: MAP_NORESERVE (a neighbour has it) */
+	unsigned vmf;              /* T: the neighbours' madvise flags */
+	int qfd;                   /* /proc/self/maps for PROCMAP_QUERY, or < 0 */
+	bool checked;              /* without PROCMAP_QUERY: merge checked once */
+	unsigned nchecked;         /* merges checked (PROCMAP_QUERY) */
+	int learned;               /* smaps reads */
+	int err;                   /* first error */
+	uintptr_t (*done)[2];      /* unmerged ranges, for discard.c at the end */
+	size_t ndone, donecap;
+};
+
+static void um_error(struct um *u, int e, uintptr_t a, size_t n, const char *what)
 {
-	for (size_t off = 0; off < len;) {
-		uintptr_t x = dst + off;
-		if (!follow_events(since, &x) || x != dst + off) {
-			off += DD_PAGE;   /* discarded (or moved: not ours to fill) */
-			continue;
+	dd_warn("could not unmerge %#lx+%zu (%s, errno %d): left merged", (unsigned long)a,
+		n * DD_PAGE, what, -e);
+	if (!u->err)
+		u->err = e;
+}
+
+static int um_vma_fn(void *ctx, const struct dd_vma *v)
+{
+	struct um *u = ctx;
+	if (u->nv == u->vcap) {
+		size_t ncap = u->vcap ? u->vcap * 2 : 256;
+		void *p = dd_vm_grow(u->v, u->vcap * sizeof(*u->v), ncap * sizeof(*u->v));
+		if (!p)
+			return -ENOMEM;
+		u->v = p;
+		u->vcap = ncap;
+	}
+	u->v[u->nv] = (struct um_vma){ v->lo, v->hi, v->offset, v->prot, v->ours };
+	u->nv++;
+	return 0;
+}
+
+/* The VMA holding a (binary search), or NULL. */
+static const struct um_vma *um_find(const struct um *u, uintptr_t a)
+{
+	size_t lo = 0, hi = u->nv;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (u->v[mid].hi <= a)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < u->nv && u->v[lo].lo <= a ? &u->v[lo] : NULL;
+}
+
+/* Is page a (inside the range) merged: a page of one of our memfd's VMAs?
+ * (Pages of chunks already unmerged are not.) */
+static bool um_file(const struct um *u, uintptr_t a)
+{
+	if (u->r) {
+		uint32_t slot = dd_region_slot(u->r, (a - u->r->start) / DD_PAGE);
+		return DD_SLOT_REAL(slot) || slot == DD_SLOT_COWED;
+	}
+	if (u->ndone && a >= u->done[0][0] && a < u->done[u->ndone - 1][1])
+		for (size_t i = u->ndone; i-- > 0 && u->done[i][1] > a;)
+			if (a >= u->done[i][0])
+				return false;
+	const struct um_vma *v = um_find(u, a);
+	return v && v->ours;
+}
+
+/* Is page a an anonymous page of the range, that the replacement of a
+ * chunk next to it should merge with? */
+static bool um_anon_at(const struct um *u, uintptr_t a)
+{
+	if (a < u->lo || a >= u->hi)
+		return false;
+	if (u->r)
+		return !um_file(u, a);
+	const struct um_vma *v = um_find(u, a);
+	return v && (!v->ours || !um_file(u, a));
+}
+
+/* The canonical page a maps (slot + 1), or DD_SLOT_NONE if there is none to
+ * read: outside a region it comes from the VMA's file offset, and only a
+ * slot in use is read (a free one may be a hole: reading it would put a
+ * page into our memfd). */
+static uint32_t um_slot(const struct um *u, uintptr_t a)
+{
+	if (u->r)
+		return dd_region_slot(u->r, (a - u->r->start) / DD_PAGE);
+	const struct um_vma *v = um_find(u, a);
+	if (!v || !v->ours)
+		return DD_SLOT_NONE;
+	uint64_t s = (v->offset + (a - v->lo)) / DD_PAGE;
+	return s < DD_SLOT_COWED - 1 && dd_store_alive((uint32_t)s + 1) ? (uint32_t)s + 1
+									: DD_SLOT_NONE;
+}
+
+/*
+ * The next run of merged pages at or after u->pos, [*a, *e): from the
+ * region's metadata (without visiting absent pages: region.c), or from the
+ * VMA table (the VMAs of our memfd). False: none left.
+ */
+static bool um_next_run(struct um *u, uintptr_t *a, uintptr_t *e)
+{
+	if (u->r) {
+		size_t i = (u->pos - u->r->start) / DD_PAGE, k;
+		if (u->pos >= u->hi || !dd_region_next_merged(u->r, &i, &k))
+			return false;
+		*a = u->r->start + i * DD_PAGE;
+		*e = u->r->start + k * DD_PAGE;
+		return true;
+	}
+	while (u->vi < u->nv && (u->v[u->vi].hi <= u->pos || !u->v[u->vi].ours))
+		u->vi++;
+	if (u->vi == u->nv || u->v[u->vi].lo >= u->hi)
+		return false;
+	*a = u->v[u->vi].lo > u->pos ? u->v[u->vi].lo : u->pos;
+	*e = u->v[u->vi].hi < u->hi ? u->v[u->vi].hi : u->hi;
+	return true;
+}
+
+/* The next chunk from u->pos (false: none left): merged pages of one
+ * protection, contiguous, at most UM_CHUNK. */
+static bool um_next_chunk(struct um *u, struct um_chunk *c)
+{
+	uintptr_t a, e;
+
+	if (!um_next_run(u, &a, &e))
+		return false;
+	const struct um_vma *v = um_find(u, a);
+	int prot = v ? v->prot : -1;
+	uintptr_t end = a + UM_CHUNK * DD_PAGE < e ? a + UM_CHUNK * DD_PAGE : e;
+	/* cut where the protection changes (the VMA table, in order) */
+	for (uintptr_t vend = v ? v->hi : end; vend < end; vend = v->hi) {
+		v = um_find(u, vend);
+		if (!v || v->prot != prot) {
+			end = vend;
+			break;
 		}
-		struct uffdio_copy c = { .dst = dst + off, .src = (uintptr_t)src + off,
-					 .len = DD_PAGE, .mode = UFFDIO_COPY_MODE_DONTWAKE };
-		if (ioctl(eng.uffd, UFFDIO_COPY, &c) == 0 || errno == EEXIST) {
-			off += DD_PAGE;
-			continue;
+	}
+	*c = (struct um_chunk){ a, (end - a) / DD_PAGE, prot };
+	u->pos = end;
+	return true;
+}
+
+/* Give [a, a + len) the madvise flags vmf (none of these raises an event). */
+static const struct { unsigned f; int advice; } um_advice[] = {
+	{ DD_VMF_NOHUGEPAGE, MADV_NOHUGEPAGE }, { DD_VMF_HUGEPAGE, MADV_HUGEPAGE },
+	{ DD_VMF_DONTDUMP, MADV_DONTDUMP }, { DD_VMF_DONTFORK, MADV_DONTFORK },
+	{ DD_VMF_WIPEONFORK, MADV_WIPEONFORK }, { DD_VMF_SEQ_READ, MADV_SEQUENTIAL },
+	{ DD_VMF_RAND_READ, MADV_RANDOM }, { DD_VMF_MERGEABLE, MADV_MERGEABLE },
+};
+#define UM_ADVISED (DD_VMF_NOHUGEPAGE | DD_VMF_HUGEPAGE | DD_VMF_DONTDUMP | DD_VMF_DONTFORK | \
+		    DD_VMF_WIPEONFORK | DD_VMF_SEQ_READ | DD_VMF_RAND_READ | DD_VMF_MERGEABLE)
+
+static void um_advise(uintptr_t a, size_t len, unsigned vmf)
+{
+	for (size_t i = 0; i < DD_ARRAY_SIZE(um_advice); i++)
+		if (vmf & um_advice[i].f)
+			(void)madvise((void *)a, len, um_advice[i].advice);
+}
+
+/* Let go of what is left of the reservation (and its guard pages). Only
+ * what is left: the parts moved out are holes that other mappings may fill
+ * by now. */
+static void um_drop_reserve(struct um *u)
+{
+	if (u->res) {
+		munmap((void *)(u->res - DD_PAGE), DD_PAGE);
+		munmap((void *)u->res_pos, u->res_end + DD_PAGE - u->res_pos);
+	}
+	u->res = 0;
+}
+
+static int um_one_fn(void *ctx, const struct dd_vma *v)
+{
+	*(struct dd_vma *)ctx = *v;
+	return 1;
+}
+
+/* A reservation of sz bytes between two PROT_NONE guard pages, which
+ * keep it from merging with a neighbour (and taking its anon_vma) when it
+ * is made accessible. An mmap that merged with a PROT_NONE neighbour
+ * already is given back and tried elsewhere. */
+static uintptr_t um_reserve(size_t sz, bool noreserve)
+{
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | (noreserve ? MAP_NORESERVE : 0);
+
+	for (int tries = 0; tries < 4; tries++) {
+		char *p = mmap(NULL, sz + 2 * DD_PAGE, PROT_NONE, flags, -1, 0);
+		struct dd_vma v = { 0 };
+		if (p == MAP_FAILED)
+			return 0;
+		if (dd_vmas_in((uintptr_t)p, (uintptr_t)p + 1, um_one_fn, &v) == 0 &&
+		    v.lo == (uintptr_t)p && v.hi == (uintptr_t)p + sz + 2 * DD_PAGE) {
+			if (mprotect(p + DD_PAGE, sz, PROT_READ | PROT_WRITE) == 0)
+				return (uintptr_t)p + DD_PAGE;
+			munmap(p, sz + 2 * DD_PAGE);
+			return 0;   /* strict overcommit, say */
 		}
-		if (errno != EAGAIN)
-			return -errno;
-		let_reader_run();   /* parked: faults on the run still wait */
+		munmap(p, sz + 2 * DD_PAGE);
 	}
 	return 0;
 }
 
-static int unmerge_run(struct dd_region *r, size_t i, size_t k)
+/*
+ * T for a chunk: the next len bytes of a reservation, private anonymous
+ * read-write memory (accounted like the application's, or MAP_NORESERVE
+ * like a neighbour that has it; with the neighbours' madvise flags), never
+ * touched, registered MISSING|WP with our uffd. Never touched, it has no
+ * anon_vma: moving a piece of it gives that piece the page offset of its
+ * new address (see "Unmerging", 3.). The pieces need no gaps between them.
+ */
+static uintptr_t um_make_t(struct um *u, size_t len, int prot)
 {
-	uintptr_t a = r->start + i * DD_PAGE;
-	size_t l = (k - i) * DD_PAGE;
-	int prot = dd_vma_prot(a), ret = 0;
-	uint8_t st[64], st2[64];
-	bool replaced = false;
-	void *t = MAP_FAILED;
+	if (u->res && u->res_pos + len > u->res_end)
+		um_drop_reserve(u);
+	if (!u->res) {
+		size_t sz = len > UM_RESERVE ? len : UM_RESERVE;
+		uintptr_t p = um_reserve(sz, u->noreserve);
+		if (!p && sz > len)
+			p = um_reserve(sz = len, u->noreserve);
+		if (!p)
+			return 0;
+		um_advise(p, sz, u->vmf);
+		u->res = u->res_pos = p;
+		u->res_end = p + sz;
+		if (dd_uffd_register(eng.uffd, p, sz,
+				     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0) {
+			um_drop_reserve(u);
+			return 0;
+		}
+	}
+	uintptr_t t = u->res_pos;
+	u->res_pos += len;
+	if (prot != (PROT_READ | PROT_WRITE) && mprotect((void *)t, len, prot) < 0) {
+		munmap((void *)t, len);
+		return 0;
+	}
+	return t;
+}
 
-	if (prot < 0 || !(prot & PROT_READ))
-		return prot < 0 ? prot : -EACCES;
-	char *buf = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (buf == MAP_FAILED)
-		return -ENOMEM;
-	pthread_mutex_lock(&eng.gate);
-	/* Parked from here to the end: when we let the reader run (EAGAIN
-	 * retries), it leaves the run's faults to us, and never un-protects a
-	 * page we have copied. */
-	atomic_store(&eng.parked_end, a + l);
-	atomic_store(&eng.parked, a);
-	ret = dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MINOR |
-				UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
-	if (ret < 0)
-		goto out;
-	DD_TRACE('U', a, l, 0);
-	for (size_t p = i; p < k; p += DD_ARRAY_SIZE(st)) {
-		size_t n = k - p < DD_ARRAY_SIZE(st) ? k - p : DD_ARRAY_SIZE(st);
-		uintptr_t c = r->start + p * DD_PAGE;
-		/* What each page is, read before 1.: protecting an empty PTE
-		 * of a file VMA leaves a marker that pagemap shows like a
-		 * swapped-out page, and reading it would fault to our own
-		 * reader, who waits for the gate we hold. Meanwhile nothing
-		 * empties a page (a discard waits for its REMOVE to be read)
-		 * and nothing fills an empty one (its fault waits too). */
-		if ((ret = dd_pte_states(c, n, st)) < 0)
-			goto out;
-		/* 1. */
-		for (int tries = 0;; tries++) {
-			ret = dd_uffd_wp(eng.uffd, c, n * DD_PAGE, true);
-			if (ret != -EAGAIN || tries > 1000)
+/*
+ * 3., after the move: the replacement at [a, a + l) should have merged with
+ * the anonymous neighbour(s) that left/right say it has. If not, learn that
+ * neighbour's VmFlags (smaps) and give them to the replacement (still
+ * empty: nothing to lose) and to every later T: madvise adds flags; where
+ * T has a flag the neighbour lacks, or differs in MAP_NORESERVE, a new T
+ * with the right ones is moved over it. With PROCMAP_QUERY the first chunks
+ * are checked, then every 32nd (a miss costs a mapping, not data); without
+ * it, the first (maps text is read for it).
+ */
+static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool left, bool right)
+{
+	struct dd_vma v = { 0 };
+	int q = -ENOENT;
+
+	if (!left && !right)
+		return;
+	if (u->qfd >= 0) {
+		if (u->nchecked++ >= 8 && u->nchecked % 32)
+			return;
+		q = dd_vma_query(u->qfd, a, false, &v);
+		if (q == -ENOTTY) {
+			close(u->qfd);
+			u->qfd = -1;
+		}
+	}
+	if (u->qfd < 0) {
+		if (u->checked)
+			return;
+		u->checked = true;
+		q = dd_vmas_in(a, a + 1, um_one_fn, &v);
+		if (q == 0 && !v.hi)
+			q = -ENOENT;
+	}
+	if (q < 0 || ((!left || v.lo < a) && (!right || v.hi > a + l)))
+		return;
+	unsigned f;
+	uintptr_t nb = left ? a - DD_PAGE : a + l;
+	if (u->learned >= 4 || dd_vma_vmflags(nb, &f) < 0)
+		return;
+	u->learned++;
+	u->nchecked = 0;   /* check the next ones again */
+	unsigned want = f & UM_ADVISED;
+	bool noreserve = f & DD_VMF_NORESERVE;
+	dd_debug("unmerge: %#lx did not merge with its neighbour (VmFlags %#x): copying them",
+		 (unsigned long)a, f);
+	if ((u->vmf & ~want) || noreserve != u->noreserve) {
+		um_drop_reserve(u);
+		u->vmf = want;
+		u->noreserve = noreserve;
+		uintptr_t t = um_make_t(u, l, prot);
+		if (t && move_registered((void *)t, l, a) == MAP_FAILED)
+			munmap((void *)t, l);   /* the first replacement stays: unmerged alone */
+	} else {
+		um_advise(a, l, want & ~u->vmf);
+		um_drop_reserve(u);
+		u->vmf = want;
+	}
+}
+
+enum { UM_COPIED, UM_ZERO, UM_READ };   /* what B's page is (um.zero) */
+
+/* 4.: UFFDIO_COPY of B into [a, a + n pages), retried while events are
+ * pending; pages that read zeros, and pages a REMOVE read since @since
+ * names, stay empty. */
+static int refill(struct um *u, uintptr_t a, size_t n, uint64_t since)
+{
+	for (size_t i = 0; i < n;) {
+		uintptr_t x = a + i * DD_PAGE;
+		if (u->zero[i] == UM_ZERO || !follow_events(since, &x) || x != a + i * DD_PAGE) {
+			i++;   /* zeros, discarded (or moved: not ours to fill) */
+			continue;
+		}
+		size_t k = i + 1;
+		while (k < n && u->zero[k] != UM_ZERO && k - i < 64) {
+			x = a + k * DD_PAGE;
+			if (!follow_events(since, &x) || x != a + k * DD_PAGE)
 				break;
-			let_reader_run();   /* an event is pending */
+			k++;
 		}
-		if (ret < 0 || (ret = dd_pte_states(c, n, st2)) < 0)
-			goto out;
-		/* 2. A canonical page may have been copied on write between the
-		 * first look and the protection: what a present page is comes
-		 * from the second look (st2, nothing changes any more), whether
-		 * a page that is not present is swapped out (ours to read) or
-		 * was empty (now a marker) from the first (st). */
-		for (size_t q = 0; q < n; q++) {
-			uintptr_t pa = c + q * DD_PAGE;
-			char *dst = buf + (p + q - i) * DD_PAGE;
-			uint32_t slot = dd_region_slot(r, p + q);
-			bool was_anon = (st[q] & DD_PTE_SWAP) ||
-					((st[q] & DD_PTE_PRESENT) && !(st[q] & DD_PTE_FILE));
-			bool anon = (st2[q] & DD_PTE_PRESENT) ? !(st2[q] & DD_PTE_FILE)
-							       : was_anon && (st2[q] & DD_PTE_SWAP);
-			if (anon) {
-				struct iovec lv = { dst, DD_PAGE }, rv = { (void *)pa, DD_PAGE };
-				if (process_vm_readv(getpid(), &lv, 1, &rv, 1, 0) != (ssize_t)DD_PAGE) {
-					ret = -EFAULT;
-					goto out;
-				}
-			} else if (DD_SLOT_REAL(slot) &&
-				   ((st2[q] & DD_PTE_PRESENT) || (st[q] & DD_PTE_PRESENT) ||
-				    !dd_discard_marked(pa))) {
-				memcpy(dst, dd_store_page(slot - 1), DD_PAGE);
-			}   /* else discarded: zeros */
+		struct uffdio_copy c = { .dst = a + i * DD_PAGE, .src = (uintptr_t)u->buf + i * DD_PAGE,
+					 .len = (k - i) * DD_PAGE, .mode = UFFDIO_COPY_MODE_DONTWAKE };
+		if (ioctl(eng.uffd, UFFDIO_COPY, &c) == 0) {
+			i = k;
+			continue;
+		}
+		int e = errno;
+		if (c.copy > 0)
+			i += (size_t)c.copy / DD_PAGE;   /* stopped at a page: look again */
+		else if (e == EEXIST)
+			i++;                            /* filled meanwhile */
+		else if (e == EAGAIN)
+			let_reader_run();               /* parked: faults still wait */
+		else
+			return -e;
+	}
+	return 0;
+}
+
+/* 2.: the chunk's content into B. off: its first page in the span's
+ * state arrays. u->zero[q] says what B's page q is: 0 copied, 1 zeros (not
+ * filled: the page is left empty), 2 to be read from A. */
+static int um_copy(struct um *u, const struct um_chunk *c, size_t off)
+{
+	for (size_t q = 0; q < c->n; q++) {
+		uintptr_t pa = c->a + q * DD_PAGE;
+		uint8_t s1 = u->st[off + q], s2 = u->st2[off + q];
+		uint32_t slot = um_slot(u, pa);
+		bool was_anon = (s1 & DD_PTE_SWAP) || ((s1 & DD_PTE_PRESENT) && !(s1 & DD_PTE_FILE));
+		/* present after 1.: what it is now (nothing changes any more);
+		 * not present: swapped out (ours to read) if it was anonymous
+		 * before, else empty (now a marker) */
+		bool anon = (s2 & DD_PTE_PRESENT) ? !(s2 & DD_PTE_FILE) : was_anon && (s2 & DD_PTE_SWAP);
+		bool file = (s2 & DD_PTE_PRESENT) && (s2 & DD_PTE_FILE);
+
+		if (anon) {
+			/* a REMOVE read and no fault since: the old page, with
+			 * its zap to come */
+			u->zero[q] = dd_discard_pending(pa) ? UM_ZERO : UM_READ;
+		} else if (dd_discard_marked(pa)) {
+			u->zero[q] = UM_ZERO;   /* discarded (present: its zap to come) */
+		} else if (DD_SLOT_REAL(slot)) {
+			memcpy(u->buf + q * DD_PAGE, dd_store_page(slot - 1), DD_PAGE);
+			u->zero[q] = UM_COPIED;   /* what it maps, or a minor fault would */
+		} else {
+			/* present: as it reads; empty and no slot: a fault reads zeros */
+			u->zero[q] = file ? UM_READ : UM_ZERO;
 		}
 	}
-	/* 3. */
-	t = mmap(NULL, l, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (t == MAP_FAILED ||
-	    dd_uffd_register(eng.uffd, (uintptr_t)t, l,
-			     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0) {
-		ret = -ENOMEM;
+	/* the pages to read, runs of them per iovec, 64 iovecs a call */
+	struct iovec lv[64], rv[64];
+	size_t nio = 0, want = 0;
+	for (size_t q = 0; q <= c->n; q++) {
+		if (q < c->n && u->zero[q] == UM_READ) {
+			if (nio && (q && u->zero[q - 1] == UM_READ)) {
+				lv[nio - 1].iov_len += DD_PAGE;
+				rv[nio - 1].iov_len += DD_PAGE;
+			} else {
+				lv[nio] = (struct iovec){ u->buf + q * DD_PAGE, DD_PAGE };
+				rv[nio] = (struct iovec){ (void *)(c->a + q * DD_PAGE), DD_PAGE };
+				nio++;
+			}
+			want += DD_PAGE;
+			if (nio < DD_ARRAY_SIZE(lv) || (q + 1 < c->n && u->zero[q + 1] == UM_READ))
+				continue;
+		} else if (!nio || (q < c->n && nio < DD_ARRAY_SIZE(lv))) {
+			continue;
+		}
+		if (process_vm_readv(getpid(), lv, nio, rv, nio, 0) != (ssize_t)want)
+			return -EFAULT;
+		nio = want = 0;
+	}
+	return 0;
+}
+
+/* [a, b) is unmerged; discard.c forgets it at the end (one pass). */
+static void um_done(struct um *u, uintptr_t a, uintptr_t b)
+{
+	if (u->ndone && u->done[u->ndone - 1][1] == a) {
+		u->done[u->ndone - 1][1] = b;
+		return;
+	}
+	if (u->ndone == u->donecap) {
+		size_t ncap = u->donecap ? u->donecap * 2 : 512;
+		void *p = dd_vm_grow(u->done, u->donecap * sizeof(*u->done), ncap * sizeof(*u->done));
+		if (!p) {
+			dd_discard_unmerged(a, b);   /* one at a time, then */
+			return;
+		}
+		u->done = p;
+		u->donecap = ncap;
+	}
+	u->done[u->ndone][0] = a;
+	u->done[u->ndone++][1] = b;
+}
+
+/* Steps 1-5 for the chunks u->ch[0..n). Returns with the gate released. */
+static void um_group(struct um *u, size_t n)
+{
+	struct dd_region *r = u->r;
+	uintptr_t s = u->ch[0].a, e = u->ch[n - 1].a + u->ch[n - 1].n * DD_PAGE;
+	size_t np = (e - s) / DD_PAGE;
+	int ret;
+
+	pthread_mutex_lock(&eng.gate);
+	/* 1. Parked from here to the end: when we let the reader run (EAGAIN
+	 * retries, the mremaps), it leaves the span's faults to us, and never
+	 * un-protects a page we have copied. What each page is, read before
+	 * the protection: protecting an empty PTE of a file VMA leaves a
+	 * marker that pagemap shows like a swapped-out page, and reading it
+	 * would fault to our own reader, who waits for the gate we hold.
+	 * Meanwhile nothing empties a page (a discard waits for its REMOVE to
+	 * be read) and nothing fills an empty one (its fault waits too). */
+	atomic_store(&eng.parked_end, e);
+	atomic_store(&eng.parked, s);
+	DD_TRACE('U', s, e - s, (long)n);
+	if ((ret = dd_pte_states(s, np, u->st)) < 0)
 		goto out;
+	for (int tries = 0;; tries++) {
+		ret = dd_uffd_wp(eng.uffd, s, e - s, true);
+		if (ret != -EAGAIN || tries > 1000)
+			break;
+		let_reader_run();   /* an event is pending */
 	}
-	const uint64_t since = atomic_load(&eng.ev_head);
-	if (move_registered(t, l, a) == MAP_FAILED) {
-		ret = -errno;
+	if (ret < 0 || (ret = dd_pte_states(s, np, u->st2)) < 0)
 		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const struct um_chunk *c = &u->ch[i];
+		size_t l = c->n * DD_PAGE;
+		/* 2. */
+		if ((ret = um_copy(u, c, (c->a - s) / DD_PAGE)) < 0) {
+			um_error(u, ret, c->a, c->n, "reading it");
+			continue;
+		}
+		/* 3. */
+		const uint64_t since = atomic_load(&eng.ev_head);
+		uintptr_t t = um_make_t(u, l, c->prot);
+		if (!t) {
+			um_error(u, -ENOMEM, c->a, c->n, "no room for its replacement");
+			continue;
+		}
+		if (move_registered((void *)t, l, c->a) == MAP_FAILED) {
+			ret = -errno;
+			munmap((void *)t, l);
+			um_error(u, ret, c->a, c->n, "mremap");
+			continue;
+		}
+		um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE),
+			       um_anon_at(u, c->a + l));
+		/* 4. */
+		ret = refill(u, c->a, c->n, since);
+		if (ret < 0)   /* cannot happen while the run stays ours and empty */
+			dd_err("could not refill %#lx+%zu while unmerging (errno %d): pages lost",
+			       (unsigned long)c->a, l, -ret);
+		um_done(u, c->a, c->a + l);
+		if (r) {
+			size_t p = (c->a - r->start) / DD_PAGE;
+			for (size_t q = p; q < p + c->n; q++) {
+				uint32_t slot = dd_region_slot(r, q);
+				if (DD_SLOT_REAL(slot))
+					dd_store_put(slot);
+				dd_region_set_slot(r, q, DD_SLOT_NONE);
+			}
+		}   /* pieces no region covers keep their slots (region.c) */
 	}
-	t = MAP_FAILED;
-	replaced = true;
-	/* 4. */
-	ret = refill(a, buf, l, since);
-	if (ret < 0)   /* cannot happen while the run stays ours and empty */
-		dd_err("could not refill %#lx+%zu while unmerging (errno %d): pages lost",
-		       (unsigned long)a, l, -ret);
-	dd_discard_unmerged(a, a + l);
-	for (size_t p = i; p < k; p++) {
-		uint32_t slot = dd_region_slot(r, p);
-		if (DD_SLOT_REAL(slot))
-			dd_store_put(slot);
-		dd_region_set_slot(r, p, DD_SLOT_NONE);
-	}
+	ret = 0;
 out:
-	if (!replaced)   /* left merged: lift the protection */
-		dd_uffd_wp(eng.uffd, a, l, false);
+	if (ret < 0)
+		um_error(u, ret, s, np, "write-protecting it");
+	/* 5. (what is left merged is un-protected too) */
+	unprotect(s, e - s);
 	atomic_store(&eng.parked, 0);
-	dd_uffd_wake(eng.uffd, a, l);
+	dd_uffd_wake(eng.uffd, s, e - s);
 	pthread_mutex_unlock(&eng.gate);
-	if (t != MAP_FAILED)
-		munmap(t, l);
-	munmap(buf, l);
-	return replaced ? 0 : ret;
+}
+
+static void um_fini(struct um *u)
+{
+	um_drop_reserve(u);
+	if (u->qfd >= 0)
+		close(u->qfd);
+	dd_vm_free(u->v, u->vcap * sizeof(*u->v));
+	dd_vm_free(u->done, u->donecap * sizeof(*u->done));
+	dd_vm_free(u->buf, UM_CHUNK * DD_PAGE);
+	dd_vm_free(u->st, UM_SPAN);
+	dd_vm_free(u->st2, UM_SPAN);
+	dd_vm_free(u, sizeof(*u));
+}
+
+static struct um *um_init(struct dd_region *r, uintptr_t lo, uintptr_t hi, int *err)
+{
+	struct um *u = dd_vm_alloc(sizeof(*u));
+
+	*err = -ENOMEM;
+	if (!u)
+		return NULL;
+	u->r = r;
+	u->lo = u->pos = lo;
+	u->hi = hi;
+	u->qfd = dd_procmap_open();
+	u->buf = dd_vm_alloc(UM_CHUNK * DD_PAGE);
+	u->st = dd_vm_alloc(UM_SPAN);
+	u->st2 = dd_vm_alloc(UM_SPAN);
+	*err = !u->buf || !u->st || !u->st2 ? -ENOMEM : dd_vmas_in(lo, hi, um_vma_fn, u);
+	if (*err < 0) {
+		um_fini(u);
+		return NULL;
+	}
+	return u;
+}
+
+/* 0. (under the gate): the merged pieces MINOR|MISSING|WP, then the whole
+ * range MISSING|WP (see "Unmerging"). */
+static void um_register(struct um *u)
+{
+	uintptr_t a, e;
+	int ret;
+
+	for (u->pos = u->lo, u->vi = 0; um_next_run(u, &a, &e); u->pos = e) {
+		ret = dd_uffd_register(eng.uffd, a, e - a, UFFDIO_REGISTER_MODE_MINOR |
+				       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+		if (ret < 0)   /* its write-protection fails then: left merged */
+			dd_debug("unmerge: could not register %#lx+%zu (errno %d)", (unsigned long)a,
+				 (size_t)(e - a), -ret);
+	}
+	u->pos = u->lo;
+	u->vi = 0;
+	ret = dd_uffd_register(eng.uffd, u->lo, u->hi - u->lo,
+			       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	if (ret < 0)
+		dd_debug("unmerge: could not register %#lx+%zu MISSING (errno %d): it may stay "
+			 "several mappings", (unsigned long)u->lo, (size_t)(u->hi - u->lo), -ret);
+}
+
+/* Find the chunks, in groups, and unmerge them (steps 1-5). */
+static int um_run(struct um *u)
+{
+	struct um_chunk c;
+	size_t n = 0;
+
+	pthread_mutex_lock(&eng.gate);
+	um_register(u);
+	pthread_mutex_unlock(&eng.gate);
+	while (um_next_chunk(u, &c)) {
+		if (c.prot < 0 || !(c.prot & PROT_READ)) {
+			um_error(u, -EACCES, c.a, c.n, "not readable");
+			continue;
+		}
+		if (n && (n == UM_GROUP || c.a + c.n * DD_PAGE - u->ch[0].a > UM_SPAN * DD_PAGE)) {
+			um_group(u, n);
+			n = 0;
+		}
+		u->ch[n++] = c;
+	}
+	if (n)
+		um_group(u, n);
+	/* Until here the unmerged chunks still count as merged for discard.c:
+	 * a REMOVE there marks pages instead of fencing them, and an empty
+	 * page's fault gets zeros either way; the range is going away. */
+	pthread_mutex_lock(&eng.gate);
+	dd_discard_unmerged_many((const uintptr_t (*)[2])u->done, u->ndone);
+	pthread_mutex_unlock(&eng.gate);
+	return u->err;
 }
 
 /* Unmerge every merged run of r (see "Unmerging"). eng.lock held. Returns
- * 0, or the first error (the runs it concerns stay merged and valid). */
+ * 0, or the first error (the runs it concerns stay merged and valid). The
+ * caller unregisters the region. */
 int dd_merge_unmerge(struct dd_region *r)
 {
-	int ret = 0;
+	uintptr_t end = r->start + r->npages * DD_PAGE;
 	size_t i = 0, k;
+	int ret;
 
 	/* merged runs are found without visiting absent pages (region.c) */
 	if (!dd_region_next_merged(r, &i, &k))
 		return 0;
 	if (atomic_load(&eng.forking))   /* engine.c, prefork(): stay merged */
 		return -EBUSY;
-	/* The anonymous parts take MISSING too (their empty pages then fault
-	 * to the reader, who fills them with zeros as the kernel would): with
-	 * the same flags as the runs' replacements (step 3), the VMAs merge. */
-	ret = dd_uffd_register(eng.uffd, r->start, r->npages * DD_PAGE,
-			       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
-	if (ret < 0)
-		dd_debug("unmerge: could not register %#lx MISSING (errno %d): the "
-			 "region may stay several mappings", (unsigned long)r->start, -ret);
-	ret = 0;
-	for (i = 0; dd_region_next_merged(r, &i, &k); i = k) {
-		int e = unmerge_run(r, i, k);
-		if (e < 0) {
-			dd_warn("could not unmerge %#lx+%zu (errno %d): left merged",
-				(unsigned long)(r->start + i * DD_PAGE), (k - i) * DD_PAGE, -e);
-			if (!ret)
-				ret = e;
+	struct um *u = um_init(r, r->start, end, &ret);
+	if (!u)
+		return ret;
+	ret = um_run(u);
+	um_fini(u);
+	return ret;
+}
+
+static int unreg_anon_fn(void *ctx, const struct dd_vma *v)
+{
+	const struct um *u = ctx;
+	uintptr_t a = v->lo > u->lo ? v->lo : u->lo, e = v->hi < u->hi ? v->hi : u->hi;
+	if (!v->ours)
+		dd_uffd_unregister(eng.uffd, a, e - a);
+	return 0;
+}
+
+/*
+ * The preload library (preload.c, unmerge_pieces): [lo, hi) is to become
+ * anonymous memory (MADV_WIPEONFORK, mlock, the program's own userfaultfd)
+ * and no region covers it any more (it dropped them), but merged pieces of
+ * ours are left there (registered MINOR|MISSING, served by our reader).
+ * Unmerge them with the same protocol, then unregister the range except
+ * what could not be unmerged. Takes eng.lock. 0 or the first error.
+ */
+int dd_merge_unmerge_pieces(uintptr_t lo, uintptr_t hi)
+{
+	int ret;
+
+	pthread_mutex_lock(&eng.lock);
+	if (!eng.running) {
+		ret = -ENODEV;
+		goto out;
+	}
+	if (atomic_load(&eng.forking)) {
+		ret = -EBUSY;
+		goto out;
+	}
+	struct dd_region *r = dd_region_find(lo);
+	if ((r && r->start < hi) || dd_region_find(hi - 1)) {
+		ret = -EBUSY;   /* a region: dedup_unregister() first */
+		goto out;
+	}
+	for (size_t i = 0; i < dd_region_count(); i++) {
+		r = dd_region_at(i);
+		if (r->start < hi && r->start + r->npages * DD_PAGE > lo) {
+			ret = -EBUSY;
+			goto out;
 		}
 	}
+	struct um *u = um_init(NULL, lo, hi, &ret);
+	if (!u)
+		goto out;
+	ret = um_run(u);
+	/* unregister what is anonymous now (what is still merged keeps MINOR) */
+	dd_vmas_in(lo, hi, unreg_anon_fn, u);
+	um_fini(u);
+out:
+	pthread_mutex_unlock(&eng.lock);
 	return ret;
 }
 

@@ -9,6 +9,7 @@
  *   DEDUP_FORCE_PAGEMAP=1      use /proc/self/pagemap instead of PAGEMAP_SCAN
  *   DEDUP_FORCE_USER_ONLY=1    act as if only a user-mode-only uffd existed
  *   DEDUP_FORCE_DIRECT_READ=1  compare moved pages in place, not via process_vm_readv
+ *   DEDUP_FORCE_MAPS_TEXT=1    read the text of /proc/self/maps, not PROCMAP_QUERY
  *
  * Thread-safety: stateless apart from dd_feat (written at init) and the
  * pagemap fd (opened at init, used under eng.lock).
@@ -484,6 +485,19 @@ static long read_long_file(const char *path, long def)
 	return strtol(buf, NULL, 10);
 }
 
+long dd_max_map_count_now(void)
+{
+	return read_long_file("/proc/sys/vm/max_map_count", 65530);
+}
+
+size_t dd_maps_table_cap(void)
+{
+	long l = dd_max_map_count_now();
+	size_t cap = (l > 0 ? (size_t)l : 65530) + 4096;
+	/* SteamOS says 2147483642: start at 4M entries there, grow if used */
+	return cap < ((size_t)1 << 22) ? cap : (size_t)1 << 22;
+}
+
 void dd_os_probe(void)
 {
 	struct pm_scan_arg arg;
@@ -498,7 +512,7 @@ void dd_os_probe(void)
 	arg.return_mask = PAGE_IS_PRESENT;
 	dd_feat.pagemap_scan = pagemap_fd >= 0 && !env_on("DEDUP_FORCE_PAGEMAP") &&
 			       ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) >= 0;
-	dd_feat.max_map_count = read_long_file("/proc/sys/vm/max_map_count", 65530);
+	dd_feat.max_map_count = dd_max_map_count_now();
 
 	char a = 1, b = 0;
 	struct iovec l = { &b, 1 }, r = { &a, 1 };
@@ -590,6 +604,248 @@ int dd_vma_prot(uintptr_t a)
 	struct prot_ctx pc = { a, -ENOENT };
 	int r = dd_maps_each(prot_line, &pc);
 	return r < 0 ? r : pc.prot;
+}
+
+/* ---- mappings by address: PROCMAP_QUERY, or the text of maps ------------- */
+
+/*
+ * PROCMAP_QUERY (Linux 6.11) answers "which VMA covers (or follows) this
+ * address" with one ioctl on an open /proc/self/maps, at a cost that does not
+ * grow with the number of mappings. Without it (older kernels, or forced by
+ * DEDUP_FORCE_MAPS_TEXT=1 for tests) dd_vmas_in() reads the text of maps,
+ * which costs one line per mapping below the range: callers then ask once
+ * per range, never once per page or per run.
+ */
+static _Atomic int procmap_query_state;   /* 0 unknown, 1 works, -1 missing */
+
+static bool procmap_query_ok(void)
+{
+	int s = atomic_load_explicit(&procmap_query_state, memory_order_relaxed);
+	if (!s) {
+		s = env_on("DEDUP_FORCE_MAPS_TEXT") ? -1 : 1;   /* 1: try, and see */
+		atomic_store_explicit(&procmap_query_state, s, memory_order_relaxed);
+	}
+	return s > 0;
+}
+
+int dd_procmap_open(void)
+{
+	int fd;
+
+	if (!procmap_query_ok())
+		return -ENOTTY;
+	fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+static void vma_kind(struct dd_vma *v, const char *name)
+{
+	v->ours = v->file && strncmp(name, "/memfd:libdedup", 15) == 0;
+	v->anon = !v->file && !v->shared &&
+		  (!*name || strncmp(name, "[heap]", 6) == 0 ||
+		   (strncmp(name, "[anon:", 6) == 0 && strncmp(name, "[anon:libdedup", 14) != 0));
+}
+
+int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v)
+{
+	char name[4096];
+	struct procmap_query q = {
+		.size = sizeof(q),
+		.query_flags = or_next ? PROCMAP_QUERY_COVERING_OR_NEXT_VMA : 0,
+		.query_addr = a,
+		.vma_name_size = sizeof(name),
+		.vma_name_addr = (uintptr_t)name,
+	};
+
+	if (fd < 0)
+		return -EBADF;
+	if (ioctl(fd, PROCMAP_QUERY, &q) < 0) {
+		int e = errno;
+		if (e == ENOTTY || e == EINVAL || e == EOPNOTSUPP) {
+			atomic_store_explicit(&procmap_query_state, -1, memory_order_relaxed);
+			return -ENOTTY;
+		}
+		return -e;
+	}
+	if (!q.vma_name_size)
+		name[0] = 0;
+	v->lo = q.vma_start;
+	v->hi = q.vma_end;
+	v->prot = ((q.vma_flags & PROCMAP_QUERY_VMA_READABLE) ? PROT_READ : 0) |
+		  ((q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE) ? PROT_WRITE : 0) |
+		  ((q.vma_flags & PROCMAP_QUERY_VMA_EXECUTABLE) ? PROT_EXEC : 0);
+	v->shared = q.vma_flags & PROCMAP_QUERY_VMA_SHARED;
+	v->file = q.inode != 0;
+	v->offset = q.vma_offset;
+	vma_kind(v, name);
+	return 0;
+}
+
+static uint64_t hex_at(const char **pp)
+{
+	const char *p = *pp;
+	uint64_t v = 0;
+
+	while (*p == ' ')
+		p++;
+	for (;; p++) {
+		unsigned d;
+		if (*p >= '0' && *p <= '9')
+			d = (unsigned)(*p - '0');
+		else if (*p >= 'a' && *p <= 'f')
+			d = (unsigned)(*p - 'a' + 10);
+		else
+			break;
+		v = v * 16 + d;
+	}
+	*pp = p;
+	return v;
+}
+
+/* A maps line's rest (" offset dev:dev inode [name]") into v. */
+static void vma_from_line(struct dd_vma *v, uintptr_t lo, uintptr_t hi, const char *perms,
+			  const char *rest)
+{
+	const char *p = rest;
+	uint64_t inode = 0;
+
+	v->lo = lo;
+	v->hi = hi;
+	v->prot = dd_perms_prot(perms);
+	v->shared = perms[3] == 's';
+	v->offset = hex_at(&p);
+	hex_at(&p);                 /* dev major */
+	if (*p == ':')
+		p++;
+	hex_at(&p);                 /* dev minor */
+	while (*p == ' ')
+		p++;
+	while (*p >= '0' && *p <= '9')
+		inode = inode * 10 + (uint64_t)(*p++ - '0');
+	while (*p == ' ')
+		p++;
+	v->file = inode != 0;
+	vma_kind(v, p);
+}
+
+struct vmas_ctx {
+	uintptr_t lo, hi;
+	dd_vma_fn fn;
+	void *ctx;
+};
+
+static int vmas_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
+{
+	struct vmas_ctx *vc = c;
+	struct dd_vma v;
+
+	if (hi <= vc->lo)
+		return 0;
+	if (lo >= vc->hi)
+		return 1;
+	vma_from_line(&v, lo, hi, perms, rest);
+	return vc->fn(vc->ctx, &v);
+}
+
+int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
+{
+	int fd = dd_procmap_open(), r = 0;
+
+	if (fd >= 0) {
+		struct dd_vma v;
+		uintptr_t a = lo;
+		while (a < hi) {
+			r = dd_vma_query(fd, a, true, &v);
+			if (r == -ENOENT) {
+				r = 0;
+				break;
+			}
+			if (r < 0 || v.lo >= hi || (r = fn(ctx, &v)) != 0)
+				break;
+			a = v.hi;
+		}
+		close(fd);
+		if (r != -ENOTTY)
+			return r < 0 ? r : 0;
+		/* no PROCMAP_QUERY after all: the text */
+	}
+	struct vmas_ctx vc = { lo, hi, fn, ctx };
+	r = dd_maps_each(vmas_line, &vc);
+	return r < 0 ? r : 0;
+}
+
+/* VmFlags names of /proc/self/smaps that dd_vma_vmflags reports */
+static const struct { char n[3]; unsigned f; } vmflag_names[] = {
+	{ "nh", DD_VMF_NOHUGEPAGE }, { "hg", DD_VMF_HUGEPAGE }, { "dd", DD_VMF_DONTDUMP },
+	{ "dc", DD_VMF_DONTFORK }, { "wf", DD_VMF_WIPEONFORK }, { "sr", DD_VMF_SEQ_READ },
+	{ "rr", DD_VMF_RAND_READ }, { "mg", DD_VMF_MERGEABLE }, { "nr", DD_VMF_NORESERVE },
+	{ "ac", DD_VMF_ACCOUNT }, { "lo", DD_VMF_LOCKED },
+};
+
+/*
+ * The VmFlags (DD_VMF_*) of the mapping holding a, from /proc/self/smaps.
+ * Expensive (the kernel walks the page tables of every mapping it prints,
+ * up to a's), so only for the rare case that needs them: an unmerged run
+ * whose replacement did not merge with its neighbour (merge.c).
+ */
+int dd_vma_vmflags(uintptr_t a, unsigned *out)
+{
+	char buf[8192];
+	size_t have = 0;
+	int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC), ret = -ENOENT;
+	bool in = false;
+
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		buf[have] = 0;
+		char *line = buf, *nl;
+		while ((nl = memchr(line, '\n', have - (size_t)(line - buf)))) {
+			*nl = 0;
+			if (strncmp(line, "VmFlags:", 8) == 0) {
+				if (in) {
+					unsigned f = 0;
+					for (const char *p = line + 8; *p;) {
+						while (*p == ' ')
+							p++;
+						if (!p[0] || !p[1])
+							break;
+						for (size_t i = 0; i < DD_ARRAY_SIZE(vmflag_names); i++)
+							if (p[0] == vmflag_names[i].n[0] &&
+							    p[1] == vmflag_names[i].n[1])
+								f |= vmflag_names[i].f;
+						p += 2;
+					}
+					*out = f;
+					ret = 0;
+					goto out;
+				}
+			} else if ((*line >= '0' && *line <= '9') || (*line >= 'a' && *line <= 'f')) {
+				char *p = line;
+				uintptr_t lo = strtoull(p, &p, 16);
+				uintptr_t hi = *p == '-' ? strtoull(p + 1, &p, 16) : 0;
+				if (*p == ' ') {   /* a mapping's header line */
+					if (lo > a)
+						goto out;
+					in = a >= lo && a < hi;
+				}
+			}
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		memmove(buf, line, have);
+		if (have == sizeof(buf) - 1)
+			have = 0;   /* a line longer than buf: only paths are */
+	}
+out:
+	close(fd);
+	return ret;
 }
 
 struct count_ctx { long n, match; const char *needle; };

@@ -141,8 +141,6 @@ enum {
 	PL_WATCHING,    /* preloaded, engine not started yet (lazy start, below) */
 };
 
-#define RTAB_CAP ((size_t)1 << 18)
-#define VBUF_CAP ((size_t)1 << 17)   /* > vm.max_map_count */
 
 /* One VMA of /proc/self/maps or smaps. */
 enum { K_ANON, K_STACK, K_DEDUP, K_OTHER };
@@ -162,11 +160,14 @@ static struct {
 	struct dd_rtab mine;            /* ranges we registered (exact, for dedup_unregister) */
 	struct dd_rtab excl;            /* never register (app's uffd, mlock, DONTFORK...) */
 	struct dd_rtab ignore;          /* skip until the next full check (bad flags, errors) */
+	/* Tables of mappings (see table_grow: sized from the live
+	 * vm.max_map_count, doubled when full) and their capacities. */
 	struct vma *vbuf, *sbuf;     /* reconcile: maps and smaps snapshots */
-	size_t nv, ns;
+	size_t nv, ns, vcap, scap;
 	struct dd_range *cand;          /* reconcile: candidate ranges */
-	size_t ncand;
+	size_t ncand, ccap;
 	struct vma *pieces;          /* interposers (pl.lock): VMAs of one range */
+	size_t pcap;
 	pthread_t thr;
 	bool thr_started;
 	_Atomic uint32_t kicked;     /* futex: wakes the dedup-preload thread */
@@ -201,7 +202,67 @@ static void *reserve(size_t bytes)
 {
 	void *p = sys_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
 			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p != MAP_FAILED)
+		sys_madvise(p, bytes, MADV_DONTDUMP);   /* ours, not the program's */
 	return p == MAP_FAILED ? NULL : p;
+}
+
+static void ours_add(uintptr_t lo, size_t len);
+static void ours_sub(uintptr_t lo, size_t len);
+
+static size_t pages_of(size_t bytes) { return (bytes + DD_PAGE - 1) & ~(size_t)(DD_PAGE - 1); }
+
+/*
+ * Room for need entries of elem bytes in the table *p of *cap entries. A
+ * table of mappings starts at the live vm.max_map_count (and some room:
+ * dd_maps_table_cap), never at a guess of it, and doubles when the process
+ * has more (the limit may be raised while we run). Raw system calls only:
+ * this runs inside interposed calls. The table is in "ours" wherever it
+ * moves. Not with ours_lock held.
+ */
+static bool table_grow(void **p, size_t *cap, size_t elem, size_t need)
+{
+	size_t ncap = *cap ? *cap : dd_maps_table_cap();
+	void *q;
+
+	while (ncap < need)
+		ncap *= 2;
+	if (*p && ncap == *cap)
+		return true;
+	if (*p)
+		q = sys_mremap(*p, pages_of(*cap * elem), pages_of(ncap * elem), MREMAP_MAYMOVE, NULL);
+	else
+		q = reserve(pages_of(ncap * elem));
+	if (!q || q == MAP_FAILED)
+		return false;
+	if (*p)
+		ours_sub((uintptr_t)*p, pages_of(*cap * elem));
+	ours_add((uintptr_t)q, pages_of(ncap * elem));
+	*p = q;
+	*cap = ncap;
+	return true;
+}
+
+#define TABLE_GROW(ptr, cap, need) table_grow((void **)&(ptr), &(cap), sizeof(*(ptr)), (need))
+
+/*
+ * The range tables (struct dd_rtab) grow by themselves (ranges.c) and may
+ * move then: where each one was put in "ours" is remembered here, and the
+ * reconcile moves that entry along (track_tables). Until it does, the
+ * reconcile's check of VmFlags keeps it from registering a table that moved
+ * (they are MADV_DONTDUMP).
+ */
+static struct { uintptr_t lo; size_t len; } tracked[4];
+
+static void track(size_t i, uintptr_t lo, size_t len)
+{
+	if (tracked[i].lo == lo && tracked[i].len == len)
+		return;
+	if (tracked[i].len)
+		ours_sub(tracked[i].lo, tracked[i].len);
+	ours_add(lo, len);
+	tracked[i].lo = lo;
+	tracked[i].len = len;
 }
 
 static void ours_add(uintptr_t lo, size_t len)
@@ -421,6 +482,7 @@ out:
 struct collect {
 	struct vma *out;
 	size_t n, cap;
+	bool grow;           /* out is pl.pieces: grow it when full */
 	uintptr_t lo, hi;    /* only VMAs overlapping this */
 };
 
@@ -431,8 +493,12 @@ static int collect_fn(void *c, const struct vma *v)
 		return 0;
 	if (v->lo >= cc->hi)
 		return 1;
-	if (cc->n == cc->cap)
-		return -ENOSPC;
+	if (cc->n == cc->cap) {
+		if (!cc->grow || !TABLE_GROW(pl.pieces, pl.pcap, cc->n + 1))
+			return -ENOSPC;
+		cc->out = pl.pieces;
+		cc->cap = pl.pcap;
+	}
 	cc->out[cc->n++] = *v;
 	return 0;
 }
@@ -440,8 +506,16 @@ static int collect_fn(void *c, const struct vma *v)
 /* VMAs overlapping [lo, hi) into out[0..cap). Returns the count or -errno. */
 static long vmas_in(bool smaps, uintptr_t lo, uintptr_t hi, struct vma *out, size_t cap)
 {
-	struct collect cc = { out, 0, cap, lo, hi };
+	struct collect cc = { out, 0, cap, false, lo, hi };
 	int r = vma_walk(smaps, collect_fn, &cc);
+	return r < 0 ? r : (long)cc.n;
+}
+
+/* VMAs overlapping [lo, hi) into pl.pieces (grown as needed). pl.lock held. */
+static long pieces_in(uintptr_t lo, uintptr_t hi)
+{
+	struct collect cc = { pl.pieces, 0, pl.pcap, true, lo, hi };
+	int r = vma_walk(false, collect_fn, &cc);
 	return r < 0 ? r : (long)cc.n;
 }
 
@@ -529,7 +603,7 @@ static int reg_one(uintptr_t lo, uintptr_t hi)
 static void register_parts(uintptr_t lo, uintptr_t hi)
 {
 	/* one VMA below lo too, for the stack-guard check */
-	long n = vmas_in(false, lo > DD_PAGE ? lo - DD_PAGE : lo, hi, pl.pieces, VBUF_CAP);
+	long n = pieces_in(lo > DD_PAGE ? lo - DD_PAGE : lo, hi);
 
 	for (long i = 0; i < n; i++) {
 		const struct vma *v = &pl.pieces[i];
@@ -587,16 +661,24 @@ static int prot_of(const struct vma *v)
 
 /*
  * Replace every piece of our memfd in [lo, hi) by anonymous memory holding
- * the same bytes: map an anonymous range elsewhere, copy, and mremap it over
- * the piece (which replaces the file VMA in one step). Not atomic: a write
- * into the piece by another thread between the copy and the mremap is lost.
- * Used only where file semantics would show and the caller is changing the
- * range anyway: MADV_WIPEONFORK (refused on a file VMA) and the
- * application's own UFFDIO_REGISTER (MISSING faults). pl.lock held.
+ * the same bytes, for a call that needs anonymous memory there
+ * (MADV_WIPEONFORK and mlock, refused or wrong on a file VMA, and the
+ * program's own UFFDIO_REGISTER: MISSING faults). Its regions are dropped
+ * already. With the engine running: its unmerging protocol (merge.c,
+ * dd_merge_unmerge_pieces), which loses no write of another thread and
+ * leaves one anonymous mapping. In a guarded fork()ed child (no engine,
+ * child.c): a copy mremapped over each piece (dd_piece_to_anon; in a child
+ * the copies stay mappings of their own: see there). pl.lock held.
  */
 static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 {
-	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	if (atomic_load(&pl_state) == PL_ON) {
+		int r = dd_merge_unmerge_pieces(lo, hi);
+		if (r != -ENODEV && r != -EBUSY)
+			return r;
+	}
+	long n = pieces_in(lo, hi);
+	int ret = n < 0 ? (int)n : 0;
 
 	for (long i = 0; i < n; i++) {
 		const struct vma *v = &pl.pieces[i];
@@ -604,10 +686,12 @@ static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 			continue;
 		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
 		int r = dd_piece_to_anon(a, e - a, prot_of(v), NULL);
-		if (r < 0)
-			return r;
+		if (r < 0) {
+			ret = r;
+			break;
+		}
 	}
-	return 0;
+	return ret;
 }
 
 /* ---- mremap of a range that merging split into several VMAs ------------------ */
@@ -615,7 +699,7 @@ static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 /* Is any page of [lo, hi) one of our merged (memfd) pieces? */
 static bool has_merged(uintptr_t lo, uintptr_t hi)
 {
-	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	long n = pieces_in(lo, hi);
 	for (long i = 0; i < n; i++)
 		if (pl.pieces[i].kind == K_DEDUP)
 			return true;
@@ -632,7 +716,7 @@ static bool has_merged(uintptr_t lo, uintptr_t hi)
  */
 static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flags, void *fixed)
 {
-	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	long n = pieces_in(lo, hi);
 	uintptr_t at = lo, dst;
 	size_t old_len = hi - lo;
 	int prot;
@@ -683,7 +767,7 @@ static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flag
 		dst = (uintptr_t)fixed;
 	}
 	/* Move piece by piece (re-reading: the shrink above may have cut one). */
-	n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	n = pieces_in(lo, hi);
 	for (long i = 0; i < n; i++) {
 		uintptr_t a = pl.pieces[i].lo > lo ? pl.pieces[i].lo : lo;
 		uintptr_t e = pl.pieces[i].hi < hi ? pl.pieces[i].hi : hi;
@@ -719,16 +803,17 @@ efault:
 /* ---- the reconcile thread --------------------------------------------------- */
 
 struct fill_ctx {
-	struct vma *out;
+	struct vma **out;    /* &pl.vbuf or &pl.sbuf */
+	size_t *cap;
 	size_t n;
 };
 
 static int fill_fn(void *c, const struct vma *v)
 {
 	struct fill_ctx *f = c;
-	if (f->n == VBUF_CAP)
+	if (f->n == *f->cap && !table_grow((void **)f->out, f->cap, sizeof(**f->out), f->n + 1))
 		return -ENOSPC;
-	f->out[f->n++] = *v;
+	(*f->out)[f->n++] = *v;
 	return 0;
 }
 
@@ -768,10 +853,24 @@ static bool still_ours(const struct vma *v, size_t n, uintptr_t lo, uintptr_t hi
 	return at >= hi;
 }
 
+/* The range tables that moved as they grew: "ours" follows them. pl.lock
+ * held (mine, excl, ignore); ours is read under ours_lock. */
+static void track_tables(void)
+{
+	const struct dd_rtab *t[] = { &pl.mine, &pl.excl, &pl.ignore };
+	for (size_t i = 0; i < DD_ARRAY_SIZE(t); i++)
+		track(i, (uintptr_t)t[i]->r, t[i]->cap * sizeof(*t[i]->r));
+	ours_acquire();
+	uintptr_t lo = (uintptr_t)ours.r;
+	size_t len = ours.cap * sizeof(*ours.r);
+	ours_release();
+	track(3, lo, len);
+}
+
 static void reconcile(unsigned round)
 {
 	bool full = round % 10 == 0;   /* also check registrations in smaps */
-	struct fill_ctx f = { pl.vbuf, 0 };
+	struct fill_ctx f = { &pl.vbuf, &pl.vcap, 0 };
 
 	if (vma_walk(false, fill_fn, &f) < 0)
 		return;
@@ -780,6 +879,7 @@ static void reconcile(unsigned round)
 	pthread_mutex_lock(&pl.lock);
 	if (atomic_load(&pl_state) != PL_ON)
 		goto out;
+	track_tables();
 	if (full)
 		pl.ignore.n = 0;
 	/* 1. forget what went away (unmapped or replaced behind our back) */
@@ -796,17 +896,18 @@ static void reconcile(unsigned round)
 	}
 	/* 2. candidates: anonymous rw-p memory nobody has */
 	pl.ncand = 0;
-	for (size_t i = 0; i < pl.nv && pl.ncand < RTAB_CAP; i++) {
+	for (size_t i = 0; i < pl.nv; i++) {
 		const struct vma *v = &pl.vbuf[i];
 		if (!candidate_vma(i ? &pl.vbuf[i - 1] : NULL, v))
 			continue;
-		for (uintptr_t a = v->lo; a < v->hi && pl.ncand < RTAB_CAP;) {
+		for (uintptr_t a = v->lo; a < v->hi;) {
 			uintptr_t next, end = blocked_at(a, v->hi, &next);
 			if (end) {
 				a = end;
 				continue;
 			}
-			if (next - a >= min_region())
+			if (next - a >= min_region() &&
+			    (pl.ncand < pl.ccap || TABLE_GROW(pl.cand, pl.ccap, pl.ncand + 1)))
 				pl.cand[pl.ncand++] = (struct dd_range){ a, next };
 			a = next;
 		}
@@ -816,7 +917,7 @@ static void reconcile(unsigned round)
 	if (!pl.ncand && !full)
 		return;
 	/* 3. VmFlags of the candidates (and of our ranges, on a full round) */
-	f = (struct fill_ctx){ pl.sbuf, 0 };
+	f = (struct fill_ctx){ &pl.sbuf, &pl.scap, 0 };
 	if (vma_walk(true, fill_fn, &f) < 0)
 		return;
 	pl.ns = f.n;
@@ -1270,7 +1371,7 @@ static void exclude_range(uintptr_t lo, uintptr_t hi, struct op *o)
  */
 static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
 {
-	long n = vmas_in(false, lo, hi, pl.pieces, VBUF_CAP);
+	long n = pieces_in(lo, hi);
 	uintptr_t at = lo;
 
 	for (long i = 0; i < n; i++) {
@@ -1368,6 +1469,13 @@ static int lock_common(const void *addr, size_t len, unsigned flags, bool two)
 		return two ? (int)syscall(SYS_mlock2, addr, len, flags)
 			   : (int)syscall(SYS_mlock, addr, len);
 	exclude_range((uintptr_t)addr, (uintptr_t)addr + len, &o);
+	/* Locking a merged piece would copy every page on write (a private
+	 * file mapping is populated for writing) and keep it a mapping of
+	 * its own: unmerge it first, into one locked anonymous mapping. */
+	uintptr_t lo = pg_down((uintptr_t)addr), hi = pg_up((uintptr_t)addr + len);
+	if (len && has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
+		dd_debug("preload: could not unmerge %#lx-%#lx before mlock", (unsigned long)lo,
+			 (unsigned long)hi);
 	ret = two ? (int)syscall(SYS_mlock2, addr, len, flags) : (int)syscall(SYS_mlock, addr, len);
 	op_end(&o);
 	return ret;
@@ -1618,16 +1726,18 @@ DD_API int ioctl(int fd, unsigned long req, ...)
 			 * are registered MINOR) goes too: the range is no region
 			 * any more, so the engine no longer looks at it. */
 			uintptr_t lo = pg_down(r.range.start), hi = pg_up(r.range.start + r.range.len);
-			if (eng.uffd >= 0)
-				dd_uffd_unregister(eng.uffd, lo, hi - lo);
 			/* A merged page is a private file mapping: after
 			 * MADV_DONTNEED it would read the canonical page again
 			 * instead of raising the application's MISSING fault.
-			 * Make the range anonymous memory again. */
+			 * Make the range anonymous memory again (while its
+			 * pieces are still registered with us: their discards
+			 * read zeros until then), then step out of the way. */
 			if (has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
 				dd_warn("preload: could not unmerge %#lx-%#lx before the "
 					"application's UFFDIO_REGISTER", (unsigned long)lo,
 					(unsigned long)hi);
+			if (eng.uffd >= 0)
+				dd_uffd_unregister(eng.uffd, lo, hi - lo);
 			int ret = (int)syscall(SYS_ioctl, fd, req, arg);
 			int e = errno;
 			op_end(&o);
@@ -1796,23 +1906,18 @@ static bool tables_init(void)
 {
 	if (pl.mine.r)
 		return true;
-	if (!dd_rt_init(&ours, RTAB_CAP) || !dd_rt_init(&pl.mine, RTAB_CAP) ||
-	    !dd_rt_init(&pl.excl, RTAB_CAP) || !dd_rt_init(&pl.ignore, RTAB_CAP))
+	/* sized from the live vm.max_map_count; they grow (table_grow) */
+	size_t cap = dd_maps_table_cap();
+	if (!dd_rt_init(&ours, cap) || !dd_rt_init(&pl.mine, cap) ||
+	    !dd_rt_init(&pl.excl, cap) || !dd_rt_init(&pl.ignore, cap))
 		return false;
-	pl.vbuf = reserve(VBUF_CAP * sizeof(struct vma));
-	pl.sbuf = reserve(VBUF_CAP * sizeof(struct vma));
-	pl.pieces = reserve(VBUF_CAP * sizeof(struct vma));
-	pl.cand = reserve(RTAB_CAP * sizeof(struct dd_range));
-	if (!pl.vbuf || !pl.sbuf || !pl.pieces || !pl.cand)
+	if (!TABLE_GROW(pl.vbuf, pl.vcap, 1) || !TABLE_GROW(pl.sbuf, pl.scap, 1) ||
+	    !TABLE_GROW(pl.pieces, pl.pcap, 1) || !TABLE_GROW(pl.cand, pl.ccap, 1))
 		return false;
-	ours_add((uintptr_t)ours.r, RTAB_CAP * sizeof(struct dd_range));
-	ours_add((uintptr_t)pl.mine.r, RTAB_CAP * sizeof(struct dd_range));
-	ours_add((uintptr_t)pl.excl.r, RTAB_CAP * sizeof(struct dd_range));
-	ours_add((uintptr_t)pl.ignore.r, RTAB_CAP * sizeof(struct dd_range));
-	ours_add((uintptr_t)pl.vbuf, VBUF_CAP * sizeof(struct vma));
-	ours_add((uintptr_t)pl.sbuf, VBUF_CAP * sizeof(struct vma));
-	ours_add((uintptr_t)pl.pieces, VBUF_CAP * sizeof(struct vma));
-	ours_add((uintptr_t)pl.cand, RTAB_CAP * sizeof(struct dd_range));
+	track(0, (uintptr_t)pl.mine.r, pl.mine.cap * sizeof(*pl.mine.r));
+	track(1, (uintptr_t)pl.excl.r, pl.excl.cap * sizeof(*pl.excl.r));
+	track(2, (uintptr_t)pl.ignore.r, pl.ignore.cap * sizeof(*pl.ignore.r));
+	track(3, (uintptr_t)ours.r, ours.cap * sizeof(*ours.r));
 	self_ranges();
 	return true;
 }

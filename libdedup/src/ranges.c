@@ -4,10 +4,15 @@
  *
  * Used by the preload library (its registered, excluded and own ranges) and
  * by a fork()ed child's guard (child.c: pages discarded). A table lives in
- * one MAP_NORESERVE reservation made with the raw system call, so it can be
- * created from inside an interposed mmap() and never touches malloc. No
- * locking here: each table's owner says what protects it. Inserting into a
- * full table fails (returns false) and leaves the table as it was.
+ * one MAP_NORESERVE mapping made with the raw system call, so it can be
+ * created and grown from inside an interposed mmap() and never touches
+ * malloc. It starts at the size asked for (callers size tables of
+ * mappings from the live vm.max_map_count: dd_maps_table_cap) and doubles
+ * when full (mremap: the table may move; the owner's lock covers that, and
+ * t->moves counts it for an owner that tracks where its tables are). No
+ * locking here: each table's owner says what protects it. An insert that
+ * finds no memory to grow fails (returns false) and leaves the table as it
+ * was. The memory is MADV_DONTDUMP: ours, not the program's.
  */
 #include <string.h>
 #include <sys/mman.h>
@@ -16,20 +21,51 @@
 
 #include "internal.h"
 
+static size_t bytes(size_t cap)
+{
+	return (cap * sizeof(struct dd_range) + DD_PAGE - 1) & ~(DD_PAGE - 1);
+}
+
 bool dd_rt_init(struct dd_rtab *t, size_t cap)
 {
-	void *p = (void *)syscall(SYS_mmap, NULL, cap * sizeof(*t->r), PROT_READ | PROT_WRITE,
+	if (cap < 256)
+		cap = 256;
+	void *p = (void *)syscall(SYS_mmap, NULL, bytes(cap), PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	t->r = p == MAP_FAILED ? NULL : p;
 	t->n = 0;
-	t->cap = t->r ? cap : 0;
+	t->cap = t->r ? bytes(cap) / sizeof(*t->r) : 0;
+	t->moves = 0;
+	if (t->r)
+		syscall(SYS_madvise, t->r, bytes(cap), MADV_DONTDUMP);
 	return t->r != NULL;
+}
+
+/* Room for n ranges, growing (doubling) if needed. */
+bool dd_rt_reserve(struct dd_rtab *t, size_t n)
+{
+	size_t ncap = t->cap;
+
+	if (n <= t->cap)
+		return true;
+	if (!t->r)
+		return false;
+	while (ncap < n)
+		ncap *= 2;
+	void *p = (void *)syscall(SYS_mremap, t->r, bytes(t->cap), bytes(ncap), MREMAP_MAYMOVE);
+	if (p == MAP_FAILED)
+		return false;
+	if (p != (void *)t->r)
+		t->moves++;
+	t->r = p;
+	t->cap = bytes(ncap) / sizeof(*t->r);
+	return true;
 }
 
 void dd_rt_fini(struct dd_rtab *t)
 {
 	if (t->r)
-		syscall(SYS_munmap, t->r, t->cap * sizeof(*t->r));
+		syscall(SYS_munmap, t->r, bytes(t->cap));
 	t->r = NULL;
 	t->n = t->cap = 0;
 }
@@ -64,7 +100,7 @@ void dd_rt_remove_at(struct dd_rtab *t, size_t i)
 bool dd_rt_insert(struct dd_rtab *t, uintptr_t lo, uintptr_t hi)
 {
 	size_t i = dd_rt_lower(t, lo);
-	if (t->n == t->cap)
+	if (t->n == t->cap && !dd_rt_reserve(t, t->n + 1))
 		return false;
 	memmove(&t->r[i + 1], &t->r[i], (t->n - i) * sizeof(*t->r));
 	t->r[i] = (struct dd_range){ lo, hi };

@@ -202,6 +202,10 @@ void dd_store_put(uint32_t ref)
 }
 
 uint32_t dd_store_refs(uint32_t ref) { return st.info[ref - 1].refs; }
+bool dd_store_alive(uint32_t ref)
+{
+	return ref && ref - 1 < st.hwm && ref - 1 < st.info_cap && st.info[ref - 1].refs;
+}
 uint64_t dd_store_hash(uint32_t ref) { return st.info[ref - 1].hash; }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
 uint64_t dd_store_sharing(void) { return atomic_load(&st.sharing); }

@@ -11,5 +11,11 @@ dedup_test(probe_pagemap_scan SOURCES probe_pagemap_scan.c TIMEOUT 30 LABELS pro
 # Lowers the global vm.max_map_count for a few milliseconds (restored on every
 # exit path; alarm(20) fires before the 30 s timeout's SIGKILL).
 dedup_test(probe_max_map_count SOURCES probe_max_map_count.c TIMEOUT 30 LABELS probe)
+# ... so never while a test runs at another value (tests/CMakeLists.txt, MMC)
+set_tests_properties(probe_max_map_count PROPERTIES RESOURCE_LOCK max_map_count)
 dedup_test(probe_remove_zap_late SOURCES probe_remove_zap_late.c TIMEOUT 600 LABELS probe)
 dedup_test(probe_fork_child_file SOURCES probe_fork_child_file.c TIMEOUT 600 LABELS probe)
+# What lets an unmerged run merge with its neighbours again (merge.c,
+# "Unmerging"), and where it cannot (a fork()ed child, child.c).
+dedup_test(probe_mremap_fresh_merge SOURCES probe_mremap_fresh_merge.c TIMEOUT 30 LABELS probe)
+dedup_test(probe_child_no_merge SOURCES probe_child_no_merge.c TIMEOUT 30 LABELS probe)
