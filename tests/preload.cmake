@@ -140,10 +140,3 @@ set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run
 set_tests_properties(preload_python preload_redis
                      PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS "preload;programs")
 set_tests_properties(preload_sparse PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS preload)
-# KNOWN BUG (open, issue 14): a raw close_range() that lands inside an engine
-# step makes that step's ioctls hit the program's file (ENOTTY), and a page
-# parked in the scratch area can be left there: it then reads wrong (4-7 runs
-# in 50 under load). The check at each step does not cover a close within a
-# step. Disabled until the merge window re-checks its descriptors (or works on
-# fixed files only); the libc cases above are not affected.
-set_tests_properties(preload_daemon_raw preload_daemon_restart_raw PROPERTIES DISABLED TRUE)

@@ -464,11 +464,11 @@ bool dd_child_guarding(void)
 static long thread_count(void)
 {
 	char buf[1024], *p;
-	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	int fd = dd_fd_open_temp("/proc/self/stat", O_RDONLY);
+	ssize_t n = fd >= 0 ? dd_fd_read_temp(fd, buf, sizeof(buf) - 1) : -1;
 
 	if (fd >= 0)
-		close(fd);
+		dd_fd_close_temp(fd);
 	if (n <= 0)
 		return -1;
 	buf[n] = 0;

@@ -269,8 +269,11 @@ size_t dd_removing_fence(void)
 		uintptr_t lo = unfenced.iv[i][0], hi = unfenced.iv[i][1];
 		int r = dd_uffd_wp(eng.uffd, lo, hi - lo, true);
 		DD_TRACE('f', lo, hi - lo, r);
-		if (r == -EAGAIN) {
-			i++;              /* an event is pending: next batch */
+		if (r == -EAGAIN || (r < 0 && !dd_fd_intact(eng.uffd))) {
+			/* an event is pending, or the program took the number
+			 * (fds.c) and the reader installs the uffd again: next
+			 * batch (the range stays unmergeable meanwhile) */
+			i++;
 			continue;
 		}
 		iv_remove(&unfenced, lo, hi);

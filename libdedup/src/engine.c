@@ -88,6 +88,30 @@ void dd_engine_account_cpu(uint64_t *last)
 
 /* ---- the uffd reader ---------------------------------------------------- */
 
+/* The reader's io_uring (reader thread only; see reader_ring_init). */
+static struct {
+	struct io_uring ring;
+	bool have;      /* the ring works: the uffd is its fixed file 0 */
+	bool polled;    /* a poll of the uffd is in flight */
+} rd;
+
+static bool uffd_usable(void);
+static ssize_t uffd_read(void *buf, size_t len);
+
+/*
+ * An ioctl of the reader on eng.uffd failed with r (-errno). If the number
+ * no longer names our uffd (the program closed it with a raw system call
+ * and may have opened a file of its own there, fds.c), the fault is not
+ * resolved: keep it (-EAGAIN), and drain_uffd installs the uffd again before
+ * it retries. Dropping it would leave its thread asleep for ever.
+ */
+static int kept_if_lost(int r)
+{
+	if (r < 0 && r != -EAGAIN && !dd_fd_intact(eng.uffd))
+		return -EAGAIN;
+	return r;
+}
+
 static void record_event(uint8_t type, uintptr_t from, uintptr_t to, size_t len)
 {
 	uint64_t h = atomic_load(&eng.ev_head);
@@ -127,6 +151,7 @@ static int resolve_minor(uintptr_t a)
 		r = ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
 	}
 	DD_TRACE(zero ? 'Z' : 'c', a, DD_PAGE, r);
+	r = kept_if_lost(r);
 	if (r < 0 && r != -EAGAIN)
 		dd_uffd_wake(eng.uffd, a, DD_PAGE);   /* EEXIST: mapped meanwhile */
 	return r == -EAGAIN ? r : 0;
@@ -159,7 +184,7 @@ static int resolve(const struct pending *p)
 		return resolve_minor(p->addr);
 	case PF_WP:
 		/* a page left protected outside a window: un-protect (wakes) */
-		return dd_uffd_wp(eng.uffd, p->addr, DD_PAGE, false) == -EAGAIN ? -EAGAIN : 0;
+		return kept_if_lost(dd_uffd_wp(eng.uffd, p->addr, DD_PAGE, false)) == -EAGAIN ? -EAGAIN : 0;
 	default: {
 		/* an empty page in a MISSING range, outside a window and not
 		 * parked: a zero page (never touched, or discarded). Parked is
@@ -174,7 +199,7 @@ static int resolve(const struct pending *p)
 			struct uffdio_copy c = { .dst = p->addr, .src = (uintptr_t)zeros, .len = DD_PAGE };
 			DD_TRACE('z', p->addr, DD_PAGE, 0);
 			if (ioctl(eng.uffd, UFFDIO_COPY, &c) < 0) {
-				if (errno == EAGAIN)
+				if (kept_if_lost(-errno) == -EAGAIN)
 					return -EAGAIN;
 			} else {
 				dd_discard_refilled(p->addr);
@@ -183,7 +208,7 @@ static int resolve(const struct pending *p)
 			return 0;
 		}
 		struct uffdio_zeropage z = { .range = { .start = p->addr, .len = DD_PAGE } };
-		if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno == EAGAIN)
+		if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && kept_if_lost(-errno) == -EAGAIN)
 			return -EAGAIN;
 		dd_uffd_wake(eng.uffd, p->addr, DD_PAGE);
 		return 0;
@@ -192,8 +217,9 @@ static int resolve(const struct pending *p)
 }
 
 /* Read and handle everything pending. Called with eng.gate held. Returns
- * whether the doorbell rang (a REMOVE of D: stop or recover, see above). */
-static bool drain_uffd(void)
+ * whether the doorbell rang (a REMOVE of D: stop or recover, see above);
+ * *lost is set if eng.uffd is no longer ours and cannot be had again. */
+static bool drain_uffd(bool *lost)
 {
 	struct uffd_msg msg[32];
 	uint64_t t0 = 0;
@@ -202,9 +228,16 @@ static bool drain_uffd(void)
 
 	for (;;) {
 		ssize_t r = 0;
+		/* Each round, before the ioctls that resolve faults: is the
+		 * number still ours (a raw close by the program), else get
+		 * the uffd back. Faults kept for that (kept_if_lost) wait. */
+		if (!uffd_usable()) {
+			*lost = true;
+			return rang;
+		}
 		while (npend + DD_ARRAY_SIZE(msg) <= DD_PENDING_MAX) {
-			r = read(eng.uffd, msg, sizeof(msg));
-			if (r < 0 && errno == EINTR)
+			r = uffd_read(msg, sizeof(msg));
+			if (r == -EINTR)
 				continue;
 			if (r <= 0)
 				break;
@@ -280,46 +313,84 @@ static bool drain_uffd(void)
  * io_uring): install fixed file sqe->fd as a new O_CLOEXEC descriptor. */
 #define DD_IORING_OP_FIXED_FD_INSTALL 54
 
-/* Wait for a completion of ours: the uffd's poll (tag 1) or the install
- * (tag 3). Returns the result of the one asked for, or -errno. */
-static int ring_wait_for(struct io_uring *ring, uint64_t tag, bool *polled)
+/* Completion tags of the reader's ring. */
+enum { RD_POLL = 1, RD_READ = 2, RD_INSTALL = 3 };
+
+/* Wait for a completion of ours: the uffd's poll, a read or the install.
+ * Returns the result of the one asked for, or -errno. */
+static int ring_wait_for(uint64_t tag)
 {
 	for (;;) {
 		struct io_uring_cqe *cqe;
-		int r = io_uring_wait_cqe(ring, &cqe);
+		int r = io_uring_wait_cqe(&rd.ring, &cqe);
 		if (r == -EINTR)
 			continue;
 		if (r < 0)
 			return r;
 		uint64_t what = io_uring_cqe_get_data64(cqe);
 		int res = cqe->res;
-		io_uring_cqe_seen(ring, cqe);
-		if (what == 1)
-			*polled = false;
+		io_uring_cqe_seen(&rd.ring, cqe);
+		if (what == RD_POLL)
+			rd.polled = false;
 		if (what == tag)
 			return res;
 	}
 }
 
-static struct io_uring_sqe *ring_sqe(struct io_uring *ring)
+static struct io_uring_sqe *ring_sqe(void)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-	if (!sqe && io_uring_submit(ring) >= 0)
-		sqe = io_uring_get_sqe(ring);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&rd.ring);
+	if (!sqe && io_uring_submit(&rd.ring) >= 0)
+		sqe = io_uring_get_sqe(&rd.ring);
 	return sqe;   /* NULL: the caller falls back to poll() */
 }
 
-/* The fixed uffd as a new descriptor of ours, in place of a lost one. */
-static int ring_install_uffd(struct io_uring *ring, bool *polled)
+/* Submit one operation on the fixed uffd and wait for its result. */
+static int ring_do(struct io_uring_sqe *sqe, uint64_t tag)
 {
-	struct io_uring_sqe *sqe = ring_sqe(ring);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, tag);
+	int r = io_uring_submit(&rd.ring);
+	return r < 0 ? r : ring_wait_for(tag);
+}
+
+/* The fixed uffd as a new descriptor of ours, in place of a lost one. */
+static int ring_install_uffd(void)
+{
+	struct io_uring_sqe *sqe = ring_sqe();
 	if (!sqe)
 		return -EBUSY;
 	io_uring_prep_rw(DD_IORING_OP_FIXED_FD_INSTALL, sqe, 0, NULL, 0, 0);
-	sqe->flags = IOSQE_FIXED_FILE;
-	io_uring_sqe_set_data64(sqe, 3);
-	int r = io_uring_submit(ring);
-	return r < 0 ? r : ring_wait_for(ring, 3, polled);
+	sqe->flags = 0;
+	return ring_do(sqe, RD_INSTALL);
+}
+
+/*
+ * Read messages from the uffd. With the ring, from its fixed file: the
+ * number may name the program's file by now (a raw close, fds.c), and a
+ * read() there would take the program's data (a pipe, a socket) or move
+ * its file offset. Never waits: -EAGAIN when nothing is pending. Not the
+ * uffd's O_NONBLOCK but RWF_NOWAIT says so to io_uring, which otherwise
+ * waits for a pollable file to become readable (we hold the gate here).
+ * Returns bytes read or -errno.
+ */
+static ssize_t uffd_read(void *buf, size_t len)
+{
+	static bool no_nowait;   /* RWF_NOWAIT refused: read() the number */
+	struct io_uring_sqe *sqe = rd.have && !no_nowait ? ring_sqe() : NULL;
+
+	if (sqe) {
+		io_uring_prep_read(sqe, 0, buf, (unsigned)len, 0);
+		sqe->rw_flags = RWF_NOWAIT;
+		int r = ring_do(sqe, RD_READ);
+		if (r != -EOPNOTSUPP && r != -EINVAL)
+			return r;
+		no_nowait = true;
+		dd_debug("io_uring read of the uffd with RWF_NOWAIT: errno %d; using read()", -r);
+	}
+	/* no ring: the number was checked this round (uffd_usable) */
+	ssize_t r = read(eng.uffd, buf, len);
+	return r < 0 ? -errno : r;
 }
 
 /*
@@ -327,24 +398,25 @@ static int ring_install_uffd(struct io_uring *ring, bool *polled)
  * table, the ring fd registered and closed, the rings kept from fork()ed
  * children (they would keep the uffd alive). Once, the install is tried, so
  * that recovery is known to work before it is needed. false: no ring (no
- * io_uring, seccomp, an old kernel); the reader then uses poll().
+ * io_uring, seccomp, an old kernel); the reader then uses poll() and read().
  */
-static bool reader_ring_init(struct io_uring *ring)
+static bool reader_ring_init(void)
 {
-	bool polled = false;
 	int fd = eng.uffd;
 
 	eng.uffd_recoverable = false;
-	if (io_uring_queue_init(4, ring, 0) < 0)
+	rd.polled = false;
+	if (io_uring_queue_init(4, &rd.ring, 0) < 0)
 		return false;
-	if (io_uring_register_files(ring, &fd, 1) < 0 || io_uring_register_ring_fd(ring) != 1) {
-		io_uring_queue_exit(ring);
+	if (io_uring_register_files(&rd.ring, &fd, 1) < 0 ||
+	    io_uring_register_ring_fd(&rd.ring) != 1) {
+		io_uring_queue_exit(&rd.ring);
 		return false;
 	}
-	dd_sys_close(ring->ring_fd);
-	ring->ring_fd = -1;
-	io_uring_ring_dontfork(ring);
-	fd = ring_install_uffd(ring, &polled);
+	dd_sys_close(rd.ring.ring_fd);
+	rd.ring.ring_fd = -1;
+	io_uring_ring_dontfork(&rd.ring);
+	fd = ring_install_uffd();
 	if (fd >= 0) {
 		dd_sys_close(fd);
 		eng.uffd_recoverable = true;
@@ -357,35 +429,37 @@ static bool reader_ring_init(struct io_uring *ring)
  * (it needs no number); without, poll() on the number. Returns false if the
  * ring failed (the caller goes on with poll()).
  */
-static bool wait_readable(struct io_uring *ring, bool *polled)
+static bool wait_readable(void)
 {
-	if (!*polled) {
-		struct io_uring_sqe *sqe = ring_sqe(ring);
+	if (!rd.polled) {
+		struct io_uring_sqe *sqe = ring_sqe();
 		if (!sqe)
 			return false;
 		io_uring_prep_poll_add(sqe, 0, POLLIN);
 		sqe->flags |= IOSQE_FIXED_FILE;
-		io_uring_sqe_set_data64(sqe, 1);
-		if (io_uring_submit(ring) < 0)
+		io_uring_sqe_set_data64(sqe, RD_POLL);
+		if (io_uring_submit(&rd.ring) < 0)
 			return false;
-		*polled = true;
+		rd.polled = true;
 	}
-	return ring_wait_for(ring, 1, polled) >= 0;
+	return ring_wait_for(RD_POLL) >= 0;
 }
 
 /*
  * Is eng.uffd still our userfaultfd? If the program closed the number (a
  * raw system call), install the uffd again from the ring. eng.gate held:
- * the merger uses eng.uffd under it or under eng.lock, and sees the number
- * change only between its steps (it checks at each, "lost" below).
+ * the merger uses eng.uffd under it or under eng.lock; when one of its
+ * ioctls fails on a number that is no longer ours, it has us install the
+ * uffd again before it goes on (dd_engine_uffd_back), and the engine checks
+ * at each step ("lost", below).
  */
-static bool uffd_usable(struct io_uring *ring, bool have_ring, bool *polled)
+static bool uffd_usable(void)
 {
 	if (dd_fd_intact(eng.uffd))
 		return true;
-	if (!have_ring || !eng.uffd_recoverable)
+	if (!rd.have || !eng.uffd_recoverable)
 		return false;
-	int fd = ring_install_uffd(ring, polled);
+	int fd = ring_install_uffd();
 	if (fd < 0)
 		return false;
 	dd_fd_forget(&eng.uffd);
@@ -396,29 +470,27 @@ static _Atomic bool reader_gone;   /* the reader left on its own */
 
 static void *reader_main(void *arg)
 {
-	struct io_uring ring;
 	uint64_t cpu = dd_thread_cpu_ns();
-	bool have_ring = reader_ring_init(&ring), polled = false;
 
+	rd.have = reader_ring_init();
 	thread_ready();
 	for (;;) {
-		if (!have_ring || !wait_readable(&ring, &polled)) {
-			have_ring = false;
+		if (!rd.have || !wait_readable()) {
+			rd.have = false;
 			struct pollfd p = { eng.uffd, POLLIN, 0 };
 			if (poll(&p, 1, -1) < 0 && errno != EINTR)
 				break;
 		}
+		bool lost = false, rang;
 		pthread_mutex_lock(&eng.gate);
-		bool ok = uffd_usable(&ring, have_ring, &polled), rang = false;
-		if (ok)
-			rang = drain_uffd();
+		rang = drain_uffd(&lost);
 		pthread_mutex_unlock(&eng.gate);
 		dd_engine_account_cpu(&cpu);
 		/* The number is gone and cannot be had again: leave, and with
 		 * our ring the last reference to the uffd goes; the kernel then
 		 * wakes every waiter and drops the registrations (merged pages
 		 * keep their content). The engine says so (it checks too). */
-		if (!ok) {
+		if (lost) {
 			atomic_store(&eng.fds_lost, true);
 			atomic_store(&reader_gone, true);
 			break;
@@ -430,8 +502,8 @@ static void *reader_main(void *arg)
 		if (rang && atomic_load(&eng.reader_stop))
 			break;
 	}
-	if (have_ring)
-		io_uring_queue_exit(&ring);
+	if (rd.have)
+		io_uring_queue_exit(&rd.ring);
 	dd_engine_account_cpu(&cpu);
 	return NULL;
 }
@@ -443,6 +515,27 @@ static void ring_doorbell(void)
 {
 	if (eng.doorbell)
 		syscall(SYS_madvise, eng.doorbell, DD_PAGE, MADV_DONTNEED);
+}
+
+/*
+ * The merger, under eng.gate: an ioctl on eng.uffd failed, and the number
+ * is no longer ours (the program closed it with a raw system call, fds.c),
+ * while pages of a window may be out in S or a run half unmerged. Have the
+ * reader install the uffd again (it does, uffd_usable, before it reads the
+ * doorbell's REMOVE, and our madvise returns only once it has read it) and
+ * go on with the new number. The gate is released meanwhile; the caller has
+ * parked what must wait. Returns true if eng.uffd names our uffd again.
+ */
+bool dd_engine_uffd_back(void)
+{
+	if (dd_fd_intact(eng.uffd))
+		return true;
+	if (!eng.uffd_recoverable || atomic_load(&reader_gone))
+		return false;
+	pthread_mutex_unlock(&eng.gate);
+	ring_doorbell();
+	pthread_mutex_lock(&eng.gate);
+	return dd_fd_intact(eng.uffd);
 }
 
 /* The reader leaves once it has read the doorbell with reader_stop set

@@ -122,7 +122,11 @@ int dd_fd_adopt(int *var, int fd)
 	if (fd < 0)
 		return fd;
 	n = place(fd);
-	real_close(fd);
+	/* fd names the same file as n, so it carries the tag now - unless
+	 * the program closed it meanwhile (a raw close_range) and opened a
+	 * file of its own there: that one stays open. */
+	if (n < 0 || dd_fd_intact(fd))
+		real_close(fd);
 	if (n < 0) {
 		*var = -1;
 		return n;
@@ -138,6 +142,49 @@ int dd_fd_adopt(int *var, int fd)
 	real_close(n);   /* cannot happen: more descriptors than we ever keep */
 	*var = -1;
 	return -EMFILE;
+}
+
+/*
+ * Descriptors we hold for an instant (a /proc file read once, the
+ * /dev/userfaultfd node): at a low number, where a raw close_range() of the
+ * program's may close it and a later open() of the program's may reuse it.
+ * So they are tagged at once, and read, queried and closed only while the
+ * number still carries the tag (dd_fd_intact): we never read from, move the
+ * offset of, or close a file of the program's. (Between the check and the
+ * call a few instructions remain; see fds.c's top comment.)
+ */
+int dd_fd_open_temp(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	if (fcntl(fd, F_SETSIG, DD_FD_TAG) < 0) {
+		int e = errno;
+		real_close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+void dd_fd_close_temp(int fd)
+{
+	if (dd_fd_intact(fd))
+		real_close(fd);
+}
+
+/* read(2) on a temporary descriptor, only while it is ours: -EBADF else. */
+ssize_t dd_fd_read_temp(int fd, void *buf, size_t len)
+{
+	for (;;) {
+		if (!dd_fd_intact(fd))
+			return -EBADF;
+		ssize_t r = read(fd, buf, len);
+		if (r >= 0)
+			return r;
+		if (errno != EINTR)
+			return -errno;
+	}
 }
 
 static void forget(int *var)

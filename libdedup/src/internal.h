@@ -215,6 +215,9 @@ bool dd_fds_intact(void);          /* every recorded descriptor is */
 int dd_fd_move_away(int fd);       /* the program dup2()s onto fd: move ours */
 int dd_fd_floor(void);
 int dd_sys_close(int fd);          /* close(2), not the interposed close() */
+int dd_fd_open_temp(const char *path, int flags);   /* tagged at once; -errno */
+ssize_t dd_fd_read_temp(int fd, void *buf, size_t len); /* only while ours; -errno */
+void dd_fd_close_temp(int fd);                        /* only if still ours */
 
 /* ---- ranges.c ------------------------------------------------------- */
 struct dd_range {
@@ -339,7 +342,8 @@ uint64_t dd_thread_cpu_ns(void);
 /* Slot references in page metadata are slot index + 1. */
 int dd_store_init(size_t max_bytes);
 void dd_store_fini(void);
-int dd_store_fd(void);
+void *dd_store_map(uint32_t ref, size_t len);   /* MAP_PRIVATE slots, or MAP_FAILED */
+int dd_store_fd(void);                          /* tests only */
 uint32_t dd_store_new(const void *content, uint32_t hint); /* 0 on failure */
 const void *dd_store_page(uint32_t slot);
 void dd_store_get(uint32_t slot);
@@ -495,6 +499,7 @@ void dd_engine_stop(void);
 void dd_engine_kick(void);
 void dd_engine_child_reset(void);
 void dd_engine_account_cpu(uint64_t *last);
+bool dd_engine_uffd_back(void);   /* eng.gate held: eng.uffd ours again? */
 int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);   /* signals blocked */
 
 /* ---- scan.c / merge.c --------------------------------------------------- */

@@ -148,6 +148,20 @@ static void let_reader_run(void)
 	pthread_mutex_lock(&eng.gate);
 }
 
+/*
+ * An ioctl on eng.uffd failed with err (an errno). Was it because the number
+ * is no longer ours - the program closed it with a raw system call, which no
+ * interposer sees, and may have opened a file of its own there (fds.c)? Then
+ * have the reader install our uffd again and say so: the caller retries with
+ * the new eng.uffd. A page out in S, a write-protected page or a waiter not
+ * yet woken must never be given up for a number the program took. The gate
+ * is released meanwhile (engine.c): callers follow the events read since.
+ */
+static bool uffd_back(int err)
+{
+	return err != EAGAIN && !dd_fd_intact(eng.uffd) && dd_engine_uffd_back();
+}
+
 /* Has a REMOVE covering addr been read since sequence @since? Translate addr
  * through REMAPs read since then. Returns false if the page was discarded. */
 static bool follow_events(uint64_t since, uintptr_t *addr)
@@ -191,15 +205,17 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 				return addr;
 			err = errno;
 		}
-		if (err != EAGAIN || tries > 100000) {
-			/* Cannot happen while A stays registered with us and empty. */
+		uint64_t since = atomic_load(&eng.ev_head);
+		if ((err != EAGAIN && !uffd_back(err)) || tries > 100000) {
+			/* Cannot happen while A stays registered with us and empty,
+			 * and our uffd has a number. */
 			dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx",
 			       (unsigned long)addr, err, (unsigned long)scratch_of(i));
 			eng.scratch_lost = true;
 			return 0;
 		}
-		uint64_t since = atomic_load(&eng.ev_head);
-		let_reader_run();   /* the window is parked: its faults wait */
+		if (err == EAGAIN)
+			let_reader_run();   /* the window is parked: its faults wait */
 		if (!follow_events(since, &addr)) {
 			DD_TRACE('b', addr, DD_PAGE, 0);
 			return 0;
@@ -212,10 +228,20 @@ static void unprotect(uintptr_t a, size_t len)
 {
 	for (int tries = 0; tries < 100000; tries++) {
 		int r = dd_uffd_wp(eng.uffd, a, len, false);
+		if (r < 0 && uffd_back(-r))
+			continue;
 		if (r != -EAGAIN)
 			return;  /* 0, or the range is no longer ours: nothing to undo */
 		let_reader_run();
 	}
+}
+
+/* Wake every thread that waits on [a, a+len): none may be left asleep. */
+static void wake(uintptr_t a, size_t len)
+{
+	int r = dd_uffd_wake(eng.uffd, a, len);
+	if (r < 0 && uffd_back(-r))
+		dd_uffd_wake(eng.uffd, a, len);
 }
 
 /* VMAs one mmap of pages [i, j) would add (see region.c for the slot codes). */
@@ -361,8 +387,7 @@ static int place_run(uintptr_t a, size_t l, uint32_t target)
 	/* Map the slots at a fresh address T nobody else knows and register
 	 * them there, so that the run is registered from the moment it
 	 * appears at a: no access or discard there can miss us. */
-	void *t = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE, dd_store_fd(),
-		       (off_t)(target - 1) * (off_t)DD_PAGE);
+	void *t = dd_store_map(target, l);
 	if (t == MAP_FAILED)
 		return -1;
 	if (dd_uffd_register(eng.uffd, (uintptr_t)t, l,
@@ -580,7 +605,9 @@ replace:
 			if (!file) {
 				uintptr_t s0 = it[i].addr;
 				size_t l = (k - i) * DD_PAGE;
-				dd_uffd_unregister(eng.uffd, s0, l);
+				int e = dd_uffd_unregister(eng.uffd, s0, l);
+				if (e < 0 && uffd_back(-e))
+					dd_uffd_unregister(eng.uffd, s0, l);
 				if (dd_uffd_register(eng.uffd, s0, l, UFFDIO_REGISTER_MODE_WP) < 0)
 					dd_debug("could not re-register %#lx+%zu: no longer merged",
 						(unsigned long)s0, l);
@@ -602,7 +629,7 @@ replace:
 		i += k;
 	}
 	/* ... and wake everybody who waited on the window. */
-	dd_uffd_wake(eng.uffd, a0, len);
+	wake(a0, len);
 	atomic_store(&eng.parked, 0);
 	DD_TRACE('w', a0, len, 0);
 
@@ -968,7 +995,7 @@ static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool l
 			return;
 		q = dd_vma_query(u->qfd, a, false, &v);
 		if (q == -ENOTTY) {
-			close(u->qfd);
+			dd_fd_close_temp(u->qfd);
 			u->qfd = -1;
 		}
 	}
@@ -1039,7 +1066,7 @@ static int refill(struct um *u, uintptr_t a, size_t n, uint64_t since)
 			i++;                            /* filled meanwhile */
 		else if (e == EAGAIN)
 			let_reader_run();               /* parked: faults still wait */
-		else
+		else if (!uffd_back(e))
 			return -e;
 	}
 	return 0;
@@ -1146,6 +1173,8 @@ static void um_group(struct um *u, size_t n)
 		goto out;
 	for (int tries = 0;; tries++) {
 		ret = dd_uffd_wp(eng.uffd, s, e - s, true);
+		if (ret < 0 && tries <= 1000 && uffd_back(-ret))
+			continue;
 		if (ret != -EAGAIN || tries > 1000)
 			break;
 		let_reader_run();   /* an event is pending */
@@ -1198,7 +1227,7 @@ out:
 	/* 5. (what is left merged is un-protected too) */
 	unprotect(s, e - s);
 	atomic_store(&eng.parked, 0);
-	dd_uffd_wake(eng.uffd, s, e - s);
+	wake(s, e - s);
 	pthread_mutex_unlock(&eng.gate);
 }
 
@@ -1206,7 +1235,7 @@ static void um_fini(struct um *u)
 {
 	um_drop_reserve(u);
 	if (u->qfd >= 0)
-		close(u->qfd);
+		dd_fd_close_temp(u->qfd);
 	dd_vm_free(u->v, u->vcap * sizeof(*u->v));
 	dd_vm_free(u->done, u->donecap * sizeof(*u->done));
 	dd_vm_free(u->buf, UM_CHUNK * DD_PAGE);

@@ -129,10 +129,10 @@ int dd_uffd_open(int *fd_out, uint64_t extra, const char **why)
 		}
 		goto api;
 	}
-	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	dev = dd_fd_open_temp("/dev/userfaultfd", O_RDWR);
 	if (dev >= 0) {
-		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-		close(dev);
+		fd = dd_fd_intact(dev) ? ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK) : -1;
+		dd_fd_close_temp(dev);
 	}
 	if (fd < 0)
 		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -472,13 +472,13 @@ int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
 static long read_long_file(const char *path, long def)
 {
 	char buf[64];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = dd_fd_open_temp(path, O_RDONLY);
 	ssize_t n;
 
 	if (fd < 0)
 		return def;
-	n = dd_read_full(fd, buf, sizeof(buf) - 1);
-	close(fd);
+	n = dd_fd_read_temp(fd, buf, sizeof(buf) - 1);
+	dd_fd_close_temp(fd);
 	if (n <= 0)
 		return def;
 	buf[n] = 0;
@@ -545,15 +545,13 @@ int dd_maps_each(dd_maps_fn fn, void *ctx)
 {
 	char buf[8192];
 	size_t have = 0;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int fd = dd_fd_open_temp("/proc/self/maps", O_RDONLY);
 	int ret = 0;
 
 	if (fd < 0)
-		return -errno;
+		return fd;
 	for (;;) {
-		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
-		if (r < 0 && errno == EINTR)
-			continue;
+		ssize_t r = dd_fd_read_temp(fd, buf + have, sizeof(buf) - 1 - have);
 		if (r <= 0)
 			break;
 		have += (size_t)r;
@@ -575,7 +573,7 @@ int dd_maps_each(dd_maps_fn fn, void *ctx)
 		memmove(buf, line, have);
 	}
 out:
-	close(fd);
+	dd_fd_close_temp(fd);
 	return ret < 0 ? ret : 0;
 }
 
@@ -630,12 +628,9 @@ static bool procmap_query_ok(void)
 
 int dd_procmap_open(void)
 {
-	int fd;
-
 	if (!procmap_query_ok())
 		return -ENOTTY;
-	fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	return fd < 0 ? -errno : fd;
+	return dd_fd_open_temp("/proc/self/maps", O_RDONLY);
 }
 
 static void vma_kind(struct dd_vma *v, const char *name)
@@ -657,7 +652,7 @@ int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v)
 		.vma_name_addr = (uintptr_t)name,
 	};
 
-	if (fd < 0)
+	if (fd < 0 || !dd_fd_intact(fd))   /* a temporary descriptor of ours (fds.c) */
 		return -EBADF;
 	if (ioctl(fd, PROCMAP_QUERY, &q) < 0) {
 		int e = errno;
@@ -764,7 +759,7 @@ int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
 				break;
 			a = v.hi;
 		}
-		close(fd);
+		dd_fd_close_temp(fd);
 		if (r != -ENOTTY)
 			return r < 0 ? r : 0;
 		/* no PROCMAP_QUERY after all: the text */
@@ -792,15 +787,13 @@ int dd_vma_vmflags(uintptr_t a, unsigned *out)
 {
 	char buf[8192];
 	size_t have = 0;
-	int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC), ret = -ENOENT;
+	int fd = dd_fd_open_temp("/proc/self/smaps", O_RDONLY), ret = -ENOENT;
 	bool in = false;
 
 	if (fd < 0)
-		return -errno;
+		return fd;
 	for (;;) {
-		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
-		if (r < 0 && errno == EINTR)
-			continue;
+		ssize_t r = dd_fd_read_temp(fd, buf + have, sizeof(buf) - 1 - have);
 		if (r <= 0)
 			break;
 		have += (size_t)r;
@@ -844,7 +837,7 @@ int dd_vma_vmflags(uintptr_t a, unsigned *out)
 			have = 0;   /* a line longer than buf: only paths are */
 	}
 out:
-	close(fd);
+	dd_fd_close_temp(fd);
 	return ret;
 }
 

@@ -420,14 +420,12 @@ static int vma_walk(bool smaps, vma_fn fn, void *ctx)
 	bool pending = false, skip_rest = false;
 	struct vma v = { 0 };
 	int ret = 0;
-	int fd = open(smaps ? "/proc/self/smaps" : "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int fd = dd_fd_open_temp(smaps ? "/proc/self/smaps" : "/proc/self/maps", O_RDONLY);
 
 	if (fd < 0)
-		return -errno;
+		return fd;
 	for (;;) {
-		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
-		if (r < 0 && errno == EINTR)
-			continue;
+		ssize_t r = dd_fd_read_temp(fd, buf + have, sizeof(buf) - 1 - have);
 		if (r <= 0)
 			break;
 		have += (size_t)r;
@@ -475,7 +473,7 @@ static int vma_walk(bool smaps, vma_fn fn, void *ctx)
 	if (pending)
 		ret = fn(ctx, &v);
 out:
-	close(fd);
+	dd_fd_close_temp(fd);
 	return ret < 0 ? ret : 0;
 }
 
@@ -1560,12 +1558,12 @@ static _Atomic bool watch_soon;
 static uint64_t anon_resident(void)
 {
 	char buf[128], *p = buf;
-	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd < 0 ? -1 : dd_read_full(fd, buf, sizeof(buf) - 1);
+	int fd = dd_fd_open_temp("/proc/self/statm", O_RDONLY);
+	ssize_t n = fd < 0 ? -1 : dd_fd_read_temp(fd, buf, sizeof(buf) - 1);
 	unsigned long v[3];
 
 	if (fd >= 0)
-		close(fd);
+		dd_fd_close_temp(fd);
 	if (n <= 0)
 		return 0;
 	buf[n] = 0;

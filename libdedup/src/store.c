@@ -5,10 +5,16 @@
  * Every canonical ("stable") page lives at one slot of a memfd: slot s is
  * file offset s * 4096. A merged page is a MAP_PRIVATE mapping of its slot,
  * so the kernel shares one physical page between all sharers and gives a
- * writer its own copy. We read canonical pages through one read-only
- * MAP_SHARED view of the whole file and write a slot only once, with
- * pwrite(), before anybody maps it: a canonical page is never written while
- * mapped.
+ * writer its own copy. We read and write canonical pages through one
+ * MAP_SHARED view of the whole file, and write a slot only once, before
+ * anybody maps it: a canonical page is never written while mapped.
+ *
+ * The memfd's descriptor is used for nothing but mapping slots privately
+ * (dd_store_map), and checked after each such mmap: the program may close
+ * the number with a raw system call and open a file of its own there (fds.c),
+ * so writing a slot (a copy into the view, not pwrite) and releasing one
+ * (MADV_REMOVE on the view, not fallocate) go through the view, which no
+ * descriptor can redirect.
  *
  * Slots are reference counted: one reference per page that maps the slot.
  * When the last one goes (the sharers copied the page on write), the slot's
@@ -25,6 +31,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -60,8 +67,8 @@ int dd_store_init(size_t max_bytes)
 		return fd;
 	if (ftruncate(st.fd, (off_t)(st.max_slots * DD_PAGE)) < 0)
 		goto fail;
-	st.view = mmap(NULL, st.max_slots * DD_PAGE, PROT_READ, MAP_SHARED | MAP_NORESERVE,
-		       st.fd, 0);
+	st.view = mmap(NULL, st.max_slots * DD_PAGE, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_NORESERVE, st.fd, 0);
 	if (st.view == MAP_FAILED) {
 		st.view = NULL;
 		goto fail;
@@ -98,9 +105,31 @@ void dd_store_fini(void)
 	/* sharing/shared stay: the pages are still shared after shutdown */
 }
 
-/* -1 once the number is no longer our memfd (fds.c): a mapping or write
- * through it then fails instead of reaching the program's file. */
+/* The number, -1 once it is no longer our memfd (fds.c). For tests that
+ * look at the file; the library itself only maps through dd_store_map. */
 int dd_store_fd(void) { return dd_fd_intact(st.fd) ? st.fd : -1; }
+
+/*
+ * A private mapping of slots [ref - 1, ref - 1 + len / page), anywhere, or
+ * MAP_FAILED. The number is checked again after the mmap: once the program
+ * has taken it (fds.c) it never names our memfd again (the memfd is not
+ * installed anew), so a number that is still ours afterwards was ours when
+ * it was mapped, and the mapping is of our file, never the program's.
+ */
+void *dd_store_map(uint32_t ref, size_t len)
+{
+	int fd = st.fd;
+
+	if (!dd_fd_intact(fd))
+		return MAP_FAILED;
+	void *t = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
+		       (off_t)(ref - 1) * (off_t)DD_PAGE);
+	if (t != MAP_FAILED && !dd_fd_intact(fd)) {
+		munmap(t, len);
+		return MAP_FAILED;
+	}
+	return t;
+}
 
 const void *dd_store_page(uint32_t slot)
 {
@@ -140,8 +169,7 @@ uint32_t dd_store_new(const void *content, uint32_t hint)
 	}
 	if (ensure_info(slot) < 0)
 		goto undo;
-	if (pwrite(dd_store_fd(), content, DD_PAGE, (off_t)slot * (off_t)DD_PAGE) != (ssize_t)DD_PAGE)
-		goto undo;
+	memcpy((char *)st.view + (size_t)slot * DD_PAGE, content, DD_PAGE);
 	st.info[slot].refs = 0;
 	st.info[slot].next_free = 0;
 	st.info[slot].hash = 0;
@@ -177,8 +205,8 @@ static void release(uint32_t slot)
 	if (st.info[slot].keep)
 		return;   /* stays a valid canonical page, found by its hash */
 	/* Nobody maps it (refs == 0): punching cannot change what anyone reads. */
-	fallocate(dd_store_fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		  (off_t)slot * (off_t)DD_PAGE, (off_t)DD_PAGE);
+	/* a punch (not the interposed madvise: the view is ours) */
+	syscall(SYS_madvise, st.view + (size_t)slot * DD_PAGE, DD_PAGE, MADV_REMOVE);
 	dd_stable_remove(st.info[slot].hash, slot + 1);
 	st.info[slot].hash = 0;
 	st.info[slot].next_free = st.free_head;

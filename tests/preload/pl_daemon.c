@@ -141,7 +141,20 @@ static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 	/* the program's file holds only what it wrote */
 	struct stat st;
 	char buf[T_PAGE];
-	CHECK(fstat(f, &st) == 0);
+	if (fstat(f, &st) != 0) {
+		/* who took it: what each low number names now */
+		fprintf(stderr, "FAIL: the program's file (fd %d) is gone (errno %d); fds now:\n", f, errno);
+		for (int fd = 0; fd < 32; fd++) {
+			char link[64], target[256];
+			snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+			ssize_t k = readlink(link, target, sizeof(target) - 1);
+			if (k > 0) {
+				target[k] = 0;
+				fprintf(stderr, "  %d -> %s\n", fd, target);
+			}
+		}
+		return 26;
+	}
 	if (st.st_size != (off_t)T_PAGE || pread(f, buf, T_PAGE, 0) != (ssize_t)T_PAGE) {
 		fprintf(stderr, "FAIL: the program's file changed size: %lld\n", (long long)st.st_size);
 		return 22;
@@ -186,7 +199,11 @@ int main(int argc, char **argv)
 	memset(s, 'S', sizeof(s));
 	CHECK(write(f, s, sizeof(s)) == (ssize_t)sizeof(s));
 	close(f);
-	CHECK(dup2(e, 2) == 2);   /* what libdedup says, to read back */
+	/* what libdedup says, to read back; kept when the test fails (the
+	 * program's own messages, CHECK's included, go there too) */
+	printf("stderr goes to %s\n", errpath);
+	fflush(stdout);
+	CHECK(dup2(e, 2) == 2);
 	close(e);
 
 	char *a = t_map_anon(4 * len);
@@ -213,9 +230,12 @@ int main(int argc, char **argv)
 	} else {
 		ret = run(raw, false, true, a, len);
 	}
-	unlink(errpath);
 	unlink(filepath);
-	if (ret)
+	if (ret) {
 		fprintf(stderr, "FAIL: status %d\n", ret);
-	return ret ? T_FAIL : T_PASS;
+		printf("FAIL: status %d; the program's stderr is kept in %s\n", ret, errpath);
+		return T_FAIL;
+	}
+	unlink(errpath);
+	return T_PASS;
 }
