@@ -38,6 +38,7 @@
  */
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -48,7 +49,21 @@
 static struct {
 	int *_Atomic var;
 	_Atomic int fd;
+	/* the file's identity, recorded before fd is published: a check
+	 * must not take a file of the program's for ours just because it
+	 * carries our tag (F_SETSIG is per open file, and a dup2() of the
+	 * program's racing with ours could leave it on the program's file) */
+	_Atomic uint64_t dev, ino;
 } tab[DD_FD_MAX];
+
+/* Record n's identity in slot i (before its number is published). */
+static void set_identity(size_t i, int n)
+{
+	struct stat sb;
+	bool ok = fstat(n, &sb) == 0;
+	atomic_store_explicit(&tab[i].dev, ok ? (uint64_t)sb.st_dev : 0, memory_order_relaxed);
+	atomic_store_explicit(&tab[i].ino, ok ? (uint64_t)sb.st_ino : 0, memory_order_relaxed);
+}
 
 int dd_sys_close(int fd) { return (int)syscall(SYS_close, fd); }
 #define real_close dd_sys_close
@@ -72,7 +87,21 @@ int dd_fd_floor(void)
 
 bool dd_fd_intact(int fd)
 {
-	return fd >= 0 && fcntl(fd, F_GETSIG) == DD_FD_TAG;
+	if (fd < 0 || fcntl(fd, F_GETSIG) != DD_FD_TAG)
+		return false;
+	/* a recorded descriptor: the same file too (anonymous inodes are
+	 * shared by every userfaultfd and eventfd, but never by a file the
+	 * program opens) */
+	for (size_t i = 0; i < DD_FD_MAX; i++) {
+		if (atomic_load_explicit(&tab[i].fd, memory_order_acquire) != fd + 1)
+			continue;
+		struct stat sb;
+		uint64_t ino = atomic_load_explicit(&tab[i].ino, memory_order_relaxed);
+		return !ino || (fstat(fd, &sb) == 0 && (uint64_t)sb.st_ino == ino &&
+				(uint64_t)sb.st_dev == atomic_load_explicit(&tab[i].dev,
+									    memory_order_relaxed));
+	}
+	return true;
 }
 
 bool dd_fd_ours(int fd)
@@ -134,6 +163,7 @@ int dd_fd_adopt(int *var, int fd)
 	for (size_t i = 0; i < DD_FD_MAX; i++) {
 		int *none = NULL;
 		if (atomic_compare_exchange_strong(&tab[i].var, &none, var)) {
+			set_identity(i, n);
 			atomic_store_explicit(&tab[i].fd, n + 1, memory_order_release);
 			*var = n;
 			return n;
@@ -206,9 +236,10 @@ void dd_fd_forget(int *var)
 void dd_fd_close(int *var)
 {
 	int fd = *var;
+	bool ours = dd_fd_intact(fd);   /* with its identity, while recorded */
 
 	forget(var);
-	if (fd >= 0 && dd_fd_intact(fd))
+	if (ours)
 		real_close(fd);
 	*var = -1;
 }
@@ -222,6 +253,11 @@ int dd_fd_move_away(int fd)
 		if (atomic_load_explicit(&tab[i].fd, memory_order_acquire) != fd + 1)
 			continue;
 		int *var = atomic_load(&tab[i].var);
+		/* The number may not be ours any more (a raw close, and the
+		 * program's file there now): copying it would tag the
+		 * program's file as ours. Leave it; the engine sees it lost. */
+		if (!dd_fd_intact(fd))
+			return 0;
 		int n = place(fd);
 		if (n < 0)
 			return n;

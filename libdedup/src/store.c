@@ -18,7 +18,7 @@
  *
  * Slots are reference counted: one reference per page that maps the slot.
  * When the last one goes (the sharers copied the page on write), the slot's
- * page is released with fallocate(PUNCH_HOLE) and the slot is reused. A
+ * page is released (punched: MADV_REMOVE on the view) and the slot is reused. A
  * punch is only ever done at zero references: punching a page that is still
  * mapped would make its sharers read zeros.
  *
