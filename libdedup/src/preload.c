@@ -1567,7 +1567,7 @@ static uint64_t anon_resident(void)
 	if (fd >= 0)
 		close(fd);
 	if (n <= 0)
-		return 0;
+		return UINT64_MAX;   /* no /proc: start() says so */
 	buf[n] = 0;
 	for (int i = 0; i < 3; i++) {   /* size resident shared, in pages */
 		char *end;
@@ -1966,12 +1966,69 @@ static int start_thread(void)
 	return 0;
 }
 
+/*
+ * What the host must allow before we start, checked here rather than left
+ * to fail half-way (docs/preload.md, "Hostile hosts"). Each refusal is one
+ * line, and the program runs as without us:
+ *  - /proc/self/maps readable: finding the heap, our own mappings, the
+ *    program's unseen munmaps all read it (a container may mount no /proc,
+ *    or hide it);
+ *  - RLIMIT_NOFILE of at least DD_MIN_NOFILE: our three or four descriptors
+ *    sit at the top of the program's range (fds.c); below that they would
+ *    take numbers the program may count on having;
+ *  - no finite RLIMIT_AS: the engine reserves address space far beyond what
+ *    it ever touches (the canonical store's view alone is DEDUP_STORE_MAX,
+ *    64 GiB by default), all of which counts against RLIMIT_AS; taken from
+ *    the program's limit, it would make its own malloc() fail.
+ * A limit the program sets after we started is not watched.
+ */
+#define DD_MIN_NOFILE 128
+static bool host_allows(void)
+{
+	struct rlimit rl;
+	int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	char c;
+
+	if (fd < 0 || read(fd, &c, 1) != 1) {
+		if (fd >= 0)
+			dd_sys_close(fd);
+		dd_warn("not merging: /proc/self/maps cannot be read (/proc is not mounted, or "
+			"hidden); libdedup needs it to find the program's memory");
+		return false;
+	}
+	dd_sys_close(fd);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < DD_MIN_NOFILE) {
+		dd_warn("not merging: RLIMIT_NOFILE is %llu; libdedup needs at least %d to keep "
+			"its descriptors out of the program's range", (unsigned long long)rl.rlim_cur,
+			DD_MIN_NOFILE);
+		return false;
+	}
+	if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		dd_warn("not merging: RLIMIT_AS is %llu MiB; libdedup's address-space "
+			"reservations would count against the program's limit",
+			(unsigned long long)(rl.rlim_cur >> 20));
+		return false;
+	}
+	return true;
+}
+
 /* Start (or, in a fork()ed child with DEDUP_FORK=restart, restart). */
 static void start(void)
 {
 	int r;
 
 	atomic_store(&pl_state, PL_STARTING);
+	if (!host_allows()) {
+		atomic_store(&pl_state, PL_PASSIVE);
+		return;
+	}
+	/* Our tables only now, not in the constructor: a process that never
+	 * starts the engine reserves nothing (RLIMIT_AS counts reservations). */
+	if (!tables_init()) {
+		dd_warn("preload: cannot map the preload tables; not merging");
+		atomic_store(&pl_state, PL_PASSIVE);
+		return;
+	}
 	r = dedup_init(NULL);
 	if (r >= 0) {
 		const char *x = getenv("DEDUP_EXCLUDE"), *bad;
@@ -2072,10 +2129,6 @@ __attribute__((constructor)) static void preload_init(void)
 	resolve_alloc();
 	if (!preloaded())
 		return;
-	if (!tables_init()) {
-		dd_warn("preload: cannot map the preload tables; not merging");
-		return;
-	}
 	pthread_atfork(pl_prepare, pl_parent, pl_child);
 	start_at = env_size("DEDUP_START", 64ULL << 20);
 	watch_restart = env_is("DEDUP_FORK", "restart") || env_is("DEDUP_FORK", "1");
