@@ -344,6 +344,9 @@ uint32_t dd_store_new(const void *content, uint32_t hint); /* 0 on failure */
 const void *dd_store_page(uint32_t slot);
 void dd_store_get(uint32_t slot);
 void dd_store_put(uint32_t slot);   /* frees (punches) at zero */
+void dd_store_sweep_wanted(void);   /* a page's metadata went with its reference */
+void dd_store_sweep(void);          /* release orphans (eng.lock, end of a pass) */
+void dd_region_mark_slots(uint8_t *bits, size_t nslots);
 uint32_t dd_store_refs(uint32_t slot);
 bool dd_store_alive(uint32_t slot);   /* in use (refs > 0): its page is there */
 uint64_t dd_store_hash(uint32_t slot);
