@@ -496,6 +496,9 @@ extern struct dd_engine eng;
 int dd_engine_start(void);
 void dd_engine_stop(void);
 void dd_engine_kick(void);
+/* set*id() ahead: our threads take the caller's capabilities (engine.c) */
+void dd_creds_sync(unsigned others, void (*wake_others)(void));
+void dd_creds_follow(void);
 void dd_engine_child_reset(void);
 void dd_engine_account_cpu(uint64_t *last);
 int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);   /* signals blocked */

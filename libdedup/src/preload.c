@@ -70,6 +70,9 @@
  *   fork (child.c): the child guards the merged pages it inherited; with
  *     DEDUP_FORK=restart it then starts its own engine (dd_preload_forked,
  *     after every atfork handler, so after the allocator's).
+ *   setuid, setgid, set{e,re,res}{u,g}id, setgroups: glibc applies them to
+ *     every thread and aborts if one fails; ours first take the caller's
+ *     capabilities and keep-caps flag (engine.c, dd_creds_sync).
  *   unshare, setns of a user namespace: need a single-threaded process; a
  *     guarded child gives up its guard first (child.c, dd_child_release).
  *
@@ -86,6 +89,7 @@
  */
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <link.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -985,6 +989,8 @@ static void *reconcile_main(void *arg)
 	}
 	while (!atomic_load(&pl.stop)) {
 		uint64_t now = dd_now_ns(), until;
+
+		dd_creds_follow();   /* a set*id() ahead (engine.c) */
 
 		/* The program took our descriptors (engine.c, lost()): the
 		 * engine handed merged memory back; unregister, and stop our
@@ -2114,6 +2120,44 @@ DD_API int setns(int fd, int nstype)
 		dd_child_release();
 	return (int)syscall(SYS_setns, fd, nstype);
 }
+
+/*
+ * set*id(): glibc makes every thread take the new ids and aborts the
+ * process if one of them fails where the caller succeeded. Ours must have
+ * the caller's capabilities and keep-caps flag first (engine.c,
+ * dd_creds_sync); a fork()ed child's guard thread is simply let go, as for
+ * unshare() above. The real calls are glibc's.
+ */
+static void before_setxid(void)
+{
+	if (dd_child_guarding())
+		dd_child_release();
+	/* also for a program that runs the engine through the API */
+	dd_creds_sync(state() == PL_ON && pl.thr_started ? 1 : 0, wake);
+}
+
+#define SETXID(name, params, args)                                             \
+	DD_API int name params                                                 \
+	{                                                                      \
+		static int (*next) params;                                     \
+		if (!next)                                                     \
+			next = (int (*) params)dlsym(RTLD_NEXT, #name);        \
+		if (!next) {                                                   \
+			errno = ENOSYS;                                        \
+			return -1;                                             \
+		}                                                              \
+		before_setxid();                                               \
+		return next args;                                              \
+	}
+SETXID(setuid, (uid_t u), (u))
+SETXID(setgid, (gid_t g), (g))
+SETXID(seteuid, (uid_t u), (u))
+SETXID(setegid, (gid_t g), (g))
+SETXID(setreuid, (uid_t r, uid_t e), (r, e))
+SETXID(setregid, (gid_t r, gid_t e), (r, e))
+SETXID(setresuid, (uid_t r, uid_t e, uid_t s), (r, e, s))
+SETXID(setresgid, (gid_t r, gid_t e, gid_t s), (r, e, s))
+SETXID(setgroups, (size_t n, const gid_t *l), (n, l))
 
 /* DEDUP_START and DEDUP_FORK, read by the constructor: the engine's
  * options are loaded only when it starts (a bad value is reported then). */
