@@ -154,12 +154,16 @@ set_tests_properties(preload_daemon_raw preload_daemon_restart_raw PROPERTIES DI
 set(HL_DIR ${CMAKE_CURRENT_SOURCE_DIR}/hostile)
 add_executable(hl_seccomp ${HL_DIR}/hl_seccomp.c)
 add_executable(hl_churn ${HL_DIR}/hl_churn.c)
+add_executable(hl_setuid ${HL_DIR}/hl_setuid.c)
+target_include_directories(hl_setuid PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                           ${PROJECT_SOURCE_DIR}/libdedup/src ${PROJECT_SOURCE_DIR}/libdedup/include)
+target_link_libraries(hl_setuid PRIVATE ${CMAKE_DL_LIBS})
 target_include_directories(hl_churn PRIVATE ${PROJECT_SOURCE_DIR}/tests
                            ${PROJECT_SOURCE_DIR}/libdedup/src ${PROJECT_SOURCE_DIR}/libdedup/include)
 target_link_libraries(hl_churn PRIVATE ${CMAKE_DL_LIBS})
 set(HL_ARGS $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain> $<TARGET_FILE:hl_churn>
-    $<TARGET_FILE:hl_seccomp>)
-foreach(c seccomp noproc nofile as memcg)
+    $<TARGET_FILE:hl_seccomp> $<TARGET_FILE:hl_setuid>)
+foreach(c seccomp noproc nofile as memcg setuid)
   add_test(NAME hostile_${c} COMMAND ${PL_BASH} ${HL_DIR}/hostile.sh ${c} ${HL_ARGS})
   set_tests_properties(hostile_${c} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                        LABELS "preload;hostile")

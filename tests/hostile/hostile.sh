@@ -12,9 +12,12 @@
 #   as             RLIMIT_AS just above the program's own need
 #   memcg          a memory cgroup just above the footprint, no swap: no OOM kill
 #   max_map_count  run by tests/with_max_map_count.sh at 1000
+#   setuid         a program that drops privileges (PR_SET_KEEPCAPS,
+#                  setresuid, capset, setresgid), in the process and in a
+#                  fork()ed child: glibc aborted it when our threads failed
 # Exit 0 pass, 1 fail, 77 skip (cannot be set up here, e.g. not root).
 set -u
-case=$1 lib=$2 plain=$3 churn=$4 seccomp=$5
+case=$1 lib=$2 plain=$3 churn=$4 seccomp=$5 setuid=${6:-}
 tmp=$(mktemp -d)
 cg=
 cleanup() {
@@ -155,6 +158,18 @@ max_map_count)
 	run pl "${pre[@]}" DEDUP_START=0 "${fast[@]}" HL_WAIT_MERGES=1 "$churn" maps 8 200
 	same ref pl
 	echo "[$case] outcome: exit status $(cat "$tmp/pl.rc"), $(grep 'isolated merges' "$tmp/pl.err")" >&2
+	;;
+setuid)
+	[ "$(id -u)" = 0 ] || skip "not root: nothing to drop"
+	for how in "" fork; do
+		run ref "$setuid" $how
+		[ "$(cat "$tmp/ref.rc")" = 0 ] || fail "the program fails without libdedup ($how)"
+		run pl "${pre[@]}" DEDUP_START=0 "${fast[@]}" "$setuid" $how
+		same ref pl
+		run lazy "${pre[@]}" "$setuid" $how
+		same ref lazy
+		echo "[$case] outcome${how:+ ($how)}: exit status $(cat "$tmp/pl.rc"), no line" >&2
+	done
 	;;
 *)
 	echo "unknown case $case" >&2
