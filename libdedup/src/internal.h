@@ -195,6 +195,20 @@ long dd_max_map_count_now(void);
 /* Entries for a table that may hold one per mapping of the process: the
  * live vm.max_map_count and some room, bounded (such tables grow past it). */
 size_t dd_maps_table_cap(void);
+/*
+ * Our own tables are never mapped smaller than this (MAP_NORESERVE: address
+ * space, not memory). A mapping is placed in the highest gap it fits in, and
+ * a small one fits in a hole the program has just made (an munmap, or in a
+ * fork()ed child the hole of a MADV_DONTFORK range) and is about to map
+ * again with MAP_FIXED: at vm.max_map_count 1000 the child guard's table
+ * (80 KiB) took a DONTFORK range's place (pl_semantics at 1000). vm.c's
+ * reservations are at least this big too.
+ */
+#define DD_OWN_MIN_MAP ((size_t)8 << 20)
+static inline size_t dd_own_table_cap(size_t cap, size_t elem)
+{
+	return cap * elem < DD_OWN_MIN_MAP ? DD_OWN_MIN_MAP / elem : cap;
+}
 /* fn gets each line: lo, hi, "rwxp", and the rest (" offset dev inode [name]");
  * non-zero from fn stops the walk (a negative value is returned). */
 typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,

@@ -226,7 +226,7 @@ static size_t pages_of(size_t bytes) { return (bytes + DD_PAGE - 1) & ~(size_t)(
  */
 static bool table_grow(void **p, size_t *cap, size_t elem, size_t need)
 {
-	size_t ncap = *cap ? *cap : dd_maps_table_cap();
+	size_t ncap = *cap ? *cap : dd_own_table_cap(dd_maps_table_cap(), elem);
 	void *q;
 
 	while (ncap < need)
