@@ -171,7 +171,8 @@ endforeach()
 # vm.max_map_count 1000, set (and put back) by the wrapper, under its lock
 add_test(NAME hostile_max_map_count
          COMMAND ${PL_BASH} ${DEDUP_MMC_WRAP} --timeout 500 1000 --
-                 ${PL_BASH} ${HL_DIR}/hostile.sh max_map_count ${HL_ARGS})
+                 ${PL_BASH} ${HL_DIR}/hostile.sh max_map_count ${HL_ARGS}
+                 $<TARGET_FILE:pl_semantics>)
 set_tests_properties(hostile_max_map_count PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                      LABELS "preload;hostile;max_map_count" RESOURCE_LOCK max_map_count
                      FIXTURES_REQUIRED max_map_count)
