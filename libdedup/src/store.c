@@ -232,16 +232,18 @@ uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
  * at its file offset; a page that was copied on write still counts, which
  * only keeps a slot longer). Punching a slot that a page still maps would
  * make it read zeros, so a slot must be found unmapped by two walks of the
- * mappings, one full pass apart: a walk goes up the address space VMA by
- * VMA, and a piece that mremap() moves below the walk while it runs is
- * missed by that walk - but not by both, unless it moves during each of
- * them. Runs with eng.lock held at the end of a pass, with no merge in
+ * mappings, at least a pass and 500 ms apart (a walk costs one
+ * PROCMAP_QUERY per mapping: no more than two a second). A walk goes up
+ * the address space VMA by VMA, and a piece that mremap() moves below the
+ * walk while it runs is missed by that walk - but not by both, unless it
+ * moves during each of them. Runs with eng.lock held at the end of a pass, with no merge in
  * flight; only after a region dropped metadata of a merged page.
  */
 static struct {
 	bool wanted;
 	uint8_t *suspect;     /* slots unmapped at the first walk */
 	size_t bytes;
+	uint64_t last_ns;     /* the last walk */
 } orph;
 
 void dd_store_sweep_wanted(void) { orph.wanted = true; }
@@ -274,6 +276,11 @@ void dd_store_sweep(void)
 
 	if ((!orph.wanted && !orph.suspect) || !n)
 		return;
+	/* a walk costs one PROCMAP_QUERY per mapping: at most two a second */
+	uint64_t now = dd_now_ns();
+	if (now - orph.last_ns < 500000000ULL)
+		return;
+	orph.last_ns = now;
 	live = dd_vm_alloc(bytes);
 	if (!live)
 		return;
