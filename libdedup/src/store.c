@@ -221,9 +221,9 @@ uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
  * a range it unregisters around mprotect or munmap leaves its merged pieces
  * to whatever the program does next. The region's metadata then goes
  * (region.c, meta_clear) while the reference stays: the slot's page would
- * stay in the memfd for good, charged to the program's memory cgroup - 
+ * stay in the memfd for good, charged to the program's memory cgroup:
  * orphans that grow with every round of malloc/free until the cgroup's
- * limit kills the program (tests/hostile/hl_memcg.sh).
+ * limit kills the program (hostile_memcg, tests/hostile/hostile.sh).
  *
  * The sweep releases a slot that nothing can read any more: referenced
  * (refs > 0, so not a fresh slot of this pass), not kept for a fork()ed
@@ -236,8 +236,9 @@ uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
  * PROCMAP_QUERY per mapping: no more than two a second). A walk goes up
  * the address space VMA by VMA, and a piece that mremap() moves below the
  * walk while it runs is missed by that walk - but not by both, unless it
- * moves during each of them. Runs with eng.lock held at the end of a pass, with no merge in
- * flight; only after a region dropped metadata of a merged page.
+ * moves during each of them. Runs with eng.lock held at the end of a
+ * pass, with no merge in flight; only after a region dropped metadata of a
+ * merged page.
  */
 static struct {
 	bool wanted;
