@@ -140,3 +140,31 @@ set_tests_properties(preload_uffd_unavailable preload_symbols preload_dedup_run
 set_tests_properties(preload_python preload_redis
                      PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS "preload;programs")
 set_tests_properties(preload_sparse PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS preload)
+# Hostile hosts (issue 14, point 5; docs/preload.md "Hostile hosts"): the
+# program runs untouched (same stdout and exit status as without libdedup),
+# with one line from libdedup where it does not merge. Label hostile.
+set(HL_DIR ${CMAKE_CURRENT_SOURCE_DIR}/hostile)
+add_executable(hl_seccomp ${HL_DIR}/hl_seccomp.c)
+add_executable(hl_churn ${HL_DIR}/hl_churn.c)
+add_executable(hl_setuid ${HL_DIR}/hl_setuid.c)
+target_include_directories(hl_setuid PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                           ${PROJECT_SOURCE_DIR}/libdedup/src ${PROJECT_SOURCE_DIR}/libdedup/include)
+target_link_libraries(hl_setuid PRIVATE ${CMAKE_DL_LIBS})
+target_include_directories(hl_churn PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                           ${PROJECT_SOURCE_DIR}/libdedup/src ${PROJECT_SOURCE_DIR}/libdedup/include)
+target_link_libraries(hl_churn PRIVATE ${CMAKE_DL_LIBS})
+set(HL_ARGS $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain> $<TARGET_FILE:hl_churn>
+    $<TARGET_FILE:hl_seccomp> $<TARGET_FILE:hl_setuid>)
+foreach(c seccomp noproc nofile as memcg setuid)
+  add_test(NAME hostile_${c} COMMAND ${PL_BASH} ${HL_DIR}/hostile.sh ${c} ${HL_ARGS})
+  set_tests_properties(hostile_${c} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
+                       LABELS "preload;hostile")
+endforeach()
+# vm.max_map_count 1000, set (and put back) by the wrapper, under its lock
+add_test(NAME hostile_max_map_count
+         COMMAND ${PL_BASH} ${DEDUP_MMC_WRAP} --timeout 500 1000 --
+                 ${PL_BASH} ${HL_DIR}/hostile.sh max_map_count ${HL_ARGS}
+                 $<TARGET_FILE:pl_semantics>)
+set_tests_properties(hostile_max_map_count PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
+                     LABELS "preload;hostile;max_map_count" RESOURCE_LOCK max_map_count
+                     FIXTURES_REQUIRED max_map_count)

@@ -297,7 +297,7 @@ static void postfork_guard_child(void)
  * the limit was raised since. Raw system calls: we may be inside fork(). */
 static bool pieces_reserve(size_t n)
 {
-	size_t ncap = cg.cap ? cg.cap : dd_maps_table_cap();
+	size_t ncap = cg.cap ? cg.cap : dd_own_table_cap(dd_maps_table_cap(), sizeof(*cg.pieces));
 	void *p;
 
 	if (cg.pieces && n <= cg.cap)

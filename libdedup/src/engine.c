@@ -50,6 +50,8 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <linux/capability.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -58,6 +60,8 @@
 
 #include "internal.h"
 #include "uapi.h"
+
+static void creds_thread_start(void);
 
 struct dd_engine eng = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -478,8 +482,10 @@ static void *reader_main(void *arg)
 	uint64_t cpu = dd_thread_cpu_ns();
 
 	rd.have = reader_ring_init();
+	creds_thread_start();
 	thread_ready();
 	for (;;) {
+		dd_creds_follow();
 		if (!rd.have || !wait_readable()) {
 			rd.have = false;
 			struct pollfd p = { eng.uffd, POLLIN, 0 };
@@ -506,6 +512,7 @@ static void *reader_main(void *arg)
 		 * stopped, and the stopper waits for us to read the doorbell. */
 		if (rang && atomic_load(&eng.reader_stop))
 			break;
+		dd_creds_follow();   /* before the doorbell's ringer goes on */
 	}
 	if (rd.have)
 		io_uring_queue_exit(&rd.ring);
@@ -630,6 +637,7 @@ static void *engine_main(void *arg)
 	uint64_t cpu = dd_thread_cpu_ns();
 	const size_t step = 1024;
 
+	creds_thread_start();
 	thread_ready();
 	/* The first pass starts one interval after dedup_init(), like every
 	 * other: the application's start-up is its busiest time. */
@@ -651,6 +659,7 @@ static void *engine_main(void *arg)
 	 * to run back to back, 60% of a core at DEDUP_CPU=25). */
 	uint64_t c0 = dd_thread_cpu_ns(), owed = 0;
 	while (!atomic_load(&eng.stop)) {
+		dd_creds_follow();
 		if (dd_unlikely(!dd_fds_intact() || atomic_load(&eng.fds_lost))) {
 			lost();
 			while (!atomic_load(&eng.stop))
@@ -892,6 +901,78 @@ int dd_engine_start(void)
 		pthread_cond_wait(&ready_cond, &ready_lock);
 	pthread_mutex_unlock(&ready_lock);
 	return 0;
+}
+
+/* ---- credentials of our threads --------------------------------------------
+ *
+ * glibc applies setuid(), setresgid(), setgroups() and the rest to every
+ * thread of the process (it signals each, SIGSETXID) and aborts the process
+ * when the call gives a different result in one of them. Capabilities and
+ * the keep-caps flag are per thread: a program that drops privileges the
+ * usual way (PR_SET_KEEPCAPS, setresuid(), then capset() to raise what it
+ * kept, then setresgid()) has them in its own thread only, and in ours the
+ * same call fails with EPERM: abort. So before such a call (preload.c
+ * interposes them) each of our threads takes the caller's capability sets
+ * and keep-caps flag (dd_creds_sync); the kernel then changes every thread
+ * alike. Our threads apply it at the top of their loops (dd_creds_follow),
+ * woken for it: the engine by a kick, the reader by the doorbell, the
+ * preload thread by its own wake-up. The caller waits for them, with a cap
+ * (2 s): a thread that does not answer in time is no worse off than before.
+ */
+static struct {
+	pthread_mutex_t lock;       /* one sync at a time (program threads) */
+	_Atomic uint32_t gen, acks;
+	int keepcaps;
+	struct __user_cap_data_struct cap[2];
+} creds = { .lock = PTHREAD_MUTEX_INITIALIZER };
+static __thread uint32_t creds_seen;
+
+static void creds_thread_start(void)
+{
+	creds_seen = atomic_load_explicit(&creds.gen, memory_order_acquire);
+}
+
+void dd_creds_follow(void)
+{
+	uint32_t g = atomic_load_explicit(&creds.gen, memory_order_acquire);
+	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+
+	if (dd_likely(g == creds_seen))
+		return;
+	creds_seen = g;
+	prctl(PR_SET_KEEPCAPS, creds.keepcaps, 0, 0, 0);
+	syscall(SYS_capset, &h, creds.cap);
+	atomic_fetch_add_explicit(&creds.acks, 1, memory_order_release);
+}
+
+void dd_creds_sync(unsigned others, void (*wake_others)(void))
+{
+	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	bool engine = __atomic_load_n(&eng.running, __ATOMIC_ACQUIRE);
+	unsigned want = others + (engine ? 1 : 0) + (engine && !atomic_load(&reader_gone) ? 1 : 0);
+	int kc;
+
+	if (!want)
+		return;
+	pthread_mutex_lock(&creds.lock);
+	kc = prctl(PR_GET_KEEPCAPS, 0, 0, 0, 0);
+	if (kc < 0 || syscall(SYS_capget, &h, creds.cap) < 0) {
+		pthread_mutex_unlock(&creds.lock);
+		return;
+	}
+	creds.keepcaps = kc;
+	atomic_store(&creds.acks, 0);
+	atomic_fetch_add_explicit(&creds.gen, 1, memory_order_release);
+	if (engine) {
+		dd_engine_kick();
+		if (!atomic_load(&reader_gone))
+			ring_doorbell();   /* returns once the reader has read it */
+	}
+	if (wake_others)
+		wake_others();
+	for (int i = 0; i < 2000 && atomic_load(&creds.acks) < want; i++)
+		usleep(1000);
+	pthread_mutex_unlock(&creds.lock);
 }
 
 void dd_engine_kick(void)

@@ -195,6 +195,20 @@ long dd_max_map_count_now(void);
 /* Entries for a table that may hold one per mapping of the process: the
  * live vm.max_map_count and some room, bounded (such tables grow past it). */
 size_t dd_maps_table_cap(void);
+/*
+ * Our own tables are never mapped smaller than this (MAP_NORESERVE: address
+ * space, not memory). A mapping is placed in the highest gap it fits in, and
+ * a small one fits in a hole the program has just made (an munmap, or in a
+ * fork()ed child the hole of a MADV_DONTFORK range) and is about to map
+ * again with MAP_FIXED: at vm.max_map_count 1000 the child guard's table
+ * (80 KiB) took a DONTFORK range's place (pl_semantics at 1000). vm.c's
+ * reservations are at least this big too.
+ */
+#define DD_OWN_MIN_MAP ((size_t)8 << 20)
+static inline size_t dd_own_table_cap(size_t cap, size_t elem)
+{
+	return cap * elem < DD_OWN_MIN_MAP ? DD_OWN_MIN_MAP / elem : cap;
+}
 /* fn gets each line: lo, hi, "rwxp", and the rest (" offset dev inode [name]");
  * non-zero from fn stops the walk (a negative value is returned). */
 typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
@@ -348,6 +362,9 @@ uint32_t dd_store_new(const void *content, uint32_t hint); /* 0 on failure */
 const void *dd_store_page(uint32_t slot);
 void dd_store_get(uint32_t slot);
 void dd_store_put(uint32_t slot);   /* frees (punches) at zero */
+void dd_store_sweep_wanted(void);   /* a page's metadata went with its reference */
+void dd_store_sweep(void);          /* release orphans (eng.lock, end of a pass) */
+void dd_region_mark_slots(uint8_t *bits, size_t nslots);
 uint32_t dd_store_refs(uint32_t slot);
 bool dd_store_alive(uint32_t slot);   /* in use (refs > 0): its page is there */
 uint64_t dd_store_hash(uint32_t slot);
@@ -497,6 +514,9 @@ extern struct dd_engine eng;
 int dd_engine_start(void);
 void dd_engine_stop(void);
 void dd_engine_kick(void);
+/* set*id() ahead: our threads take the caller's capabilities (engine.c) */
+void dd_creds_sync(unsigned others, void (*wake_others)(void));
+void dd_creds_follow(void);
 void dd_engine_child_reset(void);
 void dd_engine_account_cpu(uint64_t *last);
 bool dd_engine_uffd_back(void);   /* eng.gate held: eng.uffd ours again? */

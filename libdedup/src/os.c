@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -104,6 +105,25 @@ static bool env_on(const char *name)
 	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MOVE | UFFD_FEATURE_MINOR_SHMEM)
 
 /*
+ * No userfaultfd at all: is a seccomp filter the reason? Under a filter
+ * (PR_GET_SECCOMP says 2) that refuses even a user-mode-only userfaultfd,
+ * which the kernel grants anybody (vm.unprivileged_userfaultfd only limits
+ * kernel-mode faults), it is the filter - Docker's default profile, say -
+ * and "run as root" would be the wrong advice.
+ */
+static bool seccomp_forbids_uffd(void)
+{
+	if (prctl(PR_GET_SECCOMP, 0, 0, 0, 0) != 2)
+		return false;
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (fd >= 0) {
+		close(fd);
+		return false;
+	}
+	return errno == EPERM || errno == ENOSYS || errno == EACCES;
+}
+
+/*
  * A uffd that may handle kernel-mode faults, with DD_UFFD_FEATURES and the
  * extra features asked for. /dev/userfaultfd gives one to
  * whoever may open the node; the syscall gives one only with CAP_SYS_PTRACE
@@ -138,6 +158,12 @@ int dd_uffd_open(int *fd_out, uint64_t extra, const char **why)
 		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0) {
 		int e = errno;
+		if (seccomp_forbids_uffd()) {
+			*why = "a seccomp filter forbids userfaultfd (Docker's default profile does; "
+			       "allow the userfaultfd system call, or ioctl USERFAULTFD_IOC_NEW on "
+			       "/dev/userfaultfd, to merge)";
+			return -EPERM;
+		}
 		*why = e == ENOSYS ? "the kernel has no userfaultfd" :
 		       "no userfaultfd that may handle kernel faults (run as root, grant "
 		       "CAP_SYS_PTRACE, or give read-write access to /dev/userfaultfd)";

@@ -70,6 +70,9 @@
  *   fork (child.c): the child guards the merged pages it inherited; with
  *     DEDUP_FORK=restart it then starts its own engine (dd_preload_forked,
  *     after every atfork handler, so after the allocator's).
+ *   setuid, setgid, set{e,re,res}{u,g}id, setgroups: glibc applies them to
+ *     every thread and aborts if one fails; ours first take the caller's
+ *     capabilities and keep-caps flag (engine.c, dd_creds_sync).
  *   unshare, setns of a user namespace: need a single-threaded process; a
  *     guarded child gives up its guard first (child.c, dd_child_release).
  *
@@ -86,6 +89,7 @@
  */
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <link.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -222,7 +226,7 @@ static size_t pages_of(size_t bytes) { return (bytes + DD_PAGE - 1) & ~(size_t)(
  */
 static bool table_grow(void **p, size_t *cap, size_t elem, size_t need)
 {
-	size_t ncap = *cap ? *cap : dd_maps_table_cap();
+	size_t ncap = *cap ? *cap : dd_own_table_cap(dd_maps_table_cap(), elem);
 	void *q;
 
 	while (ncap < need)
@@ -984,6 +988,8 @@ static void *reconcile_main(void *arg)
 	while (!atomic_load(&pl.stop)) {
 		uint64_t now = dd_now_ns(), until;
 
+		dd_creds_follow();   /* a set*id() ahead (engine.c) */
+
 		/* The program took our descriptors (engine.c, lost()): the
 		 * engine handed merged memory back; unregister, and stop our
 		 * threads (not this one: it is not the engine's to join). */
@@ -1565,7 +1571,7 @@ static uint64_t anon_resident(void)
 	if (fd >= 0)
 		dd_fd_close_temp(fd);
 	if (n <= 0)
-		return 0;
+		return UINT64_MAX;   /* no /proc: start() says so */
 	buf[n] = 0;
 	for (int i = 0; i < 3; i++) {   /* size resident shared, in pages */
 		char *end;
@@ -1964,12 +1970,69 @@ static int start_thread(void)
 	return 0;
 }
 
+/*
+ * What the host must allow before we start, checked here rather than left
+ * to fail half-way (docs/preload.md, "Hostile hosts"). Each refusal is one
+ * line, and the program runs as without us:
+ *  - /proc/self/maps readable: finding the heap, our own mappings, the
+ *    program's unseen munmaps all read it (a container may mount no /proc,
+ *    or hide it);
+ *  - RLIMIT_NOFILE of at least DD_MIN_NOFILE: our three or four descriptors
+ *    sit at the top of the program's range (fds.c); below that they would
+ *    take numbers the program may count on having;
+ *  - no finite RLIMIT_AS: the engine reserves address space far beyond what
+ *    it ever touches (the canonical store's view alone is DEDUP_STORE_MAX,
+ *    64 GiB by default), all of which counts against RLIMIT_AS; taken from
+ *    the program's limit, it would make its own malloc() fail.
+ * A limit the program sets after we started is not watched.
+ */
+#define DD_MIN_NOFILE 128
+static bool host_allows(void)
+{
+	struct rlimit rl;
+	int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	char c;
+
+	if (fd < 0 || read(fd, &c, 1) != 1) {
+		if (fd >= 0)
+			dd_sys_close(fd);
+		dd_warn("not merging: /proc/self/maps cannot be read (/proc is not mounted, or "
+			"hidden); libdedup needs it to find the program's memory");
+		return false;
+	}
+	dd_sys_close(fd);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < DD_MIN_NOFILE) {
+		dd_warn("not merging: RLIMIT_NOFILE is %llu; libdedup needs at least %d to keep "
+			"its descriptors out of the program's range", (unsigned long long)rl.rlim_cur,
+			DD_MIN_NOFILE);
+		return false;
+	}
+	if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		dd_warn("not merging: RLIMIT_AS is %llu MiB; libdedup's address-space "
+			"reservations would count against the program's limit",
+			(unsigned long long)(rl.rlim_cur >> 20));
+		return false;
+	}
+	return true;
+}
+
 /* Start (or, in a fork()ed child with DEDUP_FORK=restart, restart). */
 static void start(void)
 {
 	int r;
 
 	atomic_store(&pl_state, PL_STARTING);
+	if (!host_allows()) {
+		atomic_store(&pl_state, PL_PASSIVE);
+		return;
+	}
+	/* Our tables only now, not in the constructor: a process that never
+	 * starts the engine reserves nothing (RLIMIT_AS counts reservations). */
+	if (!tables_init()) {
+		dd_warn("preload: cannot map the preload tables; not merging");
+		atomic_store(&pl_state, PL_PASSIVE);
+		return;
+	}
 	r = dedup_init(NULL);
 	if (r >= 0) {
 		const char *x = getenv("DEDUP_EXCLUDE"), *bad;
@@ -2056,6 +2119,44 @@ DD_API int setns(int fd, int nstype)
 	return (int)syscall(SYS_setns, fd, nstype);
 }
 
+/*
+ * set*id(): glibc makes every thread take the new ids and aborts the
+ * process if one of them fails where the caller succeeded. Ours must have
+ * the caller's capabilities and keep-caps flag first (engine.c,
+ * dd_creds_sync); a fork()ed child's guard thread is simply let go, as for
+ * unshare() above. The real calls are glibc's.
+ */
+static void before_setxid(void)
+{
+	if (dd_child_guarding())
+		dd_child_release();
+	/* also for a program that runs the engine through the API */
+	dd_creds_sync(state() == PL_ON && pl.thr_started ? 1 : 0, wake);
+}
+
+#define SETXID(name, params, args)                                             \
+	DD_API int name params                                                 \
+	{                                                                      \
+		static int (*next) params;                                     \
+		if (!next)                                                     \
+			next = (int (*) params)dlsym(RTLD_NEXT, #name);        \
+		if (!next) {                                                   \
+			errno = ENOSYS;                                        \
+			return -1;                                             \
+		}                                                              \
+		before_setxid();                                               \
+		return next args;                                              \
+	}
+SETXID(setuid, (uid_t u), (u))
+SETXID(setgid, (gid_t g), (g))
+SETXID(seteuid, (uid_t u), (u))
+SETXID(setegid, (gid_t g), (g))
+SETXID(setreuid, (uid_t r, uid_t e), (r, e))
+SETXID(setregid, (gid_t r, gid_t e), (r, e))
+SETXID(setresuid, (uid_t r, uid_t e, uid_t s), (r, e, s))
+SETXID(setresgid, (gid_t r, gid_t e, gid_t s), (r, e, s))
+SETXID(setgroups, (size_t n, const gid_t *l), (n, l))
+
 /* DEDUP_START and DEDUP_FORK, read by the constructor: the engine's
  * options are loaded only when it starts (a bad value is reported then). */
 static uint64_t env_size(const char *name, uint64_t def)
@@ -2070,10 +2171,6 @@ __attribute__((constructor)) static void preload_init(void)
 	resolve_alloc();
 	if (!preloaded())
 		return;
-	if (!tables_init()) {
-		dd_warn("preload: cannot map the preload tables; not merging");
-		return;
-	}
 	pthread_atfork(pl_prepare, pl_parent, pl_child);
 	start_at = env_size("DEDUP_START", 64ULL << 20);
 	watch_restart = env_is("DEDUP_FORK", "restart") || env_is("DEDUP_FORK", "1");

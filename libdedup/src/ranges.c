@@ -28,8 +28,7 @@ static size_t bytes(size_t cap)
 
 bool dd_rt_init(struct dd_rtab *t, size_t cap)
 {
-	if (cap < 256)
-		cap = 256;
+	cap = dd_own_table_cap(cap < 256 ? 256 : cap, sizeof(struct dd_range));
 	void *p = (void *)syscall(SYS_mmap, NULL, bytes(cap), PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	t->r = p == MAP_FAILED ? NULL : p;

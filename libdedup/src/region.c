@@ -367,6 +367,12 @@ static void meta_clear(uintptr_t lo, uintptr_t hi)
 		if (!overlap(c, lo, hi, &i, &k))
 			continue;
 		for (; i < k; i++) {
+			/* The page's reference stays with its slot: the page may
+			 * still map it (a range unregistered around mprotect), or
+			 * be gone (an munmap no interposer saw). The store's
+			 * orphan sweep tells which (store.c, dd_store_sweep). */
+			if (DD_SLOT_REAL(c->slot[i]))
+				dd_store_sweep_wanted();
 			if (c->slot[i] == DD_SLOT_ZERO)
 				atomic_fetch_sub(&dd_cnt.zero_pages, 1);
 			c->hash[i] = 0;
@@ -533,4 +539,16 @@ void dd_region_fini(void)
 	rg.n = rg.cap = 0;
 	atomic_store(&rg.count, 0);
 	atomic_store(&rg.bytes, 0);
+}
+
+/* Set bit (slot) in bits for every canonical slot a page of a region is
+ * merged into (metadata: slot + 1), for the store's orphan sweep. */
+void dd_region_mark_slots(uint8_t *bits, size_t nslots)
+{
+	for (struct chunk *c = find_from(0); c; c = next_chunk(c))
+		for (unsigned i = 0; i < CHUNK_PAGES; i++) {
+			uint32_t s = c->slot[i];
+			if (DD_SLOT_REAL(s) && s - 1 < nslots)
+				bits[(s - 1) / 8] |= (uint8_t)(1u << ((s - 1) % 8));
+		}
 }

@@ -244,6 +244,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			if (eng.nbatch)
 				c.merged += dd_merge_batch();
 			dd_merge_free_scratch();
+			dd_store_sweep();   /* orphaned canonical pages (store.c) */
 			pthread_mutex_lock(&eng.gate);
 			dd_removing_prune();
 			pthread_mutex_unlock(&eng.gate);

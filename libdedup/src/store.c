@@ -91,8 +91,11 @@ fail:;
  * (a mapping holds the file), so closing our fd and view is safe; the slot
  * table goes, and the pages of the file stay as long as somebody maps them.
  */
+static void orph_reset(void);
+
 void dd_store_fini(void)
 {
+	orph_reset();
 	if (st.view)
 		munmap((void *)st.view, st.max_slots * DD_PAGE);
 	dd_fd_close(&st.fd);
@@ -238,3 +241,117 @@ uint64_t dd_store_hash(uint32_t ref) { return st.info[ref - 1].hash; }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
 uint64_t dd_store_sharing(void) { return atomic_load(&st.sharing); }
 uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
+
+/*
+ * Orphans. A page's reference is dropped where libdedup sees the page go
+ * (a copy on write, a discard, an unmerge). The preload library cannot see
+ * everything: glibc's free() of a large chunk is an munmap inside libc, and
+ * a range it unregisters around mprotect or munmap leaves its merged pieces
+ * to whatever the program does next. The region's metadata then goes
+ * (region.c, meta_clear) while the reference stays: the slot's page would
+ * stay in the memfd for good, charged to the program's memory cgroup:
+ * orphans that grow with every round of malloc/free until the cgroup's
+ * limit kills the program (hostile_memcg, tests/hostile/hostile.sh).
+ *
+ * The sweep releases a slot that nothing can read any more: referenced
+ * (refs > 0, so not a fresh slot of this pass), not kept for a fork()ed
+ * child, merged into by no page of any region (metadata), and mapped by no
+ * private mapping of our memfd in the process (a mapping covers the slot
+ * at its file offset; a page that was copied on write still counts, which
+ * only keeps a slot longer). Punching a slot that a page still maps would
+ * make it read zeros, so a slot must be found unmapped by two walks of the
+ * mappings, at least a pass and 500 ms apart (a walk costs one
+ * PROCMAP_QUERY per mapping: no more than two a second). A walk goes up
+ * the address space VMA by VMA, and a piece that mremap() moves below the
+ * walk while it runs is missed by that walk - but not by both, unless it
+ * moves during each of them. Runs with eng.lock held at the end of a
+ * pass, with no merge in flight; only after a region dropped metadata of a
+ * merged page.
+ */
+static struct {
+	bool wanted;
+	uint8_t *suspect;     /* slots unmapped at the first walk */
+	size_t bytes;
+	uint64_t last_ns;     /* the last walk */
+} orph;
+
+void dd_store_sweep_wanted(void) { orph.wanted = true; }
+
+static void orph_reset(void)
+{
+	if (orph.suspect)
+		dd_vm_free(orph.suspect, orph.bytes);
+	orph.suspect = NULL;
+	orph.wanted = false;
+}
+
+struct mark_ctx { uint8_t *bits; size_t n; };
+
+static int mark_mapped(void *ctx, const struct dd_vma *v)
+{
+	struct mark_ctx *m = ctx;
+
+	if (!v->ours || v->shared)   /* the shared view is ours, not a page's */
+		return 0;
+	for (uint64_t s = v->offset / DD_PAGE, e = s + (v->hi - v->lo) / DD_PAGE; s < e && s < m->n; s++)
+		m->bits[s / 8] |= (uint8_t)(1u << (s % 8));
+	return 0;
+}
+
+void dd_store_sweep(void)
+{
+	size_t n = st.hwm < st.info_cap ? st.hwm : st.info_cap, bytes = (n + 7) / 8, freed = 0;
+	uint8_t *live;
+
+	if ((!orph.wanted && !orph.suspect) || !n)
+		return;
+	/* a walk costs one PROCMAP_QUERY per mapping: at most two a second */
+	uint64_t now = dd_now_ns();
+	if (now - orph.last_ns < 500000000ULL)
+		return;
+	orph.last_ns = now;
+	live = dd_vm_alloc(bytes);
+	if (!live)
+		return;
+	dd_region_mark_slots(live, n);
+	struct mark_ctx m = { live, n };
+	if (dd_vmas_in(0, UINTPTR_MAX, mark_mapped, &m) < 0)
+		goto out;
+	if (!orph.suspect) {
+		/* first walk: remember the suspects */
+		size_t found = 0;
+		orph.wanted = false;
+		orph.suspect = dd_vm_alloc(bytes);
+		if (!orph.suspect)
+			goto out;
+		orph.bytes = bytes;
+		for (size_t s = 0; s < n; s++)
+			if (st.info[s].refs && !st.info[s].keep && !(live[s / 8] & (1u << (s % 8)))) {
+				orph.suspect[s / 8] |= (uint8_t)(1u << (s % 8));
+				found++;
+			}
+		if (!found) {
+			dd_vm_free(orph.suspect, orph.bytes);
+			orph.suspect = NULL;
+		}
+		goto out;
+	}
+	/* second walk: release what both found unmapped */
+	for (size_t s = 0; s < n && s / 8 < orph.bytes; s++) {
+		struct slot_info *si = &st.info[s];
+		if (!(orph.suspect[s / 8] & (1u << (s % 8))) || !si->refs || si->keep ||
+		    (live[s / 8] & (1u << (s % 8))))
+			continue;
+		st.sharing -= si->refs;
+		st.shared--;
+		si->refs = 0;
+		release((uint32_t)s);
+		freed++;
+	}
+	dd_vm_free(orph.suspect, orph.bytes);
+	orph.suspect = NULL;
+	if (freed)
+		dd_debug("store: released %zu canonical pages that no page maps any more", freed);
+out:
+	dd_vm_free(live, bytes);
+}

@@ -24,8 +24,12 @@ static int count_dir(const char *path)
 
 static void churn(int n)
 {
-	for (int i = 0; i < n; i++)
-		free(malloc(64));
+	/* through a volatile pointer: the compiler may drop free(malloc(n)) */
+	void *volatile p;
+	for (int i = 0; i < n; i++) {
+		p = malloc(64);
+		free(p);
+	}
 }
 
 int main(void)
