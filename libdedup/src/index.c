@@ -263,6 +263,13 @@ int dd_unstable_insert(uint64_t hash, uintptr_t addr)
 	return 0;
 }
 
+/* Fetch the slot dd_unstable_offer(hash) starts at (scan.c offers skipped
+ * pages a few at a time: the table is large, the slots random). */
+void dd_unstable_prefetch(uint64_t hash)
+{
+	__builtin_prefetch(&ix.u[mix(hash, ix.u_cap)], 1);
+}
+
 /*
  * A page the scanner skips this pass (scan.c, smart scan), whose checksum
  * when it was last read is @hash. If a candidate of this pass has that

@@ -368,6 +368,7 @@ bool dd_stable_has(uint64_t hash);   /* a live slot with this hash? */
 /* a page skipped this pass with checksum @hash from an earlier one: true if
  * a candidate of this pass has that hash, else it enters as a stale one */
 bool dd_unstable_offer(uint64_t hash, uintptr_t addr);
+void dd_unstable_prefetch(uint64_t hash);
 size_t dd_index_bytes(void);
 
 /* ---- region.c ------------------------------------------------------- */

@@ -104,12 +104,30 @@ static uint64_t w_aged(uint64_t w)
 	return w_make(h, age, skip);
 }
 
+/* A present anonymous page's metadata, between the two halves of a visit. */
+struct page_ref {
+	uint64_t *w;      /* its word: checksum, age, skip (above) */
+	uint32_t *slot;
+};
+
+/* Skipped pages wait here for their offer to the unstable index (index.c),
+ * OFFER_AHEAD at a time, each table slot prefetched when it comes in: one
+ * random access per skipped page, in a table as large as the heap's pages,
+ * was a third of the idle engine's time before they overlapped. */
+#define OFFER_AHEAD 16
+struct offer {
+	uintptr_t a;
+	struct page_ref p;
+};
+
 struct pass_ctx {
 	struct dd_region *r;
 	uint32_t last_new;   /* last slot created, for contiguous allocation */
 	long merged;
 	size_t scanned;
 	size_t found;        /* present pages the walk returned */
+	struct offer off[OFFER_AHEAD];   /* a ring */
+	unsigned off_head, off_n;
 };
 
 static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
@@ -122,19 +140,15 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 	return merged;
 }
 
-/* A present anonymous page's metadata, between the two halves of a visit. */
-struct page_ref {
-	uint64_t *w;      /* its word: checksum, age, skip (above) */
-	uint32_t *slot;
-};
-
 /*
  * First half of a visit, metadata only: is the page's content to be read
  * this pass? Not for a page we cannot merge (no memory for its metadata,
  * or copied inside a file mapping of ours), nor for one the smart scan
  * skips this pass.
  */
-static bool page_due(uintptr_t a, struct page_ref *p)
+static void offer_one(struct pass_ctx *c);
+
+static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 {
 	if (!dd_meta_visit(a, &p->w, &p->slot))
 		return false;   /* no memory for its metadata: not a candidate */
@@ -146,14 +160,22 @@ static bool page_due(uintptr_t a, struct page_ref *p)
 	uint64_t w = *p->w;
 	if (*p->slot != DD_SLOT_NONE || !W_SKIP(w))
 		return true;
-	/* Skipped this pass, unless it could match (above). */
+	/* Skipped this pass, unless it could match (above): a canonical page
+	 * with its checksum, or a candidate of this pass (offer_one). */
 	uint64_t h = W_HASH(w);
-	if (h && (dd_stable_has(h) || dd_unstable_offer(h, a))) {
+	if (h && dd_stable_has(h)) {
 		*p->w = w_make(h, 0, 0);
 		return true;
 	}
-	*p->w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
-	DD_INC(pages_skipped_smart, 1);
+	if (!h) {   /* no checksum (VMA budget spent): nothing to offer */
+		*p->w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
+		DD_INC(pages_skipped_smart, 1);
+		return false;
+	}
+	if (c->off_n == OFFER_AHEAD)
+		offer_one(c);
+	dd_unstable_prefetch(h);
+	c->off[(c->off_head + c->off_n++) % OFFER_AHEAD] = (struct offer){ a, *p };
 	return false;
 }
 
@@ -245,6 +267,38 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	dd_unstable_insert(h, a);
 }
 
+/*
+ * The oldest skipped page waiting: offered to the unstable index. Skipped
+ * for good if nothing of this pass has its checksum; otherwise it could
+ * match, and it is read now (out of address order, which the indexes do
+ * not mind).
+ */
+static void offer_one(struct pass_ctx *c)
+{
+	static char buf[DD_PAGE] __attribute__((aligned(64)));   /* eng.lock */
+	struct offer o = c->off[c->off_head];
+	uint64_t w = *o.p.w, h = W_HASH(w);
+
+	c->off_head = (c->off_head + 1) % OFFER_AHEAD;
+	c->off_n--;
+	if (!dd_unstable_offer(h, o.a)) {
+		*o.p.w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
+		DD_INC(pages_skipped_smart, 1);
+		return;
+	}
+	*o.p.w = w_make(h, 0, 0);
+	if (!c->r->fragile)
+		visit_page(c, o.a, (const void *)o.a, &o.p);
+	else if (dd_read_page(o.a, buf))   /* gone: not scanned */
+		visit_page(c, o.a, buf, &o.p);
+}
+
+static void offer_all(struct pass_ctx *c)
+{
+	while (c->off_n)
+		offer_one(c);
+}
+
 static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
 {
 	struct pass_ctx *c = ctx;
@@ -255,8 +309,9 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		return;   /* merged by us, or the shared zero page: nothing to gain */
 	if (!c->r->fragile) {
 		for (uintptr_t a = start; a < end; a += DD_PAGE)
-			if (page_due(a, &p))
+			if (page_due(c, a, &p))
 				visit_page(c, a, (const void *)a, &p);
+		offer_all(c);
 		return;
 	}
 	/* A fragile region (the preload library's: libc may shrink or unmap
@@ -272,7 +327,7 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		struct iovec rv[FRAGILE_CHUNK];
 		size_t n = 0;
 		for (; a < end && n < FRAGILE_CHUNK; a += DD_PAGE)
-			if (page_due(a, &due[n]))
+			if (page_due(c, a, &due[n]))
 				rv[n++] = (struct iovec){ (void *)a, DD_PAGE };
 		if (!n)
 			continue;
@@ -282,8 +337,9 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		for (size_t i = 0; i < k; i++)
 			visit_page(c, (uintptr_t)rv[i].iov_base, buf + i * DD_PAGE, &due[i]);
 		if (k < n)
-			return;
+			break;
 	}
+	offer_all(c);
 }
 
 /*
@@ -302,10 +358,14 @@ bool dd_scan_fresh_regions(void)
 }
 
 /* What one walk costs against a step's budget, in pages hashed: the pages
- * it returned, a little for the call, and with the /proc/self/pagemap
- * fallback the entries it read (64 to a page). PAGEMAP_SCAN skips what is
- * absent inside the kernel: a terabyte with nothing in it costs a call. */
+ * it hashed, 1/SKIP_COST_DIV for each other page it returned (skipped by
+ * the smart scan, or merged: metadata only), a little for the call, and
+ * with the /proc/self/pagemap fallback the entries it read (64 to a page).
+ * PAGEMAP_SCAN skips what is absent inside the kernel: a terabyte with
+ * nothing in it costs a call. A settled heap thus takes few steps per pass:
+ * each step has a fixed cost (a sleep and a wake-up, a few system calls). */
 #define WALK_COST 16
+#define SKIP_COST_DIV 16
 
 /*
  * Scan from *cursor for up to max_pages present pages (a pass over a huge
@@ -367,6 +427,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		c.found = 0;
 		if (from == r->start)
 			r->scan_gen = eng.pass_gen;
+		size_t hashed0 = c.scanned;
 		dd_meta_walk_begin();
 		if (dd_present_walk(from, rend, budget, on_present, &c, &to) == 0 && to > from)
 			dd_meta_sweep(from, to);   /* what is gone forgets its checksum */
@@ -378,7 +439,8 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		/* the batch refers to addresses, not to r: flush before r can move */
 		if (eng.nbatch)
 			c.merged += dd_merge_batch();
-		size_t cost = c.found + WALK_COST;
+		size_t hashed = c.scanned - hashed0;
+		size_t cost = hashed + (c.found - hashed) / SKIP_COST_DIV + WALK_COST;
 		if (!dd_feat.pagemap_scan)
 			cost += (to - from) / DD_PAGE / 64;
 		*cursor = to;
