@@ -193,6 +193,11 @@ bool dd_stable_has(uint64_t hash)
 	}
 }
 
+void dd_stable_prefetch(uint64_t hash)
+{
+	__builtin_prefetch(&ix.s[mix(hash, ix.s_cap)], 0);
+}
+
 /* ---- unstable --------------------------------------------------------- */
 
 void dd_unstable_reset(void)

@@ -365,6 +365,7 @@ void dd_unstable_reset(void);     /* new pass: forget all candidates */
 uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided);
 int dd_unstable_insert(uint64_t hash, uintptr_t addr);
 bool dd_stable_has(uint64_t hash);   /* a live slot with this hash? */
+void dd_stable_prefetch(uint64_t hash);
 /* a page skipped this pass with checksum @hash from an earlier one: true if
  * a candidate of this pass has that hash, else it enters as a stale one */
 bool dd_unstable_offer(uint64_t hash, uintptr_t addr);

@@ -110,10 +110,11 @@ struct page_ref {
 	uint32_t *slot;
 };
 
-/* Skipped pages wait here for their offer to the unstable index (index.c),
- * OFFER_AHEAD at a time, each table slot prefetched when it comes in: one
- * random access per skipped page, in a table as large as the heap's pages,
- * was a third of the idle engine's time before they overlapped. */
+/* Skipped pages wait here for their look at the stable index and their
+ * offer to the unstable one (index.c), OFFER_AHEAD at a time, their table
+ * slots prefetched when they come in: one random access per skipped page,
+ * in a table as large as the heap's pages, was a third of the idle
+ * engine's time before they overlapped. */
 #define OFFER_AHEAD 16
 struct offer {
 	uintptr_t a;
@@ -163,10 +164,6 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 	/* Skipped this pass, unless it could match (above): a canonical page
 	 * with its checksum, or a candidate of this pass (offer_one). */
 	uint64_t h = W_HASH(w);
-	if (h && dd_stable_has(h)) {
-		*p->w = w_make(h, 0, 0);
-		return true;
-	}
 	if (!h) {   /* no checksum (VMA budget spent): nothing to offer */
 		*p->w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
 		DD_INC(pages_skipped_smart, 1);
@@ -174,6 +171,7 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 	}
 	if (c->off_n == OFFER_AHEAD)
 		offer_one(c);
+	dd_stable_prefetch(h);
 	dd_unstable_prefetch(h);
 	c->off[(c->off_head + c->off_n++) % OFFER_AHEAD] = (struct offer){ a, *p };
 	return false;
@@ -269,9 +267,9 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 
 /*
  * The oldest skipped page waiting: offered to the unstable index. Skipped
- * for good if nothing of this pass has its checksum; otherwise it could
- * match, and it is read now (out of address order, which the indexes do
- * not mind).
+ * for good if neither a canonical page nor anything of this pass has its
+ * checksum; otherwise it could match, and it is read now (out of address
+ * order, which the indexes do not mind).
  */
 static void offer_one(struct pass_ctx *c)
 {
@@ -281,7 +279,7 @@ static void offer_one(struct pass_ctx *c)
 
 	c->off_head = (c->off_head + 1) % OFFER_AHEAD;
 	c->off_n--;
-	if (!dd_unstable_offer(h, o.a)) {
+	if (!dd_stable_has(h) && !dd_unstable_offer(h, o.a)) {
 		*o.p.w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
 		DD_INC(pages_skipped_smart, 1);
 		return;
