@@ -141,14 +141,14 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 	return merged;
 }
 
+static void offer_one(struct pass_ctx *c);
+
 /*
  * First half of a visit, metadata only: is the page's content to be read
  * this pass? Not for a page we cannot merge (no memory for its metadata,
  * or copied inside a file mapping of ours), nor for one the smart scan
- * skips this pass.
+ * skips this pass (it waits for its offer: offer_one).
  */
-static void offer_one(struct pass_ctx *c);
-
 static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 {
 	if (!dd_meta_visit(a, &p->w, &p->slot))
