@@ -82,6 +82,8 @@ static const struct field fields[] = {
 	  "completed passes over every registered range"),
 	F(pages_scanned, "Scanning", COUNTER, PAGES, "pages_scanned_total", NULL,
 	  "pages hashed by the scanner, all passes"),
+	F(pages_skipped_smart, "Scanning", COUNTER, PAGES, "pages_skipped_smart_total", NULL,
+	  "pages not hashed in a pass: unchanged and unmatched for passes before (smart scan)"),
 	F(candidates, "Scanning", COUNTER, PAGES, "candidates_total", NULL,
 	  "pages unchanged since the previous pass, offered for merging"),
 	F(skipped_volatile, "Skipped pages, by reason", COUNTER, PAGES, "pages_skipped_total",

@@ -102,6 +102,8 @@ struct dedup_stats {
 	uint64_t bytes_registered;   /* their total length */
 	uint64_t engine_cpu_ns;      /* CPU time of libdedup's threads */
 	uint64_t store_slots_freed;  /* canonical pages released (punched) */
+	uint64_t pages_skipped_smart; /* pages not hashed in a pass: unchanged and
+	                                unmatched for passes before (smart scan) */
 };
 
 /* Start the engine (threads, userfaultfd, page store). NULL: defaults.

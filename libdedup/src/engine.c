@@ -650,6 +650,7 @@ static void *engine_main(void *arg)
 	unsigned quiet = 0;
 	long pass_merged = 0;
 	size_t pass_scanned = 0;
+	uint64_t skipped0 = atomic_load(&dd_cnt.pages_skipped_smart);
 	bool fresh_only = false;       /* this pass: fresh regions only */
 	uint64_t next_full = 0;        /* backing off: no full pass before */
 	const uint64_t interval = dd_opt.scan_interval_ms * 1000000ULL;
@@ -704,7 +705,11 @@ static void *engine_main(void *arg)
 			 * (freed memory turning to zeros, the last pairs under a
 			 * spent VMA budget) is otherwise rescanned every interval
 			 * for ever. The trickle still merges, at the backed-off
-			 * pace. */
+			 * pace. Pages the smart scan skipped (scan.c) count among
+			 * those scanned here: the heap is as large as it was. */
+			uint64_t skipped = atomic_load(&dd_cnt.pages_skipped_smart);
+			pass_scanned += skipped - skipped0;
+			skipped0 = skipped;
 			if (pass_merged && (size_t)pass_merged * 256 >= pass_scanned)
 				quiet = 0;
 			else if (!fresh_only && (2u << quiet) <= dd_opt.idle_backoff)

@@ -9,7 +9,10 @@
  *    by the scanner, the same content) makes a new stable page. The unstable
  *    index is not trusted across passes: every pass starts it afresh (a
  *    generation number makes that O(1)), because the pages it points to are
- *    not protected and may have changed.
+ *    not protected and may have changed. Pages the scanner skips in a pass
+ *    (scan.c, smart scan) enter it too, with the checksum of the pass that
+ *    last read them, marked stale: a candidate equal to one of them still
+ *    finds it, and a stale one whose content moved on is no hash collision.
  *
  * A hash is never trusted for merging: merge.c compares the full page.
  * Both are open-addressing tables with linear probing, in dd_vm memory.
@@ -28,6 +31,7 @@ struct stable_ent {
 	uint16_t verify;    /* a lookup of this hash must compare content */
 };
 struct unstable_ent { uint64_t hash; uintptr_t addr; uint64_t gen; };
+#define U_STALE ((uintptr_t)1)   /* in addr: a hash from an earlier pass */
 
 static struct {
 	struct stable_ent *s;
@@ -177,6 +181,23 @@ void dd_stable_remove(uint64_t hash, uint32_t slot)
 	}
 }
 
+/* A live slot with @hash: a page skipped with that checksum could match. */
+bool dd_stable_has(uint64_t hash)
+{
+	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
+		struct stable_ent *e = &ix.s[i];
+		if (!e->used)
+			return false;
+		if (e->used == 1 && e->hash == hash)
+			return true;
+	}
+}
+
+void dd_stable_prefetch(uint64_t hash)
+{
+	__builtin_prefetch(&ix.s[mix(hash, ix.s_cap)], 0);
+}
+
 /* ---- unstable --------------------------------------------------------- */
 
 void dd_unstable_reset(void)
@@ -198,16 +219,17 @@ uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 		struct unstable_ent *e = &ix.u[i];
 		if (e->gen != ix.gen)
 			return 0;
-		if (e->hash != hash || !e->addr || e->addr == (uintptr_t)page)
+		uintptr_t a = e->addr & ~U_STALE;
+		if (e->hash != hash || !a || a == (uintptr_t)page)
 			continue;
-		/* e->addr is the application's page, read the safe way: in a
+		/* a is the application's page, read the safe way: in a
 		 * fragile region (scan.c) it may be gone since it was seen */
-		if (dd_read_page(e->addr, cmp) && memcmp(page, cmp, DD_PAGE) == 0) {
-			uintptr_t a = e->addr;
+		if (dd_read_page(a, cmp) && memcmp(page, cmp, DD_PAGE) == 0) {
 			e->addr = 0;   /* stays as a probe-chain marker until next pass */
 			return a;
 		}
-		*collided = true;
+		if (!(e->addr & U_STALE))   /* a stale one may simply have changed */
+			*collided = true;
 		if (++cmps >= DD_MAX_PROBE_CMP)
 			return 0;
 	}
@@ -244,4 +266,33 @@ int dd_unstable_insert(uint64_t hash, uintptr_t addr)
 	ix.u[i] = (struct unstable_ent){ hash, addr, ix.gen };
 	ix.u_live++;
 	return 0;
+}
+
+/* Fetch the slot dd_unstable_offer(hash) starts at (scan.c offers skipped
+ * pages a few at a time: the table is large, the slots random). */
+void dd_unstable_prefetch(uint64_t hash)
+{
+	__builtin_prefetch(&ix.u[mix(hash, ix.u_cap)], 1);
+}
+
+/*
+ * A page the scanner skips this pass (scan.c, smart scan), whose checksum
+ * when it was last read is @hash. If a candidate of this pass has that
+ * hash, the two could match: true, and the scanner reads the page after
+ * all (it then takes the candidate as any other page would). Otherwise the
+ * page enters as a stale candidate, for one that comes later in the pass:
+ * one probe, where reading the page would be 4 KiB. False also when there
+ * is no room (the page is simply skipped).
+ */
+bool dd_unstable_offer(uint64_t hash, uintptr_t addr)
+{
+	if ((ix.u_live + 1) * 4 > ix.u_cap * 3 && unstable_grow() < 0)
+		return false;
+	size_t i = mix(hash, ix.u_cap);
+	for (; ix.u[i].gen == ix.gen; i = (i + 1) & (ix.u_cap - 1))
+		if (ix.u[i].hash == hash && ix.u[i].addr)
+			return true;
+	ix.u[i] = (struct unstable_ent){ hash, addr | U_STALE, ix.gen };
+	ix.u_live++;
+	return false;
 }

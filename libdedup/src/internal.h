@@ -160,6 +160,7 @@ int dd_parse_exclude(const char *s, struct dd_exclude *out, const char **bad, si
 	X(skipped_pinned, "pages skipped: pinned or shared (UFFDIO_MOVE EBUSY)") \
 	X(skipped_mismatch, "pages skipped: hash matched, content did not")      \
 	X(skipped_raced, "pages skipped: changed or remapped during the merge")  \
+	X(pages_skipped_smart, "pages not hashed: unchanged and unmatched for passes (smart scan)") \
 	X(vmas_added, "mappings added by merging (estimate)")                    \
 	X(store_slots_freed, "canonical pages released")                         \
 	X(engine_cpu_ns, "CPU time of libdedup threads, ns")
@@ -384,6 +385,12 @@ void dd_stable_remove(uint64_t hash, uint32_t slot);
 void dd_unstable_reset(void);     /* new pass: forget all candidates */
 uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided);
 int dd_unstable_insert(uint64_t hash, uintptr_t addr);
+bool dd_stable_has(uint64_t hash);   /* a live slot with this hash? */
+void dd_stable_prefetch(uint64_t hash);
+/* a page skipped this pass with checksum @hash from an earlier one: true if
+ * a candidate of this pass has that hash, else it enters as a stale one */
+bool dd_unstable_offer(uint64_t hash, uintptr_t addr);
+void dd_unstable_prefetch(uint64_t hash);
 size_t dd_index_bytes(void);
 
 /* ---- region.c ------------------------------------------------------- */
@@ -411,9 +418,10 @@ uint32_t dd_region_slot(const struct dd_region *r, size_t p);
 void dd_region_set_slot(const struct dd_region *r, size_t p, uint32_t slot);
 /* first run [*i, *k) of merged pages (real slot or COWED) at or after *i */
 bool dd_region_next_merged(const struct dd_region *r, size_t *i, size_t *k);
-/* scan.c: a walk over present pages visits each (its checksum, 0: none,
- * and its slot; false without memory for them), then sweeps the range it
- * walked: pages not visited forget their checksum, empty chunks go. */
+/* scan.c: a walk over present pages visits each (its word: checksum, 0:
+ * none, and smart-scan age, see scan.c; and its slot; false without memory
+ * for them), then sweeps the range it walked: pages not visited forget
+ * their word, empty chunks go. */
 void dd_meta_walk_begin(void);
 bool dd_meta_visit(uintptr_t a, uint64_t **hash, uint32_t **slot);
 void dd_meta_sweep(uintptr_t lo, uintptr_t hi);
@@ -533,7 +541,11 @@ int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
 int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);
 bool dd_merge_budget_spent(void);
-uint64_t dd_hash_page(const void *p);
+uint64_t dd_hash_page(const void *p);   /* never 0, at most DD_HASH_MASK */
+/* Page checksums keep 56 bits: the word of page metadata that holds one
+ * (region.c) keeps the smart scan's age and skip count above it (scan.c).
+ * Hashes only route pages, content is always compared. */
+#define DD_HASH_MASK ((1ULL << 56) - 1)
 
 
 

@@ -6,9 +6,10 @@
  * sorted by address in one array; lookup is a binary search. Removing a
  * sub-range splits a region.
  *
- * Each page has two pieces of metadata: its checksum at the last pass
- * (8 bytes, 0: none) and what it is merged into (4 bytes: nothing, the zero
- * page, a canonical slot, or DD_SLOT_COWED). They live in chunks of 64
+ * Each page has two pieces of metadata: a word with its checksum at the
+ * last visit (0: none) and the smart scan's age (8 bytes; its parts are
+ * scan.c's business) and what it is merged into (4 bytes: nothing, the
+ * zero page, a canonical slot, or DD_SLOT_COWED). They live in chunks of 64
  * pages (256 KiB of address space, aligned; 808 bytes), and a chunk exists
  * only once the scan has met a present page in it. So metadata follows the
  * pages present, not the range registered: a 1 TiB MAP_NORESERVE
@@ -18,7 +19,7 @@
  * 12.8 bytes per page (0.3%), a page alone in its chunk 819 bytes (20%;
  * the kernel's own page table for such a page is 4 KiB). After each walk
  * over a range the scan calls dd_meta_sweep(): pages it did not find
- * present forget their checksum, and a chunk left with no checksum and
+ * present forget their checksum and age, and a chunk left with no checksum and
  * nothing merged is freed. Absent pages keep their slot: a page merged
  * into the zero page is absent by design, a discarded merged page still
  * lies in a mapping of ours.
@@ -95,7 +96,7 @@ struct chunk {
 	uint32_t prio;             /* treap priority (random) */
 	uint32_t walk;             /* the walk that `seen` is about */
 	uint64_t seen;             /* bit i: page i present in that walk */
-	uint64_t hash[CHUNK_PAGES];
+	uint64_t hash[CHUNK_PAGES];   /* checksum and age (scan.c), 0: none */
 	uint32_t slot[CHUNK_PAGES];
 };
 

@@ -4,6 +4,8 @@
  * pages, hash them, and choose merge candidates (ksm.c's scan loop).
  *
  * For each present anonymous page, in address order:
+ *  0. Skip it if it has been unchanged and unmatched for a while (smart
+ *     scan, below): it takes part in the pass by its old checksum only.
  *  1. Hash it (XXH3-64). If the hash differs from the last pass, the page
  *     is volatile: remember the new hash, skip it this time (KSM's rule;
  *     a page must be stable for a whole pass to be worth protecting).
@@ -36,11 +38,88 @@ static const char zero_page[DD_PAGE] __attribute__((aligned(64)));
 
 uint64_t dd_hash_page(const void *p)
 {
-	uint64_t h = XXH3_64bits(p, DD_PAGE);
+	uint64_t h = XXH3_64bits(p, DD_PAGE) & DD_HASH_MASK;
 	if (dd_opt.test_hash_bits < 64)
 		h &= (1ULL << dd_opt.test_hash_bits) - 1;
 	return h ? h : 1;
 }
+
+/*
+ * Smart scan: pages that never match are read less and less.
+ *
+ * Borrowed from mm/ksm.c's smart scan (Linux 6.7, "ksm_smart_scan":
+ * should_skip_rmap_item() and skip_age(); KSM counts the pages it passes
+ * over in /sys/kernel/mm/ksm/pages_skipped). There each rmap_item has an
+ * age, the scans it has been through; from age 3 on, it is skipped for
+ * skip_age(age) scans (1, 2, 4, then 8) between visits. Here, as there, a
+ * page's age grows with every visit that finds it unchanged and matching
+ * nothing, and a page of age k is read once every 2^k passes (capped at
+ * 2^SMART_AGE_MAX: a unique heap then costs 1/32 of a hash pass per pass,
+ * where it cost a whole one: the idle cost of issue 14). Unlike KSM, whose
+ * age only grows:
+ *  - the age starts again from 0 whenever a visit finds the page changed
+ *    (volatile), or it goes to a merge batch (it matched), or it leaves
+ *    (absent at a walk: dd_meta_sweep forgets the word), so freshly written
+ *    and freshly faulted memory is read every pass, as before;
+ *  - a page skipped in a pass still takes part in it, by its checksum from
+ *    the pass that last read it (metadata only, no read of the page): if a
+ *    live canonical page or a candidate of this pass has that checksum, it
+ *    could match, and it is read after all; otherwise it enters the
+ *    unstable index as a stale candidate (index.c), where a page that comes
+ *    later in the pass with that content finds it. So a new duplicate of
+ *    an old page merges as promptly as before. What waits is a skipped
+ *    page that is itself written: its change is seen at its next visit, at
+ *    most 2^SMART_AGE_MAX passes later (no write-protection to notice it:
+ *    that would cost the program a fault on its first write, and a TLB
+ *    flush for every page protected).
+ * The skip count is 2^k - 1, less a little jitter from the checksum (up to
+ * a quarter of it), so that pages aged together - a heap filled at once -
+ * are read on different passes, not all in one. Pages merged into a slot
+ * or the zero page are not present anonymous pages and are not visited at
+ * all; a present page that was merged (copied by a writer) is always read.
+ *
+ * The word per page (region.c keeps it, only scan.c reads its parts):
+ *   bits  0-55  checksum at the last visit (DD_HASH_MASK; 0: none)
+ *   bits 56-58  age: visits in a row that found it unchanged, unmatched
+ *   bits 59-63  passes still to skip before the next visit
+ */
+#define SMART_AGE_MAX 5
+#define W_HASH(w) ((w) & DD_HASH_MASK)
+#define W_AGE(w) ((unsigned)((w) >> 56) & 7u)
+#define W_SKIP(w) ((unsigned)((w) >> 59))
+_Static_assert((1u << SMART_AGE_MAX) - 1 <= 31, "the skip count has 5 bits");
+
+static uint64_t w_make(uint64_t h, unsigned age, unsigned skip)
+{
+	return h | (uint64_t)age << 56 | (uint64_t)skip << 59;
+}
+
+/* The word after a visit that found the page unchanged and unmatched. */
+static uint64_t w_aged(uint64_t w)
+{
+	uint64_t h = W_HASH(w);
+	unsigned age = W_AGE(w) < SMART_AGE_MAX ? W_AGE(w) + 1 : SMART_AGE_MAX;
+	unsigned skip = (1u << age) - 1;
+	skip -= (unsigned)(h >> 20) & ((1u << age) / 4 - (age >= 2));
+	return w_make(h, age, skip);
+}
+
+/* A present anonymous page's metadata, between the two halves of a visit. */
+struct page_ref {
+	uint64_t *w;      /* its word: checksum, age, skip (above) */
+	uint32_t *slot;
+};
+
+/* Skipped pages wait here for their look at the stable index and their
+ * offer to the unstable one (index.c), OFFER_AHEAD at a time, their table
+ * slots prefetched when they come in: one random access per skipped page,
+ * in a table as large as the heap's pages, was a third of the idle
+ * engine's time before they overlapped. */
+#define OFFER_AHEAD 16
+struct offer {
+	uintptr_t a;
+	struct page_ref p;
+};
 
 struct pass_ctx {
 	struct dd_region *r;
@@ -48,6 +127,8 @@ struct pass_ctx {
 	long merged;
 	size_t scanned;
 	size_t found;        /* present pages the walk returned */
+	struct offer off[OFFER_AHEAD];   /* a ring */
+	unsigned off_head, off_n;
 };
 
 static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
@@ -60,18 +141,48 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 	return merged;
 }
 
-static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d)
-{
-	uint64_t h, *hash;
-	uint32_t *slot;
+static void offer_one(struct pass_ctx *c);
 
-	if (!dd_meta_visit(a, &hash, &slot))
-		return;   /* no memory for its metadata: not a candidate */
+/*
+ * First half of a visit, metadata only: is the page's content to be read
+ * this pass? Not for a page we cannot merge (no memory for its metadata,
+ * or copied inside a file mapping of ours), nor for one the smart scan
+ * skips this pass (it waits for its offer: offer_one).
+ */
+static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
+{
+	if (!dd_meta_visit(a, &p->w, &p->slot))
+		return false;   /* no memory for its metadata: not a candidate */
 	/* An anonymous page inside a file VMA of ours (a sharer copied it):
 	 * UFFDIO_MOVE, our pin check, only works in anonymous VMAs, so it
 	 * cannot be merged again safely. Leave it. */
-	if (*slot == DD_SLOT_COWED)
-		return;
+	if (*p->slot == DD_SLOT_COWED)
+		return false;
+	uint64_t w = *p->w;
+	if (*p->slot != DD_SLOT_NONE || !W_SKIP(w))
+		return true;
+	/* Skipped this pass, unless it could match (above): a canonical page
+	 * with its checksum, or a candidate of this pass (offer_one). */
+	uint64_t h = W_HASH(w);
+	if (!h) {   /* no checksum (VMA budget spent): nothing to offer */
+		*p->w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
+		DD_INC(pages_skipped_smart, 1);
+		return false;
+	}
+	if (c->off_n == OFFER_AHEAD)
+		offer_one(c);
+	dd_stable_prefetch(h);
+	dd_unstable_prefetch(h);
+	c->off[(c->off_head + c->off_n++) % OFFER_AHEAD] = (struct offer){ a, *p };
+	return false;
+}
+
+/* Second half: the page's content d (the page itself, or a copy of it). */
+static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const struct page_ref *p)
+{
+	uint64_t h, *w = p->w;
+	uint32_t *slot = p->slot;
+
 	/* Present and anonymous. Was it merged before? Then a writer copied it. */
 	if (*slot != DD_SLOT_NONE) {
 		if (*slot == DD_SLOT_ZERO) {
@@ -87,6 +198,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d)
 			*slot = DD_SLOT_COWED;  /* still inside a file VMA */
 			DD_INC(cow_breaks, 1);
 		}
+		*w = W_HASH(*w);   /* young again */
 	}
 	c->scanned++;
 	/* VMA budget spent: only a zero page can still merge (it adds no
@@ -97,28 +209,33 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d)
 	 * write-protected them (a TLB shootdown each) only to find the
 	 * budget spent - redis in the benchmark lost most of its GET rate to
 	 * that. Its hash is forgotten: should the budget allow merges again,
-	 * it starts over. */
+	 * it starts over. It matched nothing: it ages (smart scan). */
 	if (dd_merge_budget_spent() &&
 	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, zero_page, DD_PAGE))) {
-		*hash = 0;
+		*w = w_aged(w_make(0, W_AGE(*w), 0));
 		DD_INC(skipped_budget, 1);
 		return;
 	}
 	h = dd_hash_page(d);
-	if (h != *hash) {
-		*hash = h;
+	if (h != W_HASH(*w)) {
+		*w = w_make(h, 0, 0);
 		DD_INC(skipped_volatile, 1);
 		return;
 	}
 	DD_INC(candidates, 1);
 	if (h == eng.zero_hash && memcmp(d, zero_page, DD_PAGE) == 0) {
-		if (dd_opt.zero_pages)
+		if (dd_opt.zero_pages) {
+			*w = w_make(h, 0, 0);
 			batch_add(c, a, DD_SLOT_ZERO);
+		} else {
+			*w = w_aged(*w);
+		}
 		return;
 	}
 	bool collided = false;
 	uint32_t s = dd_stable_lookup(h, d, &collided);
 	if (s) {
+		*w = w_make(h, 0, 0);
 		batch_add(c, a, s);
 		return;
 	}
@@ -126,6 +243,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d)
 	if (collided)
 		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
 	if (b) {
+		*w = w_make(h, 0, 0);
 		s = dd_store_new(d, c->last_new ? c->last_new + 1 : 0);
 		if (!s)
 			return;
@@ -143,40 +261,83 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d)
 		batch_add(c, a, s);
 		return;
 	}
+	*w = w_aged(*w);   /* matched nothing (smart scan) */
 	dd_unstable_insert(h, a);
+}
+
+/*
+ * The oldest skipped page waiting: offered to the unstable index. Skipped
+ * for good if neither a canonical page nor anything of this pass has its
+ * checksum; otherwise it could match, and it is read now (out of address
+ * order, which the indexes do not mind).
+ */
+static void offer_one(struct pass_ctx *c)
+{
+	static char buf[DD_PAGE] __attribute__((aligned(64)));   /* eng.lock */
+	struct offer o = c->off[c->off_head];
+	uint64_t w = *o.p.w, h = W_HASH(w);
+
+	c->off_head = (c->off_head + 1) % OFFER_AHEAD;
+	c->off_n--;
+	if (!dd_stable_has(h) && !dd_unstable_offer(h, o.a)) {
+		*o.p.w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
+		DD_INC(pages_skipped_smart, 1);
+		return;
+	}
+	*o.p.w = w_make(h, 0, 0);
+	if (!c->r->fragile)
+		visit_page(c, o.a, (const void *)o.a, &o.p);
+	else if (dd_read_page(o.a, buf))   /* gone: not scanned */
+		visit_page(c, o.a, buf, &o.p);
+}
+
+static void offer_all(struct pass_ctx *c)
+{
+	while (c->off_n)
+		offer_one(c);
 }
 
 static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
 {
 	struct pass_ctx *c = ctx;
+	struct page_ref p;
 
 	c->found += (end - start) / DD_PAGE;
 	if (flags & (DD_PG_FILE | DD_PG_ZERO))
 		return;   /* merged by us, or the shared zero page: nothing to gain */
 	if (!c->r->fragile) {
 		for (uintptr_t a = start; a < end; a += DD_PAGE)
-			visit_page(c, a, (const void *)a);
+			if (page_due(c, a, &p))
+				visit_page(c, a, (const void *)a, &p);
+		offer_all(c);
 		return;
 	}
 	/* A fragile region (the preload library's: libc may shrink or unmap
 	 * it behind any interposer's back, e.g. glibc trimming the brk heap)
 	 * is read through process_vm_readv(), which fails where a direct read
-	 * would kill the process. What is gone is simply not scanned. */
+	 * would kill the process. What is gone is simply not scanned. Only
+	 * the pages due this pass are read, up to FRAGILE_CHUNK at a time. */
 	static char *buf;
 	if (!buf && !(buf = dd_vm_alloc(FRAGILE_CHUNK * DD_PAGE)))
 		return;
 	for (uintptr_t a = start; a < end;) {
-		size_t n = (end - a) / DD_PAGE < FRAGILE_CHUNK ? (end - a) / DD_PAGE : FRAGILE_CHUNK;
-		struct iovec l = { buf, n * DD_PAGE }, rv = { (void *)a, n * DD_PAGE };
-		ssize_t got = process_vm_readv(getpid(), &l, 1, &rv, 1, 0);
-		if (got < (ssize_t)DD_PAGE)
-			return;
-		for (size_t k = 0; k < (size_t)got / DD_PAGE; k++)
-			visit_page(c, a + k * DD_PAGE, buf + k * DD_PAGE);
-		if ((size_t)got < n * DD_PAGE)
-			return;
-		a += n * DD_PAGE;
+		struct page_ref due[FRAGILE_CHUNK];
+		struct iovec rv[FRAGILE_CHUNK];
+		size_t n = 0;
+		for (; a < end && n < FRAGILE_CHUNK; a += DD_PAGE)
+			if (page_due(c, a, &due[n]))
+				rv[n++] = (struct iovec){ (void *)a, DD_PAGE };
+		if (!n)
+			continue;
+		struct iovec l = { buf, n * DD_PAGE };
+		ssize_t got = process_vm_readv(getpid(), &l, 1, rv, n, 0);
+		size_t k = got > 0 ? (size_t)got / DD_PAGE : 0;
+		for (size_t i = 0; i < k; i++)
+			visit_page(c, (uintptr_t)rv[i].iov_base, buf + i * DD_PAGE, &due[i]);
+		if (k < n)
+			break;
 	}
+	offer_all(c);
 }
 
 /*
@@ -195,10 +356,14 @@ bool dd_scan_fresh_regions(void)
 }
 
 /* What one walk costs against a step's budget, in pages hashed: the pages
- * it returned, a little for the call, and with the /proc/self/pagemap
- * fallback the entries it read (64 to a page). PAGEMAP_SCAN skips what is
- * absent inside the kernel: a terabyte with nothing in it costs a call. */
+ * it hashed, 1/SKIP_COST_DIV for each other page it returned (skipped by
+ * the smart scan, or merged: metadata only), a little for the call, and
+ * with the /proc/self/pagemap fallback the entries it read (64 to a page).
+ * PAGEMAP_SCAN skips what is absent inside the kernel: a terabyte with
+ * nothing in it costs a call. A settled heap thus takes few steps per pass:
+ * each step has a fixed cost (a sleep and a wake-up, a few system calls). */
 #define WALK_COST 16
+#define SKIP_COST_DIV 16
 
 /*
  * Scan from *cursor for up to max_pages present pages (a pass over a huge
@@ -261,6 +426,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		c.found = 0;
 		if (from == r->start)
 			r->scan_gen = eng.pass_gen;
+		size_t hashed0 = c.scanned;
 		dd_meta_walk_begin();
 		if (dd_present_walk(from, rend, budget, on_present, &c, &to) == 0 && to > from)
 			dd_meta_sweep(from, to);   /* what is gone forgets its checksum */
@@ -272,7 +438,8 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		/* the batch refers to addresses, not to r: flush before r can move */
 		if (eng.nbatch)
 			c.merged += dd_merge_batch();
-		size_t cost = c.found + WALK_COST;
+		size_t hashed = c.scanned - hashed0;
+		size_t cost = hashed + (c.found - hashed) / SKIP_COST_DIV + WALK_COST;
 		if (!dd_feat.pagemap_scan)
 			cost += (to - from) / DD_PAGE / 64;
 		*cursor = to;

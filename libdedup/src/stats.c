@@ -115,7 +115,7 @@ void dd_stats_report(const char *when)
 	} while (0)
 #define ROW(name) LINE("libdedup[%d]: %-20s %llu\n", pid, #name, (unsigned long long)st.name);
 	LINE("libdedup[%d]: stats at %s\n", pid, when);
-	ROW(pages_scanned) ROW(full_passes) ROW(candidates) ROW(merges)
+	ROW(pages_scanned) ROW(pages_skipped_smart) ROW(full_passes) ROW(candidates) ROW(merges)
 	ROW(pages_sharing) ROW(pages_shared) ROW(zero_pages) ROW(cow_breaks)
 	ROW(skipped_volatile) ROW(skipped_budget) ROW(skipped_pinned)
 	ROW(skipped_mismatch) ROW(skipped_raced)

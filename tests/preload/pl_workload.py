@@ -24,7 +24,7 @@ class Stats(ctypes.Structure):
         "zero_pages merges cow_breaks skipped_volatile skipped_budget "
         "skipped_pinned skipped_mismatch skipped_raced vmas_added vma_budget "
         "bytes_saved metadata_bytes regions bytes_registered engine_cpu_ns "
-        "store_slots_freed").split()]
+        "store_slots_freed pages_skipped_smart").split()]
 
 def dedup_stats():
     try:
