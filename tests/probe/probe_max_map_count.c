@@ -11,7 +11,10 @@
  * puts the original value back on every exit path (normal return, CHECK
  * failure via atexit, fatal signals, and an alarm). To keep the lowered limit
  * far above what other processes on the machine use, it first raises its own
- * map count to about 8,000 VMAs of PROT_NONE address space.
+ * map count to about 8,000 VMAs of PROT_NONE address space. It holds the
+ * machine-wide lock of tests/mmc_lock.h (shared with with_max_map_count.sh
+ * and dedup-bench --max-map-count) from before it reads the value until it
+ * has put it back, so that it never lowers the limit under another run.
  *
  * Why libdedup depends on it: each isolated merge costs two VMAs. A merge
  * that runs into the limit must fail cleanly (ENOMEM, original page intact)
@@ -20,6 +23,7 @@
  */
 #include "tcommon.h"
 #include "uapi.h"
+#include "mmc_lock.h"
 
 #include <signal.h>
 
@@ -79,18 +83,28 @@ int main(void)
 	long limit, base;
 	int k, fail_at = -1, fail_errno = 0;
 
-	/* original value, and is it writable? */
-	int fd = open(SYSCTL, O_RDONLY | O_CLOEXEC);
+	/* writable? then the lock, then the original value */
+	int fd = open(SYSCTL, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
-		t_skip("%s: %s", SYSCTL, strerror(errno));
+		t_skip("%s not writable: %s", SYSCTL, strerror(errno));
+	close(fd);
+	if (mmc_lock(t_cap(), "probe_max_map_count") < 0) {
+		printf("FAIL: no lock on vm.max_map_count after %.0f s: %s\n", t_cap(),
+		       strerror(errno));
+		return T_FAIL;
+	}
+	fd = open(SYSCTL, O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0);
 	ssize_t n = read(fd, orig, sizeof(orig) - 1);
 	close(fd);
 	CHECK(n > 0);
 	orig[n] = 0;
-	fd = open(SYSCTL, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		t_skip("%s not writable: %s", SYSCTL, strerror(errno));
-	close(fd);
+	if (strtol(orig, NULL, 10) < MMC_FLOOR) {
+		printf("found vm.max_map_count=%ld below %ld (another run's crash?): "
+		       "%ld will be put back\n", strtol(orig, NULL, 10), MMC_FLOOR, MMC_FLOOR);
+		snprintf(orig, sizeof(orig), "%ld\n", MMC_FLOOR);
+	}
+	mmc_state_write(strtol(orig, NULL, 10));
 
 	atexit(restore);
 	int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV, SIGBUS, SIGABRT,
@@ -154,6 +168,7 @@ int main(void)
 	/* ---- limit restored ---- */
 
 	CHECK(read_limit() == strtol(orig, NULL, 10));
+	mmc_state_clear();
 	printf("mmap(MAP_FIXED) #%d failed with %s; munmap of a middle page: %d (%s)\n",
 	       fail_at, strerror(fail_errno), ur, ur ? strerror(ue) : "ok");
 	CHECK(fail_at >= 1); /* splits below the limit worked */
