@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,100 @@ static inline void mmc_state_clear(void)
 	char path[512];
 	mmc_lock_path(path, sizeof(path), "libdedup-max_map_count.restore");
 	unlink(path);
+}
+
+/*
+ * For a test program that lowers the sysctl itself (mmc_hold, mmc_set,
+ * mmc_put_back): it takes the lock, remembers the value to put back (never
+ * below MMC_FLOOR) in the state file too, and puts it back on every way out
+ * it can see (exit, fatal signals, an alarm after alarm_s seconds).
+ * Returns 0, or -1 when the sysctl is not writable (skip) or the lock could
+ * not be had (errno).
+ */
+static long mmc_orig = -1;
+static volatile sig_atomic_t mmc_changed;
+
+static inline int mmc_write(long v)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%ld\n", v);
+	int fd = open(MMC_SYSCTL, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int r = write(fd, buf, (size_t)n) == n ? 0 : -1;
+	int e = errno;
+	close(fd);
+	errno = e;
+	return r;
+}
+
+/* async-signal-safe (no stdio, no allocation) */
+static inline void mmc_put_back(void)
+{
+	if (!mmc_changed || mmc_orig < 0)
+		return;
+	char buf[24], *p = buf + sizeof(buf);
+	long v = mmc_orig;
+	*--p = '\n';
+	do
+		*--p = (char)('0' + v % 10);
+	while ((v /= 10) > 0);
+	int fd = open(MMC_SYSCTL, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, p, (size_t)(buf + sizeof(buf) - p)) > 0)
+			mmc_changed = 0;
+		close(fd);
+	}
+}
+
+static inline void mmc_on_signal(int sig)
+{
+	mmc_put_back();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static inline void mmc_at_exit(void)
+{
+	mmc_put_back();
+	if (!mmc_changed)
+		mmc_state_clear();
+}
+
+static inline int mmc_hold(const char *who, double wait_s, unsigned alarm_s)
+{
+	int fd = open(MMC_SYSCTL, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	if (mmc_lock(wait_s, who) < 0)
+		return -1;
+	char buf[32] = "";
+	fd = open(MMC_SYSCTL, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, buf, sizeof(buf) - 1) <= 0)
+		return -1;
+	close(fd);
+	mmc_orig = strtol(buf, NULL, 10);
+	if (mmc_orig < MMC_FLOOR) {
+		fprintf(stderr, "found vm.max_map_count=%ld below %ld (another run's crash?): "
+			"%ld will be put back\n", mmc_orig, MMC_FLOOR, MMC_FLOOR);
+		mmc_orig = MMC_FLOOR;
+	}
+	mmc_state_write(mmc_orig);
+	atexit(mmc_at_exit);
+	int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV, SIGBUS, SIGABRT,
+		       SIGFPE, SIGILL, SIGALRM };
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		signal(sigs[i], mmc_on_signal);
+	alarm(alarm_s);
+	return 0;
+}
+
+/* Set the sysctl to v (held: mmc_hold first). */
+static inline int mmc_set(long v)
+{
+	mmc_changed = 1;
+	return mmc_write(v);
 }
 
 #endif /* DEDUP_MMC_LOCK_H */
