@@ -167,7 +167,10 @@ static inline void mmc_at_exit(void)
 		mmc_state_clear();
 }
 
-static inline int mmc_hold(const char *who, double wait_s, unsigned alarm_s)
+/* The lock, and the value to put back (also in the state file). A program
+ * with its own signal handling (dedup-bench) calls this, then mmc_set(),
+ * and mmc_put_back() on its ways out; a test calls mmc_hold(). */
+static inline int mmc_begin(const char *who, double wait_s)
 {
 	int fd = open(MMC_SYSCTL, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -188,12 +191,31 @@ static inline int mmc_hold(const char *who, double wait_s, unsigned alarm_s)
 	}
 	mmc_state_write(mmc_orig);
 	atexit(mmc_at_exit);
+	return 0;
+}
+
+static inline int mmc_hold(const char *who, double wait_s, unsigned alarm_s)
+{
+	if (mmc_begin(who, wait_s) < 0)
+		return -1;
 	int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV, SIGBUS, SIGABRT,
 		       SIGFPE, SIGILL, SIGALRM };
 	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
 		signal(sigs[i], mmc_on_signal);
 	alarm(alarm_s);
 	return 0;
+}
+
+/* The value now (-1 if unreadable). */
+static inline long mmc_read_now(void)
+{
+	char buf[32] = "";
+	int fd = open(MMC_SYSCTL, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return n > 0 ? strtol(buf, NULL, 10) : -1;
 }
 
 /* Set the sysctl to v (held: mmc_hold first). */
