@@ -22,6 +22,10 @@
 # that changes the sysctl takes the same lock (probe_max_map_count,
 # dedup-bench --max-map-count). With --timeout S, the wait for the lock
 # counts against S. The lock file names its holder while it is held.
+# COMMAND gets DEDUP_MMC_LOCK_HELD=1 in its environment, and a run that
+# finds it set does not take the lock again (flock locks belong to the open
+# file: a nested run would wait for its own parent). Set it yourself when
+# you hold the lock around a whole ctest (flock FILE ctest ...).
 #
 # A value below 65530 (the kernel's default) found in the state file, or
 # found live when we start, is never put back: another run crashed while it
@@ -45,6 +49,7 @@ say() { echo "with_max_map_count: $*" >&2; }
 # by COMMAND). WAIT_S empty: wait as long as it takes.
 lockfd=
 take_lock() {
+	[ "${DEDUP_MMC_LOCK_HELD:-}" = 1 ] && return 0   # a parent holds it
 	# (an exec's own redirections are permanent: 2>/dev/null goes on a group)
 	{ exec {lockfd}<>"$lock"; } 2>/dev/null || { exec {lockfd}<"$lock"; } 2>/dev/null || {
 		say "cannot open $lock; running without the lock"
@@ -111,6 +116,7 @@ fi
 
 t0=$SECONDS
 take_lock "$limit"
+export DEDUP_MMC_LOCK_HELD=1
 note_holder "$want" "$*"
 run=("$@")
 if [ -n "$limit" ]; then
