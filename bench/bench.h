@@ -101,6 +101,7 @@ struct opts {
 	unsigned redis_reps;
 	const char *self;      /* /proc/self/exe, for the child */
 	char load_start[64], load_end[64];   /* /proc/loadavg around the runs */
+	long max_map_count;    /* vm.max_map_count for the runs */
 };
 extern struct opts opt;
 

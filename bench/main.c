@@ -3,7 +3,7 @@
  * main.c - dedup-bench: libdedup against kernel KSM, side by side.
  *
  *   dedup-bench [--quick] [--workload W[,W..]] [--mode M[,M..]] [--size MiB]
- *               [--out DIR] [--seed N] [--cap S]
+ *               [--out DIR] [--seed N] [--cap S] [--max-map-count N]
  *
  * For each workload x mode (tables.c) one fresh child process is measured
  * from the outside (run.c, redis.c); the figures are defined in run.c and
@@ -17,6 +17,11 @@
  *
  * Only one dedup-bench runs at a time (flock on /run/lock/dedup-bench.lock);
  * a second one waits.
+ *
+ * --max-map-count N sets vm.max_map_count for all the runs and puts the old
+ * value back on the same paths as KSM's settings, under the machine-wide
+ * lock that the tests' wrapper holds too (tests/mmc_lock.h: it waits for a
+ * test that runs at another value, and a test waits for it).
  *
  * Exit status: 0 all runs ok or skipped, 1 a run failed, 2 usage, 130
  * interrupted.
@@ -33,6 +38,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "mmc_lock.h"
 
 struct opts opt;
 volatile sig_atomic_t g_stop;
@@ -78,6 +84,7 @@ static void on_signal(int sig)
 		if (g_child > 0)
 			kill(g_child, SIGKILL);
 		ksm_restore_signal_safe();
+		mmc_put_back();
 		_exit(128 + sig);
 	}
 	g_stop = sig;
@@ -87,11 +94,12 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: dedup-bench [--quick] [--workload W[,W..]] [--mode M[,M..]] [--size MiB]\n"
-		"                   [--out DIR] [--seed N] [--cap SECONDS]\n"
+		"                   [--out DIR] [--seed N] [--cap SECONDS] [--max-map-count N]\n"
 		"  --quick     small and short: %d MiB, caps of a few seconds (CI)\n"
 		"  --size      MiB per workload (default 1024)\n"
 		"  --out       output directory (default bench-out)\n"
 		"  --cap       longest run after go, seconds (default 60; --quick 6)\n"
+		"  --max-map-count  set vm.max_map_count to N for the runs (root), put back after\n"
 		"workloads:\n", 32);
 	for (size_t i = 0; i < nworkloads; i++)
 		fprintf(f, "  %-17s %s\n", workloads[i].name, workloads[i].desc);
@@ -210,9 +218,10 @@ int main(int argc, char **argv)
 		{ "mode", required_argument, 0, 'm' }, { "size", required_argument, 0, 's' },
 		{ "out", required_argument, 0, 'o' }, { "seed", required_argument, 0, 'S' },
 		{ "cap", required_argument, 0, 'c' }, { "help", no_argument, 0, 'h' },
+		{ "max-map-count", required_argument, 0, 'M' },
 		{ 0, 0, 0, 0 },
 	};
-	long size = -1;
+	long size = -1, mmc = -1;
 	double cap = -1;
 	int c;
 
@@ -227,13 +236,14 @@ int main(int argc, char **argv)
 		case 'o': opt.out = optarg; break;
 		case 'S': opt.seed = strtoull(optarg, NULL, 10); break;
 		case 'c': cap = strtod(optarg, NULL); break;
+		case 'M': mmc = strtol(optarg, NULL, 10); break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
 	if (optind != argc || (opt.workloads && !check_list(opt.workloads, false)) ||
 	    (opt.modes && !check_list(opt.modes, true)) || (size != -1 && size < 1) ||
-	    (cap != -1 && cap <= 0)) {
+	    (cap != -1 && cap <= 0) || (mmc != -1 && mmc < 1024)) {
 		usage(stderr);
 		return 2;
 	}
@@ -273,6 +283,17 @@ int main(int argc, char **argv)
 
 	if (take_lock() < 0)
 		return 130;
+	if (mmc > 0) {
+		/* under the machine-wide lock, put back at exit (atexit) or
+		 * from the second signal's handler */
+		if (mmc_begin("dedup-bench --max-map-count", -1) < 0 || mmc_set(mmc) < 0) {
+			fprintf(stderr, "dedup-bench: cannot set vm.max_map_count=%ld: %s\n", mmc,
+				strerror(errno));
+			return 1;
+		}
+		progress("vm.max_map_count=%ld (was %ld) for these runs", mmc, mmc_orig);
+	}
+	opt.max_map_count = mmc_read_now();
 
 	/* KSM: save and stop it if any KSM mode will run */
 	const char *ksm_why = NULL;
@@ -351,6 +372,10 @@ int main(int argc, char **argv)
 	proc_read_file("/proc/loadavg", opt.load_end, sizeof(opt.load_end));
 	opt.load_end[strcspn(opt.load_end, "\n")] = 0;
 	ksm_restore();
+	if (mmc > 0) {
+		mmc_put_back();
+		progress("vm.max_map_count back to %ld", mmc_read_now());
+	}
 	if (g_stop)
 		progress("interrupted: KSM settings restored; writing partial results");
 

@@ -152,7 +152,8 @@ void report_table(FILE *f, struct result *rs, size_t n)
 		   "(ksmd run=0, dedup_shutdown). app rate: churn writes/s, redis GET/s. Merger CPU "
 		   "from %s.\n",
 		proc_cpu_source());
-	fprintf(f, "loadavg at start: %s; at end: %s\n", opt.load_start, opt.load_end);
+	fprintf(f, "loadavg at start: %s; at end: %s; vm.max_map_count: %ld\n", opt.load_start,
+		opt.load_end, opt.max_map_count);
 	bool notes = false;
 	for (size_t i = 0; i < n; i++) {
 		if (!rs[i].note[0])
@@ -462,6 +463,7 @@ static int write_json(const char *path, struct result *rs, size_t n)
 	json_str(f, opt.load_start);
 	fprintf(f, ", \"loadavg_end\": ");
 	json_str(f, opt.load_end);
+	fprintf(f, ", \"max_map_count\": %ld", opt.max_map_count);
 	fprintf(f, ", \"dedup_env\": {");
 	static const char *const env[] = { "DEDUP_INTERVAL", "DEDUP_CPU", "DEDUP_BATCH",
 					   "DEDUP_PAGES_PER_SEC", "DEDUP_ZERO_PAGES",

@@ -62,3 +62,8 @@ endforeach()
 add_test(NAME test_unmerge_scale_maps_text COMMAND test_unmerge_scale unregister 16384)
 set_tests_properties(test_unmerge_scale_maps_text PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
                      LABELS core ENVIRONMENT "DEDUP_FORCE_MAPS_TEXT=1;DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")
+# Near vm.max_map_count: a run is left merged only when nothing at all can
+# be handed back. Lowers the sysctl itself, for one call at a time, under the
+# machine-wide lock (tests/mmc_lock.h), which it may wait for (up to t_cap()).
+dedup_test(test_unmerge_near_limit TIMEOUT 600 LABELS core max_map_count)
+set_tests_properties(test_unmerge_near_limit PROPERTIES RESOURCE_LOCK max_map_count)

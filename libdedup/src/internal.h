@@ -510,8 +510,9 @@ struct dd_engine {
 	uintptr_t cursor;              /* dedup_scan_now's pass */
 	/* VMA accounting for the budget */
 	long maps_at_init;      /* /proc/self/maps lines after dedup_init */
-	long maps_at_pass;      /* /proc/self/maps lines at pass start */
-	long vmas_this_pass;
+	long maps_at_pass;      /* /proc/self/maps lines at the last count */
+	long vmas_this_pass;    /* added by merges since that count */
+	uint64_t maps_counted_ns, maps_count_cpu_ns;   /* when, and what it cost */
 	uint64_t vma_budget;
 	uint64_t zero_hash;
 	uint64_t pass_gen;

@@ -699,6 +699,19 @@ replace:
  *     gate (they stay empty: zeros);
  *  5. the span is un-protected and woken. dedup_unregister() then
  *     unregisters the whole region, and what is left is one anonymous VMA.
+ * Near vm.max_map_count: step 3 needs mappings to spare before it gives
+ * any back. The reservation is three VMAs (guards, T), an mprotect of T a
+ * split, and the kernel refuses an mremap(MREMAP_FIXED) unless the map
+ * count is at least 6 below the limit, even one that would lower the count
+ * (tests/probe/probe_max_map_count.c); every isolated run handed back
+ * gives back two. A chunk whose reservation, mprotect or mremap fails with
+ * ENOMEM is not left merged but deferred (untouched: it stays merged and
+ * valid meanwhile), and the deferred chunks are tried again once the others
+ * are done, for as long as a round hands some back. Only a chunk that no
+ * round could hand back is left merged: the process is then within a few
+ * mappings of the limit, and mapping an anonymous VMA at A without moving
+ * a registered one (no headroom needed) would let the program read zeros,
+ * or write, before we could register and fill it.
  * Every step costs the same whatever the number of mappings: protections
  * come from one PROCMAP_QUERY per VMA of the region (or one read of maps
  * text per region), never from parsing maps per run (that was a quadratic
@@ -744,6 +757,8 @@ struct um {
 	int err;                   /* first error */
 	uintptr_t (*done)[2];      /* unmerged ranges, for discard.c at the end */
 	size_t ndone, donecap;
+	struct um_chunk *later;    /* deferred: no mapping to spare (ENOMEM) */
+	size_t nlater, latercap;
 };
 
 static void um_error(struct um *u, int e, uintptr_t a, size_t n, const char *what)
@@ -752,6 +767,24 @@ static void um_error(struct um *u, int e, uintptr_t a, size_t n, const char *wha
 		n * DD_PAGE, what, -e);
 	if (!u->err)
 		u->err = e;
+}
+
+/* Step 3 found no mapping to spare (ENOMEM near vm.max_map_count): try c
+ * again once other chunks gave some back (um_run). */
+static void um_defer(struct um *u, const struct um_chunk *c)
+{
+	if (u->nlater == u->latercap) {
+		size_t ncap = u->latercap ? u->latercap * 2 : 256;
+		void *p = dd_vm_grow(u->later, u->latercap * sizeof(*u->later),
+				     ncap * sizeof(*u->later));
+		if (!p) {
+			um_error(u, -ENOMEM, c->a, c->n, "no mapping to spare, no room to defer");
+			return;
+		}
+		u->later = p;
+		u->latercap = ncap;
+	}
+	u->later[u->nlater++] = *c;
 }
 
 static int um_vma_fn(void *ctx, const struct dd_vma *v)
@@ -1192,14 +1225,22 @@ static void um_group(struct um *u, size_t n)
 		/* 3. */
 		const uint64_t since = atomic_load(&eng.ev_head);
 		uintptr_t t = um_make_t(u, l, c->prot);
-		if (!t) {
-			um_error(u, -ENOMEM, c->a, c->n, "no room for its replacement");
+		if (!t) {   /* near the limit: mappings to spare later, maybe */
+			um_defer(u, c);
 			continue;
 		}
 		if (move_registered((void *)t, l, c->a) == MAP_FAILED) {
 			ret = -errno;
-			munmap((void *)t, l);
-			um_error(u, ret, c->a, c->n, "mremap");
+			/* nothing moved; the piece goes back to the reservation
+			 * (or away: it may have been split off by mprotect) */
+			if (c->prot == (PROT_READ | PROT_WRITE) && t + l == u->res_pos)
+				u->res_pos = t;
+			else
+				munmap((void *)t, l);
+			if (ret == -ENOMEM)
+				um_defer(u, c);
+			else
+				um_error(u, ret, c->a, c->n, "mremap");
 			continue;
 		}
 		um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE),
@@ -1238,6 +1279,7 @@ static void um_fini(struct um *u)
 		dd_fd_close_temp(u->qfd);
 	dd_vm_free(u->v, u->vcap * sizeof(*u->v));
 	dd_vm_free(u->done, u->donecap * sizeof(*u->done));
+	dd_vm_free(u->later, u->latercap * sizeof(*u->later));
 	dd_vm_free(u->buf, UM_CHUNK * DD_PAGE);
 	dd_vm_free(u->st, UM_SPAN);
 	dd_vm_free(u->st2, UM_SPAN);
@@ -1289,7 +1331,19 @@ static void um_register(struct um *u)
 			 "several mappings", (unsigned long)u->lo, (size_t)(u->hi - u->lo), -ret);
 }
 
-/* Find the chunks, in groups, and unmerge them (steps 1-5). */
+/* Add chunk c to the group being gathered (*n chunks), unmerging the
+ * group first when c does not fit in it. */
+static void um_gather(struct um *u, size_t *n, const struct um_chunk *c)
+{
+	if (*n && (*n == UM_GROUP || c->a + c->n * DD_PAGE - u->ch[0].a > UM_SPAN * DD_PAGE)) {
+		um_group(u, *n);
+		*n = 0;
+	}
+	u->ch[(*n)++] = *c;
+}
+
+/* Find the chunks, in groups, and unmerge them (steps 1-5); then the
+ * deferred ones, in rounds, while a round hands some back. */
 static int um_run(struct um *u)
 {
 	struct um_chunk c;
@@ -1303,14 +1357,32 @@ static int um_run(struct um *u)
 			um_error(u, -EACCES, c.a, c.n, "not readable");
 			continue;
 		}
-		if (n && (n == UM_GROUP || c.a + c.n * DD_PAGE - u->ch[0].a > UM_SPAN * DD_PAGE)) {
-			um_group(u, n);
-			n = 0;
-		}
-		u->ch[n++] = c;
+		um_gather(u, &n, &c);
 	}
 	if (n)
 		um_group(u, n);
+	while (u->nlater) {
+		struct um_chunk *l = u->later;
+		size_t nl = u->nlater, lcap = u->latercap;
+		u->later = NULL;
+		u->nlater = u->latercap = 0;
+		n = 0;
+		for (size_t i = 0; i < nl; i++)   /* in address order still */
+			um_gather(u, &n, &l[i]);
+		if (n)
+			um_group(u, n);
+		dd_debug("unmerge: %zu of %zu deferred chunks handed back", nl - u->nlater, nl);
+		if (u->nlater == nl) {   /* no progress: no mapping to spare at all */
+			size_t pages = 0;
+			for (size_t i = 0; i < nl; i++)
+				pages += l[i].n;
+			dd_warn("%zu merged runs (%zu pages) near vm.max_map_count %ld:", nl, pages,
+				dd_max_map_count_now());
+			um_error(u, -ENOMEM, l[0].a, l[0].n, "no mapping to spare; and the others");
+			u->nlater = 0;
+		}
+		dd_vm_free(l, lcap * sizeof(*l));
+	}
 	/* Until here the unmerged chunks still count as merged for discard.c:
 	 * a REMOVE there marks pages instead of fencing them, and an empty
 	 * page's fault gets zeros either way; the range is going away. */

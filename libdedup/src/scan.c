@@ -355,6 +355,32 @@ bool dd_scan_fresh_regions(void)
 	return false;
 }
 
+/*
+ * Is a count of the mappings (all of /proc/self/maps) due at this pass
+ * start? It costs about 0.4 us a mapping: milliseconds at 30,000, a fifth
+ * of a second at 500,000, where a pass over 1 GiB takes about as long
+ * (issue 11: a pass must not cost more with more mappings). So the count
+ * is amortised: due once the time since the last one is 20 times what that
+ * one cost (at most 5% of the time on counting), or 4 times when the
+ * estimate is near the budget or the limit, where a stale one matters.
+ * Meanwhile the estimate goes on from merges' own deltas (they only
+ * overcount); what it misses is mappings the program adds itself, for at
+ * most 20 counts' time.
+ */
+static bool recount_due(void)
+{
+	if (!eng.maps_counted_ns)
+		return true;
+	uint64_t since = dd_now_ns() - eng.maps_counted_ns, cost = eng.maps_count_cpu_ns;
+	if (since >= 20 * cost)
+		return true;
+	long est = eng.maps_at_pass + eng.vmas_this_pass;
+	long room = dd_feat.max_map_count - 256 - est;
+	long left = (long)eng.vma_budget - (long)atomic_load(&dd_cnt.vmas_added);
+	long near = (long)eng.vma_budget / 16 > 1024 ? (long)eng.vma_budget / 16 : 1024;
+	return since >= 4 * cost && (room < near || left < near);
+}
+
 /* What one walk costs against a step's budget, in pages hashed: the pages
  * it hashed, 1/SKIP_COST_DIV for each other page it returned (skipped by
  * the smart scan, or merged: metadata only), a little for the call, and
@@ -381,16 +407,19 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		dd_unstable_reset();
 		eng.pass_gen++;
 	}
-	if (*cursor == 0 && !fresh_only) {
+	if (*cursor == 0 && !fresh_only && recount_due()) {
 		/* Recalibrate the VMA estimate from what the kernel says: the
 		 * per-merge estimate (merge.c vma_delta) cannot see merges of
 		 * adjacent mappings and overcounts. Mappings the application
 		 * added since dedup_init() count against the budget too: the
 		 * budget protects the process, whoever spends it. Not for a
-		 * pass over fresh regions only, which may come every interval:
-		 * /proc/self/maps of a process with 30,000 mappings takes
-		 * milliseconds to read, and the estimate carries on meanwhile. */
+		 * pass over fresh regions only, which may come every interval,
+		 * and not at every pass (recount_due): the count reads all of
+		 * /proc/self/maps. */
+		uint64_t c0 = dd_thread_cpu_ns();
 		eng.maps_at_pass = dd_count_maps(NULL, NULL);
+		eng.maps_count_cpu_ns = dd_thread_cpu_ns() - c0;
+		eng.maps_counted_ns = dd_now_ns();
 		long added = eng.maps_at_pass - eng.maps_at_init;
 		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
 		eng.vmas_this_pass = 0;

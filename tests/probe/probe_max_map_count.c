@@ -11,15 +11,28 @@
  * puts the original value back on every exit path (normal return, CHECK
  * failure via atexit, fatal signals, and an alarm). To keep the lowered limit
  * far above what other processes on the machine use, it first raises its own
- * map count to about 8,000 VMAs of PROT_NONE address space.
+ * map count to about 8,000 VMAs of PROT_NONE address space. It holds the
+ * machine-wide lock of tests/mmc_lock.h (shared with with_max_map_count.sh
+ * and dedup-bench --max-map-count) from before it reads the value until it
+ * has put it back, so that it never lowers the limit under another run.
+ *
+ * Then mremap(MREMAP_FIXED): the kernel (mremap_to) refuses it with ENOMEM
+ * unless the map count is several below the limit (map_count + 2 <
+ * max_map_count - 3), even for a move that lowers the count - a one-page
+ * VMA moved over a one-page file VMA - and then nothing has moved; at 7 above
+ * the count of /proc/self/maps lines it goes through.
  *
  * Why libdedup depends on it: each isolated merge costs two VMAs. A merge
  * that runs into the limit must fail cleanly (ENOMEM, original page intact)
  * so that libdedup can skip it and keep going; and libdedup must leave
  * headroom, since an application at the limit fails in its own munmap().
+ * Unmerging (merge.c, "Unmerging" 3.) moves a replacement over each merged
+ * run with mremap: near the limit it needs that headroom before it can
+ * give mappings back, and a refused move must leave the run as it was.
  */
 #include "tcommon.h"
 #include "uapi.h"
+#include "mmc_lock.h"
 
 #include <signal.h>
 
@@ -79,18 +92,28 @@ int main(void)
 	long limit, base;
 	int k, fail_at = -1, fail_errno = 0;
 
-	/* original value, and is it writable? */
-	int fd = open(SYSCTL, O_RDONLY | O_CLOEXEC);
+	/* writable? then the lock, then the original value */
+	int fd = open(SYSCTL, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
-		t_skip("%s: %s", SYSCTL, strerror(errno));
+		t_skip("%s not writable: %s", SYSCTL, strerror(errno));
+	close(fd);
+	if (mmc_lock(t_cap(), "probe_max_map_count") < 0) {
+		printf("FAIL: no lock on vm.max_map_count after %.0f s: %s\n", t_cap(),
+		       strerror(errno));
+		return T_FAIL;
+	}
+	fd = open(SYSCTL, O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0);
 	ssize_t n = read(fd, orig, sizeof(orig) - 1);
 	close(fd);
 	CHECK(n > 0);
 	orig[n] = 0;
-	fd = open(SYSCTL, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		t_skip("%s not writable: %s", SYSCTL, strerror(errno));
-	close(fd);
+	if (strtol(orig, NULL, 10) < MMC_FLOOR) {
+		printf("found vm.max_map_count=%ld below %ld (another run's crash?): "
+		       "%ld will be put back\n", strtol(orig, NULL, 10), MMC_FLOOR, MMC_FLOOR);
+		snprintf(orig, sizeof(orig), "%ld\n", MMC_FLOOR);
+	}
+	mmc_state_write(strtol(orig, NULL, 10));
 
 	atexit(restore);
 	int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV, SIGBUS, SIGABRT,
@@ -154,6 +177,7 @@ int main(void)
 	/* ---- limit restored ---- */
 
 	CHECK(read_limit() == strtol(orig, NULL, 10));
+	mmc_state_clear();
 	printf("mmap(MAP_FIXED) #%d failed with %s; munmap of a middle page: %d (%s)\n",
 	       fail_at, strerror(fail_errno), ur, ur ? strerror(ue) : "ok");
 	CHECK(fail_at >= 1); /* splits below the limit worked */
@@ -185,8 +209,44 @@ int main(void)
 	CHECK(memcmp(xf, fpat, T_PAGE) == 0);
 	CHECK(munmap(y, T_PAGE) == 0);
 
+	/* mremap(MREMAP_FIXED) of a one-page VMA over a one-page file VMA,
+	 * each between PROT_NONE guards: it would lower the count by one */
+	unsigned char *gs = mmap(NULL, 3 * T_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *gd = mmap(NULL, 3 * T_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(gs != MAP_FAILED && gd != MAP_FAILED);
+	CHECK(mprotect(gs + T_PAGE, T_PAGE, PROT_READ | PROT_WRITE) == 0);
+	memcpy(gs + T_PAGE, apat[0], T_PAGE);
+	CHECK(mmap(gd + T_PAGE, T_PAGE, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE, mfd, 0) ==
+	      gd + T_PAGE);
+	(void)t_map_count();
+	long base2 = t_map_count();
+	/* ---- lowered again, twice (short: the sysctl is global) ---- */
+	lowered = 1;
+	CHECK(write_limit(base2 + 3) == 0);
+	errno = 0;
+	void *m1 = mremap(gs + T_PAGE, T_PAGE, T_PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, gd + T_PAGE);
+	int me = errno;
+	long c1 = t_map_count();
+	bool kept = memcmp(gs + T_PAGE, apat[0], T_PAGE) == 0 && memcmp(gd + T_PAGE, fpat, T_PAGE) == 0;
+	CHECK(write_limit(base2 + 7) == 0);
+	void *m2 = mremap(gs + T_PAGE, T_PAGE, T_PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, gd + T_PAGE);
+	long c2 = t_map_count();
+	restore();
+	CHECK(!lowered);
+	/* ---- limit restored ---- */
+	printf("mremap(MREMAP_FIXED) lowering the count, %ld maps lines: at limit +3: %s; "
+	       "at +7: %s (%ld -> %ld lines)\n", base2, m1 == MAP_FAILED ? strerror(me) : "moved",
+	       m2 == MAP_FAILED ? strerror(errno) : "moved", base2, c2);
+	errno = me;
+	CHECK(m1 == MAP_FAILED && me == ENOMEM);
+	CHECK(c1 == base2);
+	CHECK(kept);   /* the refused move left both as they were */
+	CHECK(m2 == gd + T_PAGE);
+	CHECK(c2 == base2 - 1);
+	CHECK(memcmp(gd + T_PAGE, apat[0], T_PAGE) == 0);
+
 	close(mfd);
 	printf("PASS: at vm.max_map_count, VMA-splitting mmap/munmap fail with ENOMEM, "
-	       "content kept\n");
+	       "content kept; mremap(MREMAP_FIXED) needs headroom\n");
 	return T_PASS;
 }

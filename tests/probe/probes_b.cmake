@@ -9,9 +9,12 @@ dedup_test(probe_private_file SOURCES probe_private_file.c TIMEOUT 30 LABELS pro
 dedup_test(probe_vma_merge SOURCES probe_vma_merge.c TIMEOUT 30 LABELS probe)
 dedup_test(probe_pagemap_scan SOURCES probe_pagemap_scan.c TIMEOUT 30 LABELS probe)
 # Lowers the global vm.max_map_count for a few milliseconds (restored on every
-# exit path; alarm(20) fires before the 30 s timeout's SIGKILL).
-dedup_test(probe_max_map_count SOURCES probe_max_map_count.c TIMEOUT 30 LABELS probe)
-# ... so never while a test runs at another value (tests/CMakeLists.txt, MMC)
+# exit path; alarm(20), set once it holds the lock, fires long before the
+# timeout's SIGKILL). It waits up to t_cap() for the machine-wide lock
+# (tests/mmc_lock.h) that another CTest run or worktree may hold ...
+dedup_test(probe_max_map_count SOURCES probe_max_map_count.c TIMEOUT 600 LABELS probe)
+# ... and never runs while a test of this CTest run is at another value
+# (tests/CMakeLists.txt, MMC)
 set_tests_properties(probe_max_map_count PROPERTIES RESOURCE_LOCK max_map_count)
 dedup_test(probe_remove_zap_late SOURCES probe_remove_zap_late.c TIMEOUT 600 LABELS probe)
 dedup_test(probe_fork_child_file SOURCES probe_fork_child_file.c TIMEOUT 600 LABELS probe)
