@@ -464,15 +464,10 @@ static bool uffd_usable(void)
 	if (!rd.have || !eng.uffd_recoverable)
 		return false;
 	int fd = ring_install_uffd();
-	if (fd < 0) {
-		dd_warn("DBG reader: install of the uffd failed: %d", fd);
+	if (fd < 0)
 		return false;
-	}
 	dd_fd_forget(&eng.uffd);
-	int r = dd_fd_adopt(&eng.uffd, fd);   /* the file kept its tag */
-	if (r < 0)
-		dd_warn("DBG reader: adopt of installed fd %d failed: %d", fd, r);
-	return r >= 0;
+	return dd_fd_adopt(&eng.uffd, fd) >= 0;   /* the file kept its tag */
 }
 
 static _Atomic bool reader_gone;   /* the reader left on its own */

@@ -176,25 +176,60 @@ int dd_fd_adopt(int *var, int fd)
 
 /*
  * Descriptors we hold for an instant (a /proc file read once, the
- * /dev/userfaultfd node): at a low number, where a raw close_range() of the
- * program's may close it and a later open() of the program's may reuse it.
- * So they are tagged at once, and read, queried and closed only while the
- * number still carries the tag (dd_fd_intact): we never read from, move the
- * offset of, or close a file of the program's. (Between the check and the
- * call a few instructions remain; see fds.c's top comment.)
+ * /dev/userfaultfd node) are opened at the lowest free number, where a raw
+ * close_range() of the program's may close it and a later open() of the
+ * program's may reuse it - even before our next instruction. So the number
+ * open() returned is never used: it is copied above the floor at once, the
+ * copy is checked to be the file at @path (its device and inode: any file
+ * the program could have opened there meanwhile is another), tagged, and
+ * used; the low number is closed only if it still names that same file.
+ * Then reads and the close go through the tag check (dd_fd_intact): we never
+ * read from, move the offset of, or close a file of the program's. Returns
+ * the descriptor or -errno.
  */
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
 int dd_fd_open_temp(const char *path, int flags)
 {
-	int fd = open(path, flags | O_CLOEXEC);
+	struct stat want, got;
+	int x = open(path, flags | O_CLOEXEC), n;
 
-	if (fd < 0)
+	if (x < 0)
 		return -errno;
-	if (fcntl(fd, F_SETSIG, DD_FD_TAG) < 0) {
+	n = fcntl(x, F_DUPFD_CLOEXEC, dd_fd_floor());
+	if (n < 0) {
+		/* no room above the floor: the low number, tagged at once */
+		n = fcntl(x, F_SETSIG, DD_FD_TAG) == 0 ? x : -1;
+		return n < 0 ? -EBADF : n;
+	}
+	if (stat(path, &want) < 0 || fstat(n, &got) < 0 || !same_file(&want, &got)) {
+		real_close(n);   /* our copy of whatever x had become */
+		return -EBADF;
+	}
+	if (fstat(x, &got) == 0 && same_file(&want, &got))
+		real_close(x);
+	if (fcntl(n, F_SETSIG, DD_FD_TAG) < 0) {
 		int e = errno;
-		real_close(fd);
+		real_close(n);
 		return -e;
 	}
-	return fd;
+	return n;
+}
+
+/* A file at @path, adopted (dd_fd_adopt) without ever using the low number
+ * open() gave it (dd_fd_open_temp). */
+int dd_fd_adopt_path(int *var, const char *path, int flags)
+{
+	int fd = dd_fd_open_temp(path, flags);
+
+	if (fd < 0) {
+		*var = -1;
+		return fd;
+	}
+	return dd_fd_adopt(var, fd);
 }
 
 void dd_fd_close_temp(int fd)

@@ -230,7 +230,8 @@ bool dd_fds_intact(void);          /* every recorded descriptor is */
 int dd_fd_move_away(int fd);       /* the program dup2()s onto fd: move ours */
 int dd_fd_floor(void);
 int dd_sys_close(int fd);          /* close(2), not the interposed close() */
-int dd_fd_open_temp(const char *path, int flags);   /* tagged at once; -errno */
+int dd_fd_open_temp(const char *path, int flags);   /* above the floor, checked, tagged */
+int dd_fd_adopt_path(int *var, const char *path, int flags);
 ssize_t dd_fd_read_temp(int fd, void *buf, size_t len); /* only while ours; -errno */
 void dd_fd_close_temp(int fd);                        /* only if still ours */
 

@@ -209,8 +209,8 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 		if ((err != EAGAIN && !uffd_back(err)) || tries > 100000) {
 			/* Cannot happen while A stays registered with us and empty,
 			 * and our uffd has a number. */
-			dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx DBG uffd %d intact %d",
-			       (unsigned long)addr, err, (unsigned long)scratch_of(i), eng.uffd, dd_fd_intact(eng.uffd));
+			dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx",
+			       (unsigned long)addr, err, (unsigned long)scratch_of(i));
 			eng.scratch_lost = true;
 			return 0;
 		}

@@ -529,7 +529,7 @@ void dd_os_probe(void)
 	struct pm_scan_arg arg;
 
 	if (pagemap_fd < 0)
-		dd_fd_adopt(&pagemap_fd, open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+		dd_fd_adopt_path(&pagemap_fd, "/proc/self/pagemap", O_RDONLY);
 	memset(&arg, 0, sizeof(arg));
 	arg.size = sizeof(arg);
 	arg.start = (uintptr_t)&arg & ~(uintptr_t)(DD_PAGE - 1);
@@ -553,7 +553,7 @@ void dd_os_reopen(void)
 	if (pagemap_fd < 0 || dd_fd_intact(pagemap_fd))
 		return;
 	dd_fd_forget(&pagemap_fd);
-	dd_fd_adopt(&pagemap_fd, open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+	dd_fd_adopt_path(&pagemap_fd, "/proc/self/pagemap", O_RDONLY);
 }
 
 void dd_os_close(void)
