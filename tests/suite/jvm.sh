@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# jvm.sh LIBDEDUP DEDUP_STAT GC [THREADS] [MIB] - a JVM under libdedup
+# jvm.sh LIBDEDUP DEDUP_STAT GC [THREADS=4] [MIB=64] - a JVM under libdedup
 # (issue 14, point 6): tests/suite/java/DedupGc.java, compiled here with
 # javac, run with -XX:+Use${GC}GC (G1, Parallel or Serial), once without
 # libdedup and once under LD_PRELOAD (DEDUP_START=0, a short interval).
 #
-# The program fills MIB MiB of arrays (three in four duplicates) in THREADS
+# The program (heap: 4 x MIB) fills MIB MiB of arrays (three in four duplicates) in THREADS
 # threads, says "ready" and waits for a line on stdin. Under libdedup the
 # test waits (up to t_cap, 180 s, or DEDUP_TEST_CAP_S) until the JVM's live
 # stats (dedup-stat --json) show an eighth of the duplicate pages merged, then
@@ -14,7 +14,7 @@
 # merging happened. Exit 0 pass, 1 fail, 77 skip (no java/javac, no usable
 # userfaultfd).
 set -u
-lib=$(readlink -f "$1") stat=$2 gc=$3 threads=${4:-8} mib=${5:-128}
+lib=$(readlink -f "$1") stat=$2 gc=$3 threads=${4:-4} mib=${5:-64}
 here=$(cd "$(dirname "$0")" && pwd)
 cap=${DEDUP_TEST_CAP_S:-180}
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -26,7 +26,8 @@ jpid=
 cleanup() { [ -n "$jpid" ] && kill "$jpid" 2>/dev/null; rm -rf "$tmp"; }   # timeout passes it on
 trap cleanup EXIT
 javac -d "$tmp/classes" "$here/java/DedupGc.java" || fail "javac failed"
-jvm=(java -XX:+Use${gc}GC -Xms512m -Xmx512m -XX:-UsePerfData -cp "$tmp/classes" DedupGc
+heap=$(( mib * 4 ))m
+jvm=(java -XX:+Use${gc}GC -Xms$heap -Xmx$heap -XX:-UsePerfData -cp "$tmp/classes" DedupGc
      "$threads" "$mib")
 unset LD_PRELOAD ${!DEDUP_*}
 

@@ -252,6 +252,8 @@ def main():
     ap.add_argument("--stat", required=True, help="the dedup-stat tool")
     ap.add_argument("--list", required=True, help="test files, one per line")
     ap.add_argument("--exclude", default=os.path.join(HERE, "regrtest-exclude.list"))
+    ap.add_argument("--known", default=os.path.join(HERE, "regrtest-known.list"),
+                    help="cases known to differ (libdedup limits, documented)")
     ap.add_argument("--python", default=os.environ.get("DEDUP_SUITE_PYTHON",
                                                        "/usr/bin/python3.11"))
     ap.add_argument("--jobs", type=int, default=2)
@@ -334,13 +336,28 @@ def main():
         print("differs: %s: without libdedup %s, with %s" % (
             k, ref[0].get(k, "missing"), dd[0].get(k, "missing")))
 
+    # Known differences (regrtest-known.list: a documented limit of libdedup,
+    # with its reason) are reported, not rerun, and do not fail the test.
+    known = set(read_list(args.known)) if os.path.exists(args.known) else set()
+    for k in [k for k in dcases if k.split("#")[0] in known]:
+        print("KNOWN: %s differs (regrtest-known.list)" % k)
+        dcases.remove(k)
+    known_files, still = {file_of(k) for k in known}, {file_of(k) for k in dcases}
+    for t in list(dfiles):      # a file that failed only because of known cases
+        if (t in known_files and t not in still and ref[1].get(t) == "passed"
+                and dd[1].get(t) == "failed"):
+            dfiles.remove(t)
+    for k in sorted(known):
+        if k in ref[0] and k in dd[0] and ref[0][k] == dd[0][k]:
+            print("note: known difference %s did not differ this time (%s)" % (k, dd[0][k]))
+
     # Rerun what differs, alone, in both modes: agreement once = flaky.
     suspects = set(dfiles) | {file_of(k) for k in dcases}
     confirmed = []
     for t in sorted(suspects):
         ids = sorted({k.split("#")[0] for k in dcases if file_of(k) == t})
-        match = select
-        if ids and t not in dfiles:
+        match = select          # no case differs: the whole file again
+        if ids:                 # else only the cases that differ
             match = os.path.join(out, "match-%s.txt" % t)
             with open(match, "w") as f:
                 f.write("\n".join(ids) + "\n")
