@@ -158,9 +158,17 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.tool, self.sdir, self.period = tool, sdir, period
         self.seen = {}
+        self.mmc = []            # the values of vm.max_map_count seen, in order
         self.stop = threading.Event()
 
     def sample(self):
+        try:
+            with open("/proc/sys/vm/max_map_count") as f:
+                v = int(f.read())
+            if not self.mmc or self.mmc[-1] != v:
+                self.mmc.append(v)
+        except (OSError, ValueError):
+            pass
         try:
             r = subprocess.run([self.tool, "--json", "--dir", self.sdir],
                                capture_output=True, text=True, timeout=30,
@@ -324,6 +332,11 @@ def main():
           "%(zero_page_merges_last)d zero pages; largest saving %(max_bytes_saved)d bytes)"
           % st, flush=True)
 
+    if len(sampler.mmc) > 1:
+        # machine-wide: other tests on a shared machine lower it for a while,
+        # and merged pieces are mappings (an interpreter's mmap may then fail)
+        print("note: vm.max_map_count changed during the run with libdedup: %s"
+              % " -> ".join(map(str, sampler.mmc)))
     failed = False
     if not ref[1] or not dd[1]:
         print("FAIL: a run reported no test files (see the logs in %s)" % out)
