@@ -275,6 +275,10 @@ def main():
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--out", default=None, help="keep logs here (default: a temp dir)")
     args = ap.parse_args()
+    # A shell starts a background job with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: regrtest's KeyboardInterrupt tests
+    # would then fail in both runs. Run them as from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     # Skip, not fail, where the suite cannot run.
     probe = subprocess.run([args.python, "-c", "import test.libregrtest, test.test_os"],
