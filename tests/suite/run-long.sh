@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # tests/suite/run-long.sh [BUILD] [OUT] - the long selection of real test
 # suites under libdedup (docs/suites.md): CPython's regrtest over
-# tests/suite/regrtest-long.list (49 test files) compared case by case with
+# tests/suite/regrtest-long.list (47 test files) compared case by case with
 # and without LD_PRELOAD, then the JVM test under G1, Parallel and Serial
 # with a larger heap. Logs, junit files and the sampled stats stay in OUT
-# (default /tmp/dedup-suites-long). About 70 minutes on a busy 2-core
+# (default /tmp/dedup-suites-long). About an hour on a busy 2-core
 # machine (docs/suites.md has the measured times).
 # Exit 0 when everything gave the same results, 1 otherwise.
 set -u
