@@ -48,7 +48,7 @@ endfunction()
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
           pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse
-          pl_unmerge_scale)
+          pl_unmerge_scale pl_fstat)
   pl_program(${p})
 endforeach()
 
@@ -80,6 +80,9 @@ pl_test(preload_daemon_fork PROGRAM pl_daemon ARGS libc fork)
 pl_test(preload_daemon_fork_raw PROGRAM pl_daemon ARGS raw fork)
 pl_test(preload_daemon_restart PROGRAM pl_daemon ARGS libc fork ENV DEDUP_FORK=restart)
 pl_test(preload_daemon_restart_raw PROGRAM pl_daemon ARGS raw fork ENV DEDUP_FORK=restart)
+# fstat() and friends see the engine's descriptors as not open, like close()
+# does (CPython's test_subprocess.test_pass_fds_redirected, docs/suites.md)
+pl_test(preload_fstat PROGRAM pl_fstat)
 # mprotect, munmap, mlock, MADV_DONTFORK and MADV_WIPEONFORK on merged memory
 pl_test(preload_semantics PROGRAM pl_semantics)
 # Thread stacks, mlock/DONTDUMP/WIPEONFORK/DONTFORK (libc and raw syscalls), small ranges

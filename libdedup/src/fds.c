@@ -18,7 +18,8 @@
  *    the program opens later has 0 there. dd_fd_intact() is that check, one
  *    fcntl() (the inode alone would not do: every eventfd shares one);
  *  - recorded in a small lock-free table that the interposed close(),
- *    close_range(), closefrom(), dup2() and dup3() consult (preload.c):
+ *    close_range(), closefrom(), dup2(), dup3() and the fstat() family
+ *    consult (preload.c):
  *    to the program, our numbers look like descriptors that are not open
  *    (EBADF), and a dup2() onto one of them first moves ours elsewhere
  *    (dd_fd_move_away).

@@ -211,6 +211,8 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 			 * and our uffd has a number. */
 			dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx",
 			       (unsigned long)addr, err, (unsigned long)scratch_of(i));
+			if (dd_trace_on)
+				dd_trace_dump(addr);
 			eng.scratch_lost = true;
 			return 0;
 		}
@@ -402,6 +404,7 @@ static int place_run(uintptr_t a, size_t l, uint32_t target)
 	 * parked; a REMOVE read now marks pages of the run (above) or names
 	 * other pages in S (events_in_window). */
 	if (move_registered(t, l, a) == MAP_FAILED) {
+		DD_TRACE('r', a, l, errno);
 		munmap(t, l);
 		return -1;
 	}

@@ -4,7 +4,7 @@
 # to mmap@GLIBC_2.2.5 bind to them), and nothing else.
 set -u
 lib=$1
-want="brk close close_range closefrom daemon dup2 dup3 fork free ioctl madvise mlock mlock2 mlockall mmap mmap64 mprotect mremap munmap pkey_mprotect realloc sbrk setns unshare setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups"
+want="brk close close_range closefrom daemon dup2 dup3 fork free fstat fstat64 fstatat fstatat64 ioctl madvise mlock mlock2 mlockall mmap mmap64 mprotect mremap munmap pkey_mprotect realloc sbrk setns statx unshare setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups"
 got=$(nm -D --defined-only "$lib" | awk '$2 ~ /^[TWDBiV]$/ {print $3}')
 bad=0
 for s in $got; do
