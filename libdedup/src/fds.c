@@ -57,11 +57,15 @@ static struct {
 	_Atomic uint64_t dev, ino;
 } tab[DD_FD_MAX];
 
+/* fstat(2), not the interposed fstat() (preload.c), which hides our own
+ * numbers from the program: here we ask about exactly those. */
+static int sys_fstat(int fd, struct stat *sb) { return (int)syscall(SYS_fstat, fd, sb); }
+
 /* Record n's identity in slot i (before its number is published). */
 static void set_identity(size_t i, int n)
 {
 	struct stat sb;
-	bool ok = fstat(n, &sb) == 0;
+	bool ok = sys_fstat(n, &sb) == 0;
 	atomic_store_explicit(&tab[i].dev, ok ? (uint64_t)sb.st_dev : 0, memory_order_relaxed);
 	atomic_store_explicit(&tab[i].ino, ok ? (uint64_t)sb.st_ino : 0, memory_order_relaxed);
 }
@@ -98,7 +102,7 @@ bool dd_fd_intact(int fd)
 			continue;
 		struct stat sb;
 		uint64_t ino = atomic_load_explicit(&tab[i].ino, memory_order_relaxed);
-		return !ino || (fstat(fd, &sb) == 0 && (uint64_t)sb.st_ino == ino &&
+		return !ino || (sys_fstat(fd, &sb) == 0 && (uint64_t)sb.st_ino == ino &&
 				(uint64_t)sb.st_dev == atomic_load_explicit(&tab[i].dev,
 									    memory_order_relaxed));
 	}
@@ -206,11 +210,11 @@ int dd_fd_open_temp(const char *path, int flags)
 		n = fcntl(x, F_SETSIG, DD_FD_TAG) == 0 ? x : -1;
 		return n < 0 ? -EBADF : n;
 	}
-	if (stat(path, &want) < 0 || fstat(n, &got) < 0 || !same_file(&want, &got)) {
+	if (stat(path, &want) < 0 || sys_fstat(n, &got) < 0 || !same_file(&want, &got)) {
 		real_close(n);   /* our copy of whatever x had become */
 		return -EBADF;
 	}
-	if (fstat(x, &got) == 0 && same_file(&want, &got))
+	if (sys_fstat(x, &got) == 0 && same_file(&want, &got))
 		real_close(x);
 	if (fcntl(n, F_SETSIG, DD_FD_TAG) < 0) {
 		int e = errno;

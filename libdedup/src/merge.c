@@ -369,14 +369,56 @@ static void map_canonical(uintptr_t a, size_t l)
  */
 static void *move_registered(void *t, size_t l, uintptr_t a)
 {
+	static uint64_t nth;
 	atomic_store(&eng.placing_from, (uintptr_t)t);
 	pthread_mutex_unlock(&eng.gate);
-	void *m = (void *)syscall(SYS_mremap, t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+	void *m;
+	if (dd_unlikely(dd_opt.test_mremap_hole) && ++nth % dd_opt.test_mremap_hole == 0) {
+		/* Test hook: what a kernel does when the move fails after it
+		 * unmapped the destination (mend_hole). */
+		syscall(SYS_munmap, a, l);
+		m = MAP_FAILED;
+		errno = ENOMEM;
+	} else {
+		m = (void *)syscall(SYS_mremap, t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+	}
 	int e = errno;
 	pthread_mutex_lock(&eng.gate);
 	atomic_store(&eng.placing_from, 0);
 	errno = e;
 	return m;
+}
+
+/*
+ * After a failed move_registered(): mremap(MREMAP_FIXED) unmaps the
+ * destination before it moves the source, and can fail after that (ENOMEM:
+ * the moved VMA cannot be allocated, or the map count, checked again once
+ * the destination is gone, is over a vm.max_map_count lowered meanwhile). A
+ * JVM heap under a limit that others lowered showed it: "could not restore
+ * page ... (errno 2)", a one-page hole, SIGSEGV. So if [a, a + l) is gone,
+ * map it again - anonymous, empty, registered MISSING|WP like the window
+ * around it - before anyone who waits on it is woken; the caller then puts
+ * the content back (move_back, refill). An access in between, by a thread
+ * that was not already waiting, would still see the hole. Returns 1 if the
+ * hole was mended, 0 if there was none, -1 if it could not be mended.
+ */
+static int mend_hole(uintptr_t a, size_t l, int prot)
+{
+	unsigned char v;
+
+	if (mincore((void *)a, DD_PAGE, &v) == 0 || errno != ENOMEM)
+		return 0;   /* mapped: the mremap failed before it unmapped */
+	void *m = (void *)syscall(SYS_mmap, a, l, prot,
+				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (m != (void *)a ||
+	    dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0) {
+		dd_err("a failed mremap left %#lx+%zu unmapped, and it could not be mapped again "
+		       "(errno %d): its pages are lost", (unsigned long)a, l, errno);
+		return -1;
+	}
+	dd_info("a failed mremap left %#lx+%zu unmapped: mapped again, its content goes back",
+		(unsigned long)a, l);
+	return 1;
 }
 
 /*
@@ -406,6 +448,8 @@ static int place_run(uintptr_t a, size_t l, uint32_t target)
 	if (move_registered(t, l, a) == MAP_FAILED) {
 		DD_TRACE('r', a, l, errno);
 		munmap(t, l);
+		/* moved pages were in a writable VMA: UFFDIO_MOVE needs one */
+		mend_hole(a, l, PROT_READ | PROT_WRITE);
 		return -1;
 	}
 	DD_TRACE('R', a, l, 0);
@@ -1240,11 +1284,20 @@ static void um_group(struct um *u, size_t n)
 				u->res_pos = t;
 			else
 				munmap((void *)t, l);
-			if (ret == -ENOMEM)
-				um_defer(u, c);
-			else
-				um_error(u, ret, c->a, c->n, "mremap");
-			continue;
+			int m = mend_hole(c->a, l, c->prot);
+			if (m < 0) {
+				um_error(u, ret, c->a, c->n, "mremap left a hole");
+				continue;
+			}
+			if (m == 0) {
+				if (ret == -ENOMEM)
+					um_defer(u, c);
+				else
+					um_error(u, ret, c->a, c->n, "mremap");
+				continue;
+			}
+			/* the run was unmapped, and is anonymous and empty
+			 * again: go on as if it had been moved (B has it all) */
 		}
 		um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE),
 			       um_anon_at(u, c->a + l));
