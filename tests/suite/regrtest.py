@@ -270,7 +270,7 @@ def main():
     ap.add_argument("--run-cap", type=int, default=3600, help="cap on one whole run, s")
     ap.add_argument("--interval", type=int, default=20, help="DEDUP_INTERVAL")
     ap.add_argument("--cpu", type=int, default=50, help="DEDUP_CPU")
-    ap.add_argument("--min-merges", type=int, default=1000)
+    ap.add_argument("--min-merges", type=int, default=200)
     ap.add_argument("--reruns", type=int, default=2)
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--out", default=None, help="keep logs here (default: a temp dir)")
