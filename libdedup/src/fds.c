@@ -109,12 +109,20 @@ bool dd_fd_intact(int fd)
 	return true;
 }
 
+/* Temporary descriptors (dd_fd_open_temp) while they are open, number + 1:
+ * hidden from the program like the others (close, dup2, the fstat family). */
+#define DD_TEMP_MAX 8
+static _Atomic int temp[DD_TEMP_MAX];
+
 bool dd_fd_ours(int fd)
 {
 	if (fd < 0)
 		return false;
 	for (size_t i = 0; i < DD_FD_MAX; i++)
 		if (atomic_load_explicit(&tab[i].fd, memory_order_acquire) == fd + 1)
+			return true;
+	for (size_t i = 0; i < DD_TEMP_MAX; i++)
+		if (atomic_load_explicit(&temp[i], memory_order_acquire) == fd + 1)
 			return true;
 	return false;
 }
@@ -126,6 +134,11 @@ int dd_fd_next_ours(unsigned int lo, unsigned int hi)
 
 	for (size_t i = 0; i < DD_FD_MAX; i++) {
 		long f = (long)atomic_load_explicit(&tab[i].fd, memory_order_acquire) - 1;
+		if (f >= (long)lo && f <= (long)hi && (best < 0 || f < best))
+			best = f;
+	}
+	for (size_t i = 0; i < DD_TEMP_MAX; i++) {
+		long f = (long)atomic_load_explicit(&temp[i], memory_order_acquire) - 1;
 		if (f >= (long)lo && f <= (long)hi && (best < 0 || f < best))
 			best = f;
 	}
@@ -192,6 +205,24 @@ int dd_fd_adopt(int *var, int fd)
  * read from, move the offset of, or close a file of the program's. Returns
  * the descriptor or -errno.
  */
+static void temp_add(int fd)
+{
+	for (size_t i = 0; i < DD_TEMP_MAX; i++) {
+		int none = 0;
+		if (atomic_compare_exchange_strong(&temp[i], &none, fd + 1))
+			return;
+	}   /* more at once than we ever hold: it stays visible */
+}
+
+static void temp_del(int fd)
+{
+	for (size_t i = 0; i < DD_TEMP_MAX; i++) {
+		int f = fd + 1;
+		if (atomic_compare_exchange_strong(&temp[i], &f, 0))
+			return;
+	}
+}
+
 static bool same_file(const struct stat *a, const struct stat *b)
 {
 	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
@@ -205,12 +236,15 @@ int dd_fd_open_temp(const char *path, int flags)
 	if (x < 0)
 		return -errno;
 	n = fcntl(x, F_DUPFD_CLOEXEC, dd_fd_floor());
+	if (n >= 0)
+		temp_add(n);
 	if (n < 0) {
 		/* no room above the floor: the low number, tagged at once */
 		n = fcntl(x, F_SETSIG, DD_FD_TAG) == 0 ? x : -1;
 		return n < 0 ? -EBADF : n;
 	}
 	if (stat(path, &want) < 0 || sys_fstat(n, &got) < 0 || !same_file(&want, &got)) {
+		temp_del(n);
 		real_close(n);   /* our copy of whatever x had become */
 		return -EBADF;
 	}
@@ -218,6 +252,7 @@ int dd_fd_open_temp(const char *path, int flags)
 		real_close(x);
 	if (fcntl(n, F_SETSIG, DD_FD_TAG) < 0) {
 		int e = errno;
+		temp_del(n);
 		real_close(n);
 		return -e;
 	}
@@ -234,13 +269,16 @@ int dd_fd_adopt_path(int *var, const char *path, int flags)
 		*var = -1;
 		return fd;
 	}
-	return dd_fd_adopt(var, fd);
+	int r = dd_fd_adopt(var, fd);   /* closes fd: a temporary no more */
+	temp_del(fd);
+	return r;
 }
 
 void dd_fd_close_temp(int fd)
 {
 	if (dd_fd_intact(fd))
 		real_close(fd);
+	temp_del(fd);
 }
 
 /* read(2) on a temporary descriptor, only while it is ours: -EBADF else. */
