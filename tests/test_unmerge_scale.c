@@ -218,7 +218,12 @@ int main(int argc, char **argv)
 			"anonymous mapping\n", vm2, anon);
 		return T_FAIL;
 	}
-	CHECK(maps2 <= maps0 + 8);
+	/* The rest of the process may have gained a few mappings meanwhile:
+	 * the engine's tables grew while merging, the watchdog's stack stays
+	 * in glibc's stack cache, malloc may have made an arena (CI saw +9).
+	 * A leak of the hand-back is per run (thousands here), so a fixed
+	 * margin that does not depend on runs still catches it. */
+	CHECK(maps2 <= maps0 + 32);
 
 	/* every page present, anonymous, and what it was */
 	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
