@@ -19,22 +19,6 @@ DD_API int dedup_version(void)
 	return DEDUP_VERSION_NUMBER;
 }
 
-static void undo_init(void)
-{
-	if (eng.scratch)
-		munmap((void *)eng.scratch, eng.scratch_pages * DD_PAGE);
-	eng.scratch = 0;
-	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
-	eng.batch = NULL;
-	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
-	eng.cmpbuf = NULL;
-	dd_index_fini();
-	dd_discard_fini();
-	dd_store_fini();
-	dd_os_close();
-	dd_fd_close(&eng.uffd);
-}
-
 DD_API int dedup_init(const struct dedup_config *config)
 {
 	const char *why = NULL;
@@ -56,47 +40,14 @@ DD_API int dedup_init(const struct dedup_config *config)
 	DD_COUNTERS(X)
 #undef X
 	dd_trace_on = getenv("DEDUP_TRACE") != NULL;
-	ret = dd_uffd_open(&eng.uffd, 0, &why);
+	ret = dd_engine_init(&why);
 	if (ret < 0) {
-		dd_warn("not merging: %s", why);
+		if (why)
+			dd_warn("not merging: %s", why);
+		else
+			dd_err("dedup_init failed: %s", strerror(-ret));
 		goto out;
 	}
-	dd_os_probe();
-	eng.vma_budget = dd_opt.vma_budget ? dd_opt.vma_budget
-					   : (uint64_t)dd_feat.max_map_count / 2;
-	static const char zero[DD_PAGE] __attribute__((aligned(64)));
-	eng.zero_hash = dd_hash_page(zero);
-
-	ret = dd_store_init(dd_opt.store_max);
-	if (ret < 0)
-		goto fail;
-	ret = dd_index_init();
-	if (ret < 0)
-		goto fail;
-	eng.batch = dd_vm_alloc((dd_opt.batch_pages + 2) * sizeof(*eng.batch));
-	eng.cmpbuf = dd_vm_alloc((dd_opt.batch_pages + 2) * DD_PAGE);
-	/* S, where pages are moved out during a merge: registered MISSING with
-	 * our uffd (UFFDIO_MOVE wants both ends registered with it). */
-	eng.scratch_pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
-	eng.scratch_used = 0;
-	void *s = mmap(NULL, eng.scratch_pages * DD_PAGE, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED) {
-		ret = -ENOMEM;
-		goto fail;
-	}
-	eng.scratch = (uintptr_t)s;
-	madvise(s, eng.scratch_pages * DD_PAGE, MADV_NOHUGEPAGE);
-	ret = dd_uffd_register(eng.uffd, eng.scratch, eng.scratch_pages * DD_PAGE,
-			       UFFDIO_REGISTER_MODE_MISSING);
-	if (ret < 0)
-		goto fail;
-	eng.nbatch = 0;
-	eng.cursor = 0;
-	eng.scratch_lost = false;
-	ret = dd_engine_start();
-	if (ret < 0)
-		goto fail;
 	eng.running = true;
 	eng.maps_at_init = dd_count_maps(NULL, NULL);
 	eng.maps_counted_ns = 0;   /* the first pass counts (scan.c) */
@@ -108,10 +59,6 @@ DD_API int dedup_init(const struct dedup_config *config)
 		(unsigned long long)eng.vma_budget,
 		dd_feat.pagemap_scan ? "PAGEMAP_SCAN" : "/proc/self/pagemap");
 	ret = 0;
-	goto out;
-fail:
-	dd_err("dedup_init failed: %s", strerror(-ret));
-	undo_init();
 out:
 	pthread_mutex_unlock(&eng.lock);
 	return ret;
@@ -268,7 +215,7 @@ int dd_shutdown(bool unmerge)
 		dd_uffd_unregister(eng.uffd, r->start, r->npages * DD_PAGE);
 	}
 	dd_region_fini();
-	undo_init();
+	dd_engine_fini();
 	pthread_mutex_unlock(&eng.lock);
 	return 0;
 }

@@ -158,20 +158,15 @@ int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *ze
 
 /* ---- the guard thread ----------------------------------------------------- */
 
-static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
-
 /* Resolve a fault at page a; -EAGAIN while an event's thread has yet to run. */
 static int resolve(uintptr_t a, bool minor)
 {
-	int r;
+	int r, err;
 
-	if (!minor || dd_rt_overlaps(&cg.gone, a, a + DD_PAGE)) {
-		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zeros, .len = DD_PAGE };
-		r = ioctl(cg.uffd, UFFDIO_COPY, &c) < 0 ? -errno : 0;
-	} else {
-		struct uffdio_continue c = { .range = { a, DD_PAGE } };
-		r = ioctl(cg.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
-	}
+	if (!minor || dd_rt_overlaps(&cg.gone, a, a + DD_PAGE))
+		r = dd_uffd_copy(cg.uffd, a, dd_zero_page, DD_PAGE, true, &err) ? 0 : -err;
+	else
+		r = dd_uffd_continue(cg.uffd, a, DD_PAGE, true, &err) ? 0 : -err;
 	if (r == -EAGAIN)
 		return r;
 	if (r < 0)   /* EEXIST: mapped meanwhile; ENOENT: unmapped meanwhile */

@@ -188,7 +188,7 @@ void dd_discard_removed(uintptr_t a, uintptr_t b)
 {
 	uintptr_t gap = a;
 
-	if (a >= eng.scratch && b <= eng.scratch + eng.scratch_pages * DD_PAGE)
+	if (dd_merge_is_scratch(a, b))
 		return;   /* our own scratch area */
 	for (size_t i = iv_lower(&merged, a); i < merged.n && merged.iv[i][0] < b; i++) {
 		uintptr_t lo = merged.iv[i][0] > a ? merged.iv[i][0] : a;

@@ -5,14 +5,20 @@
  *  - The engine thread scans and merges (scan.c, merge.c) one step at a
  *    time under eng.lock, and paces itself between steps: a CPU share of
  *    one core (DEDUP_CPU) and an optional page rate (DEDUP_PAGES_PER_SEC).
- *    Between steps it sleeps on a futex (eng.ctl) that "stop" and "scan
- *    now" wake: no descriptor of its own.
+ *    Between steps it sleeps on a futex (eng.ctl) that dd_engine_kick()
+ *    wakes (to stop, or to follow new credentials): no descriptor of its
+ *    own. dedup_scan_now() does not wake it; it runs a pass itself.
  *  - The uffd reader thread waits (io_uring poll) for the userfaultfd to be
  *    readable, then reads every pending message under eng.gate. It never
  *    takes eng.lock and never waits on the merger beyond the gate, which is
  *    only held for one batch's merge window: so an application thread that
  *    triggers a non-cooperative event (madvise, mremap) is acknowledged
  *    within one batch, and nothing can deadlock on our own events.
+ *
+ * Setup: dd_engine_init() opens the uffd, probes the kernel, makes the
+ * store, the index and the merger's memory (dd_merge_init), then starts
+ * both threads; dd_engine_fini() undoes it. Both run under eng.lock, from
+ * dedup_init() and dedup_shutdown().
  *
  * Descriptors (fds.c). The program may close ours by a raw system call that
  * no interposer sees. The reader's ring has no descriptor of its own (the
@@ -145,14 +151,13 @@ static int resolve_minor(uintptr_t a)
 		 * in a private file mapping it installs the special zero-pfn PTE,
 		 * which did not stay mapped on this project's machines (a second
 		 * minor fault followed; tests/test_hammer.c caught it). */
-		static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
-		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zeros, .len = DD_PAGE };
-		r = ioctl(eng.uffd, UFFDIO_COPY, &c) < 0 ? -errno : 0;
+		int err;
+		r = dd_uffd_copy(eng.uffd, a, dd_zero_page, DD_PAGE, true, &err) ? 0 : -err;
 		if (r == 0)
 			dd_discard_refilled(a);   /* its zap is behind it */
 	} else {
-		struct uffdio_continue c = { .range = { a, DD_PAGE } };
-		r = ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 ? -errno : 0;
+		int err;
+		r = dd_uffd_continue(eng.uffd, a, DD_PAGE, true, &err) ? 0 : -err;
 	}
 	DD_TRACE(zero ? 'Z' : 'c', a, DD_PAGE, r);
 	r = kept_if_lost(r);
@@ -199,11 +204,10 @@ static int resolve(const struct pending *p)
 		if (dd_discard_in_merged(p->addr)) {
 			/* a merged page whose slot is gone (merge.c, "Placing a
 			 * merged run"): zeros, as a real anonymous page */
-			static const char zeros[DD_PAGE] __attribute__((aligned(4096)));
-			struct uffdio_copy c = { .dst = p->addr, .src = (uintptr_t)zeros, .len = DD_PAGE };
+			int err;
 			DD_TRACE('z', p->addr, DD_PAGE, 0);
-			if (ioctl(eng.uffd, UFFDIO_COPY, &c) < 0) {
-				if (kept_if_lost(-errno) == -EAGAIN)
+			if (!dd_uffd_copy(eng.uffd, p->addr, dd_zero_page, DD_PAGE, true, &err)) {
+				if (kept_if_lost(-err) == -EAGAIN)
 					return -EAGAIN;
 			} else {
 				dd_discard_refilled(p->addr);
@@ -211,8 +215,8 @@ static int resolve(const struct pending *p)
 			dd_uffd_wake(eng.uffd, p->addr, DD_PAGE);
 			return 0;
 		}
-		struct uffdio_zeropage z = { .range = { .start = p->addr, .len = DD_PAGE } };
-		if (ioctl(eng.uffd, UFFDIO_ZEROPAGE, &z) < 0 && kept_if_lost(-errno) == -EAGAIN)
+		int zr = dd_uffd_zeropage(eng.uffd, p->addr, DD_PAGE);
+		if (zr < 0 && kept_if_lost(zr) == -EAGAIN)
 			return -EAGAIN;
 		dd_uffd_wake(eng.uffd, p->addr, DD_PAGE);
 		return 0;
@@ -835,18 +839,10 @@ void dd_engine_child_reset(void)
 	dd_discard_fini();
 	dd_store_fini();
 	dd_os_close();
-	if (eng.scratch)
-		syscall(SYS_munmap, eng.scratch, eng.scratch_pages * DD_PAGE);
-	eng.scratch = 0;
+	dd_merge_fini();
 	if (eng.doorbell)
 		syscall(SYS_munmap, eng.doorbell, DD_PAGE);
 	eng.doorbell = 0;
-	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
-	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
-	eng.batch = NULL;
-	eng.cmpbuf = NULL;
-	eng.nbatch = 0;
-	eng.scratch_used = 0;
 	atomic_store(&eng.parked, 0);
 	eng.ev_applied = atomic_load(&eng.ev_head);
 	eng.child = false;
@@ -857,6 +853,50 @@ static void doorbell_free(void)
 	if (eng.doorbell)
 		munmap((void *)eng.doorbell, DD_PAGE);
 	eng.doorbell = 0;
+}
+
+/*
+ * Everything the engine needs before its threads run: the userfaultfd, the
+ * kernel's features, the store, the index, the merger's memory (merge.c),
+ * then the two threads. Called by dedup_init() under eng.lock. 0, or -errno
+ * with nothing left behind; *why is set when the host refuses userfaultfd
+ * (the caller says "not merging" and why).
+ */
+int dd_engine_init(const char **why)
+{
+	int ret;
+
+	ret = dd_uffd_open(&eng.uffd, 0, why);
+	if (ret < 0)
+		return ret;
+	*why = NULL;
+	dd_os_probe();
+	eng.vma_budget = dd_opt.vma_budget ? dd_opt.vma_budget
+					   : (uint64_t)dd_feat.max_map_count / 2;
+	eng.zero_hash = dd_hash_page(dd_zero_page);
+	eng.cursor = 0;
+	ret = dd_store_init(dd_opt.store_max);
+	if (ret == 0)
+		ret = dd_index_init();
+	if (ret == 0)
+		ret = dd_merge_init();
+	if (ret == 0)
+		ret = dd_engine_start();
+	if (ret < 0)
+		dd_engine_fini();
+	return ret;
+}
+
+/* Undo dd_engine_init() once the threads are gone (dd_engine_stop), or
+ * after it failed. eng.lock held. */
+void dd_engine_fini(void)
+{
+	dd_merge_fini();
+	dd_index_fini();
+	dd_discard_fini();
+	dd_store_fini();
+	dd_os_close();
+	dd_fd_close(&eng.uffd);
 }
 
 int dd_engine_start(void)

@@ -281,6 +281,12 @@ int dd_uffd_wake(int uffd, uintptr_t start, size_t len);
 /* Move pages; returns bytes moved (>= 0) and sets *err to the errno of the
  * first page that did not move (0 if all moved). */
 ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err);
+/* Fill from src (UFFDIO_COPY), or map the pages the file already has
+ * (UFFDIO_CONTINUE), waking the waiters unless !wake; the same convention. */
+ssize_t dd_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake, int *err);
+ssize_t dd_uffd_continue(int uffd, uintptr_t start, size_t len, bool wake, int *err);
+int dd_uffd_zeropage(int uffd, uintptr_t start, size_t len);   /* 0 or -errno */
+extern const char dd_zero_page[DD_PAGE];   /* page-aligned zeros */
 
 /* Present-page walk: calls fn(start, end, categories) for each run of
  * present pages in [start, end), in address order, up to max_pages pages
@@ -484,10 +490,7 @@ struct dd_engine {
 	bool running;
 	_Atomic bool stop;
 	pthread_t engine_thr, reader_thr;
-	uintptr_t scratch;      /* S: scratch_pages pages, registered MISSING */
-	size_t scratch_pages;
-	size_t scratch_used;    /* pages of S holding moved-out pages */
-	char *cmpbuf;           /* batch_pages pages: S read back for comparing */
+	char *cmpbuf;           /* batch_pages pages: S read back for comparing (merge.c) */
 	struct dd_merge_item *batch;
 	size_t nbatch;
 	/* REMOVE/REMAP events read by the uffd reader (written under the gate):
@@ -508,7 +511,6 @@ struct dd_engine {
 	/* new regions are fragile (scan.c): set by the preload library, whose
 	 * regions libc may unmap or shrink behind its back */
 	bool fragile_regions;
-	bool scratch_lost;
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */
 	/* VMA accounting for the budget */
@@ -523,6 +525,8 @@ struct dd_engine {
 };
 extern struct dd_engine eng;
 
+int dd_engine_init(const char **why);   /* eng.lock held: uffd, tables, threads */
+void dd_engine_fini(void);
 int dd_engine_start(void);
 void dd_engine_stop(void);
 void dd_engine_kick(void);
@@ -544,6 +548,9 @@ int dd_merge_unmerge_pieces(uintptr_t lo, uintptr_t hi);   /* preload: takes eng
 int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
 int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);
+int dd_merge_init(void);       /* eng.lock held: batch, cmpbuf, S */
+void dd_merge_fini(void);
+bool dd_merge_is_scratch(uintptr_t a, uintptr_t b);   /* [a, b) inside S */
 bool dd_merge_budget_spent(void);
 uint64_t dd_hash_page(const void *p);   /* never 0, at most DD_HASH_MASK */
 /* Page checksums keep 56 bits: the word of page metadata that holds one

@@ -10,50 +10,59 @@
  * empty PTE reads as zeros and a write gets a fresh page). The scanner's hash
  * match is only a hint. A batch of candidates is sorted by address and cut
  * into windows of contiguous pages; each window goes through these steps
- * while we hold eng.gate (see internal.h):
+ * while we hold eng.gate (see internal.h), one function each, called in
+ * order by merge_window(). Before them, runs whose merge would spend more
+ * mappings than the VMA budget has left are dropped (win_budget).
  *
- *  1. Write-protect the window (UFFDIO_WRITEPROTECT). From here on a user-
- *     or kernel-mode write to A blocks in the kernel and waits for us (our
- *     uffd handles kernel faults, so read(2) into A waits instead of failing).
- *  2. Compare every page of the window with its target, byte for byte.
- *     A page that differs is dropped (un-protected at the end).
- *  3. Register the window MISSING|WP (a re-registration, same uffd). Once we
- *     move a page out, its PTE is empty; in a WP-only range an access to an
- *     empty PTE silently maps zeros, with MISSING it waits for us.
- *     (Step 2 is done before this one on purpose: reading an empty PTE in a
- *     MISSING range would block this very thread.)
- *  4. Move the pages out to our scratch area S with UFFDIO_MOVE. This is the
- *     pin check that write protection cannot give: the kernel refuses with
- *     EBUSY a page that is pinned (FOLL_PIN: O_DIRECT in flight, io_uring
- *     fixed buffers; a device could still write into it after we replaced
- *     the mapping) or not exclusively ours (shared copy-on-write with a
- *     forked child). Such pages stay in place and are counted as pinned.
- *     UFFDIO_MOVE also fails with EAGAIN while a non-cooperative event is
- *     pending, and when the VMA is no longer the one we registered.
- *  5. Compare again, now the copy in S: nobody but us can reach S, so this
- *     comparison is final. (A device write that landed between step 2 and
- *     the unpin is caught here.) A page that differs is moved back.
- *  6. Replace: each run of moved pages with contiguous slots becomes one
- *     MAP_PRIVATE mapping of the canonical slots, registered MINOR|MISSING
- *     (see "Placing a merged run"); zero targets need nothing, their PTE
- *     is already empty.
- *  7. Restore: unregister and re-register WP-only what is still anonymous
- *     (a registration cannot drop MISSING), un-protect any dropped page
- *     that is left, and UFFDIO_WAKE the window: a writer that blocked on A retries on the new mapping and the
- *     kernel gives it a private copy of C; a reader that blocked on an empty
- *     PTE reads C or zeros.
+ *  1. Write-protect (win_protect): UFFDIO_WRITEPROTECT on the window. From
+ *     here on a user- or kernel-mode write to A blocks in the kernel and
+ *     waits for us (our uffd handles kernel faults, so read(2) into A
+ *     waits instead of failing).
+ *  2. Make empty PTEs wait (win_wait_empty): register the window
+ *     MISSING|WP (a re-registration, same uffd), and park it. Once we move
+ *     a page out its PTE is empty; in a WP-only range an access to an
+ *     empty PTE silently maps zeros, with MISSING it waits for us. Parked,
+ *     the reader leaves those faults to us.
+ *  3. Move out (win_move_out): UFFDIO_MOVE each page to our scratch area
+ *     S. This is the pin check that write protection cannot give: the
+ *     kernel refuses with EBUSY a page that is pinned (FOLL_PIN: O_DIRECT
+ *     in flight, io_uring fixed buffers; a device could still write into
+ *     it after we replaced the mapping) or not exclusively ours (shared
+ *     copy-on-write with a forked child). Such pages stay in place and are
+ *     counted as pinned. UFFDIO_MOVE also fails with EAGAIN while a
+ *     non-cooperative event is pending, and when the VMA is no longer the
+ *     one we registered.
+ *  4. Compare (win_compare): every moved page, byte for byte, with its
+ *     target. The copy in S is reachable by nobody but us, so this
+ *     comparison is final: no write can land after it (a device write that
+ *     landed before the unpin is in the copy). A page that differs is moved
+ *     back. There is no comparison in place before 3: it would be decided
+ *     again here, and a page we only compare in place is a page whose pin
+ *     we have not checked.
+ *  5. Replace (win_replace): each run of moved pages with contiguous slots
+ *     becomes one MAP_PRIVATE mapping of the canonical slots, registered
+ *     MINOR|MISSING (place_run, "Placing a merged run"); zero targets need
+ *     nothing, their PTE is already empty. Pages a REMOVE named meanwhile
+ *     stay out (events_in_window).
+ *  6. Restore (win_restore): unregister and re-register WP-only what is
+ *     still anonymous (a registration cannot drop MISSING), un-protect any
+ *     dropped page that is left, and UFFDIO_WAKE the window: a writer that
+ *     blocked on A retries on the new mapping and the kernel gives it a
+ *     private copy of C; a reader that blocked on an empty PTE reads C or
+ *     zeros. Then the window is unparked, and win_account records what
+ *     each page now maps.
  *
- * Why the gate: between steps 4 and 6 the application must not discard A
+ * Why the gate: between steps 3 and 5 the application must not discard A
  * (madvise MADV_DONTNEED/FREE/REMOVE), or we would map C where it expects
  * zeros. Those calls raise UFFD_EVENT_REMOVE before the kernel zaps, and the
  * caller waits until the event is read; the reader reads only under the
- * gate. None of the calls in steps 1-7 raises an event (we do not ask for
- * UNMAP events) except the mremap of step 6, done outside the gate, so
+ * gate. None of the calls in steps 1-6 raises an event (we do not ask for
+ * UNMAP events) except the mremap of step 5, done outside the gate, so
  * holding the gate never waits on the reader.
  *
  * The gate covers discards announced while a window is open. A discard
  * announced before (its REMOVE read) may still have its zap ahead of it:
- * the madvise() caller zaps when it runs again, and if that is after step 6
+ * the madvise() caller zaps when it runs again, and if that is after step 5
  * the zap lands on C, whose next fault reads C again instead of zeros. Such
  * pages are left out of batches until the zap is known to be behind them
  * (discard.c, "Discards racing with a merge"), and a REMOVE read while we
@@ -99,7 +108,10 @@
  * Known limits (see README "Limits"): we do not see munmap() or mmap(MAP_FIXED)
  * by the application as events; the API asks the caller to dedup_unregister()
  * first and the preload library interposes those calls. fork() is fenced by
- * a pthread_atfork() handler that takes the gate.
+ * a pthread_atfork() handler (engine.c, prefork): it takes eng.lock, so it
+ * waits for the batch in progress, and sets eng.forking, so no batch starts
+ * until the fork is over; it takes the gate only to copy the discard marks
+ * for the child.
  *
  * Locking: eng.lock held by the caller; eng.gate taken here.
  */
@@ -121,18 +133,38 @@ enum {
 	IT_GONE,        /* dropped, nothing to undo */
 };
 
-static const char zero_page[DD_PAGE] __attribute__((aligned(64)));
-
 static const void *target_page(uint32_t target)
 {
-	return target == DD_SLOT_ZERO ? zero_page : dd_store_page(target - 1);
+	return target == DD_SLOT_ZERO ? dd_zero_page : dd_store_page(target - 1);
 }
 
-/* Page i of this batch's part of S. S is used as a ring: the pages moved out
- * are freed only when it wraps, which amortises the madvise (a REMOVE event
- * and a TLB shootdown) over many batches. */
-static size_t scratch_base;
-static uintptr_t scratch_of(size_t i) { return eng.scratch + (scratch_base + i) * DD_PAGE; }
+/*
+ * S, the scratch area, is this file's alone: made by dd_merge_init(), used
+ * as a ring by the batches (the pages moved out are freed only when it
+ * wraps, which amortises the madvise - a REMOVE event and a TLB shootdown -
+ * over many batches: dd_merge_free_scratch), and unmapped by
+ * dd_merge_fini(). It is registered MISSING with our uffd: UFFDIO_MOVE
+ * wants both ends registered with the same uffd, and an access to an empty
+ * page of S would wait for a reader - nobody but this thread touches it.
+ * Written by the engine thread under eng.lock (the batch) and by the
+ * thread that holds eng.lock for init and fini; discard.c only asks
+ * whether a range lies in it.
+ */
+static struct {
+	uintptr_t base;            /* 0: none */
+	size_t pages;
+	size_t used;               /* pages holding moved-out pages */
+	size_t batch;              /* first page of this batch's part */
+	bool lost;                 /* a page could not be restored: keep S */
+} scratch;
+
+/* Page i of this batch's part of S. */
+static uintptr_t scratch_of(size_t i) { return scratch.base + (scratch.batch + i) * DD_PAGE; }
+
+bool dd_merge_is_scratch(uintptr_t a, uintptr_t b)
+{
+	return scratch.base && a >= scratch.base && b <= scratch.base + scratch.pages * DD_PAGE;
+}
 
 static void drop(struct dd_merge_item *it, int state, _Atomic uint64_t *counter)
 {
@@ -200,10 +232,8 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 			 * application mprotect()ed the window meanwhile): copy the
 			 * content back instead. S's page is ours and unpinned (the
 			 * move out proved it), so a copy loses nothing. */
-			struct uffdio_copy c = { .dst = addr, .src = scratch_of(i), .len = DD_PAGE };
-			if (ioctl(eng.uffd, UFFDIO_COPY, &c) == 0)
+			if (dd_uffd_copy(eng.uffd, addr, (const void *)scratch_of(i), DD_PAGE, true, &err))
 				return addr;
-			err = errno;
 		}
 		uint64_t since = atomic_load(&eng.ev_head);
 		if ((err != EAGAIN && !uffd_back(err)) || tries > 100000) {
@@ -213,7 +243,7 @@ static uintptr_t move_back(size_t i, uintptr_t addr)
 			       (unsigned long)addr, err, (unsigned long)scratch_of(i));
 			if (dd_trace_on)
 				dd_trace_dump(addr);
-			eng.scratch_lost = true;
+			scratch.lost = true;
 			return 0;
 		}
 		if (err == EAGAIN)
@@ -351,9 +381,10 @@ static void map_canonical(uintptr_t a, size_t l)
 		uintptr_t q = p + DD_PAGE;
 		while (q < end && !dd_discard_marked(q))
 			q += DD_PAGE;
-		struct uffdio_continue c = { .range = { p, q - p }, .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
-		if (ioctl(eng.uffd, UFFDIO_CONTINUE, &c) < 0 && c.mapped > 0 && (uintptr_t)c.mapped < q - p)
-			q = p + (uintptr_t)c.mapped + DD_PAGE;   /* skip the page it stopped at */
+		int err;
+		ssize_t m = dd_uffd_continue(eng.uffd, p, q - p, false, &err);
+		if (m > 0 && (uintptr_t)m < q - p)
+			q = p + (uintptr_t)m + DD_PAGE;   /* skip the page it stopped at */
 		p = q;
 	}
 }
@@ -484,61 +515,89 @@ static void events_in_window(struct dd_merge_item *it, size_t n, size_t base, ui
 }
 
 /*
- * One window: items it[0..n), contiguous addresses inside region r;
- * base is the index of it[0] in the batch (its scratch page).
+ * One window: the state its steps share. Items it[0..n) have contiguous
+ * addresses inside region r; base is the index of it[0] in the batch (its
+ * page in S). The steps are the DOC's, one function each, run in order by
+ * merge_window() under the gate.
  */
-static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n, size_t base)
-{
-	uintptr_t a0 = it[0].addr;
-	size_t len = n * DD_PAGE;
-	long merged = 0;
-	/* events read so far; more are read only when we let the reader run */
-	const uint64_t since = atomic_load(&eng.ev_head);
-	uint64_t seen = since;
+struct window {
+	struct dd_region *r;
+	struct dd_merge_item *it;
+	size_t n, base;
+	uintptr_t a0;              /* it[0].addr */
+	size_t len;                /* n pages, bytes */
+	uint64_t since;            /* events read before the window opened */
+	uint64_t seen;             /* events already looked at (5.) */
+	int reg;                   /* 2.: the MISSING|WP registration, 0 or -errno */
+	long merged;
+};
 
-	/* The VMA budget: drop non-zero runs that would spend too much. */
-	for (size_t i = 0; i < n;) {
+/* Before 1: drop non-zero runs that would spend more mappings than the VMA
+ * budget has left. */
+static void win_budget(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+
+	for (size_t i = 0; i < w->n;) {
 		size_t k = i + 1;
 		if (it[i].target != DD_SLOT_ZERO) {
-			while (k < n && it[k].target == it[k - 1].target + 1)
+			while (k < w->n && it[k].target == it[k - 1].target + 1)
 				k++;
-			size_t p = (it[i].addr - r->start) / DD_PAGE;
-			if (!budget_allows(vma_delta(r, p, k - i, it[i].target, it[k - 1].target)))
+			size_t p = (it[i].addr - w->r->start) / DD_PAGE;
+			if (!budget_allows(vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target)))
 				for (size_t m = i; m < k; m++)
 					drop(&it[m], IT_GONE, &dd_cnt.skipped_budget);
 		}
 		i = k;
 	}
+}
 
-	/* 1. write-protect */
-	DD_TRACE('W', a0, len, 0);
-	if (dd_uffd_wp(eng.uffd, a0, len, true) < 0) {
-		for (size_t i = 0; i < n; i++)
+/* 1. Write-protect the window. Returns false if nothing of it can go on. */
+static bool win_protect(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+
+	DD_TRACE('W', w->a0, w->len, 0);
+	if (dd_uffd_wp(eng.uffd, w->a0, w->len, true) < 0) {
+		for (size_t i = 0; i < w->n; i++)
 			if (it[i].state == IT_LIVE)
 				drop(&it[i], IT_GONE, &dd_cnt.skipped_raced);
-		return 0;
+		return false;
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < w->n; i++)
 		if (it[i].state == IT_GONE)
 			it[i].state = IT_DROP_WP;
+	return true;
+}
 
-	/* 2. make empty PTEs wait for us */
-	int reg = dd_uffd_register(eng.uffd, a0, len,
-				   UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
-	if (reg < 0)
-		for (size_t i = 0; i < n; i++)
+/* 2. Make empty PTEs wait for us: register the window MISSING|WP, and park
+ * it. From the first move to the final wake, pages of this window may be
+ * empty with their content in S, and we may leave the gate (EAGAIN retries
+ * in move_back and unprotect, the mremap of 5.). While the window is parked
+ * the reader leaves its MISSING faults to us instead of filling them with
+ * zeros. */
+static void win_wait_empty(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+
+	w->reg = dd_uffd_register(eng.uffd, w->a0, w->len,
+				  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	if (w->reg < 0)
+		for (size_t i = 0; i < w->n; i++)
 			if (it[i].state == IT_LIVE)
-				drop(&it[i], IT_DROP_WP, reg == -ENOMEM ? &dd_cnt.skipped_budget
-									: &dd_cnt.skipped_raced);
+				drop(&it[i], IT_DROP_WP, w->reg == -ENOMEM ? &dd_cnt.skipped_budget
+									   : &dd_cnt.skipped_raced);
+	atomic_store(&eng.parked_end, w->a0 + w->len);
+	atomic_store(&eng.parked, w->a0);
+}
 
-	/* From the first move to the final wake, pages of this window may be
-	 * empty with their content in S, and we may leave the gate (EAGAIN
-	 * retries, 5b). The whole window is parked meanwhile: the reader leaves
-	 * its MISSING faults to us instead of filling them with zeros. */
-	atomic_store(&eng.parked_end, a0 + len);
-	atomic_store(&eng.parked, a0);
+/* 3. Move out to S with UFFDIO_MOVE: the pin check. Returns false when the
+ * test hook has done the naive protocol instead (4. is then skipped). */
+static bool win_move_out(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+	size_t n = w->n;
 
-	/* 3. move out (the pin check) */
 	if (dd_unlikely(dd_opt.test_unsafe_no_move)) {
 		/* Test hook only: the naive protocol that trusts write protection,
 		 * compares in place and replaces. It loses a device's writes into
@@ -549,7 +608,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 					      memcmp((const void *)it[i].addr,
 						     target_page(it[i].target), DD_PAGE)
 						      ? IT_DROP_WP : IT_MOVED;
-		goto replace;
+		return false;
 	}
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_LIVE) {
@@ -558,7 +617,7 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 		}
 		size_t k = run_len(it, i, n, IT_LIVE);
 		int err;
-		ssize_t moved = dd_uffd_move(eng.uffd, scratch_of(base + i), it[i].addr,
+		ssize_t moved = dd_uffd_move(eng.uffd, scratch_of(w->base + i), it[i].addr,
 					     k * DD_PAGE, &err);
 		DD_TRACE('M', it[i].addr, k * DD_PAGE, moved);
 		size_t m = moved > 0 ? (size_t)moved / DD_PAGE : 0;
@@ -584,27 +643,41 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
 			i += m + 1;
 		}
 	}
+	return true;
+}
 
-	/* 4. the comparison, on our private copy */
-	const char *copy = read_moved(it, n, base);
-	for (size_t i = 0; i < n; i++) {
+/* 4. Compare each moved page, our private copy in S, with its target; a
+ * page that differs goes back. */
+static void win_compare(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+	const char *copy = read_moved(it, w->n, w->base);
+
+	for (size_t i = 0; i < w->n; i++) {
 		if (it[i].state != IT_MOVED)
 			continue;
-		const void *page = copy ? copy + i * DD_PAGE : (const void *)scratch_of(base + i);
+		const void *page = copy ? copy + i * DD_PAGE : (const void *)scratch_of(w->base + i);
 		if (!memcmp(page, target_page(it[i].target), DD_PAGE))
 			continue;
 		DD_INC(skipped_mismatch, 1);
 		if (it[i].target != DD_SLOT_ZERO)
 			dd_stable_verify_hash(dd_store_hash(it[i].target));
-		it[i].state = move_back(base + i, it[i].addr) ? IT_DROP_WP : IT_GONE;
+		it[i].state = move_back(w->base + i, it[i].addr) ? IT_DROP_WP : IT_GONE;
 	}
+}
 
-replace:
-	/* 5. replace (see "Placing a merged run" above) */
+/* 5. Replace: each run of moved pages with contiguous slots is placed as one
+ * mapping (place_run, "Placing a merged run"); zero targets need nothing,
+ * their PTEs are already empty. */
+static void win_replace(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+	size_t n = w->n;
+
 	for (size_t i = 0; i < n;) {
-		if (atomic_load(&eng.ev_head) != seen) {
-			seen = atomic_load(&eng.ev_head);
-			events_in_window(it, n, base, since);
+		if (atomic_load(&eng.ev_head) != w->seen) {
+			w->seen = atomic_load(&eng.ev_head);
+			events_in_window(it, n, w->base, w->since);
 		}
 		if (it[i].state != IT_MOVED) {
 			i++;
@@ -614,58 +687,65 @@ replace:
 		if (it[i].target == DD_SLOT_ZERO) {
 			for (size_t x = i; x < i + k; x++)
 				it[x].state = IT_DONE;
-			merged += (long)k;
+			w->merged += (long)k;
 			i += k;
 			continue;
 		}
 		uintptr_t a = it[i].addr;
-		size_t p = (a - r->start) / DD_PAGE, l = k * DD_PAGE;
-		long delta = vma_delta(r, p, k, it[i].target, it[i + k - 1].target);
+		size_t p = (a - w->r->start) / DD_PAGE, l = k * DD_PAGE;
+		long delta = vma_delta(w->r, p, k, it[i].target, it[i + k - 1].target);
 		if (place_run(a, l, it[i].target) < 0) {   /* ENOMEM at the map limit */
 			for (size_t x = i; x < i + k; x++) {
 				DD_INC(skipped_budget, 1);
-				it[x].state = move_back(base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
+				it[x].state = move_back(w->base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
 			}
 		} else {
 			for (size_t x = i; x < i + k; x++)
 				it[x].state = IT_DONE;
-			merged += (long)k;
+			w->merged += (long)k;
 			eng.vmas_this_pass += delta;
 			DD_INC(vmas_added, delta);
 		}
 		i += k;
 	}
+}
 
-	/* 6. restore: WP-only registration on what is still anonymous. A
-	 * registration can only add modes (tests/probe/probe_register_modes.c),
-	 * so MISSING goes with an unregister first; that also drops the
-	 * write-protection of those pages, which is what we want now: every
-	 * page of the window is either merged or given back. While the range is
-	 * briefly unregistered an empty PTE reads as zeros, which is right for
-	 * every empty page left in the window (zero merges, discarded pages). */
-	if (reg == 0) {
-		for (size_t i = 0; i < n;) {
-			bool file = it[i].state == IT_DONE && it[i].target != DD_SLOT_ZERO;
-			size_t k = i + 1;
-			while (k < n && (it[k].state == IT_DONE && it[k].target != DD_SLOT_ZERO) == file)
-				k++;
-			if (!file) {
-				uintptr_t s0 = it[i].addr;
-				size_t l = (k - i) * DD_PAGE;
-				int e = dd_uffd_unregister(eng.uffd, s0, l);
-				if (e < 0 && uffd_back(-e))
-					dd_uffd_unregister(eng.uffd, s0, l);
-				if (dd_uffd_register(eng.uffd, s0, l, UFFDIO_REGISTER_MODE_WP) < 0)
-					dd_debug("could not re-register %#lx+%zu: no longer merged",
-						(unsigned long)s0, l);
-				for (size_t x = i; x < k; x++)
-					if (it[x].state == IT_DROP_WP)
-						it[x].state = IT_GONE;
-			}
-			i = k;
+/*
+ * 6. Restore: WP-only registration on what is still anonymous. A
+ * registration can only add modes (tests/probe/probe_register_modes.c), so
+ * MISSING goes with an unregister first; that also drops the write-
+ * protection of those pages, which is what we want now: every page of the
+ * window is either merged or given back. While the range is briefly
+ * unregistered an empty PTE reads as zeros, which is right for every empty
+ * page left in the window (zero merges, discarded pages). Then un-protect
+ * the dropped pages that are left (this wakes their writers), wake
+ * everybody who waited on the window, and unpark it.
+ */
+static void win_restore(struct window *w)
+{
+	struct dd_merge_item *it = w->it;
+	size_t n = w->n;
+
+	for (size_t i = 0; w->reg == 0 && i < n;) {
+		bool file = it[i].state == IT_DONE && it[i].target != DD_SLOT_ZERO;
+		size_t k = i + 1;
+		while (k < n && (it[k].state == IT_DONE && it[k].target != DD_SLOT_ZERO) == file)
+			k++;
+		if (!file) {
+			uintptr_t s0 = it[i].addr;
+			size_t l = (k - i) * DD_PAGE;
+			int e = dd_uffd_unregister(eng.uffd, s0, l);
+			if (e < 0 && uffd_back(-e))
+				dd_uffd_unregister(eng.uffd, s0, l);
+			if (dd_uffd_register(eng.uffd, s0, l, UFFDIO_REGISTER_MODE_WP) < 0)
+				dd_debug("could not re-register %#lx+%zu: no longer merged",
+					 (unsigned long)s0, l);
+			for (size_t x = i; x < k; x++)
+				if (it[x].state == IT_DROP_WP)
+					it[x].state = IT_GONE;
 		}
+		i = k;
 	}
-	/* ... un-protect the dropped pages (this wakes their writers) ... */
 	for (size_t i = 0; i < n;) {
 		if (it[i].state != IT_DROP_WP) {
 			i++;
@@ -675,25 +755,45 @@ replace:
 		unprotect(it[i].addr, k * DD_PAGE);
 		i += k;
 	}
-	/* ... and wake everybody who waited on the window. */
-	wake(a0, len);
+	wake(w->a0, w->len);
 	atomic_store(&eng.parked, 0);
-	DD_TRACE('w', a0, len, 0);
+	DD_TRACE('w', w->a0, w->len, 0);
+}
 
-	/* Bookkeeping (eng.lock): what each page now maps. */
-	for (size_t i = 0; i < n; i++) {
-		if (it[i].state != IT_DONE)
+/* After 6, under eng.lock: what each page of the region now maps. */
+static void win_account(struct window *w)
+{
+	for (size_t i = 0; i < w->n; i++) {
+		const struct dd_merge_item *it = &w->it[i];
+		if (it->state != IT_DONE)
 			continue;
-		size_t p = (it[i].addr - r->start) / DD_PAGE;
-		if (it[i].target == DD_SLOT_ZERO) {
+		if (it->target == DD_SLOT_ZERO)
 			atomic_fetch_add(&dd_cnt.zero_pages, 1);
-		} else {
-			dd_store_get(it[i].target);
-		}
-		dd_region_set_slot(r, p, it[i].target);
+		else
+			dd_store_get(it->target);
+		dd_region_set_slot(w->r, (it->addr - w->r->start) / DD_PAGE, it->target);
 		DD_INC(merges, 1);
 	}
-	return merged;
+}
+
+/* One window through the steps of the DOC. Returns the pages merged. */
+static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n, size_t base)
+{
+	/* events read so far; more are read only when we let the reader run */
+	uint64_t since = atomic_load(&eng.ev_head);
+	struct window w = { .r = r, .it = it, .n = n, .base = base, .a0 = it[0].addr,
+			    .len = n * DD_PAGE, .since = since, .seen = since };
+
+	win_budget(&w);
+	if (!win_protect(&w))                 /* 1 */
+		return 0;
+	win_wait_empty(&w);                   /* 2 */
+	if (win_move_out(&w))                 /* 3 */
+		win_compare(&w);              /* 4 */
+	win_replace(&w);                      /* 5 */
+	win_restore(&w);                      /* 6 */
+	win_account(&w);
+	return w.merged;
 }
 
 /*
@@ -1133,15 +1233,15 @@ static int refill(struct um *u, uintptr_t a, size_t n, uint64_t since)
 				break;
 			k++;
 		}
-		struct uffdio_copy c = { .dst = a + i * DD_PAGE, .src = (uintptr_t)u->buf + i * DD_PAGE,
-					 .len = (k - i) * DD_PAGE, .mode = UFFDIO_COPY_MODE_DONTWAKE };
-		if (ioctl(eng.uffd, UFFDIO_COPY, &c) == 0) {
+		int e;
+		ssize_t got = dd_uffd_copy(eng.uffd, a + i * DD_PAGE, u->buf + i * DD_PAGE,
+					   (k - i) * DD_PAGE, false, &e);
+		if (!e) {
 			i = k;
 			continue;
 		}
-		int e = errno;
-		if (c.copy > 0)
-			i += (size_t)c.copy / DD_PAGE;   /* stopped at a page: look again */
+		if (got > 0)
+			i += (size_t)got / DD_PAGE;     /* stopped at a page: look again */
 		else if (e == EEXIST)
 			i++;                            /* filled meanwhile */
 		else if (e == EAGAIN)
@@ -1547,9 +1647,48 @@ static void sort_batch(struct dd_merge_item *it, size_t n)
  */
 void dd_merge_free_scratch(void)
 {
-	if (eng.scratch_used && !eng.scratch_lost)
-		madvise((void *)eng.scratch, eng.scratch_used * DD_PAGE, MADV_DONTNEED);
-	eng.scratch_used = 0;
+	if (scratch.used && !scratch.lost)
+		madvise((void *)scratch.base, scratch.used * DD_PAGE, MADV_DONTNEED);
+	scratch.used = 0;
+}
+
+/*
+ * The merger's memory: the batch (filled by scan.c), the buffer its moved
+ * pages are read back into for comparing (read_moved), and S. Called by
+ * dd_engine_init() under eng.lock, with eng.uffd open. 0 or -errno; on
+ * failure dd_merge_fini() undoes what was done.
+ */
+int dd_merge_init(void)
+{
+	eng.batch = dd_vm_alloc((dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	eng.cmpbuf = dd_vm_alloc((dd_opt.batch_pages + 2) * DD_PAGE);
+	eng.nbatch = 0;
+	scratch.pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
+	scratch.used = 0;
+	scratch.lost = false;
+	void *s = mmap(NULL, scratch.pages * DD_PAGE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED)
+		return -ENOMEM;
+	scratch.base = (uintptr_t)s;
+	madvise(s, scratch.pages * DD_PAGE, MADV_NOHUGEPAGE);
+	return dd_uffd_register(eng.uffd, scratch.base, scratch.pages * DD_PAGE,
+				UFFDIO_REGISTER_MODE_MISSING);
+}
+
+/* Free what dd_merge_init() made. Also in a fork()ed child that starts its
+ * own engine (single-threaded there): the raw munmap, no interposer. */
+void dd_merge_fini(void)
+{
+	if (scratch.base)
+		syscall(SYS_munmap, scratch.base, scratch.pages * DD_PAGE);
+	scratch.base = 0;
+	scratch.used = 0;
+	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));
+	dd_vm_free(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE);
+	eng.batch = NULL;
+	eng.cmpbuf = NULL;
+	eng.nbatch = 0;
 }
 
 /* A canonical page created for this batch that nobody took is freed. */
@@ -1579,10 +1718,10 @@ long dd_merge_batch(void)
 	sort_batch(it, n);
 	for (size_t i = 0; i < n; i++)
 		it[i].state = IT_LIVE;
-	if (eng.scratch_used + n > eng.scratch_pages)
+	if (scratch.used + n > scratch.pages)
 		dd_merge_free_scratch();
-	scratch_base = eng.scratch_used;
-	eng.scratch_used += n;
+	scratch.batch = scratch.used;
+	scratch.used += n;
 
 	pthread_mutex_lock(&eng.gate);
 	/* Pages named by a REMOVE whose zap may still be coming are left out

@@ -231,6 +231,40 @@ ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *er
 	return m.move > 0 ? (ssize_t)m.move : 0;
 }
 
+ssize_t dd_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake, int *err)
+{
+	struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len,
+				 .mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE };
+
+	*err = 0;
+	if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
+		return (ssize_t)len;
+	*err = errno;
+	return c.copy > 0 ? (ssize_t)c.copy : 0;
+}
+
+ssize_t dd_uffd_continue(int uffd, uintptr_t start, size_t len, bool wake, int *err)
+{
+	struct uffdio_continue c = { .range = { .start = start, .len = len },
+				     .mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE };
+
+	*err = 0;
+	if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
+		return (ssize_t)len;
+	*err = errno;
+	return c.mapped > 0 ? (ssize_t)c.mapped : 0;
+}
+
+int dd_uffd_zeropage(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { .start = start, .len = len } };
+	return ioctl(uffd, UFFDIO_ZEROPAGE, &z) < 0 ? -errno : 0;
+}
+
+/* The one page of zeros: hashing it, comparing with it, and the source of
+ * UFFDIO_COPY where a page must read zeros (page-aligned, as COPY wants). */
+const char dd_zero_page[DD_PAGE] __attribute__((aligned(4096)));
+
 /* ---- present pages ---------------------------------------------------- */
 
 /*

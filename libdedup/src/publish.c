@@ -15,9 +15,9 @@
  * it, dd_publish_unlink() (from api.c's destructor) only unlinks it.
  *
  * Locking: every entry point but dd_publish_unlink() runs with eng.lock
- * held (dd_stats_snapshot() needs it), which also makes this file's state
- * single-writer. Readers in
- * other processes never lock: they use the seqlock.
+ * held, which makes this file's state single-writer (dd_stats_snapshot()
+ * itself is lock-free). Readers in other processes never lock: they use
+ * the seqlock.
  *
  * The file keeps a shared flock() for as long as we publish, with no
  * descriptor of ours left open (a program may close every descriptor):

@@ -33,7 +33,6 @@
 
 #include "internal.h"
 
-static const char zero_page[DD_PAGE] __attribute__((aligned(64)));
 #define FRAGILE_CHUNK 32   /* pages read per process_vm_readv() */
 
 uint64_t dd_hash_page(const void *p)
@@ -191,7 +190,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 			 * that is no longer zero was written. */
 			atomic_fetch_sub(&dd_cnt.zero_pages, 1);
 			*slot = DD_SLOT_NONE;
-			if (memcmp(d, zero_page, DD_PAGE))
+			if (memcmp(d, dd_zero_page, DD_PAGE))
 				DD_INC(cow_breaks, 1);
 		} else {
 			dd_store_put(*slot);
@@ -211,7 +210,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	 * that. Its hash is forgotten: should the budget allow merges again,
 	 * it starts over. It matched nothing: it ages (smart scan). */
 	if (dd_merge_budget_spent() &&
-	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, zero_page, DD_PAGE))) {
+	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, dd_zero_page, DD_PAGE))) {
 		*w = w_aged(w_make(0, W_AGE(*w), 0));
 		DD_INC(skipped_budget, 1);
 		return;
@@ -223,7 +222,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 		return;
 	}
 	DD_INC(candidates, 1);
-	if (h == eng.zero_hash && memcmp(d, zero_page, DD_PAGE) == 0) {
+	if (h == eng.zero_hash && memcmp(d, dd_zero_page, DD_PAGE) == 0) {
 		if (dd_opt.zero_pages) {
 			*w = w_make(h, 0, 0);
 			batch_add(c, a, DD_SLOT_ZERO);
