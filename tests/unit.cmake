@@ -3,3 +3,4 @@
 dedup_test(test_unit_index TIMEOUT 30 LABELS unit)
 dedup_test(test_unit_store TIMEOUT 30 LABELS unit)
 dedup_test(test_unit_options TIMEOUT 30 LABELS unit)
+dedup_test(test_unit_locks TIMEOUT 30 LABELS unit)

@@ -164,6 +164,7 @@ static bool iv_contains(const struct ivset *s, uintptr_t a)
 /* The merger places canonical mappings at [a, b): forget old discards. */
 int dd_discard_merged(uintptr_t a, uintptr_t b)
 {
+	dd_assert_held(&eng.gate);
 	DD_TRACE('D', a, b - a, 0);
 	iv_remove(&discard, a, b);
 	iv_remove(&refilled, a, b);
@@ -186,6 +187,7 @@ static void announce(uintptr_t a, uintptr_t b)
  */
 void dd_discard_removed(uintptr_t a, uintptr_t b)
 {
+	dd_assert_held(&eng.gate);
 	uintptr_t gap = a;
 
 	if (dd_merge_is_scratch(a, b))
@@ -265,6 +267,7 @@ size_t dd_discard_forked(const uintptr_t (**iv)[2])
  */
 size_t dd_removing_fence(void)
 {
+	dd_assert_held(&eng.gate);
 	for (size_t i = 0; i < unfenced.n;) {
 		uintptr_t lo = unfenced.iv[i][0], hi = unfenced.iv[i][1];
 		int r = dd_uffd_wp(eng.uffd, lo, hi - lo, true);
@@ -302,6 +305,7 @@ static bool settle(uintptr_t a, uint8_t st)
 /* Merger: may anonymous page a be merged now? */
 bool dd_removing_mergeable(uintptr_t a)
 {
+	dd_assert_held(&eng.gate);
 	uint8_t st;
 
 	if (dd_unlikely(dd_opt.test_unsafe_no_discard_fence))

@@ -539,6 +539,7 @@ static void ring_doorbell(void)
  */
 bool dd_engine_uffd_back(void)
 {
+	dd_assert_held(&eng.gate);
 	if (dd_fd_intact(eng.uffd))
 		return true;
 	if (!eng.uffd_recoverable || atomic_load(&reader_gone))

@@ -153,6 +153,7 @@ static int stable_rehash(size_t ncap)
 
 int dd_stable_insert(uint64_t hash, uint32_t slot)
 {
+	dd_assert_held(&eng.lock);
 	if ((ix.s_live + ix.s_dead + 1) * 4 > ix.s_cap * 3 &&
 	    stable_rehash(ix.s_live * 4 > ix.s_cap ? ix.s_cap * 2 : ix.s_cap) < 0)
 		return -ENOMEM;
@@ -168,6 +169,7 @@ int dd_stable_insert(uint64_t hash, uint32_t slot)
 
 void dd_stable_remove(uint64_t hash, uint32_t slot)
 {
+	dd_assert_held(&eng.lock);
 	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
 		struct stable_ent *e = &ix.s[i];
 		if (!e->used)
@@ -202,6 +204,7 @@ void dd_stable_prefetch(uint64_t hash)
 
 void dd_unstable_reset(void)
 {
+	dd_assert_held(&eng.lock);
 	ix.gen++;
 	ix.u_live = 0;
 }
@@ -213,6 +216,7 @@ void dd_unstable_reset(void)
  */
 uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 {
+	dd_assert_held(&eng.lock);
 	static char cmp[DD_PAGE] __attribute__((aligned(64)));   /* eng.lock */
 	int cmps = 0;
 	for (size_t i = mix(hash, ix.u_cap);; i = (i + 1) & (ix.u_cap - 1)) {
@@ -258,6 +262,7 @@ static int unstable_grow(void)
 
 int dd_unstable_insert(uint64_t hash, uintptr_t addr)
 {
+	dd_assert_held(&eng.lock);
 	if ((ix.u_live + 1) * 4 > ix.u_cap * 3 && unstable_grow() < 0)
 		return -ENOMEM;
 	size_t i = mix(hash, ix.u_cap);

@@ -75,6 +75,22 @@
 
 static inline bool dd_page_aligned(uintptr_t x) { return (x & (DD_PAGE - 1)) == 0; }
 
+/*
+ * The "Locking:" rules that can be checked: dd_assert_held(&eng.lock) at
+ * the top of a function that needs the caller to hold a mutex. In debug
+ * builds (no NDEBUG: the ASan+UBSan build of tools/check is one) it aborts,
+ * naming the lock and the place, when the calling thread is not the
+ * mutex's owner; glibc records the owner's thread id in every mutex it
+ * locks, normal ones included (tests/test_unit_locks.c pins that down).
+ * Release builds compile it away.
+ */
+#ifndef NDEBUG
+#define dd_assert_held(m) dd_assert_held_at((m), #m, __FILE__, __LINE__)
+void dd_assert_held_at(pthread_mutex_t *m, const char *what, const char *file, int line);
+#else
+#define dd_assert_held(m) ((void)0)
+#endif
+
 /* ---- log.c ---------------------------------------------------------- */
 void dd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define dd_err(...) dd_log(DEDUP_LOG_ERROR, __VA_ARGS__)

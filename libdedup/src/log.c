@@ -32,3 +32,21 @@ void dd_log(int level, const char *fmt, ...)
 	buf[n++] = '\n';
 	dd_write_full(STDERR_FILENO, buf, (size_t)n);
 }
+
+#ifndef NDEBUG
+#include <stdlib.h>
+#include <sys/syscall.h>
+
+/* dd_assert_held(): a broken locking rule is a bug to stop at, with its
+ * place: the message goes out whatever DEDUP_LOG says. */
+void dd_assert_held_at(pthread_mutex_t *m, const char *what, const char *file, int line)
+{
+	if (dd_likely(m->__data.__owner == (int)syscall(SYS_gettid)))
+		return;
+	char buf[256];
+	int n = snprintf(buf, sizeof(buf), "libdedup[%d]: %s:%d: %s is not held by this thread\n",
+			 (int)getpid(), file, line, what);
+	dd_write_full(STDERR_FILENO, buf, n > 0 && n < (int)sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+	abort();
+}
+#endif

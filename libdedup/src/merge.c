@@ -779,6 +779,7 @@ static void win_account(struct window *w)
 /* One window through the steps of the DOC. Returns the pages merged. */
 static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n, size_t base)
 {
+	dd_assert_held(&eng.gate);
 	/* events read so far; more are read only when we let the reader run */
 	uint64_t since = atomic_load(&eng.ev_head);
 	struct window w = { .r = r, .it = it, .n = n, .base = base, .a0 = it[0].addr,
@@ -1553,6 +1554,7 @@ static int um_run(struct um *u)
  * caller unregisters the region. */
 int dd_merge_unmerge(struct dd_region *r)
 {
+	dd_assert_held(&eng.lock);
 	uintptr_t end = r->start + r->npages * DD_PAGE;
 	size_t i = 0, k;
 	int ret;
@@ -1703,6 +1705,7 @@ static void release_untaken(const struct dd_merge_item *it, size_t n)
 
 long dd_merge_batch(void)
 {
+	dd_assert_held(&eng.lock);
 	struct dd_merge_item *it = eng.batch;
 	size_t n = eng.nbatch;
 	long merged = 0;

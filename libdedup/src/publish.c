@@ -225,6 +225,7 @@ fail_log:
 
 void dd_publish_update(void)
 {
+	dd_assert_held(&eng.lock);
 	uint64_t now;
 
 	if (!pub.page)

@@ -399,6 +399,7 @@ uint32_t dd_region_slot(const struct dd_region *r, size_t p)
  */
 void dd_region_set_slot(const struct dd_region *r, size_t p, uint32_t slot)
 {
+	dd_assert_held(&eng.lock);
 	uintptr_t a = r->start + p * DD_PAGE;
 	struct chunk *c = get(a, slot != DD_SLOT_NONE);
 
@@ -471,6 +472,7 @@ uint64_t dd_region_gen(void) { return atomic_load(&rg_gen); }
 
 int dd_region_add(uintptr_t start, size_t len)
 {
+	dd_assert_held(&eng.lock);
 	atomic_fetch_add(&rg_gen, 1);
 	struct dd_region r = { .start = start, .npages = len / DD_PAGE,
 			       .fragile = eng.fragile_regions };
@@ -491,6 +493,7 @@ int dd_region_add(uintptr_t start, size_t len)
  */
 int dd_region_remove(uintptr_t start, size_t len, bool exact)
 {
+	dd_assert_held(&eng.lock);
 	atomic_fetch_add(&rg_gen, 1);
 	uintptr_t end = start + len;
 	size_t i = dd_region_lower(start);

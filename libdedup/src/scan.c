@@ -399,6 +399,7 @@ static bool recount_due(void)
 bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *scanned,
 		  bool fresh_only)
 {
+	dd_assert_held(&eng.lock);
 	struct pass_ctx c = { 0 };
 	size_t budget = max_pages;
 

@@ -159,6 +159,7 @@ static int ensure_info(uint32_t slot)
  * else slot + 1. */
 uint32_t dd_store_new(const void *content, uint32_t hint)
 {
+	dd_assert_held(&eng.lock);
 	uint32_t slot;
 
 	if (hint && hint - 1 == st.hwm && st.hwm < st.max_slots) {
@@ -196,6 +197,7 @@ undo:
 
 void dd_store_get(uint32_t ref)
 {
+	dd_assert_held(&eng.lock);
 	struct slot_info *si = &st.info[ref - 1];
 	if (si->refs++ == 0)
 		st.shared++;
@@ -205,6 +207,7 @@ void dd_store_get(uint32_t ref)
 /* At fork(): a child may map every slot in use; keep them for good. */
 void dd_store_keep_all(void)
 {
+	dd_assert_held(&eng.lock);
 	for (uint32_t i = 0; i < st.hwm && i < st.info_cap; i++)
 		if (st.info[i].refs)
 			st.info[i].keep = true;
@@ -228,6 +231,7 @@ static void release(uint32_t slot)
  * slot that never got a reference (a canonical page nobody matched). */
 void dd_store_put(uint32_t ref)
 {
+	dd_assert_held(&eng.lock);
 	struct slot_info *si = &st.info[ref - 1];
 
 	if (si->refs) {
@@ -311,6 +315,7 @@ static int mark_mapped(void *ctx, const struct dd_vma *v)
 
 void dd_store_sweep(void)
 {
+	dd_assert_held(&eng.lock);
 	size_t n = st.hwm < st.info_cap ? st.hwm : st.info_cap, bytes = (n + 7) / 8, freed = 0;
 	uint8_t *live;
 
