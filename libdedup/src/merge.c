@@ -1205,8 +1205,12 @@ static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool l
 		u->vmf = want;
 		u->noreserve = noreserve;
 		uintptr_t t = um_make_t(u, l, prot);
-		if (t && move_registered((void *)t, l, a) == MAP_FAILED)
-			munmap((void *)t, l);   /* the first replacement stays: unmerged alone */
+		if (t && move_registered((void *)t, l, a) == MAP_FAILED) {
+			/* the first replacement stays: unmerged alone - unless the
+			 * failed move took it with it (mend_hole) */
+			munmap((void *)t, l);
+			mend_hole(a, l, prot);
+		}
 	} else {
 		um_advise(a, l, want & ~u->vmf);
 		um_drop_reserve(u);
