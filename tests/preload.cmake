@@ -47,7 +47,7 @@ endfunction()
 
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
-          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse
+          pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse pl_fork_full
           pl_unmerge_scale pl_fstat)
   pl_program(${p})
 endforeach()
@@ -62,6 +62,14 @@ pl_test(preload_fork_restart PROGRAM pl_fork ARGS restart ENV DEDUP_FORK=restart
 # the guard off the child reads the merged content where zeros are due.
 pl_test(preload_fork_child PROGRAM pl_fork_child MMC)
 pl_test(preload_fork_child_catches_naive PROGRAM pl_fork_child ENV DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1)
+# ... also when the parent is within two mappings of vm.max_map_count (at
+# 65,530 only: filling a million mappings would take seconds and gigabytes).
+add_test(NAME preload_fork_full COMMAND ${DEDUP_BASH} ${DEDUP_MMC_WRAP} --timeout 100 65530 --
+         ${CMAKE_COMMAND} -E env ${PL_ENV} $<TARGET_FILE:pl_fork_full>)
+set_tests_properties(preload_fork_full PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                     LABELS "preload;max_map_count" RESOURCE_LOCK max_map_count
+                     FIXTURES_REQUIRED max_map_count
+                     ENVIRONMENT "DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")
 set_tests_properties(preload_fork_child_catches_naive PROPERTIES WILL_FAIL TRUE)
 # DEDUP_EXCLUDE: the brk heap, every other anonymous mapping, an address range
 pl_test(preload_exclude_heap PROGRAM pl_exclude ARGS heap ENV DEDUP_EXCLUDE=heap)
