@@ -576,20 +576,6 @@ uint64_t dd_hash_page(const void *p);   /* never 0, at most DD_HASH_MASK */
 
 
 
-/* ---- preload.c / jemalloc.c (shared library only, preload mode) ---------- */
-/* An allocator hook saw [lo, lo+len) appear: register its anonymous rw-p
- * parts now (the reconcile's rules: min_region, exclusions). Any thread. */
-void dd_pl_track_new(uintptr_t lo, size_t len);
-/* An allocator hook saw [lo, lo+len) go away: forget what we registered
- * there (and register again what is still anonymous memory). Any thread. */
-void dd_pl_track_gone(uintptr_t lo, size_t len);
-/* preload start, before the dedup-preload thread: is jemalloc the
- * allocator? (dlsym only, nothing of jemalloc called) */
-bool dd_jemalloc_detect(void);
-/* dedup-preload thread, no lock of ours held: wrap the extent hooks of
- * every arena that has jemalloc's own hooks and is not wrapped yet. */
-void dd_jemalloc_sync(void);
-
 /* ---- publish.c: live stats for dedup-stat (issue 5) --------------------- */
 int dd_publish_open(void);      /* at dedup_init, eng.lock held */
 void dd_publish_update(void);   /* engine thread, after each step, eng.lock held */

@@ -39,7 +39,7 @@
  * Allocator hooks (jemalloc.c): a shared jemalloc's extent hooks report each
  * new extent through dd_pl_track_new (a lock-free slot table: the hook runs
  * under jemalloc's mutexes) and the dedup-preload thread registers it at
- * once with register_parts, the reconcile's own rules; dd_pl_track_gone
+ * once with dd_pl_register_parts, the reconcile's own rules; dd_pl_track_gone
  * forgets an extent jemalloc unmapped. The reconcile still covers the rest.
  *
  * Interposed calls, and why:
@@ -78,7 +78,7 @@
  *
  * Locks, in order: pl.lock (ours; taken by interposed calls that change
  * mappings and by the reconcile thread around registering) -> eng.lock ->
- * eng.gate; ours_lock (a spinlock) is a leaf, held only for table updates.
+ * eng.gate; pl.ours_lock (a spinlock) is a leaf, held only for table updates.
  * The real system call is made under pl.lock, so a reconcile can never
  * register a range between our check and the application's change. Calls
  * made by libdedup itself never take pl.lock (the engine calls mmap while
@@ -104,102 +104,15 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "preload.h"
 #include "uapi.h"
-
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
-#ifndef MREMAP_DONTUNMAP
-#define MREMAP_DONTUNMAP 4
-#endif
-#ifndef MADV_WIPEONFORK
-#define MADV_WIPEONFORK 18
-#endif
 
 extern void *__sbrk(intptr_t increment);
 
-/* ---- raw system calls: the real functions, without dlsym ---------------- */
-
-static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
-{
-	return (void *)syscall(SYS_mmap, a, l, prot, flags, fd, off);
-}
-static int sys_munmap(void *a, size_t l) { return (int)syscall(SYS_munmap, a, l); }
-static void *sys_mremap(void *a, size_t ol, size_t nl, int flags, void *na)
-{
-	return (void *)syscall(SYS_mremap, a, ol, nl, flags, na);
-}
-static int sys_mprotect(void *a, size_t l, int p) { return (int)syscall(SYS_mprotect, a, l, p); }
-static int sys_madvise(void *a, size_t l, int adv) { return (int)syscall(SYS_madvise, a, l, adv); }
-
-static uintptr_t pg_down(uintptr_t a) { return a & ~(uintptr_t)(DD_PAGE - 1); }
-static uintptr_t pg_up(uintptr_t a) { return (a + DD_PAGE - 1) & ~(uintptr_t)(DD_PAGE - 1); }
-
-/* ---- state ------------------------------------------------------------------ */
-
-enum {
-	PL_OFF = 0,     /* not preloaded: everything passes straight through */
-	PL_STARTING,    /* dedup_init running: only our own mappings are tracked */
-	PL_ON,
-	PL_PASSIVE,     /* preloaded, but not merging (init failed, child, mlockall) */
-	PL_WATCHING,    /* preloaded, engine not started yet (lazy start, below) */
-};
-
-
-/* One VMA of /proc/self/maps or smaps. */
-enum { K_ANON, K_STACK, K_DEDUP, K_OTHER };
-enum {
-	VF_LO = 1, VF_DC = 2, VF_WF = 4, VF_DD = 8, VF_UM = 16, VF_UW = 32, VF_UI = 64,
-	VF_KNOWN = 1u << 31,   /* flags were read (smaps) */
-};
-struct vma {
-	uintptr_t lo, hi;
-	uint32_t kind, flags;
-	char perms[4];
-	bool heap;                   /* [heap]: the brk heap */
-};
-
-static struct {
-	pthread_mutex_t lock;        /* see the top of this file */
-	struct dd_rtab mine;            /* ranges we registered (exact, for dedup_unregister) */
-	struct dd_rtab excl;            /* never register (app's uffd, mlock, DONTFORK...) */
-	struct dd_rtab ignore;          /* skip until the next full check (bad flags, errors) */
-	/* Tables of mappings (see table_grow: sized from the live
-	 * vm.max_map_count, doubled when full) and their capacities. */
-	struct vma *vbuf, *sbuf;     /* reconcile: maps and smaps snapshots */
-	size_t nv, ns, vcap, scap;
-	struct dd_range *cand;          /* reconcile: candidate ranges */
-	size_t ncand, ccap;
-	struct vma *pieces;          /* interposers (pl.lock): VMAs of one range */
-	size_t pcap;
-	pthread_t thr;
-	bool thr_started;
-	_Atomic uint32_t kicked;     /* futex: wakes the dedup-preload thread */
-	_Atomic bool round_wanted;   /* "a large mapping appeared": reconcile */
-	_Atomic bool stop;
-	bool was_on;                 /* this process image ran in preload mode */
-} pl = {
+struct dd_preload pl = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.ours_lock = ATOMIC_FLAG_INIT,
 };
-
-static _Atomic int pl_state;
-
-/* DEDUP_EXCLUDE (options.c), read once at start */
-static struct dd_exclude conf_excl;
-
-/* libdedup's own mappings. Updated from any thread, including the engine
- * under eng.lock: so a spinlock that nothing else is ever taken under. */
-static struct dd_rtab ours;
-static atomic_flag ours_lock = ATOMIC_FLAG_INIT;
-static uintptr_t text_lo, text_hi;   /* libdedup's code */
-
-static void ours_acquire(void)
-{
-	while (atomic_flag_test_and_set_explicit(&ours_lock, memory_order_acquire))
-		;
-}
-static void ours_release(void) { atomic_flag_clear_explicit(&ours_lock, memory_order_release); }
 
 /* ---- range tables --------------------------------------------------------- */
 
@@ -212,9 +125,6 @@ static void *reserve(size_t bytes)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-static void ours_add(uintptr_t lo, size_t len);
-static void ours_sub(uintptr_t lo, size_t len);
-
 static size_t pages_of(size_t bytes) { return (bytes + DD_PAGE - 1) & ~(size_t)(DD_PAGE - 1); }
 
 /*
@@ -223,9 +133,9 @@ static size_t pages_of(size_t bytes) { return (bytes + DD_PAGE - 1) & ~(size_t)(
  * dd_maps_table_cap), never at a guess of it, and doubles when the process
  * has more (the limit may be raised while we run). Raw system calls only:
  * this runs inside interposed calls. The table is in "ours" wherever it
- * moves. Not with ours_lock held.
+ * moves. Not with pl.ours_lock held.
  */
-static bool table_grow(void **p, size_t *cap, size_t elem, size_t need)
+bool dd_pl_table_grow(void **p, size_t *cap, size_t elem, size_t need)
 {
 	size_t ncap = *cap ? *cap : dd_own_table_cap(dd_maps_table_cap(), elem);
 	void *q;
@@ -241,19 +151,17 @@ static bool table_grow(void **p, size_t *cap, size_t elem, size_t need)
 	if (!q || q == MAP_FAILED)
 		return false;
 	if (*p)
-		ours_sub((uintptr_t)*p, pages_of(*cap * elem));
-	ours_add((uintptr_t)q, pages_of(ncap * elem));
+		dd_pl_ours_sub((uintptr_t)*p, pages_of(*cap * elem));
+	dd_pl_ours_add((uintptr_t)q, pages_of(ncap * elem));
 	*p = q;
 	*cap = ncap;
 	return true;
 }
 
-#define TABLE_GROW(ptr, cap, need) table_grow((void **)&(ptr), &(cap), sizeof(*(ptr)), (need))
-
 /*
  * The range tables (struct dd_rtab) grow by themselves (ranges.c) and may
  * move then: where each one was put in "ours" is remembered here, and the
- * reconcile moves that entry along (track_tables). Until it does, the
+ * reconcile moves that entry along (dd_pl_track_tables). Until it does, the
  * reconcile's check of VmFlags keeps it from registering a table that moved
  * (they are MADV_DONTDUMP).
  */
@@ -264,23 +172,23 @@ static void track(size_t i, uintptr_t lo, size_t len)
 	if (tracked[i].lo == lo && tracked[i].len == len)
 		return;
 	if (tracked[i].len)
-		ours_sub(tracked[i].lo, tracked[i].len);
-	ours_add(lo, len);
+		dd_pl_ours_sub(tracked[i].lo, tracked[i].len);
+	dd_pl_ours_add(lo, len);
 	tracked[i].lo = lo;
 	tracked[i].len = len;
 }
 
-static void ours_add(uintptr_t lo, size_t len)
+void dd_pl_ours_add(uintptr_t lo, size_t len)
 {
 	ours_acquire();
-	dd_rt_union(&ours, pg_down(lo), pg_up(lo + len));
+	dd_rt_union(&pl.ours, pg_down(lo), pg_up(lo + len));
 	ours_release();
 }
 
-static void ours_sub(uintptr_t lo, size_t len)
+void dd_pl_ours_sub(uintptr_t lo, size_t len)
 {
 	ours_acquire();
-	dd_rt_sub(&ours, pg_down(lo), pg_up(lo + len));
+	dd_rt_sub(&pl.ours, pg_down(lo), pg_up(lo + len));
 	ours_release();
 }
 
@@ -288,9 +196,9 @@ static void ours_sub(uintptr_t lo, size_t len)
  * ignored or already registered?
  * Returns the end of the blocking range at lo (> lo), or 0 if lo is free;
  * *next is set to the start of the next block above lo (or hi). pl.lock held. */
-static uintptr_t blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
+uintptr_t dd_pl_blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
 {
-	const struct dd_rtab *tabs[] = { &pl.mine, &pl.excl, &pl.ignore, &ours };
+	const struct dd_rtab *tabs[] = { &pl.mine, &pl.excl, &pl.ignore, &pl.ours };
 	uintptr_t end = 0, nxt = hi;
 
 	ours_acquire();
@@ -307,12 +215,12 @@ static uintptr_t blocked_at(uintptr_t lo, uintptr_t hi, uintptr_t *next)
 		}
 	}
 	ours_release();
-	for (size_t k = 0; k < conf_excl.n; k++) {   /* DEDUP_EXCLUDE ranges */
-		if (conf_excl.r[k].lo <= lo && conf_excl.r[k].hi > lo) {
-			if (conf_excl.r[k].hi > end)
-				end = conf_excl.r[k].hi;
-		} else if (conf_excl.r[k].lo > lo && conf_excl.r[k].lo < nxt) {
-			nxt = conf_excl.r[k].lo;
+	for (size_t k = 0; k < pl.conf_excl.n; k++) {   /* DEDUP_EXCLUDE ranges */
+		if (pl.conf_excl.r[k].lo <= lo && pl.conf_excl.r[k].hi > lo) {
+			if (pl.conf_excl.r[k].hi > end)
+				end = pl.conf_excl.r[k].hi;
+		} else if (pl.conf_excl.r[k].lo > lo && pl.conf_excl.r[k].lo < nxt) {
+			nxt = pl.conf_excl.r[k].lo;
 		}
 	}
 	*next = nxt;
@@ -418,7 +326,7 @@ typedef int (*vma_fn)(void *ctx, const struct vma *v);
  * buffer (paths) are cut; only their start matters. Stops when fn returns
  * non-zero. Returns 0 or -errno.
  */
-static int vma_walk(bool smaps, vma_fn fn, void *ctx)
+int dd_pl_vma_walk(bool smaps, vma_fn fn, void *ctx)
 {
 	char buf[8192];
 	size_t have = 0;
@@ -507,18 +415,18 @@ static int collect_fn(void *c, const struct vma *v)
 }
 
 /* VMAs overlapping [lo, hi) into out[0..cap). Returns the count or -errno. */
-static long vmas_in(bool smaps, uintptr_t lo, uintptr_t hi, struct vma *out, size_t cap)
+long dd_pl_vmas_in(bool smaps, uintptr_t lo, uintptr_t hi, struct vma *out, size_t cap)
 {
 	struct collect cc = { out, 0, cap, false, lo, hi };
-	int r = vma_walk(smaps, collect_fn, &cc);
+	int r = dd_pl_vma_walk(smaps, collect_fn, &cc);
 	return r < 0 ? r : (long)cc.n;
 }
 
 /* VMAs overlapping [lo, hi) into pl.pieces (grown as needed). pl.lock held. */
-static long pieces_in(uintptr_t lo, uintptr_t hi)
+long dd_pl_pieces_in(uintptr_t lo, uintptr_t hi)
 {
 	struct collect cc = { pl.pieces, 0, pl.pcap, true, lo, hi };
-	int r = vma_walk(false, collect_fn, &cc);
+	int r = dd_pl_vma_walk(false, collect_fn, &cc);
 	return r < 0 ? r : (long)cc.n;
 }
 
@@ -537,17 +445,12 @@ static bool is_thread_stack(const struct vma *prev, const struct vma *v)
 
 static bool candidate_vma(const struct vma *prev, const struct vma *v)
 {
-	if (conf_excl.kinds & (v->heap ? DD_EXCL_HEAP : DD_EXCL_MMAP))
+	if (pl.conf_excl.kinds & (v->heap ? DD_EXCL_HEAP : DD_EXCL_MMAP))
 		return false;
 	return v->kind == K_ANON && perms_rw_private(v) && !is_thread_stack(prev, v);
 }
 
 /* ---- registering and unregistering ------------------------------------------ */
-
-static size_t min_region(void)
-{
-	return dd_opt.min_region > DD_PAGE ? (size_t)dd_opt.min_region : DD_PAGE;
-}
 
 /* Record the engine's regions overlapping [lo, hi) as ours to unregister:
  * they were registered by someone else in this process (the application
@@ -603,10 +506,10 @@ static int reg_one(uintptr_t lo, uintptr_t hi)
  * least min_region long. Used after an interposed call to put back what we
  * unregistered before it. pl.lock held.
  */
-static void register_parts(uintptr_t lo, uintptr_t hi)
+void dd_pl_register_parts(uintptr_t lo, uintptr_t hi)
 {
 	/* one VMA below lo too, for the stack-guard check */
-	long n = pieces_in(lo > DD_PAGE ? lo - DD_PAGE : lo, hi);
+	long n = dd_pl_pieces_in(lo > DD_PAGE ? lo - DD_PAGE : lo, hi);
 
 	for (long i = 0; i < n; i++) {
 		const struct vma *v = &pl.pieces[i];
@@ -615,7 +518,7 @@ static void register_parts(uintptr_t lo, uintptr_t hi)
 			continue;
 		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
 		while (a < e) {
-			uintptr_t next, end = blocked_at(a, e, &next);
+			uintptr_t next, end = dd_pl_blocked_at(a, e, &next);
 			if (end) {
 				a = end;
 				continue;
@@ -632,7 +535,7 @@ static void register_parts(uintptr_t lo, uintptr_t hi)
  * overlaps it. Returns the union of [lo, hi) and those ranges in *u, the
  * span to register again afterwards. pl.lock held.
  */
-static bool drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u)
+bool dd_pl_drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u)
 {
 	bool any = false;
 	size_t i = dd_rt_lower(&pl.mine, lo);
@@ -673,14 +576,14 @@ static int prot_of(const struct vma *v)
  * child.c): a copy mremapped over each piece (dd_piece_to_anon; in a child
  * the copies stay mappings of their own: see there). pl.lock held.
  */
-static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
+int dd_pl_unmerge_pieces(uintptr_t lo, uintptr_t hi)
 {
-	if (atomic_load(&pl_state) == PL_ON) {
+	if (atomic_load(&pl.state) == PL_ON) {
 		int r = dd_merge_unmerge_pieces(lo, hi);
 		if (r != -ENODEV && r != -EBUSY)
 			return r;
 	}
-	long n = pieces_in(lo, hi);
+	long n = dd_pl_pieces_in(lo, hi);
 	int ret = n < 0 ? (int)n : 0;
 
 	for (long i = 0; i < n; i++) {
@@ -700,9 +603,9 @@ static int unmerge_pieces(uintptr_t lo, uintptr_t hi)
 /* ---- mremap of a range that merging split into several VMAs ------------------ */
 
 /* Is any page of [lo, hi) one of our merged (memfd) pieces? */
-static bool has_merged(uintptr_t lo, uintptr_t hi)
+bool dd_pl_has_merged(uintptr_t lo, uintptr_t hi)
 {
-	long n = pieces_in(lo, hi);
+	long n = dd_pl_pieces_in(lo, hi);
 	for (long i = 0; i < n; i++)
 		if (pl.pieces[i].kind == K_DEDUP)
 			return true;
@@ -719,7 +622,7 @@ static bool has_merged(uintptr_t lo, uintptr_t hi)
  */
 static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flags, void *fixed)
 {
-	long n = pieces_in(lo, hi);
+	long n = dd_pl_pieces_in(lo, hi);
 	uintptr_t at = lo, dst;
 	size_t old_len = hi - lo;
 	int prot;
@@ -770,7 +673,7 @@ static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flag
 		dst = (uintptr_t)fixed;
 	}
 	/* Move piece by piece (re-reading: the shrink above may have cut one). */
-	n = pieces_in(lo, hi);
+	n = dd_pl_pieces_in(lo, hi);
 	for (long i = 0; i < n; i++) {
 		uintptr_t a = pl.pieces[i].lo > lo ? pl.pieces[i].lo : lo;
 		uintptr_t e = pl.pieces[i].hi < hi ? pl.pieces[i].hi : hi;
@@ -814,7 +717,7 @@ struct fill_ctx {
 static int fill_fn(void *c, const struct vma *v)
 {
 	struct fill_ctx *f = c;
-	if (f->n == *f->cap && !table_grow((void **)f->out, f->cap, sizeof(**f->out), f->n + 1))
+	if (f->n == *f->cap && !dd_pl_table_grow((void **)f->out, f->cap, sizeof(**f->out), f->n + 1))
 		return -ENOSPC;
 	(*f->out)[f->n++] = *v;
 	return 0;
@@ -857,15 +760,15 @@ static bool still_ours(const struct vma *v, size_t n, uintptr_t lo, uintptr_t hi
 }
 
 /* The range tables that moved as they grew: "ours" follows them. pl.lock
- * held (mine, excl, ignore); ours is read under ours_lock. */
-static void track_tables(void)
+ * held (mine, excl, ignore); ours is read under pl.ours_lock. */
+void dd_pl_track_tables(void)
 {
 	const struct dd_rtab *t[] = { &pl.mine, &pl.excl, &pl.ignore };
 	for (size_t i = 0; i < DD_ARRAY_SIZE(t); i++)
 		track(i, (uintptr_t)t[i]->r, t[i]->cap * sizeof(*t[i]->r));
 	ours_acquire();
-	uintptr_t lo = (uintptr_t)ours.r;
-	size_t len = ours.cap * sizeof(*ours.r);
+	uintptr_t lo = (uintptr_t)pl.ours.r;
+	size_t len = pl.ours.cap * sizeof(*pl.ours.r);
 	ours_release();
 	track(3, lo, len);
 }
@@ -875,14 +778,14 @@ static void reconcile(unsigned round)
 	bool full = round % 10 == 0;   /* also check registrations in smaps */
 	struct fill_ctx f = { &pl.vbuf, &pl.vcap, 0 };
 
-	if (vma_walk(false, fill_fn, &f) < 0)
+	if (dd_pl_vma_walk(false, fill_fn, &f) < 0)
 		return;
 	pl.nv = f.n;
 
 	pthread_mutex_lock(&pl.lock);
-	if (atomic_load(&pl_state) != PL_ON)
+	if (atomic_load(&pl.state) != PL_ON)
 		goto out;
-	track_tables();
+	dd_pl_track_tables();
 	if (full)
 		pl.ignore.n = 0;
 	/* 1. forget what went away (unmapped or replaced behind our back) */
@@ -904,7 +807,7 @@ static void reconcile(unsigned round)
 		if (!candidate_vma(i ? &pl.vbuf[i - 1] : NULL, v))
 			continue;
 		for (uintptr_t a = v->lo; a < v->hi;) {
-			uintptr_t next, end = blocked_at(a, v->hi, &next);
+			uintptr_t next, end = dd_pl_blocked_at(a, v->hi, &next);
 			if (end) {
 				a = end;
 				continue;
@@ -921,12 +824,12 @@ static void reconcile(unsigned round)
 		return;
 	/* 3. VmFlags of the candidates (and of our ranges, on a full round) */
 	f = (struct fill_ctx){ &pl.sbuf, &pl.scap, 0 };
-	if (vma_walk(true, fill_fn, &f) < 0)
+	if (dd_pl_vma_walk(true, fill_fn, &f) < 0)
 		return;
 	pl.ns = f.n;
 
 	pthread_mutex_lock(&pl.lock);
-	if (atomic_load(&pl_state) != PL_ON)
+	if (atomic_load(&pl.state) != PL_ON)
 		goto out;
 	if (full) {
 		for (size_t i = 0; i < pl.mine.n;) {
@@ -953,10 +856,10 @@ static void reconcile(unsigned round)
 			dd_rt_union(&pl.ignore, c.lo, c.hi);
 			continue;
 		}
-		if (blocked_at(c.lo, c.hi, &next) || next < c.hi)
+		if (dd_pl_blocked_at(c.lo, c.hi, &next) || next < c.hi)
 			continue;
 		if (reg_one(c.lo, c.hi) == -ENODEV) {
-			atomic_store(&pl_state, PL_PASSIVE);
+			atomic_store(&pl.state, PL_PASSIVE);
 			break;
 		}
 		done++;
@@ -966,11 +869,8 @@ out:
 }
 
 static void take_reported(void);
-static void watch(bool may_start);
-static void step_aside(void);
-static void wake(void);
 
-static void *reconcile_main(void *arg)
+void *dd_pl_reconcile_main(void *arg)
 {
 	const uint64_t rate_ns = 200000000ULL;   /* full rounds at most every 200 ms */
 	unsigned round = 0;
@@ -982,9 +882,9 @@ static void *reconcile_main(void *arg)
 	{
 		struct vma v[4];
 		uintptr_t sp = (uintptr_t)&here;
-		long n = vmas_in(false, sp, sp + 1, v, DD_ARRAY_SIZE(v));
+		long n = dd_pl_vmas_in(false, sp, sp + 1, v, DD_ARRAY_SIZE(v));
 		if (n == 1)
-			ours_add(v[0].lo, v[0].hi - v[0].lo);
+			dd_pl_ours_add(v[0].lo, v[0].hi - v[0].lo);
 	}
 	while (!atomic_load(&pl.stop)) {
 		uint64_t now = dd_now_ns(), until;
@@ -995,7 +895,7 @@ static void *reconcile_main(void *arg)
 		 * engine handed merged memory back; unregister, and stop our
 		 * threads (not this one: it is not the engine's to join). */
 		if (atomic_load(&eng.fds_lost)) {
-			step_aside();
+			dd_pl_step_aside();
 			dd_shutdown(false);
 			break;
 		}
@@ -1012,7 +912,7 @@ static void *reconcile_main(void *arg)
 			last = dd_now_ns();
 			due = false;
 			reconcile(round++);
-			if (atomic_load(&pl_state) != PL_ON)
+			if (atomic_load(&pl.state) != PL_ON)
 				break;
 			now = dd_now_ns();
 		}
@@ -1024,44 +924,18 @@ static void *reconcile_main(void *arg)
 	return NULL;
 }
 
-/* ---- who is calling -------------------------------------------------------- */
-
-/* Calls made by libdedup itself (its code, or its engine threads) pass straight
- * through and only keep the "ours" table up to date. */
-static bool from_us(const void *ret)
-{
-	uintptr_t a = (uintptr_t)ret;
-	if (a >= text_lo && a < text_hi)
-		return true;
-	pthread_t self = pthread_self();
-	/* Not the dedup-preload thread: it calls jemalloc's mallctl(), and what
-	 * jemalloc maps or unmaps there (its thread cache, new arenas' memory)
-	 * is the application's. Its own calls come from our text. */
-	if (eng.running && (pthread_equal(self, eng.engine_thr) || pthread_equal(self, eng.reader_thr)))
-		return true;
-	return false;
-}
-
-static int state(void) { return atomic_load_explicit(&pl_state, memory_order_acquire); }
-
 /* ---- interposed functions ---------------------------------------------------- */
 
-/* Around a call that changes [lo, hi): see drop_overlaps / register_parts. */
-struct op {
-	struct dd_range u;
-	bool dropped;
-};
-
-static void op_begin(struct op *o, uintptr_t lo, uintptr_t hi)
+void dd_pl_op_begin(struct op *o, uintptr_t lo, uintptr_t hi)
 {
 	pthread_mutex_lock(&pl.lock);
-	o->dropped = state() == PL_ON && drop_overlaps(pg_down(lo), pg_up(hi), &o->u);
+	o->dropped = state() == PL_ON && dd_pl_drop_overlaps(pg_down(lo), pg_up(hi), &o->u);
 }
 
-static void op_end(struct op *o)
+void dd_pl_op_end(struct op *o)
 {
 	if (o->dropped && state() == PL_ON)
-		register_parts(o->u.lo, o->u.hi);
+		dd_pl_register_parts(o->u.lo, o->u.hi);
 	pthread_mutex_unlock(&pl.lock);
 }
 
@@ -1077,25 +951,17 @@ static void op_end(struct op *o)
  * limit, no full reconcile. With every slot taken the report is dropped;
  * the next reconcile finds the range anyway.
  */
-#define REPORT_SLOTS 256
-enum { SLOT_FREE, SLOT_BUSY, SLOT_READY };
-static struct {
-	_Atomic int state;
-	uintptr_t lo, hi;
-} reported[REPORT_SLOTS];
-static _Atomic unsigned report_hint;
-
-static void wake(void)
+void dd_pl_wake(void)
 {
 	if (!atomic_exchange(&pl.kicked, 1))
 		dd_futex_wake(&pl.kicked);
 }
 
 /* An interposed call saw a large anonymous mapping appear: reconcile soon. */
-static void kick(void)
+void dd_pl_kick(void)
 {
 	atomic_store(&pl.round_wanted, true);
-	wake();
+	dd_pl_wake();
 }
 
 void dd_pl_track_new(uintptr_t lo, size_t len)
@@ -1105,21 +971,21 @@ void dd_pl_track_new(uintptr_t lo, size_t len)
 
 	if (state() != PL_ON || e - a < min_region())
 		return;
-	h = atomic_fetch_add_explicit(&report_hint, 1, memory_order_relaxed);
+	h = atomic_fetch_add_explicit(&pl.report_hint, 1, memory_order_relaxed);
 	for (unsigned k = 0; k < REPORT_SLOTS; k++) {
 		unsigned i = (h + k) % REPORT_SLOTS;
 		int expect = SLOT_FREE;
-		if (atomic_compare_exchange_strong(&reported[i].state, &expect, SLOT_BUSY)) {
-			reported[i].lo = a;
-			reported[i].hi = e;
-			/* seq_cst, like wake()'s exchange: the thread clears
+		if (atomic_compare_exchange_strong(&pl.reported[i].state, &expect, SLOT_BUSY)) {
+			pl.reported[i].lo = a;
+			pl.reported[i].hi = e;
+			/* seq_cst, like dd_pl_wake()'s exchange: the thread clears
 			 * pl.kicked before it looks at the slots, so it either
 			 * sees this slot or gets a new wake-up. */
-			atomic_store(&reported[i].state, SLOT_READY);
+			atomic_store(&pl.reported[i].state, SLOT_READY);
 			break;
 		}
 	}
-	wake();
+	dd_pl_wake();
 }
 
 /* dedup-preload thread: register what the hooks reported. */
@@ -1128,10 +994,10 @@ static void take_reported(void)
 	bool locked = false;
 
 	for (unsigned i = 0; i < REPORT_SLOTS; i++) {
-		if (atomic_load(&reported[i].state) != SLOT_READY)
+		if (atomic_load(&pl.reported[i].state) != SLOT_READY)
 			continue;
-		struct dd_range r = { reported[i].lo, reported[i].hi };
-		atomic_store(&reported[i].state, SLOT_FREE);
+		struct dd_range r = { pl.reported[i].lo, pl.reported[i].hi };
+		atomic_store(&pl.reported[i].state, SLOT_FREE);
 		if (!locked) {
 			pthread_mutex_lock(&pl.lock);
 			locked = true;
@@ -1140,7 +1006,7 @@ static void take_reported(void)
 			continue;
 		dd_debug("preload: allocator hook reported %#lx-%#lx", (unsigned long)r.lo,
 			 (unsigned long)r.hi);
-		register_parts(r.lo, r.hi);
+		dd_pl_register_parts(r.lo, r.hi);
 	}
 	if (locked)
 		pthread_mutex_unlock(&pl.lock);
@@ -1158,8 +1024,8 @@ void dd_pl_track_gone(uintptr_t lo, size_t len)
 
 	if (state() != PL_ON)
 		return;
-	op_begin(&o, lo, lo + len);
-	op_end(&o);
+	dd_pl_op_begin(&o, lo, lo + len);
+	dd_pl_op_end(&o);
 }
 
 static bool anon_private(int flags, int fd)
@@ -1177,27 +1043,27 @@ DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	if (from_us(__builtin_return_address(0))) {
 		ret = sys_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED && anon_private(flags, fd) && !(flags & MAP_FIXED))
-			ours_add((uintptr_t)ret, len);
+			dd_pl_ours_add((uintptr_t)ret, len);
 		return ret;
 	}
 	if (st != PL_ON) {
 		if (st == PL_WATCHING && anon_private(flags, fd) && len >= (1u << 20))
-			watch(false);   /* a look at the next free() */
+			dd_pl_watch(false);   /* a look at the next free() */
 		return sys_mmap(addr, len, prot, flags, fd, off);
 	}
 	if ((flags & MAP_FIXED) && !(flags & MAP_FIXED_NOREPLACE)) {
 		struct op o;
-		op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
+		dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 		ret = sys_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED)
 			dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
-		op_end(&o);
+		dd_pl_op_end(&o);
 		return ret;
 	}
 	ret = sys_mmap(addr, len, prot, flags, fd, off);
 	if (ret != MAP_FAILED && anon_private(flags, fd) && (prot & PROT_WRITE) &&
 	    len >= min_region())
-		kick();
+		dd_pl_kick();
 	return ret;
 }
 
@@ -1214,16 +1080,16 @@ DD_API int munmap(void *addr, size_t len)
 	if (from_us(__builtin_return_address(0))) {
 		ret = sys_munmap(addr, len);
 		if (ret == 0)
-			ours_sub((uintptr_t)addr, len);
+			dd_pl_ours_sub((uintptr_t)addr, len);
 		return ret;
 	}
 	if (st != PL_ON)
 		return sys_munmap(addr, len);
-	op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
+	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 	ret = sys_munmap(addr, len);
 	if (ret == 0)
 		dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
-	op_end(&o);
+	dd_pl_op_end(&o);
 	return ret;
 }
 
@@ -1235,13 +1101,13 @@ DD_API int munmap(void *addr, size_t len)
  *    memfd - other pages' content (preload_mremap, case 6). emulate_mremap()
  *    maps the tail anonymous instead.
  */
-static void *grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags, void *fixed)
+void *dd_pl_grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags, void *fixed)
 {
 	uintptr_t lo = pg_down((uintptr_t)old), hi = pg_up((uintptr_t)old + old_len);
 	bool can = old_len && dd_page_aligned((uintptr_t)old) && !(flags & MREMAP_DONTUNMAP);
 	void *ret;
 
-	if (can && pg_up(new_len) > hi - lo && has_merged(lo, hi))
+	if (can && pg_up(new_len) > hi - lo && dd_pl_has_merged(lo, hi))
 		return emulate_mremap(lo, hi, new_len, flags, fixed);
 	ret = sys_mremap(old, old_len, new_len, flags, fixed);
 	if (ret == MAP_FAILED && errno == EFAULT && can)
@@ -1251,14 +1117,14 @@ static void *grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags
 
 /* A fork()ed child guarding its parent's merged pieces (child.c): no engine,
  * but the pieces are there. */
-static void *child_mremap(void *old, size_t old_len, size_t new_len, int flags, void *fixed)
+void *dd_pl_child_mremap(void *old, size_t old_len, size_t new_len, int flags, void *fixed)
 {
 	void *ret;
 
 	if (!dd_child_guarding())
 		return sys_mremap(old, old_len, new_len, flags, fixed);
 	pthread_mutex_lock(&pl.lock);
-	ret = grow_or_mremap(old, old_len, new_len, flags, fixed);
+	ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
 	pthread_mutex_unlock(&pl.lock);
 	return ret;
 }
@@ -1284,27 +1150,27 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		 * the reconcile from ever registering memory the application
 		 * mapped there again later. */
 		ours_acquire();
-		bool was_ours = dd_rt_overlaps(&ours, pg_down((uintptr_t)old),
+		bool was_ours = dd_rt_overlaps(&pl.ours, pg_down((uintptr_t)old),
 					       pg_up((uintptr_t)old + old_len));
 		ours_release();
 		ret = sys_mremap(old, old_len, new_len, flags, fixed);
 		if (ret != MAP_FAILED && was_ours) {
-			ours_sub((uintptr_t)old, old_len);
-			ours_add((uintptr_t)ret, new_len);
+			dd_pl_ours_sub((uintptr_t)old, old_len);
+			dd_pl_ours_add((uintptr_t)ret, new_len);
 		}
 		return ret;
 	}
 	if (st != PL_ON)
-		return child_mremap(old, old_len, new_len, flags, fixed);
+		return dd_pl_child_mremap(old, old_len, new_len, flags, fixed);
 	uintptr_t lo = pg_down((uintptr_t)old), hi = pg_up((uintptr_t)old + old_len);
 	struct dd_range dst = { 0, 0 };
 	bool dst_dropped = false;
-	op_begin(&o, lo, hi);
+	dd_pl_op_begin(&o, lo, hi);
 	/* MREMAP_FIXED unmaps whatever is at the destination first */
 	if ((flags & MREMAP_FIXED) && state() == PL_ON)
-		dst_dropped = drop_overlaps(pg_down((uintptr_t)fixed),
+		dst_dropped = dd_pl_drop_overlaps(pg_down((uintptr_t)fixed),
 					    pg_up((uintptr_t)fixed + new_len), &dst);
-	ret = grow_or_mremap(old, old_len, new_len, flags, fixed);
+	ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
 	if (ret != MAP_FAILED) {
 		/* Exclusions travel with the memory; the new range is registered
 		 * now when we had the old one (else the reconcile finds it). */
@@ -1323,13 +1189,13 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 				dd_rt_union(&pl.excl, moved[m].lo, moved[m].hi);
 		}
 		if (o.dropped && state() == PL_ON)
-			register_parts(nlo, nlo + pg_up(new_len));
+			dd_pl_register_parts(nlo, nlo + pg_up(new_len));
 		else if (new_len >= min_region())
-			kick();
+			dd_pl_kick();
 	}
 	if (dst_dropped && state() == PL_ON)
-		register_parts(dst.lo, dst.hi);
-	op_end(&o);
+		dd_pl_register_parts(dst.lo, dst.hi);
+	dd_pl_op_end(&o);
 	return ret;
 }
 
@@ -1341,12 +1207,12 @@ static int protect_common(void *addr, size_t len, int prot, long pkey)
 	if (st != PL_ON || from_us(__builtin_return_address(0)))
 		return pkey < 0 ? sys_mprotect(addr, len, prot)
 				: (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
-	op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
+	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 	ret = pkey < 0 ? sys_mprotect(addr, len, prot)
 		       : (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
 	if (ret == 0 && pkey >= 0)   /* a merge would map it with the default key */
 		dd_rt_union(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
-	op_end(&o);
+	dd_pl_op_end(&o);
 	return ret;
 }
 
@@ -1363,7 +1229,7 @@ DD_API int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 /* Exclude [addr, addr+len) from merging for good, then run the call. */
 static void exclude_range(uintptr_t lo, uintptr_t hi, struct op *o)
 {
-	op_begin(o, lo, hi);
+	dd_pl_op_begin(o, lo, hi);
 	dd_rt_union(&pl.excl, pg_down(lo), pg_up(hi));
 }
 
@@ -1376,7 +1242,7 @@ static void exclude_range(uintptr_t lo, uintptr_t hi, struct op *o)
  */
 static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
 {
-	long n = pieces_in(lo, hi);
+	long n = dd_pl_pieces_in(lo, hi);
 	uintptr_t at = lo;
 
 	for (long i = 0; i < n; i++) {
@@ -1408,11 +1274,11 @@ static int child_madvise(void *addr, size_t len, int advice)
 	    (advice != MADV_FREE && advice != MADV_WIPEONFORK))
 		return ret;
 	pthread_mutex_lock(&pl.lock);
-	if (!has_merged(lo, hi))
+	if (!dd_pl_has_merged(lo, hi))
 		r = -EINVAL;
 	else if (advice == MADV_FREE)
 		r = madv_free_pieces(lo, hi);
-	else if ((r = unmerge_pieces(lo, hi)) == 0)
+	else if ((r = dd_pl_unmerge_pieces(lo, hi)) == 0)
 		r = sys_madvise(addr, len, advice) < 0 ? -errno : 0;
 	pthread_mutex_unlock(&pl.lock);
 	if (r < 0) {
@@ -1442,7 +1308,7 @@ DD_API int madvise(void *addr, size_t len, int advice)
 			 * with the reader.) */
 			pthread_mutex_lock(&pl.lock);
 			pthread_mutex_lock(&eng.lock);
-			int r = has_merged(lo, hi) ? madv_free_pieces(lo, hi) : -EINVAL;
+			int r = dd_pl_has_merged(lo, hi) ? madv_free_pieces(lo, hi) : -EINVAL;
 			pthread_mutex_unlock(&eng.lock);
 			pthread_mutex_unlock(&pl.lock);
 			if (r == 0)
@@ -1456,9 +1322,9 @@ DD_API int madvise(void *addr, size_t len, int advice)
 		exclude_range(lo, hi, &o);
 		ret = sys_madvise(addr, len, advice);
 		if (ret < 0 && errno == EINVAL && advice == MADV_WIPEONFORK && dd_page_aligned(lo) &&
-		    has_merged(lo, hi) && unmerge_pieces(lo, hi) == 0)
+		    dd_pl_has_merged(lo, hi) && dd_pl_unmerge_pieces(lo, hi) == 0)
 			ret = sys_madvise(addr, len, advice);
-		op_end(&o);
+		dd_pl_op_end(&o);
 		return ret;
 	default:
 		return sys_madvise(addr, len, advice);
@@ -1478,11 +1344,11 @@ static int lock_common(const void *addr, size_t len, unsigned flags, bool two)
 	 * file mapping is populated for writing) and keep it a mapping of
 	 * its own: unmerge it first, into one locked anonymous mapping. */
 	uintptr_t lo = pg_down((uintptr_t)addr), hi = pg_up((uintptr_t)addr + len);
-	if (len && has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
+	if (len && dd_pl_has_merged(lo, hi) && dd_pl_unmerge_pieces(lo, hi) < 0)
 		dd_debug("preload: could not unmerge %#lx-%#lx before mlock", (unsigned long)lo,
 			 (unsigned long)hi);
 	ret = two ? (int)syscall(SYS_mlock2, addr, len, flags) : (int)syscall(SYS_mlock, addr, len);
-	op_end(&o);
+	dd_pl_op_end(&o);
 	return ret;
 }
 
@@ -1494,10 +1360,10 @@ DD_API int mlock2(const void *addr, size_t len, unsigned int flags)
 }
 
 /* Stop merging for good: unregister everything we registered. */
-static void step_aside(void)
+void dd_pl_step_aside(void)
 {
 	pthread_mutex_lock(&pl.lock);
-	atomic_store(&pl_state, PL_PASSIVE);
+	atomic_store(&pl.state, PL_PASSIVE);
 	while (pl.mine.n) {
 		struct dd_range r = pl.mine.r[pl.mine.n - 1];
 		dd_unregister((void *)r.lo, r.hi - r.lo, false);
@@ -1510,7 +1376,7 @@ DD_API int mlockall(int flags)
 {
 	if (state() == PL_ON && !from_us(__builtin_return_address(0))) {
 		/* Every VMA, now and later, is to be locked: step aside. */
-		step_aside();
+		dd_pl_step_aside();
 		dd_info("preload: mlockall(): no longer merging");
 	}
 	return (int)syscall(SYS_mlockall, flags);
@@ -1526,9 +1392,9 @@ static void *sbrk_common(intptr_t inc)
 	if (st != PL_ON || inc >= 0 || from_us(__builtin_return_address(0)))
 		return __sbrk(inc);
 	uintptr_t cur = (uintptr_t)__sbrk(0);
-	op_begin(&o, cur + (uintptr_t)inc, cur);
+	dd_pl_op_begin(&o, cur + (uintptr_t)inc, cur);
 	ret = __sbrk(inc);
-	op_end(&o);
+	dd_pl_op_end(&o);
 	return ret;
 }
 
@@ -1584,7 +1450,7 @@ static uint64_t anon_resident(void)
 	return v[1] > v[2] ? (uint64_t)(v[1] - v[2]) * DD_PAGE : 0;
 }
 
-static void watch(bool may_start)
+void dd_pl_watch(bool may_start)
 {
 	struct timespec ts;
 	struct rusage ru;
@@ -1608,7 +1474,7 @@ static void watch(bool may_start)
 	if (anon_resident() < start_at)
 		return;
 	int expect = PL_WATCHING;
-	if (atomic_compare_exchange_strong(&pl_state, &expect, PL_STARTING))
+	if (atomic_compare_exchange_strong(&pl.state, &expect, PL_STARTING))
 		start();
 }
 
@@ -1632,7 +1498,7 @@ static int (*next_fstatat)(int, const char *, struct stat *, int);
 static int (*next_fstatat64)(int, const char *, struct stat64 *, int);
 static int (*next_statx)(int, const char *, int, unsigned int, struct statx *);
 
-static void resolve_fd_calls(void)
+void dd_pl_resolve_fd_calls(void)
 {
 	next_close = (int (*)(int))dlsym(RTLD_NEXT, "close");
 	next_dup2 = (int (*)(int, int))dlsym(RTLD_NEXT, "dup2");
@@ -1811,7 +1677,7 @@ DD_API int ioctl(int fd, unsigned long req, ...)
 			 * Make the range anonymous memory again (while its
 			 * pieces are still registered with us: their discards
 			 * read zeros until then), then step out of the way. */
-			if (has_merged(lo, hi) && unmerge_pieces(lo, hi) < 0)
+			if (dd_pl_has_merged(lo, hi) && dd_pl_unmerge_pieces(lo, hi) < 0)
 				dd_warn("preload: could not unmerge %#lx-%#lx before the "
 					"application's UFFDIO_REGISTER", (unsigned long)lo,
 					(unsigned long)hi);
@@ -1819,7 +1685,7 @@ DD_API int ioctl(int fd, unsigned long req, ...)
 				dd_uffd_unregister(eng.uffd, lo, hi - lo);
 			int ret = (int)syscall(SYS_ioctl, fd, req, arg);
 			int e = errno;
-			op_end(&o);
+			dd_pl_op_end(&o);
 			dd_debug("preload: the application registers %#llx+%llu with its userfaultfd",
 				 (unsigned long long)r.range.start, (unsigned long long)r.range.len);
 			errno = e;
@@ -1846,7 +1712,7 @@ static void (*next_free)(void *);
 static void *(*next_realloc)(void *, size_t);
 static bool glibc_malloc;
 
-static void resolve_alloc(void)
+void dd_pl_resolve_alloc(void)
 {
 	/* dlsym(RTLD_NEXT) of a defined symbol does not allocate. Very early
 	 * (ld.so freeing during start-up) it may find nothing yet: then we
@@ -1857,7 +1723,7 @@ static void resolve_alloc(void)
 	glibc_malloc = f == (void *)__libc_free;
 	next_realloc = (void *(*)(void *, size_t))r;
 	next_free = (void (*)(void *))f;   /* same values from every thread */
-	resolve_fd_calls();
+	dd_pl_resolve_fd_calls();
 }
 
 /* The mapping of glibc chunk p, if it is an mmapped chunk. */
@@ -1883,19 +1749,19 @@ DD_API void free(void *p)
 	struct op o;
 
 	if (dd_unlikely(!next_free)) {
-		resolve_alloc();
+		dd_pl_resolve_alloc();
 		if (!next_free)
 			return;   /* too early to know whose memory this is: leak it */
 	}
 	if (!p || state() != PL_ON || from_us(__builtin_return_address(0)) ||
 	    !glibc_mmapped(p, &lo, &hi)) {
 		next_free(p);
-		watch(true);
+		dd_pl_watch(true);
 		return;
 	}
-	op_begin(&o, lo, hi);
+	dd_pl_op_begin(&o, lo, hi);
 	next_free(p);
-	op_end(&o);
+	dd_pl_op_end(&o);
 }
 
 DD_API void *realloc(void *p, size_t n)
@@ -1905,7 +1771,7 @@ DD_API void *realloc(void *p, size_t n)
 	void *r;
 
 	if (dd_unlikely(!next_realloc))
-		resolve_alloc();
+		dd_pl_resolve_alloc();
 	if (dd_unlikely(!next_realloc)) {
 		errno = ENOMEM;
 		return NULL;
@@ -1913,12 +1779,12 @@ DD_API void *realloc(void *p, size_t n)
 	if (!p || state() != PL_ON || from_us(__builtin_return_address(0)) ||
 	    !glibc_mmapped(p, &lo, &hi)) {
 		r = next_realloc(p, n);
-		watch(true);
+		dd_pl_watch(true);
 		return r;
 	}
-	op_begin(&o, lo, hi);
+	dd_pl_op_begin(&o, lo, hi);
 	r = next_realloc(p, n);
-	op_end(&o);
+	dd_pl_op_end(&o);
 	return r;
 }
 
@@ -1971,23 +1837,23 @@ static void self_ranges(void)
 			continue;
 		uintptr_t lo = bias + ph[i].p_vaddr, hi = lo + ph[i].p_memsz;
 		if (ph[i].p_flags & PF_X) {
-			if (!text_lo || lo < text_lo)
-				text_lo = lo;
-			if (hi > text_hi)
-				text_hi = hi;
+			if (!pl.text_lo || lo < pl.text_lo)
+				pl.text_lo = lo;
+			if (hi > pl.text_hi)
+				pl.text_hi = hi;
 		}
 		if (ph[i].p_flags & PF_W)
-			dd_rt_union(&ours, pg_down(lo), pg_up(hi));
+			dd_rt_union(&pl.ours, pg_down(lo), pg_up(hi));
 	}
 }
 
-static bool tables_init(void)
+bool dd_pl_tables_init(void)
 {
 	if (pl.mine.r)
 		return true;
-	/* sized from the live vm.max_map_count; they grow (table_grow) */
+	/* sized from the live vm.max_map_count; they grow (dd_pl_table_grow) */
 	size_t cap = dd_maps_table_cap();
-	if (!dd_rt_init(&ours, cap) || !dd_rt_init(&pl.mine, cap) ||
+	if (!dd_rt_init(&pl.ours, cap) || !dd_rt_init(&pl.mine, cap) ||
 	    !dd_rt_init(&pl.excl, cap) || !dd_rt_init(&pl.ignore, cap))
 		return false;
 	if (!TABLE_GROW(pl.vbuf, pl.vcap, 1) || !TABLE_GROW(pl.sbuf, pl.scap, 1) ||
@@ -1996,7 +1862,7 @@ static bool tables_init(void)
 	track(0, (uintptr_t)pl.mine.r, pl.mine.cap * sizeof(*pl.mine.r));
 	track(1, (uintptr_t)pl.excl.r, pl.excl.cap * sizeof(*pl.excl.r));
 	track(2, (uintptr_t)pl.ignore.r, pl.ignore.cap * sizeof(*pl.ignore.r));
-	track(3, (uintptr_t)ours.r, ours.cap * sizeof(*ours.r));
+	track(3, (uintptr_t)pl.ours.r, pl.ours.cap * sizeof(*pl.ours.r));
 	self_ranges();
 	return true;
 }
@@ -2014,16 +1880,16 @@ static void pl_child(void)
 	/* Only this thread exists. The engine's handler marked the engine a
 	 * child; our registrations did not come along (no EVENT_FORK). */
 	pthread_mutex_init(&pl.lock, NULL);
-	atomic_flag_clear(&ours_lock);
+	atomic_flag_clear(&pl.ours_lock);
 	pl.mine.n = 0;
 	pl.thr_started = false;
 	atomic_store(&pl.kicked, 0);
 	atomic_store(&pl.round_wanted, false);
 	for (unsigned i = 0; i < REPORT_SLOTS; i++)   /* a reporter may have died mid-slot */
-		atomic_store(&reported[i].state, SLOT_FREE);
+		atomic_store(&pl.reported[i].state, SLOT_FREE);
 	/* a parent that had not started: with DEDUP_FORK=restart the child
 	 * keeps watch for itself */
-	atomic_store(&pl_state, watching && watch_restart ? PL_WATCHING : PL_PASSIVE);
+	atomic_store(&pl.state, watching && watch_restart ? PL_WATCHING : PL_PASSIVE);
 	atomic_store(&watch_next_ns, 0);
 	/* The parent's userfaultfd: keeping it open here would keep its
 	 * context alive after the parent closes it (dedup_shutdown), and a
@@ -2037,7 +1903,7 @@ static int start_thread(void)
 	int r;
 
 	atomic_store(&pl.stop, false);
-	r = dd_thread_create(&pl.thr, reconcile_main, NULL);
+	r = dd_thread_create(&pl.thr, dd_pl_reconcile_main, NULL);
 	if (r)
 		return -r;
 	pl.thr_started = true;
@@ -2096,23 +1962,23 @@ static void start(void)
 {
 	int r;
 
-	atomic_store(&pl_state, PL_STARTING);
+	atomic_store(&pl.state, PL_STARTING);
 	if (!host_allows()) {
-		atomic_store(&pl_state, PL_PASSIVE);
+		atomic_store(&pl.state, PL_PASSIVE);
 		return;
 	}
 	/* Our tables only now, not in the constructor: a process that never
 	 * starts the engine reserves nothing (RLIMIT_AS counts reservations). */
-	if (!tables_init()) {
+	if (!dd_pl_tables_init()) {
 		dd_warn("preload: cannot map the preload tables; not merging");
-		atomic_store(&pl_state, PL_PASSIVE);
+		atomic_store(&pl.state, PL_PASSIVE);
 		return;
 	}
 	r = dedup_init(NULL);
 	if (r >= 0) {
 		const char *x = getenv("DEDUP_EXCLUDE"), *bad;
 		size_t badlen;
-		if (x && dd_parse_exclude(x, &conf_excl, &bad, &badlen) < 0) {
+		if (x && dd_parse_exclude(x, &pl.conf_excl, &bad, &badlen) < 0) {
 			/* excluding too little would merge what was meant to be
 			 * left alone: better not to merge at all */
 			dd_warn("DEDUP_EXCLUDE: '%.*s' is not heap, mmap or LO-HI (hex, LO < HI, "
@@ -2123,7 +1989,7 @@ static void start(void)
 	}
 	if (r < 0) {
 		/* dedup_init() said why, in one line (DEDUP_LOG=quiet: nothing) */
-		atomic_store(&pl_state, PL_PASSIVE);
+		atomic_store(&pl.state, PL_PASSIVE);
 		return;
 	}
 	/* libc may shrink or unmap what we register behind any interposer's
@@ -2133,14 +1999,14 @@ static void start(void)
 	/* Options (DEDUP_JEMALLOC, DEDUP_LOG) are loaded now. Only dlsym here;
 	 * the dedup-preload thread installs the hooks (jemalloc.c). */
 	dd_jemalloc_detect();
-	eng.on_fds_lost = wake;
+	eng.on_fds_lost = dd_pl_wake;
 	/* ON before the thread starts: it stops when it finds us not ON. */
 	pl.was_on = true;
-	atomic_store(&pl_state, PL_ON);
+	atomic_store(&pl.state, PL_ON);
 	r = start_thread();
 	if (r < 0) {
 		dd_warn("preload: cannot start the preload thread: %s; not merging", strerror(-r));
-		atomic_store(&pl_state, PL_PASSIVE);
+		atomic_store(&pl.state, PL_PASSIVE);
 		dedup_shutdown();
 		return;
 	}
@@ -2206,7 +2072,7 @@ static void before_setxid(void)
 	if (dd_child_guarding())
 		dd_child_release();
 	/* also for a program that runs the engine through the API */
-	dd_creds_sync(state() == PL_ON && pl.thr_started ? 1 : 0, wake);
+	dd_creds_sync(state() == PL_ON && pl.thr_started ? 1 : 0, dd_pl_wake);
 }
 
 #define SETXID(name, params, args)                                             \
@@ -2243,7 +2109,7 @@ static uint64_t env_size(const char *name, uint64_t def)
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	resolve_alloc();
+	dd_pl_resolve_alloc();
 	if (!preloaded())
 		return;
 	pthread_atfork(pl_prepare, pl_parent, pl_child);
@@ -2253,8 +2119,8 @@ __attribute__((constructor)) static void preload_init(void)
 		start();
 		return;
 	}
-	atomic_store(&pl_state, PL_WATCHING);
-	watch(true);
+	atomic_store(&pl.state, PL_WATCHING);
+	dd_pl_watch(true);
 }
 
 __attribute__((destructor)) static void preload_fini(void)
@@ -2263,10 +2129,10 @@ __attribute__((destructor)) static void preload_fini(void)
 		return;
 	atomic_store(&pl.stop, true);
 	if (pl.thr_started) {
-		wake();
+		dd_pl_wake();
 		pthread_join(pl.thr, NULL);
 		pl.thr_started = false;
 	}
 	dd_shutdown(false);   /* prints the DEDUP_LOG=stats table; no unmerging at exit */
-	atomic_store(&pl_state, PL_PASSIVE);
+	atomic_store(&pl.state, PL_PASSIVE);
 }

@@ -50,7 +50,7 @@
 #include <dlfcn.h>
 #include <string.h>
 
-#include "internal.h"
+#include "preload.h"
 
 /*
  * jemalloc 5's extent_hooks_t, as in <jemalloc/jemalloc.h> and jemalloc(3)
