@@ -124,7 +124,7 @@ static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
  * NULL) read zeros instead: discarded pages the copy would read wrong. Not
  * atomic against another thread writing the piece meanwhile: callers hold
  * the only thread (the child at fork) or are changing the range anyway.
- * Raw system calls: this runs inside interposed calls (preload.c).
+ * Raw system calls: this runs inside interposed calls (preload/remap.c).
  * The copy stays a mapping of its own: in a fork()ed child the anonymous
  * neighbours came from the parent with anon_vma chains of their own, and
  * the kernel merges nothing into them (not even a fresh mapping made in
@@ -453,7 +453,7 @@ bool dd_child_guarding(void)
 /*
  * Make every guarded piece anonymous memory again and stop the guard: for a
  * call that needs a single-threaded process (unshare(CLONE_NEWUSER) and
- * friends, preload.c). Copies merged pages: memory, not behaviour.
+ * friends, preload/interpose.c). Copies merged pages: memory, not behaviour.
  */
 /* Threads in this process (/proc/self/stat field 20), or -1. */
 static long thread_count(void)
@@ -510,7 +510,7 @@ int dd_child_release(void)
 /* ---- fork() ------------------------------------------------------------- */
 
 extern pid_t __fork(void);
-/* preload.c, when linked in (libdedup.so): DEDUP_FORK=restart */
+/* preload/lifecycle.c, when linked in (libdedup.so): DEDUP_FORK=restart */
 void dd_preload_forked(void) __attribute__((weak));
 
 /* The next fork() in the lookup order (a sanitizer's or another preloaded

@@ -829,7 +829,7 @@ static void postfork_child(void)
 }
 
 /*
- * In a fork()ed child that wants an engine of its own (preload.c,
+ * In a fork()ed child that wants an engine of its own (preload/lifecycle.c,
  * DEDUP_FORK=restart): free the parent's tables, so that dedup_init()
  * starts afresh. Single-threaded: the child has no thread of ours.
  */
@@ -952,7 +952,7 @@ int dd_engine_start(void)
  * the keep-caps flag are per thread: a program that drops privileges the
  * usual way (PR_SET_KEEPCAPS, setresuid(), then capset() to raise what it
  * kept, then setresgid()) has them in its own thread only, and in ours the
- * same call fails with EPERM: abort. So before such a call (preload.c
+ * same call fails with EPERM: abort. So before such a call (preload/interpose.c
  * interposes them) each of our threads takes the caller's capability sets
  * and keep-caps flag (dd_creds_sync); the kernel then changes every thread
  * alike. Our threads apply it at the top of their loops (dd_creds_follow),

@@ -19,7 +19,7 @@
  *    fcntl() (the inode alone would not do: every eventfd shares one);
  *  - recorded in a small lock-free table that the interposed close(),
  *    close_range(), closefrom(), dup2(), dup3() and the fstat() family
- *    consult (preload.c):
+ *    consult (preload/descriptors.c):
  *    to the program, our numbers look like descriptors that are not open
  *    (EBADF), and a dup2() onto one of them first moves ours elsewhere
  *    (dd_fd_move_away).
@@ -57,7 +57,7 @@ static struct {
 	_Atomic uint64_t dev, ino;
 } tab[DD_FD_MAX];
 
-/* fstat(2), not the interposed fstat() (preload.c), which hides our own
+/* fstat(2), not the interposed fstat() (preload/descriptors.c), which hides our own
  * numbers from the program: here we ask about exactly those. */
 static int sys_fstat(int fd, struct stat *sb) { return (int)syscall(SYS_fstat, fd, sb); }
 

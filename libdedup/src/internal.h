@@ -23,10 +23,10 @@
  *   options.c  the option table (environment and struct dedup_config).
  *   stats.c    counters, snapshot and printers.
  *   api.c      the public dedup_* functions.
- *   preload.c  LD_PRELOAD mode (shared library only): finds the program's
- *              heap, interposes mmap & co., reconciles with /proc/self/maps.
- *   jemalloc.c LD_PRELOAD mode: a shared jemalloc's extent hooks, wrapped
- *              so that new extents are registered at once.
+ *   preload/   LD_PRELOAD mode (shared library only): finds the program's
+ *              heap, interposes mmap & co., reconciles with /proc/self/maps,
+ *              wraps a shared jemalloc's extent hooks. One file per concern;
+ *              preload/preload.h is the folder's map and contract.
  *
  * Locks (always taken in this order):
  *   eng.lock   protects regions, indexes, store metadata and the batch.
@@ -45,7 +45,7 @@
  * thread may be blocked on a page we protected while holding its malloc
  * lock; if we then waited for that lock we would never wake it.
  * One exception, made safe by holding nothing: the dedup-preload thread
- * calls jemalloc's mallctl() (jemalloc.c) with no lock of ours held. It may
+ * calls jemalloc's mallctl() (preload/jemalloc.c) with no lock of ours held. It may
  * wait there for a jemalloc lock, but the engine never waits for that
  * thread, so every protected page is still released.
  */
@@ -277,7 +277,7 @@ void dd_child_guard(void);           /* in the child, from fork() */
 bool dd_child_guarding(void);
 int dd_child_release(void);          /* back to anonymous memory, guard stopped */
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero);
-void dd_preload_forked(void);        /* preload.c: after the guard, in the child */
+void dd_preload_forked(void);        /* preload/lifecycle.c: after the guard, in the child */
 
 /* ---- os.c ----------------------------------------------------------- */
 struct dd_features {
@@ -502,7 +502,7 @@ struct dd_engine {
 	_Atomic bool reader_stop;
 	bool uffd_recoverable;  /* the reader can install the uffd again */
 	_Atomic bool fds_lost;  /* the program took our descriptors: passive */
-	void (*on_fds_lost)(void);   /* preload.c: go passive too */
+	void (*on_fds_lost)(void);   /* preload/: go passive too */
 	bool running;
 	_Atomic bool stop;
 	pthread_t engine_thr, reader_thr;

@@ -1586,7 +1586,7 @@ static int unreg_anon_fn(void *ctx, const struct dd_vma *v)
 }
 
 /*
- * The preload library (preload.c, unmerge_pieces): [lo, hi) is to become
+ * The preload library (preload/remap.c, dd_pl_unmerge_pieces): [lo, hi) is to become
  * anonymous memory (MADV_WIPEONFORK, mlock, the program's own userfaultfd)
  * and no region covers it any more (it dropped them), but merged pieces of
  * ours are left there (registered MINOR|MISSING, served by our reader).

@@ -11,10 +11,10 @@
  * the extent hooks of every arena that uses jemalloc's own hooks, and each
  * wrapper calls the original hook, then
  *   alloc          reports the new extent (anonymous, committed, at least
- *                  DEDUP_MIN_REGION) to preload.c, which registers it at once
- *                  with the reconcile's own rules (register_parts);
+ *                  DEDUP_MIN_REGION) to discover.c, which registers it at once
+ *                  with the reconcile's own rules (dd_pl_register_parts);
  *   dalloc,        forget what we registered in an extent that is gone
- *   destroy        (preload.c: dd_pl_track_gone, as around a munmap);
+ *   destroy        (discover.c: dd_pl_track_gone, as around a munmap);
  *   purge_forced,  nothing: see jh_purge_forced for why purged pages read
  *   purge_lazy     zeros (or their old content) after merging too;
  *   commit, decommit, split, merge: nothing.
