@@ -110,7 +110,7 @@ uint64_t proc_task_cpu_ns(pid_t pid, pid_t tid)
 }
 
 /*
- * libdedup's own threads, by the names it gives them (engine.c, preload.c).
+ * libdedup's own threads, by the names it gives them (engine.c, preload/lifecycle.c).
  * Exact names: the bench child and its churn writers are "dedup-bench", and
  * their CPU is the application's, not the merger's.
  */
