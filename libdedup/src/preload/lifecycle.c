@@ -96,7 +96,7 @@ void dd_pl_watch(bool may_start)
 		start();
 }
 
-/* ---- lifecycle ------------------------------------------------------------- */
+/* ---- on or off, start, fork, stop ------------------------------------------ */
 
 static bool env_is(const char *name, const char *val)
 {

@@ -14,8 +14,6 @@
 
 #include "preload.h"
 
-/* ---- /proc/self/maps and smaps ----------------------------------------------- */
-
 static uintptr_t parse_hex(const char **pp)
 {
 	const char *p = *pp;
