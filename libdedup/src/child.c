@@ -110,11 +110,6 @@ static struct {
 	.stop_fd = -1,
 };
 
-static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
-{
-	return (void *)syscall(SYS_mmap, a, l, prot, flags, fd, off);
-}
-
 /* ---- a piece back to anonymous memory ------------------------------------ */
 
 /*
@@ -124,7 +119,8 @@ static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
  * NULL) read zeros instead: discarded pages the copy would read wrong. Not
  * atomic against another thread writing the piece meanwhile: callers hold
  * the only thread (the child at fork) or are changing the range anyway.
- * Raw system calls: this runs inside interposed calls (preload/remap.c).
+ * Quiet system calls (os.c): this runs inside fork() and interposed calls
+ * (preload/remap.c).
  * The copy stays a mapping of its own: in a fork()ed child the anonymous
  * neighbours came from the parent with anon_vma chains of their own, and
  * the kernel merges nothing into them (not even a fresh mapping made in
@@ -134,12 +130,12 @@ static void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
  */
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero)
 {
-	void *t = sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *t = dd_os_raw_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (t == MAP_FAILED)
 		return -ENOMEM;
 	if (!(prot & PROT_READ))
-		syscall(SYS_mprotect, a, len, PROT_READ | (prot & PROT_WRITE));
+		dd_os_mprotect((void *)a, len, PROT_READ | (prot & PROT_WRITE));
 	memcpy(t, (void *)a, len);
 	if (zero)
 		for (size_t i = dd_rt_lower(zero, a); i < zero->n && zero->r[i].lo < a + len; i++) {
@@ -147,10 +143,10 @@ int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *ze
 			uintptr_t hi = zero->r[i].hi < a + len ? zero->r[i].hi : a + len;
 			memset((char *)t + (lo - a), 0, hi - lo);
 		}
-	syscall(SYS_mprotect, t, len, prot);
-	if ((void *)syscall(SYS_mremap, t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, a) == MAP_FAILED) {
+	dd_os_mprotect(t, len, prot);
+	if (dd_os_raw_mremap(t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
 		int e = errno;
-		syscall(SYS_munmap, t, len);
+		dd_os_raw_munmap(t, len);
 		return -e;
 	}
 	return 0;
@@ -289,7 +285,8 @@ static void postfork_guard_child(void)
 
 /* Room for n pieces: the table starts at the live vm.max_map_count (a
  * process has at most that many mappings, ours among them) and doubles if
- * the limit was raised since. Raw system calls: we may be inside fork(). */
+ * the limit was raised since. Quiet system calls (os.c): we may be inside
+ * fork(). */
 static bool pieces_reserve(size_t n)
 {
 	size_t ncap = cg.cap ? cg.cap : dd_own_table_cap(dd_maps_table_cap(), sizeof(*cg.pieces));
@@ -300,11 +297,11 @@ static bool pieces_reserve(size_t n)
 	while (ncap < n)
 		ncap *= 2;
 	if (!cg.pieces)
-		p = sys_mmap(NULL, ncap * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
-			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		p = dd_os_raw_mmap(NULL, ncap * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
+				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	else
-		p = (void *)syscall(SYS_mremap, cg.pieces, cg.cap * sizeof(*cg.pieces),
-				    ncap * sizeof(*cg.pieces), MREMAP_MAYMOVE);
+		p = dd_os_raw_mremap(cg.pieces, cg.cap * sizeof(*cg.pieces),
+				     ncap * sizeof(*cg.pieces), MREMAP_MAYMOVE, NULL);
 	if (p == MAP_FAILED)
 		return false;
 	cg.pieces = p;
@@ -343,7 +340,7 @@ static void populate(uintptr_t lo, uintptr_t hi)
 	for (size_t i = dd_rt_lower(&cg.gone, lo); at < hi; i++) {
 		uintptr_t end = i < cg.gone.n && cg.gone.r[i].lo < hi ? cg.gone.r[i].lo : hi;
 		if (end > at)
-			(void)madvise((void *)at, end - at, MADV_POPULATE_READ);
+			(void)dd_os_madvise((void *)at, end - at, MADV_POPULATE_READ);
 		if (i >= cg.gone.n || cg.gone.r[i].lo >= hi)
 			break;
 		at = cg.gone.r[i].hi;

@@ -525,7 +525,7 @@ static void *reader_main(void *arg)
 static void ring_doorbell(void)
 {
 	if (eng.doorbell)
-		syscall(SYS_madvise, eng.doorbell, DD_PAGE, MADV_DONTNEED);
+		dd_os_madvise((void *)eng.doorbell, DD_PAGE, MADV_DONTNEED);
 }
 
 /*
@@ -842,7 +842,7 @@ void dd_engine_child_reset(void)
 	dd_os_close();
 	dd_merge_fini();
 	if (eng.doorbell)
-		syscall(SYS_munmap, eng.doorbell, DD_PAGE);
+		dd_os_raw_munmap((void *)eng.doorbell, DD_PAGE);   /* in a child: quiet */
 	eng.doorbell = 0;
 	atomic_store(&eng.parked, 0);
 	eng.ev_applied = atomic_load(&eng.ev_head);
@@ -852,7 +852,7 @@ void dd_engine_child_reset(void)
 static void doorbell_free(void)
 {
 	if (eng.doorbell)
-		munmap((void *)eng.doorbell, DD_PAGE);
+		dd_os_munmap((void *)eng.doorbell, DD_PAGE);
 	eng.doorbell = 0;
 }
 
@@ -909,7 +909,8 @@ int dd_engine_start(void)
 		atfork_done = true;
 	}
 	/* D, the reader's doorbell: registered MISSING, never touched */
-	void *d = mmap(NULL, DD_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *d = dd_os_mmap(NULL, DD_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			     -1, 0, true);
 	if (d == MAP_FAILED)
 		return -ENOMEM;
 	eng.doorbell = (uintptr_t)d;

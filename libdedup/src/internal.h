@@ -208,6 +208,20 @@ void *dd_vm_page_get(void);                  /* one zeroed page, or NULL */
 void dd_vm_page_put(void *p);                /* never splits a mapping */
 void dd_vm_pages_reset(void);                /* all of them back, at once */
 
+/* ---- os.c: mapping calls (raw system calls; see os.c) --------------------- */
+/* ours: libdedup's own memory, told to dd_os_ours_hook; false: the program's */
+void *dd_os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off, bool ours);
+int dd_os_munmap(void *addr, size_t len);
+void *dd_os_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr,
+		   bool ours);
+int dd_os_mprotect(void *addr, size_t len, int prot);
+int dd_os_madvise(void *addr, size_t len, int advice);
+/* the same, telling nobody: for the hook's own tables and a child in fork() */
+void *dd_os_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+int dd_os_raw_munmap(void *addr, size_t len);
+void *dd_os_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
+extern void (*dd_os_ours_hook)(uintptr_t lo, size_t len, bool add);   /* preload sets it */
+
 /* ---- os.c: /proc/self/maps ------------------------------------------------ */
 /* vm.max_map_count, read now (the sysctl may change while we run) */
 long dd_max_map_count_now(void);

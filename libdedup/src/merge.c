@@ -394,9 +394,8 @@ static void map_canonical(uintptr_t a, size_t l)
  * registered VMA raises UFFD_EVENT_REMAP and waits until our reader has
  * read it, so the gate is released meanwhile (the caller has parked what
  * must wait); the reader does not record this REMAP (eng.placing_from).
- * The raw system call: the preload library's mremap would count [a, a + l)
- * as libdedup's own memory when t is. Called and returns under the gate;
- * errno is mremap's.
+ * [a, a + l) is the program's memory, not ours (dd_os_mremap(..., false)).
+ * Called and returns under the gate; errno is mremap's.
  */
 static void *move_registered(void *t, size_t l, uintptr_t a)
 {
@@ -407,11 +406,11 @@ static void *move_registered(void *t, size_t l, uintptr_t a)
 	if (dd_unlikely(dd_opt.test_mremap_hole) && ++nth % dd_opt.test_mremap_hole == 0) {
 		/* Test hook: what a kernel does when the move fails after it
 		 * unmapped the destination (mend_hole). */
-		syscall(SYS_munmap, a, l);
+		dd_os_munmap((void *)a, l);
 		m = MAP_FAILED;
 		errno = ENOMEM;
 	} else {
-		m = (void *)syscall(SYS_mremap, t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a);
+		m = dd_os_mremap(t, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a, false);
 	}
 	int e = errno;
 	pthread_mutex_lock(&eng.gate);
@@ -439,8 +438,8 @@ static int mend_hole(uintptr_t a, size_t l, int prot)
 
 	if (mincore((void *)a, DD_PAGE, &v) == 0 || errno != ENOMEM)
 		return 0;   /* mapped: the mremap failed before it unmapped */
-	void *m = (void *)syscall(SYS_mmap, a, l, prot,
-				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	void *m = dd_os_mmap((void *)a, l, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+			     -1, 0, false);   /* the program's memory */
 	if (m != (void *)a ||
 	    dd_uffd_register(eng.uffd, a, l, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0) {
 		dd_err("a failed mremap left %#lx+%zu unmapped, and it could not be mapped again "
@@ -467,7 +466,7 @@ static int place_run(uintptr_t a, size_t l, uint32_t target)
 		return -1;
 	if (dd_uffd_register(eng.uffd, (uintptr_t)t, l,
 			     UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING) < 0) {
-		munmap(t, l);
+		dd_os_munmap(t, l);
 		return -1;
 	}
 	/* From here a REMOVE over [a, a + l) marks discarded pages. */
@@ -478,7 +477,7 @@ static int place_run(uintptr_t a, size_t l, uint32_t target)
 	 * other pages in S (events_in_window). */
 	if (move_registered(t, l, a) == MAP_FAILED) {
 		DD_TRACE('r', a, l, errno);
-		munmap(t, l);
+		dd_os_munmap(t, l);
 		/* moved pages were in a writable VMA: UFFDIO_MOVE needs one */
 		mend_hole(a, l, PROT_READ | PROT_WRITE);
 		return -1;
@@ -1071,7 +1070,7 @@ static void um_advise(uintptr_t a, size_t len, unsigned vmf)
 {
 	for (size_t i = 0; i < DD_ARRAY_SIZE(um_advice); i++)
 		if (vmf & um_advice[i].f)
-			(void)madvise((void *)a, len, um_advice[i].advice);
+			(void)dd_os_madvise((void *)a, len, um_advice[i].advice);
 }
 
 /* Let go of what is left of the reservation (and its guard pages). Only
@@ -1080,8 +1079,8 @@ static void um_advise(uintptr_t a, size_t len, unsigned vmf)
 static void um_drop_reserve(struct um *u)
 {
 	if (u->res) {
-		munmap((void *)(u->res - DD_PAGE), DD_PAGE);
-		munmap((void *)u->res_pos, u->res_end + DD_PAGE - u->res_pos);
+		dd_os_munmap((void *)(u->res - DD_PAGE), DD_PAGE);
+		dd_os_munmap((void *)u->res_pos, u->res_end + DD_PAGE - u->res_pos);
 	}
 	u->res = 0;
 }
@@ -1101,18 +1100,18 @@ static uintptr_t um_reserve(size_t sz, bool noreserve)
 	int flags = MAP_PRIVATE | MAP_ANONYMOUS | (noreserve ? MAP_NORESERVE : 0);
 
 	for (int tries = 0; tries < 4; tries++) {
-		char *p = mmap(NULL, sz + 2 * DD_PAGE, PROT_NONE, flags, -1, 0);
+		char *p = dd_os_mmap(NULL, sz + 2 * DD_PAGE, PROT_NONE, flags, -1, 0, true);
 		struct dd_vma v = { 0 };
 		if (p == MAP_FAILED)
 			return 0;
 		if (dd_vmas_in((uintptr_t)p, (uintptr_t)p + 1, um_one_fn, &v) == 0 &&
 		    v.lo == (uintptr_t)p && v.hi == (uintptr_t)p + sz + 2 * DD_PAGE) {
-			if (mprotect(p + DD_PAGE, sz, PROT_READ | PROT_WRITE) == 0)
+			if (dd_os_mprotect(p + DD_PAGE, sz, PROT_READ | PROT_WRITE) == 0)
 				return (uintptr_t)p + DD_PAGE;
-			munmap(p, sz + 2 * DD_PAGE);
+			dd_os_munmap(p, sz + 2 * DD_PAGE);
 			return 0;   /* strict overcommit, say */
 		}
-		munmap(p, sz + 2 * DD_PAGE);
+		dd_os_munmap(p, sz + 2 * DD_PAGE);
 	}
 	return 0;
 }
@@ -1147,8 +1146,8 @@ static uintptr_t um_make_t(struct um *u, size_t len, int prot)
 	}
 	uintptr_t t = u->res_pos;
 	u->res_pos += len;
-	if (prot != (PROT_READ | PROT_WRITE) && mprotect((void *)t, len, prot) < 0) {
-		munmap((void *)t, len);
+	if (prot != (PROT_READ | PROT_WRITE) && dd_os_mprotect((void *)t, len, prot) < 0) {
+		dd_os_munmap((void *)t, len);
 		return 0;
 	}
 	return t;
@@ -1208,7 +1207,7 @@ static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool l
 		if (t && move_registered((void *)t, l, a) == MAP_FAILED) {
 			/* the first replacement stays: unmerged alone - unless the
 			 * failed move took it with it (mend_hole) */
-			munmap((void *)t, l);
+			dd_os_munmap((void *)t, l);
 			mend_hole(a, l, prot);
 		}
 	} else {
@@ -1388,7 +1387,7 @@ static void um_group(struct um *u, size_t n)
 			if (c->prot == (PROT_READ | PROT_WRITE) && t + l == u->res_pos)
 				u->res_pos = t;
 			else
-				munmap((void *)t, l);
+				dd_os_munmap((void *)t, l);
 			int m = mend_hole(c->a, l, c->prot);
 			if (m < 0) {
 				um_error(u, ret, c->a, c->n, "mremap left a hole");
@@ -1654,7 +1653,7 @@ static void sort_batch(struct dd_merge_item *it, size_t n)
 void dd_merge_free_scratch(void)
 {
 	if (scratch.used && !scratch.lost)
-		madvise((void *)scratch.base, scratch.used * DD_PAGE, MADV_DONTNEED);
+		dd_os_madvise((void *)scratch.base, scratch.used * DD_PAGE, MADV_DONTNEED);
 	scratch.used = 0;
 }
 
@@ -1672,12 +1671,12 @@ int dd_merge_init(void)
 	scratch.pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
 	scratch.used = 0;
 	scratch.lost = false;
-	void *s = mmap(NULL, scratch.pages * DD_PAGE, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *s = dd_os_mmap(NULL, scratch.pages * DD_PAGE, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, true);
 	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED)
 		return -ENOMEM;
 	scratch.base = (uintptr_t)s;
-	madvise(s, scratch.pages * DD_PAGE, MADV_NOHUGEPAGE);
+	dd_os_madvise(s, scratch.pages * DD_PAGE, MADV_NOHUGEPAGE);
 	return dd_uffd_register(eng.uffd, scratch.base, scratch.pages * DD_PAGE,
 				UFFDIO_REGISTER_MODE_MISSING);
 }
@@ -1687,7 +1686,7 @@ int dd_merge_init(void)
 void dd_merge_fini(void)
 {
 	if (scratch.base)
-		syscall(SYS_munmap, scratch.base, scratch.pages * DD_PAGE);
+		dd_os_raw_munmap((void *)scratch.base, scratch.pages * DD_PAGE);
 	scratch.base = 0;
 	scratch.used = 0;
 	dd_vm_free(eng.batch, (dd_opt.batch_pages + 2) * sizeof(*eng.batch));

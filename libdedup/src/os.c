@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * os.c - the OS boundary: every userfaultfd ioctl, the present-page walk
- * (PAGEMAP_SCAN, or /proc/self/pagemap as the fallback), /proc parsing, and
- * the full read/write helpers. Callers get 0 / -errno and never see errno.
+ * os.c - the OS boundary: every mapping call of libdedup (raw system calls,
+ * "ours" said explicitly), every userfaultfd ioctl, the present-page walk
+ * (PAGEMAP_SCAN, or /proc/self/pagemap as the fallback), /proc parsing, the
+ * one page of zeros, and the full read/write helpers. Callers get 0 /
+ * -errno and never see errno - except from the mapping calls, which keep
+ * the system calls' own contract (MAP_FAILED or -1, and errno).
  *
  * Feature probing happens once (dd_os_probe) into dd_feat; every fallback
  * can be forced from the environment for tests:
@@ -32,6 +35,91 @@
 
 struct dd_features dd_feat;
 static int pagemap_fd = -1;
+
+/* ---- mapping calls ---------------------------------------------------------
+ *
+ * Every mapping call of libdedup is a raw system call made here. The
+ * preload library interposes mmap & co. for the program; if our own calls
+ * went through those interposers, the interposer would have to guess whose
+ * call it is (it used to, by the caller's return address). Here it is said:
+ * a call with ours = true makes or moves libdedup's own memory, and
+ * dd_os_ours_hook (set by the preload library before anything is mapped;
+ * NULL otherwise) records it, so that the program's heap is never confused
+ * with ours. ours = false is for memory that is the program's: a merged run
+ * placed over its pages, a hole mended, a replacement moved into place.
+ * Unmapping or moving memory away always tells the hook (forgetting a range
+ * that was never ours is harmless).
+ *
+ * Two kinds of caller must not call the hook, and pass quiet = true by using
+ * the dd_os_raw_* forms: the hook's own tables (ranges.c, which the hook
+ * grows while it holds its lock), and a fork()ed child before its first
+ * return to the program (the hook's lock may have been held by a thread
+ * that fork did not copy).
+ */
+void (*dd_os_ours_hook)(uintptr_t lo, size_t len, bool add);
+
+static void note(const void *p, size_t len, bool add)
+{
+	void (*hook)(uintptr_t, size_t, bool) = dd_os_ours_hook;
+	int e = errno;
+
+	if (hook && p != MAP_FAILED && len)
+		hook((uintptr_t)p, len, add);
+	errno = e;
+}
+
+void *dd_os_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+int dd_os_raw_munmap(void *addr, size_t len)
+{
+	return (int)syscall(SYS_munmap, addr, len);
+}
+
+void *dd_os_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
+void *dd_os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off, bool ours)
+{
+	void *p = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
+	/* only anonymous memory can be taken for the program's heap */
+	if (ours && (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE)
+		note(p, len, true);
+	return p;
+}
+
+int dd_os_munmap(void *addr, size_t len)
+{
+	int r = dd_os_raw_munmap(addr, len);
+	if (r == 0)
+		note(addr, len, false);
+	return r;
+}
+
+void *dd_os_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr, bool ours)
+{
+	void *p = dd_os_raw_mremap(old, old_len, new_len, flags, new_addr);
+	if (p != MAP_FAILED) {
+		note(old, old_len, false);
+		if (ours)
+			note(p, new_len, true);
+	}
+	return p;
+}
+
+int dd_os_mprotect(void *addr, size_t len, int prot)
+{
+	return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
+int dd_os_madvise(void *addr, size_t len, int advice)
+{
+	return (int)syscall(SYS_madvise, addr, len, advice);
+}
 
 ssize_t dd_read_full(int fd, void *buf, size_t len)
 {
@@ -330,7 +418,7 @@ static uint64_t zero_pfn(void)
 		 * zero page - or, on some machines (this project's), a fresh
 		 * exclusive page, and then there is no zero page to find. */
 		tried = true;
-		volatile char *p = mmap(NULL, DD_PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		volatile char *p = dd_os_mmap(NULL, DD_PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, true);
 		uint64_t e;
 		if (p == MAP_FAILED)
 			return 0;
@@ -338,7 +426,7 @@ static uint64_t zero_pfn(void)
 		if (pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)p / DD_PAGE * 8)) == 8 &&
 		    (e & PM_PRESENT) && !(e & PM_EXCLUSIVE))
 			pfn = e & PM_PFN_MASK;
-		munmap((void *)p, DD_PAGE);
+		dd_os_munmap((void *)p, DD_PAGE);
 	}
 	return pfn;
 }

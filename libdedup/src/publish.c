@@ -178,12 +178,12 @@ int dd_publish_open(void)
 		ret = -errno;
 		goto fail_unlink;
 	}
-	p = mmap(NULL, DD_PUB_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	p = dd_os_mmap(NULL, DD_PUB_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0, true);
 	if (p == MAP_FAILED) {
 		ret = -errno;
 		goto fail_unlink;
 	}
-	madvise(p, DD_PUB_FILE_SIZE, MADV_DONTFORK);
+	dd_os_madvise(p, DD_PUB_FILE_SIZE, MADV_DONTFORK);
 	if (!atfork_done) {
 		pthread_atfork(NULL, NULL, postfork_child);
 		atfork_done = true;
@@ -205,7 +205,7 @@ int dd_publish_open(void)
 
 	if (rename(tmp, pub.path) < 0) {
 		ret = -errno;
-		munmap(p, DD_PUB_FILE_SIZE);
+		dd_os_munmap(p, DD_PUB_FILE_SIZE);
 		pub.page = NULL;
 		goto fail_unlink;
 	}
@@ -249,7 +249,7 @@ void dd_publish_close(void)
 	/* Unlink before unmapping: while the file has its name it is mapped by
 	 * a live process, which is how dedup-stat tells live from stale. */
 	dd_publish_unlink();
-	munmap(pub.page, DD_PUB_FILE_SIZE);
+	dd_os_munmap(pub.page, DD_PUB_FILE_SIZE);
 	pub.page = NULL;
 	pub.last_ns = 0;
 	pub.last_passes = 0;

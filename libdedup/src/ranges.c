@@ -29,14 +29,14 @@ static size_t bytes(size_t cap)
 bool dd_rt_init(struct dd_rtab *t, size_t cap)
 {
 	cap = dd_own_table_cap(cap < 256 ? 256 : cap, sizeof(struct dd_range));
-	void *p = (void *)syscall(SYS_mmap, NULL, bytes(cap), PROT_READ | PROT_WRITE,
-				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	void *p = dd_os_raw_mmap(NULL, bytes(cap), PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	t->r = p == MAP_FAILED ? NULL : p;
 	t->n = 0;
 	t->cap = t->r ? bytes(cap) / sizeof(*t->r) : 0;
 	t->moves = 0;
 	if (t->r)
-		syscall(SYS_madvise, t->r, bytes(cap), MADV_DONTDUMP);
+		dd_os_madvise(t->r, bytes(cap), MADV_DONTDUMP);
 	return t->r != NULL;
 }
 
@@ -51,7 +51,7 @@ bool dd_rt_reserve(struct dd_rtab *t, size_t n)
 		return false;
 	while (ncap < n)
 		ncap *= 2;
-	void *p = (void *)syscall(SYS_mremap, t->r, bytes(t->cap), bytes(ncap), MREMAP_MAYMOVE);
+	void *p = dd_os_raw_mremap(t->r, bytes(t->cap), bytes(ncap), MREMAP_MAYMOVE, NULL);
 	if (p == MAP_FAILED)
 		return false;
 	if (p != (void *)t->r)
@@ -64,7 +64,7 @@ bool dd_rt_reserve(struct dd_rtab *t, size_t n)
 void dd_rt_fini(struct dd_rtab *t)
 {
 	if (t->r)
-		syscall(SYS_munmap, t->r, bytes(t->cap));
+		dd_os_raw_munmap(t->r, bytes(t->cap));
 	t->r = NULL;
 	t->n = t->cap = 0;
 }

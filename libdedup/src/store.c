@@ -68,14 +68,14 @@ int dd_store_init(size_t max_bytes)
 		return fd;
 	if (ftruncate(st.fd, (off_t)(st.max_slots * DD_PAGE)) < 0)
 		goto fail;
-	st.view = mmap(NULL, st.max_slots * DD_PAGE, PROT_READ | PROT_WRITE,
-		       MAP_SHARED | MAP_NORESERVE, st.fd, 0);
+	st.view = dd_os_mmap(NULL, st.max_slots * DD_PAGE, PROT_READ | PROT_WRITE,
+			     MAP_SHARED | MAP_NORESERVE, st.fd, 0, true);
 	if (st.view == MAP_FAILED) {
 		st.view = NULL;
 		goto fail;
 	}
 	/* A core dump would otherwise read (and allocate) the whole sparse file. */
-	madvise((void *)st.view, st.max_slots * DD_PAGE, MADV_DONTDUMP);
+	dd_os_madvise((void *)st.view, st.max_slots * DD_PAGE, MADV_DONTDUMP);
 	st.hwm = 0;
 	st.free_head = 0;
 	atomic_store(&st.sharing, 0);
@@ -98,7 +98,7 @@ void dd_store_fini(void)
 {
 	orph_reset();
 	if (st.view)
-		munmap((void *)st.view, st.max_slots * DD_PAGE);
+		dd_os_munmap((void *)st.view, st.max_slots * DD_PAGE);
 	dd_fd_close(&st.fd);
 	dd_vm_free(st.info, st.info_cap * sizeof(*st.info));
 	st.view = NULL;
@@ -126,10 +126,10 @@ void *dd_store_map(uint32_t ref, size_t len)
 
 	if (!dd_fd_intact(fd))
 		return MAP_FAILED;
-	void *t = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
-		       (off_t)(ref - 1) * (off_t)DD_PAGE);
+	void *t = dd_os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
+			     (off_t)(ref - 1) * (off_t)DD_PAGE, true);
 	if (t != MAP_FAILED && !dd_fd_intact(fd)) {
-		munmap(t, len);
+		dd_os_munmap(t, len);
 		return MAP_FAILED;
 	}
 	return t;
@@ -218,8 +218,8 @@ static void release(uint32_t slot)
 	if (st.info[slot].keep)
 		return;   /* stays a valid canonical page, found by its hash */
 	/* Nobody maps it (refs == 0): punching cannot change what anyone reads. */
-	/* a punch (not the interposed madvise: the view is ours) */
-	syscall(SYS_madvise, st.view + (size_t)slot * DD_PAGE, DD_PAGE, MADV_REMOVE);
+	/* a punch of the view's page: no descriptor can redirect it */
+	dd_os_madvise((void *)(st.view + (size_t)slot * DD_PAGE), DD_PAGE, MADV_REMOVE);
 	dd_stable_remove(st.info[slot].hash, slot + 1);
 	st.info[slot].hash = 0;
 	st.info[slot].next_free = st.free_head;

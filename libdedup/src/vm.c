@@ -34,7 +34,7 @@ void *dd_vm_alloc(size_t size)
 	void *p;
 
 	size = round_up(size ? size : 1);
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	p = dd_os_mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, true);
 	if (p == MAP_FAILED)
 		return NULL;
 	atomic_fetch_add(&dd_vm_bytes, size);
@@ -46,7 +46,7 @@ void dd_vm_free(void *p, size_t size)
 	if (!p)
 		return;
 	size = round_up(size ? size : 1);
-	munmap(p, size);
+	dd_os_munmap(p, size);
 	atomic_fetch_sub(&dd_vm_bytes, size);
 }
 
@@ -60,7 +60,7 @@ void *dd_vm_grow(void *p, size_t old_size, size_t new_size)
 	new_size = round_up(new_size);
 	if (new_size <= old_size)
 		return p;
-	q = mremap(p, old_size, new_size, MREMAP_MAYMOVE);
+	q = dd_os_mremap(p, old_size, new_size, MREMAP_MAYMOVE, NULL, true);
 	if (q == MAP_FAILED)
 		return NULL;
 	atomic_fetch_add(&dd_vm_bytes, new_size - old_size);
@@ -101,8 +101,8 @@ void *dd_vm_page_get(void)
 			void *a;
 			if (pg.narenas == MAX_ARENAS)
 				return NULL;
-			a = mmap(NULL, len, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			a = dd_os_mmap(NULL, len, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, true);
 			if (a == MAP_FAILED)
 				return NULL;
 			pg.arena[pg.narenas].lo = (uintptr_t)a;
@@ -133,7 +133,7 @@ void dd_vm_page_put(void *p)
 		pg.zeroed = q;
 		pg.cap = ncap;
 	}
-	madvise(p, DD_PAGE, MADV_DONTNEED);
+	dd_os_madvise(p, DD_PAGE, MADV_DONTNEED);
 	pg.zeroed[pg.nzeroed++] = p;
 	atomic_fetch_sub(&dd_vm_bytes, DD_PAGE);
 }
@@ -146,7 +146,7 @@ void dd_vm_pages_reset(void)
 	size_t held = 0;
 
 	for (size_t i = 0; i < pg.narenas; i++) {
-		munmap((void *)pg.arena[i].lo, pg.arena[i].len);
+		dd_os_munmap((void *)pg.arena[i].lo, pg.arena[i].len);
 		held += pg.arena[i].len;
 	}
 	held -= (pg.end - pg.next) + pg.nzeroed * DD_PAGE;

@@ -82,9 +82,9 @@ DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	void *ret;
 
 	if (st == PL_OFF || st == PL_PASSIVE)
-		return sys_mmap(addr, len, prot, flags, fd, off);
+		return dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 	if (from_us(__builtin_return_address(0))) {
-		ret = sys_mmap(addr, len, prot, flags, fd, off);
+		ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED && anon_private(flags, fd) && !(flags & MAP_FIXED))
 			dd_pl_ours_add((uintptr_t)ret, len);
 		return ret;
@@ -92,18 +92,18 @@ DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	if (st != PL_ON) {
 		if (st == PL_WATCHING && anon_private(flags, fd) && len >= (1u << 20))
 			dd_pl_watch(false);   /* a look at the next free() */
-		return sys_mmap(addr, len, prot, flags, fd, off);
+		return dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 	}
 	if ((flags & MAP_FIXED) && !(flags & MAP_FIXED_NOREPLACE)) {
 		struct op o;
 		dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
-		ret = sys_mmap(addr, len, prot, flags, fd, off);
+		ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED)
 			dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 		dd_pl_op_end(&o);
 		return ret;
 	}
-	ret = sys_mmap(addr, len, prot, flags, fd, off);
+	ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 	if (ret != MAP_FAILED && anon_private(flags, fd) && (prot & PROT_WRITE) &&
 	    len >= min_region())
 		dd_pl_kick();
@@ -119,17 +119,17 @@ DD_API int munmap(void *addr, size_t len)
 	struct op o;
 
 	if (st == PL_OFF || st == PL_PASSIVE)
-		return sys_munmap(addr, len);
+		return dd_os_raw_munmap(addr, len);
 	if (from_us(__builtin_return_address(0))) {
-		ret = sys_munmap(addr, len);
+		ret = dd_os_raw_munmap(addr, len);
 		if (ret == 0)
 			dd_pl_ours_sub((uintptr_t)addr, len);
 		return ret;
 	}
 	if (st != PL_ON)
-		return sys_munmap(addr, len);
+		return dd_os_raw_munmap(addr, len);
 	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
-	ret = sys_munmap(addr, len);
+	ret = dd_os_raw_munmap(addr, len);
 	if (ret == 0)
 		dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 	dd_pl_op_end(&o);
@@ -149,7 +149,7 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		va_end(ap);
 	}
 	if (st == PL_OFF || (st == PL_PASSIVE && !dd_child_guarding()))
-		return sys_mremap(old, old_len, new_len, flags, fixed);
+		return dd_os_raw_mremap(old, old_len, new_len, flags, fixed);
 	if (from_us(__builtin_return_address(0))) {
 		/* Our own memory stays ours where it moves. The engine also
 		 * moves merged runs into the application's memory (merge.c,
@@ -160,7 +160,7 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		bool was_ours = dd_rt_overlaps(&pl.ours, pg_down((uintptr_t)old),
 					       pg_up((uintptr_t)old + old_len));
 		ours_release();
-		ret = sys_mremap(old, old_len, new_len, flags, fixed);
+		ret = dd_os_raw_mremap(old, old_len, new_len, flags, fixed);
 		if (ret != MAP_FAILED && was_ours) {
 			dd_pl_ours_sub((uintptr_t)old, old_len);
 			dd_pl_ours_add((uintptr_t)ret, new_len);
@@ -212,10 +212,10 @@ static int protect_common(void *addr, size_t len, int prot, long pkey)
 	struct op o;
 
 	if (st != PL_ON || from_us(__builtin_return_address(0)))
-		return pkey < 0 ? sys_mprotect(addr, len, prot)
+		return pkey < 0 ? dd_os_mprotect(addr, len, prot)
 				: (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
 	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
-	ret = pkey < 0 ? sys_mprotect(addr, len, prot)
+	ret = pkey < 0 ? dd_os_mprotect(addr, len, prot)
 		       : (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
 	if (ret == 0 && pkey >= 0)   /* a merge would map it with the default key */
 		dd_rt_union(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
@@ -264,7 +264,7 @@ static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
 			continue;
 		uintptr_t a = pl.pieces[i].lo > lo ? pl.pieces[i].lo : lo;
 		uintptr_t e = pl.pieces[i].hi < hi ? pl.pieces[i].hi : hi;
-		if (sys_madvise((void *)a, e - a, MADV_FREE) < 0)
+		if (dd_os_madvise((void *)a, e - a, MADV_FREE) < 0)
 			return -errno;
 	}
 	return 0;
@@ -275,7 +275,7 @@ static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
 static int child_madvise(void *addr, size_t len, int advice)
 {
 	uintptr_t lo = (uintptr_t)addr, hi = pg_up((uintptr_t)addr + len);
-	int ret = sys_madvise(addr, len, advice), r;
+	int ret = dd_os_madvise(addr, len, advice), r;
 
 	if (ret == 0 || errno != EINVAL || !dd_page_aligned(lo) || !len || !dd_child_guarding() ||
 	    (advice != MADV_FREE && advice != MADV_WIPEONFORK))
@@ -286,7 +286,7 @@ static int child_madvise(void *addr, size_t len, int advice)
 	else if (advice == MADV_FREE)
 		r = madv_free_pieces(lo, hi);
 	else if ((r = dd_pl_unmerge_pieces(lo, hi)) == 0)
-		r = sys_madvise(addr, len, advice) < 0 ? -errno : 0;
+		r = dd_os_madvise(addr, len, advice) < 0 ? -errno : 0;
 	pthread_mutex_unlock(&pl.lock);
 	if (r < 0) {
 		errno = -r;
@@ -302,12 +302,12 @@ DD_API int madvise(void *addr, size_t len, int advice)
 	struct op o;
 
 	if (from_us(__builtin_return_address(0)))
-		return sys_madvise(addr, len, advice);
+		return dd_os_madvise(addr, len, advice);
 	if (st != PL_ON)
 		return child_madvise(addr, len, advice);
 	switch (advice) {
 	case MADV_FREE:
-		ret = sys_madvise(addr, len, advice);
+		ret = dd_os_madvise(addr, len, advice);
 		if (ret < 0 && errno == EINVAL && dd_page_aligned(lo) && len) {
 			/* eng.lock: the engine merges only under it, so no piece
 			 * turns into a file mapping while we go through them.
@@ -327,14 +327,14 @@ DD_API int madvise(void *addr, size_t len, int advice)
 	case MADV_WIPEONFORK:
 	case MADV_DONTDUMP:
 		exclude_range(lo, hi, &o);
-		ret = sys_madvise(addr, len, advice);
+		ret = dd_os_madvise(addr, len, advice);
 		if (ret < 0 && errno == EINVAL && advice == MADV_WIPEONFORK && dd_page_aligned(lo) &&
 		    dd_pl_has_merged(lo, hi) && dd_pl_unmerge_pieces(lo, hi) == 0)
-			ret = sys_madvise(addr, len, advice);
+			ret = dd_os_madvise(addr, len, advice);
 		dd_pl_op_end(&o);
 		return ret;
 	default:
-		return sys_madvise(addr, len, advice);
+		return dd_os_madvise(addr, len, advice);
 	}
 }
 

@@ -71,25 +71,10 @@
 
 #pragma GCC visibility push(hidden)
 
-/* ---- raw system calls: the real functions, without dlsym ---------------- */
-
-static inline void *sys_mmap(void *a, size_t l, int prot, int flags, int fd, off_t off)
-{
-	return (void *)syscall(SYS_mmap, a, l, prot, flags, fd, off);
-}
-static inline int sys_munmap(void *a, size_t l) { return (int)syscall(SYS_munmap, a, l); }
-static inline void *sys_mremap(void *a, size_t ol, size_t nl, int flags, void *na)
-{
-	return (void *)syscall(SYS_mremap, a, ol, nl, flags, na);
-}
-static inline int sys_mprotect(void *a, size_t l, int p)
-{
-	return (int)syscall(SYS_mprotect, a, l, p);
-}
-static inline int sys_madvise(void *a, size_t l, int adv)
-{
-	return (int)syscall(SYS_madvise, a, l, adv);
-}
+/* The interposers' own system calls are os.c's raw forms (dd_os_raw_mmap
+ * and friends, dd_os_mprotect, dd_os_madvise): the real calls, without
+ * dlsym, and without telling the "ours" hook - the program's calls are not
+ * ours. */
 
 static inline uintptr_t pg_down(uintptr_t a) { return a & ~(uintptr_t)(DD_PAGE - 1); }
 static inline uintptr_t pg_up(uintptr_t a)
@@ -186,9 +171,13 @@ static inline size_t min_region(void)
 /* ---- who is calling -------------------------------------------------------- */
 
 /* Calls made by libdedup itself (its code, or its engine threads) pass straight
- * through and only keep the "ours" table up to date. ret is the interposer's
- * __builtin_return_address(0), read in the interposer itself: a function
- * between the libc entry and that read would make every call look like ours. */
+ * through and only keep the "ours" table up to date. libdedup's own mapping
+ * calls no longer come here (os.c makes them raw and says which memory is
+ * ours, dd_os_ours_hook); what is left is what libc maps for our threads
+ * and for code of ours that calls libc (pthread_create's stacks, stdio of
+ * the tools). ret is the interposer's __builtin_return_address(0), read in
+ * the interposer itself: a function between the libc entry and that read
+ * would make every call look like ours. */
 static inline bool from_us(const void *ret)
 {
 	uintptr_t a = (uintptr_t)ret;

@@ -98,28 +98,28 @@ static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flag
 
 	if (new_len <= old_len && !(flags & MREMAP_FIXED)) {
 		/* shrink in place: the kernel does not refuse this, but be safe */
-		if (new_len < old_len && sys_munmap((void *)(lo + new_len), old_len - new_len) < 0)
+		if (new_len < old_len && dd_os_raw_munmap((void *)(lo + new_len), old_len - new_len) < 0)
 			return MAP_FAILED;
 		return (void *)lo;
 	}
 	if (new_len < old_len) {
-		if (sys_munmap((void *)(lo + new_len), old_len - new_len) < 0)
+		if (dd_os_raw_munmap((void *)(lo + new_len), old_len - new_len) < 0)
 			return MAP_FAILED;
 		hi = lo + new_len;
 		old_len = new_len;
 	}
 	if (!(flags & MREMAP_FIXED)) {
-		void *t = sys_mmap((void *)hi, new_len - old_len, prot,
+		void *t = dd_os_raw_mmap((void *)hi, new_len - old_len, prot,
 				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 		if (t == (void *)hi)
 			return (void *)lo;      /* grown in place */
 		if (t != MAP_FAILED)
-			sys_munmap(t, new_len - old_len);   /* old kernel: hint not honoured */
+			dd_os_raw_munmap(t, new_len - old_len);   /* old kernel: hint not honoured */
 		if (!(flags & MREMAP_MAYMOVE)) {
 			errno = ENOMEM;
 			return MAP_FAILED;
 		}
-		void *res = sys_mmap(NULL, new_len, PROT_NONE,
+		void *res = dd_os_raw_mmap(NULL, new_len, PROT_NONE,
 				     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (res == MAP_FAILED)
 			return MAP_FAILED;
@@ -132,26 +132,26 @@ static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flag
 	for (long i = 0; i < n; i++) {
 		uintptr_t a = pl.pieces[i].lo > lo ? pl.pieces[i].lo : lo;
 		uintptr_t e = pl.pieces[i].hi < hi ? pl.pieces[i].hi : hi;
-		if (sys_mremap((void *)a, e - a, e - a, MREMAP_MAYMOVE | MREMAP_FIXED,
+		if (dd_os_raw_mremap((void *)a, e - a, e - a, MREMAP_MAYMOVE | MREMAP_FIXED,
 			       (void *)(dst + (a - lo))) == MAP_FAILED) {
 			int err = errno;
 			/* Put back what moved; the range is then as before. */
 			for (long k = i - 1; k >= 0; k--) {
 				uintptr_t ka = pl.pieces[k].lo > lo ? pl.pieces[k].lo : lo;
 				uintptr_t ke = pl.pieces[k].hi < hi ? pl.pieces[k].hi : hi;
-				if (sys_mremap((void *)(dst + (ka - lo)), ke - ka, ke - ka,
+				if (dd_os_raw_mremap((void *)(dst + (ka - lo)), ke - ka, ke - ka,
 					       MREMAP_MAYMOVE | MREMAP_FIXED, (void *)ka) == MAP_FAILED)
 					dd_err("preload: mremap emulation could not restore %#lx",
 					       (unsigned long)ka);
 			}
 			if (!(flags & MREMAP_FIXED))
-				sys_munmap((void *)dst, new_len);
+				dd_os_raw_munmap((void *)dst, new_len);
 			errno = err;
 			return MAP_FAILED;
 		}
 	}
 	if (new_len > old_len &&
-	    sys_mmap((void *)(dst + old_len), new_len - old_len, prot,
+	    dd_os_raw_mmap((void *)(dst + old_len), new_len - old_len, prot,
 		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
 		dd_err("preload: mremap emulation could not map the tail at %#lx",
 		       (unsigned long)(dst + old_len));
@@ -177,7 +177,7 @@ void *dd_pl_grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags,
 
 	if (can && pg_up(new_len) > hi - lo && dd_pl_has_merged(lo, hi))
 		return emulate_mremap(lo, hi, new_len, flags, fixed);
-	ret = sys_mremap(old, old_len, new_len, flags, fixed);
+	ret = dd_os_raw_mremap(old, old_len, new_len, flags, fixed);
 	if (ret == MAP_FAILED && errno == EFAULT && can)
 		ret = emulate_mremap(lo, hi, new_len, flags, fixed);
 	return ret;
@@ -190,7 +190,7 @@ void *dd_pl_child_mremap(void *old, size_t old_len, size_t new_len, int flags, v
 	void *ret;
 
 	if (!dd_child_guarding())
-		return sys_mremap(old, old_len, new_len, flags, fixed);
+		return dd_os_raw_mremap(old, old_len, new_len, flags, fixed);
 	pthread_mutex_lock(&pl.lock);
 	ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
 	pthread_mutex_unlock(&pl.lock);

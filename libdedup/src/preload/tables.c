@@ -26,10 +26,10 @@ struct dd_preload pl = {
 
 static void *reserve(size_t bytes)
 {
-	void *p = sys_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+	void *p = dd_os_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
 			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p != MAP_FAILED)
-		sys_madvise(p, bytes, MADV_DONTDUMP);   /* ours, not the program's */
+		dd_os_madvise(p, bytes, MADV_DONTDUMP);   /* ours, not the program's */
 	return p == MAP_FAILED ? NULL : p;
 }
 
@@ -53,7 +53,7 @@ bool dd_pl_table_grow(void **p, size_t *cap, size_t elem, size_t need)
 	if (*p && ncap == *cap)
 		return true;
 	if (*p)
-		q = sys_mremap(*p, pages_of(*cap * elem), pages_of(ncap * elem), MREMAP_MAYMOVE, NULL);
+		q = dd_os_raw_mremap(*p, pages_of(*cap * elem), pages_of(ncap * elem), MREMAP_MAYMOVE, NULL);
 	else
 		q = reserve(pages_of(ncap * elem));
 	if (!q || q == MAP_FAILED)
@@ -176,6 +176,15 @@ static void self_ranges(void)
 	}
 }
 
+/* os.c's mapping calls say which memory is ours (dd_os_ours_hook). */
+static void ours_hook(uintptr_t lo, size_t len, bool add)
+{
+	if (add)
+		dd_pl_ours_add(lo, len);
+	else
+		dd_pl_ours_sub(lo, len);
+}
+
 bool dd_pl_tables_init(void)
 {
 	if (pl.mine.r)
@@ -193,5 +202,6 @@ bool dd_pl_tables_init(void)
 	track(2, (uintptr_t)pl.ignore.r, pl.ignore.cap * sizeof(*pl.ignore.r));
 	track(3, (uintptr_t)pl.ours.r, pl.ours.cap * sizeof(*pl.ours.r));
 	self_ranges();
+	dd_os_ours_hook = ours_hook;   /* before the engine maps anything */
 	return true;
 }
