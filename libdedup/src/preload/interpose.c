@@ -206,12 +206,15 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	return ret;
 }
 
-static int protect_common(void *addr, size_t len, int prot, long pkey)
+/* caller: the entry point's __builtin_return_address(0) - read there, not
+ * here, where it is the entry point's own address unless the compiler made
+ * the call a tail jump (it did not for brk(), nor for any at -O0). */
+static int protect_common(void *addr, size_t len, int prot, long pkey, const void *caller)
 {
 	int st = state(), ret;
 	struct op o;
 
-	if (st != PL_ON || from_us(__builtin_return_address(0)))
+	if (st != PL_ON || from_us(caller))
 		return pkey < 0 ? dd_os_mprotect(addr, len, prot)
 				: (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
 	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
@@ -225,12 +228,12 @@ static int protect_common(void *addr, size_t len, int prot, long pkey)
 
 DD_API int mprotect(void *addr, size_t len, int prot)
 {
-	return protect_common(addr, len, prot, -1);
+	return protect_common(addr, len, prot, -1, __builtin_return_address(0));
 }
 
 DD_API int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 {
-	return protect_common(addr, len, prot, pkey);
+	return protect_common(addr, len, prot, pkey, __builtin_return_address(0));
 }
 
 /* Exclude [addr, addr+len) from merging for good, then run the call. */
@@ -338,12 +341,12 @@ DD_API int madvise(void *addr, size_t len, int advice)
 	}
 }
 
-static int lock_common(const void *addr, size_t len, unsigned flags, bool two)
+static int lock_common(const void *addr, size_t len, unsigned flags, bool two, const void *caller)
 {
 	int st = state(), ret;
 	struct op o;
 
-	if (st != PL_ON || from_us(__builtin_return_address(0)))
+	if (st != PL_ON || from_us(caller))
 		return two ? (int)syscall(SYS_mlock2, addr, len, flags)
 			   : (int)syscall(SYS_mlock, addr, len);
 	exclude_range((uintptr_t)addr, (uintptr_t)addr + len, &o);
@@ -359,11 +362,14 @@ static int lock_common(const void *addr, size_t len, unsigned flags, bool two)
 	return ret;
 }
 
-DD_API int mlock(const void *addr, size_t len) { return lock_common(addr, len, 0, false); }
+DD_API int mlock(const void *addr, size_t len)
+{
+	return lock_common(addr, len, 0, false, __builtin_return_address(0));
+}
 
 DD_API int mlock2(const void *addr, size_t len, unsigned int flags)
 {
-	return lock_common(addr, len, flags, true);
+	return lock_common(addr, len, flags, true, __builtin_return_address(0));
 }
 
 DD_API int mlockall(int flags)
@@ -377,13 +383,13 @@ DD_API int mlockall(int flags)
 }
 
 /* brk/sbrk go through glibc's __sbrk, which keeps its idea of the break. */
-static void *sbrk_common(intptr_t inc)
+static void *sbrk_common(intptr_t inc, const void *caller)
 {
 	int st = state();
 	void *ret;
 	struct op o;
 
-	if (st != PL_ON || inc >= 0 || from_us(__builtin_return_address(0)))
+	if (st != PL_ON || inc >= 0 || from_us(caller))
 		return __sbrk(inc);
 	uintptr_t cur = (uintptr_t)__sbrk(0);
 	dd_pl_op_begin(&o, cur + (uintptr_t)inc, cur);
@@ -392,12 +398,12 @@ static void *sbrk_common(intptr_t inc)
 	return ret;
 }
 
-DD_API void *sbrk(intptr_t inc) { return sbrk_common(inc); }
+DD_API void *sbrk(intptr_t inc) { return sbrk_common(inc, __builtin_return_address(0)); }
 
 DD_API int brk(void *addr)
 {
 	uintptr_t cur = (uintptr_t)__sbrk(0);
-	void *r = sbrk_common((intptr_t)((uintptr_t)addr - cur));
+	void *r = sbrk_common((intptr_t)((uintptr_t)addr - cur), __builtin_return_address(0));
 	return r == (void *)-1 ? -1 : 0;
 }
 
