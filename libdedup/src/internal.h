@@ -247,6 +247,20 @@ static inline size_t dd_own_table_cap(size_t cap, size_t elem)
 typedef int (*dd_maps_fn)(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms,
 			  const char *rest);
 int dd_maps_each(dd_maps_fn fn, void *ctx);
+/* The one reader of /proc files (os.c): each line, no stdio, no malloc. */
+typedef int (*dd_line_fn)(void *ctx, char *line);   /* non-zero stops */
+int dd_proc_lines(const char *path, dd_line_fn fn, void *ctx);
+struct dd_maps_line {
+	uintptr_t lo, hi;
+	char perms[5];         /* "rwxp" */
+	const char *rest;      /* " offset dev inode name" */
+	uint64_t offset;
+	unsigned long inode;
+	const char *name;      /* "" for anonymous memory */
+};
+bool dd_maps_header(const char *line, struct dd_maps_line *m);   /* maps/smaps header? */
+struct dd_vmflag_name { char n[3]; unsigned f; };
+unsigned dd_vmflags_parse(const char *p, const struct dd_vmflag_name *names, size_t n);
 int dd_perms_prot(const char *perms);   /* PROT_* of "rwxp" */
 
 /* ---- fds.c: our descriptors, out of the program's way ------------------ */

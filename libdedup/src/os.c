@@ -686,14 +686,20 @@ void dd_os_close(void)
 /* ---- /proc/self/maps ---------------------------------------------------- */
 
 /*
- * Calls fn on each line of /proc/self/maps, parsed in a stack buffer
- * (no stdio: see internal.h). Stops when fn returns non-zero.
+ * The one reader of /proc files: fn gets each line of path (NUL-terminated,
+ * without its newline), read through a temporary descriptor of ours
+ * (fds.c) into a stack buffer - no stdio, no malloc (see internal.h): this
+ * runs in our threads and inside interposed calls. A line longer than the
+ * buffer (only a path can be) is given cut, and its tail is skipped.
+ * Stops when fn returns non-zero; returns that value if negative, else 0,
+ * or -errno if the file cannot be opened.
  */
-int dd_maps_each(dd_maps_fn fn, void *ctx)
+int dd_proc_lines(const char *path, dd_line_fn fn, void *ctx)
 {
 	char buf[8192];
 	size_t have = 0;
-	int fd = dd_fd_open_temp("/proc/self/maps", O_RDONLY);
+	bool skip = false;   /* the tail of a cut line */
+	int fd = dd_fd_open_temp(path, O_RDONLY);
 	int ret = 0;
 
 	if (fd < 0)
@@ -707,22 +713,91 @@ int dd_maps_each(dd_maps_fn fn, void *ctx)
 		char *line = buf, *nl;
 		while ((nl = memchr(line, '\n', have - (size_t)(line - buf)))) {
 			*nl = 0;
-			char *p = line;
-			uintptr_t lo = strtoull(p, &p, 16);
-			uintptr_t hi = strtoull(p + 1, &p, 16);
-			char perms[5] = { 0 };
-			p++;
-			memcpy(perms, p, 4);
-			if ((ret = fn(ctx, lo, hi, perms, p + 4)))
+			if (skip)
+				skip = false;
+			else if ((ret = fn(ctx, line)))
 				goto out;
 			line = nl + 1;
 		}
 		have -= (size_t)(line - buf);
 		memmove(buf, line, have);
+		if (have == sizeof(buf) - 1) {   /* no newline in a full buffer */
+			buf[have] = 0;
+			if (!skip && (ret = fn(ctx, buf)))
+				goto out;
+			have = 0;
+			skip = true;
+		}
 	}
 out:
 	dd_fd_close_temp(fd);
 	return ret < 0 ? ret : 0;
+}
+
+/* A header line of maps or smaps, "lo-hi perms offset dev inode name":
+ * false for the other lines of smaps. */
+bool dd_maps_header(const char *line, struct dd_maps_line *m)
+{
+	const char *p = line;
+	char *e;
+
+	if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+		return false;
+	m->lo = strtoull(p, &e, 16);
+	if (*e != '-')
+		return false;
+	m->hi = strtoull(e + 1, &e, 16);
+	if (*e != ' ' || strnlen(e + 1, 4) < 4)
+		return false;
+	memcpy(m->perms, e + 1, 4);
+	m->perms[4] = 0;
+	m->rest = e + 5;
+	m->offset = strtoull(m->rest, &e, 16);
+	while (*e == ' ')
+		e++;
+	while (*e && *e != ' ')   /* dev */
+		e++;
+	m->inode = strtoull(e, &e, 10);
+	while (*e == ' ')
+		e++;
+	m->name = e;
+	return true;
+}
+
+/* The VmFlags of an smaps "VmFlags:" line, p after the colon: two letters
+ * each, the ones names[] knows. */
+unsigned dd_vmflags_parse(const char *p, const struct dd_vmflag_name *names, size_t n)
+{
+	unsigned f = 0;
+
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		if (!p[0] || !p[1])
+			break;
+		for (size_t i = 0; i < n; i++)
+			if (p[0] == names[i].n[0] && p[1] == names[i].n[1])
+				f |= names[i].f;
+		p += 2;
+	}
+	return f;
+}
+
+struct each_ctx { dd_maps_fn fn; void *ctx; };
+
+static int each_line(void *c, char *line)
+{
+	struct each_ctx *ec = c;
+	struct dd_maps_line m;
+
+	return dd_maps_header(line, &m) ? ec->fn(ec->ctx, m.lo, m.hi, m.perms, m.rest) : 0;
+}
+
+/* Calls fn on each line of /proc/self/maps. Stops when fn returns non-zero. */
+int dd_maps_each(dd_maps_fn fn, void *ctx)
+{
+	struct each_ctx ec = { fn, ctx };
+	return dd_proc_lines("/proc/self/maps", each_line, &ec);
 }
 
 /* PROT_* of a maps line's "rwxp" */
@@ -918,12 +993,33 @@ int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
 }
 
 /* VmFlags names of /proc/self/smaps that dd_vma_vmflags reports */
-static const struct { char n[3]; unsigned f; } vmflag_names[] = {
+static const struct dd_vmflag_name vmflag_names[] = {
 	{ "nh", DD_VMF_NOHUGEPAGE }, { "hg", DD_VMF_HUGEPAGE }, { "dd", DD_VMF_DONTDUMP },
 	{ "dc", DD_VMF_DONTFORK }, { "wf", DD_VMF_WIPEONFORK }, { "sr", DD_VMF_SEQ_READ },
 	{ "rr", DD_VMF_RAND_READ }, { "mg", DD_VMF_MERGEABLE }, { "nr", DD_VMF_NORESERVE },
 	{ "ac", DD_VMF_ACCOUNT }, { "lo", DD_VMF_LOCKED },
 };
+
+struct vmflags_ctx { uintptr_t a; bool in; unsigned *out; };
+
+static int vmflags_line(void *c, char *line)
+{
+	struct vmflags_ctx *vc = c;
+	struct dd_maps_line m;
+
+	if (strncmp(line, "VmFlags:", 8) == 0) {
+		if (!vc->in)
+			return 0;
+		*vc->out = dd_vmflags_parse(line + 8, vmflag_names, DD_ARRAY_SIZE(vmflag_names));
+		return 1;
+	}
+	if (!dd_maps_header(line, &m))
+		return 0;
+	if (m.lo > vc->a)
+		return -ENOENT;   /* past it: a is not mapped */
+	vc->in = vc->a >= m.lo && vc->a < m.hi;
+	return 0;
+}
 
 /*
  * The VmFlags (DD_VMF_*) of the mapping holding a, from /proc/self/smaps.
@@ -933,60 +1029,12 @@ static const struct { char n[3]; unsigned f; } vmflag_names[] = {
  */
 int dd_vma_vmflags(uintptr_t a, unsigned *out)
 {
-	char buf[8192];
-	size_t have = 0;
-	int fd = dd_fd_open_temp("/proc/self/smaps", O_RDONLY), ret = -ENOENT;
-	bool in = false;
+	struct vmflags_ctx vc = { a, false, out };
+	int r = dd_proc_lines("/proc/self/smaps", vmflags_line, &vc);
 
-	if (fd < 0)
-		return fd;
-	for (;;) {
-		ssize_t r = dd_fd_read_temp(fd, buf + have, sizeof(buf) - 1 - have);
-		if (r <= 0)
-			break;
-		have += (size_t)r;
-		buf[have] = 0;
-		char *line = buf, *nl;
-		while ((nl = memchr(line, '\n', have - (size_t)(line - buf)))) {
-			*nl = 0;
-			if (strncmp(line, "VmFlags:", 8) == 0) {
-				if (in) {
-					unsigned f = 0;
-					for (const char *p = line + 8; *p;) {
-						while (*p == ' ')
-							p++;
-						if (!p[0] || !p[1])
-							break;
-						for (size_t i = 0; i < DD_ARRAY_SIZE(vmflag_names); i++)
-							if (p[0] == vmflag_names[i].n[0] &&
-							    p[1] == vmflag_names[i].n[1])
-								f |= vmflag_names[i].f;
-						p += 2;
-					}
-					*out = f;
-					ret = 0;
-					goto out;
-				}
-			} else if ((*line >= '0' && *line <= '9') || (*line >= 'a' && *line <= 'f')) {
-				char *p = line;
-				uintptr_t lo = strtoull(p, &p, 16);
-				uintptr_t hi = *p == '-' ? strtoull(p + 1, &p, 16) : 0;
-				if (*p == ' ') {   /* a mapping's header line */
-					if (lo > a)
-						goto out;
-					in = a >= lo && a < hi;
-				}
-			}
-			line = nl + 1;
-		}
-		have -= (size_t)(line - buf);
-		memmove(buf, line, have);
-		if (have == sizeof(buf) - 1)
-			have = 0;   /* a line longer than buf: only paths are */
-	}
-out:
-	dd_fd_close_temp(fd);
-	return ret;
+	if (r < 0)
+		return r;
+	return vc.in ? 0 : -ENOENT;
 }
 
 struct count_ctx { long n, match; const char *needle; };

@@ -3,8 +3,9 @@
  * maps.c - preload mode: /proc/self/maps and smaps, one VMA (struct vma,
  * preload.h) at a time: its range, permissions, kind (anonymous, stack, a
  * piece of our memfd, other) and, from smaps, the VmFlags we care about.
- * Read from a stack buffer through a temporary descriptor of ours (../fds.c):
- * no stdio, no malloc, since this runs inside interposed calls.
+ * Read with os.c's reader (dd_proc_lines: a stack buffer, a temporary
+ * descriptor of ours, no stdio, no malloc), since this runs inside
+ * interposed calls.
  *
  * Any thread: the interposers and the dedup-preload thread. No lock of its
  * own; dd_pl_pieces_in fills pl.pieces, which is pl.lock's.
@@ -14,61 +15,21 @@
 
 #include "preload.h"
 
-static uintptr_t parse_hex(const char **pp)
+/* One VMA from a header line of maps or smaps (os.c parses it). */
+static bool parse_header(const char *line, struct vma *v)
 {
-	const char *p = *pp;
-	uintptr_t v = 0;
-	for (;; p++) {
-		unsigned d;
-		if (*p >= '0' && *p <= '9')
-			d = (unsigned)(*p - '0');
-		else if (*p >= 'a' && *p <= 'f')
-			d = (unsigned)(*p - 'a' + 10);
-		else
-			break;
-		v = v * 16 + d;
-	}
-	*pp = p;
-	return v;
-}
+	struct dd_maps_line m;
+	const char *p;
 
-static bool is_header(const char *s)
-{
-	return (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f');
-}
-
-/* "lo-hi perms offset dev inode name" */
-static bool parse_header(const char *s, struct vma *v)
-{
-	const char *p = s;
-	unsigned long inode = 0;
-
-	v->lo = parse_hex(&p);
-	if (*p++ != '-')
+	if (!dd_maps_header(line, &m))
 		return false;
-	v->hi = parse_hex(&p);
-	if (*p++ != ' ' || strlen(p) < 4)
-		return false;
-	memcpy(v->perms, p, 4);
-	p += 4;
-	while (*p == ' ')
-		p++;
-	parse_hex(&p);                 /* offset */
-	while (*p == ' ')
-		p++;
-	parse_hex(&p);                 /* dev major */
-	if (*p == ':')
-		p++;
-	parse_hex(&p);                 /* dev minor */
-	while (*p == ' ')
-		p++;
-	while (*p >= '0' && *p <= '9')
-		inode = inode * 10 + (unsigned long)(*p++ - '0');
-	while (*p == ' ')
-		p++;
+	v->lo = m.lo;
+	v->hi = m.hi;
+	memcpy(v->perms, m.perms, 4);
 	v->flags = 0;
-	v->heap = inode == 0 && strncmp(p, "[heap]", 6) == 0;
-	if (inode == 0) {
+	p = m.name;
+	v->heap = m.inode == 0 && strncmp(p, "[heap]", 6) == 0;
+	if (m.inode == 0) {
 		if (*p == 0 || strncmp(p, "[heap]", 6) == 0 ||
 		    (strncmp(p, "[anon:", 6) == 0 && strncmp(p, "[anon:libdedup", 14) != 0))
 			v->kind = K_ANON;
@@ -82,96 +43,53 @@ static bool parse_header(const char *s, struct vma *v)
 	return true;
 }
 
-static uint32_t parse_vmflags(const char *p)
-{
-	static const struct { char n[3]; uint32_t f; } names[] = {
-		{ "lo", VF_LO }, { "dc", VF_DC }, { "wf", VF_WF }, { "dd", VF_DD },
-		{ "um", VF_UM }, { "uw", VF_UW }, { "ui", VF_UI },
-	};
-	uint32_t f = VF_KNOWN;
-
-	while (*p) {
-		while (*p == ' ')
-			p++;
-		if (!p[0] || !p[1])
-			break;
-		for (size_t i = 0; i < DD_ARRAY_SIZE(names); i++)
-			if (p[0] == names[i].n[0] && p[1] == names[i].n[1])
-				f |= names[i].f;
-		p += 2;
-	}
-	return f;
-}
+static const struct dd_vmflag_name vf_names[] = {
+	{ "lo", VF_LO }, { "dc", VF_DC }, { "wf", VF_WF }, { "dd", VF_DD },
+	{ "um", VF_UM }, { "uw", VF_UW }, { "ui", VF_UI },
+};
 
 typedef int (*vma_fn)(void *ctx, const struct vma *v);
 
+struct walk {
+	bool smaps;
+	bool pending;            /* smaps: v is waiting for its VmFlags line */
+	struct vma v;
+	vma_fn fn;
+	void *ctx;
+};
+
+static int walk_line(void *c, char *line)
+{
+	struct walk *w = c;
+	int ret;
+
+	if (w->smaps && w->pending && strncmp(line, "VmFlags:", 8) == 0) {
+		w->v.flags = VF_KNOWN | dd_vmflags_parse(line + 8, vf_names, DD_ARRAY_SIZE(vf_names));
+		w->pending = false;
+		return w->fn(w->ctx, &w->v);
+	}
+	struct vma v;
+	if (!parse_header(line, &v))
+		return 0;
+	if (w->pending && (ret = w->fn(w->ctx, &w->v)))   /* smaps without VmFlags */
+		return ret;
+	w->v = v;
+	w->pending = w->smaps;
+	return w->smaps ? 0 : w->fn(w->ctx, &w->v);
+}
+
 /*
  * Call fn for every VMA of /proc/self/maps (smaps: with its VmFlags), in
- * address order, from a stack buffer (no stdio). Lines longer than the
- * buffer (paths) are cut; only their start matters. Stops when fn returns
- * non-zero. Returns 0 or -errno.
+ * address order (os.c's reader: no stdio, no malloc). Stops when fn
+ * returns non-zero. Returns 0 or -errno.
  */
 int dd_pl_vma_walk(bool smaps, vma_fn fn, void *ctx)
 {
-	char buf[8192];
-	size_t have = 0;
-	bool pending = false, skip_rest = false;
-	struct vma v = { 0 };
-	int ret = 0;
-	int fd = dd_fd_open_temp(smaps ? "/proc/self/smaps" : "/proc/self/maps", O_RDONLY);
+	struct walk w = { .smaps = smaps, .fn = fn, .ctx = ctx };
+	int ret = dd_proc_lines(smaps ? "/proc/self/smaps" : "/proc/self/maps", walk_line, &w);
 
-	if (fd < 0)
-		return fd;
-	for (;;) {
-		ssize_t r = dd_fd_read_temp(fd, buf + have, sizeof(buf) - 1 - have);
-		if (r <= 0)
-			break;
-		have += (size_t)r;
-		buf[have] = 0;
-		char *line = buf, *nl;
-		while ((nl = memchr(line, '\n', have - (size_t)(line - buf)))) {
-			*nl = 0;
-			if (skip_rest) {
-				skip_rest = false;     /* the tail of a cut line */
-			} else if (is_header(line)) {
-				if (pending && (ret = fn(ctx, &v)))
-					goto out;
-				pending = parse_header(line, &v);
-				if (pending && !smaps) {
-					pending = false;
-					if ((ret = fn(ctx, &v)))
-						goto out;
-				}
-			} else if (pending && strncmp(line, "VmFlags:", 8) == 0) {
-				v.flags = parse_vmflags(line + 8);
-				pending = false;
-				if ((ret = fn(ctx, &v)))
-					goto out;
-			}
-			line = nl + 1;
-		}
-		have -= (size_t)(line - buf);
-		memmove(buf, line, have);
-		if (have == sizeof(buf) - 1) {   /* a line longer than buf */
-			buf[have] = 0;
-			if (is_header(buf)) {
-				if (pending && (ret = fn(ctx, &v)))
-					goto out;
-				pending = parse_header(buf, &v);
-				if (pending && !smaps) {
-					pending = false;
-					if ((ret = fn(ctx, &v)))
-						goto out;
-				}
-			}
-			have = 0;
-			skip_rest = true;
-		}
-	}
-	if (pending)
-		ret = fn(ctx, &v);
-out:
-	dd_fd_close_temp(fd);
+	if (ret == 0 && w.pending)
+		ret = fn(ctx, &w.v);
 	return ret < 0 ? ret : 0;
 }
 
