@@ -7,7 +7,7 @@
  * when installed, or $DEDUP_LIBRARY), DEDUP_PRELOAD=1, and the DEDUP_*
  * variables given by the options, then execs the program: the exit status is
  * the program's own. Option ranges come from the library's option table
- * (DD_OPTIONS in libdedup/src/internal.h), so the two never disagree.
+ * (DD_OPTIONS in libdedup/src/options.h), so the two never disagree.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "options.h"
 
 #ifndef DEDUP_LIBDIR
 #define DEDUP_LIBDIR "/usr/local/lib"

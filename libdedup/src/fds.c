@@ -230,8 +230,14 @@ static bool same_file(const struct stat *a, const struct stat *b)
 
 int dd_fd_open_temp(const char *path, int flags)
 {
+	return dd_fd_create_temp(path, flags, 0);
+}
+
+/* The same, with open()'s mode for O_CREAT. */
+int dd_fd_create_temp(const char *path, int flags, mode_t mode)
+{
 	struct stat want, got;
-	int x = open(path, flags | O_CLOEXEC), n;
+	int x = open(path, flags | O_CLOEXEC, mode), n;
 
 	if (x < 0)
 		return -errno;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * options.c - the option table: one place for name, default, environment
- * variable, range and help text (DD_OPTIONS in internal.h).
+ * variable, range and help text (DD_OPTIONS in options.h).
  *
  * Precedence: a non-zero field of struct dedup_config, then the DEDUP_*
  * environment variable, then the built-in default. A bad environment value

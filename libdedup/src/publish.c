@@ -162,9 +162,10 @@ int dd_publish_open(void)
 		return -ENAMETOOLONG;
 
 	unlink(tmp);   /* left by an earlier process with our pid */
-	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* never at the program's low numbers, not even for an instant (fds.c) */
+	fd = dd_fd_create_temp(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
 	if (fd < 0) {
-		ret = -errno;
+		ret = fd;
 		goto fail_log;
 	}
 	if (fchmod(fd, 0600) < 0 || ftruncate(fd, DD_PUB_FILE_SIZE) < 0) {
@@ -209,14 +210,14 @@ int dd_publish_open(void)
 		pub.page = NULL;
 		goto fail_unlink;
 	}
-	close(fd);   /* the mapping holds the file and its lock */
+	dd_fd_close_temp(fd);   /* the mapping holds the file and its lock */
 	atomic_store(&pub.unlinked, false);
 	dd_debug("live stats published in %s", pub.path);
 	return 0;
 
 fail_unlink:
 	if (fd >= 0)
-		close(fd);
+		dd_fd_close_temp(fd);
 	unlink(tmp);
 fail_log:
 	dd_info("live stats not published in %s: %s", dir, strerror(-ret));

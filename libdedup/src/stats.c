@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * stats.c - the engine's counters (DD_COUNTERS in internal.h), snapshots for
+ * stats.c - the engine's counters (DD_COUNTERS in stats.h), snapshots for
  * dedup_stats() and the table printed at shutdown or exit with
  * DEDUP_LOG=stats, with the copy of stderr it is written to.
  *

@@ -37,8 +37,8 @@
  * destroy under none, which jemalloc asserts).
  * They never call malloc, never take a lock of ours while jemalloc may hold
  * one (jemalloc's fork handler takes its mutexes after ours took pl.lock),
- * and cost one call plus, for alloc, a slot in a lock-free table and an
- * eventfd write.
+ * and cost one call plus, for alloc, a slot in a lock-free table and a
+ * futex wake (pl.kicked).
  *
  * Not covered (the mmap interposer and the reconcile still are): a jemalloc
  * older than 5 or linked statically without exporting mallctl; an arena whose

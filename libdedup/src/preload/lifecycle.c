@@ -278,7 +278,7 @@ static void start(void)
 /*
  * Called by fork() (child.c) in the child, after the merged pages it
  * inherited are guarded. The engine state a fork()ed child inherited belongs
- * to the parent: its userfaultfd, eventfds, pagemap fd (opened on the
+ * to the parent: its userfaultfd, pagemap fd and store memfd (opened on the
  * parent's mm) and tables. With DEDUP_FORK=restart, let go of all of it
  * without touching anything the parent still uses (nothing is punched or
  * unregistered: this is the child's copy), so that dedup_init() can start

@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * child.h - a fork()ed child's merged pages (child.c): the guard thread, and
+ * handing pieces back as anonymous memory.
+ */
+#ifndef DEDUP_CHILD_H
+#define DEDUP_CHILD_H
+
+#include "ranges.h"
+
+void dd_child_guard(void);           /* in the child, from fork() */
+bool dd_child_guarding(void);
+int dd_child_release(void);          /* back to anonymous memory, guard stopped */
+int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero);
+void dd_preload_forked(void);        /* preload/lifecycle.c: after the guard, in the child */
+
+#endif /* DEDUP_CHILD_H */
