@@ -157,12 +157,8 @@ int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *ze
 /* Resolve a fault at page a; -EAGAIN while an event's thread has yet to run. */
 static int resolve(uintptr_t a, bool minor)
 {
-	int r, err;
+	int r = dd_uffd_resolve(cg.uffd, a, !minor || dd_rt_overlaps(&cg.gone, a, a + DD_PAGE));
 
-	if (!minor || dd_rt_overlaps(&cg.gone, a, a + DD_PAGE))
-		r = dd_uffd_copy(cg.uffd, a, dd_zero_page, DD_PAGE, true, &err) ? 0 : -err;
-	else
-		r = dd_uffd_continue(cg.uffd, a, DD_PAGE, true, &err) ? 0 : -err;
 	if (r == -EAGAIN)
 		return r;
 	if (r < 0)   /* EEXIST: mapped meanwhile; ENOENT: unmapped meanwhile */

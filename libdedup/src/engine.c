@@ -145,20 +145,9 @@ static int resolve_minor(uintptr_t a)
 	bool zero = dd_discard_marked(a);
 	int r;
 
-	if (zero) {
-		/* A real zeroed anonymous page (UFFDIO_COPY), as a write fault
-		 * on discarded anonymous memory would give. Not UFFDIO_ZEROPAGE:
-		 * in a private file mapping it installs the special zero-pfn PTE,
-		 * which did not stay mapped on this project's machines (a second
-		 * minor fault followed; tests/test_hammer.c caught it). */
-		int err;
-		r = dd_uffd_copy(eng.uffd, a, dd_zero_page, DD_PAGE, true, &err) ? 0 : -err;
-		if (r == 0)
-			dd_discard_refilled(a);   /* its zap is behind it */
-	} else {
-		int err;
-		r = dd_uffd_continue(eng.uffd, a, DD_PAGE, true, &err) ? 0 : -err;
-	}
+	r = dd_uffd_resolve(eng.uffd, a, zero);
+	if (zero && r == 0)
+		dd_discard_refilled(a);   /* its zap is behind it */
 	DD_TRACE(zero ? 'Z' : 'c', a, DD_PAGE, r);
 	r = kept_if_lost(r);
 	if (r < 0 && r != -EAGAIN)

@@ -343,6 +343,26 @@ ssize_t dd_uffd_continue(int uffd, uintptr_t start, size_t len, bool wake, int *
 	return c.mapped > 0 ? (ssize_t)c.mapped : 0;
 }
 
+/*
+ * A fault on a merged page at a, resolved and woken: the page the file has
+ * (UFFDIO_CONTINUE), or - zeros: where it was discarded - a real zeroed
+ * anonymous page (UFFDIO_COPY), as a write fault on discarded anonymous
+ * memory would give. Not UFFDIO_ZEROPAGE: in a private file mapping it
+ * installs the special zero-pfn PTE, which did not stay mapped on this
+ * project's machines (a second minor fault followed; tests/test_hammer.c
+ * caught it). The engine's reader and a child's guard both answer faults
+ * this way. 0 or -errno (EAGAIN: an event is pending; EEXIST: mapped
+ * meanwhile - the caller wakes).
+ */
+int dd_uffd_resolve(int uffd, uintptr_t a, bool zeros)
+{
+	int err;
+
+	if (zeros)
+		return dd_uffd_copy(uffd, a, dd_zero_page, DD_PAGE, true, &err) ? 0 : -err;
+	return dd_uffd_continue(uffd, a, DD_PAGE, true, &err) ? 0 : -err;
+}
+
 int dd_uffd_zeropage(int uffd, uintptr_t start, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { .start = start, .len = len } };

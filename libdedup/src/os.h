@@ -84,6 +84,8 @@ ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *er
 ssize_t dd_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake, int *err);
 ssize_t dd_uffd_continue(int uffd, uintptr_t start, size_t len, bool wake, int *err);
 int dd_uffd_zeropage(int uffd, uintptr_t start, size_t len);   /* 0 or -errno */
+/* a fault on a merged page: its file page, or zeros; woken. 0 or -errno */
+int dd_uffd_resolve(int uffd, uintptr_t a, bool zeros);
 extern const char dd_zero_page[DD_PAGE];   /* page-aligned zeros */
 
 /* Present-page walk: calls fn(start, end, categories) for each run of
