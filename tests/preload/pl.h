@@ -159,6 +159,23 @@ static inline void pl_look(const void *p, size_t len, bool *merged, bool *regist
 	fclose(f);
 }
 
+/* Page i of the np pages at p holds pl_fill()'s page for seed + i, or zeros
+ * for i in [zlo, zhi); says which page is wrong (c: a label, a chunk). */
+static inline bool pl_pages_ok(const char *p, size_t np, uint64_t seed, size_t zlo, size_t zhi,
+			       int c)
+{
+	for (size_t i = 0; i < np; i++) {
+		const char *q = p + i * T_PAGE;
+		bool zero = i >= zlo && i < zhi;
+		if (zero ? !pl_is_zero(q, T_PAGE) : !pl_check(q, 1, seed + i)) {
+			fprintf(stderr, "%d: chunk %d page %zu: expected %s\n", (int)getpid(), c, i,
+				zero ? "zeros" : "the pattern");
+			return false;
+		}
+	}
+	return true;
+}
+
 static inline bool pl_has_merged(const void *p, size_t len)
 {
 	bool m, r;

@@ -40,16 +40,7 @@ static char *a;
 /* Page i of chunk c holds its pattern page, or zeros where zero() says. */
 static bool chunk_ok(int c, size_t zlo, size_t zhi)
 {
-	for (size_t i = 0; i < NP; i++) {
-		const char *p = CH(c) + i * T_PAGE;
-		bool ok = i >= zlo && i < zhi ? pl_is_zero(p, T_PAGE) : pl_check(p, 1, 41 * 1000 + i);
-		if (!ok) {
-			fprintf(stderr, "%d: chunk %d page %zu: expected %s\n", (int)getpid(), c, i,
-				i >= zlo && i < zhi ? "zeros" : "the pattern");
-			return false;
-		}
-	}
-	return true;
+	return pl_pages_ok(CH(c), NP, 41 * 1000, zlo, zhi, c);
 }
 
 static void fill_chunk(int c)
