@@ -17,7 +17,7 @@
  * input); this is why libdedup opens /dev/userfaultfd and refuses to run with
  * a user-mode-only uffd.
  */
-#include "tcommon.h"
+#include "probe.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -25,28 +25,6 @@
 
 #define ROFF 512  /* where the read() lands inside the page */
 #define RLEN 1000 /* how many bytes it reads */
-
-/* Read one uffd message, waiting at most @ms. 1 = got one, 0 = timeout. */
-static int read_msg(int uffd, int ms, struct uffd_msg *m)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	if (r == 0)
-		return 0;
-	ssize_t n = read(uffd, m, sizeof(*m));
-	if (n < 0 && errno == EAGAIN)
-		return 0;
-	CHECK(n == (ssize_t)sizeof(*m));
-	return 1;
-}
-
-static int wait_flag(atomic_int *flag, int ms)
-{
-	for (int i = 0; i < ms && !atomic_load(flag); i++)
-		usleep(1000);
-	return atomic_load(flag);
-}
 
 struct reader {
 	int fd;
@@ -120,7 +98,7 @@ int main(void)
 	struct reader r = { 0 };
 	unsigned char *p = start_reader(uffd, &r, &t, pfd);
 
-	CHECK(read_msg(uffd, t_cap_ms(), &m) == 1);
+	CHECK(uffd_try_msg(uffd, t_cap_ms(), &m) == 1);
 	printf("dev uffd: event %u flags 0x%llx address %p (page %p)\n",
 	       m.event, (unsigned long long)m.arg.pagefault.flags,
 	       (void *)(uintptr_t)m.arg.pagefault.address, (void *)p);
@@ -159,7 +137,7 @@ int main(void)
 	p = start_reader(uffd, &r, &t, pfd);
 	if (!wait_flag(&r.done, t_cap_ms())) {
 		/* It blocked instead: report and release it. */
-		int got = read_msg(uffd, 0, &m);
+		int got = uffd_try_msg(uffd, 0, &m);
 		fprintf(stderr, "user-mode-only uffd: read() blocked (msg %d flags 0x%llx)\n",
 			got, got ? (unsigned long long)m.arg.pagefault.flags : 0ULL);
 		CHECK(t_uffd_wp(uffd, p, T_PAGE, 0) == 0);
@@ -170,7 +148,7 @@ int main(void)
 	printf("user-mode-only uffd: read returned %zd errno %d (%s)\n", r.ret,
 	       r.err, strerror(r.err));
 	CHECK(r.ret == -1 && r.err == EFAULT);
-	CHECK(read_msg(uffd, 0, &m) == 0); /* no fault was delivered */
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0); /* no fault was delivered */
 	check_page(p, 0);                  /* nothing written */
 	/* The data is still in the pipe: after un-protecting it reads fine. */
 	CHECK(t_uffd_wp(uffd, p, T_PAGE, 0) == 0);

@@ -17,71 +17,7 @@
  * therefore must not enable EVENT_UNMAP on the uffd it merges through, and
  * this probe checks that REMOVE and REMAP alone are safe.
  */
-#include "tcommon.h"
-#include "uapi.h"
-
-#include <poll.h>
-#include <pthread.h>
-
-/* ---- bounded background operation ------------------------------------- */
-
-struct bg {
-	pthread_t th;
-	int pfd[2];
-	long (*op)(struct bg *);
-	void *addr;
-	size_t len;
-	int fd;
-	long ret;
-	int err;
-};
-
-static void *bg_main(void *p)
-{
-	struct bg *b = p;
-	char c = 1;
-	b->ret = b->op(b);
-	b->err = errno;
-	if (write(b->pfd[1], &c, 1) != 1)
-		abort();
-	return NULL;
-}
-
-static void bg_start(struct bg *b)
-{
-	CHECK(pipe2(b->pfd, O_CLOEXEC) == 0);
-	CHECK(pthread_create(&b->th, NULL, bg_main, b) == 0);
-}
-
-static int bg_done(struct bg *b, int ms)
-{
-	struct pollfd p = { .fd = b->pfd[0], .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	return r == 1;
-}
-
-static void bg_join(struct bg *b)
-{
-	CHECK(bg_done(b, t_cap_ms()));
-	CHECK(pthread_join(b->th, NULL) == 0);
-	close(b->pfd[0]);
-	close(b->pfd[1]);
-}
-
-static int uffd_readable(int uffd, int ms)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	return r == 1 && (p.revents & POLLIN);
-}
-
-static void uffd_read_msg(int uffd, struct uffd_msg *m)
-{
-	CHECK(uffd_readable(uffd, t_cap_ms()));
-	CHECK(read(uffd, m, sizeof(*m)) == (ssize_t)sizeof(*m));
-}
+#include "probe.h"
 
 /*
  * Run an operation that is expected NOT to block on the uffd. If it does not

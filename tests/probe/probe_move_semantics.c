@@ -29,7 +29,7 @@
  * (that would block); presence comes from /proc/self/pagemap. Accesses that
  * could block run in threads with timeouts. THP is disabled on the ranges.
  */
-#include "tcommon.h"
+#include "probe.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -52,27 +52,6 @@ static int present(const void *addr)
 	CHECK(pagemap_fd >= 0);
 	CHECK(pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)addr / T_PAGE) * 8) == 8);
 	return (int)(e >> 63);
-}
-
-static int read_msg(int ms, struct uffd_msg *m)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	if (r == 0)
-		return 0;
-	ssize_t n = read(uffd, m, sizeof(*m));
-	if (n < 0 && errno == EAGAIN)
-		return 0;
-	CHECK(n == (ssize_t)sizeof(*m));
-	return 1;
-}
-
-static int wait_flag(atomic_int *flag, int ms)
-{
-	for (int i = 0; i < ms && !atomic_load(flag); i++)
-		usleep(1000);
-	return atomic_load(flag);
 }
 
 static int do_move(void *dst, void *src, size_t len, uint64_t mode,
@@ -120,7 +99,7 @@ static void access_nonblocking(struct access *a)
 	atomic_store(&a->done, 0);
 	CHECK(pthread_create(&t, NULL, access_fn, a) == 0);
 	if (!wait_flag(&a->done, t_cap_ms())) {
-		int got = read_msg(0, &m);
+		int got = uffd_try_msg(uffd, 0, &m);
 		fprintf(stderr, "access blocked (msg %d event %u flags 0x%llx)\n",
 			got, got ? m.event : 0,
 			got ? (unsigned long long)m.arg.pagefault.flags : 0ULL);
@@ -169,7 +148,7 @@ static void test_errors(void)
 	for (size_t i = 0; i < T_PAGE; i++)
 		CHECK(dst[i] == 0x77);
 	struct uffd_msg m;
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 
 	munmap(src, 2 * T_PAGE);
 	munmap(dst, 2 * T_PAGE);
@@ -197,14 +176,14 @@ static void test_wp_only(void)
 	a.addr = A;
 	access_nonblocking(&a); /* read */
 	CHECK(memcmp(a.copy, zero, T_PAGE) == 0);
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 
 	a.write = 1;
 	a.val = 0xab;
 	access_nonblocking(&a); /* write */
 	CHECK(a.copy[0] == 0xab);
 	CHECK(memcmp(a.copy + 1, zero + 1, T_PAGE - 1) == 0);
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 	CHECK(present(A));
 	CHECK(A[0] == 0xab && memcmp(A + 1, zero + 1, T_PAGE - 1) == 0);
 	/* The moved page is S's now; neighbours untouched. */
@@ -245,7 +224,7 @@ static void test_missing_wp(void)
 	a.addr = A;
 	pthread_t t;
 	CHECK(pthread_create(&t, NULL, access_fn, &a) == 0);
-	CHECK(read_msg(t_cap_ms(), &m) == 1);
+	CHECK(uffd_try_msg(uffd, t_cap_ms(), &m) == 1);
 	printf("reader fault: event %u flags 0x%llx\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
@@ -265,7 +244,7 @@ static void test_missing_wp(void)
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(a.copy, mpat, T_PAGE) == 0);
 	CHECK(memcmp(A, mpat, T_PAGE) == 0);
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 	CHECK(memcmp(base, pattern, T_PAGE) == 0);
 	CHECK(memcmp(base + 2 * T_PAGE, pattern, T_PAGE) == 0);
 
@@ -305,7 +284,7 @@ static void test_partial(void)
 	CHECK(present(src + 3 * T_PAGE) && !present(dst + 3 * T_PAGE));
 	t_fill(want, 203);
 	CHECK(memcmp(src + 3 * T_PAGE, want, T_PAGE) == 0);
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 
 	/* Now the run starts at the hole: nothing moves, ENOENT. */
 	errno = 0;

@@ -43,7 +43,7 @@
  * below does not raise an event nobody reads. Every access that may block
  * runs in a thread and is waited for with a timeout.
  */
-#include "tcommon.h"
+#include "probe.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -54,27 +54,6 @@
 
 static int uffd;
 static unsigned char pattern[T_PAGE], zero[T_PAGE];
-
-static int read_msg(int ms, struct uffd_msg *m)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	if (r == 0)
-		return 0;
-	ssize_t n = read(uffd, m, sizeof(*m));
-	if (n < 0 && errno == EAGAIN)
-		return 0;
-	CHECK(n == (ssize_t)sizeof(*m));
-	return 1;
-}
-
-static int wait_flag(atomic_int *flag, int ms)
-{
-	for (int i = 0; i < ms && !atomic_load(flag); i++)
-		usleep(1000);
-	return atomic_load(flag);
-}
 
 struct reader {
 	volatile unsigned char *addr;
@@ -261,7 +240,7 @@ int main(void)
 	/* ... and its empty PTE now raises a MISSING fault (read: flags 0). */
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
-	CHECK(read_msg(t_cap_ms(), &m) == 1);
+	CHECK(uffd_try_msg(uffd, t_cap_ms(), &m) == 1);
 	printf("   fault: event %u flags 0x%llx\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
@@ -297,7 +276,7 @@ int main(void)
 	memset(&rd, 0, sizeof(rd));
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
-	CHECK(read_msg(t_cap_ms(), &m) == 1);
+	CHECK(uffd_try_msg(uffd, t_cap_ms(), &m) == 1);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
 	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
 	CHECK((m.arg.pagefault.flags &
@@ -320,7 +299,7 @@ int main(void)
 	wr.addr = P;
 	wr.val = (unsigned char)(pattern[0] ^ 0x55);
 	CHECK(pthread_create(&t, NULL, writer_fn, &wr) == 0);
-	CHECK(read_msg(t_cap_ms(), &m) == 1);
+	CHECK(uffd_try_msg(uffd, t_cap_ms(), &m) == 1);
 	CHECK(m.event == UFFD_EVENT_PAGEFAULT);
 	CHECK((m.arg.pagefault.address & ~(T_PAGE - 1)) == (uintptr_t)P);
 	CHECK((m.arg.pagefault.flags &
@@ -334,7 +313,7 @@ int main(void)
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(P[0] == wr.val);
 	P[0] = pattern[0];
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 	CHECK(t_uffd_wp(uffd, P, T_PAGE, 1) == 0);
 	CHECK(pagemap_uffd_wp(P) == 1);
 	printf("3. WRITEPROTECT(P): pagemap uffd-wp 1, a write blocked on a WP fault "
@@ -379,7 +358,7 @@ int main(void)
 	wr.addr = P;
 	wr.val = (unsigned char)(pattern[0] ^ 0xaa);
 	CHECK(pthread_create(&t, NULL, writer_fn, &wr) == 0);
-	int got = read_msg(100, &m);
+	int got = uffd_try_msg(uffd, 100, &m);
 	if (got)
 		fprintf(stderr, "write to P after restore raised event %u flags 0x%llx\n",
 			m.event, (unsigned long long)m.arg.pagefault.flags);
@@ -388,7 +367,7 @@ int main(void)
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(P[0] == wr.val);
 	CHECK(memcmp(P + 1, pattern + 1, T_PAGE - 1) == 0);
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 	printf("   write to the formerly write-protected P: landed, no uffd message\n");
 	P[0] = pattern[0];
 
@@ -403,13 +382,13 @@ int main(void)
 	rd.addr = P;
 	CHECK(pthread_create(&t, NULL, reader_fn, &rd) == 0);
 	if (!wait_flag(&rd.done, t_cap_ms())) {
-		got = read_msg(0, &m);
+		got = uffd_try_msg(uffd, 0, &m);
 		fprintf(stderr, "reader blocked after restore (msg %d)\n", got);
 		CHECK(!"read of an empty page in a MODE_WP range did not complete");
 	}
 	CHECK(pthread_join(t, NULL) == 0);
 	CHECK(memcmp(rd.copy, zero, T_PAGE) == 0);
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 	CHECK(t_map_count() == count0);
 
 	/* 6. A second uffd cannot register any part of the range. */

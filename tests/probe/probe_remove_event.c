@@ -17,73 +17,7 @@
  * UFFDIO_WAKE to release blocked writers while an event is queued, knowing
  * that this does not release the event's own waiter.
  */
-#include "tcommon.h"
-#include "uapi.h"
-
-#include <poll.h>
-#include <pthread.h>
-
-/* ---- bounded background operation ------------------------------------- */
-
-struct bg {
-	pthread_t th;
-	int pfd[2];
-	long (*op)(struct bg *);
-	void *addr;
-	size_t len;
-	int arg;
-	long ret;
-	int err;
-};
-
-static void *bg_main(void *p)
-{
-	struct bg *b = p;
-	char c = 1;
-	b->ret = b->op(b);
-	b->err = errno;
-	if (write(b->pfd[1], &c, 1) != 1)
-		abort();
-	return NULL;
-}
-
-static void bg_start(struct bg *b)
-{
-	CHECK(pipe2(b->pfd, O_CLOEXEC) == 0);
-	CHECK(pthread_create(&b->th, NULL, bg_main, b) == 0);
-}
-
-/* 1 if the operation finished within @ms milliseconds. */
-static int bg_done(struct bg *b, int ms)
-{
-	struct pollfd p = { .fd = b->pfd[0], .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	return r == 1;
-}
-
-static void bg_join(struct bg *b)
-{
-	CHECK(bg_done(b, t_cap_ms()));
-	CHECK(pthread_join(b->th, NULL) == 0);
-	close(b->pfd[0]);
-	close(b->pfd[1]);
-}
-
-/* 1 if the uffd is readable within @ms milliseconds. */
-static int uffd_readable(int uffd, int ms)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	return r == 1 && (p.revents & POLLIN);
-}
-
-static void uffd_read_msg(int uffd, struct uffd_msg *m)
-{
-	CHECK(uffd_readable(uffd, t_cap_ms()));
-	CHECK(read(uffd, m, sizeof(*m)) == (ssize_t)sizeof(*m));
-}
+#include "probe.h"
 
 /* ---- helpers ----------------------------------------------------------- */
 

@@ -24,7 +24,7 @@
  * it ever blocked on a non-cooperative event, the test fails instead of
  * hanging.
  */
-#include "tcommon.h"
+#include "probe.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -37,29 +37,6 @@
 #define WOFF 100 /* offset of the byte the writer stores */
 
 static int uffd;
-
-/* Read one uffd message, waiting at most @ms. 1 = got one, 0 = timeout. */
-static int read_msg(int ms, struct uffd_msg *m)
-{
-	struct pollfd p = { .fd = uffd, .events = POLLIN };
-	int r = poll(&p, 1, ms);
-	CHECK(r >= 0);
-	if (r == 0)
-		return 0;
-	ssize_t n = read(uffd, m, sizeof(*m));
-	if (n < 0 && errno == EAGAIN)
-		return 0;
-	CHECK(n == (ssize_t)sizeof(*m));
-	return 1;
-}
-
-/* Poll @flag for up to @ms milliseconds. */
-static int wait_flag(atomic_int *flag, int ms)
-{
-	for (int i = 0; i < ms && !atomic_load(flag); i++)
-		usleep(1000);
-	return atomic_load(flag);
-}
 
 struct writer {
 	volatile unsigned char *addr;
@@ -130,7 +107,7 @@ int main(void)
 	pthread_t wt;
 	CHECK(pthread_create(&wt, NULL, writer_fn, &w) == 0);
 
-	CHECK(read_msg(t_cap_ms(), &m) == 1);
+	CHECK(uffd_try_msg(uffd, t_cap_ms(), &m) == 1);
 	printf("fault: event %u flags 0x%llx address %p\n", m.event,
 	       (unsigned long long)m.arg.pagefault.flags,
 	       (void *)(uintptr_t)m.arg.pagefault.address);
@@ -147,14 +124,14 @@ int main(void)
 	pthread_t rt;
 	CHECK(pthread_create(&rt, NULL, replace_fn, &r) == 0);
 	if (!wait_flag(&r.done, t_cap_ms())) {
-		if (read_msg(0, &m))
+		if (uffd_try_msg(uffd, 0, &m))
 			fprintf(stderr, "mmap(MAP_FIXED) blocked on uffd event %u\n",
 				m.event);
 		CHECK(!"mmap(MAP_FIXED) over the registered page returned");
 	}
 	CHECK(pthread_join(rt, NULL) == 0);
 	CHECK(r.ret == (void *)A);
-	CHECK(read_msg(0, &m) == 0); /* no event for the replacement */
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0); /* no event for the replacement */
 
 	usleep(100 * 1000);
 	CHECK(!atomic_load(&w.done)); /* replacing the VMA did not wake it */
@@ -172,7 +149,7 @@ int main(void)
 	CHECK(pread(memfd, buf, T_PAGE, 0) == (ssize_t)T_PAGE);
 	CHECK(memcmp(buf, pattern, T_PAGE) == 0);
 	/* The retried fault hit the unregistered VMA: no further message. */
-	CHECK(read_msg(0, &m) == 0);
+	CHECK(uffd_try_msg(uffd, 0, &m) == 0);
 	/* Neighbours untouched. */
 	CHECK(memcmp(base, pattern, T_PAGE) == 0);
 	CHECK(memcmp(base + 2 * T_PAGE, pattern, T_PAGE) == 0);
