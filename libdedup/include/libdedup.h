@@ -97,7 +97,8 @@ struct dedup_stats {
 	uint64_t vmas_added;         /* mappings added by merging (estimate) */
 	uint64_t vma_budget;         /* the budget vmas_added is held to */
 	uint64_t bytes_saved;        /* (pages_sharing - pages_shared + zero) * page */
-	uint64_t metadata_bytes;     /* memory libdedup uses for its tables */
+	uint64_t metadata_bytes;     /* memory libdedup uses for its tables, and the
+	                                kernel's for the mappings merging added */
 	uint64_t regions;            /* registered ranges */
 	uint64_t bytes_registered;   /* their total length */
 	uint64_t engine_cpu_ns;      /* CPU time of libdedup's threads */

@@ -276,7 +276,17 @@ static void wake(uintptr_t a, size_t len)
 		dd_uffd_wake(eng.uffd, a, len);
 }
 
-/* VMAs one mmap of pages [i, j) would add (see region.c for the slot codes). */
+/*
+ * Mappings that placing pages [p, p + n) as one file mapping adds (see
+ * region.c for the slot codes). The pages lie in an anonymous mapping X;
+ * what is left of X is a piece on each side that is anonymous (L, R), the
+ * new mapping comes in, and it joins a file mapping beside it that holds
+ * the next slots: L + R - 1 (X) + 1 (new) - joins. An upper bound: a side
+ * outside the region counts as anonymous, a copied-on-write neighbour as
+ * one it cannot join, and a run over a boundary of X adds less. It used to
+ * add 1 more ("the new VMA" besides the splits), which made isolated
+ * merges count 3 where they cost 2 (tests/test_vma_cost.c).
+ */
 static long vma_delta(struct dd_region *r, size_t p, size_t n, uint32_t first, uint32_t last)
 {
 	long d = 0;
@@ -284,14 +294,14 @@ static long vma_delta(struct dd_region *r, size_t p, size_t n, uint32_t first, u
 	uint32_t right = p + n < r->npages ? dd_region_slot(r, p + n) : DD_SLOT_NONE;
 
 	if (left == DD_SLOT_NONE || left == DD_SLOT_ZERO)
-		d++;                       /* splits an anonymous VMA */
+		d++;                       /* an anonymous piece stays on the left */
 	else if (DD_SLOT_REAL(left) && left + 1 == first)
-		d--;                       /* merges with the file VMA on the left */
+		d--;                       /* joins the file mapping on the left */
 	if (right == DD_SLOT_NONE || right == DD_SLOT_ZERO)
 		d++;
 	else if (DD_SLOT_REAL(right) && right == last + 1)
 		d--;
-	return d + 1;                      /* the new VMA */
+	return d;
 }
 
 /* May a merge that adds @delta mappings go ahead? vmas_added is the

@@ -666,6 +666,48 @@ size_t dd_maps_table_cap(void)
 	return cap < ((size_t)1 << 22) ? cap : (size_t)1 << 22;
 }
 
+struct slab_ctx { long vma, node; };
+
+static int slab_line(void *c, char *line)
+{
+	struct slab_ctx *sc = c;
+	long *want = NULL;
+	char *p;
+
+	/* "name <active_objs> <num_objs> <objsize> ..." */
+	if (!strncmp(line, "vm_area_struct ", 15))
+		want = &sc->vma;
+	else if (!strncmp(line, "maple_node ", 11))
+		want = &sc->node;
+	if (!want)
+		return 0;
+	p = strchr(line, ' ');
+	strtol(p, &p, 10);
+	strtol(p, &p, 10);
+	*want = strtol(p, &p, 10);
+	return 0;
+}
+
+/*
+ * What one mapping costs the kernel, in bytes: a vm_area_struct and its
+ * share of the maple tree, counted as a quarter of a node (a leaf holds up
+ * to 16 entries, but splits leave nodes part full and add inner nodes:
+ * tests/test_vma_cost.c measured 233-309 bytes a mapping on this project's
+ * machines, where this gives 256). From /proc/slabinfo's object sizes where
+ * it can be read (root), else those of Linux 6.18 on x86-64 (192 and 256).
+ * Merging isolated pages adds up to two mappings per page: at 500k
+ * mappings, ~128 MB of kernel memory that "saved" must not hide (stats.c,
+ * metadata_bytes).
+ */
+static long vma_cost(void)
+{
+	struct slab_ctx sc = { 0, 0 };
+
+	if (dd_proc_lines("/proc/slabinfo", slab_line, &sc) < 0 || sc.vma <= 0 || sc.node <= 0)
+		return 192 + 256 / 4;
+	return sc.vma + sc.node / 4;
+}
+
 void dd_os_probe(void)
 {
 	struct pm_scan_arg arg;
@@ -681,6 +723,7 @@ void dd_os_probe(void)
 	dd_feat.pagemap_scan = pagemap_fd >= 0 && !env_on("DEDUP_FORCE_PAGEMAP") &&
 			       ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) >= 0;
 	dd_feat.max_map_count = dd_max_map_count_now();
+	dd_feat.vma_cost = vma_cost();
 
 	char a = 1, b = 0;
 	struct iovec l = { &b, 1 }, r = { &a, 1 };

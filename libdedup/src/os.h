@@ -68,6 +68,7 @@ struct dd_features {
 	bool pagemap_scan;        /* PAGEMAP_SCAN ioctl works */
 	bool vm_readv;            /* process_vm_readv() on ourselves works */
 	long max_map_count;
+	long vma_cost;            /* kernel bytes per mapping (vm_area_struct + tree) */
 };
 extern struct dd_features dd_feat;
 

@@ -33,7 +33,11 @@ void dd_stats_snapshot(struct dedup_stats *out)
 	st.pages_sharing = dd_store_sharing();
 	st.pages_shared = dd_store_shared();
 	st.bytes_saved = (st.pages_sharing - st.pages_shared + st.zero_pages) * DD_PAGE;
-	st.metadata_bytes = atomic_load(&dd_vm_bytes);
+	/* our tables, and the kernel's for the mappings merging added: a
+	 * mapping costs a vm_area_struct and tree nodes (os.c, vma_cost) */
+	int64_t added = (int64_t)atomic_load(&dd_cnt.vmas_added);
+	st.metadata_bytes = atomic_load(&dd_vm_bytes) +
+			    (added > 0 ? (uint64_t)added * (uint64_t)dd_feat.vma_cost : 0);
 	st.regions = dd_region_count_relaxed();
 	st.bytes_registered = dd_region_bytes();
 	st.vma_budget = eng.vma_budget;
