@@ -23,12 +23,14 @@
  *    process can change the file's pages any more.
  * Under both seals a MAP_PRIVATE mapping made before the seal, and new ones
  * made after it, can be written: the write copies the page (COW), the file
- * keeps its content.
+ * keeps its content. F_SEAL_WRITE alone does not stop ftruncate(): only
+ * F_SEAL_SHRINK does (what a shrink does to mappers: probe_punch_private).
  *
  * Why libdedup's group store depends on it (docs/sharing.md, "Sealing"):
  * a member maps a canonical page only after checking F_GET_SEALS for
  * F_SEAL_WRITE (not FUTURE_WRITE: that one lets a writable mapping made
- * before it keep writing) together with SHRINK, GROW and SEAL; the
+ * before it keep writing) together with SHRINK (a truncation would take
+ * members' pages, copies included), GROW and SEAL; the
  * publisher must therefore fill a segment with pwrite() and hold no
  * writable shared view of it (today's store keeps one: it must go); merged
  * pages stay MAP_PRIVATE mappings that a write copies, as in one process;
@@ -166,6 +168,16 @@ int main(void)
 	CHECK(p_mem_is(view + 2 * T_PAGE, 102));   /* unchanged by the copies */
 	CHECK(munmap((void *)view, NP * T_PAGE) == 0 && munmap(priv, NP * T_PAGE) == 0);
 	close(rfd);
+	close(fd);
+
+	/* F_SEAL_WRITE alone: the file can still be shrunk */
+	fd = p_memfd("probe-write-only", NP, 100);
+	CHECK(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE) == 0);
+	CHECK(ftruncate(fd, T_PAGE) == 0);
+	CHECK(lseek(fd, 0, SEEK_END) == (off_t)T_PAGE);
+	CHECK(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+	errno = 0;
+	expect_err(ftruncate(fd, 0), EPERM, "F_SEAL_SHRINK: ftruncate(0)");
 	close(fd);
 	printf("PASS: write seals refuse write/pwrite/shared-write mmap/mprotect/punch; "
 	       "private mappings copy on write; FUTURE_WRITE spares old writable mappings\n");
