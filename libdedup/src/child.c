@@ -178,6 +178,8 @@ static void remapped(uintptr_t from, uintptr_t to, size_t len)
 	struct dd_range moved[64];
 	size_t n = 0;
 
+	dd_assert_held(&cg.lock);
+
 	dd_rt_sub(&cg.gone, to, to + len);
 	for (size_t i = dd_rt_lower(&cg.gone, from); i < cg.gone.n && cg.gone.r[i].lo < from + len; i++) {
 		uintptr_t lo = cg.gone.r[i].lo > from ? cg.gone.r[i].lo : from;
