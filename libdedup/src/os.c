@@ -815,7 +815,7 @@ bool dd_maps_header(const char *line, struct dd_maps_line *m)
 	memcpy(m->perms, e + 1, 4);
 	m->perms[4] = 0;
 	m->rest = e + 5;
-	m->offset = strtoull(m->rest, &e, 16);
+	strtoull(m->rest, &e, 16);   /* offset */
 	while (*e == ' ')
 		e++;
 	while (*e && *e != ' ')   /* dev */

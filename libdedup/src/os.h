@@ -53,7 +53,6 @@ struct dd_maps_line {
 	uintptr_t lo, hi;
 	char perms[5];         /* "rwxp" */
 	const char *rest;      /* " offset dev inode name" */
-	uint64_t offset;
 	unsigned long inode;
 	const char *name;      /* "" for anonymous memory */
 };
