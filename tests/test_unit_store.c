@@ -21,7 +21,8 @@
  *   - the slot table grows past its first 4096 entries keeping refs;
  *   - DEDUP_STORE_MAX: 1M gives exactly 256 slots, the 257th dd_store_new
  *     returns 0 (with or without a hint), a released slot can be had again;
- *     the upper bound maps at most UINT32_MAX - 2 slots.
+ *     the upper bound maps at most 2^31 slots (8 TiB): the slots above are
+ *     group segments' (store.c).
  *
  * Preconditions: release() removes the slot's stable index entry, so
  * dd_index_init() must have run. Every caller holds eng.lock (no engine
@@ -347,8 +348,9 @@ static void test_limit(void)
 	CHECK(dd_store_init(100) < 0);
 	CHECK(dd_store_fd() == -1);
 
-	/* the largest DEDUP_STORE_MAX (16T) maps at most UINT32_MAX - 2 slots,
-	 * so that slot + 1 stays below the DD_SLOT_COWED/ZERO markers */
+	/* a DEDUP_STORE_MAX of 16T maps at most 2^31 slots, so that slot + 1
+	 * stays below the group segments' slots and the DD_SLOT_COWED/ZERO
+	 * markers */
 	int r = dd_store_init(1ULL << 44);
 	if (r == -ENOMEM || r == -EFBIG) {
 		fprintf(stderr, "note: no 16 TiB sparse store here (%s): cap not checked\n",
@@ -357,8 +359,8 @@ static void test_limit(void)
 	}
 	CHECK(r == 0);
 	CHECK(dd_index_init() == 0);
-	CHECK((uint64_t)file_size() == (uint64_t)(UINT32_MAX - 2) * T_PAGE);
-	CHECK(DD_SLOT_REAL((uint32_t)(UINT32_MAX - 2)));   /* the last slot's ref */
+	CHECK((uint64_t)file_size() == (1ULL << 31) * T_PAGE);
+	CHECK(DD_SLOT_REAL((uint32_t)1 << 31));   /* the last slot's ref */
 	CHECK(new_slot(1, 0) == 1 && view_has(1, 1));
 	dd_store_put(1);
 	CHECK(blocks() == 0);

@@ -46,7 +46,7 @@ static void help(void)
 "    dedup-run [--interval MS] [--pages-per-sec N] [--cpu PCT] [--no-zero-pages]\n"
 "              [--vma-budget N] [--batch N] [--min-region SIZE] [--log LEVEL]\n"
 "              [--stats] [--fork off|restart] [--reconcile MS] [--exclude LIST]\n"
-"              [--start SIZE]\n"
+"              [--start SIZE] [--share NAME]\n"
 "              [--] program [args...]\n"
 "\n"
 "DESCRIPTION\n"
@@ -88,6 +88,14 @@ static void help(void)
 "                         anonymous memory resident, K/M/G suffixes; until\n"
 "                         then libdedup has no thread and no descriptor in\n"
 "                         it; 0 = at once (64M)\n"
+"    --share NAME         merge with every other process of yours that joins\n"
+"                         the group NAME ([A-Za-z0-9_.-], at most 64): four\n"
+"                         workers holding the same data keep about one copy.\n"
+"                         A per-user helper, dedup-share, is started on\n"
+"                         demand. Members can learn by timing which pages\n"
+"                         other members hold: share only among processes\n"
+"                         that trust each other (README: sharing groups)\n"
+"                         (none: each process merges alone)\n"
 "    -h, --help           this text\n"
 "\n"
 "ENVIRONMENT\n"
@@ -95,10 +103,13 @@ static void help(void)
 "    after it), DEDUP_PRELOAD=1, and for each option given the matching\n"
 "    variable: DEDUP_INTERVAL, DEDUP_PAGES_PER_SEC, DEDUP_CPU, DEDUP_ZERO_PAGES,\n"
 "    DEDUP_VMA_BUDGET, DEDUP_BATCH, DEDUP_MIN_REGION, DEDUP_LOG, DEDUP_FORK,\n"
-"    DEDUP_RECONCILE_MS, DEDUP_EXCLUDE, DEDUP_START. Variables already set and not overridden by an\n"
+"    DEDUP_RECONCILE_MS, DEDUP_EXCLUDE, DEDUP_START, DEDUP_SHARE. Variables\n"
+"    already set and not overridden by an\n"
 "    option are passed on unchanged.\n"
 "    DEDUP_LIBRARY   path of libdedup.so to preload (default: found relative\n"
 "                    to dedup-run, then %s)\n"
+"    DEDUP_SHARE_HELPER  path of the dedup-share helper (default: next to\n"
+"                    libdedup.so or in the tools directory of a build)\n"
 "    DEDUP_PRELOAD   0 turns preload mode off in the program (libdedup.so is\n"
 "                    still loaded, but does nothing)\n"
 "\n"
@@ -247,7 +258,7 @@ static bool find_library(char *out, size_t size)
 int main(int argc, char **argv)
 {
 	enum { O_INTERVAL = 256, O_PPS, O_CPU, O_NOZERO, O_VMA, O_BATCH, O_MINREG, O_LOG,
-	       O_STATS, O_FORK, O_RECONCILE, O_EXCLUDE, O_START };
+	       O_STATS, O_FORK, O_RECONCILE, O_EXCLUDE, O_START, O_SHARE };
 	static const struct option longopts[] = {
 		{ "interval", required_argument, NULL, O_INTERVAL },
 		{ "pages-per-sec", required_argument, NULL, O_PPS },
@@ -262,6 +273,7 @@ int main(int argc, char **argv)
 		{ "reconcile", required_argument, NULL, O_RECONCILE },
 		{ "exclude", required_argument, NULL, O_EXCLUDE },
 		{ "start", required_argument, NULL, O_START },
+		{ "share", required_argument, NULL, O_SHARE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -298,6 +310,12 @@ int main(int argc, char **argv)
 			break;
 		case O_RECONCILE: set_num("--reconcile", "DEDUP_RECONCILE_MS", optarg); break;
 		case O_START: set_num("--start", "DEDUP_START", optarg); break;
+		case O_SHARE:
+			if (!dd_share_name_ok(optarg))
+				bad_value("--share", optarg, "expected letters, digits, '_', '.' or '-', "
+					  "at most 64, not starting with '.'");
+			setenv("DEDUP_SHARE", optarg, 1);
+			break;
 		case O_EXCLUDE: {
 			struct dd_exclude x;
 			const char *bad;

@@ -72,6 +72,9 @@ static const struct field fields[] = {
 	  "canonical pages in use: the one copy kept of each merged content"),
 	F(zero_pages, "Memory saved", GAUGE, PAGES, "zero_pages", NULL,
 	  "zero-filled pages mapped to the kernel's zero page (ksm_zero_pages)"),
+	F(group_pages, "Memory saved", GAUGE, PAGES, "group_pages", NULL,
+	  "pages that map a canonical page of the process's sharing group (DEDUP_SHARE);"
+	  " not in pages_sharing or bytes_saved"),
 	F(merges, "Merging", COUNTER, NUMBER, "merges_total", NULL,
 	  "successful merges since the engine started (a page merged again counts again)"),
 	F(cow_breaks, "Merging", COUNTER, NUMBER, "cow_breaks_total", NULL,

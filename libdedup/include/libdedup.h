@@ -72,6 +72,11 @@ struct dedup_config {
 	                               registering, bytes (64K; used by preload) */
 	int32_t log_level;          /* DEDUP_LOG: enum dedup_log_level + 1; 0 = default (warn) */
 	uint32_t batch_pages;       /* DEDUP_BATCH: pages protected at once (64) */
+	const char *share;          /* DEDUP_SHARE: merge with the other processes of
+	                               this user that join this group, by name
+	                               ([A-Za-z0-9_.-], at most 64, no leading '.');
+	                               NULL or "" = this process alone (default).
+	                               README: sharing groups, and their risks */
 };
 
 /*
@@ -105,6 +110,9 @@ struct dedup_stats {
 	uint64_t store_slots_freed;  /* canonical pages released (punched) */
 	uint64_t pages_skipped_smart; /* pages not hashed in a pass: unchanged and
 	                                unmatched for passes before (smart scan) */
+	uint64_t group_pages;        /* pages that map a sharing group's canonical
+	                                page (DEDUP_SHARE); not in pages_sharing,
+	                                bytes_saved: the group saves them, once */
 };
 
 /* Start the engine (threads, userfaultfd, page store). NULL: defaults.

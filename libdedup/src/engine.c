@@ -813,6 +813,9 @@ static void postfork_child(void)
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
 	dd_fd_close(&eng.uffd);
+	/* the parent's group connection and segments are the parent's */
+	dd_group_atfork_child();
+	dd_store_child_close_segments();
 	eng.running = false;
 	eng.child = true;
 }
@@ -868,6 +871,10 @@ int dd_engine_init(const char **why)
 	ret = dd_store_init(dd_opt.store_max);
 	if (ret == 0)
 		ret = dd_index_init();
+	/* A group that cannot be joined leaves this process merging alone
+	 * (group.c said why): the user asked for more merging, not less. */
+	if (ret == 0 && dd_share_name[0])
+		dd_group_join(dd_share_name);
 	if (ret == 0)
 		ret = dd_merge_init();
 	if (ret == 0)
@@ -885,6 +892,7 @@ void dd_engine_fini(void)
 	dd_index_fini();
 	dd_discard_fini();
 	dd_store_fini();
+	dd_group_leave();
 	dd_os_close();
 	dd_fd_close(&eng.uffd);
 }

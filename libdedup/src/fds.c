@@ -59,7 +59,8 @@ static struct {
 
 /* fstat(2), not the interposed fstat() (preload/descriptors.c), which hides our own
  * numbers from the program: here we ask about exactly those. */
-static int sys_fstat(int fd, struct stat *sb) { return (int)syscall(SYS_fstat, fd, sb); }
+int dd_sys_fstat(int fd, struct stat *sb) { return (int)syscall(SYS_fstat, fd, sb); }
+#define sys_fstat dd_sys_fstat
 
 /* Record n's identity in slot i (before its number is published). */
 static void set_identity(size_t i, int n)
@@ -107,6 +108,16 @@ bool dd_fd_intact(int fd)
 									    memory_order_relaxed));
 	}
 	return true;
+}
+
+/* fd carries our tag and names inode ino: a descriptor of ours that the
+ * table does not record (a group segment's, store.c), checked before each use. */
+bool dd_fd_names(int fd, uint64_t ino)
+{
+	struct stat sb;
+
+	return fd >= 0 && fcntl(fd, F_GETSIG) == DD_FD_TAG && sys_fstat(fd, &sb) == 0 &&
+	       (uint64_t)sb.st_ino == ino;
 }
 
 /* Temporary descriptors (dd_fd_open_temp) while they are open, number + 1:

@@ -17,9 +17,12 @@ bool dd_fd_ours(int fd);           /* a number of ours (lock-free) */
 int dd_fd_next_ours(unsigned int lo, unsigned int hi);   /* lowest in [lo, hi], or -1 */
 bool dd_fd_intact(int fd);         /* the number still names our file */
 bool dd_fds_intact(void);          /* every recorded descriptor is */
+bool dd_fd_names(int fd, uint64_t ino);   /* tagged and that file (unrecorded ones) */
 int dd_fd_move_away(int fd);       /* the program dup2()s onto fd: move ours */
 int dd_fd_floor(void);
 int dd_sys_close(int fd);          /* close(2), not the interposed close() */
+struct stat;
+int dd_sys_fstat(int fd, struct stat *sb);   /* fstat(2), which sees our numbers */
 int dd_fd_open_temp(const char *path, int flags);   /* above the floor, checked, tagged */
 int dd_fd_create_temp(const char *path, int flags, mode_t mode);   /* the same, O_CREAT */
 int dd_fd_adopt_path(int *var, const char *path, int flags);

@@ -72,6 +72,7 @@
 #include "ranges.h"
 #include "child.h"
 #include "store.h"
+#include "group.h"
 #include "index.h"
 #include "region.h"
 #include "discard.h"

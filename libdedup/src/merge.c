@@ -898,7 +898,7 @@ struct um {
 	struct dd_region *r;
 	uintptr_t lo, hi;          /* the range (r's, or the one asked for) */
 	uintptr_t pos;             /* chunks are found from here on */
-	struct um_vma { uintptr_t lo, hi; uint64_t offset; int prot; bool ours; } *v;
+	struct um_vma { uintptr_t lo, hi; uint64_t offset, ino; int prot; bool ours; } *v;
 	size_t nv, vcap, vi;       /* the range's VMAs; vi: cursor */
 	char *buf;                 /* B */
 	uint8_t *st, *st2;         /* PTE states of a span, before/after 1. */
@@ -955,7 +955,7 @@ static int um_vma_fn(void *ctx, const struct dd_vma *v)
 		u->v = p;
 		u->vcap = ncap;
 	}
-	u->v[u->nv] = (struct um_vma){ v->lo, v->hi, v->offset, v->prot, v->ours };
+	u->v[u->nv] = (struct um_vma){ v->lo, v->hi, v->offset, v->ino, v->prot, v->ours };
 	u->nv++;
 	return 0;
 }
@@ -1013,9 +1013,8 @@ static uint32_t um_slot(const struct um *u, uintptr_t a)
 	const struct um_vma *v = um_find(u, a);
 	if (!v || !v->ours)
 		return DD_SLOT_NONE;
-	uint64_t s = (v->offset + (a - v->lo)) / DD_PAGE;
-	return s < DD_SLOT_COWED - 1 && dd_store_alive((uint32_t)s + 1) ? (uint32_t)s + 1
-									: DD_SLOT_NONE;
+	uint32_t s = dd_store_slot_at(v->ino, v->offset + (a - v->lo));
+	return dd_store_alive(s) ? s : DD_SLOT_NONE;
 }
 
 /*

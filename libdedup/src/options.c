@@ -183,8 +183,42 @@ int dd_options_load(const struct dedup_config *cfg)
 			o.log_level = (uint64_t)(cfg->log_level - 1);
 		}
 	}
+	/* The group: the config's, else DEDUP_SHARE (not for a set-uid program:
+	 * it would join the invoking user's group). A bad name is an error, not
+	 * a quiet "alone": the user asked for sharing. */
+	const char *share = NULL;
+	if (cfg && cfg->size >= offsetof(struct dedup_config, share) + sizeof(cfg->share))
+		share = cfg->share;
+	if (!share || !*share)
+		share = secure_getenv("DEDUP_SHARE");
+	if (share && *share && !dd_share_name_ok(share)) {
+		dd_err("DEDUP_SHARE: \"%.80s\" is not a group name ([A-Za-z0-9_.-], at most %d, "
+		       "no leading '.')", share, DD_SHARE_NAME_MAX);
+		return -EINVAL;
+	}
+	dd_share_name[0] = 0;
+	if (share)
+		strcpy(dd_share_name, share);   /* checked: at most DD_SHARE_NAME_MAX */
 	dd_opt = o;
 	return 0;
+}
+
+char dd_share_name[DD_SHARE_NAME_MAX + 1];
+
+bool dd_share_name_ok(const char *name)
+{
+	size_t n = 0;
+
+	if (!name || name[0] == '.')
+		return false;
+	for (; name[n]; n++) {
+		char c = name[n];
+		if (n >= DD_SHARE_NAME_MAX ||
+		    !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '.' || c == '-'))
+			return false;
+	}
+	return n > 0;
 }
 
 /*

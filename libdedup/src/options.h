@@ -67,6 +67,10 @@ struct dd_options {
 };
 extern struct dd_options dd_opt;
 int dd_options_load(const struct dedup_config *cfg);
+/* DEDUP_SHARE / dedup_config.share: the sharing group, "" for none */
+#define DD_SHARE_NAME_MAX 64
+extern char dd_share_name[DD_SHARE_NAME_MAX + 1];
+bool dd_share_name_ok(const char *name);   /* [A-Za-z0-9_.-]{1,64}, no leading '.' */
 int dd_parse_u64(const char *s, bool size_suffix, uint64_t *out);
 /* DEDUP_EXCLUDE (options.c): memory the preload library never registers */
 #define DD_EXCL_HEAP 1u   /* the brk heap */

@@ -957,6 +957,7 @@ int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v)
 		  ((q.vma_flags & PROCMAP_QUERY_VMA_EXECUTABLE) ? PROT_EXEC : 0);
 	v->shared = q.vma_flags & PROCMAP_QUERY_VMA_SHARED;
 	v->file = q.inode != 0;
+	v->ino = q.inode;
 	v->offset = q.vma_offset;
 	vma_kind(v, name);
 	return 0;
@@ -1006,6 +1007,7 @@ static void vma_from_line(struct dd_vma *v, uintptr_t lo, uintptr_t hi, const ch
 	while (*p == ' ')
 		p++;
 	v->file = inode != 0;
+	v->ino = inode;
 	vma_kind(v, p);
 }
 

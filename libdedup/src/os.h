@@ -130,6 +130,7 @@ struct dd_vma {
 	bool anon;         /* private anonymous memory ([heap], [anon:...] too) */
 	bool ours;         /* a mapping of a libdedup memfd (a merged run) */
 	uint64_t offset;   /* file offset of lo */
+	uint64_t ino;      /* the file's inode number (0: anonymous) */
 };
 typedef int (*dd_vma_fn)(void *ctx, const struct dd_vma *v);   /* non-zero stops */
 int dd_procmap_open(void);   /* fd for dd_vma_query, or -ENOTTY (no PROCMAP_QUERY) */

@@ -143,6 +143,136 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 static void offer_one(struct pass_ctx *c);
 
 /*
+ * A sharing group (docs/sharing.md sections 5 and 6). A candidate that
+ * matched nothing in this process is asked about (group_ask): the helper
+ * answers, for each checksum, a segment page that has it (FOUND: merged
+ * into like any canonical page, the window compares it byte for byte),
+ * SEEN (another member offered it: we publish it), or NONE (now it knows
+ * that we have it). Pages to publish (group_publish: SEEN ones, and pairs
+ * this process found itself) are copied, checked against their checksum
+ * again, written into one new sealed segment and handed to the helper;
+ * then they are merged into it. In a group the process makes no canonical
+ * page of its own: the group's is everybody's. Both queues are flushed
+ * (group_flush) before a step's batch is, while the region is still where
+ * the walk found it; the segments stay until the step's end at least
+ * (store.c, dd_store_seg_sweep). eng.lock held throughout.
+ */
+#define PUB_MAX 1024
+struct grp_ent { uintptr_t a; uint64_t h; };
+static struct {
+	struct grp_ent ask[DD_GROUP_MAX_LOOKUP];
+	size_t nask;
+	struct grp_ent pub[PUB_MAX];
+	size_t npub;
+	char *buf;                       /* PUB_MAX pages: what is published */
+	uint64_t h[PUB_MAX];
+	const void *pg[PUB_MAX];
+	uint32_t which[PUB_MAX];
+	struct dd_group_answer ans[DD_GROUP_MAX_LOOKUP];
+	struct dd_group_seg segs[DD_GROUP_MAX_LOOKUP];
+	uint64_t ask_h[DD_GROUP_MAX_LOOKUP];
+	uint32_t seg_base[DD_GROUP_MAX_LOOKUP];
+} grp;
+
+static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target);
+static void group_flush(struct pass_ctx *c);
+
+static void group_ask(struct pass_ctx *c, uintptr_t a, uint64_t h)
+{
+	grp.ask[grp.nask++] = (struct grp_ent){ a, h };
+	if (grp.nask == DD_GROUP_MAX_LOOKUP)
+		group_flush(c);
+}
+
+/* Each address once: a page asked about and then paired goes the second way. */
+static void group_publish(struct pass_ctx *c, uintptr_t a, uint64_t h)
+{
+	for (size_t i = 0; i < grp.nask; i++)
+		if (grp.ask[i].a == a)
+			grp.ask[i] = grp.ask[--grp.nask];
+	for (size_t i = 0; i < grp.npub; i++)
+		if (grp.pub[i].a == a)
+			return;
+	grp.pub[grp.npub++] = (struct grp_ent){ a, h };
+	if (grp.npub == PUB_MAX)
+		group_flush(c);
+}
+
+static void group_lookup(struct pass_ctx *c)
+{
+	uint64_t *h = grp.ask_h;   /* not grp.h: a SEEN may publish meanwhile */
+	uint32_t *base = grp.seg_base;
+	size_t n = grp.nask, ns = 0;
+
+	grp.nask = 0;
+	for (size_t i = 0; i < n; i++)
+		h[i] = grp.ask[i].h;
+	if (dd_group_lookup(h, n, grp.ans, grp.segs, &ns) < 0)
+		return;   /* out of the group now (group.c said why) */
+	for (size_t k = 0; k < ns; k++)
+		base[k] = dd_store_seg_add(grp.segs[k].id, grp.segs[k].fd, grp.segs[k].npages);
+	for (size_t i = 0; i < n; i++) {
+		const struct dd_group_answer *an = &grp.ans[i];
+		if (an->kind == DD_GROUP_SEEN) {
+			group_publish(c, grp.ask[i].a, h[i]);
+		} else if (an->kind == DD_GROUP_FOUND && an->seg < ns && base[an->seg] &&
+			   an->page < grp.segs[an->seg].npages) {
+			uint32_t s = base[an->seg] + an->page;
+			/* our own checksum of the segment's page (store.c): an
+			 * answer that does not hold is no candidate */
+			if (dd_store_hash(s) == h[i])
+				batch_add(c, grp.ask[i].a, s);
+		}
+	}
+}
+
+static void group_publish_all(struct pass_ctx *c)
+{
+	size_t n = grp.npub, nu = 0;
+
+	grp.npub = 0;
+	if (!grp.buf && !(grp.buf = dd_vm_alloc(PUB_MAX * DD_PAGE)))
+		return;
+	for (size_t i = 0; i < n; i++) {
+		char *p = grp.buf + nu * DD_PAGE;
+		grp.which[i] = UINT32_MAX;
+		/* a copy: the page may change, the segment may not */
+		if (!dd_read_page(grp.pub[i].a, p) || dd_hash_page(p) != grp.pub[i].h)
+			continue;
+		for (size_t j = 0; j < nu && grp.which[i] == UINT32_MAX; j++)
+			if (grp.h[j] == grp.pub[i].h && memcmp(grp.pg[j], p, DD_PAGE) == 0)
+				grp.which[i] = (uint32_t)j;
+		if (grp.which[i] == UINT32_MAX) {
+			grp.h[nu] = grp.pub[i].h;
+			grp.pg[nu] = p;
+			grp.which[i] = (uint32_t)nu++;
+		}
+	}
+	if (!nu)
+		return;
+	int fd = dd_group_segment_new(grp.pg, nu);
+	if (fd < 0)
+		return;
+	int64_t id = dd_group_publish(fd, grp.h, nu);
+	if (id <= 0) {
+		dd_sys_close(fd);
+		return;
+	}
+	uint32_t base = dd_store_seg_add((uint64_t)id, fd, (uint32_t)nu);
+	for (size_t i = 0; base && i < n; i++)
+		if (grp.which[i] != UINT32_MAX)
+			batch_add(c, grp.pub[i].a, base + grp.which[i]);
+}
+
+static void group_flush(struct pass_ctx *c)
+{
+	if (grp.nask)
+		group_lookup(c);
+	if (grp.npub)
+		group_publish_all(c);
+}
+
+/*
  * First half of a visit, metadata only: is the page's content to be read
  * this pass? Not for a page we cannot merge (no memory for its metadata,
  * or copied inside a file mapping of ours), nor for one the smart scan
@@ -243,6 +373,11 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
 	if (b) {
 		*w = w_make(h, 0, 0);
+		if (dd_group_active()) {   /* the group's canonical page, not ours */
+			group_publish(c, b, h);
+			group_publish(c, a, h);
+			return;
+		}
 		s = dd_store_new(d, c->last_new ? c->last_new + 1 : 0);
 		if (!s)
 			return;
@@ -262,6 +397,8 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	}
 	*w = w_aged(*w);   /* matched nothing (smart scan) */
 	dd_unstable_insert(h, a);
+	if (dd_group_active())
+		group_ask(c, a, h);   /* maybe another member has it */
 }
 
 /*
@@ -439,6 +576,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 				c.merged += dd_merge_batch();
 			dd_merge_free_scratch();
 			dd_store_sweep();   /* orphaned canonical pages (store.c) */
+			dd_store_seg_sweep();
 			pthread_mutex_lock(&eng.gate);
 			dd_removing_prune();
 			pthread_mutex_unlock(&eng.gate);
@@ -465,6 +603,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		if (to == rend && r->passes < 2 && r->scan_gen == eng.pass_gen)
 			r->passes++;
 		/* the batch refers to addresses, not to r: flush before r can move */
+		group_flush(&c);
 		if (eng.nbatch)
 			c.merged += dd_merge_batch();
 		size_t hashed = c.scanned - hashed0;
@@ -474,6 +613,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		*cursor = to;
 		budget -= cost < budget ? cost : budget;
 	}
+	dd_store_seg_sweep();   /* no batch names a slot now */
 	*merged += c.merged;
 	*scanned += c.scanned;
 	DD_INC(pages_scanned, c.scanned);

@@ -32,6 +32,7 @@ void dd_stats_snapshot(struct dedup_stats *out)
 	st.zero_pages = atomic_load(&dd_cnt.zero_pages);
 	st.pages_sharing = dd_store_sharing();
 	st.pages_shared = dd_store_shared();
+	st.group_pages = dd_store_group_pages();
 	st.bytes_saved = (st.pages_sharing - st.pages_shared + st.zero_pages) * DD_PAGE;
 	/* our tables, and the kernel's for the mappings merging added: a
 	 * mapping costs a vm_area_struct and tree nodes (os.c, vma_cost) */

@@ -27,11 +27,23 @@
  * (the slot after the previous one) is it, so the canonical pages of a run of
  * new duplicates are contiguous in the file and one mmap covers the run.
  *
+ * Group segments (a sharing group, docs/sharing.md): slots from SEG_BASE up
+ * name pages of sealed memfds that another process may have written and
+ * every member maps (group.c brings them). Slot SEG_BASE + k * SEG_PAGES + p
+ * is page p of segment k, so a run of contiguous slots never crosses from
+ * one file into another. A segment's pages are never written or punched by
+ * anybody (sealed): its refs only count the pages of ours that map it, and
+ * when none does (checked at the end of a scan step), we close our descriptor
+ * and read-only view and tell the helper; the kernel frees the pages when
+ * their last mapping anywhere goes. Its pages are not in sharing/shared
+ * (those count this process's own canonical pages): group_pages counts them.
+ *
  * Locking: all functions are called with eng.lock held.
  */
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -44,9 +56,47 @@ struct slot_info {
 	bool keep;            /* in use at a fork(): never released */
 };
 
+/* Group segments: slot indexes from SEG_BASE, SEG_PAGES to a segment. */
+#define SEG_BASE 0x80000000u
+#define SEG_SHIFT 12
+#define SEG_PAGES (1u << SEG_SHIFT)
+#define SEG_MAX 65536u
+_Static_assert(SEG_PAGES == DD_GROUP_MAX_SEG_PAGES, "a segment fits its slot range");
+_Static_assert(SEG_BASE + SEG_MAX * SEG_PAGES - 1 < DD_SLOT_COWED - 1, "below the markers");
+
+struct seg {
+	uint64_t id;          /* the helper's; 0: a free entry */
+	uint64_t ino;         /* the memfd's inode (fd checks, mappings) */
+	int fd;               /* sealed, tagged, ours alone (not fds.c's table) */
+	uint32_t npages;
+	const char *view;     /* read-only shared view (allowed once sealed) */
+	uint32_t live;        /* pages with refs > 0 */
+	uint32_t next_free;   /* free list link (index + 1) */
+	uint32_t *refs;       /* per page */
+	uint64_t *hash;       /* per page */
+};
+
+static struct {
+	struct seg *v;
+	uint32_t n;           /* entries ever used */
+	uint32_t free_head;   /* index + 1 */
+	_Atomic uint64_t pages;   /* group pages mapped by us (refs), for stats */
+	bool sweep;           /* a segment's last reference went */
+	bool fresh;           /* a segment came this step */
+} sg;
+
+static struct seg *seg_of(uint32_t slot, uint32_t *page)
+{
+	uint32_t k = (slot - SEG_BASE) >> SEG_SHIFT;
+	*page = slot & (SEG_PAGES - 1);
+	return &sg.v[k];
+}
+#define IS_SEG(slot) ((slot) >= SEG_BASE)
+
 static struct {
 	int fd;
-	const char *view;     /* read-only shared view of the whole file */
+	uint64_t ino;         /* the memfd's inode: mappings of it are merged runs */
+	const char *view;     /* shared view of the whole file (reads, punches) */
 	size_t max_slots;
 	struct slot_info *info;
 	size_t info_cap;      /* entries allocated in info */
@@ -58,14 +108,18 @@ static struct {
 int dd_store_init(size_t max_bytes)
 {
 	st.max_slots = max_bytes / DD_PAGE;
-	if (st.max_slots > UINT32_MAX - 2)
-		st.max_slots = UINT32_MAX - 2;
+	if (st.max_slots > SEG_BASE)
+		st.max_slots = SEG_BASE;   /* 8 TiB; group segments above */
 	int fd = memfd_create("libdedup", MFD_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	fd = dd_fd_adopt(&st.fd, fd);   /* above the floor, tagged (fds.c) */
 	if (fd < 0)
 		return fd;
+	struct stat sb;
+	if (dd_sys_fstat(st.fd, &sb) < 0)   /* fstat() hides our numbers */
+		goto fail;
+	st.ino = sb.st_ino;
 	if (ftruncate(st.fd, (off_t)(st.max_slots * DD_PAGE)) < 0)
 		goto fail;
 	st.view = dd_os_mmap(NULL, st.max_slots * DD_PAGE, PROT_READ | PROT_WRITE,
@@ -94,9 +148,12 @@ fail:;
  */
 static void orph_reset(void);
 
+static void seg_release_all(void);
+
 void dd_store_fini(void)
 {
 	orph_reset();
+	seg_release_all();
 	if (st.view)
 		dd_os_munmap((void *)st.view, st.max_slots * DD_PAGE);
 	dd_fd_close(&st.fd);
@@ -123,12 +180,22 @@ int dd_store_fd(void) { return dd_fd_intact(st.fd) ? st.fd : -1; }
 void *dd_store_map(uint32_t ref, size_t len)
 {
 	int fd = st.fd;
+	uint64_t ino = 0;
+	off_t off = (off_t)(ref - 1) * (off_t)DD_PAGE;
 
-	if (!dd_fd_intact(fd))
+	if (IS_SEG(ref - 1)) {   /* the same, with a segment's descriptor */
+		uint32_t p;
+		struct seg *g = seg_of(ref - 1, &p);
+		if (p + len / DD_PAGE > g->npages)
+			return MAP_FAILED;
+		fd = g->fd;
+		ino = g->ino;
+		off = (off_t)p * (off_t)DD_PAGE;
+	}
+	if (ino ? !dd_fd_names(fd, ino) : !dd_fd_intact(fd))
 		return MAP_FAILED;
-	void *t = dd_os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
-			     (off_t)(ref - 1) * (off_t)DD_PAGE, true);
-	if (t != MAP_FAILED && !dd_fd_intact(fd)) {
+	void *t = dd_os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off, true);
+	if (t != MAP_FAILED && (ino ? !dd_fd_names(fd, ino) : !dd_fd_intact(fd))) {
 		dd_os_munmap(t, len);
 		return MAP_FAILED;
 	}
@@ -137,7 +204,27 @@ void *dd_store_map(uint32_t ref, size_t len)
 
 const void *dd_store_page(uint32_t slot)
 {
+	if (IS_SEG(slot)) {
+		uint32_t p;
+		struct seg *g = seg_of(slot, &p);
+		return g->view + (size_t)p * DD_PAGE;
+	}
 	return st.view + (size_t)slot * DD_PAGE;
+}
+
+/* The slot (+ 1) that page offset off of the file with inode ino holds, or
+ * DD_SLOT_NONE: for a mapping found outside any region (unmerging). */
+uint32_t dd_store_slot_at(uint64_t ino, uint64_t off)
+{
+	uint64_t p = off / DD_PAGE;
+
+	if (ino == st.ino)
+		return p < st.max_slots ? (uint32_t)p + 1 : DD_SLOT_NONE;
+	for (uint32_t k = 0; ino && k < sg.n; k++)
+		if (sg.v[k].id && sg.v[k].ino == ino)
+			return p < sg.v[k].npages ? SEG_BASE + (k << SEG_SHIFT) + (uint32_t)p + 1
+						  : DD_SLOT_NONE;
+	return DD_SLOT_NONE;
 }
 
 static int ensure_info(uint32_t slot)
@@ -198,6 +285,14 @@ undo:
 void dd_store_get(uint32_t ref)
 {
 	dd_assert_held(&eng.lock);
+	if (IS_SEG(ref - 1)) {
+		uint32_t p;
+		struct seg *g = seg_of(ref - 1, &p);
+		if (g->refs[p]++ == 0)
+			g->live++;
+		sg.pages++;
+		return;
+	}
 	struct slot_info *si = &st.info[ref - 1];
 	if (si->refs++ == 0)
 		st.shared++;
@@ -227,11 +322,24 @@ static void release(uint32_t slot)
 	DD_INC(store_slots_freed, 1);
 }
 
+static void seg_release(struct seg *g, bool unindex);
+
 /* Drop one reference; at zero the slot is released. Also used with a
  * slot that never got a reference (a canonical page nobody matched). */
 void dd_store_put(uint32_t ref)
 {
 	dd_assert_held(&eng.lock);
+	if (IS_SEG(ref - 1)) {
+		uint32_t p;
+		struct seg *g = seg_of(ref - 1, &p);
+		if (g->refs[p]) {
+			sg.pages--;
+			if (--g->refs[p] == 0)
+				g->live--;
+		}
+		sg.sweep |= !g->live;   /* released at the end of the step */
+		return;
+	}
 	struct slot_info *si = &st.info[ref - 1];
 
 	if (si->refs) {
@@ -243,13 +351,26 @@ void dd_store_put(uint32_t ref)
 	release(ref - 1);
 }
 
-uint32_t dd_store_refs(uint32_t ref) { return st.info[ref - 1].refs; }
+uint32_t dd_store_refs(uint32_t ref)
+{
+	uint32_t p;
+	return IS_SEG(ref - 1) ? seg_of(ref - 1, &p)->refs[p] : st.info[ref - 1].refs;
+}
 bool dd_store_alive(uint32_t ref)
 {
+	if (ref && IS_SEG(ref - 1)) {
+		uint32_t p, k = (ref - 1 - SEG_BASE) >> SEG_SHIFT;
+		return k < sg.n && sg.v[k].id && seg_of(ref - 1, &p)->refs[p];
+	}
 	return ref && ref - 1 < st.hwm && ref - 1 < st.info_cap && st.info[ref - 1].refs;
 }
-uint64_t dd_store_hash(uint32_t ref) { return st.info[ref - 1].hash; }
+uint64_t dd_store_hash(uint32_t ref)
+{
+	uint32_t p;
+	return IS_SEG(ref - 1) ? seg_of(ref - 1, &p)->hash[p] : st.info[ref - 1].hash;
+}
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
+uint64_t dd_store_group_pages(void) { return atomic_load(&sg.pages); }
 uint64_t dd_store_sharing(void) { return atomic_load(&st.sharing); }
 uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
 
@@ -306,7 +427,7 @@ static int mark_mapped(void *ctx, const struct dd_vma *v)
 {
 	struct mark_ctx *m = ctx;
 
-	if (!v->ours || v->shared)   /* the shared view is ours, not a page's */
+	if (v->ino != st.ino || v->shared)   /* the shared view is ours, not a page's */
 		return 0;
 	for (uint64_t s = v->offset / DD_PAGE, e = s + (v->hi - v->lo) / DD_PAGE; s < e && s < m->n; s++)
 		m->bits[s / 8] |= (uint8_t)(1u << (s % 8));
@@ -372,4 +493,136 @@ void dd_store_sweep(void)
 		dd_debug("store: released %zu canonical pages that no page maps any more", freed);
 out:
 	dd_vm_free(live, bytes);
+}
+
+/* ---- group segments ------------------------------------------------------ */
+
+/*
+ * Take segment id (descriptor fd, checked and sealed: group.c; now ours)
+ * of npages pages. Every page is hashed from a read-only view and entered
+ * in the stable index, so that later candidates find it without asking the
+ * helper; the hashes the helper gave are not trusted for anything. A
+ * segment we hold already is not taken twice (fd is closed). Returns the
+ * slot (+ 1) of its page 0, or 0. It stays at least until the end of the
+ * step (dd_store_seg_sweep), so the caller may batch merges into it.
+ */
+uint32_t dd_store_seg_add(uint64_t id, int fd, uint32_t npages)
+{
+	dd_assert_held(&eng.lock);
+	struct stat sb;
+	struct seg *g = NULL;
+	uint32_t k;
+
+	/* the tag dd_fd_names() checks before each use (fds.c) */
+	if (fcntl(fd, F_SETSIG, DD_FD_TAG) < 0)
+		goto fail;
+
+	for (k = 0; k < sg.n; k++)
+		if (sg.v[k].id == id) {
+			/* ours still, or the program closed it (a raw close_range):
+			 * then this one, the same file, takes its place */
+			g = &sg.v[k];
+			if (!dd_fd_names(g->fd, g->ino) && dd_fd_names(fd, g->ino))
+				g->fd = fd;
+			else
+				dd_sys_close(fd);
+			return SEG_BASE + (k << SEG_SHIFT) + 1;
+		}
+	if (!id || !npages || npages > SEG_PAGES || dd_sys_fstat(fd, &sb) < 0)
+		goto fail;
+	if (sg.free_head) {
+		k = sg.free_head - 1;
+		sg.free_head = sg.v[k].next_free;
+	} else if (sg.n < SEG_MAX) {
+		void *v = dd_vm_grow(sg.v, sg.n * sizeof(*sg.v), (sg.n + 1) * sizeof(*sg.v));
+		if (!v)
+			goto fail;
+		sg.v = v;
+		k = sg.n++;
+	} else {
+		goto fail;
+	}
+	g = &sg.v[k];
+	*g = (struct seg){ .id = id, .ino = sb.st_ino, .fd = fd, .npages = npages };
+	size_t tb = npages * (sizeof(*g->refs) + sizeof(*g->hash));
+	g->hash = dd_vm_alloc(tb);
+	g->view = dd_os_mmap(NULL, npages * DD_PAGE, PROT_READ, MAP_SHARED, fd, 0, true);
+	if (!g->hash || g->view == MAP_FAILED || !dd_fd_names(fd, g->ino)) {
+		if (g->view != MAP_FAILED)
+			dd_os_munmap((void *)g->view, npages * DD_PAGE);
+		dd_vm_free(g->hash, tb);
+		*g = (struct seg){ .next_free = sg.free_head };
+		sg.free_head = k + 1;
+		goto fail;
+	}
+	dd_os_madvise((void *)g->view, npages * DD_PAGE, MADV_DONTDUMP);
+	sg.fresh = true;
+	g->refs = (uint32_t *)(g->hash + npages);
+	uint32_t base = SEG_BASE + (k << SEG_SHIFT) + 1;
+	for (uint32_t p = 0; p < npages; p++) {
+		g->hash[p] = dd_hash_page(g->view + (size_t)p * DD_PAGE);
+		if (dd_stable_insert(g->hash[p], base + p) < 0)
+			g->hash[p] = 0;
+	}
+	return base;
+fail:
+	dd_sys_close(fd);
+	return 0;
+}
+
+/* At the end of a scan step (no batch refers to a slot any more): release
+ * the segments nothing of ours maps, fresh ones that nothing took included.
+ * Never earlier: a batch may name a slot whose last reference just went,
+ * and its compare reads the view. */
+void dd_store_seg_sweep(void)
+{
+	dd_assert_held(&eng.lock);
+	if (!sg.sweep && !sg.fresh)
+		return;
+	sg.sweep = sg.fresh = false;
+	for (uint32_t k = 0; k < sg.n; k++)
+		if (sg.v[k].id && !sg.v[k].live)
+			seg_release(&sg.v[k], true);
+}
+
+/* Nothing of ours maps g (or we are done: the index may be gone already,
+ * unindex false): forget it, and tell the helper. */
+static void seg_release(struct seg *g, bool unindex)
+{
+	uint32_t k = (uint32_t)(g - sg.v), base = SEG_BASE + (k << SEG_SHIFT) + 1;
+	uint64_t id = g->id;
+
+	for (uint32_t p = 0; unindex && p < g->npages; p++)
+		if (g->hash[p])
+			dd_stable_remove(g->hash[p], base + p);
+	dd_os_munmap((void *)g->view, g->npages * DD_PAGE);
+	if (g->fd >= 0 && dd_fd_names(g->fd, g->ino))
+		dd_sys_close(g->fd);
+	dd_vm_free(g->hash, g->npages * (sizeof(*g->refs) + sizeof(*g->hash)));
+	*g = (struct seg){ .next_free = sg.free_head };
+	sg.free_head = k + 1;
+	if (dd_group_active())
+		dd_group_release(&id, 1);
+}
+
+static void seg_release_all(void)
+{
+	for (uint32_t k = 0; k < sg.n; k++)
+		if (sg.v[k].id)
+			seg_release(&sg.v[k], false);
+	dd_vm_free(sg.v, sg.n * sizeof(*sg.v));
+	sg.v = NULL;
+	sg.n = sg.free_head = 0;
+}
+
+/* A fork()ed child: the segments' descriptors are the parent's business
+ * (the child's merged pages hold their files by their mappings). */
+void dd_store_child_close_segments(void)
+{
+	for (uint32_t k = 0; k < sg.n; k++)
+		if (sg.v[k].id && sg.v[k].fd >= 0) {
+			if (dd_fd_names(sg.v[k].fd, sg.v[k].ino))
+				dd_sys_close(sg.v[k].fd);
+			sg.v[k].fd = -1;
+		}
 }

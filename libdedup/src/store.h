@@ -32,5 +32,11 @@ void dd_store_set_hash(uint32_t slot, uint64_t h);
 uint64_t dd_store_sharing(void);    /* sum of refs */
 void dd_store_keep_all(void);       /* fork(): never release slots in use */
 uint64_t dd_store_shared(void);     /* slots with refs > 0 */
+uint32_t dd_store_slot_at(uint64_t ino, uint64_t off);   /* a file's page: slot + 1 */
+/* group segments (docs/sharing.md) */
+uint32_t dd_store_seg_add(uint64_t id, int fd, uint32_t npages);  /* page 0's slot */
+void dd_store_seg_sweep(void);         /* end of a step: release unused segments */
+uint64_t dd_store_group_pages(void);   /* our pages that map a group segment */
+void dd_store_child_close_segments(void);
 
 #endif /* DEDUP_STORE_H */

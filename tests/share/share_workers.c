@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * share_workers.c - issue 13: processes of one group merge across each other.
+ *
+ *   share_workers MEMBERS MiB
+ *
+ * MEMBERS processes (API mode, dedup_config.share) each fill MiB of memory
+ * with the same content, and no page repeats inside one process: alone,
+ * none of them could merge anything. One more process holds the same content
+ * in a group of another name. The test waits (up to t_cap()) until the
+ * group's pages are merged - the members' Pss over their buffers adds up to
+ * about one copy - and then checks:
+ *  - every page of every process reads what it wrote (byte for byte);
+ *  - a write to a merged page stays in the writer: the others read their old
+ *    content, the writer its new one;
+ *  - the process in the other group merged nothing of it (its buffer's Pss is
+ *    its full size): groups do not share;
+ *  - fork() inside a group: a child reads the parent's merged pages right,
+ *    and its writes stay its own.
+ * Needs the helper: DEDUP_SHARE_HELPER names it; XDG_RUNTIME_DIR is made
+ * private to the test.
+ */
+#include <signal.h>
+#include <sys/wait.h>
+
+#include "tcommon.h"
+#include "libdedup.h"
+
+static size_t npages;
+
+static void fill(char *b, uint64_t seed)
+{
+	for (size_t p = 0; p < npages; p++) {
+		uint64_t *w = (uint64_t *)(b + p * T_PAGE);
+		for (size_t i = 0; i < T_PAGE / 8; i++)
+			w[i] = (seed + p) * 0x9e3779b97f4a7c15ULL ^ i;   /* unique per page */
+	}
+}
+
+static bool same(const char *b, uint64_t seed, size_t p)
+{
+	const uint64_t *w = (const uint64_t *)(b + p * T_PAGE);
+	for (size_t i = 0; i < T_PAGE / 8; i++)
+		if (w[i] != ((seed + p) * 0x9e3779b97f4a7c15ULL ^ i))
+			return false;
+	return true;
+}
+
+/* Pss of [lo, hi) in /proc/pid/smaps, KiB. */
+static long pss_kib(pid_t pid, uintptr_t lo, uintptr_t hi)
+{
+	char path[64], line[512];
+	long sum = 0;
+	bool in = false;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		long v;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = a >= lo && b <= hi;
+		else if (in && sscanf(line, "Pss: %ld kB", &v) == 1)
+			sum += v;
+	}
+	fclose(f);
+	return sum;
+}
+
+/* A member: fill, register, report its buffer, then obey the parent. */
+struct cmd { char op; uint32_t page; };
+
+static int member(const char *group, int rfd, int wfd)
+{
+	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 20,
+				    .cpu_percent = 100, .share = group };
+	size_t len = npages * T_PAGE;
+	char *b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	CHECK(b != MAP_FAILED);
+	fill(b, 7);
+	CHECK(dedup_init(&cfg) == 0);
+	CHECK(dedup_register(b, len) == 0);
+	uintptr_t at = (uintptr_t)b;
+	CHECK(write(wfd, &at, sizeof(at)) == sizeof(at));
+	for (;;) {
+		struct cmd c;
+		char ok = 1;
+		if (read(rfd, &c, sizeof(c)) != sizeof(c))
+			return 1;
+		switch (c.op) {
+		case 'v':   /* verify all, page c.page excepted (written by someone) */
+			for (size_t p = 0; p < npages; p++)
+				if (p != c.page && !same(b, 7, p)) {
+					fprintf(stderr, "member %d: page %zu reads wrong\n", getpid(), p);
+					ok = 0;
+				}
+			break;
+		case 'w':   /* write page c.page, read it back */
+			memset(b + (size_t)c.page * T_PAGE, 0x5a, T_PAGE);
+			for (size_t i = 0; i < T_PAGE; i++)
+				ok &= b[(size_t)c.page * T_PAGE + i] == 0x5a;
+			break;
+		case 'f': { /* fork: the child checks and writes, the parent checks */
+			pid_t k = fork();
+			if (k == 0) {
+				bool good = true;
+				for (size_t p = 0; p < npages; p++)
+					good &= p == c.page || same(b, 7, p);
+				memset(b, 0x33, T_PAGE);
+				good &= b[T_PAGE - 1] == 0x33;
+				_exit(good ? 0 : 1);
+			}
+			int st;
+			ok = k > 0 && waitpid(k, &st, 0) == k && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+			ok &= c.page == 0 || same(b, 7, 0);
+			break;
+		}
+		case 'q':
+			dedup_shutdown();
+			for (size_t p = 0; p < npages; p++)
+				ok &= p == c.page || same(b, 7, p);
+			CHECK(write(wfd, &ok, 1) == 1);
+			return ok ? 0 : 1;
+		}
+		CHECK(write(wfd, &ok, 1) == 1);
+	}
+}
+
+struct proc { pid_t pid; int to, from; uintptr_t at; };
+
+static void start(struct proc *p, const char *group)
+{
+	int a[2], b[2];
+	CHECK(pipe(a) == 0 && pipe(b) == 0);
+	p->pid = fork();
+	CHECK(p->pid >= 0);
+	if (p->pid == 0) {
+		close(a[1]);
+		close(b[0]);
+		_exit(member(group, a[0], b[1]));
+	}
+	close(a[0]);
+	close(b[1]);
+	p->to = a[1];
+	p->from = b[0];
+	CHECK(read(p->from, &p->at, sizeof(p->at)) == sizeof(p->at));
+}
+
+static bool ask(struct proc *p, char op, uint32_t page)
+{
+	struct cmd c = { op, page };
+	char ok = 0;
+	CHECK(write(p->to, &c, sizeof(c)) == sizeof(c));
+	return read(p->from, &ok, 1) == 1 && ok;
+}
+
+int main(int argc, char **argv)
+{
+	int n = argc > 1 ? atoi(argv[1]) : 4;
+	size_t mib = argc > 2 ? (size_t)atoi(argv[2]) : 16;
+	char dir[] = "/tmp/dedup-share-test-XXXXXX", group[64], other[64];
+	struct proc m[16], x;
+
+	CHECK(n >= 2 && n <= 16);
+	if (!getenv("DEDUP_SHARE_HELPER"))
+		t_skip("DEDUP_SHARE_HELPER not set");
+	npages = mib << 8;
+	CHECK(mkdtemp(dir));
+	setenv("XDG_RUNTIME_DIR", dir, 1);
+	snprintf(group, sizeof(group), "workers-%d", getpid());
+	snprintf(other, sizeof(other), "other-%d", getpid());
+	for (int i = 0; i < n; i++)
+		start(&m[i], group);
+	start(&x, other);
+
+	/* Wait for about one copy between them: Pss over the buffers. */
+	long one = (long)(mib << 10), total = 0;
+	double t0 = t_now();
+	for (;;) {
+		total = 0;
+		for (int i = 0; i < n; i++)
+			total += pss_kib(m[i].pid, m[i].at, m[i].at + npages * T_PAGE);
+		if (total <= one + one / 20)
+			break;
+		if (t_now() - t0 > t_cap()) {
+			fprintf(stderr, "after %.0f s the %d members' Pss is %ld KiB, one copy is %ld KiB\n",
+				t_now() - t0, n, total, one);
+			return T_FAIL;
+		}
+		usleep(100000);
+	}
+	printf("%d members x %zu MiB: Pss %ld KiB (one copy %ld KiB) after %.1f s\n", n, mib, total,
+	       one, t_now() - t0);
+	long xp = pss_kib(x.pid, x.at, x.at + npages * T_PAGE);
+	printf("the process of another group: Pss %ld KiB of %ld\n", xp, one);
+	CHECK(xp >= one - one / 50);   /* nothing of it merged with the group */
+
+	for (int i = 0; i < n; i++)
+		CHECK(ask(&m[i], 'v', UINT32_MAX));
+	/* member 0 writes page 5: only it sees the change */
+	CHECK(ask(&m[0], 'w', 5));
+	for (int i = 1; i < n; i++)
+		CHECK(ask(&m[i], 'v', UINT32_MAX));
+	CHECK(ask(&m[0], 'v', 5));
+	CHECK(ask(&m[1], 'f', UINT32_MAX));   /* fork in a group */
+	for (int i = 0; i < n; i++)
+		CHECK(ask(&m[i], 'q', i == 0 ? 5 : UINT32_MAX));
+	CHECK(ask(&x, 'q', UINT32_MAX));
+	for (int i = 0; i < n; i++)
+		waitpid(m[i].pid, NULL, 0);
+	waitpid(x.pid, NULL, 0);
+	printf("all %d members and the outsider read right, before and after shutdown\n", n);
+	return T_PASS;
+}
