@@ -577,6 +577,7 @@ static bool serve(size_t i, const char **why)
 		return false;
 
 	const uint64_t *arr = (const uint64_t *)(&m.h + 1);
+	bool ok = true;
 	switch (type) {
 	case DD_SHARE_HELLO: {
 		if (m.hello.page_size != DD_PAGE) {
@@ -586,29 +587,29 @@ static bool serve(size_t i, const char **why)
 		struct dd_share_hello w = { .page_size = DD_PAGE, .pid = (int32_t)getpid() };
 		dd_share_hdr_init(&w.h, DD_SHARE_WELCOME, 0);
 		c->hello = true;
-		if (!reply(c, &w, sizeof(w), NULL, 0))
-			*why = "does not read its answers";
-		return !*why;
+		ok = reply(c, &w, sizeof(w), NULL, 0);
+		break;
 	}
 	case DD_SHARE_LOOKUP:
-		if (!do_lookup(c, arr, m.h.count))
-			*why = "does not read its answers";
-		return !*why;
+		ok = do_lookup(c, arr, m.h.count);
+		break;
 	case DD_SHARE_PUBLISH:
-		if (!do_publish(c, arr, m.h.count, fds[0]))
-			*why = "does not read its answers";
-		return !*why;
+		ok = do_publish(c, arr, m.h.count, fds[0]);
+		break;
 	case DD_SHARE_RELEASE:
 		release(c, arr, m.h.count);
-		return true;
+		break;
 	case DD_SHARE_STATS:
-		if (!do_stats(c))
-			*why = "does not read its answers";
-		return !*why;
+		ok = do_stats(c);
+		break;
 	default:
 		*why = "a message only the helper sends";
 		return false;
 	}
+	/* a reply that cannot go: a member gone (quietly) or not reading */
+	if (!ok && (errno == EAGAIN || errno == EWOULDBLOCK))
+		*why = "does not read its answers";
+	return ok;
 }
 
 /* ---- the listening socket ---- */
