@@ -110,19 +110,16 @@ static struct {
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...)
 {
-	char buf[512];
+	char *line = NULL;
 	va_list ap;
-	int n = snprintf(buf, sizeof(buf), "%s[%d] %s: ", prog, (int)getpid(), group);
 
 	va_start(ap, fmt);
-	n += vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+	int n = vasprintf(&line, fmt, ap);
 	va_end(ap);
-	if (n > (int)sizeof(buf) - 2)
-		n = (int)sizeof(buf) - 2;
-	buf[n++] = '\n';
-	if (write(STDERR_FILENO, buf, (size_t)n) < 0) {
-		/* nowhere else to say it */
-	}
+	/* one write(2): members share our stderr */
+	if (n >= 0)
+		dprintf(STDERR_FILENO, "%s[%d] %s: %s\n", prog, (int)getpid(), group, line);
+	free(line);
 }
 
 static uint64_t now_ns(void)
@@ -352,24 +349,12 @@ static void conn_drop(size_t i, const char *why)
 /* Send without waiting; false: the member does not read, drop it. */
 static bool reply(struct conn *c, const void *msg, size_t len, const int *fds, size_t nfds)
 {
-	union {
-		char buf[CMSG_SPACE(DD_SHARE_MAX_FDS * sizeof(int))];
-		struct cmsghdr align;
-	} cb;
+	union dd_share_cmsg cb;
 	struct iovec iov = { (void *)msg, len };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t r;
 
-	if (nfds) {
-		memset(&cb, 0, sizeof(cb));
-		mh.msg_control = cb.buf;
-		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-	}
+	dd_share_put_fds(&mh, &cb, fds, nfds);
 	do
 		r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	while (r < 0 && errno == EINTR);
@@ -524,17 +509,13 @@ static bool serve(size_t i, const char **why)
 		char buf[DD_SHARE_MSG_MAX + 8];   /* + 8: a longer one shows as truncated */
 		uint64_t align;
 	} m;
-	union {
-		char buf[CMSG_SPACE(DD_SHARE_MAX_FDS * sizeof(int))];
-		struct cmsghdr align;
-	} cb;
+	union dd_share_cmsg cb;
 	struct conn *c = h.conns[i];
 	struct iovec iov = { m.buf, sizeof(m.buf) };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
 			     .msg_controllen = sizeof(cb.buf) };
 	int fds[DD_SHARE_MAX_FDS];
 	size_t nfds = 0;
-	bool odd = false;
 	ssize_t len;
 
 	*why = NULL;
@@ -543,41 +524,25 @@ static bool serve(size_t i, const char **why)
 	while (len < 0 && errno == EINTR);
 	if (len < 0)
 		return errno == EAGAIN;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
-			odd = true;
-			continue;
-		}
-		size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t j = 0; j < k; j++) {
-			int fd;
-			memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-			if (nfds < DD_SHARE_MAX_FDS)
-				fds[nfds++] = fd;
-			else
-				close(fd);
-		}
-	}
+	bool ok = dd_share_take_fds(&mh, fds, &nfds);
 	if (len == 0) {
-		for (size_t j = 0; j < nfds; j++)
-			close(fds[j]);
+		dd_share_close_fds(fds, nfds);
 		return false;   /* the member went away */
 	}
 	int type = dd_share_msg_check(m.buf, (size_t)len, nfds);
-	if (odd || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || type < 0)
+	if (!ok || type < 0)
 		*why = "malformed message";
 	else if (!c->hello && type != DD_SHARE_HELLO)
 		*why = "request before HELLO";
 	else if (c->hello && type == DD_SHARE_HELLO)
 		*why = "second HELLO";
 	if (*why || type != DD_SHARE_PUBLISH)
-		for (size_t j = 0; j < nfds; j++)
-			close(fds[j]);
+		dd_share_close_fds(fds, nfds);
 	if (*why)
 		return false;
 
 	const uint64_t *arr = (const uint64_t *)(&m.h + 1);
-	bool ok = true;
+	ok = true;
 	switch (type) {
 	case DD_SHARE_HELLO: {
 		if (m.hello.page_size != DD_PAGE) {

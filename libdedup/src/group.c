@@ -119,35 +119,16 @@ static bool conn_ok(void)
 	return false;
 }
 
-static void close_all(int *fds, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (fds[i] >= 0)
-			dd_sys_close(fds[i]);
-}
-
 /* One message: hdr (len bytes) then arr (alen bytes), with pass (>= 0)
  * attached. 0 or -errno. */
 static int send_msg(const void *hdr, size_t len, const void *arr, size_t alen, int pass)
 {
 	struct iovec iov[2] = { { (void *)hdr, len }, { (void *)arr, alen } };
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} c;
+	union dd_share_cmsg c;
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = alen ? 2 : 1 };
 	ssize_t r;
 
-	if (pass >= 0) {
-		memset(&c, 0, sizeof(c));
-		mh.msg_control = c.buf;
-		mh.msg_controllen = sizeof(c.buf);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &pass, sizeof(int));
-	}
+	dd_share_put_fds(&mh, &c, &pass, pass >= 0);
 	do
 		r = sendmsg(grp.fd, &mh, MSG_NOSIGNAL);
 	while (r < 0 && errno == EINTR);
@@ -174,15 +155,11 @@ union reply {
  */
 static int recv_msg(union reply *r, int *fds, size_t *nfds)
 {
-	union {
-		char buf[CMSG_SPACE(DD_SHARE_MAX_FDS * sizeof(int))];
-		struct cmsghdr align;
-	} c;
+	union dd_share_cmsg c;
 	struct iovec iov = { r, sizeof(*r) };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.buf,
 			     .msg_controllen = sizeof(c.buf) };
 	ssize_t len;
-	bool odd = false;
 
 	*nfds = 0;
 	do
@@ -190,31 +167,12 @@ static int recv_msg(union reply *r, int *fds, size_t *nfds)
 	while (len < 0 && errno == EINTR);
 	if (len < 0)
 		return errno == EAGAIN ? -ETIMEDOUT : -errno;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
-			odd = true;
-			continue;
-		}
-		size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < k; i++) {
-			int fd;
-			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-			if (*nfds < DD_SHARE_MAX_FDS)
-				fds[(*nfds)++] = fd;
-			else
-				dd_sys_close(fd);   /* cannot happen: SCM_MAX_FD */
-		}
-	}
-	if (len == 0) {
-		close_all(fds, *nfds);
+	bool ok = dd_share_take_fds(&mh, fds, nfds);
+	int type = len ? dd_share_msg_check(r, (size_t)len, *nfds) : -ECONNRESET;
+	if (!ok || type < 0) {
+		dd_share_close_fds(fds, *nfds);
 		*nfds = 0;
-		return -ECONNRESET;   /* the helper went away */
-	}
-	int type = dd_share_msg_check(r, (size_t)len, *nfds);
-	if (odd || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || type < 0) {
-		close_all(fds, *nfds);
-		*nfds = 0;
-		return -EPROTO;
+		return len ? -EPROTO : -ECONNRESET;   /* garbage, or the helper went away */
 	}
 	return type;
 }
@@ -237,7 +195,7 @@ static int transact(const void *hdr, size_t len, const void *arr, size_t alen, i
 		return fail(ret, ret == -EPROTO ? "malformed message from the helper"
 						: "no answer from the helper");
 	if (ret != want && !(error_ok && ret == DD_SHARE_ERROR)) {
-		close_all(fds, *nfds);
+		dd_share_close_fds(fds, *nfds);
 		*nfds = 0;
 		return fail(-EPROTO, "unexpected message from the helper");
 	}
@@ -577,7 +535,7 @@ int dd_group_lookup(const uint64_t *hashes, size_t n, struct dd_group_answer *an
 		fds[i] = moved;
 	}
 	if (why) {
-		close_all(fds, nfds);
+		dd_share_close_fds(fds, nfds);
 		dd_warn("sharing group %s: %s", grp.name, why);
 		return fail(-EPROTO, "malformed answer from the helper");
 	}

@@ -45,7 +45,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "group.h"
@@ -215,6 +217,67 @@ static inline int dd_share_msg_check(const void *buf, size_t len, size_t nfds)
 	if (!want || want != len || nfds != dd_share_msg_fds(h->type, nsegs))
 		return -EPROTO;
 	return h->type;
+}
+
+/* Room for a message's descriptors, aligned for struct cmsghdr. */
+union dd_share_cmsg {
+	char buf[CMSG_SPACE(DD_SHARE_MAX_FDS * sizeof(int))];
+	struct cmsghdr align;
+};
+
+/* Attach fds[0..n) (n <= DD_SHARE_MAX_FDS) to mh, in c. */
+static inline void dd_share_put_fds(struct msghdr *mh, union dd_share_cmsg *c, const int *fds,
+				    size_t n)
+{
+	if (!n)
+		return;
+	memset(c, 0, sizeof(*c));
+	mh->msg_control = c->buf;
+	mh->msg_controllen = CMSG_SPACE(n * sizeof(int));
+	struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(n * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, n * sizeof(int));
+}
+
+/*
+ * The descriptors that came with a received message (recvmsg into mh with
+ * c as its control buffer) into fds[] (*n of them, at most
+ * DD_SHARE_MAX_FDS: the kernel's limit; any beyond are closed). False if
+ * the message also carried something else, or more than fit (MSG_CTRUNC,
+ * MSG_TRUNC): the caller closes fds[] and treats the message as malformed.
+ * close(2) itself, not an interposed close() (preload/descriptors.c).
+ */
+static inline bool dd_share_take_fds(struct msghdr *mh, int *fds, size_t *n)
+{
+	bool ok = !(mh->msg_flags & (MSG_CTRUNC | MSG_TRUNC));
+
+	*n = 0;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
+			ok = false;
+			continue;
+		}
+		size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			if (*n < DD_SHARE_MAX_FDS)
+				fds[(*n)++] = fd;
+			else
+				syscall(SYS_close, fd);
+		}
+	}
+	return ok;
+}
+
+/* Close fds[0..n) (close(2) itself). */
+static inline void dd_share_close_fds(const int *fds, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			syscall(SYS_close, fds[i]);
 }
 
 /*

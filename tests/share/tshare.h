@@ -77,33 +77,18 @@ static inline void ts_note_helper(pid_t pid)
 
 static inline int ts_send(int s, const void *msg, size_t len, const int *fds, size_t nfds)
 {
-	union {
-		char buf[CMSG_SPACE(DD_SHARE_MAX_FDS * sizeof(int))];
-		struct cmsghdr align;
-	} cb;
+	union dd_share_cmsg cb;
 	struct iovec iov = { (void *)msg, len };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-	if (nfds) {
-		memset(&cb, 0, sizeof(cb));
-		mh.msg_control = cb.buf;
-		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-	}
+	dd_share_put_fds(&mh, &cb, fds, nfds);
 	return sendmsg(s, &mh, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -errno;
 }
 
 /* One message (its length: 0 at EOF, -errno) and its descriptors. */
 static inline ssize_t ts_recv(int s, void *buf, size_t size, int *fds, size_t *nfds)
 {
-	union {
-		char buf[CMSG_SPACE(DD_SHARE_MAX_FDS * sizeof(int))];
-		struct cmsghdr align;
-	} cb;
+	union dd_share_cmsg cb;
 	struct iovec iov = { buf, size };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
 			     .msg_controllen = sizeof(cb.buf) };
@@ -112,12 +97,7 @@ static inline ssize_t ts_recv(int s, void *buf, size_t size, int *fds, size_t *n
 	*nfds = 0;
 	if (r < 0)
 		return -errno;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			memcpy(fds + *nfds, CMSG_DATA(cm), k * sizeof(int));
-			*nfds += k;
-		}
+	dd_share_take_fds(&mh, fds, nfds);
 	return r;
 }
 
