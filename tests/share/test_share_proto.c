@@ -14,6 +14,8 @@
 #include "tshare.h"
 #include "fds.h"
 
+#include <sys/file.h>
+
 #define NAME "proto"
 #define NPAGES 3
 
@@ -159,6 +161,93 @@ static void race(void)
 	close(ready[0]);
 }
 
+/* The helper exits when idle, unlinking its socket; a helper killed with
+ * SIGKILL leaves a stale socket that the next join replaces. Started by
+ * hand here (our child: its exit status is seen) with a short idle time. */
+static void lifetime(const char *helper_bin)
+{
+	char sock[PATH_MAX], idle[] = "1";
+	struct stat sb;
+	pid_t pid, first;
+
+	snprintf(sock, sizeof(sock), "%s/life.sock", ts_dir);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (!pid) {
+		execl(helper_bin, helper_bin, "--name", "life", "--dir", ts_dir, "--idle-exit", idle,
+		      "--grace", "0", (char *)NULL);
+		_exit(127);
+	}
+	ts_note_helper(pid);
+	/* it listens once the socket connects (wait for that, not a time) */
+	int s;
+	double t0 = t_now();
+	while ((s = ts_connect("life")) < 0) {
+		CHECK(t_now() - t0 < t_cap());
+		usleep(10000);
+	}
+	close(s);
+	CHECK(dd_group_join("life") == 0);
+	dd_group_leave();
+	CHECK(ts_wait(pid) == 0);          /* idle: exits by itself */
+	CHECK(lstat(sock, &sb) < 0 && errno == ENOENT);
+
+	/* a second helper started while one serves exits at once */
+	CHECK(dd_group_join("life") == 0);   /* spawns one */
+	s = ts_hello("life", &first);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (!pid) {
+		execl(helper_bin, helper_bin, "--name", "life", "--dir", ts_dir, (char *)NULL);
+		_exit(127);
+	}
+	CHECK(ts_wait(pid) == 0);
+	struct dd_share_stats st = ts_stats(s);
+	CHECK(st.members == 2);
+	close(s);
+
+	/* SIGKILLed: the socket file stays, nobody listens, the next join
+	 * starts another helper */
+	dd_group_leave();
+	CHECK(kill(first, SIGKILL) == 0);
+	while ((s = ts_connect("life")) != -ECONNREFUSED) {   /* dead, maybe a zombie */
+		if (s >= 0)
+			close(s);
+		CHECK(t_now() - t0 < t_cap());
+		usleep(10000);
+	}
+	CHECK(lstat(sock, &sb) == 0 && S_ISSOCK(sb.st_mode));
+	CHECK(dd_group_join("life") == 0);
+	pid_t second;
+	s = ts_hello("life", &second);
+	CHECK(second != first);
+	close(s);
+	dd_group_leave();
+}
+
+/* The program closes our connection with a raw close_range() and opens a
+ * file of its own at that number: we leave the group without touching it. */
+static void program_closes(void)
+{
+	char buf[8];
+	struct dd_group_answer a;
+	struct dd_group_seg sg;
+	size_t ns;
+
+	CHECK(dd_group_join(NAME) == 0);
+	int fd = dd_fd_next_ours((unsigned)dd_fd_floor(), ~0U);
+	CHECK(fd >= 0);
+	CHECK(syscall(SYS_close_range, fd, fd, 0) == 0);
+	int p[2];
+	CHECK(pipe(p) == 0 && dup2(p[0], fd) == fd);
+	CHECK(dd_group_lookup(hashes, 1, &a, &sg, &ns) == -ENOTCONN);
+	CHECK(!dd_group_active());
+	CHECK(write(p[1], "x", 1) == 1 && read(fd, buf, 1) == 1 && buf[0] == 'x');   /* still open */
+	close(fd);
+	close(p[0]);
+	close(p[1]);
+}
+
 int main(int argc, char **argv)
 {
 	const void *pages[NPAGES + 1];
@@ -248,6 +337,9 @@ int main(int argc, char **argv)
 	close(s);
 
 	race();
-	printf("PASS: publish/lookup, NONE/SEEN, release and grace, refusals, names, race\n");
+	program_closes();
+	lifetime(argv[1]);
+	printf("PASS: publish/lookup, NONE/SEEN, release and grace, refusals, names, race, "
+	       "a closed connection, idle exit and stale sockets\n");
 	return T_PASS;
 }
