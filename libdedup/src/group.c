@@ -172,7 +172,8 @@ static int recv_msg(union reply *r, int *fds, size_t *nfds)
 	if (!ok || type < 0) {
 		dd_share_close_fds(fds, *nfds);
 		*nfds = 0;
-		return len ? -EPROTO : -ECONNRESET;   /* garbage, or the helper went away */
+		/* garbage, another version, or the helper went away */
+		return !len ? -ECONNRESET : type == -EPROTONOSUPPORT ? type : -EPROTO;
 	}
 	return type;
 }
@@ -193,7 +194,9 @@ static int transact(const void *hdr, size_t len, const void *arr, size_t alen, i
 	ret = recv_msg(r, fds, nfds);
 	if (ret < 0)
 		return fail(ret, ret == -EPROTO ? "malformed message from the helper"
-						: "no answer from the helper");
+			    : ret == -EPROTONOSUPPORT ? "the helper speaks another protocol version "
+							"(an older one exits when idle)"
+			    : "no answer from the helper");
 	if (ret != want && !(error_ok && ret == DD_SHARE_ERROR)) {
 		dd_share_close_fds(fds, *nfds);
 		*nfds = 0;
@@ -510,19 +513,19 @@ int dd_group_lookup(const uint64_t *hashes, size_t n, struct dd_group_answer *an
 	const struct dd_share_entry *en = (const void *)(st + ns);
 	const char *why = NULL;
 	if (r.h.count != n)
-		why = "answer for another number of hashes";
+		why = "the helper answered for another number of hashes";
 	for (i = 0; !why && i < ns; i++) {
 		int np = dd_group_segment_check(fds[i]);
 		if (!st[i].id || st[i].reserved || np <= 0 || (uint32_t)np != st[i].npages)
-			why = np < 0 ? "a descriptor that is not a sealed segment"
-				     : "a segment unlike its description";
+			why = np < 0 ? "the helper sent a descriptor that is not a sealed segment"
+				     : "the helper sent a segment unlike its description";
 	}
 	for (i = 0; !why && i < n; i++) {
 		if (en[i].reserved || en[i].kind > DD_GROUP_SEEN ||
 		    (en[i].kind == DD_GROUP_FOUND &&
 		     (en[i].seg >= ns || en[i].page >= st[en[i].seg].npages)) ||
 		    (en[i].kind != DD_GROUP_FOUND && (en[i].seg || en[i].page)))
-			why = "a malformed answer entry";
+			why = "malformed answer entry from the helper";
 	}
 	/* above the floor: the received numbers are the lowest free ones */
 	for (i = 0; !why && i < ns; i++) {
@@ -536,8 +539,7 @@ int dd_group_lookup(const uint64_t *hashes, size_t n, struct dd_group_answer *an
 	}
 	if (why) {
 		dd_share_close_fds(fds, nfds);
-		dd_warn("sharing group %s: %s", grp.name, why);
-		return fail(-EPROTO, "malformed answer from the helper");
+		return fail(-EPROTO, why);
 	}
 	for (i = 0; i < ns; i++)
 		segs[i] = (struct dd_group_seg){ .id = st[i].id, .fd = fds[i],

@@ -198,15 +198,20 @@ static inline uint32_t dd_share_msg_fds(unsigned type, uint32_t nsegs)
 /*
  * Check a received message: magic, version, a known type, the exact length
  * for its count, reserved fields 0, and the number of descriptors that came
- * with it. The type, or -EPROTO. buf is aligned for the structs (8).
+ * with it. The type, -EPROTONOSUPPORT for a header of another version (a
+ * helper or member of another libdedup: said as such), or -EPROTO. buf is
+ * aligned for the structs (8).
  */
 static inline int dd_share_msg_check(const void *buf, size_t len, size_t nfds)
 {
 	const struct dd_share_hdr *h = buf;
 	uint32_t nsegs = 0;
 
-	if (len < sizeof(*h) || h->magic != DD_SHARE_MAGIC || h->version != DD_SHARE_VERSION ||
-	    h->reserved || !h->type || h->type > DD_SHARE_TYPE_MAX)
+	if (len < sizeof(*h) || h->magic != DD_SHARE_MAGIC)
+		return -EPROTO;
+	if (h->version != DD_SHARE_VERSION)
+		return -EPROTONOSUPPORT;
+	if (h->reserved || !h->type || h->type > DD_SHARE_TYPE_MAX)
 		return -EPROTO;
 	if (h->type == DD_SHARE_ANSWER) {
 		if (len < sizeof(struct dd_share_answer))
