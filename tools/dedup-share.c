@@ -46,6 +46,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +59,9 @@
 #define OFFERS 4096                   /* unstable offers remembered, at most */
 #define OFFER_NS (10ULL * 1000000000) /* how long an offer stays fresh */
 #define MAX_CONNS 4096
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77           /* Linux 6.5 */
+#endif
 
 static const char *prog = "dedup-share";
 static const char *group = "?";
@@ -77,6 +81,9 @@ struct conn {
 	int fd;
 	uint64_t id;             /* never reused, unlike fd */
 	pid_t pid;               /* SO_PEERCRED, for messages */
+	int pidfd;               /* the member's process (-1: unknown): readable
+				    when it exits, even if a child of its
+				    still holds the socket (no EOF then) */
 	bool hello;
 	uint64_t *holds;         /* segment ids, sorted */
 	size_t nholds, cap;
@@ -339,6 +346,8 @@ static void conn_drop(size_t i, const char *why)
 			unhold_seg(s, now);
 	}
 	close(c->fd);
+	if (c->pidfd >= 0)
+		close(c->pidfd);
 	free(c->holds);
 	free(c);
 	h.conns[i] = h.conns[--h.nconns];
@@ -530,7 +539,12 @@ static bool serve(size_t i, const char **why)
 		return false;   /* the member went away */
 	}
 	int type = dd_share_msg_check(m.buf, (size_t)len, nfds);
-	if (!ok || type < 0)
+	if (type == -EPROTONOSUPPORT && !c->hello) {
+		/* a member of another libdedup: tell it in our version, so
+		 * that it can say why */
+		reply_error(c, EPROTONOSUPPORT);
+		*why = "another protocol version";
+	} else if (!ok || type < 0)
 		*why = "malformed message";
 	else if (!c->hello && type != DD_SHARE_HELLO)
 		*why = "request before HELLO";
@@ -605,6 +619,13 @@ static void accept_one(int lfd)
 	c->fd = fd;
 	c->id = h.next_conn++;
 	c->pid = uc.pid;
+	/* the kernel's pidfd of the connecting process (6.5+), else one by
+	 * its pid (a pid reused meanwhile only delays the drop to EOF) */
+	socklen_t pl = sizeof(c->pidfd);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &c->pidfd, &pl) < 0)
+		c->pidfd = uc.pid > 0 ? (int)syscall(SYS_pidfd_open, uc.pid, 0) : -1;
+	if (c->pidfd >= 0)
+		fcntl(c->pidfd, F_SETFD, FD_CLOEXEC);
 	h.conns[h.nconns++] = c;
 }
 
@@ -870,7 +891,7 @@ int main(int argc, char **argv)
 
 	uint64_t idle_since = now_ns();
 	bool listening = true;
-	static struct pollfd pfd[MAX_CONNS + 1];
+	static struct pollfd pfd[2 * MAX_CONNS + 1];   /* listener, connections, pidfds */
 	for (;;) {
 		uint64_t now = now_ns(), next = sweep(now);
 		if (h.nconns)
@@ -903,9 +924,13 @@ int main(int argc, char **argv)
 		size_t base = listening ? 1 : 0;
 		if (listening)
 			pfd[0] = (struct pollfd){ .fd = lfd, .events = POLLIN };
-		for (size_t i = 0; i < h.nconns; i++)
+		size_t nc = h.nconns;
+		for (size_t i = 0; i < nc; i++) {
 			pfd[base + i] = (struct pollfd){ .fd = h.conns[i]->fd, .events = POLLIN };
-		size_t np = base + h.nconns;
+			pfd[base + nc + i] = (struct pollfd){ .fd = h.conns[i]->pidfd,
+							      .events = POLLIN };
+		}
+		size_t np = base + 2 * nc;
 		if (poll(pfd, np, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
@@ -914,12 +939,12 @@ int main(int argc, char **argv)
 		}
 		/* connections first, from the last: a drop moves the last one
 		 * into the dropped one's place */
-		for (size_t i = h.nconns; i-- > 0;) {
+		for (size_t i = nc; i-- > 0;) {
 			short ev = pfd[base + i].revents;
 			const char *why = NULL;
-			if (!ev)
-				continue;
-			if ((ev & POLLIN) ? !serve(i, &why) : true)
+			if (pfd[base + nc + i].revents)   /* its process is gone */
+				conn_drop(i, NULL);
+			else if (ev && ((ev & POLLIN) ? !serve(i, &why) : true))
 				conn_drop(i, why);
 		}
 		if (listening && (pfd[0].revents & POLLIN))

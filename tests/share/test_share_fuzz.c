@@ -147,6 +147,24 @@ int main(int argc, char **argv)
 	msg(&m, DD_SHARE_TYPE_MAX + 1, 0, len);
 	dropped("type max+1", true, &m, len, NULL, 0);
 
+	/* a HELLO of another version: told so (in the helper's version),
+	 * then dropped */
+	{
+		union { struct dd_share_error e; char buf[256]; } r;
+		int rf[DD_SHARE_MAX_FDS];
+		size_t nrf;
+		int v = ts_connect(NAME);
+		msg(&m.hello, DD_SHARE_HELLO, 0, sizeof(m.hello));
+		m.hello.page_size = DD_PAGE;
+		m.h.version = DD_SHARE_VERSION + 1;
+		CHECK(ts_send(v, &m, sizeof(m.hello), NULL, 0) == 0);
+		CHECK(ts_recv(v, &r, sizeof(r), rf, &nrf) == sizeof(r.e));
+		CHECK(dd_share_msg_check(&r, sizeof(r.e), nrf) == DD_SHARE_ERROR);
+		CHECK(r.e.code == EPROTONOSUPPORT);
+		CHECK(ts_closed_by_peer(v));
+		close(v);
+	}
+
 	/* truncated and oversized */
 	len = msg(&m, DD_SHARE_LOOKUP, 5, sizeof(struct dd_share_hdr) + 4 * 8);
 	dropped("truncated lookup", true, &m, len, NULL, 0);

@@ -248,6 +248,72 @@ static void program_closes(void)
 	close(p[1]);
 }
 
+/* A member that exits while a child of its (forked without our atfork
+ * handler) still holds the connection: the helper drops its holds all the
+ * same (its pidfd, SO_PEERPIDFD), not when the child exits. */
+static void member_dies_child_holds(int s)
+{
+	int hold[2];
+	char c;
+
+	CHECK(pipe(hold) == 0);
+	pid_t a = fork();
+	CHECK(a >= 0);
+	if (!a) {
+		const void *pages[1] = { mem + NPAGES * DD_PAGE };
+		dd_group_atfork_child();
+		CHECK(dd_group_join(NAME) == 0);
+		int fd = dd_group_segment_new(pages, 1);
+		CHECK(fd >= 0 && dd_group_publish(fd, &hashes[NPAGES], 1) > 0);
+		pid_t b = fork();   /* keeps the socket: no atfork handler here */
+		CHECK(b >= 0);
+		if (!b) {
+			close(hold[1]);
+			CHECK(read(hold[0], &c, 1) == 0);   /* until the parent test says */
+			_exit(0);
+		}
+		_exit(0);
+	}
+	close(hold[0]);
+	CHECK(ts_wait(a) == 0);
+	struct dd_share_stats st;
+	TS_WAIT_STATS(s, st, st.holds == 0 && st.members == 1);
+	close(hold[1]);   /* the grandchild may go */
+}
+
+/* Socket activation: a listening socket passed as descriptor 3 with
+ * LISTEN_FDS=1 and LISTEN_PID, as a systemd socket unit does. */
+static void systemd_socket(const char *helper_bin)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int l = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/sd.sock", ts_dir);
+	CHECK(l >= 0 && bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(l, 8) == 0);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (!pid) {
+		char n[16];
+		CHECK(dup2(l, 3) == 3);
+		snprintf(n, sizeof(n), "%d", (int)getpid());
+		setenv("LISTEN_PID", n, 1);
+		setenv("LISTEN_FDS", "1", 1);
+		execl(helper_bin, helper_bin, "--name", "sd", "--idle-exit", "1", (char *)NULL);
+		_exit(127);
+	}
+	close(l);
+	ts_note_helper(pid);
+	pid_t got;
+	int s = ts_hello("sd", &got);   /* the backlog holds us until it accepts */
+	CHECK(got == pid);
+	struct dd_share_stats st = ts_stats(s);
+	CHECK(st.members == 1);
+	close(s);
+	CHECK(ts_wait(pid) == 0);   /* idle: exits, and leaves systemd's socket alone */
+	struct stat sb;
+	CHECK(lstat(sa.sun_path, &sb) == 0 && S_ISSOCK(sb.st_mode));
+}
+
 int main(int argc, char **argv)
 {
 	const void *pages[NPAGES + 1];
@@ -334,12 +400,15 @@ int main(int argc, char **argv)
 	CHECK(!dd_group_active());
 	CHECK(dd_group_lookup(hashes, 1, &a, &sg, &ns) == -ENOTCONN);
 	TS_WAIT_STATS(s, st, st.segments == 0 && st.members == 1);
+	member_dies_child_holds(s);
 	close(s);
 
 	race();
 	program_closes();
 	lifetime(argv[1]);
+	systemd_socket(argv[1]);
 	printf("PASS: publish/lookup, NONE/SEEN, release and grace, refusals, names, race, "
-	       "a closed connection, idle exit and stale sockets\n");
+	       "a closed connection, a dead member's holds, idle exit, stale sockets, "
+	       "socket activation\n");
 	return T_PASS;
 }
