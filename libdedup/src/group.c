@@ -331,9 +331,15 @@ static int spawn_helper(const char *dir)
 			grp.name, path, strerror(r));
 		return -r;
 	}
-	/* --background: this process forks the helper and exits at once */
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
+	/* --background: the process we started forks the helper and exits at
+	 * once; reap it. Never a blocking waitpid(): with SIGCHLD ignored by
+	 * the program it would wait for every child the program has. */
+	for (int waited = 0; waited < SPAWN_WAIT_MS; waited++) {
+		r = waitpid(pid, &st, WNOHANG);
+		if (r == pid || (r < 0 && errno != EINTR))
+			break;   /* reaped, or by the program (ECHILD) */
+		sleep_ms(1);
+	}
 	return 0;
 }
 
