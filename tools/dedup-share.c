@@ -59,6 +59,7 @@
 #define OFFERS 4096                   /* unstable offers remembered, at most */
 #define OFFER_NS (10ULL * 1000000000) /* how long an offer stays fresh */
 #define MAX_CONNS 4096
+#define FD_RESERVE 8                  /* descriptors kept for connections */
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77           /* Linux 6.5 */
 #endif
@@ -95,6 +96,11 @@ struct slot {                    /* the index: open addressing, linear probing *
 	uint32_t page;
 };
 
+static size_t offer_pos(uint64_t hash)
+{
+	return (size_t)(hash * 0x9e3779b97f4a7c15ULL >> 32) % OFFERS;
+}
+
 struct offer {
 	uint64_t hash;           /* 0: none */
 	uint64_t conn;
@@ -112,7 +118,11 @@ static struct {
 	size_t nconns;
 	uint64_t next_conn;
 	uint64_t grace_ns, idle_ns;
-} h = { .next_id = 1, .next_conn = 1 };
+	uint64_t next_free;      /* no segment's grace ends before this */
+	uint64_t fd_limit;       /* RLIMIT_NOFILE */
+	uint64_t accept_after;   /* no room for a connection: try again then */
+	bool full;               /* said that the store is full */
+} h = { .next_id = 1, .next_conn = 1, .next_free = UINT64_MAX };
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...)
@@ -255,11 +265,14 @@ static void seg_free(size_t i)
 }
 
 /* Close the descriptors of segments whose grace ran out; the next such
- * deadline (UINT64_MAX: none). */
+ * deadline (UINT64_MAX: none). A walk over the segments only when a grace
+ * ran out, not at every message. */
 static uint64_t sweep(uint64_t now)
 {
 	uint64_t next = UINT64_MAX;
 
+	if (now < h.next_free)
+		return h.next_free;
 	for (size_t i = 0; i < h.nsegs;) {
 		struct seg *s = h.segs[i];
 		if (!s->holders && s->free_at <= now) {
@@ -270,6 +283,7 @@ static uint64_t sweep(uint64_t now)
 			next = s->free_at;
 		i++;
 	}
+	h.next_free = next;
 	return next;
 }
 
@@ -312,8 +326,11 @@ static void hold(struct conn *c, struct seg *s)
 static void unhold_seg(struct seg *s, uint64_t now)
 {
 	h.holds--;
-	if (--s->holders == 0)
+	if (--s->holders == 0) {
 		s->free_at = now + h.grace_ns;
+		if (s->free_at < h.next_free)
+			h.next_free = s->free_at;
+	}
 }
 
 static void release(struct conn *c, const uint64_t *ids, size_t n)
@@ -413,7 +430,7 @@ static bool do_lookup(struct conn *c, const uint64_t *hashes, uint32_t n)
 			continue;
 		}
 		/* unstable: a fresh offer by another member makes this SEEN */
-		struct offer *o = &h.offers[idx_pos(x) % OFFERS];
+		struct offer *o = &h.offers[offer_pos(x)];
 		if (o->hash == x && o->conn != c->id && now - o->at < OFFER_NS) {
 			ent[i].kind = DD_GROUP_SEEN;
 			o->hash = 0;
@@ -463,8 +480,26 @@ static int check_segment(int fd, const uint64_t *hashes, uint32_t n)
 	return 0;
 }
 
+/* Room for another segment's descriptor, keeping FD_RESERVE for
+ * connections (each has a socket and a pidfd)? Says so once when not. */
+static bool fd_room(void)
+{
+	bool room = 4 + h.nsegs + 2 * h.nconns + FD_RESERVE < h.fd_limit;
+
+	if (!room && !h.full)
+		logmsg("store full: %zu segments use the descriptors RLIMIT_NOFILE (%llu) allows; "
+		       "publications refused until some are released", h.nsegs,
+		       (unsigned long long)h.fd_limit);
+	h.full = !room;
+	return room;
+}
+
 static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int fd)
 {
+	if (!fd_room()) {
+		close(fd);
+		return reply_error(c, EMFILE);
+	}
 	int err = check_segment(fd, hashes, n);
 
 	if (err) {
@@ -539,7 +574,17 @@ static bool serve(size_t i, const char **why)
 		return false;   /* the member went away */
 	}
 	int type = dd_share_msg_check(m.buf, (size_t)len, nfds);
-	if (type == -EPROTONOSUPPORT && !c->hello) {
+	if (!ok && !nfds && (mh.msg_flags & MSG_CTRUNC) && c->hello &&
+	    dd_share_msg_check(m.buf, (size_t)len, 1) == DD_SHARE_PUBLISH) {
+		/* a PUBLISH whose descriptor we had no room for: the store
+		 * is full, which is no fault of the member's */
+		logmsg("no descriptor left for a segment (RLIMIT_NOFILE): publication refused");
+		if (reply_error(c, EMFILE))
+			return true;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			*why = "does not read its answers";
+		return false;
+	} else if (type == -EPROTONOSUPPORT && !c->hello) {
 		/* a member of another libdedup: tell it in our version, so
 		 * that it can say why */
 		reply_error(c, EPROTONOSUPPORT);
@@ -600,7 +645,11 @@ static void accept_one(int lfd)
 	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 	if (fd < 0) {
-		if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+		if (errno == EMFILE || errno == ENFILE) {
+			/* the connection waits in the backlog: do not spin on it */
+			h.accept_after = now_ns() + 100 * 1000000ULL;
+			logmsg("accept: %s; trying again in 100 ms", strerror(errno));
+		} else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 			logmsg("accept: %s", strerror(errno));
 		return;
 	}
@@ -717,6 +766,78 @@ static void unlisten(const char *dir, const struct sockaddr_un *sa, ino_t ino)
 
 /* ---- main ---- */
 
+/* Serve until idle: poll() over the listening socket (while listening),
+ * the connections and their members' pidfds. The exit status. */
+static int run(int lfd, const char *dir, const struct sockaddr_un *sa, ino_t ino)
+{
+	uint64_t idle_since = now_ns();
+	bool listening = true;
+	static struct pollfd pfd[2 * MAX_CONNS + 1];   /* listener, connections, pidfds */
+	for (;;) {
+		uint64_t now = now_ns(), next = sweep(now);
+		if (h.nconns)
+			idle_since = now;
+		else if (!listening || now - idle_since >= h.idle_ns) {
+			if (!listening)
+				break;
+			/* stop being findable, then serve who came meanwhile */
+			if (ino)
+				unlisten(dir, sa, ino);
+			else
+				break;   /* systemd's socket: systemd listens on */
+			listening = false;
+			for (;;) {
+				size_t before = h.nconns;
+				accept_one(lfd);
+				if (h.nconns == before)
+					break;
+			}
+			close(lfd);
+			if (!h.nconns)
+				break;
+			continue;
+		} else if (idle_since + h.idle_ns < next) {
+			next = idle_since + h.idle_ns;
+		}
+		if (listening && now < h.accept_after && h.accept_after < next)
+			next = h.accept_after;   /* no room for a connection: not before */
+		int timeout = -1;
+		if (next != UINT64_MAX)
+			timeout = next <= now ? 0 : (int)((next - now) / 1000000 + 1);
+		size_t base = listening ? 1 : 0;
+		if (listening)
+			pfd[0] = (struct pollfd){ .fd = now < h.accept_after ? -1 : lfd,
+						  .events = POLLIN };
+		size_t nc = h.nconns;
+		for (size_t i = 0; i < nc; i++) {
+			pfd[base + i] = (struct pollfd){ .fd = h.conns[i]->fd, .events = POLLIN };
+			pfd[base + nc + i] = (struct pollfd){ .fd = h.conns[i]->pidfd,
+							      .events = POLLIN };
+		}
+		size_t np = base + 2 * nc;
+		if (poll(pfd, np, timeout) < 0) {
+			if (errno == EINTR)
+				continue;
+			logmsg("poll: %s", strerror(errno));
+			return 1;
+		}
+		/* connections first, from the last: a drop moves the last one
+		 * into the dropped one's place */
+		for (size_t i = nc; i-- > 0;) {
+			short ev = pfd[base + i].revents;
+			const char *why = NULL;
+			if (pfd[base + nc + i].revents)   /* its process is gone */
+				conn_drop(i, NULL);
+			else if (ev && ((ev & POLLIN) ? !serve(i, &why) : true))
+				conn_drop(i, why);
+		}
+		if (listening && (pfd[0].revents & POLLIN))
+			accept_one(lfd);
+	}
+	return 0;
+}
+
+
 static void help(void)
 {
 	printf(
@@ -824,6 +945,7 @@ static void setup_process(bool background, bool keep3)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+	h.fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (uint64_t)rl.rlim_cur : 1024;
 }
 
 int main(int argc, char **argv)
@@ -889,66 +1011,5 @@ int main(int argc, char **argv)
 			return lfd < 0 ? 1 : 0;
 	}
 
-	uint64_t idle_since = now_ns();
-	bool listening = true;
-	static struct pollfd pfd[2 * MAX_CONNS + 1];   /* listener, connections, pidfds */
-	for (;;) {
-		uint64_t now = now_ns(), next = sweep(now);
-		if (h.nconns)
-			idle_since = now;
-		else if (!listening || now - idle_since >= h.idle_ns) {
-			if (!listening)
-				break;
-			/* stop being findable, then serve who came meanwhile */
-			if (ino)
-				unlisten(dir, &sa, ino);
-			else
-				break;   /* systemd's socket: systemd listens on */
-			listening = false;
-			for (;;) {
-				size_t before = h.nconns;
-				accept_one(lfd);
-				if (h.nconns == before)
-					break;
-			}
-			close(lfd);
-			if (!h.nconns)
-				break;
-			continue;
-		} else if (idle_since + h.idle_ns < next) {
-			next = idle_since + h.idle_ns;
-		}
-		int timeout = -1;
-		if (next != UINT64_MAX)
-			timeout = next <= now ? 0 : (int)((next - now) / 1000000 + 1);
-		size_t base = listening ? 1 : 0;
-		if (listening)
-			pfd[0] = (struct pollfd){ .fd = lfd, .events = POLLIN };
-		size_t nc = h.nconns;
-		for (size_t i = 0; i < nc; i++) {
-			pfd[base + i] = (struct pollfd){ .fd = h.conns[i]->fd, .events = POLLIN };
-			pfd[base + nc + i] = (struct pollfd){ .fd = h.conns[i]->pidfd,
-							      .events = POLLIN };
-		}
-		size_t np = base + 2 * nc;
-		if (poll(pfd, np, timeout) < 0) {
-			if (errno == EINTR)
-				continue;
-			logmsg("poll: %s", strerror(errno));
-			return 1;
-		}
-		/* connections first, from the last: a drop moves the last one
-		 * into the dropped one's place */
-		for (size_t i = nc; i-- > 0;) {
-			short ev = pfd[base + i].revents;
-			const char *why = NULL;
-			if (pfd[base + nc + i].revents)   /* its process is gone */
-				conn_drop(i, NULL);
-			else if (ev && ((ev & POLLIN) ? !serve(i, &why) : true))
-				conn_drop(i, why);
-		}
-		if (listening && (pfd[0].revents & POLLIN))
-			accept_one(lfd);
-	}
-	return 0;
+	return run(lfd, dir, &sa, ino);
 }
