@@ -15,6 +15,7 @@
 #include "fds.h"
 
 #include <sys/file.h>
+#include <sys/resource.h>
 
 #define NAME "proto"
 #define NPAGES 3
@@ -314,6 +315,52 @@ static void systemd_socket(const char *helper_bin)
 	CHECK(lstat(sa.sun_path, &sb) == 0 && S_ISSOCK(sb.st_mode));
 }
 
+/* A full store: the helper has no descriptor left for another segment
+ * (started here with RLIMIT_NOFILE 32). The publication is refused with
+ * EMFILE, and the member stays in the group. */
+static void full_store(const char *helper_bin)
+{
+	static char page[DD_PAGE] __attribute__((aligned(4096)));
+	const void *pages[1] = { page };
+	int64_t r = 0;
+
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (!pid) {
+		struct rlimit rl = { 32, 32 };
+		CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+		execl(helper_bin, helper_bin, "--name", "full", "--dir", ts_dir, (char *)NULL);
+		_exit(127);
+	}
+	ts_note_helper(pid);
+	int s;
+	double t0 = t_now();
+	while ((s = ts_connect("full")) < 0) {
+		CHECK(t_now() - t0 < t_cap());
+		usleep(10000);
+	}
+	close(s);
+	CHECK(dd_group_join("full") == 0);
+	for (uint64_t i = 0; i < 64 && r >= 0; i++) {
+		t_fill(page, 5000 + i);
+		uint64_t x = dd_hash_content(page);
+		int fd = dd_group_segment_new(pages, 1);
+		CHECK(fd >= 0);
+		r = dd_group_publish(fd, &x, 1);
+		close(fd);
+	}
+	CHECK(r == -EMFILE);
+	CHECK(dd_group_active());
+	uint64_t x = dd_hash_content(page);
+	struct dd_group_answer a;
+	struct dd_group_seg sg;
+	size_t ns;
+	CHECK(dd_group_lookup(&x, 1, &a, &sg, &ns) == 0 && a.kind == DD_GROUP_NONE);
+	dd_group_leave();
+	kill(pid, SIGKILL);
+	ts_wait(pid);
+}
+
 int main(int argc, char **argv)
 {
 	const void *pages[NPAGES + 1];
@@ -407,8 +454,9 @@ int main(int argc, char **argv)
 	program_closes();
 	lifetime(argv[1]);
 	systemd_socket(argv[1]);
+	full_store(argv[1]);
 	printf("PASS: publish/lookup, NONE/SEEN, release and grace, refusals, names, race, "
 	       "a closed connection, a dead member's holds, idle exit, stale sockets, "
-	       "socket activation\n");
+	       "socket activation, a full store\n");
 	return T_PASS;
 }
