@@ -75,6 +75,7 @@ struct seg {
 	uint64_t free_at;        /* holders == 0: when its descriptor closes */
 	uint64_t tag;            /* the lookup that last named it (answer table) */
 	uint32_t tag_index;      /* its index in that lookup's table */
+	uint32_t shadowed;       /* pages not indexed: another segment has them */
 	uint64_t *hashes;        /* npages */
 };
 
@@ -199,14 +200,42 @@ static void idx_grow(void)
 	free(old);
 }
 
-/* Index hash unless it is indexed already (the first segment keeps it). */
+/* Index page of s unless its hash is indexed already: the first segment
+ * keeps it, unless nobody holds that one any more (it goes when its grace
+ * ends). A page left out is counted as shadowed, to be indexed when the
+ * other goes (reindex). */
 static void idx_add(uint64_t hash, struct seg *s, uint32_t page)
 {
-	if (idx_find(hash))
+	struct slot *e = idx_find(hash);
+
+	if (e) {
+		if (e->seg->holders || e->seg == s) {
+			s->shadowed++;
+		} else {
+			e->seg->shadowed++;
+			e->seg = s;
+			e->page = page;
+		}
 		return;
+	}
 	if ((h.idx_n + 1) * 2 > h.idx_cap)
 		idx_grow();
 	idx_put(hash, s, page);
+}
+
+/* After segments went: index the shadowed pages whose hash is free now,
+ * so that content another segment still has stays findable. Only walks
+ * segments with shadowed pages (two members publishing one content). */
+static void reindex(void)
+{
+	for (size_t i = 0; i < h.nsegs; i++) {
+		struct seg *t = h.segs[i];
+		for (uint32_t p = 0; t->shadowed && p < t->npages; p++)
+			if (!idx_find(t->hashes[p])) {
+				t->shadowed--;
+				idx_add(t->hashes[p], t, p);
+			}
+	}
 }
 
 /* Remove the entry of slot e, shifting later entries of its probe run
@@ -271,18 +300,23 @@ static uint64_t sweep(uint64_t now)
 {
 	uint64_t next = UINT64_MAX;
 
+	bool freed = false;
+
 	if (now < h.next_free)
 		return h.next_free;
 	for (size_t i = 0; i < h.nsegs;) {
 		struct seg *s = h.segs[i];
 		if (!s->holders && s->free_at <= now) {
 			seg_free(i);
+			freed = true;
 			continue;
 		}
 		if (!s->holders && s->free_at < next)
 			next = s->free_at;
 		i++;
 	}
+	if (freed)
+		reindex();
 	h.next_free = next;
 	return next;
 }
@@ -524,9 +558,9 @@ static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int f
 	}
 	h.segs[h.nsegs++] = s;   /* ids only grow: still sorted */
 	h.pages += n;
+	hold(c, s);   /* first: idx_add() tells held segments from others */
 	for (uint32_t p = 0; p < n; p++)
 		idx_add(hashes[p], s, p);
-	hold(c, s);
 
 	struct dd_share_id m = { .id = s->id };
 	dd_share_hdr_init(&m.h, DD_SHARE_PUBLISHED, 0);
