@@ -361,6 +361,57 @@ static void full_store(const char *helper_bin)
 	ts_wait(pid);
 }
 
+/* Two members publish one content; the first segment goes (released, grace
+ * over): the content stays findable in the second. */
+static void same_content_twice(int s)
+{
+	static char page[DD_PAGE] __attribute__((aligned(4096)));
+	const void *pages[1] = { page };
+	struct dd_group_answer a;
+	struct dd_group_seg sg;
+	size_t ns;
+	int ready[2], done[2];
+	char c;
+
+	t_fill(page, 9000);
+	uint64_t x = dd_hash_content(page);
+	CHECK(dd_group_join(NAME) == 0);
+	int fd = dd_group_segment_new(pages, 1);
+	int64_t first = dd_group_publish(fd, &x, 1);
+	CHECK(first > 0);
+	CHECK(pipe(ready) == 0 && pipe(done) == 0);
+	pid_t kid = fork();
+	CHECK(kid >= 0);
+	if (!kid) {
+		close(ready[0]);
+		close(done[1]);
+		dd_group_atfork_child();
+		CHECK(dd_group_join(NAME) == 0);
+		int64_t second = dd_group_publish(fd, &x, 1);   /* the same segment, again */
+		CHECK(second > 0 && second != first);
+		CHECK(write(ready[1], &second, sizeof(second)) == sizeof(second));
+		CHECK(read(done[0], &c, 1) == 0);
+		_exit(0);
+	}
+	close(fd);
+	close(ready[1]);
+	close(done[0]);
+	int64_t second;
+	CHECK(read(ready[0], &second, sizeof(second)) == sizeof(second));
+	uint64_t u = (uint64_t)first;
+	CHECK(dd_group_release(&u, 1) == 0);
+	struct dd_share_stats st;
+	TS_WAIT_STATS(s, st, st.segments == 1);
+	CHECK(dd_group_lookup(&x, 1, &a, &sg, &ns) == 0 && ns == 1 && a.kind == DD_GROUP_FOUND);
+	CHECK(sg.id == (uint64_t)second);
+	close(sg.fd);
+	dd_group_leave();
+	close(done[1]);
+	CHECK(ts_wait(kid) == 0);
+	close(ready[0]);
+	TS_WAIT_STATS(s, st, st.segments == 0);
+}
+
 int main(int argc, char **argv)
 {
 	const void *pages[NPAGES + 1];
@@ -448,6 +499,7 @@ int main(int argc, char **argv)
 	CHECK(dd_group_lookup(hashes, 1, &a, &sg, &ns) == -ENOTCONN);
 	TS_WAIT_STATS(s, st, st.segments == 0 && st.members == 1);
 	member_dies_child_holds(s);
+	same_content_twice(s);
 	close(s);
 
 	race();
@@ -457,6 +509,6 @@ int main(int argc, char **argv)
 	full_store(argv[1]);
 	printf("PASS: publish/lookup, NONE/SEEN, release and grace, refusals, names, race, "
 	       "a closed connection, a dead member's holds, idle exit, stale sockets, "
-	       "socket activation, a full store\n");
+	       "socket activation, a full store, one content published twice\n");
 	return T_PASS;
 }
