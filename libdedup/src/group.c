@@ -262,11 +262,13 @@ static bool nobody_listens(int r)
 
 /* The helper binary into buf: $DEDUP_SHARE_HELPER, else next to the
  * library (the build tree: build/libdedup.so and build/tools/dedup-share;
- * installed: lib/ and bin/ or libexec/). False: search PATH. */
+ * installed: lib/ or lib/<multiarch>/, and bin/ or libexec/). False: search
+ * PATH. */
 static bool find_helper(char *buf, size_t size)
 {
 	static const char *const rel[] = { "tools/dedup-share", "../tools/dedup-share",
 					   "dedup-share", "../bin/dedup-share",
+					   "../../bin/dedup-share",   /* lib/<multiarch>/ */
 					   "../libexec/dedup-share" };
 	const char *env = secure_getenv("DEDUP_SHARE_HELPER");
 	Dl_info di;
