@@ -407,10 +407,12 @@ int dd_group_join(const char *name)
 		/* Held only around a check and a spawn, or a bind: a wait
 		 * longer than that is a stuck holder, and going on without
 		 * it costs at most a helper that finds another serving and
-		 * exits. */
+		 * exits. A second for the lock and one for the spawn keep a
+		 * join within DD_GROUP_TIMEOUT_MS, but for the HELLO to a
+		 * helper that accepts and never answers. */
 		for (int waited = 0; flock(lk, LOCK_EX | LOCK_NB) < 0 &&
 				     (errno == EWOULDBLOCK || errno == EINTR) &&
-				     waited < DD_GROUP_TIMEOUT_MS; waited += 10)
+				     waited < SPAWN_WAIT_MS; waited += 10)
 			sleep_ms(10);
 		r = try_connect(&sa);
 		if (nobody_listens(r))
