@@ -137,6 +137,12 @@ static int send_msg(const void *hdr, size_t len, const void *arr, size_t alen, i
 	return (size_t)r == len + alen ? 0 : -EPROTO;
 }
 
+/* Why send_msg() failed, for fail(). */
+static const char *send_failed(int r)
+{
+	return r == -EPIPE || r == -ECONNRESET ? "the helper is gone" : "cannot send to the helper";
+}
+
 /* The largest answer, aligned for its structs. */
 union reply {
 	struct dd_share_hdr h;
@@ -190,12 +196,13 @@ static int transact(const void *hdr, size_t len, const void *arr, size_t alen, i
 		return -ENOTCONN;
 	ret = send_msg(hdr, len, arr, alen, pass);
 	if (ret < 0)
-		return fail(ret, "cannot send to the helper");
+		return fail(ret, send_failed(ret));
 	ret = recv_msg(r, fds, nfds);
 	if (ret < 0)
 		return fail(ret, ret == -EPROTO ? "malformed message from the helper"
 			    : ret == -EPROTONOSUPPORT ? "the helper speaks another protocol version "
 							"(an older one exits when idle)"
+			    : ret == -ECONNRESET ? "the helper is gone"
 			    : "no answer from the helper");
 	if (ret != want && !(error_ok && ret == DD_SHARE_ERROR)) {
 		dd_share_close_fds(fds, *nfds);
@@ -602,7 +609,7 @@ int dd_group_release(const uint64_t *ids, size_t n)
 		dd_share_hdr_init(&h, DD_SHARE_RELEASE, (uint32_t)k);
 		r = send_msg(&h, sizeof(h), ids, k * sizeof(*ids), -1);
 		if (r < 0)
-			return fail(r, "cannot send to the helper");
+			return fail(r, send_failed(r));
 		ids += k;
 		n -= k;
 	}
