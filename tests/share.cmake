@@ -8,3 +8,16 @@ foreach(t test_share_proto test_share_fuzz test_share_uid)
   target_link_libraries(${t} PRIVATE PkgConfig::XXHASH)
   add_dependencies(${t} dedup-share)
 endforeach()
+
+# Merging across processes through the engine (scan.c, store.c): members
+# with the same content and none repeated inside one end with one copy
+# between them; writes stay private; another group shares nothing; fork.
+dedup_test(share_workers SOURCES share/share_workers.c TIMEOUT 600 LABELS share
+           ENV DEDUP_SHARE_HELPER=$<TARGET_FILE:dedup-share> ARGS 4 32)
+add_dependencies(share_workers dedup-share)
+# SIGKILL of members and helpers across a group, every member's memory
+# checked after each kill, the group's shared memory gone at the end.
+# The long run: share_kill 1000 8 64 (README, Tests).
+dedup_test(share_kill SOURCES share/share_kill.c TIMEOUT 600 LABELS share
+           ENV DEDUP_SHARE_HELPER=$<TARGET_FILE:dedup-share> ARGS 40 4 8)
+add_dependencies(share_kill dedup-share)

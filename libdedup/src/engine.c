@@ -873,7 +873,10 @@ int dd_engine_init(const char **why)
 		ret = dd_index_init();
 	/* A group that cannot be joined leaves this process merging alone
 	 * (group.c said why): the user asked for more merging, not less. */
-	if (ret == 0 && dd_share_name[0])
+	if (ret == 0 && dd_share_name[0] && dd_opt.test_hash_bits < 64)
+		dd_warn("DEDUP_TEST_HASH_BITS: not in a sharing group (its members and helper "
+			"check full checksums); merging alone");
+	else if (ret == 0 && dd_share_name[0])
 		dd_group_join(dd_share_name);
 	if (ret == 0)
 		ret = dd_merge_init();
