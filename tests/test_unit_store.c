@@ -473,7 +473,24 @@ static void test_segments(void)
 		CHECK(dd_store_slot_at(q.ino, 3 * T_PAGE) == DD_SLOT_NONE);
 	}
 	CHECK(dd_store_slot_at(1, 0) == DD_SLOT_NONE);
-	munmap(v, 3 * T_PAGE);
+
+	/* orphans (store.c, the sweep): a reference that no region's page and
+	 * no mapping holds any more goes after two walks; a mapped page's stays */
+	dd_store_get(g);       /* g + 0: mapped by v */
+	dd_store_get(g + 1);   /* mapped by v too */
+	munmap((char *)v + T_PAGE, 2 * T_PAGE);   /* g + 1, g + 2 unmapped */
+	dd_store_get(g + 2);   /* a reference nothing holds */
+	CHECK(dd_store_group_pages() == 3);
+	for (int walk = 0; walk < 2; walk++) {
+		dd_store_sweep_wanted();
+		usleep(150000);   /* walks are at least 100 ms apart */
+		dd_store_sweep();
+	}
+	CHECK(dd_store_group_pages() == 1 && dd_store_refs(g) == 1);
+	CHECK(dd_store_refs(g + 1) == 0 && dd_store_refs(g + 2) == 0);
+	dd_store_seg_sweep();
+	CHECK(dd_store_alive(g));   /* still in use: the segment stays */
+	munmap(v, T_PAGE);
 	teardown();   /* releases g too: no descriptor left */
 	CHECK(fd_count() == fds0 - 1);   /* the store's own memfd went as well */
 }

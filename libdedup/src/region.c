@@ -547,12 +547,10 @@ void dd_region_fini(void)
 
 /* Set bit (slot) in bits for every canonical slot a page of a region is
  * merged into (metadata: slot + 1), for the store's orphan sweep. */
-void dd_region_mark_slots(uint8_t *bits, size_t nslots)
+void dd_region_each_slot(void (*fn)(void *ctx, uint32_t ref), void *ctx)
 {
 	for (struct chunk *c = find_from(0); c; c = next_chunk(c))
-		for (unsigned i = 0; i < CHUNK_PAGES; i++) {
-			uint32_t s = c->slot[i];
-			if (DD_SLOT_REAL(s) && s - 1 < nslots)
-				bits[(s - 1) / 8] |= (uint8_t)(1u << ((s - 1) % 8));
-		}
+		for (unsigned i = 0; i < CHUNK_PAGES; i++)
+			if (DD_SLOT_REAL(c->slot[i]))
+				fn(ctx, c->slot[i]);
 }

@@ -411,8 +411,11 @@ uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
  */
 static struct {
 	bool wanted;
-	uint8_t *suspect;     /* slots unmapped at the first walk */
+	uint8_t *suspect;     /* slots unmapped at the first walk (bit_of) */
 	size_t bytes;
+	size_t n;             /* own slots at the first walk: segments' bits follow */
+	uint64_t *seg_id;     /* segments at the first walk, by index */
+	size_t nseg;
 	uint64_t last_ns;     /* the last walk */
 	uint64_t cost_ns;     /* what it took */
 } orph;
@@ -423,30 +426,95 @@ static void orph_reset(void)
 {
 	if (orph.suspect)
 		dd_vm_free(orph.suspect, orph.bytes);
+	if (orph.seg_id)
+		dd_vm_free(orph.seg_id, orph.nseg * sizeof(*orph.seg_id));
 	orph.suspect = NULL;
+	orph.seg_id = NULL;
 	orph.wanted = false;
 }
 
-struct mark_ctx { uint8_t *bits; size_t n; };
+/* A walk's bitmap: own slots [0, n), then SEG_PAGES bits per segment. */
+struct mark_ctx { uint8_t *bits; size_t n, nseg; };
+
+static void mark(struct mark_ctx *m, size_t bit)
+{
+	m->bits[bit / 8] |= (uint8_t)(1u << (bit % 8));
+}
+
+static bool marked(const uint8_t *bits, size_t bit) { return bits[bit / 8] & (1u << (bit % 8)); }
+
+static void mark_slot(void *ctx, uint32_t ref)
+{
+	struct mark_ctx *m = ctx;
+	uint32_t s = ref - 1;
+
+	if (!IS_SEG(s) && s < m->n)
+		mark(m, s);
+	else if (IS_SEG(s) && ((s - SEG_BASE) >> SEG_SHIFT) < m->nseg)
+		mark(m, m->n + (s - SEG_BASE));
+}
 
 static int mark_mapped(void *ctx, const struct dd_vma *v)
 {
 	struct mark_ctx *m = ctx;
+	uint64_t s = v->offset / DD_PAGE, e = s + (v->hi - v->lo) / DD_PAGE;
 
-	if (v->ino != st.ino || v->shared)   /* the shared view is ours, not a page's */
+	if (!v->ours || v->shared)   /* a shared view is ours, not a page's */
 		return 0;
-	for (uint64_t s = v->offset / DD_PAGE, e = s + (v->hi - v->lo) / DD_PAGE; s < e && s < m->n; s++)
-		m->bits[s / 8] |= (uint8_t)(1u << (s % 8));
+	if (v->ino == st.ino) {
+		for (; s < e && s < m->n; s++)
+			mark(m, s);
+		return 0;
+	}
+	for (uint32_t k = 0; k < m->nseg; k++)
+		if (sg.v[k].id && sg.v[k].ino == v->ino) {
+			for (; s < e && s < sg.v[k].npages; s++)
+				mark(m, m->n + ((size_t)k << SEG_SHIFT) + s);
+			break;
+		}
 	return 0;
+}
+
+/* An orphan found by both walks: its references go. */
+static void release_orphan(size_t bit)
+{
+	if (bit < orph.n) {
+		struct slot_info *si = &st.info[bit];
+		st.sharing -= si->refs;
+		st.shared--;
+		si->refs = 0;
+		release((uint32_t)bit);
+		return;
+	}
+	struct seg *g = &sg.v[(bit - orph.n) >> SEG_SHIFT];
+	uint32_t p = (uint32_t)(bit - orph.n) & (SEG_PAGES - 1);
+	sg.pages -= g->refs[p];
+	g->refs[p] = 0;
+	g->live--;
+	sg.sweep = true;   /* the segment goes at the step's end if it was its last */
+}
+
+/* Is bit an orphan candidate: referenced, not kept, the same segment as at
+ * the first walk? */
+static bool referenced(size_t bit)
+{
+	if (bit < orph.n)
+		return bit < st.info_cap && st.info[bit].refs && !st.info[bit].keep;
+	size_t k = (bit - orph.n) >> SEG_SHIFT;
+	uint32_t p = (uint32_t)(bit - orph.n) & (SEG_PAGES - 1);
+	return k < sg.n && k < orph.nseg && sg.v[k].id && sg.v[k].id == orph.seg_id[k] &&
+	       p < sg.v[k].npages && sg.v[k].refs[p];
 }
 
 void dd_store_sweep(void)
 {
 	dd_assert_held(&eng.lock);
-	size_t n = st.hwm < st.info_cap ? st.hwm : st.info_cap, bytes = (n + 7) / 8, freed = 0;
+	size_t n = orph.suspect ? orph.n : (st.hwm < st.info_cap ? st.hwm : st.info_cap);
+	size_t nseg = orph.suspect ? orph.nseg : sg.n, freed = 0;
+	size_t nbits = n + (nseg << SEG_SHIFT), bytes = (nbits + 7) / 8;
 	uint8_t *live;
 
-	if ((!orph.wanted && !orph.suspect) || !n)
+	if ((!orph.wanted && !orph.suspect) || !nbits)
 		return;
 	/* a walk costs one PROCMAP_QUERY per mapping (above) */
 	uint64_t now = dd_now_ns(), gap = 20 * orph.cost_ns;
@@ -456,45 +524,43 @@ void dd_store_sweep(void)
 	live = dd_vm_alloc(bytes);
 	if (!live)
 		return;
-	dd_region_mark_slots(live, n);
-	struct mark_ctx m = { live, n };
+	struct mark_ctx m = { live, n, nseg < sg.n ? nseg : sg.n };
+	dd_region_each_slot(mark_slot, &m);
 	int walked = dd_vmas_in(0, UINTPTR_MAX, mark_mapped, &m);
 	orph.cost_ns = dd_now_ns() - now;
 	if (walked < 0)
 		goto out;
 	if (!orph.suspect) {
-		/* first walk: remember the suspects */
+		/* first walk: remember the suspects, and which segments they are in */
 		size_t found = 0;
 		orph.wanted = false;
+		orph.n = n;
+		orph.nseg = nseg;
 		orph.suspect = dd_vm_alloc(bytes);
-		if (!orph.suspect)
+		orph.seg_id = nseg ? dd_vm_alloc(nseg * sizeof(*orph.seg_id)) : NULL;
+		if (!orph.suspect || (nseg && !orph.seg_id)) {
+			orph_reset();
 			goto out;
+		}
 		orph.bytes = bytes;
-		for (size_t s = 0; s < n; s++)
-			if (st.info[s].refs && !st.info[s].keep && !(live[s / 8] & (1u << (s % 8)))) {
-				orph.suspect[s / 8] |= (uint8_t)(1u << (s % 8));
+		for (size_t k = 0; k < nseg; k++)
+			orph.seg_id[k] = sg.v[k].id;
+		for (size_t b = 0; b < nbits; b++)
+			if (referenced(b) && !marked(live, b)) {
+				orph.suspect[b / 8] |= (uint8_t)(1u << (b % 8));
 				found++;
 			}
-		if (!found) {
-			dd_vm_free(orph.suspect, orph.bytes);
-			orph.suspect = NULL;
-		}
+		if (!found)
+			orph_reset();
 		goto out;
 	}
 	/* second walk: release what both found unmapped */
-	for (size_t s = 0; s < n && s / 8 < orph.bytes; s++) {
-		struct slot_info *si = &st.info[s];
-		if (!(orph.suspect[s / 8] & (1u << (s % 8))) || !si->refs || si->keep ||
-		    (live[s / 8] & (1u << (s % 8))))
-			continue;
-		st.sharing -= si->refs;
-		st.shared--;
-		si->refs = 0;
-		release((uint32_t)s);
-		freed++;
-	}
-	dd_vm_free(orph.suspect, orph.bytes);
-	orph.suspect = NULL;
+	for (size_t b = 0; b < nbits; b++)
+		if (marked(orph.suspect, b) && referenced(b) && !marked(live, b)) {
+			release_orphan(b);
+			freed++;
+		}
+	orph_reset();
 	if (freed)
 		dd_debug("store: released %zu canonical pages that no page maps any more", freed);
 out:

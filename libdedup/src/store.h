@@ -24,7 +24,7 @@ void dd_store_get(uint32_t slot);
 void dd_store_put(uint32_t slot);   /* frees (punches) at zero */
 void dd_store_sweep_wanted(void);   /* a page's metadata went with its reference */
 void dd_store_sweep(void);          /* release orphans (eng.lock, end of a pass) */
-void dd_region_mark_slots(uint8_t *bits, size_t nslots);
+void dd_region_each_slot(void (*fn)(void *ctx, uint32_t ref), void *ctx);   /* region.c */
 uint32_t dd_store_refs(uint32_t slot);
 bool dd_store_alive(uint32_t slot);   /* in use (refs > 0): its page is there */
 uint64_t dd_store_hash(uint32_t slot);
