@@ -48,11 +48,18 @@ endfunction()
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
           pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse pl_fork_full
-          pl_unmerge_scale pl_fstat)
+          pl_unmerge_scale pl_fstat pl_share)
   pl_program(${p})
 endforeach()
 
 pl_test(preload_workload PROGRAM pl_workload)
+# A sharing group of preloaded programs (issue 13), in a runtime directory
+# of its own so that the test's helper is nobody else's.
+pl_test(preload_share PROGRAM pl_share ARGS 3 16
+        ENV DEDUP_SHARE=pltest DEDUP_SHARE_HELPER=$<TARGET_FILE:dedup-share>
+            XDG_RUNTIME_DIR=${CMAKE_BINARY_DIR}/pl-share-run)
+add_dependencies(pl_share dedup-share)
+file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/pl-share-run)
 pl_test(preload_dontneed PROGRAM pl_dontneed)
 pl_test(preload_madv_free PROGRAM pl_madv_free)
 pl_test(preload_mremap PROGRAM pl_mremap MMC)

@@ -135,7 +135,7 @@ static void logmsg(const char *fmt, ...)
 	va_start(ap, fmt);
 	int n = vasprintf(&line, fmt, ap);
 	va_end(ap);
-	/* one write(2): members share our stderr */
+	/* one write(2): the log may be shared (DIR/NAME.log, or the journal) */
 	if (n >= 0)
 		dprintf(STDERR_FILENO, "%s[%d] %s: %s\n", prog, (int)getpid(), group, line);
 	free(line);
@@ -927,7 +927,9 @@ static void help(void)
 "    --idle-exit SECONDS  exit after this long without any connection (30)\n"
 "    --grace MS           keep a segment nobody holds this long (2000)\n"
 "    --background         fork; the process started exits at once (what\n"
-"                         libdedup uses, so that it need not wait for us)\n"
+"                         libdedup uses, so that it need not wait for us);\n"
+"                         messages then go to DIR/NAME.log, not to the\n"
+"                         stderr of the member that started the helper\n"
 "    --help               this text\n"
 "\n"
 "    The helper detaches from its terminal session (setsid), closes every\n"
@@ -955,7 +957,15 @@ static long number(const char *s, const char *opt, long lo, long hi)
 	return v;
 }
 
-static void setup_process(bool background, bool keep3)
+/*
+ * Started in the background by a member, the helper must not keep that
+ * member's stderr: a pipeline (`dedup-run --share x -- cmd | less`, a test
+ * runner reading a program's output) would not end until the helper does,
+ * idle-exit seconds after the last member. Its lines go to DIR/NAME.log
+ * (0600, in the group's private directory), or nowhere. Under systemd
+ * (not --background) stderr is the journal and stays.
+ */
+static void setup_process(bool background, bool keep3, const char *dir)
 {
 	sigset_t none;
 	struct rlimit rl;
@@ -980,6 +990,15 @@ static void setup_process(bool background, bool keep3)
 	if (null >= 0) {
 		dup2(null, STDIN_FILENO);
 		dup2(null, STDOUT_FILENO);
+		if (background) {
+			char path[PATH_MAX];
+			int log = -1;
+			if (dir && snprintf(path, sizeof(path), "%s/%s.log", dir, group) < (int)sizeof(path))
+				log = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+			dup2(log >= 0 ? log : null, STDERR_FILENO);
+			if (log > STDERR_FILENO)
+				close(log);
+		}
 		if (null > STDERR_FILENO)
 			close(null);
 	}
@@ -1047,7 +1066,7 @@ int main(int argc, char **argv)
 			dir);
 		return 1;
 	}
-	setup_process(background, lfd == 3);
+	setup_process(background, lfd == 3, dir);
 	if (lfd < 0) {
 		lfd = bind_socket(dir, &sa, &ino);
 		if (lfd <= 0)
