@@ -179,13 +179,15 @@ struct cpu_tracker {
 	bool by_comm;       /* true: libdedup's threads by name, false: pid itself */
 	char group[72];     /* "": no helper; else the group whose helper counts */
 	pid_t helper;       /* its pid once found, 0: not (yet) */
+	pid_t helper_seen;  /* the last helper found, for the results */
 	size_t n;
-	struct { pid_t tid; uint64_t ns; } t[128];
+	struct { pid_t tid; uint64_t ns; bool helper; } t[128];
 };
 void tracker_init(struct cpu_tracker *t, pid_t pid, bool by_comm);
 void tracker_add(struct cpu_tracker *t, pid_t pid);   /* another member */
 void tracker_helper(struct cpu_tracker *t, const char *group);
 uint64_t tracker_ns(struct cpu_tracker *t);
+uint64_t tracker_helper_ns(const struct cpu_tracker *t);   /* the helper's part */
 bool proc_read_file(const char *path, char *buf, size_t len);
 
 /* ---- run.c --------------------------------------------------------------- */

@@ -146,7 +146,7 @@ void tracker_helper(struct cpu_tracker *t, const char *group)
 	snprintf(t->group, sizeof(t->group), "%s", group);
 }
 
-static void tracker_set(struct cpu_tracker *t, pid_t tid, uint64_t ns)
+static void tracker_set(struct cpu_tracker *t, pid_t tid, uint64_t ns, bool helper)
 {
 	for (size_t i = 0; i < t->n; i++) {
 		if (t->t[i].tid == tid) {
@@ -158,6 +158,7 @@ static void tracker_set(struct cpu_tracker *t, pid_t tid, uint64_t ns)
 	if (t->n < B_ARRAY_SIZE(t->t)) {
 		t->t[t->n].tid = tid;
 		t->t[t->n].ns = ns;
+		t->t[t->n].helper = helper;
 		t->n++;
 	}
 }
@@ -182,7 +183,7 @@ static bool tracker_threads(struct cpu_tracker *t, pid_t pid, bool libdedup_only
 			continue;
 		uint64_t ns = proc_task_cpu_ns(pid, tid);
 		if (ns != UINT64_MAX)
-			tracker_set(t, tid, ns);
+			tracker_set(t, tid, ns, !libdedup_only);
 	}
 	closedir(d);
 	return true;
@@ -230,19 +231,27 @@ uint64_t tracker_ns(struct cpu_tracker *t)
 	if (!t->by_comm) {
 		uint64_t ns = proc_task_cpu_ns(t->pid[0], t->pid[0]);
 		if (ns != UINT64_MAX)
-			tracker_set(t, t->pid[0], ns);
+			tracker_set(t, t->pid[0], ns, false);
 	} else {
 		for (size_t i = 0; i < t->npid; i++)
 			tracker_threads(t, t->pid[i], true);
 	}
 	/* the helper may start late (the first member spawns it) and exit
 	 * early (idle): look for it until found, and again once gone */
-	if (t->group[0] && !t->helper)
-		t->helper = find_helper(t->group);
+	if (t->group[0] && !t->helper && (t->helper = find_helper(t->group)))
+		t->helper_seen = t->helper;
 	if (t->helper && !tracker_threads(t, t->helper, false))
 		t->helper = 0;
 	uint64_t sum = 0;
 	for (size_t i = 0; i < t->n; i++)
 		sum += t->t[i].ns;
+	return sum;
+}
+
+uint64_t tracker_helper_ns(const struct cpu_tracker *t)
+{
+	uint64_t sum = 0;
+	for (size_t i = 0; i < t->n; i++)
+		sum += t->t[i].helper ? t->t[i].ns : 0;
 	return sum;
 }

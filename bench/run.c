@@ -513,6 +513,12 @@ void run_ld_final(struct run_ctx *c)
 	if (cpu > 0)
 		r->scanned_per_cpu = c->ld_scanned / cpu;
 	result_extra(r, "engine_cpu_s_own_count", "%.3f", c->ld_cpu_ns / 1e9);
+	/* libdedup-share: the helper's part of the merger CPU, and whether it
+	 * was found at all (pid 0: never; its CPU then is missing) */
+	if (c->group[0]) {
+		result_extra(r, "helper_pid", "%d", (int)c->tr.helper_seen);
+		result_extra(r, "helper_cpu_s", "%.3f", (double)tracker_helper_ns(&c->tr) / 1e9);
+	}
 }
 
 /* A child that stopped answering: what each of its threads waits in, for
