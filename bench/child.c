@@ -620,7 +620,10 @@ static const char *command(int timeout_ms)
 }
 
 /* Report own, the answer of this process; a workers leader first waits for
- * its siblings' answers and reports the family's (or what failed). */
+ * its siblings' answers and reports the family's (or what failed). The
+ * leader's waits are shorter than the parent's for the same answer (run.c:
+ * ready 300 s, started 60 s, final 30 s, done 120 s), so that a hanging
+ * sibling is named before the parent gives up on the leader. */
 static bool answer(const char *own, int timeout_ms)
 {
 	char word[16], out[2048];
@@ -684,7 +687,7 @@ int child_main(int argc, char **argv)
 		rep("%s", own);
 	} else {
 		char out[2048], pids[MAX_WORKERS * 12];
-		if (!fam_collect("ready", own, out, sizeof(out), 300000)) {
+		if (!fam_collect("ready", own, out, sizeof(out), 240000)) {
 			rep("%s", out);
 			return 1;
 		}
@@ -740,7 +743,7 @@ int child_main(int argc, char **argv)
 		}
 	}
 	snprintf(own, sizeof(own), "started enable_ns=%llu", (unsigned long long)enable_ns);
-	if (!answer(own, 60000))
+	if (!answer(own, 45000))
 		return 1;
 
 	bool libdedup = m->merger == MERGER_LIBDEDUP && m->api;
@@ -770,7 +773,7 @@ int child_main(int argc, char **argv)
 	if (libdedup) {
 		stats_line(line, sizeof(line));
 		snprintf(own, sizeof(own), "final %s", line);
-		if (!answer(own, 30000))
+		if (!answer(own, 20000))
 			return 1;
 	}
 	/* the churn rate (workers: the readers') over the sampled window: go .. measure */
@@ -814,7 +817,7 @@ int child_main(int argc, char **argv)
 		 "done merged_pages=%zu cow_why=%s %s %s %s=%llu %s_secs=%.3f %s_busy_ns=%llu %s %s",
 		 merged, why ? why : "-", lat, lat_idle, family ? "read_ops" : "churn_writes",
 		 (unsigned long long)writes, pfx, secs, pfx, (unsigned long long)busy, stuck, line);
-	if (!answer(own, 120000))
+	if (!answer(own, 100000))
 		return 1;
 	cmd = command(60000);
 	if (fam_leader())

@@ -529,7 +529,8 @@ static void hang_note(struct run_ctx *c, const char *what)
 	char path[96], comm[32], wchan[64], list[200] = "";
 	size_t len = 0;
 
-	if (g_stop || !alive(c))
+	/* not hung but failed: its own error line says more */
+	if (g_stop || !alive(c) || strncmp(r->note, "child: error", 12) == 0)
 		return;
 	snprintf(path, sizeof(path), "/proc/%d/task", c->pid);
 	DIR *d = opendir(path);
