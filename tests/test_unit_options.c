@@ -569,8 +569,53 @@ static void test_config(void)
 	CHECK(load(&cfg) == 0 && dd_opt.scan_interval_ms == 500);
 }
 
+/*
+ * DEDUP_SHARE and dedup_config.share: a good name is kept; the config's
+ * wins over the variable; a bad one is an error with one line (the user
+ * asked for sharing: not a quiet "alone"); none is "".
+ */
+static void test_share(void)
+{
+	static const char *const good_names[] = { "a", "web", "ok_name-1.2", "A.b",
+		"0123456789012345678901234567890123456789012345678901234567890123" };
+	static const char *const bad_names[] = { ".x", "a/b", "../x", "a b", "x\n", "n\xc3\xa9",
+		"01234567890123456789012345678901234567890123456789012345678901234" };
+	struct dedup_config cfg = { .size = sizeof(cfg) };
+
+	clear_env();
+	unsetenv("DEDUP_SHARE");
+	CHECK(load(NULL) == 0 && dd_share_name[0] == 0);
+	for (size_t i = 0; i < DD_ARRAY_SIZE(good_names); i++) {
+		CHECK(dd_share_name_ok(good_names[i]));
+		setenv("DEDUP_SHARE", good_names[i], 1);
+		CHECK(load(NULL) == 0 && strcmp(dd_share_name, good_names[i]) == 0 && nlines() == 0);
+	}
+	for (size_t i = 0; i < DD_ARRAY_SIZE(bad_names); i++) {
+		CHECK(!dd_share_name_ok(bad_names[i]));
+		setenv("DEDUP_SHARE", bad_names[i], 1);
+		CHECK(load(NULL) == -EINVAL && nlines() == 1 && strstr(err, "DEDUP_SHARE"));
+		unsetenv("DEDUP_SHARE");
+		cfg.share = bad_names[i];
+		CHECK(load(&cfg) == -EINVAL && nlines() == 1);
+	}
+	CHECK(!dd_share_name_ok(""));
+	setenv("DEDUP_SHARE", "fromenv", 1);
+	cfg.share = "fromcfg";
+	CHECK(load(&cfg) == 0 && strcmp(dd_share_name, "fromcfg") == 0);
+	cfg.share = "";   /* empty: the variable's */
+	CHECK(load(&cfg) == 0 && strcmp(dd_share_name, "fromenv") == 0);
+	/* a caller built against the old struct (no share field) */
+	cfg.size = offsetof(struct dedup_config, share);
+	cfg.share = "x";
+	CHECK(load(&cfg) == 0 && strcmp(dd_share_name, "fromenv") == 0);
+	setenv("DEDUP_SHARE", "", 1);
+	CHECK(load(NULL) == 0 && dd_share_name[0] == 0);
+	unsetenv("DEDUP_SHARE");
+}
+
 int main(void)
 {
+	test_share();
 	test_parse();
 	test_defaults();
 	test_env_good();

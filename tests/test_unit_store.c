@@ -28,10 +28,10 @@
  * dd_index_init() must have run. Every caller holds eng.lock (no engine
  * thread runs here; taken anyway, as the contract says).
  */
-#include <sys/stat.h>
-
 #include "tcommon.h"
 #include "internal.h"
+
+#include <sys/stat.h>
 
 static char *buf;          /* one page of scratch content */
 static bool exact_blocks;  /* st_blocks counts 8 per 4K page (no shmem THP) */
@@ -367,6 +367,117 @@ static void test_limit(void)
 	teardown();
 }
 
+/* A sealed segment of n pages, page p holding t_fill(seed + p), as a
+ * group member gets one (group.c), made here without a helper. */
+static int sealed_segment(uint32_t n, uint64_t seed)
+{
+	int fd = memfd_create("libdedup-g:unit", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	CHECK(fd >= 0);
+	for (uint32_t p = 0; p < n; p++) {
+		t_fill(buf, seed + p);
+		CHECK(pwrite(fd, buf, T_PAGE, (off_t)p * (off_t)T_PAGE) == (ssize_t)T_PAGE);
+	}
+	CHECK(fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) == 0);
+	return fd;
+}
+
+static long fd_count(void)
+{
+	long n = 0;
+	for (int fd = 0; fd < 4096; fd++)
+		n += fcntl(fd, F_GETFD) >= 0;
+	return n;
+}
+
+/*
+ * Group segments (store.c): slots above the store's own, contiguous within
+ * a segment, read through a read-only view, mapped privately, indexed by
+ * the store's own checksums; the same segment id taken twice is one
+ * segment; released - descriptor, view, index entries - only at the step's
+ * end (dd_store_seg_sweep) and only when no page maps it; never counted in
+ * sharing/shared, but in group_pages.
+ */
+static void test_segments(void)
+{
+	bool c = false;
+
+	setup(16UL << 20);
+	long fds0 = fd_count();
+	uint32_t a = dd_store_seg_add(11, sealed_segment(4, 100), 4);
+	CHECK(a && DD_SLOT_REAL(a) && a - 1 >= (1u << 31));
+	CHECK(fd_count() == fds0 + 1);
+	for (uint32_t p = 0; p < 4; p++) {
+		CHECK(view_has(a + p, 100 + p));
+		t_fill(buf, 100 + p);
+		CHECK(dd_store_hash(a + p) == dd_hash_page(buf));
+		CHECK(dd_stable_lookup(dd_hash_page(buf), buf, &c) == a + p);   /* indexed */
+	}
+	/* the same id again: one segment, the new descriptor closed */
+	CHECK(dd_store_seg_add(11, sealed_segment(4, 100), 4) == a);
+	CHECK(fd_count() == fds0 + 1);
+	/* a second segment does not follow the first one's slots */
+	uint32_t b = dd_store_seg_add(12, sealed_segment(2, 200), 2);
+	CHECK(b && b != a + 4 && view_has(b + 1, 201));
+
+	/* a private mapping of pages 1-2 reads them, and a write stays in it */
+	char *m = dd_store_map(a + 1, 2 * T_PAGE);
+	CHECK(m != MAP_FAILED);
+	t_fill(buf, 102);
+	CHECK(memcmp(m + T_PAGE, buf, T_PAGE) == 0);
+	memset(m, 0x77, T_PAGE);
+	CHECK(view_has(a + 1, 101));
+	CHECK(dd_store_map(a + 3, 2 * T_PAGE) == MAP_FAILED);   /* past its end */
+
+	/* references: group_pages, never sharing/shared */
+	dd_store_get(a + 1);
+	dd_store_get(a + 1);
+	dd_store_get(a + 2);
+	CHECK(dd_store_refs(a + 1) == 2 && dd_store_alive(a + 2) && !dd_store_alive(a));
+	CHECK(dd_store_group_pages() == 3);
+	COUNTS(0, 0);
+	/* b has no reference: the sweep releases it, and only it */
+	dd_store_seg_sweep();
+	CHECK(fd_count() == fds0 + 1);
+	t_fill(buf, 201);
+	CHECK(dd_stable_lookup(dd_hash_page(buf), buf, &c) == 0);
+	CHECK(view_has(a + 2, 102));
+	/* the last references go: released at the step's end, not before */
+	dd_store_put(a + 1);
+	dd_store_put(a + 1);
+	dd_store_put(a + 2);
+	CHECK(dd_store_group_pages() == 0 && fd_count() == fds0 + 1);
+	CHECK(view_has(a + 3, 103));   /* still readable within the step */
+	dd_store_seg_sweep();
+	CHECK(fd_count() == fds0);
+	t_fill(buf, 103);
+	CHECK(dd_stable_lookup(dd_hash_page(buf), buf, &c) == 0);
+	/* our mapping outlives the segment's descriptor and view */
+	t_fill(buf, 102);
+	CHECK(memcmp(m + T_PAGE, buf, T_PAGE) == 0 && (unsigned char)m[0] == 0x77);
+	munmap(m, 2 * T_PAGE);
+
+	/* a file page's slot by inode: ours by offset, a segment's by its own */
+	uint32_t g = dd_store_seg_add(13, sealed_segment(3, 300), 3);
+	struct stat sb;
+	CHECK(dd_sys_fstat(dd_store_fd(), &sb) == 0);
+	CHECK(dd_store_slot_at(sb.st_ino, 5 * T_PAGE) == 6);
+	void *v = dd_store_map(g, 3 * T_PAGE);
+	CHECK(v != MAP_FAILED);
+	/* the mapping's inode is what /proc/self/maps and PROCMAP_QUERY give */
+	struct dd_vma q;
+	int qfd = dd_procmap_open();
+	if (qfd >= 0) {
+		CHECK(dd_vma_query(qfd, (uintptr_t)v, false, &q) == 0);
+		dd_fd_close_temp(qfd);
+		CHECK(dd_store_slot_at(q.ino, q.offset + 2 * T_PAGE) == g + 2);
+		CHECK(dd_store_slot_at(q.ino, 3 * T_PAGE) == DD_SLOT_NONE);
+	}
+	CHECK(dd_store_slot_at(1, 0) == DD_SLOT_NONE);
+	munmap(v, 3 * T_PAGE);
+	teardown();   /* releases g too: no descriptor left */
+	CHECK(fd_count() == fds0 - 1);   /* the store's own memfd went as well */
+}
+
 int main(void)
 {
 	buf = t_map_anon(T_PAGE);
@@ -376,6 +487,7 @@ int main(void)
 	test_keep();
 	test_many();
 	test_limit();
+	test_segments();
 	/* counters outlive dd_store_fini (pages may stay shared after
 	 * shutdown); dd_store_init starts them afresh */
 	setup(16UL << 20);

@@ -192,8 +192,13 @@ int dd_options_load(const struct dedup_config *cfg)
 	if (!share || !*share)
 		share = secure_getenv("DEDUP_SHARE");
 	if (share && *share && !dd_share_name_ok(share)) {
-		dd_err("DEDUP_SHARE: \"%.80s\" is not a group name ([A-Za-z0-9_.-], at most %d, "
-		       "no leading '.')", share, DD_SHARE_NAME_MAX);
+		char shown[81];   /* one line, whatever the name holds */
+		size_t i;
+		for (i = 0; share[i] && i < sizeof(shown) - 1; i++)
+			shown[i] = share[i] >= 0x20 && share[i] < 0x7f ? share[i] : '?';
+		shown[i] = 0;
+		dd_err("DEDUP_SHARE: \"%s\" is not a group name ([A-Za-z0-9_.-], at most %d, "
+		       "no leading '.')", shown, DD_SHARE_NAME_MAX);
 		return -EINVAL;
 	}
 	dd_share_name[0] = 0;

@@ -149,25 +149,32 @@ static void offer_one(struct pass_ctx *c);
  * into like any canonical page, the window compares it byte for byte),
  * SEEN (another member offered it: we publish it), or NONE (now it knows
  * that we have it). Pages to publish (group_publish: SEEN ones, and pairs
- * this process found itself) are copied, checked against their checksum
- * again, written into one new sealed segment and handed to the helper;
- * then they are merged into it. In a group the process makes no canonical
- * page of its own: the group's is everybody's. Both queues are flushed
- * (group_flush) before a step's batch is, while the region is still where
- * the walk found it; the segments stay until the step's end at least
- * (store.c, dd_store_seg_sweep). eng.lock held throughout.
+ * this process found itself) are copied at once, each content once, and
+ * wait - across steps, like the unstable index's candidates, never beyond
+ * the pass - until PUB_PAGES contents, the pass's end or PUB_WAIT_NS make
+ * one sealed segment of them (group_publish_all); then the pages are
+ * merged into it. Fewer, larger segments: each costs a member that uses it
+ * a descriptor and a mapping. A copy that went stale merges nothing (the
+ * window compares). In a group the process makes no canonical page of its
+ * own: the group's is everybody's. Lookups are flushed before a step's
+ * batch is, while the region is still where the walk found it; segments
+ * stay until the step's end at least (store.c, dd_store_seg_sweep).
+ * eng.lock held throughout.
  */
-#define PUB_MAX 1024
+#define PUB_PAGES 1024                 /* contents of one segment, at most */
+#define PUB_ADDRS (2 * PUB_PAGES)      /* pages waiting to merge into them */
+#define PUB_WAIT_NS (200 * 1000000ULL) /* the oldest waits at most this long */
 struct grp_ent { uintptr_t a; uint64_t h; };
 static struct {
 	struct grp_ent ask[DD_GROUP_MAX_LOOKUP];
 	size_t nask;
-	struct grp_ent pub[PUB_MAX];
+	struct { uintptr_t a; uint32_t u; } pub[PUB_ADDRS];   /* u: its content */
 	size_t npub;
-	char *buf;                       /* PUB_MAX pages: what is published */
-	uint64_t h[PUB_MAX];
-	const void *pg[PUB_MAX];
-	uint32_t which[PUB_MAX];
+	char *buf;                       /* PUB_PAGES contents */
+	uint64_t h[PUB_PAGES];
+	const void *pg[PUB_PAGES];
+	size_t nu;
+	uint64_t since_ns;               /* when the first one came */
 	struct dd_group_answer ans[DD_GROUP_MAX_LOOKUP];
 	struct dd_group_seg segs[DD_GROUP_MAX_LOOKUP];
 	uint64_t ask_h[DD_GROUP_MAX_LOOKUP];
@@ -175,32 +182,56 @@ static struct {
 } grp;
 
 static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target);
-static void group_flush(struct pass_ctx *c);
+static void group_lookup(struct pass_ctx *c);
+static void group_publish_all(struct pass_ctx *c);
 
 static void group_ask(struct pass_ctx *c, uintptr_t a, uint64_t h)
 {
 	grp.ask[grp.nask++] = (struct grp_ent){ a, h };
 	if (grp.nask == DD_GROUP_MAX_LOOKUP)
-		group_flush(c);
+		group_lookup(c);
 }
 
-/* Each address once: a page asked about and then paired goes the second way. */
-static void group_publish(struct pass_ctx *c, uintptr_t a, uint64_t h)
+/* Page a with checksum h, content d (NULL: read it now), to be published.
+ * Each address once: a page asked about and then paired goes this way. */
+static void group_publish(struct pass_ctx *c, uintptr_t a, uint64_t h, const void *d)
 {
+	size_t u;
+
 	for (size_t i = 0; i < grp.nask; i++)
 		if (grp.ask[i].a == a)
 			grp.ask[i] = grp.ask[--grp.nask];
 	for (size_t i = 0; i < grp.npub; i++)
 		if (grp.pub[i].a == a)
 			return;
-	grp.pub[grp.npub++] = (struct grp_ent){ a, h };
-	if (grp.npub == PUB_MAX)
-		group_flush(c);
+	if (!grp.buf && !(grp.buf = dd_vm_alloc(PUB_PAGES * DD_PAGE)))
+		return;
+	if (grp.nu == PUB_PAGES || grp.npub == PUB_ADDRS)
+		group_publish_all(c);
+	char *p = grp.buf + grp.nu * DD_PAGE;
+	if (!d) {   /* a copy: the page may change, the segment may not */
+		if (!dd_read_page(a, p) || dd_hash_page(p) != h)
+			return;
+		d = p;
+	}
+	for (u = 0; u < grp.nu; u++)
+		if (grp.h[u] == h && memcmp(grp.pg[u], d, DD_PAGE) == 0)
+			break;
+	if (u == grp.nu) {
+		if (d != p)
+			memcpy(p, d, DD_PAGE);
+		grp.h[u] = h;
+		grp.pg[u] = p;
+		if (!grp.nu++)
+			grp.since_ns = dd_now_ns();
+	}
+	grp.pub[grp.npub].a = a;
+	grp.pub[grp.npub++].u = (uint32_t)u;
 }
 
 static void group_lookup(struct pass_ctx *c)
 {
-	uint64_t *h = grp.ask_h;   /* not grp.h: a SEEN may publish meanwhile */
+	uint64_t *h = grp.ask_h;
 	uint32_t *base = grp.seg_base;
 	size_t n = grp.nask, ns = 0;
 
@@ -214,7 +245,7 @@ static void group_lookup(struct pass_ctx *c)
 	for (size_t i = 0; i < n; i++) {
 		const struct dd_group_answer *an = &grp.ans[i];
 		if (an->kind == DD_GROUP_SEEN) {
-			group_publish(c, grp.ask[i].a, h[i]);
+			group_publish(c, grp.ask[i].a, h[i], NULL);
 		} else if (an->kind == DD_GROUP_FOUND && an->seg < ns && base[an->seg] &&
 			   an->page < grp.segs[an->seg].npages) {
 			uint32_t s = base[an->seg] + an->page;
@@ -228,26 +259,9 @@ static void group_lookup(struct pass_ctx *c)
 
 static void group_publish_all(struct pass_ctx *c)
 {
-	size_t n = grp.npub, nu = 0;
+	size_t n = grp.npub, nu = grp.nu;
 
-	grp.npub = 0;
-	if (!grp.buf && !(grp.buf = dd_vm_alloc(PUB_MAX * DD_PAGE)))
-		return;
-	for (size_t i = 0; i < n; i++) {
-		char *p = grp.buf + nu * DD_PAGE;
-		grp.which[i] = UINT32_MAX;
-		/* a copy: the page may change, the segment may not */
-		if (!dd_read_page(grp.pub[i].a, p) || dd_hash_page(p) != grp.pub[i].h)
-			continue;
-		for (size_t j = 0; j < nu && grp.which[i] == UINT32_MAX; j++)
-			if (grp.h[j] == grp.pub[i].h && memcmp(grp.pg[j], p, DD_PAGE) == 0)
-				grp.which[i] = (uint32_t)j;
-		if (grp.which[i] == UINT32_MAX) {
-			grp.h[nu] = grp.pub[i].h;
-			grp.pg[nu] = p;
-			grp.which[i] = (uint32_t)nu++;
-		}
-	}
+	grp.npub = grp.nu = 0;
 	if (!nu)
 		return;
 	int fd = dd_group_segment_new(grp.pg, nu);
@@ -260,15 +274,15 @@ static void group_publish_all(struct pass_ctx *c)
 	}
 	uint32_t base = dd_store_seg_add((uint64_t)id, fd, (uint32_t)nu);
 	for (size_t i = 0; base && i < n; i++)
-		if (grp.which[i] != UINT32_MAX)
-			batch_add(c, grp.pub[i].a, base + grp.which[i]);
+		batch_add(c, grp.pub[i].a, base + grp.pub[i].u);
 }
 
-static void group_flush(struct pass_ctx *c)
+/* Before a step's batch is flushed (pass_end: the pass is over). */
+static void group_flush(struct pass_ctx *c, bool pass_end)
 {
 	if (grp.nask)
 		group_lookup(c);
-	if (grp.npub)
+	if (grp.nu && (pass_end || dd_now_ns() - grp.since_ns >= PUB_WAIT_NS))
 		group_publish_all(c);
 }
 
@@ -374,8 +388,8 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	if (b) {
 		*w = w_make(h, 0, 0);
 		if (dd_group_active()) {   /* the group's canonical page, not ours */
-			group_publish(c, b, h);
-			group_publish(c, a, h);
+			group_publish(c, b, h, d);   /* equal: index.c compared */
+			group_publish(c, a, h, d);
 			return;
 		}
 		s = dd_store_new(d, c->last_new ? c->last_new + 1 : 0);
@@ -542,6 +556,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 
 	if (*cursor == 0) {
 		dd_unstable_reset();
+		grp.nask = grp.npub = grp.nu = 0;   /* flushed at the end of a pass */
 		eng.pass_gen++;
 	}
 	if (*cursor == 0 && !fresh_only && recount_due()) {
@@ -572,6 +587,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			}
 		}
 		if (!r) {
+			group_flush(&c, true);
 			if (eng.nbatch)
 				c.merged += dd_merge_batch();
 			dd_merge_free_scratch();
@@ -603,7 +619,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		if (to == rend && r->passes < 2 && r->scan_gen == eng.pass_gen)
 			r->passes++;
 		/* the batch refers to addresses, not to r: flush before r can move */
-		group_flush(&c);
+		group_flush(&c, false);
 		if (eng.nbatch)
 			c.merged += dd_merge_batch();
 		size_t hashed = c.scanned - hashed0;

@@ -20,11 +20,11 @@
  * Needs the helper: DEDUP_SHARE_HELPER names it; XDG_RUNTIME_DIR is made
  * private to the test.
  */
-#include <signal.h>
-#include <sys/wait.h>
-
 #include "tcommon.h"
 #include "libdedup.h"
+
+#include <signal.h>
+#include <sys/wait.h>
 
 static size_t npages;
 
