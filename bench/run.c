@@ -136,15 +136,21 @@ static void handle_line(struct run_ctx *c, const char *line)
 	}
 }
 
-/* Pss of the measured process, or the sum over a workers family (NA as
- * soon as a member is gone: the note says which) */
-static double pss_of(struct run_ctx *c)
+static double maps_d(pid_t pid)
+{
+	long l = proc_maps_lines(pid);
+	return l < 0 ? NA : (double)l;
+}
+
+/* A /proc figure of the measured process, or its sum over a workers family
+ * (NA as soon as a member is gone: the note says which) */
+static double fam_sum(struct run_ctx *c, double (*read)(pid_t))
 {
 	if (!c->nfam)
-		return proc_pss_kib(c->pid);
+		return read(c->pid);
 	double sum = 0;
 	for (size_t i = 0; i < c->nfam; i++) {
-		double v = proc_pss_kib(c->fam[i]);
+		double v = read(c->fam[i]);
 		if (is_na(v)) {
 			if (!c->r->note[0])
 				snprintf(c->r->note, sizeof(c->r->note),
@@ -156,18 +162,15 @@ static double pss_of(struct run_ctx *c)
 	return sum;
 }
 
+static double pss_of(struct run_ctx *c)
+{
+	return fam_sum(c, proc_pss_kib);
+}
+
 static long maps_of(struct run_ctx *c)
 {
-	if (!c->nfam)
-		return proc_maps_lines(c->pid);
-	long sum = 0;
-	for (size_t i = 0; i < c->nfam; i++) {
-		long l = proc_maps_lines(c->fam[i]);
-		if (l < 0)
-			return -1;
-		sum += l;
-	}
-	return sum;
+	double v = fam_sum(c, maps_d);
+	return is_na(v) ? -1 : (long)v;
 }
 
 static bool alive(struct run_ctx *c)
