@@ -991,6 +991,17 @@ void dd_creds_sync(unsigned others, void (*wake_others)(void))
 	unsigned want = others + (engine ? 1 : 0) + (engine && !atomic_load(&reader_gone) ? 1 : 0);
 	int kc;
 
+	/* A group member that changes identity leaves its group first: the
+	 * helper knows it by the uid it connected with (docs/sharing.md 10).
+	 * What it merged stays merged. */
+	if (engine && dd_group_active()) {
+		pthread_mutex_lock(&eng.lock);
+		if (dd_group_active()) {
+			dd_info("changing identity: leaving the sharing group");
+			dd_group_leave();
+		}
+		pthread_mutex_unlock(&eng.lock);
+	}
 	if (!want)
 		return;
 	pthread_mutex_lock(&creds.lock);

@@ -156,8 +156,9 @@ int dd_fd_next_ours(unsigned int lo, unsigned int hi)
 	return (int)best;
 }
 
-/* A copy of fd above the floor, tagged; fd itself is left open. */
-static int place(int fd)
+/* A copy of fd above the floor, tagged; fd itself is left open. Not
+ * recorded: for descriptors a caller owns for a moment (group segments). */
+int dd_fd_place(int fd)
 {
 	int n = fcntl(fd, F_DUPFD_CLOEXEC, dd_fd_floor());
 
@@ -179,7 +180,7 @@ int dd_fd_adopt(int *var, int fd)
 
 	if (fd < 0)
 		return fd;
-	n = place(fd);
+	n = dd_fd_place(fd);
 	/* fd names the same file as n, so it carries the tag now - unless
 	 * the program closed it meanwhile (a raw close_range) and opened a
 	 * file of its own there: that one stays open. */
@@ -353,7 +354,7 @@ int dd_fd_move_away(int fd)
 		 * program's file as ours. Leave it; the engine sees it lost. */
 		if (!dd_fd_intact(fd))
 			return 0;
-		int n = place(fd);
+		int n = dd_fd_place(fd);
 		if (n < 0)
 			return n;
 		if (var)

@@ -11,6 +11,8 @@
 #define DD_FD_TAG 47              /* F_SETSIG value that marks a file of ours */
 int dd_fd_adopt(int *var, int fd); /* place fd above the floor, tag it, record
 				      var (which gets the new number); closes fd */
+int dd_fd_place(int fd);          /* a tagged copy above the floor, not recorded;
+				      fd stays open. The copy or -errno */
 void dd_fd_close(int *var);        /* forget; close only if still ours */
 void dd_fd_forget(int *var);       /* forget without closing */
 bool dd_fd_ours(int fd);           /* a number of ours (lock-free) */

@@ -66,22 +66,18 @@ static uint64_t realtime_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/*
- * Make sure dir exists and is a directory we may create files in. With
- * private set, it must also be ours and closed to others (a directory in a
- * shared place such as /tmp that someone else made is refused).
- */
-static bool dir_usable(const char *dir, mode_t mode, bool private)
+bool dd_pub_private_dir(char *buf, size_t size)
 {
-	struct stat st;
+	const char *env = secure_getenv("XDG_RUNTIME_DIR");
+	int n;
 
-	if (mkdir(dir, mode) < 0 && errno != EEXIST)
-		return false;
-	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-		return false;
-	if (private && (st.st_uid != geteuid() || (st.st_mode & 077)))
-		return false;
-	return access(dir, W_OK | X_OK) == 0;
+	if (env && *env) {
+		n = snprintf(buf, size, "%s/libdedup", env);
+		if (n > 0 && (size_t)n < size && dd_pub_dir_usable(buf, 0700, true))
+			return true;
+	}
+	n = snprintf(buf, size, "/tmp/libdedup-%u", (unsigned)geteuid());
+	return n > 0 && (size_t)n < size && dd_pub_dir_usable(buf, 0700, true);
 }
 
 /* Choose the directory (see publish.h) into buf; false if none is usable. */
@@ -92,20 +88,13 @@ static bool choose_dir(char *buf, size_t size)
 
 	if (env && *env) {
 		n = snprintf(buf, size, "%s", env);
-		return n > 0 && (size_t)n < size && dir_usable(buf, 0700, false);
+		return n > 0 && (size_t)n < size && dd_pub_dir_usable(buf, 0700, false);
 	}
 	/* /run/libdedup: the system-wide place, usable as root. */
 	n = snprintf(buf, size, "%s", DD_PUB_RUN_DIR);
-	if (dir_usable(buf, 0755, false))
+	if (dd_pub_dir_usable(buf, 0755, false))
 		return true;
-	env = secure_getenv("XDG_RUNTIME_DIR");
-	if (env && *env) {
-		n = snprintf(buf, size, "%s/libdedup", env);
-		if (n > 0 && (size_t)n < size && dir_usable(buf, 0700, true))
-			return true;
-	}
-	n = snprintf(buf, size, "/tmp/libdedup-%u", (unsigned)geteuid());
-	return n > 0 && (size_t)n < size && dir_usable(buf, 0700, true);
+	return dd_pub_private_dir(buf, size);
 }
 
 /* Write one snapshot under the seqlock (eng.lock held). */

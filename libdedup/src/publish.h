@@ -48,10 +48,12 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "libdedup.h"
@@ -196,5 +198,29 @@ static inline int dd_pub_proc_stat(int pid, uint64_t *start, char *comm)
 	}
 	return 0;
 }
+
+/*
+ * Make sure dir exists and is a directory we may create files in. With
+ * private set, it must also be ours and closed to others (a directory in a
+ * shared place such as /tmp that someone else made is refused). lstat():
+ * a symbolic link is not a directory. Also used for the sharing groups'
+ * directory (group.c, tools/dedup-share.c).
+ */
+static inline bool dd_pub_dir_usable(const char *dir, mode_t mode, bool private)
+{
+	struct stat st;
+
+	if (mkdir(dir, mode) < 0 && errno != EEXIST)
+		return false;
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+		return false;
+	if (private && (st.st_uid != geteuid() || (st.st_mode & 077)))
+		return false;
+	return access(dir, W_OK | X_OK) == 0;
+}
+
+/* The user's own directory into buf: $XDG_RUNTIME_DIR/libdedup if usable,
+ * else /tmp/libdedup-<uid>; false if neither is (publish.c, libdedup only). */
+bool dd_pub_private_dir(char *buf, size_t size);
 
 #endif /* DEDUP_PUBLISH_H */

@@ -28,18 +28,16 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
+#include "hash.h"
 #include "internal.h"
 
 #define FRAGILE_CHUNK 32   /* pages read per process_vm_readv() */
 
 uint64_t dd_hash_page(const void *p)
 {
-	uint64_t h = XXH3_64bits(p, DD_PAGE) & DD_HASH_MASK;
+	uint64_t h = dd_hash_content(p);
 	if (dd_opt.test_hash_bits < 64)
-		h &= (1ULL << dd_opt.test_hash_bits) - 1;
+		h &= (1ULL << dd_opt.test_hash_bits) - 1;   /* collisions on purpose */
 	return h ? h : 1;
 }
 

@@ -367,7 +367,13 @@ bool dd_store_alive(uint32_t ref)
 uint64_t dd_store_hash(uint32_t ref)
 {
 	uint32_t p;
-	return IS_SEG(ref - 1) ? seg_of(ref - 1, &p)->hash[p] : st.info[ref - 1].hash;
+	if (!IS_SEG(ref - 1))
+		return st.info[ref - 1].hash;
+	/* a segment page the helper named: 0 unless it is one (scan.c checks
+	 * an answer with this) */
+	uint32_t k = (ref - 1 - SEG_BASE) >> SEG_SHIFT;
+	struct seg *g = k < sg.n ? seg_of(ref - 1, &p) : NULL;
+	return g && g->id && p < g->npages ? g->hash[p] : 0;
 }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
 uint64_t dd_store_group_pages(void) { return atomic_load(&sg.pages); }
