@@ -10,6 +10,9 @@
  *   child.c   the hidden subcommand "__child": builds a synthetic workload
  *             in its own process, turns the merger on, runs the churn
  *             writers, times first writes to merged pages, reports.
+ *   family.c  workers: the __child forks its sibling members, relays the
+ *             parent's commands to them and sums their answers, so the
+ *             parent sees one measured process that is N processes.
  *   redis.c   the redis workload: redis-server as the measured process.
  *   preload.c the preload mode: LD_PRELOAD environment of the measured
  *             process, and libdedup's counters from its published stats file.
@@ -53,12 +56,13 @@ struct mode {
 	unsigned ksm_sleep_ms;
 	bool api;          /* opts in with code in our child: cannot wrap redis */
 	bool preload;      /* opts in with LD_PRELOAD: works for any program */
+	bool share;        /* api + dedup_config.share: one sharing group */
 	bool ready;        /* false: not run unless asked for by name */
 	bool slow;         /* at most the short cap (ksm-default) */
 	const char *desc;
 };
 
-enum wl_kind { WL_RUNS, WL_SCATTERED, WL_UNIQUE, WL_ZERO, WL_CHURN, WL_REDIS };
+enum wl_kind { WL_RUNS, WL_SCATTERED, WL_UNIQUE, WL_ZERO, WL_CHURN, WL_REDIS, WL_WORKERS };
 
 struct workload {
 	const char *name;
@@ -74,6 +78,8 @@ extern const struct workload workloads[];
 extern const size_t nworkloads;
 const struct mode *mode_find(const char *name);
 const struct workload *workload_find(const char *name);
+/* Why this workload x mode pair is not run (reported as skipped), or NULL. */
+const char *pair_skip(const struct workload *w, const struct mode *m);
 
 /* Content of synthetic pages: fill 4 KiB from (seed, id); distinct ids give
  * distinct pages. K distinct contents of "runs", "scattered" and "churn". */
@@ -97,6 +103,7 @@ struct opts {
 	unsigned lat_samples;  /* first-write latency: pages sampled */
 	unsigned churn_rate;   /* writes per second per churn thread */
 	unsigned churn_hot;    /* churn writes go to 1 page in churn_hot */
+	unsigned workers;      /* workers: processes, each holding size_mib */
 	unsigned redis_requests;
 	unsigned redis_reps;
 	const char *self;      /* /proc/self/exe, for the child */
@@ -162,16 +169,25 @@ long proc_maps_lines(pid_t pid);           /* -1 if gone */
 uint64_t proc_task_cpu_ns(pid_t pid, pid_t tid);  /* UINT64_MAX if gone */
 const char *proc_cpu_source(void);
 /* CPU of a merger: ksmd, or the measured process's libdedup threads
- * (dedup-engine, dedup-uffd, dedup-preload). Keeps the last value of threads
- * that have exited. */
+ * (dedup-engine, dedup-uffd, dedup-preload), in every member of a workers
+ * family, plus the dedup-share helper serving its group. Keeps the last
+ * value of threads that have exited. */
+#define MAX_WORKERS 32
 struct cpu_tracker {
-	pid_t pid;          /* process whose threads to look at */
+	pid_t pid[MAX_WORKERS];   /* processes whose threads to look at */
+	size_t npid;
 	bool by_comm;       /* true: libdedup's threads by name, false: pid itself */
+	char group[72];     /* "": no helper; else the group whose helper counts */
+	pid_t helper;       /* its pid once found, 0: not (yet) */
+	pid_t helper_seen;  /* the last helper found, for the results */
 	size_t n;
-	struct { pid_t tid; uint64_t ns; } t[16];
+	struct { pid_t tid; uint64_t ns; bool helper; } t[128];
 };
 void tracker_init(struct cpu_tracker *t, pid_t pid, bool by_comm);
+void tracker_add(struct cpu_tracker *t, pid_t pid);   /* another member */
+void tracker_helper(struct cpu_tracker *t, const char *group);
 uint64_t tracker_ns(struct cpu_tracker *t);
+uint64_t tracker_helper_ns(const struct cpu_tracker *t);   /* the helper's part */
 bool proc_read_file(const char *path, char *buf, size_t len);
 
 /* ---- run.c --------------------------------------------------------------- */
@@ -195,6 +211,9 @@ struct run_ctx {
 	struct result *r;
 	FILE *series;
 	pid_t pid;                /* measured process */
+	pid_t fam[MAX_WORKERS];   /* workers: every member (fam[0] = pid), */
+	size_t nfam;              /* figures are sums over them; else 0 */
+	char group[72];           /* libdedup-share: the family's group */
 	struct linebuf *rep;      /* child's reports, or NULL (redis) */
 	double pss0;              /* Pss at "go", KiB */
 	long maps0;
@@ -233,6 +252,25 @@ void run_ld_final(struct run_ctx *c);
 
 /* ---- child.c ------------------------------------------------------------- */
 int child_main(int argc, char **argv);
+
+/* ---- family.c ------------------------------------------------------------ */
+/* In the __child, before anything is built: fork n - 1 siblings (they die
+ * with it: PR_SET_PDEATHSIG). Returns this process's index, 0 in the
+ * leader; a sibling's fds 3 and 4 then talk to the leader, and it runs the
+ * same conversation as the leader does with the parent. -1: failed. */
+int fam_spawn(unsigned n);
+bool fam_leader(void);            /* the leader of a family (with siblings) */
+void fam_send(const char *cmd);   /* the parent's command, to every sibling */
+/* Wait up to timeout_ms for each sibling's line starting with want and
+ * combine them with own (the leader's line, same word) into out: numbers
+ * summed, except passes (min) and *_secs (max). false: a sibling failed
+ * (out holds an "error ..." line to pass on). */
+bool fam_collect(const char *want, const char *own, char *out, size_t len, int timeout_ms);
+/* While sampling: each sibling's newest "stat" line combined with own;
+ * false (error line in out) if a sibling died. */
+bool fam_stat(const char *own, char *out, size_t len);
+void fam_pids(char *out, size_t len);   /* "pid,pid,..." of all members */
+void fam_end(void);               /* "quit" to siblings, reap them */
 
 /* ---- redis.c ------------------------------------------------------------- */
 void redis_run(struct result *r, FILE *series);

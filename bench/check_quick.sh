@@ -14,7 +14,18 @@
 #    mode; every row is "ok", except redis rows, which may be "skipped"
 #    (redis-server missing), and redis x libdedup-api, which must be
 #    "skipped" (needs the preload mode); when redis x none ran, redis x
-#    libdedup-preload must be "ok";
+#    libdedup-preload must be "ok"; libdedup-share is "skipped" on every
+#    workload but workers, and so is workers x libdedup-preload;
+#  - workers (--quick: 2 processes of 32 MiB, issue 13): every row is a
+#    family of 2 ("workers" in its extra) with the readers' rate; ksm-fast
+#    saved more than a quarter of one process's buffer, libdedup-api less
+#    (nothing is duplicated inside one process); libdedup-share is "ok",
+#    had both members in the group to the end and pages of each mapping
+#    the group's (ld_group_pages > 0) - or, where the build has no
+#    dedup-share helper next to the bench (tools/), "skipped" because the
+#    group could not be joined. How much the group saved is not checked:
+#    it merges over tens of passes, far beyond --quick's 1 s of quiet
+#    (the table in docs/bench/2026-12-07-workers has the figure);
 #  - in each ok row every figure is a number or "n/a", and "n/a" appears
 #    only where report.c documents it; libdedup rows always have pages
 #    scanned (the preload rows read them from the published stats file);
@@ -36,6 +47,8 @@
 
 bench=${1:?usage: check_quick.sh DEDUP_BENCH}
 ksm=/sys/kernel/mm/ksm
+share_built=0
+[ -x "$(dirname "$bench")/../tools/dedup-share" ] && share_built=1
 
 if [ "$(id -u)" != 0 ] || [ ! -w "$ksm/run" ]; then
 	echo "skip: dedup-bench needs root and a writable $ksm"
@@ -110,7 +123,7 @@ fi
 
 # results.csv: the note is the last column and the only one that may hold
 # commas (quoted), so columns 1..NC-1 split cleanly on ','.
-awk -F, -v size_mib=32 '
+awk -F, -v size_mib=32 -v share_built=$share_built '
 function fail(msg) { print "FAIL: " msg; bad = 1 }
 function isnum(v) { return v ~ /^-?[0-9]+(\.[0-9]+)?$/ }
 NR == 1 {
@@ -126,17 +139,22 @@ NR == 1 {
 	w = $col["workload"]; m = $col["mode"]; st = $col["status"]
 	seen[w "," m] = 1
 	status[w "," m] = st
-	if (w == "redis" && m == "libdedup-api") {
-		if (st != "skipped") fail("redis x libdedup-api should be skipped, is " st)
+	if ((w == "redis" && m == "libdedup-api") || (w != "workers" && m == "libdedup-share") ||
+	    (w == "workers" && m == "libdedup-preload")) {
+		if (st != "skipped") fail(w " x " m " should be skipped, is " st)
 		next
 	}
+	if (w == "workers" && m == "libdedup-share" && st == "skipped" && !share_built &&
+	    $0 ~ /not in sharing group/)
+		next
 	if (st != "ok" && !(w == "redis" && st == "skipped")) {
 		fail(w " x " m ": status " st)
 		next
 	}
 	if (st != "ok")
 		next
-	merged = (w == "runs" && (m == "ksm-fast" || m ~ /^libdedup-/))
+	merged = (w == "runs" && (m == "ksm-fast" || m ~ /^libdedup-/)) ||
+		 (w == "workers" && m == "ksm-fast")
 	for (i = 8; i < nc; i++) {
 		name = want[i]; v = $col[name]
 		if (isnum(v)) continue
@@ -152,17 +170,19 @@ NR == 1 {
 		else if (name == "pages_scanned" || name == "scanned_pages_per_cpu_s")
 			ok = (m == "none" || (w != "unique" && m !~ /^libdedup-/))
 		else if (name == "app_rate" || name == "slowdown_pct")
-			ok = (w != "churn" && w != "redis")
+			ok = (w != "churn" && w != "redis" && w != "workers")
 		if (!ok) fail(w " x " m ": " name " is n/a")
 	}
 	if (merged && $col["saved_kib"] < size_mib * 1024 / 4)
 		fail(w " x " m ": saved only " $col["saved_kib"] " KiB of " size_mib * 1024)
+	if (w == "workers" && m == "libdedup-api" && $col["saved_kib"] >= size_mib * 1024 / 4)
+		fail(w " x " m ": saved " $col["saved_kib"] " KiB merging each process alone")
 }
 END {
 	if (status["redis,none"] == "ok" && status["redis,libdedup-preload"] != "ok")
 		fail("redis x libdedup-preload should be ok (redis x none ran), is " status["redis,libdedup-preload"])
-	nw = split("runs scattered unique zero churn redis", W, " ")
-	nm = split("none ksm-fast ksm-default libdedup-api libdedup-preload", M, " ")
+	nw = split("runs scattered unique zero churn redis workers", W, " ")
+	nm = split("none ksm-fast ksm-default libdedup-api libdedup-preload libdedup-share", M, " ")
 	for (i = 1; i <= nw; i++)
 		for (j = 1; j <= nm; j++)
 			if (!((W[i] "," M[j]) in seen))
@@ -170,8 +190,8 @@ END {
 	exit bad
 }' "$out/results.csv" || exit 1
 
-for w in runs scattered unique zero churn redis; do
-	for m in none ksm-fast ksm-default libdedup-api libdedup-preload; do
+for w in runs scattered unique zero churn redis workers; do
+	for m in none ksm-fast ksm-default libdedup-api libdedup-preload libdedup-share; do
 		if ! grep -q "\"workload\": \"$w\", \"mode\": \"$m\"" "$out/results.json"; then
 			echo "FAIL: results.json has no result for $w x $m"
 			exit 1
@@ -205,6 +225,35 @@ while IFS= read -r row; do
 		esac
 	fi
 done <"$out/preload.rows"
+# The workers rows: families of 2; the share row's members stayed in the group.
+grep '"workload": "workers", "mode": "[a-z-]*", "status": "ok"' "$out/results.json" >"$out/workers.rows"
+if [ "$(wc -l <"$out/workers.rows")" -lt 4 ]; then
+	echo "FAIL: fewer than 4 ok workers rows (none, ksm-fast, ksm-default, libdedup-api)"
+	exit 1
+fi
+while IFS= read -r row; do
+	m=$(printf '%s\n' "$row" | sed 's/.*"mode": "\([a-z-]*\)".*/\1/')
+	case $row in
+	*'"workers": 2,'* | *'"workers": 2}'*) ;;
+	*) echo "FAIL: workers x $m: not a family of 2 (no \"workers\": 2 in its extra)"
+	   exit 1 ;;
+	esac
+	if [ "$m" = libdedup-share ]; then
+		case $row in
+		*'"ld_in_group": 2,'* | *'"ld_in_group": 2}'*) ;;
+		*) echo "FAIL: workers x libdedup-share: not both members in the group at the end"
+		   exit 1 ;;
+		esac
+		case $row in
+		*'"ld_group_pages": 0,'* | *'"ld_group_pages": 0}'* | *'"ld_group_pages": 0.'*)
+		   echo "FAIL: workers x libdedup-share: no page maps the group's pages"
+		   exit 1 ;;
+		*'"ld_group_pages": '[0-9]*) ;;
+		*) echo "FAIL: workers x libdedup-share: no ld_group_pages in its extra"
+		   exit 1 ;;
+		esac
+	fi
+done <"$out/workers.rows"
 if ! grep -q '^targets' "$out/stdout.txt"; then
 	echo "FAIL: no targets in the table footer"
 	exit 1

@@ -44,6 +44,15 @@
  * among 1 in CHURN_HOT pages, each at CHURN_RATE writes per second, paced
  * against the clock (behind schedule they write without pausing). The rate
  * they achieve over the run, against mode none, is the slowdown.
+ *
+ * Workers (WORKERS, the 10th argument, processes): this process forks the
+ * others before building (family.c) and each holds the same unique pages.
+ * Every member runs the conversation above (a sibling with this process in
+ * the parent's place) and one reader thread, paced like a churn writer,
+ * that reads a byte of a random page: its rate and its time per read,
+ * summed over the family, are the members' slowdown. Only this process
+ * times first writes. libdedup-share: every member's dedup_config.share
+ * is "bench-<pid of this process>".
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -61,6 +70,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "group.h"
 #include "libdedup.h"
 
 #define CTL_FD 3
@@ -241,6 +251,7 @@ struct churn {
 	char *buf;
 	size_t npages;
 	unsigned hot, rate, index;
+	bool read;          /* workers' reader: reads, any page (hot = 1) */
 	uint64_t seed;
 	atomic_bool *stop;
 	_Atomic uint64_t writes, busy_ns;   /* read by the main thread at "measure" */
@@ -284,11 +295,14 @@ static void *churn_main(void *arg)
 			/* hot pages are every c->hot-th page; thread t takes the
 			 * even (t = 0) or odd (t = 1) ones among them */
 			size_t h = (size_t)(x % ((nhot + 1) / 2)) * 2 + c->index;
-			if (h >= nhot)
-				h = c->index;
+			if (h >= nhot || c->read)
+				h = c->read ? (size_t)(x % nhot) : c->index;
 			volatile char *p = (volatile char *)c->buf + h * c->hot * B_PAGE +
 					   (size_t)((x >> 32) % B_PAGE);
-			*p = *p;
+			if (c->read)
+				(void)*p;   /* volatile: a load */
+			else
+				*p = *p;
 		}
 		atomic_fetch_add_explicit(&c->busy_ns, ns_now() - b0, memory_order_relaxed);
 		atomic_fetch_add_explicit(&c->writes, n, memory_order_relaxed);
@@ -302,7 +316,8 @@ static void *churn_main(void *arg)
  * send it a signal (a signal ends a userfaultfd wait; the fault is retried)
  * and report both, so a lost wake-up is told apart from slowness.
  */
-static void churn_stop(struct churn *ch, size_t nch, atomic_bool *stop, char *out, size_t len)
+static void churn_stop(struct churn *ch, size_t nch, atomic_bool *stop, const char *pfx,
+		       char *out, size_t len)
 {
 	size_t stuck = 0, released = 0;
 	char wchan[64] = "-";
@@ -333,8 +348,8 @@ static void churn_stop(struct churn *ch, size_t nch, atomic_bool *stop, char *ou
 			}
 		}
 	}
-	snprintf(out, len, "churn_stuck=%zu churn_released_by_signal=%zu churn_stuck_wchan=%s", stuck,
-		 released, wchan);
+	snprintf(out, len, "%s_stuck=%zu %s_released_by_signal=%zu %s_stuck_wchan=%s", pfx, stuck,
+		 pfx, released, pfx, wchan);
 }
 
 /* ---- first write to merged pages ------------------------------------------ */
@@ -518,6 +533,9 @@ static uint32_t *pick_merged(char *buf, size_t npages, unsigned samples, uint64_
 
 /* ---- libdedup ---------------------------------------------------------------- */
 
+static char group_name[DD_GROUP_NAME_MAX + 1];
+static const char *group;   /* libdedup-share: the family's group, else NULL */
+
 static void stats_line(char *out, size_t len)
 {
 	struct dedup_stats st = { .size = sizeof(st) };
@@ -540,6 +558,10 @@ static void stats_line(char *out, size_t len)
 		 (unsigned long long)st.skipped_mismatch, (unsigned long long)st.skipped_raced,
 		 (unsigned long long)st.vmas_added, (unsigned long long)st.vma_budget,
 		 (unsigned long long)st.metadata_bytes);
+	size_t used = strlen(out);
+	if (group && used < len)   /* libdedup-share: still a member, pages in the group */
+		snprintf(out + used, len - used, " ld_group_pages=%llu ld_in_group=%d",
+			 (unsigned long long)st.group_pages, dd_group_active() ? 1 : 0);
 }
 
 /* The API mode's settings: ours unless the DEDUP_* variable is set (a zero
@@ -551,9 +573,14 @@ static int libdedup_start(void *buf, size_t len)
 		cfg.scan_interval_ms = BENCH_DEDUP_INTERVAL_MS;
 	if (!getenv("DEDUP_CPU"))
 		cfg.cpu_percent = BENCH_DEDUP_CPU;
+	cfg.share = group;
 	int r = dedup_init(&cfg);
 	if (r < 0)
 		return r;
+	/* a group that cannot be joined leaves the engine merging alone:
+	 * that would be libdedup-api's row under another name */
+	if (group && !dd_group_active())
+		return -ENOTCONN;
 	return dedup_register(buf, len);
 }
 
@@ -582,6 +609,35 @@ static void preload_pause(char *out, size_t len)
 
 /* ---- main ------------------------------------------------------------------- */
 
+/* A command from the parent (NULL: it is gone, "": timeout), passed on to a
+ * workers family's siblings as it arrives. */
+static const char *command(int timeout_ms)
+{
+	const char *cmd = ctl_wait(timeout_ms);
+	if (cmd && *cmd && fam_leader())
+		fam_send(cmd);
+	return cmd;
+}
+
+/* Report own, the answer of this process; a workers leader first waits for
+ * its siblings' answers and reports the family's (or what failed). The
+ * leader's waits are shorter than the parent's for the same answer (run.c:
+ * ready 300 s, started 60 s, final 30 s, done 120 s), so that a hanging
+ * sibling is named before the parent gives up on the leader. */
+static bool answer(const char *own, int timeout_ms)
+{
+	char word[16], out[2048];
+
+	if (!fam_leader()) {
+		rep("%s", own);
+		return true;
+	}
+	snprintf(word, sizeof(word), "%.*s", (int)strcspn(own, " "), own);
+	bool ok = fam_collect(word, own, out, sizeof(out), timeout_ms);
+	rep("%s", out);
+	return ok;
+}
+
 int child_main(int argc, char **argv)
 {
 	if (argc < 9) {
@@ -595,12 +651,30 @@ int child_main(int argc, char **argv)
 	unsigned lat_samples = (unsigned)strtoul(argv[6], NULL, 10);
 	unsigned churn_rate = (unsigned)strtoul(argv[7], NULL, 10);
 	unsigned churn_hot = (unsigned)strtoul(argv[8], NULL, 10);
-	char line[1536];
+	unsigned workers = argc > 9 ? (unsigned)strtoul(argv[9], NULL, 10) : 1;
+	bool family = w && w->kind == WL_WORKERS;
+	char line[1536], own[2048];
 	size_t len = 0;
 
-	if (!w || !m || w->external || bytes < B_PAGE || !churn_hot || !churn_rate) {
+	if (!w || !m || w->external || bytes < B_PAGE || !churn_hot || !churn_rate ||
+	    (family && (workers < 1 || workers > MAX_WORKERS))) {
 		rep("error bad arguments");
 		return 2;
+	}
+	/* before anything is built: fork shares no page */
+	int member = 0;
+	if (family) {
+		snprintf(group_name, sizeof(group_name), "bench-%d", (int)getpid());
+		group = m->share ? group_name : NULL;
+		/* the helper of this build tree, unless the caller chose one */
+		if (group && !getenv("DEDUP_SHARE_HELPER") &&
+		    access(DEDUP_BENCH_SHARE_HELPER, X_OK) == 0)
+			setenv("DEDUP_SHARE_HELPER", DEDUP_BENCH_SHARE_HELPER, 1);
+		member = fam_spawn(workers);
+		if (member < 0) {
+			rep("error cannot fork the workers members: %s", strerror(errno));
+			return 1;
+		}
 	}
 	char *buf = build(w->kind, bytes, seed, m->preload, &len);
 	if (!buf) {
@@ -608,9 +682,20 @@ int child_main(int argc, char **argv)
 		return 1;
 	}
 	size_t npages = len / B_PAGE;
-	rep("ready pages=%zu", npages);
+	snprintf(own, sizeof(own), "ready pages=%zu", npages);
+	if (!fam_leader()) {
+		rep("%s", own);
+	} else {
+		char out[2048], pids[MAX_WORKERS * 12];
+		if (!fam_collect("ready", own, out, sizeof(out), 240000)) {
+			rep("%s", out);
+			return 1;
+		}
+		fam_pids(pids, sizeof(pids));
+		rep("%s pids=%s%s%s", out, pids, group ? " group=" : "", group ? group : "");
+	}
 
-	const char *cmd = ctl_wait(-1);
+	const char *cmd = command(-1);
 	if (!cmd || strcmp(cmd, "go") != 0)
 		return 1;
 	uint64_t e0 = ns_now();
@@ -621,6 +706,11 @@ int child_main(int argc, char **argv)
 		}
 	} else if (m->merger == MERGER_LIBDEDUP && m->api) {
 		int r = libdedup_start(buf, len);
+		if (r == -ENOTCONN) {
+			rep("error-unusable libdedup: not in sharing group %s (the library's line on "
+			    "stderr says why)", group);
+			return 1;
+		}
 		if (r < 0) {
 			rep("error%s libdedup: %s", (r == -EPERM || r == -ENOSYS) ? "-unusable" : "",
 			    strerror(-r));
@@ -638,58 +728,77 @@ int child_main(int argc, char **argv)
 
 	atomic_bool stop = false;
 	struct churn ch[2];
-	size_t nch = w->kind == WL_CHURN ? 2 : 0;
+	size_t nch = w->kind == WL_CHURN ? 2 : family ? 1 : 0;
 	struct sigaction sa = { .sa_handler = on_nudge };   /* no SA_RESTART */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGUSR1, &sa, NULL);
 	uint64_t t_go = ns_now();
 	for (size_t i = 0; i < nch; i++) {
-		ch[i] = (struct churn){ .buf = buf, .npages = npages, .hot = churn_hot,
-					.rate = churn_rate, .index = (unsigned)i, .seed = seed,
-					.stop = &stop, .t0 = t_go };
+		ch[i] = (struct churn){ .buf = buf, .npages = npages, .hot = family ? 1 : churn_hot,
+					.rate = churn_rate, .index = (unsigned)i, .read = family,
+					.seed = seed + (uint64_t)member, .stop = &stop, .t0 = t_go };
 		if (pthread_create(&ch[i].thr, NULL, churn_main, &ch[i]) != 0) {
 			rep("error pthread_create");
 			return 1;
 		}
 	}
-	rep("started enable_ns=%llu", (unsigned long long)enable_ns);
+	snprintf(own, sizeof(own), "started enable_ns=%llu", (unsigned long long)enable_ns);
+	if (!answer(own, 45000))
+		return 1;
 
 	bool libdedup = m->merger == MERGER_LIBDEDUP && m->api;
 	for (;;) {
-		cmd = ctl_wait(100);
+		cmd = command(100);
 		if (!cmd)
 			return 1;
 		if (strcmp(cmd, "measure") == 0)
 			break;
 		if (libdedup) {
 			stats_line(line, sizeof(line));
-			rep("stat %s", line);
+			snprintf(own, sizeof(own), "stat %s", line);
+		}
+		if (fam_leader()) {
+			/* the family's counters; a sibling that died ends the run */
+			char out[2048];
+			bool ok = fam_stat(libdedup ? own : NULL, out, sizeof(out));
+			if (!ok || libdedup)
+				rep("%s", out);
+			if (!ok)
+				return 1;
+		} else if (libdedup) {
+			rep("%s", own);
 		}
 	}
 	/* the final counters first, so the parent pairs them with its CPU read */
 	if (libdedup) {
 		stats_line(line, sizeof(line));
-		rep("final %s", line);
+		snprintf(own, sizeof(own), "final %s", line);
+		if (!answer(own, 20000))
+			return 1;
 	}
-	/* the churn rate over the sampled window: go .. measure */
+	/* the churn rate (workers: the readers') over the sampled window: go .. measure */
 	uint64_t writes = 0, busy = 0;
 	double secs = nch ? (double)(ns_now() - ch[0].t0) / 1e9 : 0;
 	for (size_t i = 0; i < nch; i++) {
 		writes += atomic_load(&ch[i].writes);
 		busy += atomic_load(&ch[i].busy_ns);
 	}
+	const char *pfx = family ? "read" : "churn";
 	char stuck[160] = "";
 	if (nch)
-		churn_stop(ch, nch, &stop, stuck, sizeof(stuck));
+		churn_stop(ch, nch, &stop, pfx, stuck, sizeof(stuck));
 	/* first writes with the merger still running, then with it paused
-	 * (parent: ksmd run=0; here: dedup_shutdown, merged pages stay) */
+	 * (parent: ksmd run=0; here: dedup_shutdown, merged pages stay);
+	 * in a workers family only by its first member */
 	size_t merged = 0, take = 0;
 	const char *why = NULL;
-	uint32_t *idx = pick_merged(buf, npages, lat_samples, seed, &merged, &take, &why);
+	uint32_t *idx = member == 0 ? pick_merged(buf, npages, lat_samples, seed, &merged, &take, &why)
+				    : NULL;
 	char lat[256], lat_idle[256];
 	time_writes(buf, idx, take / 2, "cow", lat, sizeof(lat));
-	rep("lat %s", lat);
-	cmd = ctl_wait(60000);
+	if (member == 0)
+		rep("lat %s", lat);
+	cmd = command(60000);
 	if (!cmd || strcmp(cmd, "pause") != 0)
 		return 1;
 	line[0] = 0;
@@ -704,9 +813,14 @@ int child_main(int argc, char **argv)
 	time_writes(buf, idx ? idx + take / 2 : NULL, take - take / 2, "cow_idle", lat_idle,
 		    sizeof(lat_idle));
 	free(idx);
-	rep("done merged_pages=%zu cow_why=%s %s %s churn_writes=%llu churn_secs=%.3f "
-	    "churn_busy_ns=%llu %s %s", merged, why ? why : "-", lat, lat_idle,
-	    (unsigned long long)writes, secs, (unsigned long long)busy, stuck, line);
-	cmd = ctl_wait(60000);
+	snprintf(own, sizeof(own),
+		 "done merged_pages=%zu cow_why=%s %s %s %s=%llu %s_secs=%.3f %s_busy_ns=%llu %s %s",
+		 merged, why ? why : "-", lat, lat_idle, family ? "read_ops" : "churn_writes",
+		 (unsigned long long)writes, pfx, secs, pfx, (unsigned long long)busy, stuck, line);
+	if (!answer(own, 100000))
+		return 1;
+	cmd = command(60000);
+	if (fam_leader())
+		fam_end();
 	return 0;
 }

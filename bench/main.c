@@ -3,7 +3,8 @@
  * main.c - dedup-bench: libdedup against kernel KSM, side by side.
  *
  *   dedup-bench [--quick] [--workload W[,W..]] [--mode M[,M..]] [--size MiB]
- *               [--out DIR] [--seed N] [--cap S] [--max-map-count N]
+ *               [--out DIR] [--seed N] [--cap S] [--max-map-count N] [--workers N]
+ *               [--quiet S]
  *
  * For each workload x mode (tables.c) one fresh child process is measured
  * from the outside (run.c, redis.c); the figures are defined in run.c and
@@ -95,8 +96,11 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: dedup-bench [--quick] [--workload W[,W..]] [--mode M[,M..]] [--size MiB]\n"
 		"                   [--out DIR] [--seed N] [--cap SECONDS] [--max-map-count N]\n"
+		"                   [--workers N] [--quiet SECONDS]\n"
 		"  --quick     small and short: %d MiB, caps of a few seconds (CI)\n"
-		"  --size      MiB per workload (default 1024)\n"
+		"  --size      MiB per workload (default 1024); workers: per process\n"
+		"  --workers   processes of the workers workload (default 4; --quick 2)\n"
+		"  --quiet     settled: no growth of the saving for this long (default 2; --quick 1)\n"
 		"  --out       output directory (default bench-out)\n"
 		"  --cap       longest run after go, seconds (default 60; --quick 6)\n"
 		"  --max-map-count  set vm.max_map_count to N for the runs (root), put back after\n"
@@ -219,10 +223,11 @@ int main(int argc, char **argv)
 		{ "out", required_argument, 0, 'o' }, { "seed", required_argument, 0, 'S' },
 		{ "cap", required_argument, 0, 'c' }, { "help", no_argument, 0, 'h' },
 		{ "max-map-count", required_argument, 0, 'M' },
+		{ "workers", required_argument, 0, 'W' }, { "quiet", required_argument, 0, 'Q' },
 		{ 0, 0, 0, 0 },
 	};
-	long size = -1, mmc = -1;
-	double cap = -1;
+	long size = -1, mmc = -1, workers = -1;
+	double cap = -1, quiet = -1;
 	int c;
 
 	opt.out = "bench-out";
@@ -237,13 +242,16 @@ int main(int argc, char **argv)
 		case 'S': opt.seed = strtoull(optarg, NULL, 10); break;
 		case 'c': cap = strtod(optarg, NULL); break;
 		case 'M': mmc = strtol(optarg, NULL, 10); break;
+		case 'W': workers = strtol(optarg, NULL, 10); break;
+		case 'Q': quiet = strtod(optarg, NULL); break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
 	if (optind != argc || (opt.workloads && !check_list(opt.workloads, false)) ||
 	    (opt.modes && !check_list(opt.modes, true)) || (size != -1 && size < 1) ||
-	    (cap != -1 && cap <= 0) || (mmc != -1 && mmc < 1024)) {
+	    (cap != -1 && cap <= 0) || (mmc != -1 && mmc < 1024) ||
+	    (workers != -1 && (workers < 1 || workers > MAX_WORKERS)) || (quiet != -1 && quiet <= 0)) {
 		usage(stderr);
 		return 2;
 	}
@@ -254,11 +262,12 @@ int main(int argc, char **argv)
 	if (opt.slow_cap_s > opt.cap_s)
 		opt.slow_cap_s = opt.cap_s;
 	opt.min_s = opt.quick ? 0.5 : 3;
-	opt.quiet_s = opt.quick ? 1 : 2;
+	opt.quiet_s = quiet > 0 ? quiet : opt.quick ? 1 : 2;
 	opt.interval_ms = opt.quick ? 50 : 100;
 	opt.lat_samples = opt.quick ? 200 : 2000;
 	opt.churn_rate = 20000;
 	opt.churn_hot = 16;
+	opt.workers = workers > 0 ? (unsigned)workers : opt.quick ? 2 : 4;
 	opt.redis_requests = opt.quick ? 2000 : 20000;
 	opt.redis_reps = opt.quick ? 1 : 3;
 
@@ -344,9 +353,12 @@ int main(int argc, char **argv)
 			result_init(r, w, m);
 			snprintf(progress_prefix, sizeof(progress_prefix), "[%2zu/%zu %s x %s] ", n, total,
 				 w->name, m->name);
-			if (m->merger == MERGER_KSM && ksm_why) {
+			const char *skip = pair_skip(w, m);
+			if (m->merger == MERGER_KSM && ksm_why)
+				skip = ksm_why;
+			if (skip) {
 				snprintf(r->status, sizeof(r->status), "skipped");
-				snprintf(r->note, sizeof(r->note), "%s", ksm_why);
+				snprintf(r->note, sizeof(r->note), "%s", skip);
 			} else {
 				/* a preloaded program we exec (redis) merges
 				 * before "go": count from none's Pss and VMAs */

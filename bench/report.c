@@ -19,9 +19,10 @@
  *   t50/t90/t99, merge_cpu_s, cpu_s_per_gib_saved, merged_pages_per_cpu_s
  *                     the saving is below max(1 MiB, 1% of the buffer)
  *   cow_p50_us, cow_p99_us, cow_idle_p50_us, cow_idle_p99_us   no merged
- *                     page to write to (cow_samples 0: mode none, unique),
- *                     and redis (the harness cannot write into the server)
- *   app_rate, slowdown_pct   workloads other than churn and redis;
+ *                     page to write to (cow_samples 0: mode none, unique,
+ *                     workers without cross-process merging), and redis
+ *                     (the harness cannot write into the server)
+ *   app_rate, slowdown_pct   workloads other than churn, redis and workers;
  *                     slowdown also when mode none was not run
  *   cow_idle_p50_us, cow_idle_p99_us   also the preload mode when its
  *                     child could not pause the engine (note says why)
@@ -29,6 +30,11 @@
  * libdedup's own counters come from the API child's "stat" lines, or for
  * the preload mode from the stats file the library publishes (preload.c);
  * both give the same keys in "extra".
+ *
+ * workers: a row is its family's (run.c): pages, Pss, saved, VMAs and the
+ * readers' rate are sums over the processes; libdedup's counters too, but
+ * passes is the fewest of any member. The share mode's targets are its
+ * own (share_targets()); the other modes have no workers target.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -152,6 +158,15 @@ void report_table(FILE *f, struct result *rs, size_t n)
 		   "(ksmd run=0, dedup_shutdown). app rate: churn writes/s, redis GET/s. Merger CPU "
 		   "from %s.\n",
 		proc_cpu_source());
+	for (size_t i = 0; i < n; i++) {
+		if (rs[i].w->kind != WL_WORKERS)
+			continue;
+		fprintf(f, "workers: %u processes of %zu MiB each; saved, VMAs and app rate (reads/s) "
+			   "are sums over them, cpu that of every member's libdedup threads and the "
+			   "group's dedup-share helper; cow: the first process's writes.\n",
+			opt.workers, opt.size_mib);
+		break;
+	}
 	fprintf(f, "loadavg at start: %s; at end: %s; vm.max_map_count: %ld\n", opt.load_start,
 		opt.load_end, opt.max_map_count);
 	bool notes = false;
@@ -183,6 +198,60 @@ static struct result *find(struct result *rs, size_t n, const char *w, const cha
 	return NULL;
 }
 
+/*
+ * The share mode's targets (issue 13), on workers only: the family's saving
+ * against ksm-fast's; the merger CPU (every member's libdedup threads and
+ * the helper) until 99% of the saving, against ksmd's (the whole run's CPU
+ * depends on when each run settled: in the basis); the readers' slowdown
+ * against libdedup-api's, which merges each member alone (what per-process
+ * merging costs), with 1 point of noise.
+ */
+static size_t share_targets(struct result *rs, size_t n, const struct mode *L, struct target *t,
+			    size_t max)
+{
+	struct result *a = find(rs, n, "workers", L->name), *b = find(rs, n, "workers", "ksm-fast");
+	struct result *api = find(rs, n, "workers", "libdedup-api");
+	struct target x[3];
+
+	memset(x, 0, sizeof(x));
+	snprintf(x[0].name, sizeof(x[0].name), "%s: saving on workers >= 99%% of ksm-fast", L->name);
+	x[0].goal = 0.99;
+	x[0].measured = a ? a->saved_kib : NA;
+	x[0].ratio = a && b && b->saved_kib > 1024 ? a->saved_kib / b->saved_kib : NA;
+	snprintf(x[0].basis, sizeof(x[0].basis), "x ksm-fast (%s MiB)", b ? "" : "n/a");
+	if (b)
+		snprintf(x[0].basis, sizeof(x[0].basis), "x ksm-fast (%.1f MiB)", b->saved_kib / 1024);
+	x[0].verdict = is_na(x[0].ratio) ? "n/a" : x[0].ratio >= 0.99 ? "met" : "MISSED";
+
+	snprintf(x[1].name, sizeof(x[1].name), "%s: merge CPU on workers <= ksmd's", L->name);
+	x[1].goal = 1;
+	x[1].measured = a ? a->merge_cpu_s : NA;
+	x[1].ratio = a && b && !is_na(a->merge_cpu_s) && !is_na(b->merge_cpu_s) && b->merge_cpu_s > 0
+			     ? a->merge_cpu_s / b->merge_cpu_s : NA;
+	snprintf(x[1].basis, sizeof(x[1].basis), "x ksmd (n/a)");
+	if (b && !is_na(b->merge_cpu_s) && a && !is_na(a->merger_cpu_s))
+		snprintf(x[1].basis, sizeof(x[1].basis), "x ksmd (%.2f s); whole run %.2f / %.2f s",
+			 b->merge_cpu_s, a->merger_cpu_s, b->merger_cpu_s);
+	x[1].verdict = is_na(x[1].ratio) ? "n/a" : x[1].ratio <= 1 ? "met" : "MISSED";
+
+	snprintf(x[2].name, sizeof(x[2].name), "%s: slowdown on workers <= libdedup-api's + 1",
+		 L->name);
+	x[2].goal = 1;
+	x[2].measured = a ? a->slowdown_pct : NA;
+	x[2].ratio = a && api && !is_na(a->slowdown_pct) && !is_na(api->slowdown_pct)
+			     ? a->slowdown_pct - api->slowdown_pct : NA;
+	snprintf(x[2].basis, sizeof(x[2].basis), "points over libdedup-api (n/a)");
+	if (api && !is_na(api->slowdown_pct))
+		snprintf(x[2].basis, sizeof(x[2].basis), "points over libdedup-api (%.2f%%)",
+			 api->slowdown_pct);
+	x[2].verdict = is_na(x[2].ratio) ? "n/a" : x[2].ratio <= 1 ? "met" : "MISSED";
+
+	size_t k = 0;
+	for (; k < 3 && k < max; k++)
+		t[k] = x[k];
+	return k;
+}
+
 static size_t targets(struct result *rs, size_t n, struct target *t, size_t max)
 {
 	size_t k = 0;
@@ -202,6 +271,10 @@ static size_t targets(struct result *rs, size_t n, struct target *t, size_t max)
 			any |= rs[i].m == L && strcmp(rs[i].status, "ok") == 0;
 		if (!any)
 			continue;
+		if (L->share) {
+			k += share_targets(rs, n, L, t + k, max - k);
+			continue;
+		}
 		struct target x;
 		struct result *a, *b;
 
@@ -238,8 +311,11 @@ static size_t targets(struct result *rs, size_t n, struct target *t, size_t max)
 		x.verdict = is_na(x.ratio) ? "n/a" : x.ratio >= 2 ? "met" : "MISSED";
 		ADD(x);
 
-		/* 3: savings, every workload */
+		/* 3: savings, every workload; workers (across processes)
+		 * is the share mode's */
 		for (size_t wi = 0; wi < nworkloads; wi++) {
+			if (workloads[wi].kind == WL_WORKERS)
+				continue;
 			a = find(rs, n, workloads[wi].name, L->name);
 			b = find(rs, n, workloads[wi].name, ksm);
 			memset(&x, 0, sizeof(x));
@@ -337,7 +413,8 @@ static void report_details(FILE *f, struct result *rs, size_t n)
 		const char *npw = result_extra_get(r, "churn_ns_per_write");
 		const char *budget = result_extra_get(r, "ld_skipped_budget");
 		const char *prof = result_extra_get(r, "general_profit");
-		if (strcmp(r->status, "ok") != 0 || (!npw && !budget && !prof))
+		const char *npr = result_extra_get(r, "read_ns_per_read");
+		if (strcmp(r->status, "ok") != 0 || (!npw && !budget && !prof && !npr))
 			continue;
 		if (!head)
 			fprintf(f, "\ndetails (results.json \"extra\" has all counters):\n");
@@ -346,6 +423,12 @@ static void report_details(FILE *f, struct result *rs, size_t n)
 		if (npw)
 			fprintf(f, " churn: %.0f writes/s of %s, %s ns per write;", r->app_rate,
 				ex(r, "churn_target_writes_per_s"), npw);
+		if (npr)
+			fprintf(f, " readers: %.0f reads/s of %s, %s ns per read;", r->app_rate,
+				ex(r, "read_target_reads_per_s"), npr);
+		if (result_extra_get(r, "ld_in_group"))
+			fprintf(f, " group: %s of %s members in it, %s pages mapping its pages;",
+				ex(r, "ld_in_group"), ex(r, "workers"), ex(r, "ld_group_pages"));
 		if (budget)
 			fprintf(f, " libdedup: %s passes, skipped for VMA budget %s, VMAs added %s "
 				   "(budget %s), metadata %s bytes", ex(r, "passes"),
@@ -369,7 +452,7 @@ void report_targets(FILE *f, struct result *rs, size_t n)
 	size_t k = targets(rs, n, t, B_ARRAY_SIZE(t));
 	char b1[32], b2[32];
 
-	fprintf(f, "\ntargets (goals from issue 6; ratio = measured / basis; \"net of metadata\": "
+	fprintf(f, "\ntargets (goals from issues 6 and 13; ratio = measured / basis; \"net of metadata\": "
 		   "KSM's kernel rmap_items counted against its saving):\n");
 	if (!k)
 		fprintf(f, "  none evaluated (no libdedup mode ran)\n");
@@ -452,11 +535,12 @@ static int write_json(const char *path, struct result *rs, size_t n)
 		   "\"seed\": %llu, \"cap_s\": %.1f, \"slow_cap_s\": %.1f, \"min_s\": %.1f, "
 		   "\"quiet_s\": %.1f, \"interval_ms\": %u, \"lat_samples\": %u, "
 		   "\"churn_rate_per_thread\": %u, \"churn_threads\": 2, \"churn_hot\": %u, "
-		   "\"redis_requests\": %u, \"redis_reps\": %u, \"libdedup_interval_ms\": %d, "
+		   "\"redis_requests\": %u, \"redis_reps\": %u, \"workers\": %u, "
+		   "\"libdedup_interval_ms\": %d, "
 		   "\"libdedup_cpu_percent\": %d, \"cpu_source\": ",
 		opt.quick ? "true" : "false", opt.size_mib, (unsigned long long)opt.seed, opt.cap_s,
 		opt.slow_cap_s, opt.min_s, opt.quiet_s, opt.interval_ms, opt.lat_samples,
-		opt.churn_rate, opt.churn_hot, opt.redis_requests, opt.redis_reps,
+		opt.churn_rate, opt.churn_hot, opt.redis_requests, opt.redis_reps, opt.workers,
 		BENCH_DEDUP_INTERVAL_MS, BENCH_DEDUP_CPU);
 	json_str(f, proc_cpu_source());
 	fprintf(f, ", \"loadavg_start\": ");
@@ -467,7 +551,7 @@ static int write_json(const char *path, struct result *rs, size_t n)
 	fprintf(f, ", \"dedup_env\": {");
 	static const char *const env[] = { "DEDUP_INTERVAL", "DEDUP_CPU", "DEDUP_BATCH",
 					   "DEDUP_PAGES_PER_SEC", "DEDUP_ZERO_PAGES",
-					   "DEDUP_VMA_BUDGET", "DEDUP_LOG" };
+					   "DEDUP_VMA_BUDGET", "DEDUP_LOG", "DEDUP_SHARE_HELPER" };
 	bool first = true;
 	for (size_t i = 0; i < B_ARRAY_SIZE(env); i++) {
 		const char *v = getenv(env[i]);

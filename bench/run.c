@@ -29,6 +29,13 @@
  *                      (KSM: sysfs pages_scanned; libdedup: pages_scanned)
  * Savings, times and rates are "n/a" when the final saving is below
  * max(1 MiB, 1% of the buffer): there is nothing to time.
+ *
+ * workers: the measured process is a family (family.c). Pss and VMAs are
+ * sums over its members (pids from "ready"), the merger CPU that of every
+ * member's libdedup threads plus the group's dedup-share helper, read
+ * before the family is told to quit; a member whose /proc cannot be read
+ * any more ends the run as a dead measured process does. The buffer is
+ * all members' buffers.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -129,6 +136,43 @@ static void handle_line(struct run_ctx *c, const char *line)
 	}
 }
 
+static double maps_d(pid_t pid)
+{
+	long l = proc_maps_lines(pid);
+	return l < 0 ? NA : (double)l;
+}
+
+/* A /proc figure of the measured process, or its sum over a workers family
+ * (NA as soon as a member is gone: the note says which) */
+static double fam_sum(struct run_ctx *c, double (*read)(pid_t))
+{
+	if (!c->nfam)
+		return read(c->pid);
+	double sum = 0;
+	for (size_t i = 0; i < c->nfam; i++) {
+		double v = read(c->fam[i]);
+		if (is_na(v)) {
+			if (!c->r->note[0])
+				snprintf(c->r->note, sizeof(c->r->note),
+					 "workers member %zu (pid %d) is gone", i, (int)c->fam[i]);
+			return NA;
+		}
+		sum += v;
+	}
+	return sum;
+}
+
+static double pss_of(struct run_ctx *c)
+{
+	return fam_sum(c, proc_pss_kib);
+}
+
+static long maps_of(struct run_ctx *c)
+{
+	double v = fam_sum(c, maps_d);
+	return is_na(v) ? -1 : (long)v;
+}
+
 static bool alive(struct run_ctx *c)
 {
 	int st;
@@ -149,8 +193,8 @@ bool run_begin(struct run_ctx *c)
 	struct result *r = c->r;
 	const struct mode *m = r->m;
 
-	c->pss0 = proc_pss_kib(c->pid);
-	c->maps0 = proc_maps_lines(c->pid);
+	c->pss0 = pss_of(c);
+	c->maps0 = maps_of(c);
 	if (is_na(c->pss0) || c->maps0 < 0) {
 		snprintf(r->status, sizeof(r->status), "failed");
 		snprintf(r->note, sizeof(r->note), "cannot read /proc of the measured process");
@@ -182,6 +226,10 @@ bool run_begin(struct run_ctx *c)
 		c->ksm_skipped0 = ksm_read("pages_skipped");
 	} else if (m->merger == MERGER_LIBDEDUP) {
 		tracker_init(&c->tr, c->pid, true);
+		for (size_t i = 1; i < c->nfam; i++)
+			tracker_add(&c->tr, c->fam[i]);
+		if (c->group[0])
+			tracker_helper(&c->tr, c->group);
 	} else {
 		tracker_init(&c->tr, 0, false);
 	}
@@ -307,7 +355,7 @@ bool run_sample(struct run_ctx *c)
 			ok = false;
 			break;
 		}
-		double pss = proc_pss_kib(c->pid);
+		double pss = pss_of(c);
 		if (!alive(c) || is_na(pss)) {
 			c->child_died = true;
 			ok = false;
@@ -316,7 +364,7 @@ bool run_sample(struct run_ctx *c)
 		double t = now_s() - c->t_go;
 		double cpu = (double)(tracker_ns(&c->tr) - c->cpu0) / 1e9;
 		if (tick % maps_every == 0) {
-			long l = proc_maps_lines(c->pid);
+			long l = maps_of(c);
 			if (l >= 0)
 				maps = l;
 		}
@@ -359,7 +407,7 @@ bool run_sample(struct run_ctx *c)
 		figures(c, s, n);
 	free(s);
 	if (ok) {
-		long l = proc_maps_lines(c->pid);
+		long l = maps_of(c);
 		if (l >= 0)
 			maps = l;
 	}
@@ -422,12 +470,20 @@ void run_ksm_collect(struct run_ctx *c)
 			result_extra(r, counters[i], "%lld", v);
 	}
 	/* the process's own view: merging pages, and whether prctl's
-	 * "merge any" survived (exec) */
-	snprintf(path, sizeof(path), "/proc/%d/ksm_stat", c->pid);
-	if (proc_read_file(path, buf, sizeof(buf))) {
+	 * "merge any" survived (exec); a workers family's counts summed */
+	for (size_t i = 0; i < (c->nfam ? c->nfam : 1); i++) {
+		snprintf(path, sizeof(path), "/proc/%d/ksm_stat", c->nfam ? c->fam[i] : c->pid);
+		if (!proc_read_file(path, buf, sizeof(buf)))
+			continue;
 		for (char *l = strtok(buf, "\n"); l; l = strtok(NULL, "\n")) {
-			char key[40], val[40];
-			if (sscanf(l, "%39[a-z_]%*[: ]%39s", key, val) == 2)
+			char key[40], val[40], *end;
+			if (sscanf(l, "%39[a-z_]%*[: ]%39s", key, val) != 2)
+				continue;
+			const char *had = result_extra_get(r, key);
+			double x = strtod(val, &end);
+			if (i && had && !*end)
+				result_extra(r, key, "%.0f", strtod(had, NULL) + x);
+			else if (!i)
 				result_extra(r, key, "%s", val);
 		}
 	}
@@ -460,6 +516,12 @@ void run_ld_final(struct run_ctx *c)
 	if (cpu > 0)
 		r->scanned_per_cpu = c->ld_scanned / cpu;
 	result_extra(r, "engine_cpu_s_own_count", "%.3f", c->ld_cpu_ns / 1e9);
+	/* libdedup-share: the helper's part of the merger CPU, and whether it
+	 * was found at all (pid 0: never; its CPU then is missing) */
+	if (c->group[0]) {
+		result_extra(r, "helper_pid", "%d", (int)c->tr.helper_seen);
+		result_extra(r, "helper_cpu_s", "%.3f", (double)tracker_helper_ns(&c->tr) / 1e9);
+	}
 }
 
 /* A child that stopped answering: what each of its threads waits in, for
@@ -470,7 +532,8 @@ static void hang_note(struct run_ctx *c, const char *what)
 	char path[96], comm[32], wchan[64], list[200] = "";
 	size_t len = 0;
 
-	if (g_stop || !alive(c))
+	/* not hung but failed: its own error line says more */
+	if (g_stop || !alive(c) || strncmp(r->note, "child: error", 12) == 0)
 		return;
 	snprintf(path, sizeof(path), "/proc/%d/task", c->pid);
 	DIR *d = opendir(path);
@@ -533,6 +596,51 @@ static void reap(pid_t pid, int grace_ms)
 	waitpid(pid, &st, 0);
 }
 
+/*
+ * The churn writers' rate (2 threads), or a workers family's readers' (one
+ * per member: readers > 0), from the "done" line. A thread blocked for good
+ * is a hang, not a slowdown.
+ */
+static void app_figures(struct result *r, const char *line, size_t readers)
+{
+	const char *pfx = readers ? "read" : "churn", *what = readers ? "reader" : "churn writer";
+	const char *unit = readers ? "reads/s" : "writes/s";
+	unsigned target = (unsigned)(readers ? readers : 2) * opt.churn_rate;
+	char key[48];
+	double ops = 0, secs = 0, stuck = 0, rel = 0, v;
+
+	snprintf(key, sizeof(key), "%s_secs", pfx);
+	if (kv_num(line, readers ? "read_ops" : "churn_writes", &ops) && kv_num(line, key, &secs) &&
+	    secs > 0) {
+		r->app_rate = ops / secs;
+		r->app_unit = unit;
+		snprintf(key, sizeof(key), "%s_target_%s_per_s", pfx, readers ? "reads" : "writes");
+		result_extra(r, key, "%u", target);
+		snprintf(key, sizeof(key), "%s_busy_ns", pfx);
+		if (kv_num(line, key, &v) && ops > 0) {
+			snprintf(key, sizeof(key), "%s_ns_per_%s", pfx, readers ? "read" : "write");
+			result_extra(r, key, "%.1f", v / ops);
+		}
+	}
+	snprintf(key, sizeof(key), "%s_stuck", pfx);
+	if (kv_num(line, key, &stuck) && stuck > 0) {
+		snprintf(key, sizeof(key), "%s_released_by_signal", pfx);
+		kv_num(line, key, &rel);
+		snprintf(key, sizeof(key), "%s_stuck_wchan", pfx);
+		const char *wc = result_extra_get(r, key);
+		snprintf(r->status, sizeof(r->status), "failed");
+		snprintf(r->note, sizeof(r->note),
+			 "%.0f %s(s) still blocked in the kernel (wchan %s) 10 s after the run; %.0f "
+			 "released by a signal: a fault never resolved (lost wake-up?); %s rate %.0f "
+			 "of %u %s", stuck, what, wc ? wc : "?", rel, readers ? "read" : "churn",
+			 r->app_rate, target, unit);
+	} else if (!is_na(r->app_rate) && r->app_rate < 0.1 * target) {
+		snprintf(r->status, sizeof(r->status), "failed");
+		snprintf(r->note, sizeof(r->note), "%ss stalled: %.0f of %u %s", what, r->app_rate,
+			 target, unit);
+	}
+}
+
 void run_one(struct result *r, FILE *series)
 {
 	const struct mode *m = r->m;
@@ -557,14 +665,15 @@ void run_one(struct result *r, FILE *series)
 		preload_free(c.pl);
 		return;
 	}
-	char a_bytes[32], a_seed[32], a_lat[16], a_rate[16], a_hot[16];
+	char a_bytes[32], a_seed[32], a_lat[16], a_rate[16], a_hot[16], a_workers[16];
 	snprintf(a_bytes, sizeof(a_bytes), "%zu", bytes);
 	snprintf(a_seed, sizeof(a_seed), "%llu", (unsigned long long)opt.seed);
 	snprintf(a_lat, sizeof(a_lat), "%u", opt.lat_samples);
 	snprintf(a_rate, sizeof(a_rate), "%u", opt.churn_rate);
 	snprintf(a_hot, sizeof(a_hot), "%u", opt.churn_hot);
+	snprintf(a_workers, sizeof(a_workers), "%u", opt.workers);
 	char *argv[] = { (char *)"dedup-bench", (char *)"__child", (char *)r->w->name,
-			 (char *)m->name, a_bytes, a_seed, a_lat, a_rate, a_hot, NULL };
+			 (char *)m->name, a_bytes, a_seed, a_lat, a_rate, a_hot, a_workers, NULL };
 	fflush(NULL);
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -600,6 +709,16 @@ void run_one(struct result *r, FILE *series)
 	double pages;
 	if (kv_num(line, "pages", &pages))
 		r->pages = (uint64_t)pages;
+	/* workers: the family's members and group (family.c) */
+	const char *p = strstr(line, " pids=");
+	for (p = p ? p + 6 : NULL; p && c.nfam < MAX_WORKERS; p = strchr(p, ',')) {
+		p += *p == ',';
+		c.fam[c.nfam++] = (pid_t)strtol(p, NULL, 10);
+	}
+	if ((p = strstr(line, " group=")))
+		snprintf(c.group, sizeof(c.group), "%.*s", (int)strcspn(p + 7, " "), p + 7);
+	if (c.nfam)
+		result_extra(r, "workers", "%zu", c.nfam);
 	/* the library's constructor published the file before main() ran */
 	if (c.pl && !preload_attach(c.pl, pid, 5000)) {
 		snprintf(r->status, sizeof(r->status), g_stop ? "interrupted" : "failed");
@@ -694,31 +813,8 @@ void run_one(struct result *r, FILE *series)
 		snprintf(r->note, sizeof(r->note), "no idle COW timing: the preloaded "
 			 "dedup_shutdown() failed (%s)", pause ? pause : "not reported");
 	}
-	if (r->w->kind == WL_CHURN) {
-		double w = 0, secs = 0, stuck = 0, rel = 0;
-		if (kv_num(line, "churn_writes", &w) && kv_num(line, "churn_secs", &secs) && secs > 0) {
-			r->app_rate = w / secs;
-			r->app_unit = "writes/s";
-			result_extra(r, "churn_target_writes_per_s", "%u", 2 * opt.churn_rate);
-			if (kv_num(line, "churn_busy_ns", &v) && w > 0)
-				result_extra(r, "churn_ns_per_write", "%.1f", v / w);
-		}
-		/* a writer blocked for good is a hang, not a slowdown */
-		if (kv_num(line, "churn_stuck", &stuck) && stuck > 0) {
-			kv_num(line, "churn_released_by_signal", &rel);
-			const char *wc = result_extra_get(r, "churn_stuck_wchan");
-			snprintf(r->status, sizeof(r->status), "failed");
-			snprintf(r->note, sizeof(r->note),
-				 "%.0f churn writer(s) still blocked in the kernel (wchan %s) 10 s after "
-				 "the run; %.0f released by a signal: a fault never resolved (lost "
-				 "wake-up?); churn rate %.0f of %u writes/s",
-				 stuck, wc ? wc : "?", rel, r->app_rate, 2 * opt.churn_rate);
-		} else if (!is_na(r->app_rate) && r->app_rate < 0.1 * 2 * opt.churn_rate) {
-			snprintf(r->status, sizeof(r->status), "failed");
-			snprintf(r->note, sizeof(r->note), "churn writers stalled: %.0f of %u writes/s",
-				 r->app_rate, 2 * opt.churn_rate);
-		}
-	}
+	if (r->w->kind == WL_CHURN || r->w->kind == WL_WORKERS)
+		app_figures(r, line, r->w->kind == WL_WORKERS ? (c.nfam ? c.nfam : 1) : 0);
 out:
 	if (m->merger == MERGER_KSM)
 		ksm_stop();

@@ -7,7 +7,12 @@
  * Each mode x workload pair is one run in a fresh child process. A mode that
  * merges through our own code (libdedup-api) cannot apply to a program we
  * only exec (redis): that pair is reported as skipped, with the reason; the
- * preload mode covers it.
+ * preload mode covers it. pair_skip() says which pairs those are.
+ *
+ * workers: N processes (--workers, each with --size MiB) hold the same
+ * pages, none twice inside one process: what only cross-process merging
+ * saves (kernel KSM, libdedup-share; libdedup-api merges each alone and
+ * saves nothing, which is the point of its row).
  */
 #include <string.h>
 
@@ -35,6 +40,13 @@ const struct mode modes[] = {
 	{ .name = "libdedup-preload", .merger = MERGER_LIBDEDUP, .preload = true,
 	  .ready = true,
 	  .desc = "libdedup preloaded: LD_PRELOAD=libdedup.so, DEDUP_* environment" },
+	/* The API mode with dedup_config.share = "bench-<pid of the first
+	 * member>": every member of a workers family in one sharing group
+	 * (README, sharing groups). Merger CPU: every member's libdedup
+	 * threads and the group's dedup-share helper. */
+	{ .name = "libdedup-share", .merger = MERGER_LIBDEDUP, .api = true, .share = true,
+	  .ready = true,
+	  .desc = "libdedup-api, every workers member in one sharing group (workers only)" },
 };
 const size_t nmodes = B_ARRAY_SIZE(modes);
 
@@ -49,6 +61,8 @@ const struct workload workloads[] = {
 	  "runs content; 2 threads write 1 page in 16 at a set rate (same value: re-mergeable)" },
 	{ "redis", WL_REDIS, true, false,
 	  "redis-server holding identical 16 KiB values, GET throughput by redis-benchmark" },
+	{ "workers", WL_WORKERS, false, false,
+	  "--workers processes with the same unique pages each; 1 reader thread per process" },
 };
 const size_t nworkloads = B_ARRAY_SIZE(workloads);
 
@@ -65,6 +79,20 @@ const struct workload *workload_find(const char *name)
 	for (size_t i = 0; i < nworkloads; i++)
 		if (strcmp(workloads[i].name, name) == 0)
 			return &workloads[i];
+	return NULL;
+}
+
+const char *pair_skip(const struct workload *w, const struct mode *m)
+{
+	if (m->share && w->kind != WL_WORKERS)
+		return "a sharing group of one process merges what libdedup-api merges: run on "
+		       "workers only";
+	/* the members are fork()ed from one process; a preloaded library
+	 * merges in the first only (DEDUP_FORK=off), and what each member
+	 * alone would save is libdedup-api's row */
+	if (m->preload && w->kind == WL_WORKERS)
+		return "the members are fork()ed siblings: preloaded, only the first merges "
+		       "(DEDUP_FORK=off); merging alone is the libdedup-api row";
 	return NULL;
 }
 
