@@ -282,6 +282,10 @@ static void group_flush(struct pass_ctx *c, bool pass_end)
 		group_lookup(c);
 	if (grp.nu && (pass_end || dd_now_ns() - grp.since_ns >= PUB_WAIT_NS))
 		group_publish_all(c);
+	if (pass_end && grp.buf) {   /* 4 MiB a pass needs only while it publishes */
+		dd_vm_free(grp.buf, PUB_PAGES * DD_PAGE);
+		grp.buf = NULL;
+	}
 }
 
 /*
