@@ -632,17 +632,22 @@ static void lost(void)
  * of table per pass). With 1 GiB of unique pages that was 4% of a core,
  * and the program's memory-bound loops ran 8-12% slower than before the
  * engine started (docs/bench/2026-12-07-idle, -idle2). "Nothing at all"
- * is: no merge, no page read found changed (scan.c's volatile pages, which
- * include every new page at its first visit), and no page fault anywhere
- * in the process since the last full pass. The fault count (getrusage) is the one cheap sign of new
- * memory we have without write-protecting anything: a page faulted into
- * a region that has had its passes is otherwise found by full passes
- * only. It is read at every wake-up while the pass is put off, and a
- * fault ends the stretch at once (the ordinary back-off still applies).
+ * is, since the last full pass: no merge, a trickle at most of pages
+ * found changed (scan.c's volatile pages, which include every new page at
+ * its first visit: under 1 in 256 of the heap, as for merges - every
+ * program has a few pages it keeps writing, its stdio buffers, counters;
+ * with none allowed, a program printing a line a second never backed
+ * off), and at most STILL_FAULTS page faults anywhere in the process. The
+ * fault count (getrusage) is the one cheap sign of new memory we have
+ * without write-protecting anything: a page faulted into a region that
+ * has had its passes is otherwise found by full passes only. It is read
+ * at every wake-up while the pass is put off, and more faults than that
+ * end the stretch at once (the ordinary back-off still applies).
  * What it cannot see is a page written in place: that waits for its next
  * visit, as with the smart scan, now up to 2^STILL_MAX times longer.
  */
 #define STILL_MAX 3
+#define STILL_FAULTS 16   /* a stack or a buffer growing: 64 KiB */
 
 static uint64_t process_faults(void)
 {
@@ -700,7 +705,7 @@ static void *engine_main(void *arg)
 			/* Put off because nothing happened: a page faulted in
 			 * since says otherwise (new memory in a region that
 			 * has had its passes). */
-			if (still && t0 < next_full && process_faults() != faults_end) {
+			if (still && t0 < next_full && process_faults() - faults_end > STILL_FAULTS) {
 				still = 0;
 				if (full_end + (interval << quiet) < next_full)
 					next_full = full_end + (interval << quiet);
@@ -746,8 +751,9 @@ static void *engine_main(void *arg)
 			/* Still (above): a full pass, nothing since the last */
 			uint64_t f = fresh_only ? 0 : process_faults();
 			uint64_t v = atomic_load(&dd_cnt.skipped_volatile);
-			bool nothing = !fresh_only && !pass_merged && f == faults_end &&
-				       v == volatile_end;
+			bool nothing = !fresh_only && !pass_merged &&
+				       f - faults_end <= STILL_FAULTS &&
+				       (v - volatile_end) * 256 < pass_scanned;
 			if (pass_merged && (size_t)pass_merged * 256 >= pass_scanned)
 				quiet = 0;
 			else if (!fresh_only && (2u << quiet) <= dd_opt.idle_backoff)
