@@ -2,15 +2,18 @@
 /*
  * idle - what libdedup costs a program that has nothing to merge (issue 14).
  *
- *   idle [MiB] [settle_s] [AB_MiB]
+ *   idle [MiB] [settle_s] [AB_MiB] [tlb_rounds]
  *
  * Maps MiB (1024) of anonymous memory, every page distinct, waits settle_s
  * (8) seconds for the engine to scan it and back off, then times two loops
  * and prints them as key=value:
  *   chase_ns  5 M dependent loads along a random cycle through the memory
  *             (one cache line per page visited: memory latency);
- *   tlb_ns    one load per page, pages in random order, 8 rounds (a TLB
- *             miss per load: TLB reach, and what a TLB flush costs).
+ *   tlb_ns    one load per page, pages in random order, tlb_rounds (8)
+ *             rounds (a TLB miss per load: TLB reach, and what a TLB flush
+ *             costs). The loads are independent and overlap: 8 rounds over
+ *             1 GiB take well under 0.1 s, within a scheduler tick or two
+ *             of noise; 128 rounds take about a second.
  * and the same loops in CPU time of the thread (chase_cpu_ns, tlb_cpu_ns):
  * on a machine that others keep busy, wall time mostly measures how long
  * the scheduler kept the thread waiting; CPU time keeps what slows the
@@ -21,7 +24,8 @@
  * With AB_MiB, one process measures both: the loops once before libdedup
  * starts (run it with DEDUP_START between MiB and MiB + AB_MiB), then it
  * maps and fills AB_MiB more, which starts the engine, waits settle_s, and
- * runs the loops again on the same pages (a_* and b_* fields). Two
+ * runs the loops again on the same pages (a_* and b_* fields, wall and
+ * CPU time as above). Two
  * processes place their pages differently, which on this project's
  * shadow-paging guests moves these loops by 15% from run to run; one
  * process keeps its pages. bench/idle_ab.sh runs it.
@@ -58,7 +62,7 @@ static uint64_t rnd(uint64_t *s)
 
 struct loops { uint64_t chase, tlb, chase_cpu, tlb_cpu, check; };
 
-static struct loops run_loops(char *m, const uint32_t *order, size_t npages)
+static struct loops run_loops(char *m, const uint32_t *order, size_t npages, int rounds)
 {
 	struct loops l;
 	uint64_t t0 = now_ns(), c0 = cpu_ns(), off = (uint64_t)order[0] * 4096 + 8;
@@ -71,7 +75,7 @@ static struct loops run_loops(char *m, const uint32_t *order, size_t npages)
 	uint64_t sum = 0;
 	t0 = now_ns();
 	c0 = cpu_ns();
-	for (int r = 0; r < 8; r++)
+	for (int r = 0; r < rounds; r++)
 		for (size_t i = 0; i < npages; i++)
 			sum += *(volatile char *)(m + (size_t)order[i] * 4096 + 100);
 	l.tlb = now_ns() - t0;
@@ -100,6 +104,7 @@ int main(int argc, char **argv)
 	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 1024;
 	unsigned settle = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 8;
 	size_t ab = argc > 3 ? strtoul(argv[3], NULL, 10) : 0;
+	int rounds = argc > 4 ? atoi(argv[4]) : 8;
 	size_t len = mib << 20, npages = len / 4096;
 	uint64_t seed = 0x9E3779B97F4A7C15ULL;
 
@@ -129,7 +134,7 @@ int main(int argc, char **argv)
 	if (ab) {
 		/* A: the same pages, before libdedup starts (DEDUP_START above
 		 * MiB); then cross the threshold, let it settle, and B */
-		struct loops a = run_loops(m, order, npages);
+		struct loops a = run_loops(m, order, npages, rounds);
 		size_t xlen = ab << 20;
 		char *x = mmap(NULL, xlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (x == MAP_FAILED) {
@@ -144,16 +149,19 @@ int main(int argc, char **argv)
 			usleep(30000);
 		}
 		sleep(settle);
-		struct loops b = run_loops(m, order, npages);
-		printf("a_chase_ns=%llu a_tlb_ns=%llu b_chase_ns=%llu b_tlb_ns=%llu threads_a=%ld "
-		       "threads_b=%ld check=%llu\n", (unsigned long long)a.chase,
+		struct loops b = run_loops(m, order, npages, rounds);
+		printf("a_chase_ns=%llu a_tlb_ns=%llu b_chase_ns=%llu b_tlb_ns=%llu "
+		       "a_chase_cpu_ns=%llu a_tlb_cpu_ns=%llu b_chase_cpu_ns=%llu b_tlb_cpu_ns=%llu "
+		       "threads_a=%ld threads_b=%ld check=%llu\n", (unsigned long long)a.chase,
 		       (unsigned long long)a.tlb, (unsigned long long)b.chase,
-		       (unsigned long long)b.tlb, t_a, threads(),
+		       (unsigned long long)b.tlb, (unsigned long long)a.chase_cpu,
+		       (unsigned long long)a.tlb_cpu, (unsigned long long)b.chase_cpu,
+		       (unsigned long long)b.tlb_cpu, t_a, threads(),
 		       (unsigned long long)((a.check + b.check) & 1));
 		return 0;
 	}
 	sleep(settle);
-	struct loops l = run_loops(m, order, npages);
+	struct loops l = run_loops(m, order, npages, rounds);
 	printf("chase_ns=%llu tlb_ns=%llu chase_cpu_ns=%llu tlb_cpu_ns=%llu check=%llu\n",
 	       (unsigned long long)l.chase, (unsigned long long)l.tlb,
 	       (unsigned long long)l.chase_cpu, (unsigned long long)l.tlb_cpu,

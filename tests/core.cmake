@@ -48,6 +48,9 @@ dedup_test(test_sparse TIMEOUT 600 LABELS core)
 # Smart scan (issue 14, idle cost): pages that never match are read less
 # and less, and duplicates that appear later still merge.
 dedup_test(test_smart_scan TIMEOUT 600 LABELS core)
+# A still heap (nothing faults, nothing changes) backs off beyond the idle
+# back-off (issue 14, idle cost); new memory in it ends that at once.
+dedup_test(test_still TIMEOUT 600 LABELS core)
 # Unmerging 16k isolated merged runs: linear time (a 60 s hang guard, no
 # timing asserted), one anonymous mapping again, every page as it read.
 add_executable(test_unmerge_scale test_unmerge_scale.c)

@@ -50,7 +50,9 @@
  *
  * Pacing between passes: the interval, doubled after each full pass that
  * merged (almost) nothing, up to DEDUP_IDLE_BACKOFF intervals; meanwhile
- * fresh regions (scan.c) get passes of their own every interval.
+ * fresh regions (scan.c) get passes of their own every interval. A heap
+ * that stays still (no page faulted in, none found changed) backs off
+ * further, up to STILL_MAX times that (engine_main).
  */
 #include <liburing.h>
 #include <poll.h>
@@ -60,6 +62,7 @@
 #include <linux/capability.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -620,6 +623,40 @@ static void lost(void)
 		eng.on_fds_lost();
 }
 
+/*
+ * Still: how far a full pass that found nothing at all may be put off
+ * beyond the idle back-off, as a power of two (2^3: 64 intervals, 12.8 s,
+ * at the defaults). A settled engine did a full pass every 1.6 s, each of
+ * which walks the page tables of the whole heap and offers every page the
+ * smart scan skips to the unstable index (a random write each: megabytes
+ * of table per pass). With 1 GiB of unique pages that was 4% of a core,
+ * and the program's memory-bound loops ran 8-12% slower than before the
+ * engine started (docs/bench/2026-12-07-idle, -idle2). "Nothing at all"
+ * is, since the last full pass: no merge, a trickle at most of pages
+ * found changed (scan.c's volatile pages, which include every new page at
+ * its first visit: under 1 in 256 of the heap, as for merges - every
+ * program has a few pages it keeps writing, its stdio buffers, counters;
+ * with none allowed, a program printing a line a second never backed
+ * off), and at most STILL_FAULTS page faults anywhere in the process. The
+ * fault count (getrusage) is the one cheap sign of new memory we have
+ * without write-protecting anything: a page faulted into a region that
+ * has had its passes is otherwise found by full passes only. It is read
+ * at every wake-up while the pass is put off, and more faults than that
+ * end the stretch at once (the ordinary back-off still applies).
+ * What it cannot see is a page written in place: that waits for its next
+ * visit, as with the smart scan, now up to 2^STILL_MAX times longer.
+ */
+#define STILL_MAX 3
+#define STILL_FAULTS 16   /* a stack or a buffer growing: 64 KiB */
+
+static uint64_t process_faults(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0;
+	return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
+}
+
 static void *engine_main(void *arg)
 {
 	uintptr_t cursor = 0;
@@ -642,6 +679,10 @@ static void *engine_main(void *arg)
 	uint64_t skipped0 = atomic_load(&dd_cnt.pages_skipped_smart);
 	bool fresh_only = false;       /* this pass: fresh regions only */
 	uint64_t next_full = 0;        /* backing off: no full pass before */
+	/* Still (above): doublings beyond the back-off, and what the last
+	 * full pass ended with, to tell whether anything happened since. */
+	unsigned still = 0;
+	uint64_t full_end = 0, faults_end = 0, volatile_end = 0;
 	const uint64_t interval = dd_opt.scan_interval_ms * 1000000ULL;
 	/* CPU share: each step owes a pause in proportion to the CPU it used
 	 * since the last decision, the waits themselves included; pauses too
@@ -661,6 +702,14 @@ static void *engine_main(void *arg)
 		uint64_t t0 = dd_now_ns();
 
 		if (cursor == 0) {
+			/* Put off because nothing happened: a page faulted in
+			 * since says otherwise (new memory in a region that
+			 * has had its passes). */
+			if (still && t0 < next_full && process_faults() - faults_end > STILL_FAULTS) {
+				still = 0;
+				if (full_end + (interval << quiet) < next_full)
+					next_full = full_end + (interval << quiet);
+			}
 			/* Backing off: until the next full pass is due, wake
 			 * every interval and scan only fresh regions (scan.c),
 			 * if there are any: memory an allocator keeps mapping
@@ -699,12 +748,27 @@ static void *engine_main(void *arg)
 			uint64_t skipped = atomic_load(&dd_cnt.pages_skipped_smart);
 			pass_scanned += skipped - skipped0;
 			skipped0 = skipped;
+			/* Still (above): a full pass, nothing since the last */
+			uint64_t f = fresh_only ? 0 : process_faults();
+			uint64_t v = atomic_load(&dd_cnt.skipped_volatile);
+			bool nothing = !fresh_only && !pass_merged &&
+				       f - faults_end <= STILL_FAULTS &&
+				       (v - volatile_end) * 256 < pass_scanned;
 			if (pass_merged && (size_t)pass_merged * 256 >= pass_scanned)
 				quiet = 0;
 			else if (!fresh_only && (2u << quiet) <= dd_opt.idle_backoff)
 				quiet++;
+			else if (nothing && dd_opt.idle_backoff > 1 && still < STILL_MAX)
+				still++;   /* at the back-off's ceiling */
+			if (!quiet || (!fresh_only && !nothing))
+				still = 0;
+			if (!fresh_only) {
+				full_end = dd_now_ns();
+				faults_end = f;
+				volatile_end = v;
+			}
 			if (!fresh_only || !quiet)
-				next_full = dd_now_ns() + (interval << quiet);
+				next_full = dd_now_ns() + (interval << quiet << still);
 			pass_merged = 0;
 			pass_scanned = 0;
 		}
