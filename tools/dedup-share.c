@@ -57,7 +57,7 @@
 #include "share_proto.h"
 
 #define OFFERS (1u << 18)              /* unstable offers remembered, at most (6 MiB) */
-#define OFFER_NS (10ULL * 1000000000) /* how long an offer stays fresh */
+#define OFFER_NS (60ULL * 1000000000) /* how long an offer stays fresh */
 #define MAX_CONNS 4096
 #define FD_RESERVE 8                  /* descriptors kept for connections */
 #ifndef SO_PEERPIDFD

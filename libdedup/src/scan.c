@@ -434,6 +434,14 @@ static void offer_one(struct pass_ctx *c)
 	if (!dd_stable_has(h) && !dd_unstable_offer(h, o.a)) {
 		*o.p.w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
 		DD_INC(pages_skipped_smart, 1);
+		/* In a group, asked about by its old checksum at every fourth
+		 * pass it sits out, without a read: a member that joins later
+		 * finds our offer fresh (SEEN: it publishes), and we find what
+		 * it published (FOUND: the window reads and compares the page).
+		 * Otherwise an aged page would speak to the group once in 32
+		 * passes, and members started minutes apart hardly merge. */
+		if (dd_group_active() && (W_SKIP(w) & 3) == 0)
+			group_ask(c, o.a, h);
 		return;
 	}
 	*o.p.w = w_make(h, 0, 0);
