@@ -80,6 +80,18 @@ static inline ssize_t dd_share_query_recv(int s, void *buf, size_t size, int wan
 	return ok && type == want ? len : -EPROTO;
 }
 
+/* Send req (len bytes) and receive the answer of type want into buf:
+ * its length or -errno. The requests are small and the socket's buffer
+ * empty: a send that would wait is a helper that does not read (timed
+ * out). */
+static inline ssize_t dd_share_query_ask(int s, const void *req, size_t len, int want,
+					 void *buf, size_t size, const struct timespec *end)
+{
+	if (send(s, req, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len)
+		return errno == EAGAIN ? -ETIMEDOUT : -errno;
+	return dd_share_query_recv(s, buf, size, want, end);
+}
+
 /*
  * The figures of the helper listening on the socket at path into *out.
  * 0, or -errno: -ENOENT or -ECONNREFUSED, nobody listens (a stale socket);
@@ -133,14 +145,8 @@ static inline int dd_share_query(const char *path, struct dd_share_info *out)
 		r = -EACCES;
 		goto out;
 	}
-	/* both requests are small and the socket's buffer empty: a send
-	 * that would wait is a helper that does not read, so time out */
 	dd_share_hdr_init(&hi.h, DD_SHARE_HELLO, 0);
-	if (send(s, &hi, sizeof(hi), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(hi)) {
-		r = errno == EAGAIN ? -ETIMEDOUT : -errno;
-		goto out;
-	}
-	len = dd_share_query_recv(s, &m, sizeof(m), DD_SHARE_WELCOME, &end);
+	len = dd_share_query_ask(s, &hi, sizeof(hi), DD_SHARE_WELCOME, &m, sizeof(m), &end);
 	if (len < 0) {
 		r = (int)len;
 		goto out;
@@ -148,11 +154,7 @@ static inline int dd_share_query(const char *path, struct dd_share_info *out)
 	out->helper_pid = m.w.pid;
 	out->page_size = m.w.page_size;
 	dd_share_hdr_init(&q, DD_SHARE_STATS, 0);
-	if (send(s, &q, sizeof(q), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(q)) {
-		r = errno == EAGAIN ? -ETIMEDOUT : -errno;
-		goto out;
-	}
-	len = dd_share_query_recv(s, &m, sizeof(m), DD_SHARE_STATSREPLY, &end);
+	len = dd_share_query_ask(s, &q, sizeof(q), DD_SHARE_STATSREPLY, &m, sizeof(m), &end);
 	if (len < 0) {
 		r = (int)len;
 		goto out;
