@@ -218,12 +218,30 @@ static void dirs_glob(struct dirs *d, const char *pattern)
 	globfree(&g);
 }
 
+/* The user's own directories, each followed by sub: $XDG_RUNTIME_DIR/
+ * libdedup, then where XDG_RUNTIME_DIR points in a login session, for when
+ * ours is unset or differs from the application's (su, sudo -u, cron),
+ * then /tmp/libdedup-UID (publish.h, dd_pub_private_dir()). */
+static void user_dirs(struct dirs *d, const char *sub)
+{
+	char buf[PATH_MAX];
+	const char *env = getenv("XDG_RUNTIME_DIR");
+
+	if (env && *env) {
+		snprintf(buf, sizeof(buf), "%s/libdedup%s", env, sub);
+		dirs_add(d, buf);
+	}
+	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup%s", (unsigned)geteuid(), sub);
+	dirs_add(d, buf);
+	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u%s", (unsigned)geteuid(), sub);
+	dirs_add(d, buf);
+}
+
 /* Where libdedup may have published (the library's order, publish.h);
  * root also looks into every user's directories. */
 static struct dirs stat_dirs(void)
 {
 	struct dirs d = { 0 };
-	char buf[PATH_MAX];
 	const char *env = getenv(DD_PUB_ENV_DIR);
 
 	if (opt.dir) {
@@ -236,17 +254,7 @@ static struct dirs stat_dirs(void)
 		return d;
 	}
 	dirs_add(&d, DD_PUB_RUN_DIR);
-	env = getenv("XDG_RUNTIME_DIR");
-	if (env && *env) {
-		snprintf(buf, sizeof(buf), "%s/libdedup", env);
-		dirs_add(&d, buf);
-	}
-	/* where XDG_RUNTIME_DIR points in a login session, for when ours is
-	 * unset or differs from the application's (su, sudo -u, cron) */
-	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup", (unsigned)geteuid());
-	dirs_add(&d, buf);
-	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u", (unsigned)geteuid());
-	dirs_add(&d, buf);
+	user_dirs(&d, "");
 	if (geteuid() == 0) {
 		dirs_glob(&d, "/run/user/*/libdedup");
 		dirs_glob(&d, "/tmp/libdedup-*");
@@ -465,43 +473,69 @@ static int by_pid(const void *a, const void *b)
 	return (x->pid > y->pid) - (x->pid < y->pid);
 }
 
-/* Every live publishing process, sorted by pid. */
-static void scan_all(const struct dirs *d, struct samples *out)
+/* v (*cap elements of size) with room for element n. */
+static void *grow(void *v, size_t *cap, size_t n, size_t size)
 {
-	out->n = 0;
-	out->denied = 0;
+	if (n < *cap)
+		return v;
+	*cap = *cap ? 2 * *cap : 16;
+	return xrealloc(v, *cap * size);
+}
+
+/* fn(dir, name, ctx) for every entry of the directories of d whose name
+ * ends in suffix (and is longer). */
+static void dirs_walk(const struct dirs *d, const char *suffix,
+		      void (*fn)(const char *dir, const char *name, void *ctx), void *ctx)
+{
+	size_t sl = strlen(suffix);
+
 	for (size_t i = 0; i < d->n; i++) {
 		DIR *dir = opendir(d->v[i]);
 		struct dirent *e;
 		if (!dir)
 			continue;
 		while ((e = readdir(dir))) {
-			char *end;
-			long pid = strtol(e->d_name, &end, 10);
-			if (e->d_name[0] < '1' || e->d_name[0] > '9' || pid <= 0 || pid > INT_MAX ||
-			    strcmp(end, DD_PUB_SUFFIX))
-				continue;
-			if (out->n == out->cap) {
-				out->cap = out->cap ? 2 * out->cap : 16;
-				out->v = xrealloc(out->v, out->cap * sizeof(*out->v));
-			}
-			struct sample *s = &out->v[out->n];
-			enum load r = load_file(d->v[i], (int)pid, s);
-			if (r == L_DENIED)
-				out->denied++;
-			if (r != L_OK)
-				continue;
-			/* the same pid in two directories: keep the newer */
-			size_t k;
-			for (k = 0; k < out->n && out->v[k].pid != s->pid; k++)
-				;
-			if (k == out->n)
-				out->n++;
-			else if (s->live.updated_mono_ns > out->v[k].live.updated_mono_ns)
-				out->v[k] = *s;
+			size_t len = strlen(e->d_name);
+			if (len > sl && !strcmp(e->d_name + len - sl, suffix))
+				fn(d->v[i], e->d_name, ctx);
 		}
 		closedir(dir);
 	}
+}
+
+/* dirs_walk(): add the process of <dir>/<pid>.stats to out, if it lives. */
+static void add_sample(const char *dir, const char *name, void *ctx)
+{
+	struct samples *out = ctx;
+	char *end;
+	long pid = strtol(name, &end, 10);
+
+	if (name[0] < '1' || name[0] > '9' || pid <= 0 || pid > INT_MAX ||
+	    strcmp(end, DD_PUB_SUFFIX))
+		return;
+	out->v = grow(out->v, &out->cap, out->n, sizeof(*out->v));
+	struct sample *s = &out->v[out->n];
+	enum load r = load_file(dir, (int)pid, s);
+	if (r == L_DENIED)
+		out->denied++;
+	if (r != L_OK)
+		return;
+	/* the same pid in two directories: keep the newer */
+	size_t k;
+	for (k = 0; k < out->n && out->v[k].pid != s->pid; k++)
+		;
+	if (k == out->n)
+		out->n++;
+	else if (s->live.updated_mono_ns > out->v[k].live.updated_mono_ns)
+		out->v[k] = *s;
+}
+
+/* Every live publishing process, sorted by pid. */
+static void scan_all(const struct dirs *d, struct samples *out)
+{
+	out->n = 0;
+	out->denied = 0;
+	dirs_walk(d, DD_PUB_SUFFIX, add_sample, out);
 	if (out->n > 1)
 		qsort(out->v, out->n, sizeof(*out->v), by_pid);
 }
@@ -936,6 +970,7 @@ struct group {
 struct groups {
 	struct group *v;
 	size_t n, cap;
+	const struct dirs *stat_dirs;   /* where the members' stats files are */
 };
 
 struct gfield {
@@ -982,17 +1017,8 @@ static uint64_t gfield_value(const struct group_figs *g, const struct gfield *f)
 static struct dirs share_dirs(void)
 {
 	struct dirs d = { 0 };
-	char buf[PATH_MAX];
-	const char *env = getenv("XDG_RUNTIME_DIR");
 
-	if (env && *env) {
-		snprintf(buf, sizeof(buf), "%s/libdedup/share", env);
-		dirs_add(&d, buf);
-	}
-	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup/share", (unsigned)geteuid());
-	dirs_add(&d, buf);
-	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u/share", (unsigned)geteuid());
-	dirs_add(&d, buf);
+	user_dirs(&d, "/share");
 	return d;
 }
 
@@ -1022,46 +1048,44 @@ static void group_figures(struct group *g, const struct dirs *d)
 		f->saved_bytes = (f->mapped_pages - f->pages) * g->info.page_size;
 }
 
-/* Every group whose helper answers, sorted by name. A socket nobody
- * answers (a helper gone, stopped or exiting) is skipped quietly; a helper
- * we may not trust or cannot understand is said on stderr. */
+/* dirs_walk(): add the group of socket <dir>/NAME.sock to out, if its
+ * helper answers. A socket nobody answers (a helper gone, stopped or
+ * exiting) is skipped quietly; a helper we may not trust or cannot
+ * understand is said on stderr. */
+static void add_group(const char *dir, const char *name, void *ctx)
+{
+	struct groups *out = ctx;
+	size_t len = strlen(name) - strlen(".sock");
+
+	if (name[0] == '.')
+		return;
+	out->v = grow(out->v, &out->cap, out->n, sizeof(*out->v));
+	struct group *g = &out->v[out->n];
+	snprintf(g->name, sizeof(g->name), "%.*s", (int)len, name);
+	for (char *c = g->name; *c; c++)   /* the user's own names, but still */
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			*c = '?';
+	if (snprintf(g->sock, sizeof(g->sock), "%s/%s", dir, name) >= (int)sizeof(g->sock))
+		return;
+	int r = dd_share_query(g->sock, &g->info);
+	if (r == -EPROTONOSUPPORT || r == -EACCES || r == -EPROTO)
+		fprintf(stderr, "dedup-stat: group %s (%s): %s; not shown\n", g->name, g->sock,
+			r == -EACCES ? "its helper runs as another user"
+			: r == -EPROTO ? "malformed answer from its helper"
+			: "its helper speaks another protocol version");
+	if (r < 0)
+		return;
+	group_figures(g, out->stat_dirs);
+	out->n++;
+}
+
+/* Every group whose helper answers, sorted by name; the members' stats
+ * files from the directories of d. */
 static void scan_groups(const struct dirs *shares, const struct dirs *d, struct groups *out)
 {
 	out->n = 0;
-	for (size_t i = 0; i < shares->n; i++) {
-		DIR *dir = opendir(shares->v[i]);
-		struct dirent *e;
-		if (!dir)
-			continue;
-		while ((e = readdir(dir))) {
-			size_t len = strlen(e->d_name), sfx = strlen(".sock");
-			if (len <= sfx || e->d_name[0] == '.' || strcmp(e->d_name + len - sfx, ".sock"))
-				continue;
-			if (out->n == out->cap) {
-				out->cap = out->cap ? 2 * out->cap : 4;
-				out->v = xrealloc(out->v, out->cap * sizeof(*out->v));
-			}
-			struct group *g = &out->v[out->n];
-			snprintf(g->name, sizeof(g->name), "%.*s", (int)(len - sfx), e->d_name);
-			for (char *c = g->name; *c; c++)   /* the user's own names, but still */
-				if ((unsigned char)*c < 0x20 || *c == 0x7f)
-					*c = '?';
-			if (snprintf(g->sock, sizeof(g->sock), "%s/%s", shares->v[i], e->d_name) >=
-			    (int)sizeof(g->sock))
-				continue;
-			int r = dd_share_query(g->sock, &g->info);
-			if (r == -EPROTONOSUPPORT || r == -EACCES || r == -EPROTO)
-				fprintf(stderr, "dedup-stat: group %s (%s): %s; not shown\n", g->name,
-					g->sock, r == -EACCES ? "its helper runs as another user"
-					: r == -EPROTO ? "malformed answer from its helper"
-					: "its helper speaks another protocol version");
-			if (r < 0)
-				continue;
-			group_figures(g, d);
-			out->n++;
-		}
-		closedir(dir);
-	}
+	out->stat_dirs = d;
+	dirs_walk(shares, ".sock", add_group, out);
 	if (out->n > 1)
 		qsort(out->v, out->n, sizeof(*out->v), by_name);
 }
