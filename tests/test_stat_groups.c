@@ -5,7 +5,7 @@
  *
  *   test_stat_groups PATH-TO-dedup-stat PATH-TO-dedup-share
  *
- * Two members of group NAME (API mode, dedup_config.share) hold the same
+ * Two members of group statgrp-PID (API mode, dedup_config.share) hold the same
  * NPAGES pages, none repeated inside one process: alone, neither can merge
  * anything. The test waits (up to t_cap()) until both map the group's pages
  * (group_pages == NPAGES in their stats files), then checks:
@@ -30,10 +30,10 @@
 
 #include "share_query.h"
 
-#define NAME "statgrp"
 #define NPAGES 512
 
 static char xdg[64];
+static char name[32];   /* statgrp-PID: unique among root's groups too */
 static pid_t helper, members[2];
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -66,7 +66,7 @@ static pid_t member(void)
 	CHECK(pid >= 0);
 	if (!pid) {
 		struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 20,
-					    .cpu_percent = 100, .share = NAME };
+					    .cpu_percent = 100, .share = name };
 		char *b = t_map_anon(NPAGES * T_PAGE);
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -115,11 +115,11 @@ static bool has_pid(const struct dd_share_info *in, pid_t pid)
 	return false;
 }
 
-/* The value of the sample of metric name in Prometheus text out. */
-static uint64_t prom_value(const char *out, const char *name)
+/* The value of our group's sample of metric m in Prometheus text out. */
+static uint64_t prom_value(const char *out, const char *m)
 {
 	char pat[128];
-	snprintf(pat, sizeof(pat), "\n%s{group=\"" NAME "\",", name);
+	snprintf(pat, sizeof(pat), "\n%s{group=\"%s\",", m, name);
 	const char *p = strstr(out, pat);
 	CHECK(p);
 	p = strchr(p + 1, '\n');
@@ -142,7 +142,8 @@ int main(int argc, char **argv)
 	atexit(cleanup);
 	CHECK(setenv("XDG_RUNTIME_DIR", xdg, 1) == 0);
 	CHECK(setenv("DEDUP_SHARE_HELPER", argv[2], 1) == 0);
-	snprintf(sock, sizeof(sock), "%s/libdedup/share/" NAME ".sock", xdg);
+	snprintf(name, sizeof(name), "statgrp-%d", (int)getpid());
+	snprintf(sock, sizeof(sock), "%s/libdedup/share/%s.sock", xdg, name);
 
 	pid_t a = members[0] = member(), b = members[1] = member();
 	double t0 = t_now();
@@ -198,7 +199,9 @@ int main(int argc, char **argv)
 	if (run->status || run->err[0] || strstr(run->out, "stale"))
 		fprintf(stderr, "status %d\n%s\n%s\n", run->status, run->out, run->err);
 	CHECK(run->status == 0 && !run->err[0] && !strstr(run->out, "\"stale\""));
-	const char *obj = strstr(run->out, "{\"name\":\"" NAME "\"");
+	char key[64];
+	snprintf(key, sizeof(key), "{\"name\":\"%s\"", name);
+	const char *obj = strstr(run->out, key);
 	CHECK(run->out[0] == '[' && obj);
 	char pids[64], pids2[64];
 	snprintf(pids, sizeof(pids), "\"member_pids\":[%d,%d]", (int)a, (int)b);
@@ -209,7 +212,7 @@ int main(int argc, char **argv)
 	CHECK(ts_json_u64(obj, "members_unseen", &v) && v == 0);
 	CHECK(ts_json_u64(obj, "mapped_pages", &v) && v == 2 * NPAGES);
 	CHECK(ts_json_u64(obj, "saved_bytes", &saved));
-	printf("group %s: canonical pages %llu, saved %llu bytes\n", NAME,
+	printf("group %s: canonical pages %llu, saved %llu bytes\n", name,
 	       (unsigned long long)in.pages, (unsigned long long)saved);
 	/* the store may have changed between the two questions (a segment
 	 * in its grace period going): then saved only grew */
@@ -220,9 +223,9 @@ int main(int argc, char **argv)
 	run = ts_tool_run("--json", NULL);
 	CHECK(run->status == 0 && run->out[0] == '[' && !strstr(run->out, "\"member_pids\""));
 	for (pid_t p = a;; p = b) {
-		char key[32];
-		snprintf(key, sizeof(key), "{\"pid\":%d,", (int)p);
-		const char *o = strstr(run->out, key);
+		char pk[32];
+		snprintf(pk, sizeof(pk), "{\"pid\":%d,", (int)p);
+		const char *o = strstr(run->out, pk);
 		CHECK(o);
 		CHECK(ts_json_u64(o, "bytes_saved", &v) && v == 0);
 		CHECK(ts_json_u64(o, "group_pages", &v) && v == NPAGES);
@@ -235,20 +238,22 @@ int main(int argc, char **argv)
 	CHECK(run->status == 0 && !run->err[0]);
 	fputs(run->out, stdout);
 	const char *grp = strstr(run->out, "\nGROUP ");
-	CHECK(grp && strstr(run->out, "\n" NAME " ") > grp && !strstr(run->out, "\nstale "));
+	snprintf(key, sizeof(key), "\n%s ", name);
+	const char *line = strstr(run->out, key);
+	CHECK(grp && line > grp && !strstr(run->out, "\nstale "));
 	for (pid_t p = a;; p = b) {
-		char key[32];
-		snprintf(key, sizeof(key), "\n%7d ", (int)p);
-		const char *line = strstr(run->out, key);
-		CHECK(line && line < grp);
-		double sv = -1;
-		CHECK(sscanf(line + 1, "%*d %*s %lf", &sv) == 1 && sv == 0.0);
+		char pk[32];
+		snprintf(pk, sizeof(pk), "\n%7d ", (int)p);
+		const char *pl = strstr(run->out, pk);
+		CHECK(pl && pl < grp);
+		double psv = -1;
+		CHECK(sscanf(pl + 1, "%*d %*s %lf", &psv) == 1 && psv == 0.0);
 		if (p == b)
 			break;
 	}
 	unsigned long long nmem, segs;
 	double store, mapped, sv;
-	CHECK(sscanf(strstr(run->out, "\n" NAME " ") + 1, NAME " %llu %llu %lf %lf %lf", &nmem,
+	CHECK(sscanf(line + strlen(key), "%llu %llu %lf %lf %lf", &nmem,
 		     &segs, &store, &mapped, &sv) == 5);
 	CHECK(nmem == 2 && mapped == 2.0 * NPAGES * T_PAGE / 1048576.0);
 	CHECK(sv > 0 && sv <= NPAGES * T_PAGE / 1048576.0);
@@ -259,6 +264,10 @@ int main(int argc, char **argv)
 	CHECK(prom_value(run->out, "libdedup_group_members") == 2);
 	v = prom_value(run->out, "libdedup_group_saved_bytes");
 	CHECK(v > 0 && v <= NPAGES * T_PAGE);
+	run = ts_tool_run("--groups", "--prometheus", NULL);
+	CHECK(run->status == 0 && !strstr(run->out, "{pid=\"") &&
+	      prom_value(run->out, "libdedup_group_saved_bytes") == v);
+	fputs(run->out, stdout);
 
 	/* dedup-stat asked as an observer: still two members */
 	CHECK(dd_share_query(sock, &in) == 0 && in.members == 2);
