@@ -156,8 +156,9 @@ int main(int argc, char **argv)
 		if (t_now() - t0 > t_cap()) {
 			fprintf(stderr, "waited %.0f s for the members to merge: group_pages %llu, "
 				"%llu of %d, %llu pages in the store\n", t_cap(),
-				(unsigned long long)group_pages(a), (unsigned long long)group_pages(b),
-				NPAGES, (unsigned long long)in.pages);
+				(unsigned long long)group_pages(a),
+				(unsigned long long)group_pages(b), NPAGES,
+				(unsigned long long)in.pages);
 			return T_FAIL;
 		}
 		usleep(20000);

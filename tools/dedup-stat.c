@@ -981,7 +981,8 @@ struct gfield {
 	const char *meaning;
 };
 
-#define G(name, unit, prom, meaning) { #name, offsetof(struct group_figs, name), unit, prom, meaning }
+#define G(name, unit, prom, meaning) \
+	{ #name, offsetof(struct group_figs, name), unit, prom, meaning }
 static const struct gfield gfields[] = {
 	G(members, NUMBER, "group_members",
 	  "processes connected to the group's helper as members"),
