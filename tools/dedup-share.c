@@ -120,7 +120,9 @@ static struct {
 	struct offer offers[OFFERS];
 	struct conn *conns[MAX_CONNS];
 	size_t nconns;
-	size_t observers;        /* of nconns: they do not keep us from idling */
+	size_t members;          /* of nconns: said HELLO as members; only they
+				    keep us from idling */
+	size_t observers;        /* of nconns: said HELLO as observers */
 	uint64_t next_conn;
 	uint64_t grace_ns, idle_ns;
 	uint64_t next_free;      /* no segment's grace ends before this */
@@ -401,6 +403,7 @@ static void conn_drop(size_t i, const char *why)
 			unhold_seg(s, now);
 	}
 	h.observers -= c->observer;
+	h.members -= c->hello && !c->observer;
 	close(c->fd);
 	if (c->pidfd >= 0)
 		close(c->pidfd);
@@ -673,6 +676,7 @@ static bool serve(size_t i, const char **why)
 		c->hello = true;
 		c->observer = m.hello.pid == 0;
 		h.observers += c->observer;
+		h.members += !c->observer;
 		ok = reply(c, &w, sizeof(w), NULL, 0);
 		break;
 	}
@@ -837,12 +841,16 @@ static int run(int lfd, const char *dir, const struct sockaddr_un *sa, ino_t ino
 	static struct pollfd pfd[2 * MAX_CONNS + 1];   /* listener, connections, pidfds */
 	for (;;) {
 		uint64_t now = now_ns(), next = sweep(now);
-		/* a dedup-stat --watch asking every second keeps no helper */
-		if (h.nconns > h.observers)
+		/* Only members keep us: dedup-stat --watch connects every
+		 * second (and says HELLO only after its accept). Once we stopped
+		 * listening, whoever came meanwhile is served, observers
+		 * excepted. */
+		if (h.members)
 			idle_since = now;
-		else if (!listening || now - idle_since >= h.idle_ns) {
-			if (!listening)
+		else if (!listening) {
+			if (h.nconns == h.observers)
 				break;
+		} else if (now - idle_since >= h.idle_ns) {
 			/* stop being findable, then serve who came meanwhile */
 			if (ino)
 				unlisten(dir, sa, ino);
@@ -856,7 +864,7 @@ static int run(int lfd, const char *dir, const struct sockaddr_un *sa, ino_t ino
 					break;
 			}
 			close(lfd);
-			if (!h.nconns)
+			if (h.nconns == h.observers)
 				break;
 			continue;
 		} else if (idle_since + h.idle_ns < next) {
