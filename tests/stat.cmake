@@ -17,3 +17,8 @@ else()
   add_dependencies(test_stat_exit dedup)
 endif()
 add_dependencies(test_stat_exit dedup-stat)
+# Sharing groups in dedup-stat (issue 13): two members of a group, the group
+# line in text, --json and --prometheus. Also label share: it needs the helper.
+dedup_test(test_stat_groups TIMEOUT 600 LABELS stat share
+           ARGS $<TARGET_FILE:dedup-stat> $<TARGET_FILE:dedup-share>)
+add_dependencies(test_stat_groups dedup-stat dedup-share)

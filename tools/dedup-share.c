@@ -21,7 +21,8 @@
  * a grace period after its last hold went; then its descriptor is closed
  * (the kernel frees its pages when the last mapping goes, in whatever
  * process). The helper exits after --idle-exit seconds without any
- * connection. The socket's name is bound under the group's flock
+ * member's connection (observers, HELLO pid 0, such as dedup-stat asking
+ * for STATS, do not count). The socket's name is bound under the group's flock
  * (NAME.lock, the one members take to spawn a helper): a live helper found
  * there means this one is not needed and exits.
  *
@@ -58,7 +59,7 @@
 
 #define OFFERS (1u << 18)              /* unstable offers remembered, at most (6 MiB) */
 #define OFFER_NS (60ULL * 1000000000) /* how long an offer stays fresh */
-#define MAX_CONNS 4096
+#define MAX_CONNS DD_SHARE_MAX_MEMBERS
 #define FD_RESERVE 8                  /* descriptors kept for connections */
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77           /* Linux 6.5 */
@@ -87,6 +88,7 @@ struct conn {
 				    when it exits, even if a child of its
 				    still holds the socket (no EOF then) */
 	bool hello;
+	bool observer;           /* HELLO pid 0: reads STATS, is no member */
 	uint64_t *holds;         /* segment ids, sorted */
 	size_t nholds, cap;
 };
@@ -118,6 +120,9 @@ static struct {
 	struct offer offers[OFFERS];
 	struct conn *conns[MAX_CONNS];
 	size_t nconns;
+	size_t members;          /* of nconns: said HELLO as members; only they
+				    keep us from idling */
+	size_t observers;        /* of nconns: said HELLO as observers */
 	uint64_t next_conn;
 	uint64_t grace_ns, idle_ns;
 	uint64_t next_free;      /* no segment's grace ends before this */
@@ -397,6 +402,8 @@ static void conn_drop(size_t i, const char *why)
 		if (s)
 			unhold_seg(s, now);
 	}
+	h.observers -= c->observer;
+	h.members -= c->hello && !c->observer;
 	close(c->fd);
 	if (c->pidfd >= 0)
 		close(c->pidfd);
@@ -576,14 +583,25 @@ static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int f
 	return reply(c, &m, sizeof(m), NULL, 0);
 }
 
+/* The figures and the members' pids (observers are neither). */
 static bool do_stats(struct conn *c)
 {
-	struct dd_share_stats m = { .segments = h.nsegs, .pages = h.pages, .holds = h.holds };
+	static union {
+		struct dd_share_stats st;
+		char buf[DD_SHARE_STATS_MAX];
+	} m;
+	uint32_t *pids = (uint32_t *)(&m.st + 1);
+	uint32_t n = 0;
 
 	for (size_t i = 0; i < h.nconns; i++)
-		m.members += h.conns[i]->hello;
-	dd_share_hdr_init(&m.h, DD_SHARE_STATSREPLY, 0);
-	return reply(c, &m, sizeof(m), NULL, 0);
+		if (h.conns[i]->hello && !h.conns[i]->observer)
+			pids[n++] = (uint32_t)h.conns[i]->pid;
+	m.st.members = n;
+	m.st.segments = h.nsegs;
+	m.st.pages = h.pages;
+	m.st.holds = h.holds;
+	dd_share_hdr_init(&m.st.h, DD_SHARE_STATSREPLY, n);
+	return reply(c, &m, dd_share_msg_len(DD_SHARE_STATSREPLY, n, 0), NULL, 0);
 }
 
 /* One message from connection i; false: drop it (why says why, NULL: it
@@ -638,6 +656,8 @@ static bool serve(size_t i, const char **why)
 		*why = "request before HELLO";
 	else if (c->hello && type == DD_SHARE_HELLO)
 		*why = "second HELLO";
+	else if (c->observer && type != DD_SHARE_STATS)
+		*why = "an observer's request other than STATS";
 	if (*why || type != DD_SHARE_PUBLISH)
 		dd_share_close_fds(fds, nfds);
 	if (*why)
@@ -654,6 +674,9 @@ static bool serve(size_t i, const char **why)
 		struct dd_share_hello w = { .page_size = DD_PAGE, .pid = (int32_t)getpid() };
 		dd_share_hdr_init(&w.h, DD_SHARE_WELCOME, 0);
 		c->hello = true;
+		c->observer = m.hello.pid == 0;
+		h.observers += c->observer;
+		h.members += !c->observer;
 		ok = reply(c, &w, sizeof(w), NULL, 0);
 		break;
 	}
@@ -818,11 +841,16 @@ static int run(int lfd, const char *dir, const struct sockaddr_un *sa, ino_t ino
 	static struct pollfd pfd[2 * MAX_CONNS + 1];   /* listener, connections, pidfds */
 	for (;;) {
 		uint64_t now = now_ns(), next = sweep(now);
-		if (h.nconns)
+		/* Only members keep us: dedup-stat --watch connects every
+		 * second (and says HELLO only after its accept). Once we stopped
+		 * listening, whoever came meanwhile is served, observers
+		 * excepted. */
+		if (h.members)
 			idle_since = now;
-		else if (!listening || now - idle_since >= h.idle_ns) {
-			if (!listening)
+		else if (!listening) {
+			if (h.nconns == h.observers)
 				break;
+		} else if (now - idle_since >= h.idle_ns) {
 			/* stop being findable, then serve who came meanwhile */
 			if (ino)
 				unlisten(dir, sa, ino);
@@ -836,7 +864,7 @@ static int run(int lfd, const char *dir, const struct sockaddr_un *sa, ino_t ino
 					break;
 			}
 			close(lfd);
-			if (!h.nconns)
+			if (h.nconns == h.observers)
 				break;
 			continue;
 		} else if (idle_since + h.idle_ns < next) {
@@ -924,7 +952,8 @@ static void help(void)
 "    --name NAME          the group: 1 to 64 of A-Z a-z 0-9 _ . -, not\n"
 "                         starting with '.'\n"
 "    --dir DIR            the directory of the group's socket and lock\n"
-"    --idle-exit SECONDS  exit after this long without any connection (30)\n"
+"    --idle-exit SECONDS  exit after this long without any member connected\n"
+"                         (30); dedup-stat's queries do not count\n"
 "    --grace MS           keep a segment nobody holds this long (2000)\n"
 "    --background         fork; the process started exits at once (what\n"
 "                         libdedup uses, so that it need not wait for us);\n"

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "publish.h"
+#include "share_query.h"
 
 enum {
 	EXIT_OK = 0,
@@ -132,6 +133,7 @@ static struct {
 	double interval;       /* --watch seconds */
 	long count;            /* --count: refreshes, 0 = until stopped */
 	bool keep_stale;       /* --no-clean */
+	bool groups;           /* --groups: the sharing groups only */
 } opt = { .interval = 1.0 };
 
 static volatile sig_atomic_t stop;
@@ -198,6 +200,15 @@ static void dirs_add(struct dirs *d, const char *path)
 	d->n++;
 }
 
+static void dirs_free(struct dirs *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		free(d->v[i]);
+	free(d->v);
+	free(d->dev);
+	free(d->ino);
+}
+
 static void dirs_glob(struct dirs *d, const char *pattern)
 {
 	glob_t g;
@@ -207,12 +218,30 @@ static void dirs_glob(struct dirs *d, const char *pattern)
 	globfree(&g);
 }
 
+/* The user's own directories, each followed by sub: $XDG_RUNTIME_DIR/
+ * libdedup, then where XDG_RUNTIME_DIR points in a login session, for when
+ * ours is unset or differs from the application's (su, sudo -u, cron),
+ * then /tmp/libdedup-UID (publish.h, dd_pub_private_dir()). */
+static void user_dirs(struct dirs *d, const char *sub)
+{
+	char buf[PATH_MAX];
+	const char *env = getenv("XDG_RUNTIME_DIR");
+
+	if (env && *env) {
+		snprintf(buf, sizeof(buf), "%s/libdedup%s", env, sub);
+		dirs_add(d, buf);
+	}
+	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup%s", (unsigned)geteuid(), sub);
+	dirs_add(d, buf);
+	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u%s", (unsigned)geteuid(), sub);
+	dirs_add(d, buf);
+}
+
 /* Where libdedup may have published (the library's order, publish.h);
  * root also looks into every user's directories. */
 static struct dirs stat_dirs(void)
 {
 	struct dirs d = { 0 };
-	char buf[PATH_MAX];
 	const char *env = getenv(DD_PUB_ENV_DIR);
 
 	if (opt.dir) {
@@ -225,17 +254,7 @@ static struct dirs stat_dirs(void)
 		return d;
 	}
 	dirs_add(&d, DD_PUB_RUN_DIR);
-	env = getenv("XDG_RUNTIME_DIR");
-	if (env && *env) {
-		snprintf(buf, sizeof(buf), "%s/libdedup", env);
-		dirs_add(&d, buf);
-	}
-	/* where XDG_RUNTIME_DIR points in a login session, for when ours is
-	 * unset or differs from the application's (su, sudo -u, cron) */
-	snprintf(buf, sizeof(buf), "/run/user/%u/libdedup", (unsigned)geteuid());
-	dirs_add(&d, buf);
-	snprintf(buf, sizeof(buf), "/tmp/libdedup-%u", (unsigned)geteuid());
-	dirs_add(&d, buf);
+	user_dirs(&d, "");
 	if (geteuid() == 0) {
 		dirs_glob(&d, "/run/user/*/libdedup");
 		dirs_glob(&d, "/tmp/libdedup-*");
@@ -454,43 +473,69 @@ static int by_pid(const void *a, const void *b)
 	return (x->pid > y->pid) - (x->pid < y->pid);
 }
 
-/* Every live publishing process, sorted by pid. */
-static void scan_all(const struct dirs *d, struct samples *out)
+/* v (*cap elements of size) with room for element n. */
+static void *grow(void *v, size_t *cap, size_t n, size_t size)
 {
-	out->n = 0;
-	out->denied = 0;
+	if (n < *cap)
+		return v;
+	*cap = *cap ? 2 * *cap : 16;
+	return xrealloc(v, *cap * size);
+}
+
+/* fn(dir, name, ctx) for every entry of the directories of d whose name
+ * ends in suffix (and is longer). */
+static void dirs_walk(const struct dirs *d, const char *suffix,
+		      void (*fn)(const char *dir, const char *name, void *ctx), void *ctx)
+{
+	size_t sl = strlen(suffix);
+
 	for (size_t i = 0; i < d->n; i++) {
 		DIR *dir = opendir(d->v[i]);
 		struct dirent *e;
 		if (!dir)
 			continue;
 		while ((e = readdir(dir))) {
-			char *end;
-			long pid = strtol(e->d_name, &end, 10);
-			if (e->d_name[0] < '1' || e->d_name[0] > '9' || pid <= 0 || pid > INT_MAX ||
-			    strcmp(end, DD_PUB_SUFFIX))
-				continue;
-			if (out->n == out->cap) {
-				out->cap = out->cap ? 2 * out->cap : 16;
-				out->v = xrealloc(out->v, out->cap * sizeof(*out->v));
-			}
-			struct sample *s = &out->v[out->n];
-			enum load r = load_file(d->v[i], (int)pid, s);
-			if (r == L_DENIED)
-				out->denied++;
-			if (r != L_OK)
-				continue;
-			/* the same pid in two directories: keep the newer */
-			size_t k;
-			for (k = 0; k < out->n && out->v[k].pid != s->pid; k++)
-				;
-			if (k == out->n)
-				out->n++;
-			else if (s->live.updated_mono_ns > out->v[k].live.updated_mono_ns)
-				out->v[k] = *s;
+			size_t len = strlen(e->d_name);
+			if (len > sl && !strcmp(e->d_name + len - sl, suffix))
+				fn(d->v[i], e->d_name, ctx);
 		}
 		closedir(dir);
 	}
+}
+
+/* dirs_walk(): add the process of <dir>/<pid>.stats to out, if it lives. */
+static void add_sample(const char *dir, const char *name, void *ctx)
+{
+	struct samples *out = ctx;
+	char *end;
+	long pid = strtol(name, &end, 10);
+
+	if (name[0] < '1' || name[0] > '9' || pid <= 0 || pid > INT_MAX ||
+	    strcmp(end, DD_PUB_SUFFIX))
+		return;
+	out->v = grow(out->v, &out->cap, out->n, sizeof(*out->v));
+	struct sample *s = &out->v[out->n];
+	enum load r = load_file(dir, (int)pid, s);
+	if (r == L_DENIED)
+		out->denied++;
+	if (r != L_OK)
+		return;
+	/* the same pid in two directories: keep the newer */
+	size_t k;
+	for (k = 0; k < out->n && out->v[k].pid != s->pid; k++)
+		;
+	if (k == out->n)
+		out->n++;
+	else if (s->live.updated_mono_ns > out->v[k].live.updated_mono_ns)
+		out->v[k] = *s;
+}
+
+/* Every live publishing process, sorted by pid. */
+static void scan_all(const struct dirs *d, struct samples *out)
+{
+	out->n = 0;
+	out->denied = 0;
+	dirs_walk(d, DD_PUB_SUFFIX, add_sample, out);
 	if (out->n > 1)
 		qsort(out->v, out->n, sizeof(*out->v), by_pid);
 }
@@ -902,6 +947,206 @@ static void print_prometheus(const struct samples *s)
 	}
 }
 
+/* ---- sharing groups ------------------------------------------------------------ */
+
+/*
+ * A sharing group (docs/sharing.md) has a helper, found by its socket
+ * <private dir>/share/NAME.sock, which we ask for its figures as an
+ * observer (share_query.h); its members' group_pages come from their own
+ * stats files, found by pid. What the group saves is counted here, once:
+ * never in a member's bytes_saved (docs/stats.md, "Sharing groups").
+ */
+struct group_figs {
+	uint64_t members, segments, pages, holds, mapped_pages, saved_bytes, members_unseen;
+};
+
+struct group {
+	char name[NAME_MAX + 1];
+	char sock[PATH_MAX];
+	struct dd_share_info info;
+	struct group_figs figs;
+};
+
+struct groups {
+	struct group *v;
+	size_t n, cap;
+	const struct dirs *stat_dirs;   /* where the members' stats files are */
+};
+
+struct gfield {
+	const char *name;     /* JSON key */
+	size_t off;
+	enum unit unit;
+	const char *prom;     /* Prometheus name after "libdedup_" */
+	const char *meaning;
+};
+
+#define G(name, unit, prom, meaning) \
+	{ #name, offsetof(struct group_figs, name), unit, prom, meaning }
+static const struct gfield gfields[] = {
+	G(members, NUMBER, "group_members",
+	  "processes connected to the group's helper as members"),
+	G(segments, NUMBER, "group_segments",
+	  "segments (sealed memory files) the helper keeps, held or in their grace period"),
+	G(pages, PAGES, "group_canonical_pages",
+	  "canonical pages in those segments: the memory the group's store takes"),
+	G(holds, NUMBER, "group_holds", "segments held, summed over the members"),
+	G(mapped_pages, PAGES, "group_mapped_pages",
+	  "pages of the members that map a segment: the sum of their group_pages"),
+	G(saved_bytes, BYTES, "group_saved_bytes",
+	  "memory the group saves: (group_mapped_pages - group_canonical_pages) x page size,"
+	  " at least 0; in no process's saved_bytes"),
+	G(members_unseen, NUMBER, "group_members_without_stats",
+	  "members whose stats file could not be read: their group_pages are not counted"),
+};
+#undef G
+#define NGFIELDS (sizeof(gfields) / sizeof(gfields[0]))
+_Static_assert(NGFIELDS == sizeof(struct group_figs) / sizeof(uint64_t),
+	       "a member of struct group_figs has no row in gfields[]");
+
+static uint64_t gfield_value(const struct group_figs *g, const struct gfield *f)
+{
+	uint64_t v;
+	memcpy(&v, (const char *)g + f->off, sizeof(v));
+	return v;
+}
+
+/* The sharing groups' socket directories: <private dir>/share, where
+ * libdedup's group.c puts them ($XDG_RUNTIME_DIR/libdedup, else
+ * /tmp/libdedup-UID), and a login session's /run/user/UID/libdedup. Ours
+ * only, also as root: a helper serves its own user only (SO_PEERCRED). */
+static struct dirs share_dirs(void)
+{
+	struct dirs d = { 0 };
+
+	user_dirs(&d, "/share");
+	return d;
+}
+
+static int by_name(const void *a, const void *b)
+{
+	const struct group *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
+	return c ? c : strcmp(x->sock, y->sock);
+}
+
+/* The figures of a group whose helper answered: its members' group_pages
+ * from their stats files (stat dirs d, as for dedup-stat PID). */
+static void group_figures(struct group *g, const struct dirs *d)
+{
+	struct group_figs *f = &g->figs;
+	struct sample s;
+
+	*f = (struct group_figs){ .members = g->info.members, .segments = g->info.segments,
+				  .pages = g->info.pages, .holds = g->info.holds };
+	for (uint32_t i = 0; i < g->info.npids; i++) {
+		if (g->info.pids[i] > 0 && find_pid(d, g->info.pids[i], &s) == L_OK)
+			f->mapped_pages += s.live.stats.group_pages;
+		else
+			f->members_unseen++;
+	}
+	if (f->mapped_pages > f->pages)
+		f->saved_bytes = (f->mapped_pages - f->pages) * g->info.page_size;
+}
+
+/* dirs_walk(): add the group of socket <dir>/NAME.sock to out, if its
+ * helper answers. A socket nobody answers (a helper gone, stopped or
+ * exiting) is skipped quietly; a helper we may not trust or cannot
+ * understand is said on stderr. */
+static void add_group(const char *dir, const char *name, void *ctx)
+{
+	struct groups *out = ctx;
+	size_t len = strlen(name) - strlen(".sock");
+
+	if (name[0] == '.')
+		return;
+	out->v = grow(out->v, &out->cap, out->n, sizeof(*out->v));
+	struct group *g = &out->v[out->n];
+	snprintf(g->name, sizeof(g->name), "%.*s", (int)len, name);
+	for (char *c = g->name; *c; c++)   /* the user's own names, but still */
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			*c = '?';
+	if (snprintf(g->sock, sizeof(g->sock), "%s/%s", dir, name) >= (int)sizeof(g->sock))
+		return;
+	int r = dd_share_query(g->sock, &g->info);
+	if (r == -EPROTONOSUPPORT || r == -EACCES || r == -EPROTO)
+		fprintf(stderr, "dedup-stat: group %s (%s): %s; not shown\n", g->name, g->sock,
+			r == -EACCES ? "its helper runs as another user"
+			: r == -EPROTO ? "malformed answer from its helper"
+			: "its helper speaks another protocol version");
+	if (r < 0)
+		return;
+	group_figures(g, out->stat_dirs);
+	out->n++;
+}
+
+/* Every group whose helper answers, sorted by name; the members' stats
+ * files from the directories of d. */
+static void scan_groups(const struct dirs *shares, const struct dirs *d, struct groups *out)
+{
+	out->n = 0;
+	out->stat_dirs = d;
+	dirs_walk(shares, ".sock", add_group, out);
+	if (out->n > 1)
+		qsort(out->v, out->n, sizeof(*out->v), by_name);
+}
+
+static void print_groups(const struct groups *gs)
+{
+	printf("%-24s %7s %8s %10s %10s %10s\n", "GROUP", "MEMBERS", "SEGMENTS", "STORE_MiB",
+	       "MAPPED_MiB", "SAVED_MiB");
+	for (size_t i = 0; i < gs->n; i++) {
+		const struct group *g = &gs->v[i];
+		printf("%-24s %7llu %8llu %10.1f %10.1f %10.1f\n", g->name,
+		       (unsigned long long)g->figs.members, (unsigned long long)g->figs.segments,
+		       mib(g->figs.pages * g->info.page_size),
+		       mib(g->figs.mapped_pages * g->info.page_size), mib(g->figs.saved_bytes));
+	}
+	if (!gs->n)
+		printf("(no sharing group's helper answers)\n");
+}
+
+static void print_groups_json(const struct groups *gs)
+{
+	printf("[");
+	for (size_t i = 0; i < gs->n; i++) {
+		const struct group *g = &gs->v[i];
+		printf("%s{\"name\":", i ? "," : "");
+		json_str(g->name);
+		printf(",\"socket\":");
+		json_str(g->sock);
+		printf(",\"helper_pid\":%d,\"page_size\":%u,\"member_pids\":[",
+		       (int)g->info.helper_pid, g->info.page_size);
+		for (uint32_t k = 0; k < g->info.npids; k++)
+			printf("%s%d", k ? "," : "", (int)g->info.pids[k]);
+		printf("]");
+		for (size_t k = 0; k < NGFIELDS; k++)
+			printf(",\"%s\":%llu", gfields[k].name,
+			       (unsigned long long)gfield_value(&g->figs, &gfields[k]));
+		printf("}");
+	}
+	printf("]\n");
+}
+
+/* Gauges labelled group (and socket, as one name may live in two
+ * directories). No group: no output. */
+static void print_groups_prometheus(const struct groups *gs)
+{
+	if (!gs->n)
+		return;
+	for (size_t k = 0; k < NGFIELDS; k++) {
+		prom_head(gfields[k].prom, "gauge", gfields[k].meaning);
+		for (size_t i = 0; i < gs->n; i++) {
+			printf("libdedup_%s{group=\"", gfields[k].prom);
+			prom_label(gs->v[i].name);
+			printf("\",socket=\"");
+			prom_label(gs->v[i].sock);
+			printf("\"} %llu\n",
+			       (unsigned long long)gfield_value(&gs->v[i].figs, &gfields[k]));
+		}
+	}
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 static const char help_text[] =
@@ -911,6 +1156,7 @@ static const char help_text[] =
 "SYNOPSIS\n"
 "    dedup-stat [--json | --prometheus] [--dir DIR]\n"
 "    dedup-stat PID [--json | --prometheus] [--dir DIR]\n"
+"    dedup-stat --groups [--json | --prometheus] [--watch [SECONDS]]\n"
 "    dedup-stat [PID] --watch [SECONDS] [--count N] [--json] [--dir DIR]\n"
 "    dedup-stat --help\n"
 "\n"
@@ -925,6 +1171,17 @@ static const char help_text[] =
 "    and engine CPU% (CPU time of libdedup's threads over the time since\n"
 "    the engine started, percent of one core; with --watch, over the last\n"
 "    refresh).\n"
+"\n"
+"    Then, if any, one line per sharing group (DEDUP_SHARE, dedup-run\n"
+"    --share) whose helper answers: GROUP (its name), MEMBERS (processes in\n"
+"    it), SEGMENTS (the sealed memory files of its store), STORE_MiB (the\n"
+"    canonical pages in them), MAPPED_MiB (pages of the members that map\n"
+"    them: the sum of the members' group_pages, read from their stats\n"
+"    files) and SAVED_MiB = MAPPED_MiB - STORE_MiB (at least 0). What a\n"
+"    group saves is shown there only: a member's own SAVED_MiB never holds\n"
+"    its group pages, so nothing is counted twice. A member whose stats\n"
+"    file cannot be read adds nothing to MAPPED_MiB (an underestimate).\n"
+"    A socket nobody answers within a second is skipped.\n"
 "\n"
 "    With PID, the full table for that process, each figure with its\n"
 "    meaning, including the figures of /proc/PID/ksm_stat:\n"
@@ -947,15 +1204,24 @@ static const char help_text[] =
 "        always SECONDS: write `dedup-stat PID --watch` to watch a process.\n"
 "    --count N\n"
 "        With --watch: stop after N refreshes.\n"
+"    --groups\n"
+"        The sharing groups only, in any format (with --json: an array of\n"
+"        group objects).\n"
 "    --json\n"
 "        JSON: an object for PID, an array of objects otherwise. Keys: pid,\n"
 "        comm, start_time_ticks, lib_version, page_size, started_unix_ns,\n"
 "        updated_unix_ns, age_seconds, updates, config{...}, stats{...} (the\n"
-"        members of struct dedup_stats), ksm_stat{...}, rates{...}.\n"
+"        members of struct dedup_stats), ksm_stat{...}, rates{...}. Groups\n"
+"        only with --groups, which keeps this array as it was: keys name,\n"
+"        socket, helper_pid, page_size, member_pids[], members, segments,\n"
+"        pages, holds, mapped_pages, saved_bytes, members_unseen.\n"
 "    --prometheus\n"
 "        Prometheus text exposition format 0.0.4, metrics libdedup_* with\n"
 "        labels pid and comm (for node-exporter's textfile collector:\n"
-"        dedup-stat --prometheus > DIR/libdedup.prom.$$ && mv ...).\n"
+"        dedup-stat --prometheus > DIR/libdedup.prom.$$ && mv ...), then\n"
+"        the groups' libdedup_group_members, _segments, _canonical_pages,\n"
+"        _holds, _mapped_pages, _saved_bytes, _members_without_stats, with\n"
+"        labels group and socket.\n"
 "    --dir DIR\n"
 "        Read stats files from DIR only.\n"
 "    --no-clean\n"
@@ -974,11 +1240,19 @@ static const char help_text[] =
 "    layout is in libdedup/src/publish.h, the meaning of every figure in\n"
 "    docs/stats.md.\n"
 "\n"
+"    DIR/share/NAME.sock, the socket of sharing group NAME's helper, in the\n"
+"    user's own directories: $XDG_RUNTIME_DIR/libdedup/share,\n"
+"    /run/user/UID/libdedup/share and /tmp/libdedup-UID/share (also as\n"
+"    root: a helper answers its own user only). dedup-stat asks it as an\n"
+"    observer (it counts as no member and keeps no helper alive).\n"
+"\n"
 "ENVIRONMENT\n"
 "    DEDUP_STAT_DIR\n"
-"        The only directory to read (as libdedup's only place to publish).\n"
+"        The only directory to read stats files from (as libdedup's only\n"
+"        place to publish them).\n"
 "    XDG_RUNTIME_DIR\n"
-"        $XDG_RUNTIME_DIR/libdedup is one of the places read.\n"
+"        $XDG_RUNTIME_DIR/libdedup is one of the places read, and its share/\n"
+"        subdirectory one of those of the groups' sockets.\n"
 "\n"
 "EXIT STATUS\n"
 "    0   success, also when no process publishes stats, and for --watch\n"
@@ -994,6 +1268,7 @@ static const char help_text[] =
 "    dedup-stat 1234                 the full table for process 1234\n"
 "    dedup-stat 1234 --watch 2       redraw every 2 s with rates\n"
 "    dedup-stat --json | jq '.[] | {pid, saved: .stats.bytes_saved}'\n"
+"    dedup-stat --groups --json | jq '.[] | {name, saved_bytes}'\n"
 "    dedup-stat --prometheus > /var/lib/node_exporter/libdedup.prom.$$ &&\n"
 "        mv /var/lib/node_exporter/libdedup.prom.$$ /var/lib/node_exporter/libdedup.prom\n";
 
@@ -1142,9 +1417,19 @@ static void output_one(const struct sample *x, const struct sample *prev)
 	}
 }
 
-static void output_all(const struct samples *s, const struct samples *prev)
+/* The list: processes, then the groups (JSON: one or the other, so that
+ * the array of processes keeps its shape). */
+static void output_all(const struct samples *s, const struct samples *prev,
+		       const struct groups *gs)
 {
-	if (opt.json) {
+	if (opt.groups) {
+		if (opt.json)
+			print_groups_json(gs);
+		else if (opt.prom)
+			print_groups_prometheus(gs);
+		else
+			print_groups(gs);
+	} else if (opt.json) {
 		printf("[");
 		for (size_t i = 0; i < s->n; i++) {
 			if (i)
@@ -1154,8 +1439,13 @@ static void output_all(const struct samples *s, const struct samples *prev)
 		printf("]\n");
 	} else if (opt.prom) {
 		print_prometheus(s);
+		print_groups_prometheus(gs);
 	} else {
 		print_list(s, prev);
+		if (gs->n) {
+			printf("\n");
+			print_groups(gs);
+		}
 	}
 }
 
@@ -1168,6 +1458,7 @@ int main(int argc, char **argv)
 		{ "prometheus", no_argument, NULL, 'p' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "no-clean", no_argument, NULL, 'n' },
+		{ "groups", no_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1216,6 +1507,9 @@ int main(int argc, char **argv)
 		case 'n':
 			opt.keep_stale = true;
 			break;
+		case 'g':
+			opt.groups = true;
+			break;
 		case 'h':
 			fputs(help_text, stdout);
 			return EXIT_OK;
@@ -1237,10 +1531,13 @@ int main(int argc, char **argv)
 		usage_error("%s", "--json and --prometheus exclude each other");
 	if (opt.watch && opt.prom)
 		usage_error("%s", "--watch does not combine with --prometheus");
+	if (opt.groups && pid)
+		usage_error("%s", "--groups does not combine with PID");
 	if (opt.count && !opt.watch)
 		usage_error("%s", "--count needs --watch");
 
-	struct dirs dirs = stat_dirs();
+	struct dirs dirs = stat_dirs(), shares = share_dirs();
+	struct groups groups = { 0 };
 	struct sample cur, prev;
 	struct samples all = { 0 }, before = { 0 };
 	bool tty = isatty(STDOUT_FILENO), have_prev = false;
@@ -1290,8 +1587,11 @@ int main(int argc, char **argv)
 			prev = cur;
 			have_prev = opt.watch;
 		} else {
-			scan_all(&dirs, &all);
-			output_all(&all, have_prev ? &before : NULL);
+			if (!opt.groups)
+				scan_all(&dirs, &all);
+			if (opt.groups || !opt.json)   /* --json alone: the processes */
+				scan_groups(&shares, &dirs, &groups);
+			output_all(&all, have_prev ? &before : NULL, &groups);
 			struct samples t = before;
 			before = all;
 			all = t;
@@ -1304,10 +1604,8 @@ int main(int argc, char **argv)
 	}
 	free(all.v);
 	free(before.v);
-	for (size_t i = 0; i < dirs.n; i++)
-		free(dirs.v[i]);
-	free(dirs.v);
-	free(dirs.dev);
-	free(dirs.ino);
+	free(groups.v);
+	dirs_free(&dirs);
+	dirs_free(&shares);
 	return status;
 }

@@ -22,12 +22,26 @@
  *   RELEASE u64 ids[count]                (no answer)
  *   STATS                                 STATSREPLY {members, segments,
  *                                                     pages, holds}
+ *                                                u32 pids[count]
  * The helper sends nothing unasked, and each request but RELEASE gets
  * exactly one answer, so a member reads the answer to what it just sent.
  * Hashes are dd_hash_content() values (hash.h): never 0. The first message
  * of a connection is HELLO; the helper drops a connection that sends
  * anything malformed (its holds go with it), and a member leaves the group
  * when it receives anything malformed.
+ *
+ * Observers: a HELLO with pid 0 comes from a reader of the group's figures
+ * (dedup-stat, share_query.h), not a member. The helper counts it in no
+ * figure and serves it STATS only; anything else from it drops it.
+ * STATSREPLY's members and pids[] are the connections that said HELLO as
+ * members (pids[i]: SO_PEERCRED of the connection), count == members.
+ *
+ * Version 2 added the members' pids to STATSREPLY and observers (dedup-stat's
+ * group view). A STATSREPLY of version 1 had no pids, so the length check
+ * of either side would call the other's malformed: the version changed, and
+ * a peer of version 1 gets ERROR {EPROTONOSUPPORT} at its HELLO, as any
+ * other version (a member says so and runs without the group; an old
+ * helper exits when idle).
  *
  * Everything here is static inline and uses no malloc and no stdio: the
  * library calls it from the engine thread.
@@ -63,9 +77,10 @@
 #define DD_SHARE_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
 
 #define DD_SHARE_MAGIC 0x48534444u     /* "DDSH" in memory order */
-#define DD_SHARE_VERSION 1u
+#define DD_SHARE_VERSION 2u
 #define DD_SHARE_MAX_FDS 253           /* SCM_MAX_FD: descriptors per message */
 #define DD_SHARE_MAX_RELEASE 4096      /* ids per RELEASE */
+#define DD_SHARE_MAX_MEMBERS 4096      /* connections a helper serves: pids per STATSREPLY */
 #define DD_SHARE_MEMFD_PREFIX "libdedup-g:"   /* memfd name: prefix + group name */
 
 enum dd_share_type {
@@ -127,18 +142,23 @@ struct dd_share_error {        /* ERROR: why a request was refused */
 	uint32_t reserved;
 };
 
-struct dd_share_stats {        /* STATSREPLY */
+struct dd_share_stats {        /* STATSREPLY, + u32 pids[h.count] */
 	struct dd_share_hdr h;
 	uint64_t members, segments, pages, holds;
 };
 
-/* The largest message of either side: a full ANSWER or a full PUBLISH. */
+/* The largest STATSREPLY: every connection a member. */
+#define DD_SHARE_STATS_MAX (sizeof(struct dd_share_stats) + DD_SHARE_MAX_MEMBERS * sizeof(uint32_t))
+
+/* The largest message of either side: a full ANSWER or a full PUBLISH
+ * (a full STATSREPLY is smaller). */
 #define DD_SHARE_ANSWER_MAX (sizeof(struct dd_share_answer) + \
 			     DD_GROUP_MAX_LOOKUP * (sizeof(struct dd_share_seg) + \
 						    sizeof(struct dd_share_entry)))
 #define DD_SHARE_PUBLISH_MAX (sizeof(struct dd_share_hdr) + DD_GROUP_MAX_SEG_PAGES * sizeof(uint64_t))
 #define DD_SHARE_MSG_MAX (DD_SHARE_PUBLISH_MAX > DD_SHARE_ANSWER_MAX ? \
 			  DD_SHARE_PUBLISH_MAX : DD_SHARE_ANSWER_MAX)
+_Static_assert(DD_SHARE_STATS_MAX <= DD_SHARE_MSG_MAX, "a full STATSREPLY is a message too");
 
 static inline void dd_share_hdr_init(struct dd_share_hdr *h, enum dd_share_type type,
 				     uint32_t count)
@@ -181,7 +201,9 @@ static inline size_t dd_share_msg_len(unsigned type, uint32_t count, uint32_t ns
 	case DD_SHARE_STATS:
 		return count ? 0 : sizeof(struct dd_share_hdr);
 	case DD_SHARE_STATSREPLY:
-		return count ? 0 : sizeof(struct dd_share_stats);
+		if (count > DD_SHARE_MAX_MEMBERS)
+			return 0;
+		return sizeof(struct dd_share_stats) + count * sizeof(uint32_t);
 	case DD_SHARE_ERROR:
 		return count ? 0 : sizeof(struct dd_share_error);
 	default:

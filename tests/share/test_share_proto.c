@@ -12,6 +12,7 @@
  * (dd_group_atfork_child, then dd_group_join), as with DEDUP_FORK=restart.
  */
 #include "tshare.h"
+#include "share_query.h"
 #include "fds.h"
 
 #include <sys/file.h>
@@ -282,6 +283,38 @@ static void member_dies_child_holds(int s)
 	close(hold[1]);   /* the grandchild may go */
 }
 
+/* An observer (dedup-stat: HELLO pid 0, share_query.h) is no member: it
+ * is not counted, and asking every 100 ms keeps no idle helper alive. */
+static void observer(const char *helper_bin)
+{
+	char sock[PATH_MAX];
+	struct dd_share_info in;
+	int st, r;
+
+	snprintf(sock, sizeof(sock), "%s/watched.sock", ts_dir);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (!pid) {
+		execl(helper_bin, helper_bin, "--name", "watched", "--dir", ts_dir, "--idle-exit",
+		      "1", (char *)NULL);
+		_exit(127);
+	}
+	ts_note_helper(pid);
+	double t0 = t_now();
+	while ((r = dd_share_query(sock, &in)) < 0) {   /* until it listens */
+		CHECK(t_now() - t0 < t_cap());
+		usleep(10000);
+	}
+	CHECK(in.members == 0 && in.npids == 0 && in.helper_pid == pid);
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		CHECK(t_now() - t0 < t_cap());
+		r = dd_share_query(sock, &in);
+		CHECK(r < 0 || in.members == 0);
+		usleep(100000);
+	}
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* Socket activation: a listening socket passed as descriptor 3 with
  * LISTEN_FDS=1 and LISTEN_PID, as a systemd socket unit does. */
 static void systemd_socket(const char *helper_bin)
@@ -505,10 +538,11 @@ int main(int argc, char **argv)
 	race();
 	program_closes();
 	lifetime(argv[1]);
+	observer(argv[1]);
 	systemd_socket(argv[1]);
 	full_store(argv[1]);
 	printf("PASS: publish/lookup, NONE/SEEN, release and grace, refusals, names, race, "
-	       "a closed connection, a dead member's holds, idle exit, stale sockets, "
+	       "a closed connection, a dead member's holds, idle exit, an observer, stale sockets, "
 	       "socket activation, a full store, one content published twice\n");
 	return T_PASS;
 }

@@ -144,14 +144,16 @@ static inline int ts_hello(const char *name, pid_t *pid)
 static inline struct dd_share_stats ts_stats(int s)
 {
 	struct dd_share_hdr q;
-	union { struct dd_share_stats st; char buf[256]; } r;
+	static union { struct dd_share_stats st; char buf[DD_SHARE_STATS_MAX]; } r;
 	int fds[DD_SHARE_MAX_FDS];
 	size_t nfds;
 
 	dd_share_hdr_init(&q, DD_SHARE_STATS, 0);
 	CHECK(ts_send(s, &q, sizeof(q), NULL, 0) == 0);
-	CHECK(ts_recv(s, &r, sizeof(r), fds, &nfds) == sizeof(r.st));
-	CHECK(dd_share_msg_check(&r, sizeof(r.st), nfds) == DD_SHARE_STATSREPLY);
+	ssize_t len = ts_recv(s, &r, sizeof(r), fds, &nfds);
+	CHECK(len >= (ssize_t)sizeof(r.st));
+	CHECK(dd_share_msg_check(&r, (size_t)len, nfds) == DD_SHARE_STATSREPLY);
+	CHECK(r.st.h.count == r.st.members);   /* a pid per member */
 	return r.st;
 }
 
