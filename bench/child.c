@@ -813,10 +813,14 @@ int child_main(int argc, char **argv)
 	time_writes(buf, idx ? idx + take / 2 : NULL, take - take / 2, "cow_idle", lat_idle,
 		    sizeof(lat_idle));
 	free(idx);
-	snprintf(own, sizeof(own),
+	/* a report cut short loses only its last words (the parent reads what
+	 * is there); the length is checked so that the build says nothing */
+	if (snprintf(own, sizeof(own),
 		 "done merged_pages=%zu cow_why=%s %s %s %s=%llu %s_secs=%.3f %s_busy_ns=%llu %s %s",
 		 merged, why ? why : "-", lat, lat_idle, family ? "read_ops" : "churn_writes",
-		 (unsigned long long)writes, pfx, secs, pfx, (unsigned long long)busy, stuck, line);
+		 (unsigned long long)writes, pfx, secs, pfx, (unsigned long long)busy, stuck, line) >=
+	    (int)sizeof(own))
+		own[sizeof(own) - 1] = 0;
 	if (!answer(own, 100000))
 		return 1;
 	cmd = command(60000);
