@@ -8,19 +8,23 @@
  * Fills MIB (default 512) of anonymous memory, waits until libdedup (when
  * preloaded) has merged what it should, then forks ROUNDS (default 3)
  * children. CONTENT:
- *   runs      (default) 256 distinct page contents, page i gets content
- *             i % 256 (with i % 255 as the fill): long merged runs, few
- *             mappings. Waits for 90% of the pages to be sharing.
+ *   runs      (default) page i filled with i % 255 + 1, its first byte
+ *             i % 256: the contents repeat every 65,280 pages (255 MiB), so
+ *             MIB below 255 has nothing to merge, and above it the copies
+ *             line up in long merged runs, few mappings. Waits for 90% of
+ *             the pages to be sharing.
  *   isolated  every odd page is one of 4 contents, every even page unique:
  *             each merged page is a mapping of its own between two anonymous
  *             ones, about MIB * 256 mappings (2048 MiB: ~524k). Needs
  *             vm.max_map_count and DEDUP_VMA_BUDGET above that (see
  *             bench/fork_child.sh). Waits for 99.9% of the odd pages.
- * The wait ends early when pages_sharing has not grown for 60 s, and after
- * FORK_BENCH_WAIT_S seconds (default 120 for runs, 3600 for isolated); stderr
- * says how long merging took and how many mappings the parent has before
- * each fork (the child inherits them). Each child measures: the time from the
- * parent's fork() call to the child's first instruction after it, reading
+ * The wait ends after FORK_BENCH_WAIT_S seconds (default 120 for runs, 3600
+ * for isolated), and for isolated also when pages_sharing has not grown for
+ * 60 s; stderr says how long merging took and how many mappings the parent
+ * has before each fork (the child inherits them), and how long reading
+ * /proc/self/maps took (a lower bound for the child guard's first step).
+ * Each child measures: the time from the parent's fork() call to the
+ * child's first instruction after it (the guard's setup included), reading
  * one byte of every page, and MADV_DONTNEED of the first half followed by
  * reading it back (it must be zeros: exit 3 otherwise). One CSV line per
  * round on stdout: mode,mib,fork_ms,read_ms,dontneed_read_ms,status.
@@ -118,7 +122,7 @@ int main(int argc, char **argv)
 				fprintf(stderr, "%s: %llu of %zu pages sharing after %.0f s\n", mode,
 					(unsigned long long)s.pages_sharing, want, said - t0);
 			}
-		} while (s.pages_sharing < want && now() - t0 < cap && now() - grew < 60);
+		} while (s.pages_sharing < want && now() - t0 < cap && (!isolated || now() - grew < 60));
 		fprintf(stderr, "%s: %llu pages sharing (waited for %zu), %llu mappings added, after %.2f s%s\n",
 			mode, (unsigned long long)s.pages_sharing, want, (unsigned long long)s.vmas_added,
 			now() - t0, s.pages_sharing >= want ? "" : now() - grew >= 60 ? " (stalled 60 s)" : " (cap)");
@@ -128,7 +132,10 @@ int main(int argc, char **argv)
 		double r[3] = { -1, -1, -1 };
 		if (pipe(p) < 0)
 			return 2;
-		fprintf(stderr, "%s: round %d: %ld mappings before fork()\n", mode, k + 1, count_maps());
+		double m0 = now();
+		long maps = count_maps();
+		fprintf(stderr, "%s: round %d: %ld mappings before fork() (/proc/self/maps read in %.0f ms)\n",
+			mode, k + 1, maps, (now() - m0) * 1e3);
 		double f0 = now();
 		pid_t pid = fork();
 		if (pid == 0) {
