@@ -93,6 +93,17 @@ static struct seg *seg_of(uint32_t slot, uint32_t *page)
 }
 #define IS_SEG(slot) ((slot) >= SEG_BASE)
 
+/* The segment page a slot names, or NULL if it names none (an index past
+ * the table, a released segment, a page past its end): for slots that may
+ * come from outside (a helper's answer, a mapping's file offset). */
+static struct seg *seg_live(uint32_t slot, uint32_t *page)
+{
+	if ((slot - SEG_BASE) >> SEG_SHIFT >= sg.n)
+		return NULL;
+	struct seg *g = seg_of(slot, page);
+	return g->id && *page < g->npages ? g : NULL;
+}
+
 static struct {
 	int fd;
 	uint64_t ino;         /* the memfd's inode: mappings of it are merged runs */
@@ -359,8 +370,9 @@ uint32_t dd_store_refs(uint32_t ref)
 bool dd_store_alive(uint32_t ref)
 {
 	if (ref && IS_SEG(ref - 1)) {
-		uint32_t p, k = (ref - 1 - SEG_BASE) >> SEG_SHIFT;
-		return k < sg.n && sg.v[k].id && seg_of(ref - 1, &p)->refs[p];
+		uint32_t p;
+		struct seg *g = seg_live(ref - 1, &p);
+		return g && g->refs[p];
 	}
 	return ref && ref - 1 < st.hwm && ref - 1 < st.info_cap && st.info[ref - 1].refs;
 }
@@ -371,9 +383,8 @@ uint64_t dd_store_hash(uint32_t ref)
 		return st.info[ref - 1].hash;
 	/* a segment page the helper named: 0 unless it is one (scan.c checks
 	 * an answer with this) */
-	uint32_t k = (ref - 1 - SEG_BASE) >> SEG_SHIFT;
-	struct seg *g = k < sg.n ? seg_of(ref - 1, &p) : NULL;
-	return g && g->id && p < g->npages ? g->hash[p] : 0;
+	struct seg *g = seg_live(ref - 1, &p);
+	return g ? g->hash[p] : 0;
 }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
 uint64_t dd_store_group_pages(void) { return atomic_load(&sg.pages); }
@@ -501,9 +512,9 @@ static bool referenced(size_t bit)
 	if (bit < orph.n)
 		return bit < st.info_cap && st.info[bit].refs && !st.info[bit].keep;
 	size_t k = (bit - orph.n) >> SEG_SHIFT;
-	uint32_t p = (uint32_t)(bit - orph.n) & (SEG_PAGES - 1);
-	return k < sg.n && k < orph.nseg && sg.v[k].id && sg.v[k].id == orph.seg_id[k] &&
-	       p < sg.v[k].npages && sg.v[k].refs[p];
+	uint32_t p;
+	struct seg *g = seg_live(SEG_BASE + (uint32_t)(bit - orph.n), &p);
+	return g && k < orph.nseg && g->id == orph.seg_id[k] && g->refs[p];
 }
 
 void dd_store_sweep(void)
