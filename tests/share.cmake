@@ -21,3 +21,9 @@ add_dependencies(share_workers dedup-share)
 dedup_test(share_kill SOURCES share/share_kill.c TIMEOUT 600 LABELS share
            ENV DEDUP_SHARE_HELPER=$<TARGET_FILE:dedup-share> ARGS 40 4 8)
 add_dependencies(share_kill dedup-share)
+# A member or the helper killed at each step of the protocol (the
+# DEDUP_TEST_SHARE_DIE / DEDUP_SHARE_TEST_DIE hooks), survivors verified,
+# the group working again, nothing left behind.
+dedup_test(share_inject SOURCES share/share_inject.c TIMEOUT 600 LABELS share
+           ARGS $<TARGET_FILE:dedup-share>)
+add_dependencies(share_inject dedup-share)

@@ -68,6 +68,26 @@
 static const char *prog = "dedup-share";
 static const char *group = "?";
 
+/*
+ * Fault injection for tests/share/share_inject.c: DEDUP_SHARE_TEST_DIE=N in
+ * the helper's own environment (a member never passes DEDUP_* on to a
+ * helper it starts) makes it SIGKILL itself the first time it reaches:
+ */
+enum {
+	DIE_PUBLISH_RECEIVED = 1,   /* a PUBLISH and its descriptor received, nothing done */
+	DIE_PUBLISH_INDEXED,        /* indexed and held, not answered */
+	DIE_LOOKUP_RECEIVED,        /* a LOOKUP received, not answered */
+	DIE_RELEASED,               /* a RELEASE done */
+	DIE_MEMBER_GONE,            /* a member's connection dropped, its holds let go */
+};
+static long test_die;
+
+static void die_at(long step)
+{
+	if (test_die == step)
+		kill(getpid(), SIGKILL);
+}
+
 struct seg {
 	uint64_t id;
 	int fd;
@@ -408,8 +428,11 @@ static void conn_drop(size_t i, const char *why)
 	if (c->pidfd >= 0)
 		close(c->pidfd);
 	free(c->holds);
+	bool member = c->hello && !c->observer;
 	free(c);
 	h.conns[i] = h.conns[--h.nconns];
+	if (member)
+		die_at(DIE_MEMBER_GONE);
 }
 
 /* ---- replies ---- */
@@ -452,6 +475,7 @@ static bool do_lookup(struct conn *c, const uint64_t *hashes, uint32_t n)
 	uint32_t ns = 0;
 	uint64_t now = now_ns(), tag = ++h.lookups;
 
+	die_at(DIE_LOOKUP_RECEIVED);
 	memset(ent, 0, n * sizeof(*ent));
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t x = hashes[i];
@@ -546,6 +570,7 @@ static bool fd_room(void)
 
 static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int fd)
 {
+	die_at(DIE_PUBLISH_RECEIVED);
 	if (!fd_room()) {
 		close(fd);
 		return reply_error(c, EMFILE);
@@ -578,6 +603,7 @@ static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int f
 	for (uint32_t p = 0; p < n; p++)
 		idx_add(hashes[p], s, p);
 
+	die_at(DIE_PUBLISH_INDEXED);
 	struct dd_share_id m = { .id = s->id };
 	dd_share_hdr_init(&m.h, DD_SHARE_PUBLISHED, 0);
 	return reply(c, &m, sizeof(m), NULL, 0);
@@ -688,6 +714,7 @@ static bool serve(size_t i, const char **why)
 		break;
 	case DD_SHARE_RELEASE:
 		release(c, arr, m.h.count);
+		die_at(DIE_RELEASED);
 		break;
 	case DD_SHARE_STATS:
 		ok = do_stats(c);
@@ -1056,6 +1083,8 @@ int main(int argc, char **argv)
 	ino_t ino = 0;
 	int c, lfd;
 
+	const char *td = getenv("DEDUP_SHARE_TEST_DIE");
+	test_die = td ? strtol(td, NULL, 10) : 0;
 	h.idle_ns = 30ULL * 1000000000;
 	h.grace_ns = 2000ULL * 1000000;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {

@@ -97,6 +97,14 @@ void dd_group_atfork_child(void)
 }
 
 /* Leave the group after a protocol or socket error; err is returned. */
+_Static_assert(DD_GS_LAST == 7, "DEDUP_TEST_SHARE_DIE's range in options.h");
+
+void dd_group_test_die(enum dd_group_step step)
+{
+	if (dd_unlikely(dd_opt.test_share_die == (uint64_t)step))
+		kill(getpid(), SIGKILL);
+}
+
 static int fail(int err, const char *why)
 {
 	dd_warn("sharing group %s: %s (%s); leaving the group, merged pages stay merged",
@@ -197,6 +205,8 @@ static int transact(const void *hdr, size_t len, const void *arr, size_t alen, i
 	ret = send_msg(hdr, len, arr, alen, pass);
 	if (ret < 0)
 		return fail(ret, send_failed(ret));
+	if (pass >= 0)
+		dd_group_test_die(DD_GS_PUBLISH_SENT);
 	ret = recv_msg(r, fds, nfds);
 	if (ret < 0)
 		return fail(ret, ret == -EPROTO ? "malformed message from the helper"
@@ -422,8 +432,10 @@ int dd_group_join(const char *name)
 				     waited < SPAWN_WAIT_MS; waited += 10)
 			sleep_ms(10);
 		r = try_connect(&sa);
-		if (nobody_listens(r))
+		if (nobody_listens(r)) {
+			dd_group_test_die(DD_GS_LOCKED);
 			r = spawn_helper(dir);
+		}
 		dd_fd_close_temp(lk);   /* the helper takes it to bind */
 		if (!r && grp.fd < 0) {
 			r = -ECONNREFUSED;
@@ -490,8 +502,10 @@ int dd_group_segment_new(const void *const *pages, size_t n)
 			done += (size_t)w;
 		}
 	}
+	dd_group_test_die(DD_GS_WRITTEN);
 	if (fcntl(fd, F_ADD_SEALS, DD_SHARE_SEALS) < 0)
 		goto fail;
+	dd_group_test_die(DD_GS_SEALED);
 	return fd;
 fail:
 	e = errno;
@@ -610,6 +624,7 @@ int dd_group_release(const uint64_t *ids, size_t n)
 		r = send_msg(&h, sizeof(h), ids, k * sizeof(*ids), -1);
 		if (r < 0)
 			return fail(r, send_failed(r));
+		dd_group_test_die(DD_GS_RELEASE_SENT);
 		ids += k;
 		n -= k;
 	}

@@ -683,6 +683,11 @@ static void win_replace(struct window *w)
 	struct dd_merge_item *it = w->it;
 	size_t n = w->n;
 
+	if (dd_unlikely(dd_opt.test_share_die == DD_GS_MERGING))
+		for (size_t i = 0; i < n; i++)
+			if (it[i].state == IT_MOVED && DD_SLOT_REAL(it[i].target) &&
+			    dd_store_slot_is_group(it[i].target - 1))
+				dd_group_test_die(DD_GS_MERGING);
 	for (size_t i = 0; i < n;) {
 		if (atomic_load(&eng.ev_head) != w->seen) {
 			w->seen = atomic_load(&eng.ev_head);

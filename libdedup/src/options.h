@@ -49,6 +49,8 @@
 	  "test hook: a fork()ed child's merged pages are left unguarded")          \
 	X(test_mremap_hole, uint64_t, "DEDUP_TEST_MREMAP_HOLE", 0, 0, 1000000, 0,  \
 	  "test hook: every Nth placing mremap unmaps its target, then fails")      \
+	X(test_share_die, uint64_t, "DEDUP_TEST_SHARE_DIE", 0, 0, 7, 0,            \
+	  "test hook: SIGKILL this process at sharing-group step N (group.h)")      \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
 	  "largest canonical page store (memfd), bytes")                             \
 	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \

@@ -240,6 +240,8 @@ static void group_lookup(struct pass_ctx *c)
 		return;   /* out of the group now (group.c said why) */
 	for (size_t k = 0; k < ns; k++)
 		base[k] = dd_store_seg_add(grp.segs[k].id, grp.segs[k].fd, grp.segs[k].npages);
+	if (ns)
+		dd_group_test_die(DD_GS_FOUND);
 	for (size_t i = 0; i < n; i++) {
 		const struct dd_group_answer *an = &grp.ans[i];
 		if (an->kind == DD_GROUP_SEEN) {

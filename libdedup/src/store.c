@@ -388,6 +388,7 @@ uint64_t dd_store_hash(uint32_t ref)
 }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
 uint64_t dd_store_group_pages(void) { return atomic_load(&sg.pages); }
+bool dd_store_slot_is_group(uint32_t slot) { return IS_SEG(slot); }
 uint64_t dd_store_sharing(void) { return atomic_load(&st.sharing); }
 uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
 

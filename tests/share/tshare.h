@@ -13,6 +13,7 @@
 
 #include "tcommon.h"   /* first: _GNU_SOURCE */
 
+#include <dirent.h>
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
@@ -207,6 +208,52 @@ static inline int ts_wait(pid_t pid)
 
 	CHECK(waitpid(pid, &st, 0) == pid);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* The helpers of group (every dedup-share whose command line names it),
+ * whoever started them. */
+static inline int ts_group_helpers(const char *group, pid_t *out, int max)
+{
+	char path[300], buf[512];
+	struct dirent *e;
+	int n = 0;
+	DIR *d = opendir("/proc");
+
+	CHECK(d);
+	while ((e = readdir(d)) && n < max) {
+		pid_t p = (pid_t)atoi(e->d_name);
+		if (p <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)p);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t k = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (k <= 0)
+			continue;
+		buf[k] = 0;
+		for (ssize_t i = 0; i < k; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		if (strstr(buf, "dedup-share") && strstr(buf, group))
+			out[n++] = p;
+	}
+	closedir(d);
+	return n;
+}
+
+static inline long ts_shmem_kib(void)
+{
+	char line[256];
+	long v = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+	CHECK(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Shmem: %ld kB", &v) == 1)
+			break;
+	fclose(f);
+	return v;
 }
 
 #endif /* DEDUP_TSHARE_H */
