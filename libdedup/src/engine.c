@@ -729,6 +729,7 @@ static void *engine_main(void *arg)
 		}
 		pthread_mutex_lock(&eng.lock);
 		apply_events();
+		dd_group_check();
 		bool done = dd_scan_step(&cursor, step, &merged, &scanned, fresh_only);
 		dd_engine_account_cpu(&cpu);
 		dd_publish_update();

@@ -69,6 +69,7 @@ extern char **environ;
 
 static struct {
 	int fd;                               /* the connection; -1: no group */
+	uid_t uid;                            /* our euid when we joined */
 	char name[DD_GROUP_NAME_MAX + 1];     /* the group's, also when not joined */
 } grp = { .fd = -1 };
 
@@ -113,18 +114,40 @@ static int fail(int err, const char *why)
 	return err;
 }
 
-/* The connection, still ours? If the program closed it, leave quietly. */
+/*
+ * The connection, still ours, and we still who joined? If the program
+ * closed it, leave quietly. If it changed its uid without us in between
+ * (an API program's setuid(); a preloaded one leaves before, dd_creds_sync),
+ * leave: the helper took our uid at connect (SO_PEERCRED) and would go on
+ * sharing with a process that is no longer the group's user. Checked before
+ * every message and at every engine step (dd_group_check): the engine
+ * thread's euid, which glibc's set*id() changes with every thread's.
+ */
 static bool conn_ok(void)
 {
 	if (grp.fd < 0)
 		return false;
-	if (dd_fd_intact(grp.fd))
-		return true;
-	dd_warn("sharing group %s: the program closed our connection; leaving the group",
-		grp.name);
-	dd_fd_forget(&grp.fd);   /* the number is not ours: never close it */
-	grp.fd = -1;
-	return false;
+	if (!dd_fd_intact(grp.fd)) {
+		dd_warn("sharing group %s: the program closed our connection; leaving the group",
+			grp.name);
+		dd_fd_forget(&grp.fd);   /* the number is not ours: never close it */
+		grp.fd = -1;
+		return false;
+	}
+	if (geteuid() != grp.uid) {
+		dd_warn("sharing group %s: the process changed its uid (%u to %u); leaving the "
+			"group, merged pages stay merged", grp.name, (unsigned)grp.uid,
+			(unsigned)geteuid());
+		dd_group_leave();
+		return false;
+	}
+	return true;
+}
+
+void dd_group_check(void)
+{
+	if (grp.fd >= 0)
+		(void)conn_ok();
 }
 
 /* One message: hdr (len bytes) then arr (alen bytes), with pass (>= 0)
@@ -375,7 +398,8 @@ static int hello(void)
 
 	if (getsockopt(grp.fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0)
 		return fail(-errno, "cannot ask who the helper is");
-	if (uc.uid != geteuid())
+	grp.uid = geteuid();
+	if (uc.uid != grp.uid)
 		return fail(-EACCES, "the helper runs as another user");
 	dd_share_hdr_init(&m.h, DD_SHARE_HELLO, 0);
 	int t = transact(&m, sizeof(m), NULL, 0, -1, &r, fds, &nfds, DD_SHARE_WELCOME, false);

@@ -36,6 +36,8 @@ bool dd_group_name_ok(const char *name);
 int dd_group_join(const char *name);
 void dd_group_leave(void);          /* close the connection; idempotent */
 bool dd_group_active(void);
+void dd_group_check(void);          /* leave if the connection is no longer ours
+                                       or our euid changed (once a step) */
 void dd_group_atfork_child(void);   /* a fork()ed child: close the inherited
                                        connection without a word to the helper */
 
