@@ -47,6 +47,8 @@
 #include "libdedup.h"
 #include "share_query.h"
 
+#include <poll.h>
+
 #define NP 512   /* pages of the content (2 MiB) */
 
 static uint64_t word(size_t p, uint32_t v, size_t i)
@@ -136,8 +138,10 @@ static struct proc start(const char *group, enum role role, int die)
 	CHECK(pipe2(a, O_CLOEXEC) == 0 && pipe2(b, O_CLOEXEC) == 0);
 	m.pid = fork();
 	CHECK(m.pid >= 0);
-	if (m.pid == 0)
+	if (m.pid == 0) {
+		ts_close_others(a[0], b[1]);
 		_exit(member(group, role, die, a[0], b[1]));
+	}
 	close(a[0]);
 	close(b[1]);
 	m.to = a[1];
@@ -145,11 +149,19 @@ static struct proc start(const char *group, enum role role, int die)
 	return m;
 }
 
-/* Ask m; false if it is gone (the victim, dying meanwhile). */
+/* Ask m; false if it is gone (the victim, dying meanwhile). A member that
+ * does not answer within t_cap() is hung: that fails the test. */
 static bool ask(struct proc *m, char cmd, uint64_t ans[2])
 {
+	struct pollfd pf = { .fd = m->from, .events = POLLIN };
+
 	if (write(m->to, &cmd, 1) != 1)
 		return false;
+	if (poll(&pf, 1, t_cap_ms()) != 1) {
+		fprintf(stderr, "member %d: no answer to '%c' within %.0f s\n", (int)m->pid, cmd,
+			t_cap());
+		exit(T_FAIL);
+	}
 	return read(m->from, ans, 2 * sizeof(*ans)) == 2 * sizeof(*ans);
 }
 
@@ -226,6 +238,7 @@ static pid_t start_helper(const char *helper, const char *group, int die)
 		execl(helper, helper, "--name", group, "--dir", ts_dir, (char *)NULL);
 		_exit(127);
 	}
+	ts_note_helper(pid);   /* killed at exit, should the test fail first */
 	double t0 = t_now();
 	int s;
 	while ((s = ts_connect(group)) < 0 && t_now() - t0 < t_cap())

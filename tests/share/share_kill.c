@@ -118,6 +118,7 @@ static void start(struct proc *m, const char *group)
 	m->pid = fork();
 	CHECK(m->pid >= 0);
 	if (m->pid == 0) {
+		ts_close_others(a[0], b[1]);
 		CHECK(fcntl(a[0], F_SETFL, O_NONBLOCK) == 0);
 		_exit(member(group, a[0], b[1]));
 	}

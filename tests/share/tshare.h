@@ -210,6 +210,17 @@ static inline int ts_wait(pid_t pid)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* In a forked member: close every descriptor but stdio and its own two
+ * pipe ends. Other members' pipe ends inherited here would keep each
+ * other's reads from seeing the parent's exit: after a failed CHECK they
+ * would wait for ever, holding the test's output open. */
+static inline void ts_close_others(int keep1, int keep2)
+{
+	for (int fd = 3; fd < 1024; fd++)
+		if (fd != keep1 && fd != keep2)
+			close(fd);
+}
+
 /* The helpers of group (every dedup-share whose command line names it),
  * whoever started them. */
 static inline int ts_group_helpers(const char *group, pid_t *out, int max)
