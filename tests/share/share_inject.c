@@ -45,7 +45,6 @@
 #include "tshare.h"   /* first: tcommon.h */
 #include "group.h"
 #include "libdedup.h"
-#include "share_query.h"
 
 #include <poll.h>
 
@@ -256,15 +255,11 @@ static void finish(const char *group, struct proc *m, size_t n)
 		if (m[i].live)
 			quit(&m[i]);
 	char sock[600];
-	struct dd_share_info in;
+	uint64_t segs;
 	snprintf(sock, sizeof(sock), "%s/%s.sock", ts_dir, group);
-	double t0 = t_now();
-	int q;
-	while ((q = dd_share_query(sock, &in)) == 0 && in.segments && t_now() - t0 < t_cap())
-		usleep(50000);
-	if (q == 0 && in.segments) {
+	if (ts_segments_drain(sock, &segs) == 0 && segs) {
 		fprintf(stderr, "%s: the helper still holds %llu segments with no member left\n",
-			group, (unsigned long long)in.segments);
+			group, (unsigned long long)segs);
 		exit(T_FAIL);
 	}
 	pid_t hp[8];

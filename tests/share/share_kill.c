@@ -31,7 +31,6 @@
  */
 #include "tshare.h"   /* first: tcommon.h */
 #include "libdedup.h"
-#include "share_query.h"
 
 static size_t npages;
 
@@ -217,18 +216,15 @@ int main(int argc, char **argv)
 	 * 0 segments. A helper killed last may have left no socket: then
 	 * there is nothing to ask. */
 	char sock[600];
-	struct dd_share_info in;
+	uint64_t segs;
 	snprintf(sock, sizeof(sock), "%s/libdedup/share/%s.sock", dir, group);
-	double t2 = t_now();
-	int q;
-	while ((q = dd_share_query(sock, &in)) == 0 && in.segments && t_now() - t2 < t_cap())
-		usleep(100000);
+	int q = ts_segments_drain(sock, &segs);
 	if (q == 0)
 		printf("the helper holds %llu segments once the members are gone\n",
-		       (unsigned long long)in.segments);
+		       (unsigned long long)segs);
 	if (q != 0)
 		printf("no helper to ask (%s)\n", strerror(-q));
-	CHECK(q != 0 || in.segments == 0);
+	CHECK(q != 0 || segs == 0);
 	pid_t hp[8];
 	int nh = ts_group_helpers(group, hp, 8);
 	for (int j = 0; j < nh; j++)

@@ -24,6 +24,7 @@
 
 #include "hash.h"
 #include "share_proto.h"
+#include "share_query.h"
 
 static char ts_root[64];        /* the test's $XDG_RUNTIME_DIR */
 static char ts_dir[80];         /* its libdedup/share */
@@ -252,6 +253,22 @@ static inline int ts_group_helpers(const char *group, pid_t *out, int max)
 	}
 	closedir(d);
 	return n;
+}
+
+/* Ask the helper at sock, as an observer (share_query.h), until it holds no
+ * segment (its grace over once no member holds them), up to t_cap(). The
+ * query's result (-errno: no helper to ask, e.g. one killed last), and
+ * the segments it held at the last answer in *segs. */
+static inline int ts_segments_drain(const char *sock, uint64_t *segs)
+{
+	struct dd_share_info in;
+	double t0 = t_now();
+	int q;
+
+	while ((q = dd_share_query(sock, &in)) == 0 && in.segments && t_now() - t0 < t_cap())
+		usleep(50000);
+	*segs = q == 0 ? in.segments : 0;
+	return q;
 }
 
 static inline long ts_shmem_kib(void)
