@@ -826,10 +826,11 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
  *     modes (tests/probe/probe_register_modes.c), and a run without MINOR
  *     would read its canonical page again after a discard. The anonymous
  *     parts take MISSING so that their VMAs are like the replacements (3.);
- *  1. the group's span is parked and write-protected: from here a write,
- *     user or kernel mode, waits for us, and so does a read of an empty
- *     page (the reader leaves a parked range's faults to us, also when we
- *     let it run to read events). What each page is comes from pagemap,
+ *  1. the group's span is parked and its chunks write-protected (not the
+ *     anonymous pages between them: each VMA protected costs a TLB flush):
+ *     from here a write to a chunk, user or kernel mode, waits for us, and
+ *     so does a read of an empty page (the reader leaves a parked
+ *     range's faults to us, also when we let it run to read events). What each page is comes from pagemap,
  *     read once before and once after the protection;
  *  2. per chunk, it is copied into a buffer B page by page from what A
  *     reads: a canonical page from the store, a page copied on write from
@@ -1364,19 +1365,37 @@ static void um_group(struct um *u, size_t n)
 	DD_TRACE('U', s, e - s, (long)n);
 	if ((ret = dd_pte_states(s, np, u->st)) < 0)
 		goto out;
-	for (int tries = 0;; tries++) {
-		ret = dd_uffd_wp(eng.uffd, s, e - s, true);
-		if (ret < 0 && tries <= 1000 && uffd_back(-ret))
-			continue;
-		if (ret != -EAGAIN || tries > 1000)
-			break;
-		let_reader_run();   /* an event is pending */
+	/* Only the chunks are protected, each stretch of adjacent ones with
+	 * one call: not the anonymous pages between them, which nothing here
+	 * reads or replaces. The kernel flushes the TLB once per VMA it
+	 * protects (uffd_wp_range), and between isolated runs every other
+	 * VMA is such a page: protecting the span cost twice the flushes. */
+	bool wp_failed[UM_GROUP];
+	for (size_t i = 0, k; i < n; i = k) {
+		uintptr_t pe = u->ch[i].a + u->ch[i].n * DD_PAGE;
+		for (k = i + 1; k < n && u->ch[k].a == pe; k++)
+			pe += u->ch[k].n * DD_PAGE;
+		for (int tries = 0;; tries++) {
+			ret = dd_uffd_wp(eng.uffd, u->ch[i].a, pe - u->ch[i].a, true);
+			if (ret < 0 && tries <= 1000 && uffd_back(-ret))
+				continue;
+			if (ret != -EAGAIN || tries > 1000)
+				break;
+			let_reader_run();   /* an event is pending */
+		}
+		for (size_t x = i; x < k; x++)
+			wp_failed[x] = ret < 0;
+		if (ret < 0)
+			um_error(u, ret, u->ch[i].a, (pe - u->ch[i].a) / DD_PAGE,
+				 "write-protecting it");
 	}
-	if (ret < 0 || (ret = dd_pte_states(s, np, u->st2)) < 0)
+	if ((ret = dd_pte_states(s, np, u->st2)) < 0)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct um_chunk *c = &u->ch[i];
 		size_t l = c->n * DD_PAGE;
+		if (wp_failed[i])   /* left merged (and valid) */
+			continue;
 		/* 2. */
 		if ((ret = um_copy(u, c, (c->a - s) / DD_PAGE)) < 0) {
 			um_error(u, ret, c->a, c->n, "reading it");
@@ -1433,7 +1452,7 @@ static void um_group(struct um *u, size_t n)
 	ret = 0;
 out:
 	if (ret < 0)
-		um_error(u, ret, s, np, "write-protecting it");
+		um_error(u, ret, s, np, "reading its page states");
 	/* 5. (what is left merged is un-protected too) */
 	unprotect(s, e - s);
 	atomic_store(&eng.parked, 0);
