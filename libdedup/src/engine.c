@@ -241,6 +241,11 @@ static bool drain_uffd(bool *lost)
 				continue;
 			if (r <= 0)
 				break;
+			/* A short read took all that was pending: no second read
+			 * to hear EAGAIN (a system call per wake-up, and merge.c
+			 * wakes us once per run it places or hands back). What
+			 * comes later makes the uffd readable for the next poll. */
+			bool drained = (size_t)r < sizeof(msg);
 			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
 				struct uffd_msg *m = &msg[i];
 				uintptr_t a;
@@ -276,6 +281,10 @@ static bool drain_uffd(bool *lost)
 				default:
 					break;
 				}
+			}
+			if (drained) {
+				r = 0;
+				break;
 			}
 		}
 		/* resolve, keeping what still meets EAGAIN */
@@ -438,7 +447,11 @@ static bool wait_readable(void)
 		io_uring_prep_poll_add(sqe, 0, POLLIN);
 		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, RD_POLL);
-		if (io_uring_submit(&rd.ring) < 0)
+		/* submit and wait in one system call; a signal may end the
+		 * wait (or come before the submission: submit again) */
+		int r = io_uring_submit_and_wait(&rd.ring, 1);
+		if ((r < 0 && r != -EINTR) ||
+		    (io_uring_sq_ready(&rd.ring) && io_uring_submit(&rd.ring) < 0))
 			return false;
 		rd.polled = true;
 	}
