@@ -106,9 +106,22 @@ static struct {
 	struct io_uring ring;
 	bool have;      /* the ring works: the uffd is its fixed file 0 */
 	bool polled;    /* a poll of the uffd is in flight */
+	bool checked;   /* this round of drain_uffd: eng.uffd found ours */
+	bool lost;      /* this round: found not ours, and not had back */
 } rd;
 
 static bool uffd_usable(void);
+
+/* Is eng.uffd's number ours (uffd_usable), checked once a round of
+ * drain_uffd, before its first use. */
+static bool number_ours(void)
+{
+	if (!rd.checked && !rd.lost) {
+		rd.checked = uffd_usable();
+		rd.lost = !rd.checked;
+	}
+	return rd.checked;
+}
 static ssize_t uffd_read(void *buf, size_t len);
 
 /*
@@ -228,13 +241,18 @@ static bool drain_uffd(bool *lost)
 
 	for (;;) {
 		ssize_t r = 0;
-		/* Each round, before the ioctls that resolve faults: is the
-		 * number still ours (a raw close by the program), else get
-		 * the uffd back. Faults kept for that (kept_if_lost) wait. */
-		if (!uffd_usable()) {
-			*lost = true;
-			return rang;
-		}
+		/* Each round, before the first use of the number: is it still
+		 * ours (a raw close by the program), else get the uffd back.
+		 * Faults kept for that (kept_if_lost) wait. The ring reads its
+		 * fixed file and needs no number, so with it the check waits
+		 * until after the reads, and is left out when nothing uses the
+		 * number: a round that only read a REMAP (merge.c wakes us with
+		 * one for every run it places or hands back) saves its two
+		 * system calls. Without the ring, read() uses the number:
+		 * uffd_read checks first. The doorbell's ringers wait for the
+		 * gate after their madvise (ring_doorbell), so a check after
+		 * the read still comes before they look. */
+		rd.checked = rd.lost = false;
 		while (npend + DD_ARRAY_SIZE(msg) <= DD_PENDING_MAX) {
 			r = uffd_read(msg, sizeof(msg));
 			if (r == -EINTR)
@@ -286,6 +304,10 @@ static bool drain_uffd(bool *lost)
 				r = 0;
 				break;
 			}
+		}
+		if ((npend || rang || rd.lost || dd_removing_unfenced()) && !number_ours()) {
+			*lost = true;
+			return rang;
 		}
 		/* resolve, keeping what still meets EAGAIN */
 		size_t keep = 0;
@@ -397,7 +419,9 @@ static ssize_t uffd_read(void *buf, size_t len)
 		no_nowait = true;
 		dd_debug("io_uring read of the uffd with RWF_NOWAIT: errno %d; using read()", -r);
 	}
-	/* no ring: the number was checked this round (uffd_usable) */
+	/* no ring: read() the number, once it is known to be ours */
+	if (!number_ours())
+		return -EBADF;
 	ssize_t r = read(eng.uffd, buf, len);
 	return r < 0 ? -errno : r;
 }
@@ -529,8 +553,14 @@ static void *reader_main(void *arg)
  * madvise, straight to the kernel. Not while the reader may be gone. */
 static void ring_doorbell(void)
 {
-	if (eng.doorbell)
+	if (eng.doorbell) {
 		dd_os_madvise((void *)eng.doorbell, DD_PAGE, MADV_DONTNEED);
+		/* The reader read the REMOVE under the gate and checks the
+		 * number in the same hold, after the read (drain_uffd): once
+		 * we have had the gate, eng.uffd is ours again if it can be. */
+		pthread_mutex_lock(&eng.gate);
+		pthread_mutex_unlock(&eng.gate);
+	}
 }
 
 /*
