@@ -74,7 +74,13 @@ static void creds_thread_start(void);
 
 struct dd_engine eng = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.gate = PTHREAD_MUTEX_INITIALIZER,
+	/* Adaptive: a thread that finds the gate taken spins a little before
+	 * it sleeps. The merger and the reader pass it back and forth once
+	 * for every run placed or handed back (the REMAP of the mremap, read
+	 * under the gate), and the reader holds it for microseconds: sleeping
+	 * cost a FUTEX_WAIT, a FUTEX_WAKE from the reader and another from
+	 * the merger's next unlock, and a context switch, per run. */
+	.gate = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
 	.uffd = -1,
 };
 
@@ -916,7 +922,11 @@ static void postfork_child(void)
 	 * parent's userfaultfd at once: while a child held it, the parent's
 	 * registrations would outlive the parent's dedup_shutdown(), and a
 	 * discard there would wait forever for a reader. */
-	pthread_mutex_init(&eng.gate, NULL);
+	pthread_mutexattr_t adaptive;
+	pthread_mutexattr_init(&adaptive);
+	pthread_mutexattr_settype(&adaptive, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&eng.gate, &adaptive);   /* as the initialiser above */
+	pthread_mutexattr_destroy(&adaptive);
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
 	dd_fd_close(&eng.uffd);
