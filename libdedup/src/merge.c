@@ -156,6 +156,7 @@ static struct {
 	size_t used;               /* pages holding moved-out pages */
 	size_t batch;              /* first page of this batch's part */
 	bool lost;                 /* a page could not be restored: keep S */
+	pid_t pid;                 /* ours, for process_vm_readv (read_moved) */
 } scratch;
 
 /* Page i of this batch's part of S. */
@@ -374,7 +375,7 @@ static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
 	}
 	if (!nio)
 		return eng.cmpbuf;
-	ssize_t r = process_vm_readv(getpid(), local, nio, remote, nio, 0);
+	ssize_t r = process_vm_readv(scratch.pid, local, nio, remote, nio, 0);
 	return r == (ssize_t)total ? eng.cmpbuf : NULL;
 }
 
@@ -1699,6 +1700,11 @@ int dd_merge_init(void)
 	scratch.pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
 	scratch.used = 0;
 	scratch.lost = false;
+	/* getpid() is a system call (glibc caches nothing), and read_moved
+	 * needs it once a window. Batches run only in the process whose
+	 * engine this is (a fork()ed child that merges starts an engine of
+	 * its own, and comes here again). */
+	scratch.pid = getpid();
 	void *s = dd_os_mmap(NULL, scratch.pages * DD_PAGE, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, true);
 	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED)
