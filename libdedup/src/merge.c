@@ -14,20 +14,10 @@
  * order by merge_window(). Before them, runs whose merge would spend more
  * mappings than the VMA budget has left are dropped (win_budget).
  *
- *  1. Write-protect (win_protect): only for the naive protocol of the test
- *     hook that skips step 3 (DEDUP_TEST_UNSAFE_NO_PIN_CHECK). It was the
- *     first step of every window, so that from then on a write to A,
- *     user or kernel mode, waits for us. Step 3 gives that by itself:
- *     UFFDIO_MOVE takes the page out under the page-table lock, clearing
- *     the PTE and flushing the TLB before it looks for a pin once more
- *     ("Folio got pinned from under us. Put it back", move_present_pte:
- *     the order of KSM's write_protect_page, which a GUP-fast pin cannot
- *     slip through); a write that landed before is in the copy that step
- *     4 compares, and after it A's PTE is empty and the window registered
- *     MISSING and parked, so the writer waits for us (our uffd handles
- *     kernel faults: read(2) into A waits instead of failing). Protecting
- *     first cost a system call and a TLB flush (an IPI on this guest) per
- *     window, one per isolated page (issue 11 point 4).
+ *  1. Write-protect (win_protect): UFFDIO_WRITEPROTECT on the window. From
+ *     here on a user- or kernel-mode write to A blocks in the kernel and
+ *     waits for us (our uffd handles kernel faults, so read(2) into A
+ *     waits instead of failing).
  *  2. Make empty PTEs wait (win_wait_empty): register the window
  *     MISSING|WP (a re-registration, same uffd), and park it. Once we move
  *     a page out its PTE is empty; in a WP-only range an access to an
@@ -548,7 +538,6 @@ struct window {
 	size_t len;                /* n pages, bytes */
 	uint64_t since;            /* events read before the window opened */
 	uint64_t seen;             /* events already looked at (5.) */
-	bool wp;                   /* 1. done: pages left in place are protected */
 	int reg;                   /* 2.: the MISSING|WP registration, 0 or -errno */
 	long merged;
 };
@@ -573,21 +562,11 @@ static void win_budget(struct window *w)
 	}
 }
 
-/* What a page dropped while in place becomes: still write-protected if 1.
- * protected it (the state makes 6. un-protect it), else nothing to undo. */
-static int kept(const struct window *w)
-{
-	return w->wp ? IT_DROP_WP : IT_GONE;
-}
-
-/* 1. Write-protect the window, for the naive protocol of the test hook
- * only (see the DOC). Returns false if nothing of it can go on. */
+/* 1. Write-protect the window. Returns false if nothing of it can go on. */
 static bool win_protect(struct window *w)
 {
 	struct dd_merge_item *it = w->it;
 
-	if (dd_likely(!dd_opt.test_unsafe_no_move))
-		return true;
 	DD_TRACE('W', w->a0, w->len, 0);
 	if (dd_uffd_wp(eng.uffd, w->a0, w->len, true) < 0) {
 		for (size_t i = 0; i < w->n; i++)
@@ -598,7 +577,6 @@ static bool win_protect(struct window *w)
 	for (size_t i = 0; i < w->n; i++)
 		if (it[i].state == IT_GONE)
 			it[i].state = IT_DROP_WP;
-	w->wp = true;
 	return true;
 }
 
@@ -617,7 +595,7 @@ static void win_wait_empty(struct window *w)
 	if (w->reg < 0)
 		for (size_t i = 0; i < w->n; i++)
 			if (it[i].state == IT_LIVE)
-				drop(&it[i], kept(w), w->reg == -ENOMEM ? &dd_cnt.skipped_budget
+				drop(&it[i], IT_DROP_WP, w->reg == -ENOMEM ? &dd_cnt.skipped_budget
 									   : &dd_cnt.skipped_raced);
 	atomic_store(&eng.parked_end, w->a0 + w->len);
 	atomic_store(&eng.parked, w->a0);
@@ -665,12 +643,12 @@ static bool win_move_out(struct window *w)
 			/* an event is pending: stop this window */
 			for (size_t x = i; x < n; x++)
 				if (it[x].state == IT_LIVE)
-					drop(&it[x], kept(w), &dd_cnt.skipped_raced);
+					drop(&it[x], IT_DROP_WP, &dd_cnt.skipped_raced);
 			i = n;
 		} else {
 			/* it[i+m] did not move: EBUSY = pinned, or shared copy-on-write
 			 * with a child (probe_move_not_exclusive.c); ENOENT = gone */
-			drop(&it[i + m], kept(w),
+			drop(&it[i + m], IT_DROP_WP,
 			     err == EBUSY ? &dd_cnt.skipped_pinned : &dd_cnt.skipped_raced);
 			i += m + 1;
 		}
@@ -694,7 +672,7 @@ static void win_compare(struct window *w)
 		DD_INC(skipped_mismatch, 1);
 		if (it[i].target != DD_SLOT_ZERO)
 			dd_stable_verify_hash(dd_store_hash(it[i].target));
-		it[i].state = move_back(w->base + i, it[i].addr) ? kept(w) : IT_GONE;
+		it[i].state = move_back(w->base + i, it[i].addr) ? IT_DROP_WP : IT_GONE;
 	}
 }
 
@@ -729,7 +707,7 @@ static void win_replace(struct window *w)
 		if (place_run(a, l, it[i].target) < 0) {   /* ENOMEM at the map limit */
 			for (size_t x = i; x < i + k; x++) {
 				DD_INC(skipped_budget, 1);
-				it[x].state = move_back(w->base + x, it[x].addr) ? kept(w) : IT_GONE;
+				it[x].state = move_back(w->base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
 			}
 		} else {
 			for (size_t x = i; x < i + k; x++)
@@ -1788,8 +1766,8 @@ long dd_merge_batch(void)
 	pthread_mutex_lock(&eng.gate);
 	/* Pages named by a REMOVE whose zap may still be coming are left out
 	 * (discard.c, "Discards racing with a merge"). They also cut windows:
-	 * a window unregisters what is left anonymous in it (6.), which drops
-	 * the write protection that is the fence. */
+	 * a window write-protects and un-protects every page in it, which
+	 * would erase the fence. */
 	dd_removing_fence();
 	for (size_t i = 0; i < n; i++)
 		if (!dd_removing_mergeable(it[i].addr))
