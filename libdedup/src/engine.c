@@ -74,7 +74,13 @@ static void creds_thread_start(void);
 
 struct dd_engine eng = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.gate = PTHREAD_MUTEX_INITIALIZER,
+	/* Adaptive: a thread that finds the gate taken spins a little before
+	 * it sleeps. The merger and the reader pass it back and forth once
+	 * for every run placed or handed back (the REMAP of the mremap, read
+	 * under the gate), and the reader holds it for microseconds: sleeping
+	 * cost a FUTEX_WAIT, a FUTEX_WAKE from the reader and another from
+	 * the merger's next unlock, and a context switch, per run. */
+	.gate = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
 	.uffd = -1,
 };
 
@@ -106,9 +112,22 @@ static struct {
 	struct io_uring ring;
 	bool have;      /* the ring works: the uffd is its fixed file 0 */
 	bool polled;    /* a poll of the uffd is in flight */
+	bool checked;   /* this round of drain_uffd: eng.uffd found ours */
+	bool lost;      /* this round: found not ours, and not had back */
 } rd;
 
 static bool uffd_usable(void);
+
+/* Is eng.uffd's number ours (uffd_usable), checked once a round of
+ * drain_uffd, before its first use. */
+static bool number_ours(void)
+{
+	if (!rd.checked && !rd.lost) {
+		rd.checked = uffd_usable();
+		rd.lost = !rd.checked;
+	}
+	return rd.checked;
+}
 static ssize_t uffd_read(void *buf, size_t len);
 
 /*
@@ -228,19 +247,29 @@ static bool drain_uffd(bool *lost)
 
 	for (;;) {
 		ssize_t r = 0;
-		/* Each round, before the ioctls that resolve faults: is the
-		 * number still ours (a raw close by the program), else get
-		 * the uffd back. Faults kept for that (kept_if_lost) wait. */
-		if (!uffd_usable()) {
-			*lost = true;
-			return rang;
-		}
+		/* Each round, before the first use of the number: is it still
+		 * ours (a raw close by the program), else get the uffd back.
+		 * Faults kept for that (kept_if_lost) wait. The ring reads its
+		 * fixed file and needs no number, so with it the check waits
+		 * until after the reads, and is left out when nothing uses the
+		 * number: a round that only read a REMAP (merge.c wakes us with
+		 * one for every run it places or hands back) saves its two
+		 * system calls. Without the ring, read() uses the number:
+		 * uffd_read checks first. The doorbell's ringers wait for the
+		 * gate after their madvise (ring_doorbell), so a check after
+		 * the read still comes before they look. */
+		rd.checked = rd.lost = false;
 		while (npend + DD_ARRAY_SIZE(msg) <= DD_PENDING_MAX) {
 			r = uffd_read(msg, sizeof(msg));
 			if (r == -EINTR)
 				continue;
 			if (r <= 0)
 				break;
+			/* A short read took all that was pending: no second read
+			 * to hear EAGAIN (a system call per wake-up, and merge.c
+			 * wakes us once per run it places or hands back). What
+			 * comes later makes the uffd readable for the next poll. */
+			bool drained = (size_t)r < sizeof(msg);
 			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
 				struct uffd_msg *m = &msg[i];
 				uintptr_t a;
@@ -277,6 +306,14 @@ static bool drain_uffd(bool *lost)
 					break;
 				}
 			}
+			if (drained) {
+				r = 0;
+				break;
+			}
+		}
+		if ((npend || rang || rd.lost || dd_removing_unfenced()) && !number_ours()) {
+			*lost = true;
+			return rang;
 		}
 		/* resolve, keeping what still meets EAGAIN */
 		size_t keep = 0;
@@ -388,7 +425,9 @@ static ssize_t uffd_read(void *buf, size_t len)
 		no_nowait = true;
 		dd_debug("io_uring read of the uffd with RWF_NOWAIT: errno %d; using read()", -r);
 	}
-	/* no ring: the number was checked this round (uffd_usable) */
+	/* no ring: read() the number, once it is known to be ours */
+	if (!number_ours())
+		return -EBADF;
 	ssize_t r = read(eng.uffd, buf, len);
 	return r < 0 ? -errno : r;
 }
@@ -438,7 +477,11 @@ static bool wait_readable(void)
 		io_uring_prep_poll_add(sqe, 0, POLLIN);
 		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, RD_POLL);
-		if (io_uring_submit(&rd.ring) < 0)
+		/* submit and wait in one system call; a signal may end the
+		 * wait (or come before the submission: submit again) */
+		int r = io_uring_submit_and_wait(&rd.ring, 1);
+		if ((r < 0 && r != -EINTR) ||
+		    (io_uring_sq_ready(&rd.ring) && io_uring_submit(&rd.ring) < 0))
 			return false;
 		rd.polled = true;
 	}
@@ -516,8 +559,14 @@ static void *reader_main(void *arg)
  * madvise, straight to the kernel. Not while the reader may be gone. */
 static void ring_doorbell(void)
 {
-	if (eng.doorbell)
+	if (eng.doorbell) {
 		dd_os_madvise((void *)eng.doorbell, DD_PAGE, MADV_DONTNEED);
+		/* The reader read the REMOVE under the gate and checks the
+		 * number in the same hold, after the read (drain_uffd): once
+		 * we have had the gate, eng.uffd is ours again if it can be. */
+		pthread_mutex_lock(&eng.gate);
+		pthread_mutex_unlock(&eng.gate);
+	}
 }
 
 /*
@@ -874,7 +923,11 @@ static void postfork_child(void)
 	 * parent's userfaultfd at once: while a child held it, the parent's
 	 * registrations would outlive the parent's dedup_shutdown(), and a
 	 * discard there would wait forever for a reader. */
-	pthread_mutex_init(&eng.gate, NULL);
+	pthread_mutexattr_t adaptive;
+	pthread_mutexattr_init(&adaptive);
+	pthread_mutexattr_settype(&adaptive, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&eng.gate, &adaptive);   /* as the initialiser above */
+	pthread_mutexattr_destroy(&adaptive);
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
 	dd_fd_close(&eng.uffd);

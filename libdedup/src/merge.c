@@ -156,6 +156,7 @@ static struct {
 	size_t used;               /* pages holding moved-out pages */
 	size_t batch;              /* first page of this batch's part */
 	bool lost;                 /* a page could not be restored: keep S */
+	pid_t pid;                 /* ours, for process_vm_readv (read_moved) */
 } scratch;
 
 /* Page i of this batch's part of S. */
@@ -374,7 +375,7 @@ static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
 	}
 	if (!nio)
 		return eng.cmpbuf;
-	ssize_t r = process_vm_readv(getpid(), local, nio, remote, nio, 0);
+	ssize_t r = process_vm_readv(scratch.pid, local, nio, remote, nio, 0);
 	return r == (ssize_t)total ? eng.cmpbuf : NULL;
 }
 
@@ -831,10 +832,11 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
  *     modes (tests/probe/probe_register_modes.c), and a run without MINOR
  *     would read its canonical page again after a discard. The anonymous
  *     parts take MISSING so that their VMAs are like the replacements (3.);
- *  1. the group's span is parked and write-protected: from here a write,
- *     user or kernel mode, waits for us, and so does a read of an empty
- *     page (the reader leaves a parked range's faults to us, also when we
- *     let it run to read events). What each page is comes from pagemap,
+ *  1. the group's span is parked and its chunks write-protected (not the
+ *     anonymous pages between them: each VMA protected costs a TLB flush):
+ *     from here a write to a chunk, user or kernel mode, waits for us, and
+ *     so does a read of an empty page (the reader leaves a parked
+ *     range's faults to us, also when we let it run to read events). What each page is comes from pagemap,
  *     read once before and once after the protection;
  *  2. per chunk, it is copied into a buffer B page by page from what A
  *     reads: a canonical page from the store, a page copied on write from
@@ -1369,19 +1371,37 @@ static void um_group(struct um *u, size_t n)
 	DD_TRACE('U', s, e - s, (long)n);
 	if ((ret = dd_pte_states(s, np, u->st)) < 0)
 		goto out;
-	for (int tries = 0;; tries++) {
-		ret = dd_uffd_wp(eng.uffd, s, e - s, true);
-		if (ret < 0 && tries <= 1000 && uffd_back(-ret))
-			continue;
-		if (ret != -EAGAIN || tries > 1000)
-			break;
-		let_reader_run();   /* an event is pending */
+	/* Only the chunks are protected, each stretch of adjacent ones with
+	 * one call: not the anonymous pages between them, which nothing here
+	 * reads or replaces. The kernel flushes the TLB once per VMA it
+	 * protects (uffd_wp_range), and between isolated runs every other
+	 * VMA is such a page: protecting the span cost twice the flushes. */
+	bool wp_failed[UM_GROUP];
+	for (size_t i = 0, k; i < n; i = k) {
+		uintptr_t pe = u->ch[i].a + u->ch[i].n * DD_PAGE;
+		for (k = i + 1; k < n && u->ch[k].a == pe; k++)
+			pe += u->ch[k].n * DD_PAGE;
+		for (int tries = 0;; tries++) {
+			ret = dd_uffd_wp(eng.uffd, u->ch[i].a, pe - u->ch[i].a, true);
+			if (ret < 0 && tries <= 1000 && uffd_back(-ret))
+				continue;
+			if (ret != -EAGAIN || tries > 1000)
+				break;
+			let_reader_run();   /* an event is pending */
+		}
+		for (size_t x = i; x < k; x++)
+			wp_failed[x] = ret < 0;
+		if (ret < 0)
+			um_error(u, ret, u->ch[i].a, (pe - u->ch[i].a) / DD_PAGE,
+				 "write-protecting it");
 	}
-	if (ret < 0 || (ret = dd_pte_states(s, np, u->st2)) < 0)
+	if ((ret = dd_pte_states(s, np, u->st2)) < 0)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct um_chunk *c = &u->ch[i];
 		size_t l = c->n * DD_PAGE;
+		if (wp_failed[i])   /* left merged (and valid) */
+			continue;
 		/* 2. */
 		if ((ret = um_copy(u, c, (c->a - s) / DD_PAGE)) < 0) {
 			um_error(u, ret, c->a, c->n, "reading it");
@@ -1438,7 +1458,7 @@ static void um_group(struct um *u, size_t n)
 	ret = 0;
 out:
 	if (ret < 0)
-		um_error(u, ret, s, np, "write-protecting it");
+		um_error(u, ret, s, np, "reading its page states");
 	/* 5. (what is left merged is un-protected too) */
 	unprotect(s, e - s);
 	atomic_store(&eng.parked, 0);
@@ -1685,6 +1705,11 @@ int dd_merge_init(void)
 	scratch.pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
 	scratch.used = 0;
 	scratch.lost = false;
+	/* getpid() is a system call (glibc caches nothing), and read_moved
+	 * needs it once a window. Batches run only in the process whose
+	 * engine this is (a fork()ed child that merges starts an engine of
+	 * its own, and comes here again). */
+	scratch.pid = getpid();
 	void *s = dd_os_mmap(NULL, scratch.pages * DD_PAGE, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, true);
 	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED)
