@@ -58,6 +58,7 @@
 #include "share_proto.h"
 
 #define OFFERS (1u << 18)              /* unstable offers remembered, at most (6 MiB) */
+#define OFFER_WAYS 8                  /* of a set (below, do_lookup) */
 #define OFFER_NS (60ULL * 1000000000) /* how long an offer stays fresh */
 #define MAX_CONNS DD_SHARE_MAX_MEMBERS
 #define FD_RESERVE 8                  /* descriptors kept for connections */
@@ -99,10 +100,10 @@ struct slot {                    /* the index: open addressing, linear probing *
 	uint32_t page;
 };
 
-/* The first of the two ways of hash's set. */
+/* The first of the OFFER_WAYS ways of hash's set. */
 static size_t offer_pos(uint64_t hash)
 {
-	return (size_t)(hash * 0x9e3779b97f4a7c15ULL >> 32) % OFFERS & ~(size_t)1;
+	return (size_t)(hash * 0x9e3779b97f4a7c15ULL >> 32) % (OFFERS / OFFER_WAYS) * OFFER_WAYS;
 }
 
 struct offer {
@@ -472,20 +473,30 @@ static bool do_lookup(struct conn *c, const uint64_t *hashes, uint32_t n)
 			continue;
 		}
 		/* unstable: a fresh offer by another member makes this SEEN.
-		 * Two ways, and room for a few heaps: a member of 256 MiB offers
-		 * 65,536 checksums in one pass, and with 4,096 slots, one way,
-		 * they evicted each other before the next member asked (4 x 256
-		 * MiB merged 12% in 2 minutes); the older of the two goes. */
-		struct offer *o = &h.offers[offer_pos(x)], *o2 = o + 1;
-		if (o2->hash == x)
-			o = o2;
-		if (o->hash == x && o->conn != c->id && now - o->at < OFFER_NS) {
+		 * Sets of OFFER_WAYS ways, and room for a few heaps: a member of
+		 * 256 MiB offers 65,536 checksums in one pass, and with 4,096
+		 * slots, one way, they evicted each other before the next member
+		 * asked (4 x 256 MiB merged 12% in 2 minutes). With 2^18 slots in
+		 * sets of two, 65,536 checksums still overflowed a few percent
+		 * of the sets: each offer evicted that way was NONE to the next
+		 * member, asked about again passes later and published alone,
+		 * into another segment than its neighbours' - 4 x 256 MiB ended
+		 * with some 10,000 mappings a member, runs of one to ten pages
+		 * (share_workers counts them). In sets of eight at the same load
+		 * an overflow is rare (Poisson(2) above 8: 2e-4). The oldest of
+		 * the set goes. */
+		struct offer *set = &h.offers[offer_pos(x)], *o = NULL, *old = set;
+		for (unsigned w = 0; w < OFFER_WAYS && !o; w++)
+			if (set[w].hash == x)
+				o = &set[w];
+			else if (set[w].at < old->at)
+				old = &set[w];
+		if (o && o->conn != c->id && now - o->at < OFFER_NS) {
 			ent[i].kind = DD_GROUP_SEEN;
 			o->hash = 0;
+			o->at = 0;   /* a free way: the first to go */
 		} else {
-			if (o->hash != x && o2->at < o->at)
-				o = o2;
-			*o = (struct offer){ x, c->id, now };
+			*(o ? o : old) = (struct offer){ x, c->id, now };
 		}
 	}
 	/* the holds first: nothing can free a segment between here and the
