@@ -60,6 +60,7 @@
 #define OFFERS (1u << 18)              /* unstable offers remembered, at most (6 MiB) */
 #define OFFER_WAYS 8                  /* of a set (below, do_lookup) */
 #define OFFER_NS (60ULL * 1000000000) /* how long an offer stays fresh */
+#define PUBLISH_NS (2ULL * 1000000000) /* how long a SEEN keeps others from publishing */
 #define MAX_CONNS DD_SHARE_MAX_MEMBERS
 #define FD_RESERVE 8                  /* descriptors kept for connections */
 #ifndef SO_PEERPIDFD
@@ -108,9 +109,10 @@ static size_t offer_pos(uint64_t hash)
 
 struct offer {
 	uint64_t hash;           /* 0: none */
-	uint64_t conn;
+	uint64_t conn;           /* who offered it; | PUBLISHING: who publishes it */
 	uint64_t at;
 };
+#define PUBLISHING (1ULL << 63)
 
 static struct {
 	struct seg **segs;       /* sorted by id (ids only grow) */
@@ -491,10 +493,20 @@ static bool do_lookup(struct conn *c, const uint64_t *hashes, uint32_t n)
 				o = &set[w];
 			else if (set[w].at < old->at)
 				old = &set[w];
-		if (o && o->conn != c->id && now - o->at < OFFER_NS) {
+		/* A SEEN makes the asker the content's publisher: the offer
+		 * stays, marked, so that for PUBLISH_NS (its segment comes
+		 * within the member's PUB_WAIT_NS, scan.c) the others get NONE
+		 * and find the segment at their next ask. It used to be dropped:
+		 * of four members asking in step, the third offered again and the
+		 * fourth published the same pages a second time (4 x 256 MiB kept
+		 * 318 MiB of segments for 256 MiB of content). A publisher that
+		 * never publishes (it died, its copy changed) leaves an offer that
+		 * the next asker after PUBLISH_NS is SEEN on. */
+		if (o && (o->conn & PUBLISHING) && now - o->at < PUBLISH_NS) {
+			continue;   /* NONE: it is being published */
+		} else if (o && (o->conn & ~PUBLISHING) != c->id && now - o->at < OFFER_NS) {
 			ent[i].kind = DD_GROUP_SEEN;
-			o->hash = 0;
-			o->at = 0;   /* a free way: the first to go */
+			*o = (struct offer){ x, c->id | PUBLISHING, now };
 		} else {
 			*(o ? o : old) = (struct offer){ x, c->id, now };
 		}
