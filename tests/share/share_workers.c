@@ -239,7 +239,7 @@ int main(int argc, char **argv)
 	}
 	if (getenv("SHARE_WORKERS_DUMP")) {   /* a look at the runs: member 0's maps */
 		char cmd[256];
-		snprintf(cmd, sizeof(cmd), "cat /proc/%d/maps > %s", (int)m[0].pid,
+		snprintf(cmd, sizeof(cmd), "cat /proc/%d/smaps > %s", (int)m[0].pid,
 			 getenv("SHARE_WORKERS_DUMP"));
 		if (system(cmd) != 0)
 			fprintf(stderr, "could not dump the maps\n");
