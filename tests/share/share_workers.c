@@ -51,8 +51,8 @@ static bool same(const char *b, uint64_t seed, size_t p)
 	return true;
 }
 
-/* Pss of [lo, hi) in /proc/pid/smaps, KiB. */
-static long pss_kib(pid_t pid, uintptr_t lo, uintptr_t hi)
+/* Pss (or with anon, Anonymous) of [lo, hi) in /proc/pid/smaps, KiB. */
+static long smaps_kib(pid_t pid, uintptr_t lo, uintptr_t hi, bool anon)
 {
 	char path[64], line[512];
 	long sum = 0;
@@ -67,11 +67,16 @@ static long pss_kib(pid_t pid, uintptr_t lo, uintptr_t hi)
 		long v;
 		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
 			in = a >= lo && b <= hi;
-		else if (in && sscanf(line, "Pss: %ld kB", &v) == 1)
+		else if (in && sscanf(line, anon ? "Anonymous: %ld kB" : "Pss: %ld kB", &v) == 1)
 			sum += v;
 	}
 	fclose(f);
 	return sum;
+}
+
+static long pss_kib(pid_t pid, uintptr_t lo, uintptr_t hi)
+{
+	return smaps_kib(pid, lo, hi, false);
 }
 
 /* Mappings inside [lo, hi) of pid, and the longest of them in pages. */
@@ -222,20 +227,26 @@ int main(int argc, char **argv)
 	}
 	printf("%d members x %zu MiB: Pss %ld KiB (one copy %ld KiB) after %.1f s\n", n, mib, total,
 	       one, t_now() - t0);
-	/* Long runs: wait until every page is merged (Pss of the buffers at
-	 * one copy, to a page each), then count each member's mappings over
-	 * its buffer. A segment holds up to 1,024 contents, so the ideal is
-	 * about npages / 1,024 mappings a member; allow twice that plus 16
-	 * (segments cut short by a pass's end or the 200 ms wait, members
-	 * publishing alternate lookups). At 4 x 256 MiB (ctest's
-	 * share_workers_runs) main had some 10,000 a member; now about 65. */
-	while (t_now() - t0 <= t_cap()) {
-		total = 0;
+	/* Long runs: wait until every page is merged (no anonymous page left
+	 * in any member's buffer: the Pss above is not enough, the members'
+	 * read-only views of the segments share it), then count each
+	 * member's mappings over its buffer. A segment holds up to 1,024
+	 * contents, so the ideal is about npages / 1,024 mappings a member;
+	 * allow twice that plus 16 (segments cut short by a pass's end or
+	 * the 200 ms wait, members publishing alternate lookups). At 4 x 256
+	 * MiB (ctest's share_workers_runs) main had some 10,000 a member;
+	 * now about 65. */
+	for (long anon = 1; anon;) {
+		anon = 0;
 		for (int i = 0; i < n; i++)
-			total += pss_kib(m[i].pid, m[i].at, m[i].at + npages * T_PAGE);
-		if (total <= one + 4L * n)
-			break;
-		usleep(100000);
+			anon += smaps_kib(m[i].pid, m[i].at, m[i].at + npages * T_PAGE, true);
+		if (anon && t_now() - t0 > t_cap()) {
+			fprintf(stderr, "after %.0f s %ld KiB of the members' buffers are not merged\n",
+				t_now() - t0, anon);
+			return T_FAIL;
+		}
+		if (anon)
+			usleep(100000);
 	}
 	if (getenv("SHARE_WORKERS_DUMP")) {   /* a look at the runs: member 0's maps */
 		char cmd[256];
