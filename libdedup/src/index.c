@@ -21,7 +21,7 @@
  * Both are sized to what they hold, in both directions: they double when
  * three quarters full, and shrink back (IX_MIN entries at least) when at
  * most an eighth is used - the stable one as slots go, the unstable one at
- * the start of a pass, to what the last pass put in it. A settled process
+ * the end of a pass, to what that pass put in it. A settled process
  * whose pages are all merged offers no candidate: before, it kept the
  * largest table any pass had needed (3 MiB of unstable index for 256 MiB
  * of heap, in the process's Pss, for nothing).
@@ -219,9 +219,20 @@ void dd_stable_prefetch(uint64_t hash)
 void dd_unstable_reset(void)
 {
 	dd_assert_held(&eng.lock);
-	/* a fresh table the size the last pass needed (u_live counts what it
-	 * put in), if that is an eighth of this one or less: all of it is
-	 * forgotten here anyway */
+	ix.gen++;
+	ix.u_live = 0;
+}
+
+/*
+ * At a pass's end (scan.c): a fresh table the size the pass needed (u_live
+ * counts what it put in), if that is an eighth of this one or less; its
+ * candidates are forgotten at the next pass's start anyway. Here and not
+ * at that start, so that metadata_bytes changes only with full_passes
+ * (test_stat_prometheus compares a snapshot's profit with the tool's).
+ */
+void dd_unstable_trim(void)
+{
+	dd_assert_held(&eng.lock);
 	if (ix.u_cap > IX_MIN && ix.u_live * 8 <= ix.u_cap) {
 		size_t ncap = IX_MIN;
 		while (ncap < ix.u_live * 2)
@@ -231,10 +242,9 @@ void dd_unstable_reset(void)
 			dd_vm_free(ix.u, ix.u_cap * sizeof(*ix.u));
 			ix.u = n;
 			ix.u_cap = ncap;
+			ix.u_live = 0;
 		}
 	}
-	ix.gen++;
-	ix.u_live = 0;
 }
 
 /*

@@ -650,6 +650,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			if (eng.nbatch)
 				c.merged += dd_merge_batch();
 			dd_merge_free_scratch();
+			dd_unstable_trim();   /* sized to what this pass used */
 			dd_store_sweep();   /* orphaned canonical pages (store.c) */
 			dd_store_seg_sweep();
 			pthread_mutex_lock(&eng.gate);
