@@ -15,6 +15,13 @@ endforeach()
 dedup_test(share_workers SOURCES share/share_workers.c TIMEOUT 600 LABELS share
            ENV DEDUP_SHARE_HELPER=$<TARGET_FILE:dedup-share> ARGS 4 32)
 add_dependencies(share_workers dedup-share)
+# The same at 4 x 256 MiB, where it counts each member's mappings over its
+# buffer: identical contiguous data must end as long runs of contiguous
+# segment pages (about one mapping per 1,024 pages), not thousands of runs
+# of a few pages (offers evicted in the helper, pages published alone).
+dedup_test(share_workers_runs SOURCES share/share_workers.c TIMEOUT 600 LABELS share
+           ENV DEDUP_SHARE_HELPER=$<TARGET_FILE:dedup-share> ARGS 4 256)
+add_dependencies(share_workers_runs dedup-share)
 # SIGKILL of members and helpers across a group, every member's memory
 # checked after each kill, the group's shared memory gone at the end.
 # The long run: share_kill 1000 8 64 (README, Tests).

@@ -36,6 +36,7 @@ struct dd_engine {
 	_Atomic bool stop;
 	pthread_t engine_thr, reader_thr;
 	char *cmpbuf;           /* batch_pages pages: S read back for comparing (merge.c) */
+	bool cmpbuf_used;       /* written since dd_merge_free_scratch() gave it back */
 	struct dd_merge_item *batch;
 	size_t nbatch;
 	/* REMOVE/REMAP events read by the uffd reader (written under the gate):

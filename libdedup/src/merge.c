@@ -375,6 +375,7 @@ static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
 	}
 	if (!nio)
 		return eng.cmpbuf;
+	eng.cmpbuf_used = true;
 	ssize_t r = process_vm_readv(scratch.pid, local, nio, remote, nio, 0);
 	return r == (ssize_t)total ? eng.cmpbuf : NULL;
 }
@@ -1689,6 +1690,13 @@ void dd_merge_free_scratch(void)
 	if (scratch.used && !scratch.lost)
 		dd_os_madvise((void *)scratch.base, scratch.used * DD_PAGE, MADV_DONTNEED);
 	scratch.used = 0;
+	/* and the compare buffer (read_moved): a batch's pages, resident
+	 * since the first batch, used only inside one. At a pass's end no
+	 * batch is open (eng.lock); a settled process gives it back. */
+	if (eng.cmpbuf_used) {
+		dd_os_madvise(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE, MADV_DONTNEED);
+		eng.cmpbuf_used = false;
+	}
 }
 
 /*

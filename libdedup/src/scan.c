@@ -71,7 +71,15 @@ uint64_t dd_hash_page(const void *p)
  *    flush for every page protected).
  * The skip count is 2^k - 1, less a little jitter from the checksum (up to
  * a quarter of it), so that pages aged together - a heap filled at once -
- * are read on different passes, not all in one. Pages merged into a slot
+ * are read on different passes, not all in one. Not in a sharing group:
+ * there a page is asked about, and published when another member has it,
+ * in the pass that reads it (or asks by its old checksum), so the jitter
+ * cut a contiguous range into pages asked on different passes, each pass's
+ * share published into a segment of its own: four members with the same
+ * 256 MiB ended with some 10,000 mappings each, runs of one to ten pages
+ * alternating between segments (share_workers counts them). Without it, a
+ * range aged together stays together, is asked about in one pass, in
+ * address order, and lands in one segment in order. Pages merged into a slot
  * or the zero page are not present anonymous pages and are not visited at
  * all; a present page that was merged (copied by a writer) is always read.
  *
@@ -97,7 +105,8 @@ static uint64_t w_aged(uint64_t w)
 	uint64_t h = W_HASH(w);
 	unsigned age = W_AGE(w) < SMART_AGE_MAX ? W_AGE(w) + 1 : SMART_AGE_MAX;
 	unsigned skip = (1u << age) - 1;
-	skip -= (unsigned)(h >> 20) & ((1u << age) / 4 - (age >= 2));
+	if (!dd_group_active())   /* in a group, no jitter (above) */
+		skip -= (unsigned)(h >> 20) & ((1u << age) / 4 - (age >= 2));
 	return w_make(h, age, skip);
 }
 
@@ -227,11 +236,30 @@ static void group_publish(struct pass_ctx *c, uintptr_t a, uint64_t h, const voi
 	grp.pub[grp.npub++].u = (uint32_t)u;
 }
 
+/*
+ * Ask the helper about the pages waiting in grp.ask, and act on its
+ * answers in address order (the order of a segment's contents, so that a
+ * run of SEEN pages becomes a run of contiguous slots: one mapping). The
+ * asks come nearly sorted (the smart scan's offers lag the reads by up to
+ * OFFER_AHEAD pages): an insertion sort of the indexes, no allocation.
+ *
+ * Gaps: a NONE between SEEN pages, address neighbours in this answer, is
+ * published with them (up to GAP_FILL pages in a row). Another member had
+ * the pages on both sides, so it very likely has this one too, and the
+ * helper just did not know it (its offer was evicted, or not made yet):
+ * published alone later, by whoever asks next, it would cut the run in
+ * three mappings in every member. Publishing a page nobody else has costs
+ * us nothing but the copy (our own page is merged into the segment's and
+ * freed); the segment's page lives as long as the segment does.
+ */
+#define GAP_FILL 16
 static void group_lookup(struct pass_ctx *c)
 {
 	uint64_t *h = grp.ask_h;
 	uint32_t *base = grp.seg_base;
 	size_t n = grp.nask, ns = 0;
+	uint16_t ord[DD_GROUP_MAX_LOOKUP];
+	uint8_t kind[DD_GROUP_MAX_LOOKUP];
 
 	grp.nask = 0;
 	for (size_t i = 0; i < n; i++)
@@ -243,8 +271,29 @@ static void group_lookup(struct pass_ctx *c)
 	if (ns)
 		dd_group_test_die(DD_GS_FOUND);
 	for (size_t i = 0; i < n; i++) {
+		size_t j = i;
+		for (; j && grp.ask[ord[j - 1]].a > grp.ask[i].a; j--)
+			ord[j] = ord[j - 1];
+		ord[j] = (uint16_t)i;
+		kind[i] = (uint8_t)grp.ans[i].kind;
+	}
+	for (size_t j = 1; j < n; j++) {   /* fill the gaps (above) */
+		if (kind[ord[j]] != DD_GROUP_NONE || kind[ord[j - 1]] != DD_GROUP_SEEN)
+			continue;
+		size_t k = j;
+		while (k < n && k - j < GAP_FILL && kind[ord[k]] == DD_GROUP_NONE &&
+		       grp.ask[ord[k]].a == grp.ask[ord[k - 1]].a + DD_PAGE)
+			k++;
+		if (k < n && kind[ord[k]] == DD_GROUP_SEEN &&
+		    grp.ask[ord[k]].a == grp.ask[ord[k - 1]].a + DD_PAGE)
+			for (size_t m = j; m < k; m++)
+				kind[ord[m]] = DD_GROUP_SEEN;
+		j = k - 1 > j ? k - 1 : j;
+	}
+	for (size_t j = 0; j < n; j++) {
+		size_t i = ord[j];
 		const struct dd_group_answer *an = &grp.ans[i];
-		if (an->kind == DD_GROUP_SEEN) {
+		if (kind[i] == DD_GROUP_SEEN) {
 			group_publish(c, grp.ask[i].a, h[i], NULL);
 		} else if (an->kind == DD_GROUP_FOUND && an->seg < ns && base[an->seg] &&
 			   an->page < grp.segs[an->seg].npages) {
@@ -603,6 +652,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			if (eng.nbatch)
 				c.merged += dd_merge_batch();
 			dd_merge_free_scratch();
+			dd_unstable_trim();   /* sized to what this pass used */
 			dd_store_sweep();   /* orphaned canonical pages (store.c) */
 			dd_store_seg_sweep();
 			pthread_mutex_lock(&eng.gate);
