@@ -103,7 +103,7 @@ static const struct field fields[] = {
 	F(vmas_added, "Mappings", GAUGE, NUMBER, "vmas_added", NULL,
 	  "mappings (VMAs) merging added to the process (estimate), held to vma_budget"),
 	F(vma_budget, "Mappings", GAUGE, NUMBER, "vma_budget", NULL,
-	  "mappings the engine may add (DEDUP_VMA_BUDGET; default half of vm.max_map_count)"),
+	  "mappings the engine may add (DEDUP_VMA_BUDGET; default vm.max_map_count - max(4 x own, 4096))"),
 	F(regions, "Mappings", GAUGE, NUMBER, "regions", NULL,
 	  "ranges registered (dedup_register() or the preload library)"),
 	F(bytes_registered, "Mappings", GAUGE, BYTES, "registered_bytes", NULL,

@@ -67,7 +67,8 @@ struct dedup_config {
 	uint32_t cpu_percent;       /* DEDUP_CPU: engine CPU share of one core, 1-100 (25) */
 	int32_t zero_pages;         /* DEDUP_ZERO_PAGES: merge zero pages, 1 on / -1 off (on) */
 	uint64_t vma_budget;        /* DEDUP_VMA_BUDGET: VMAs the engine may add
-	                               (max_map_count / 2) */
+	                               (max_map_count minus 4x the program's own
+	                               mappings, at least 4096; 0 = that rule) */
 	uint64_t min_region;        /* DEDUP_MIN_REGION: smallest range worth
 	                               registering, bytes (64K; used by preload) */
 	int32_t log_level;          /* DEDUP_LOG: enum dedup_log_level + 1; 0 = default (warn) */

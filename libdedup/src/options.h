@@ -24,7 +24,7 @@
 	X(zero_pages, uint64_t, "DEDUP_ZERO_PAGES", 1, 0, 1, 0,                     \
 	  "merge zero-filled pages into the kernel zero page (1/0)")                 \
 	X(vma_budget, uint64_t, "DEDUP_VMA_BUDGET", 0, 0, UINT64_MAX / 2, 1,        \
-	  "mappings the engine may add (0: half of vm.max_map_count)")               \
+	  "mappings the engine may add (0: max_map_count - max(4 x own, 4096))")     \
 	X(min_region, uint64_t, "DEDUP_MIN_REGION", 65536, 4096, UINT64_MAX / 2, 1, \
 	  "smallest range the preload library registers, bytes")                     \
 	X(log_level, uint64_t, "DEDUP_LOG", 2, 0, 5, 0,                             \

@@ -572,18 +572,29 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 	if (*cursor == 0 && !fresh_only && recount_due()) {
 		/* Recalibrate the VMA estimate from what the kernel says: the
 		 * per-merge estimate (merge.c vma_delta) cannot see merges of
-		 * adjacent mappings and overcounts. Mappings the application
-		 * added since dedup_init() count against the budget too: the
-		 * budget protects the process, whoever spends it. Not for a
-		 * pass over fresh regions only, which may come every interval,
-		 * and not at every pass (recount_due): the count reads all of
+		 * adjacent mappings and overcounts. The count splits the total
+		 * into ours (our memfd runs and the pieces they split off:
+		 * dd_count_maps_ours) and the program's own, and the budget is
+		 * sized again from the program's own (engine.c
+		 * dd_engine_size_budget), with the limit read again: what the
+		 * program adds shrinks our budget by several times as much,
+		 * and the hard stop (merge.c budget_allows) holds the total
+		 * below the limit whoever spends it. Not for a pass over fresh
+		 * regions only, which may come every interval, and not at
+		 * every pass (recount_due): the count reads all of
 		 * /proc/self/maps. */
 		uint64_t c0 = dd_thread_cpu_ns();
-		eng.maps_at_pass = dd_count_maps(NULL, NULL);
+		long ours = 0, total = dd_count_maps_ours(&ours);
 		eng.maps_count_cpu_ns = dd_thread_cpu_ns() - c0;
 		eng.maps_counted_ns = dd_now_ns();
-		long added = eng.maps_at_pass - eng.maps_at_init;
-		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
+		if (total > 0) {
+			long limit = dd_max_map_count_now();
+			if (limit > 0)
+				dd_feat.max_map_count = limit;
+			eng.maps_at_pass = total;
+			atomic_store(&dd_cnt.vmas_added, (uint64_t)ours);
+			dd_engine_size_budget(total - ours);
+		}
 		eng.vmas_this_pass = 0;
 	}
 	while (budget) {
