@@ -114,6 +114,10 @@ struct dedup_stats {
 	uint64_t group_pages;        /* pages that map a sharing group's canonical
 	                                page (DEDUP_SHARE); not in pages_sharing,
 	                                bytes_saved: the group saves them, once */
+	uint64_t budget_waiting;     /* pages that would merge (net pages saved) but
+	                                wait on the VMA budget, as found by the last
+	                                full pass: what a larger vm.max_map_count
+	                                would let merge (a gauge) */
 };
 
 /* Start the engine (threads, userfaultfd, page store). NULL: defaults.

@@ -981,6 +981,8 @@ int dd_engine_init(const char **why)
 	*why = NULL;
 	dd_os_probe();
 	dd_engine_size_budget(dd_count_maps(NULL, NULL));
+	atomic_store(&dd_cnt.budget_waiting, 0);
+	eng.budget_wait_pass = 0;
 	eng.zero_hash = dd_hash_page(dd_zero_page);
 	eng.cursor = 0;
 	ret = dd_store_init(dd_opt.store_max);

@@ -553,9 +553,11 @@ static void win_budget(struct window *w)
 			while (k < w->n && it[k].target == it[k - 1].target + 1)
 				k++;
 			size_t p = (it[i].addr - w->r->start) / DD_PAGE;
-			if (!budget_allows(vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target)))
+			if (!budget_allows(vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target))) {
 				for (size_t m = i; m < k; m++)
 					drop(&it[m], IT_GONE, &dd_cnt.skipped_budget);
+				eng.budget_wait_pass += k - i;   /* they would merge */
+			}
 		}
 		i = k;
 	}
@@ -704,6 +706,7 @@ static void win_replace(struct window *w)
 		size_t p = (a - w->r->start) / DD_PAGE, l = k * DD_PAGE;
 		long delta = vma_delta(w->r, p, k, it[i].target, it[i + k - 1].target);
 		if (place_run(a, l, it[i].target) < 0) {   /* ENOMEM at the map limit */
+			eng.budget_wait_pass += k;
 			for (size_t x = i; x < i + k; x++) {
 				DD_INC(skipped_budget, 1);
 				it[x].state = move_back(w->base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;

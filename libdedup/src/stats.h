@@ -31,6 +31,7 @@ struct dd_counters {
 	DD_COUNTERS(X)
 #undef X
 	_Atomic uint64_t zero_pages;  /* gauge */
+	_Atomic uint64_t budget_waiting;   /* gauge: set at the end of each full pass (scan.c) */
 };
 extern struct dd_counters dd_cnt;
 #define DD_INC(name, n) atomic_fetch_add_explicit(&dd_cnt.name, (n), memory_order_relaxed)
