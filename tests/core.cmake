@@ -25,6 +25,7 @@ dedup_test(test_discard LABELS core)
 dedup_test(test_remove_race TIMEOUT 600 LABELS core race)
 dedup_test(test_vma_budget LABELS core MMC)
 dedup_test(test_vma_budget_own LABELS core MMC)
+dedup_test(test_vma_budget_long LABELS core)
 dedup_test(test_vma_cost LABELS core)
 dedup_test(test_unregister_race TIMEOUT 600 LABELS core race MMC)
 # Each race test must fail on the naive implementation it guards against:

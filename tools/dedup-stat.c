@@ -113,6 +113,10 @@ static const struct field fields[] = {
 	F(budget_waiting, "Waiting on vm.max_map_count", GAUGE, PAGES, "budget_waiting_pages", NULL,
 	  "MiB waiting on vm.max_map_count: duplicates the VMA budget kept from merging"
 	  " at the last pass, what a larger limit would let merge (pages saved)"),
+	F(runs_given_back, "Waiting on vm.max_map_count", COUNTER, NUMBER, "runs_given_back_total",
+	  NULL, "merged runs unmerged to give their mappings back (for a longer run, or an ENOMEM)"),
+	F(enomem_retries, "Waiting on vm.max_map_count", COUNTER, NUMBER, "enomem_retries_total",
+	  NULL, "program calls that failed with ENOMEM, retried after giving mappings back"),
 };
 #undef F
 /* Every member of struct dedup_stats but .size has a row. */

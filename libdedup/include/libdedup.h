@@ -118,6 +118,11 @@ struct dedup_stats {
 	                                wait on the VMA budget, as found by the last
 	                                full pass: what a larger vm.max_map_count
 	                                would let merge (a gauge) */
+	uint64_t runs_given_back;    /* merged runs unmerged to give mappings back:
+	                                for a longer run, or for a program call
+	                                that failed with ENOMEM */
+	uint64_t enomem_retries;     /* the program's mapping calls that failed with
+	                                ENOMEM, retried after a give-back (preload) */
 };
 
 /* Start the engine (threads, userfaultfd, page store). NULL: defaults.

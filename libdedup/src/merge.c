@@ -541,8 +541,44 @@ struct window {
 	long merged;
 };
 
+/*
+ * Long runs first (issue 11, point 5). A run of L pages that adds d
+ * mappings saves L pages for them: a single page in the middle of a
+ * mapping saves 1 for 2, a run of 16 pages 16 for 2. Where the budget
+ * binds, every mapping should go to the longest runs. The scanner cannot
+ * sort a pass's runs by length before merging them (it finds them in
+ * address order, and merges as it goes), so one simple rule: the last part
+ * of the budget (RESERVE_SHARE of it, at least RESERVE_MIN mappings) is
+ * kept for runs that save at least 2 pages per mapping they add (L >= 2 d):
+ * a single page or a pair is refused there and waits (budget_waiting), so
+ * the reserve is not eaten by singles while longer runs still come (new
+ * memory the program fills, a heap that settles). The rule only refuses
+ * merges: nothing here can change what the program reads. Its cost, when
+ * no long run ever comes: the reserve's worth of single pages, half a page
+ * a mapping (at 65,530: about 1,900 mappings, some 950 pages, 3.7 MiB).
+ * Not done: evicting merged single pages for a long run. The scanner
+ * stops offering non-zero pages once the budget is spent (scan.c
+ * budget_wait), and with the reserve the budget is never spent by singles,
+ * so a long run always finds room without it; dd_merge_give_back() (below)
+ * is the eviction a fuller scheme would use.
+ */
+#define RESERVE_SHARE 32
+#define RESERVE_MIN 64
+
+static bool worth_reserve(size_t pages, long delta)
+{
+	if (delta <= 0 || (long)pages >= 2 * delta)
+		return true;
+	long left = (long)eng.vma_budget - (long)atomic_load(&dd_cnt.vmas_added);
+	long reserve = (long)eng.vma_budget / RESERVE_SHARE;
+	if (reserve < RESERVE_MIN)
+		reserve = RESERVE_MIN;
+	/* a tiny budget (hostile hosts, tests) is not split */
+	return (long)eng.vma_budget < 4 * RESERVE_MIN || left - delta >= reserve;
+}
+
 /* Before 1: drop non-zero runs that would spend more mappings than the VMA
- * budget has left. */
+ * budget has left, or spend its reserve on few pages (worth_reserve). */
 static void win_budget(struct window *w)
 {
 	struct dd_merge_item *it = w->it;
@@ -553,7 +589,8 @@ static void win_budget(struct window *w)
 			while (k < w->n && it[k].target == it[k - 1].target + 1)
 				k++;
 			size_t p = (it[i].addr - w->r->start) / DD_PAGE;
-			if (!budget_allows(vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target))) {
+			long d = vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target);
+			if (!budget_allows(d) || !worth_reserve(k - i, d)) {
 				for (size_t m = i; m < k; m++)
 					drop(&it[m], IT_GONE, &dd_cnt.skipped_budget);
 				eng.budget_wait_pass += k - i;   /* they would merge */
@@ -1639,6 +1676,96 @@ int dd_merge_unmerge_pieces(uintptr_t lo, uintptr_t hi)
 out:
 	pthread_mutex_unlock(&eng.lock);
 	return ret;
+}
+
+/*
+ * Giving mappings back (issue 11, point 5): unmerge the merged runs worth
+ * least - those of at most max_len pages, shortest first: a single page
+ * costs two mappings and saves one page - until about @want mappings are
+ * freed. Each run goes through the unmerging protocol above on its own
+ * range of a region that stays registered; what is anonymous again then
+ * gets the region's WP-only registration back, so that it merges with its
+ * anonymous neighbours into one VMA (the unmerge leaves it MISSING|WP like
+ * the replacement, which would keep it a VMA of its own); what could not
+ * be unmerged stays merged and registered as it was. Used by the preload
+ * library when a call of the program fails with ENOMEM near the limit
+ * (preload/interpose.c), and to make room for a long run (dd_merge_batch).
+ * With @hold (the ENOMEM case) the budget is lowered to what is left, so the
+ * pages given back are not merged again before the next count of the
+ * mappings sizes the budget anew (scan.c); that count is made due. eng.lock
+ * held, not the gate. Returns the mappings freed (an estimate, as
+ * vmas_added).
+ */
+static long give_back_run(struct dd_region *r, size_t i, size_t k)
+{
+	uintptr_t a = r->start + i * DD_PAGE, e = r->start + k * DD_PAGE;
+	long delta = vma_delta(r, i, k - i, dd_region_slot(r, i), dd_region_slot(r, k - 1));
+	int err;
+
+	struct um *u = um_init(r, a, e, &err);
+	if (!u)
+		return 0;
+	um_run(u);
+	size_t left = 0;
+	pthread_mutex_lock(&eng.gate);
+	for (size_t p = i; p < k;) {   /* the region's registration, where anonymous */
+		bool merged = dd_region_slot(r, p) != DD_SLOT_NONE && dd_region_slot(r, p) != DD_SLOT_ZERO;
+		size_t q = p + 1;
+		while (q < k && (dd_region_slot(r, q) != DD_SLOT_NONE &&
+				 dd_region_slot(r, q) != DD_SLOT_ZERO) == merged)
+			q++;
+		if (!merged) {
+			uintptr_t s = r->start + p * DD_PAGE;
+			int ret = dd_uffd_unregister(eng.uffd, s, (q - p) * DD_PAGE);
+			if (ret < 0 && uffd_back(-ret))
+				dd_uffd_unregister(eng.uffd, s, (q - p) * DD_PAGE);
+			if (dd_uffd_register(eng.uffd, s, (q - p) * DD_PAGE, UFFDIO_REGISTER_MODE_WP) < 0)
+				dd_debug("give back: could not register %#lx+%zu again",
+					 (unsigned long)s, (q - p) * DD_PAGE);
+		} else {
+			left += q - p;
+		}
+		p = q;
+	}
+	pthread_mutex_unlock(&eng.gate);
+	um_fini(u);
+	if (left || delta <= 0)
+		return 0;   /* left merged (a warning said why), or it cost nothing */
+	DD_INC(runs_given_back, 1);
+	return delta;
+}
+
+long dd_merge_give_back(long want, size_t max_len, bool hold)
+{
+	dd_assert_held(&eng.lock);
+	long freed = 0;
+
+	if (!eng.running || atomic_load(&eng.forking) || eng.child)
+		return 0;
+	for (size_t len = 1; len <= max_len && freed < want; len = len < 4 ? len + 1 : len * 2) {
+		for (size_t x = 0; x < dd_region_count() && freed < want; x++) {
+			struct dd_region *r = dd_region_at(x);
+			size_t i = 0, k;
+			while (freed < want && dd_region_next_merged(r, &i, &k)) {
+				size_t n = k - i;
+				if (n <= len && (len == 1 || n > len / 2)) {
+					long d = give_back_run(r, i, k);
+					freed += d;
+					eng.vmas_this_pass -= d;
+				}
+				i = k;
+			}
+		}
+	}
+	if (freed) {
+		int64_t added = (int64_t)atomic_load(&dd_cnt.vmas_added) - freed;
+		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
+		if (hold && eng.vma_budget > (uint64_t)(added > 0 ? added : 0))
+			eng.vma_budget = (uint64_t)(added > 0 ? added : 0);
+		if (hold)
+			eng.maps_counted_ns = 0;   /* count again at the next pass (scan.c) */
+	}
+	return freed;
 }
 
 /* Sort the batch by address in place. Not qsort(): glibc's may malloc, and

@@ -128,6 +128,7 @@ void dd_stats_report(const char *when)
 	LINE("libdedup[%d]: %-20s %lld\n", pid, "vmas_added", (long long)st.vmas_added); /* may be < 0 */
 	ROW(vma_budget) ROW(bytes_saved) ROW(metadata_bytes) ROW(regions) ROW(bytes_registered)
 	ROW(engine_cpu_ns) ROW(store_slots_freed) ROW(budget_waiting)
+	ROW(runs_given_back) ROW(enomem_retries)
 	/* ksm_process_profit's counterpart; may be negative */
 	LINE("libdedup[%d]: %-20s %lld\n", pid, "process_profit",
 	     (long long)st.bytes_saved - (long long)st.metadata_bytes);
