@@ -1066,7 +1066,8 @@ static bool um_next_run(struct um *u, uintptr_t *a, uintptr_t *e)
 {
 	if (u->r) {
 		size_t i = (u->pos - u->r->start) / DD_PAGE, k;
-		if (u->pos >= u->hi || !dd_region_next_merged(u->r, &i, &k))
+		if (u->pos >= u->hi || !dd_region_next_merged(u->r, &i, &k) ||
+		    u->r->start + i * DD_PAGE >= u->hi)   /* past a range short of r's end */
 			return false;
 		*a = u->r->start + i * DD_PAGE;
 		*e = u->r->start + k * DD_PAGE;
@@ -1696,23 +1697,39 @@ out:
  * held, not the gate. Returns the mappings freed (an estimate, as
  * vmas_added).
  */
+static bool slot_merged(uint32_t s)
+{
+	return s != DD_SLOT_NONE && s != DD_SLOT_ZERO;
+}
+
 static long give_back_run(struct dd_region *r, size_t i, size_t k)
 {
-	uintptr_t a = r->start + i * DD_PAGE, e = r->start + k * DD_PAGE;
 	long delta = vma_delta(r, i, k - i, dd_region_slot(r, i), dd_region_slot(r, k - 1));
 	int err;
 
-	struct um *u = um_init(r, a, e, &err);
-	if (!u)
+	/* The range unmerged is the run with the whole anonymous pieces on its
+	 * sides (up to the next merged page or the region's edge): the unmerge
+	 * registers it all MISSING|WP like its replacement, which then merges
+	 * with them at once (see "Unmerging", 0. and 3.), and registering
+	 * whole VMAs splits none - at the limit a split would fail. */
+	size_t lo = i, hi = k;
+	while (lo > 0 && !slot_merged(dd_region_slot(r, lo - 1)))
+		lo--;
+	while (hi < r->npages && !slot_merged(dd_region_slot(r, hi)))
+		hi++;
+	struct um *u = um_init(r, r->start + lo * DD_PAGE, r->start + hi * DD_PAGE, &err);
+	if (!u) {
+		dd_debug("give back: %#lx+%zu: errno %d", (unsigned long)(r->start + i * DD_PAGE),
+			 (k - i) * DD_PAGE, -err);
 		return 0;
+	}
 	um_run(u);
 	size_t left = 0;
 	pthread_mutex_lock(&eng.gate);
-	for (size_t p = i; p < k;) {   /* the region's registration, where anonymous */
-		bool merged = dd_region_slot(r, p) != DD_SLOT_NONE && dd_region_slot(r, p) != DD_SLOT_ZERO;
+	for (size_t p = lo; p < hi;) {   /* the region's registration, where anonymous */
+		bool merged = slot_merged(dd_region_slot(r, p));
 		size_t q = p + 1;
-		while (q < k && (dd_region_slot(r, q) != DD_SLOT_NONE &&
-				 dd_region_slot(r, q) != DD_SLOT_ZERO) == merged)
+		while (q < hi && slot_merged(dd_region_slot(r, q)) == merged)
 			q++;
 		if (!merged) {
 			uintptr_t s = r->start + p * DD_PAGE;
@@ -1729,27 +1746,77 @@ static long give_back_run(struct dd_region *r, size_t i, size_t k)
 	}
 	pthread_mutex_unlock(&eng.gate);
 	um_fini(u);
+	dd_debug("give back: %#lx+%zu in [%zu, %zu): %zu pages left merged, delta %ld",
+		 (unsigned long)(r->start + i * DD_PAGE), (k - i) * DD_PAGE, lo, hi, left, delta);
 	if (left || delta <= 0)
 		return 0;   /* left merged (a warning said why), or it cost nothing */
 	DD_INC(runs_given_back, 1);
 	return delta;
 }
 
+/*
+ * Spare mappings for giving back at the limit. Unmerging a run needs
+ * mappings to spare before it gives any back (see "Unmerging": about 9),
+ * and where a call of the program failed with ENOMEM there are none. So
+ * while merging holds added mappings we keep SPARES mappings of our own,
+ * one reservation of SPARES pages whose every other page has another
+ * protection (a VMA each, no memory: never touched). Unmapping them splits
+ * nothing, which the kernel allows at the limit; dd_merge_give_back()
+ * unmaps them first and makes them again after. eng.lock.
+ */
+#define SPARES 32
+static uintptr_t spares;
+
+void dd_merge_spares_keep(void)
+{
+	dd_assert_held(&eng.lock);
+	if (spares || (int64_t)atomic_load(&dd_cnt.vmas_added) <= 0)
+		return;
+	void *p = dd_os_mmap(NULL, SPARES * DD_PAGE, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, true);
+	if (p == MAP_FAILED)
+		return;
+	for (size_t i = 1; i < SPARES; i += 2)
+		if (dd_os_mprotect((char *)p + i * DD_PAGE, DD_PAGE, PROT_READ) < 0)
+			break;   /* fewer spares */
+	spares = (uintptr_t)p;
+}
+
+/* Page by page: an inner page is a VMA of its own, so its munmap splits
+ * nothing; an edge page may have merged with a neighbour of the same kind
+ * (another PROT_NONE reservation), and is left mapped (no memory) if its
+ * munmap fails at the limit. */
+static void spares_release(void)
+{
+	if (!spares)
+		return;
+	for (size_t i = 1; i + 1 < SPARES; i++)
+		dd_os_munmap((void *)(spares + i * DD_PAGE), DD_PAGE);
+	dd_os_munmap((void *)spares, DD_PAGE);
+	dd_os_munmap((void *)(spares + (SPARES - 1) * DD_PAGE), DD_PAGE);
+	spares = 0;
+}
+
 long dd_merge_give_back(long want, size_t max_len, bool hold)
 {
 	dd_assert_held(&eng.lock);
 	long freed = 0;
+	int failed = 0;   /* in a row: no mapping to spare, stop trying */
 
 	if (!eng.running || atomic_load(&eng.forking) || eng.child)
 		return 0;
-	for (size_t len = 1; len <= max_len && freed < want; len = len < 4 ? len + 1 : len * 2) {
-		for (size_t x = 0; x < dd_region_count() && freed < want; x++) {
+	spares_release();
+	for (size_t len = 1; len <= max_len && len <= ((size_t)1 << 20) && freed < want &&
+			     failed < 8;
+	     len = len < 4 ? len + 1 : len * 2) {
+		for (size_t x = 0; x < dd_region_count() && freed < want && failed < 8; x++) {
 			struct dd_region *r = dd_region_at(x);
 			size_t i = 0, k;
-			while (freed < want && dd_region_next_merged(r, &i, &k)) {
+			while (freed < want && failed < 8 && dd_region_next_merged(r, &i, &k)) {
 				size_t n = k - i;
 				if (n <= len && (len == 1 || n > len / 2)) {
 					long d = give_back_run(r, i, k);
+					failed = d > 0 ? 0 : failed + 1;
 					freed += d;
 					eng.vmas_this_pass -= d;
 				}
@@ -1765,6 +1832,7 @@ long dd_merge_give_back(long want, size_t max_len, bool hold)
 		if (hold)
 			eng.maps_counted_ns = 0;   /* count again at the next pass (scan.c) */
 	}
+	dd_merge_spares_keep();
 	return freed;
 }
 
@@ -1822,8 +1890,11 @@ int dd_merge_init(void)
 
 /* Free what dd_merge_init() made. Also in a fork()ed child that starts its
  * own engine (single-threaded there): the raw munmap, no interposer. */
+static void spares_release(void);
+
 void dd_merge_fini(void)
 {
+	spares_release();
 	if (scratch.base)
 		dd_os_raw_munmap((void *)scratch.base, scratch.pages * DD_PAGE);
 	scratch.base = 0;

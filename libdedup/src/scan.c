@@ -636,6 +636,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			eng.maps_at_pass = total;
 			atomic_store(&dd_cnt.vmas_added, (uint64_t)ours);
 			dd_engine_size_budget(total - ours);
+			dd_merge_spares_keep();   /* for a give-back at the limit (merge.c) */
 		}
 		eng.vmas_this_pass = 0;
 	}
