@@ -56,6 +56,7 @@ struct dd_engine {
 	/* new regions are fragile (scan.c): set by the preload library, whose
 	 * regions libc may unmap or shrink behind its back */
 	bool fragile_regions;
+	bool keep_spares;              /* preload: spare mappings for a give-back (merge.c) */
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */
 	/* VMA accounting for the budget */

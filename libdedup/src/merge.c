@@ -1762,7 +1762,9 @@ static long give_back_run(struct dd_region *r, size_t i, size_t k)
  * one reservation of SPARES pages whose every other page has another
  * protection (a VMA each, no memory: never touched). Unmapping them splits
  * nothing, which the kernel allows at the limit; dd_merge_give_back()
- * unmaps them first and makes them again after. eng.lock.
+ * unmaps them first and makes them again after. Only in preload mode
+ * (eng.keep_spares), the one caller at the limit: an API program keeps
+ * every mapping of the budget's count. eng.lock.
  */
 #define SPARES 32
 static uintptr_t spares;
@@ -1770,7 +1772,7 @@ static uintptr_t spares;
 void dd_merge_spares_keep(void)
 {
 	dd_assert_held(&eng.lock);
-	if (spares || (int64_t)atomic_load(&dd_cnt.vmas_added) <= 0)
+	if (spares || !eng.keep_spares || (int64_t)atomic_load(&dd_cnt.vmas_added) <= 0)
 		return;
 	void *p = dd_os_mmap(NULL, SPARES * DD_PAGE, PROT_NONE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, true);
