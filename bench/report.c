@@ -453,12 +453,17 @@ static void report_details(FILE *f, struct result *rs, size_t n)
 		if (result_extra_get(r, "ld_in_group"))
 			fprintf(f, " group: %s of %s members in it, %s pages mapping its pages;",
 				ex(r, "ld_in_group"), ex(r, "workers"), ex(r, "ld_group_pages"));
-		if (budget)
+		if (budget) {
 			fprintf(f, " libdedup: %s passes, skipped for VMA budget %s, VMAs added %s "
 				   "(budget %s), metadata %s bytes", ex(r, "passes"),
 				budget, ex(r, "ld_vmas_added"),
 				ex(r, "ld_vma_budget"),
 				ex(r, "ld_metadata_bytes"));
+			const char *wait = result_extra_get(r, "ld_budget_waiting");
+			if (wait)   /* pages that would merge with a larger limit */
+				fprintf(f, ", waiting on vm.max_map_count %.1f MiB",
+					strtod(wait, NULL) * 4096.0 / 1048576.0);
+		}
 		if (prof)
 			fprintf(f, " ksm: %s full scans, pages_sharing %s, pages_shared %s, "
 				   "general_profit %s bytes", ex(r, "ksm_full_scans"),

@@ -103,13 +103,20 @@ static const struct field fields[] = {
 	F(vmas_added, "Mappings", GAUGE, NUMBER, "vmas_added", NULL,
 	  "mappings (VMAs) merging added to the process (estimate), held to vma_budget"),
 	F(vma_budget, "Mappings", GAUGE, NUMBER, "vma_budget", NULL,
-	  "mappings the engine may add (DEDUP_VMA_BUDGET; default half of vm.max_map_count)"),
+	  "mappings the engine may add (DEDUP_VMA_BUDGET; default vm.max_map_count - max(4 x own, 4096))"),
 	F(regions, "Mappings", GAUGE, NUMBER, "regions", NULL,
 	  "ranges registered (dedup_register() or the preload library)"),
 	F(bytes_registered, "Mappings", GAUGE, BYTES, "registered_bytes", NULL,
 	  "total length of the registered ranges"),
 	F(engine_cpu_ns, "Engine", COUNTER, NSEC, "engine_cpu_seconds_total", NULL,
 	  "CPU time of libdedup's threads and of dedup_scan_now() passes"),
+	F(budget_waiting, "Waiting on vm.max_map_count", GAUGE, PAGES, "budget_waiting_pages", NULL,
+	  "MiB waiting on vm.max_map_count: duplicates the VMA budget kept from merging"
+	  " at the last pass, what a larger limit would let merge (pages saved)"),
+	F(runs_given_back, "Waiting on vm.max_map_count", COUNTER, NUMBER, "runs_given_back_total",
+	  NULL, "merged runs unmerged to give their mappings back (for a longer run, or an ENOMEM)"),
+	F(enomem_retries, "Waiting on vm.max_map_count", COUNTER, NUMBER, "enomem_retries_total",
+	  NULL, "program calls that failed with ENOMEM, retried after giving mappings back"),
 };
 #undef F
 /* Every member of struct dedup_stats but .size has a row. */
@@ -635,8 +642,8 @@ static void print_list(const struct samples *s, const struct samples *prev)
 {
 	bool rates = opt.watch;
 
-	printf("%7s %-15s %10s %9s %9s %9s %10s %15s %6s", "PID", "COMMAND", "SAVED_MiB",
-	       "SHARING", "SHARED", "ZERO", "COW_BREAKS", "VMAS/BUDGET", "CPU%");
+	printf("%7s %-15s %10s %9s %9s %9s %10s %15s %8s %6s", "PID", "COMMAND", "SAVED_MiB",
+	       "SHARING", "SHARED", "ZERO", "COW_BREAKS", "VMAS/BUDGET", "WAIT_MiB", "CPU%");
 	if (rates)
 		printf(" %9s %10s", "MERGED/s", "SCAN_MiB/s");
 	printf("\n");
@@ -648,11 +655,12 @@ static void print_list(const struct samples *s, const struct samples *prev)
 		snprintf(vmas, sizeof(vmas), "%lld/%llu", (long long)st->vmas_added,
 			 (unsigned long long)st->vma_budget);
 		char cbuf[16];
-		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %6.1f", x->pid,
+		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %8.1f %6.1f", x->pid,
 		       printable(x->comm, cbuf),
 		       mib(st->bytes_saved), (unsigned long long)st->pages_sharing,
 		       (unsigned long long)st->pages_shared, (unsigned long long)st->zero_pages,
-		       (unsigned long long)st->cow_breaks, vmas, r.cpu_percent);
+		       (unsigned long long)st->cow_breaks, vmas,
+		       mib(st->budget_waiting * x->page_size), r.cpu_percent);
 		if (rates)
 			printf(" %9.0f %10.1f", r.merged_ps, r.scanned_mibps);
 		printf("\n");
@@ -822,6 +830,8 @@ static void print_json(const struct sample *x, const struct sample *prev)
 	       "\"ksm_process_profit\":%lld},",
 	       (unsigned long long)l->stats.pages_sharing, (unsigned long long)l->stats.zero_pages,
 	       (long long)profit(x));
+	printf("\"mib_waiting_on_max_map_count\":%.1f,",
+	       mib(l->stats.budget_waiting * x->page_size));
 	printf("\"rates\":{\"window_seconds\":%.3f,\"since_start\":%s,\"merged_pages_per_second\":%.3f,"
 	       "\"scanned_mib_per_second\":%.3f,\"cow_breaks_per_second\":%.3f,"
 	       "\"engine_cpu_percent\":%.3f}}",
@@ -873,7 +883,7 @@ static void prom_sample(const char *name, const struct sample *x, const char *re
 }
 
 /* Extra gauges that are not members of struct dedup_stats. */
-enum extra { X_PROFIT, X_UPDATED, X_STARTED, X_CPU, X_INTERVAL, X_RATE, X_NEXTRA };
+enum extra { X_PROFIT, X_UPDATED, X_STARTED, X_CPU, X_INTERVAL, X_RATE, X_WAITING, X_NEXTRA };
 static const struct {
 	const char *name, *help;
 } extras[X_NEXTRA] = {
@@ -887,6 +897,9 @@ static const struct {
 			 "DEDUP_INTERVAL: pause between full passes, seconds" },
 	[X_RATE] = { "config_pages_per_second_limit",
 		     "DEDUP_PAGES_PER_SEC: scan rate cap, pages per second (0: none)" },
+	[X_WAITING] = { "waiting_on_max_map_count_bytes",
+			"memory waiting on vm.max_map_count: budget_waiting x page size, what a"
+			" larger limit would let merge" },
 };
 
 /* Metrics outer, processes inner: each metric's HELP and TYPE once, then
@@ -938,6 +951,10 @@ static void print_prometheus(const struct samples *s)
 				break;
 			case X_INTERVAL:
 				printf("%.3f\n", (double)x->live.scan_interval_ms / 1e3);
+				break;
+			case X_WAITING:
+				printf("%llu\n", (unsigned long long)(x->live.stats.budget_waiting *
+									x->page_size));
 				break;
 			default:
 				printf("%llu\n", (unsigned long long)x->live.pages_per_sec);
@@ -1168,6 +1185,8 @@ static const char help_text[] =
 "\n"
 "    Without PID, one line per process: PID, command, MiB saved, pages\n"
 "    sharing, pages shared, zero pages, COW breaks, VMAs added / VMA budget,\n"
+"    MiB waiting on vm.max_map_count (duplicates the VMA budget kept from\n"
+"    merging at the last pass: what a larger limit would let merge),\n"
 "    and engine CPU% (CPU time of libdedup's threads over the time since\n"
 "    the engine started, percent of one core; with --watch, over the last\n"
 "    refresh).\n"

@@ -967,6 +967,58 @@ static void doorbell_free(void)
 }
 
 /*
+ * The VMA budget: how many mappings merging may add (issue 11, point 5).
+ * Every merged run is a mapping, and an isolated page costs two; past
+ * vm.max_map_count the kernel refuses the *program's* next mmap, mprotect
+ * or munmap that splits a mapping, and the program breaks in its own code.
+ * So the budget is what the limit leaves once the program has room to grow:
+ *
+ *	budget = limit - headroom,
+ *	headroom = max(4 x own, min(4096, 3/4 x limit))
+ *
+ * where own is the mappings the process has that merging did not add (all
+ * of them minus ours: scan.c counts both at each recount, and this is
+ * called again then, so the budget follows the program as it grows or
+ * shrinks). Why 4 x: a program's mapping count moves with its load
+ * (threads bring a stack and a guard each, allocators add arenas and
+ * split them with mprotect, JITs map code); room for it to quadruple
+ * covers what we saw (redis 121, a JVM a few thousand) without the
+ * half of the limit that the old flat budget held back for a program of
+ * a hundred mappings. Why 4096 at least: the kernel itself wants a few
+ * mappings more than it has for a split or a fork's copy, and a small
+ * program may start many threads at once. Where the limit itself is only a
+ * few thousand, the floor is three quarters of it: at limit 1000 (the
+ * hostile-host test) the budget is at most 250, and none once the program
+ * has 250 mappings of its own, so merging never takes the last mappings of
+ * a program that runs close to the limit on its own (zero pages, which add
+ * no mapping, still merge). With no floor below 4096 there would be no
+ * budget at all up to limit 4096, and a program of 50 mappings there could
+ * not merge even one run. Above the budget there is a
+ * hard stop at limit - 256 (merge.c budget_allows) for the total count,
+ * and if the program still meets ENOMEM, the preload library gives runs
+ * back and retries its call (preload/interpose.c).
+ *
+ * DEDUP_VMA_BUDGET overrides the whole rule (the hard stop stays).
+ * eng.lock held (or before the threads run).
+ */
+#define BUDGET_OWN_TIMES 4
+#define BUDGET_FLOOR 4096
+
+void dd_engine_size_budget(long own)
+{
+	if (dd_opt.vma_budget) {
+		eng.vma_budget = dd_opt.vma_budget;
+		return;
+	}
+	long limit = dd_feat.max_map_count;
+	long room = own > 0 ? BUDGET_OWN_TIMES * own : 0;
+	long floor = limit - limit / 4 < BUDGET_FLOOR ? limit - limit / 4 : BUDGET_FLOOR;
+	if (room < floor)
+		room = floor;
+	eng.vma_budget = limit > room ? (uint64_t)(limit - room) : 0;
+}
+
+/*
  * Everything the engine needs before its threads run: the userfaultfd, the
  * kernel's features, the store, the index, the merger's memory (merge.c),
  * then the two threads. Called by dedup_init() under eng.lock. 0, or -errno
@@ -982,8 +1034,9 @@ int dd_engine_init(const char **why)
 		return ret;
 	*why = NULL;
 	dd_os_probe();
-	eng.vma_budget = dd_opt.vma_budget ? dd_opt.vma_budget
-					   : (uint64_t)dd_feat.max_map_count / 2;
+	dd_engine_size_budget(dd_count_maps(NULL, NULL));
+	atomic_store(&dd_cnt.budget_waiting, 0);
+	eng.budget_wait_pass = 0;
 	eng.zero_hash = dd_hash_page(dd_zero_page);
 	eng.cursor = 0;
 	ret = dd_store_init(dd_opt.store_max);

@@ -373,6 +373,54 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 	return false;
 }
 
+/*
+ * The VMA budget is spent and page a (content d) is not zero: it does not
+ * go to a merge window. Before, such a page went to windows that
+ * write-protected it (a TLB shootdown each) only to find the budget spent:
+ * redis in the benchmark lost most of its GET rate to that. And no
+ * canonical page is written for it (dd_store_new): it would only be
+ * dropped. But we still find out whether it *would* merge, and count it in
+ * the gauge budget_waiting (what a larger vm.max_map_count would let
+ * merge, docs/stats.md): hashed, unchanged since the last pass, and equal
+ * to a canonical page (one page saved) or to another page of this pass
+ * (which then stands for both in the unstable index: n equal pages count
+ * n - 1, the pages merging them would save). The check costs a hash and at
+ * most one compare per page; a page that matches nothing ages as usual
+ * (smart scan), so the budget-bound heap is not hashed whole every pass.
+ * A page that waits stays young: it is hashed at each pass and merges as
+ * soon as the budget allows. Not in a sharing group: its lookups go to the
+ * helper, which a page that cannot merge should not load.
+ */
+static void budget_wait(uintptr_t a, const void *d, uint64_t *w)
+{
+	bool collided = false;
+	uint64_t h;
+
+	DD_INC(skipped_budget, 1);
+	if (dd_group_active()) {
+		*w = w_aged(w_make(0, W_AGE(*w), 0));   /* as before: starts over later */
+		return;
+	}
+	h = dd_hash_page(d);
+	if (h != W_HASH(*w)) {   /* changed since the last pass: not a candidate */
+		*w = w_make(h, 0, 0);
+		return;
+	}
+	if (dd_stable_lookup(h, d, &collided)) {
+		eng.budget_wait_pass++;
+		*w = w_make(h, 0, 0);
+		return;
+	}
+	if (dd_unstable_take(h, d, &collided)) {
+		eng.budget_wait_pass++;
+		*w = w_make(h, 0, 0);
+		dd_unstable_insert(h, a);   /* the next equal page meets this one */
+		return;
+	}
+	*w = w_aged(*w);
+	dd_unstable_insert(h, a);
+}
+
 /* Second half: the page's content d (the page itself, or a copy of it). */
 static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const struct page_ref *p)
 {
@@ -398,18 +446,10 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	}
 	c->scanned++;
 	/* VMA budget spent: only a zero page can still merge (it adds no
-	 * mapping). Skip the rest before hashing (so no canonical page is
-	 * written only to be dropped, and no stable match is tried): with the budget spent, a
-	 * heap whose other duplicates could never merge was hashed whole on
-	 * every pass, and its stable matches went to merge windows that
-	 * write-protected them (a TLB shootdown each) only to find the
-	 * budget spent - redis in the benchmark lost most of its GET rate to
-	 * that. Its hash is forgotten: should the budget allow merges again,
-	 * it starts over. It matched nothing: it ages (smart scan). */
+	 * mapping). The rest is not offered to merge (budget_wait). */
 	if (dd_merge_budget_spent() &&
 	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, dd_zero_page, DD_PAGE))) {
-		*w = w_aged(w_make(0, W_AGE(*w), 0));
-		DD_INC(skipped_budget, 1);
+		budget_wait(a, d, w);
 		return;
 	}
 	h = dd_hash_page(d);
@@ -619,22 +659,36 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		dd_unstable_reset();
 		grp.nask = grp.npub = grp.nu = 0;   /* flushed at the end of a pass */
 		eng.pass_gen++;
+		if (!fresh_only)
+			eng.budget_wait_pass = 0;
 	}
 	if (*cursor == 0 && !fresh_only && recount_due()) {
 		/* Recalibrate the VMA estimate from what the kernel says: the
 		 * per-merge estimate (merge.c vma_delta) cannot see merges of
-		 * adjacent mappings and overcounts. Mappings the application
-		 * added since dedup_init() count against the budget too: the
-		 * budget protects the process, whoever spends it. Not for a
-		 * pass over fresh regions only, which may come every interval,
-		 * and not at every pass (recount_due): the count reads all of
+		 * adjacent mappings and overcounts. The count splits the total
+		 * into ours (our memfd runs and the pieces they split off:
+		 * dd_count_maps_ours) and the program's own, and the budget is
+		 * sized again from the program's own (engine.c
+		 * dd_engine_size_budget), with the limit read again: what the
+		 * program adds shrinks our budget by several times as much,
+		 * and the hard stop (merge.c budget_allows) holds the total
+		 * below the limit whoever spends it. Not for a pass over fresh
+		 * regions only, which may come every interval, and not at
+		 * every pass (recount_due): the count reads all of
 		 * /proc/self/maps. */
 		uint64_t c0 = dd_thread_cpu_ns();
-		eng.maps_at_pass = dd_count_maps(NULL, NULL);
+		long ours = 0, total = dd_count_maps_ours(&ours);
 		eng.maps_count_cpu_ns = dd_thread_cpu_ns() - c0;
 		eng.maps_counted_ns = dd_now_ns();
-		long added = eng.maps_at_pass - eng.maps_at_init;
-		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
+		if (total > 0) {
+			long limit = dd_max_map_count_now();
+			if (limit > 0)
+				dd_feat.max_map_count = limit;
+			eng.maps_at_pass = total;
+			atomic_store(&dd_cnt.vmas_added, (uint64_t)ours);
+			dd_engine_size_budget(total - ours);
+			dd_merge_spares_keep();   /* for a give-back at the limit (merge.c) */
+		}
 		eng.vmas_this_pass = 0;
 	}
 	while (budget) {
@@ -659,6 +713,11 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			dd_removing_prune();
 			pthread_mutex_unlock(&eng.gate);
 			*cursor = 0;
+			/* what waits on the budget, as this pass found it (a pass
+			 * over fresh regions only adds to the next full one) */
+			if (!fresh_only)
+				atomic_store_explicit(&dd_cnt.budget_waiting, eng.budget_wait_pass,
+						      memory_order_relaxed);
 			DD_INC(full_passes, 1);
 			*merged += c.merged;
 			*scanned += c.scanned;
