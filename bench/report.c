@@ -12,15 +12,19 @@
  * The merger's own memory, so that modes compare like with like (run.c,
  * net_saving):
  *   meta_in_pss_kib   what the measured Pss already pays for: libdedup's
- *                     tables (metadata_bytes, allocated: an upper bound of
- *                     what is resident); 0 for KSM
+ *                     tables (metadata_bytes less its mappings' part,
+ *                     allocated: an upper bound of what is resident); 0
+ *                     for KSM
  *   meta_out_pss_kib  what it does not show: KSM's kernel slab - one 64-byte
  *                     rmap_item per page it tracks (ksm_stat: merging_pages
  *                     * 4096 - ksm_process_profit, summed over the family)
  *                     and one 64-byte ksm_stable_node per shared page
  *                     (pages_shared, machine-wide); for libdedup-share the
- *                     group helper's Pss (its index and offers); 0 for a
- *                     process merging alone
+ *                     group helper's Pss (its index and offers); for
+ *                     libdedup, the kernel memory of the mappings merging
+ *                     added (ld_vmas_added x a vm_area_struct and a quarter
+ *                     of a maple_node, from /proc/slabinfo, as
+ *                     metadata_bytes counts it)
  *   net_saved_kib     saved_kib - meta_out_pss_kib: saved net of the
  *                     merger's own memory, for every mode
  * n/a for mode none (no merger), and for KSM where ksm_stat is missing.
@@ -170,9 +174,10 @@ void report_table(FILE *f, struct result *rs, size_t n)
 			r->end_reason);
 	}
 	fprintf(f, "\nsaved: Pss(go) - Pss(end) of the measured process. meta in Pss: the "
-		   "merger's own tables, paid inside that Pss (libdedup's metadata_bytes, allocated); "
-		   "meta out: its memory outside it (KSM: 64-byte rmap_items and stable nodes in "
-		   "kernel slab; libdedup-share: the group helper's Pss); net saved: saved - meta "
+		   "merger's own tables, paid inside that Pss (libdedup's metadata_bytes, allocated, "
+		   "less its mappings); meta out: its memory outside it (KSM: 64-byte rmap_items and "
+		   "stable nodes in kernel slab; libdedup: the kernel's vm_area_structs and maple "
+		   "nodes of the mappings it added, and a group helper's Pss); net saved: saved - meta "
 		   "out.\ncpu: merger CPU from go to "
 		   "the end; merge cpu: until 99%% of the saving (used for cpu/GiB and merged/cpu "
 		   "s). cow: first write to a merged page with the merger running; idle: with it paused "
