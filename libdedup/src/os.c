@@ -309,8 +309,14 @@ int dd_uffd_wake(int uffd, uintptr_t start, size_t len)
 
 ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err)
 {
+	return dd_uffd_move_mode(uffd, dst, src, len, 0, err);
+}
+
+ssize_t dd_uffd_move_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode,
+			  int *err)
+{
 	struct uffdio_move m = { .dst = dst, .src = src, .len = len,
-				 .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+				 .mode = UFFDIO_MOVE_MODE_DONTWAKE | mode };
 
 	*err = 0;
 	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
@@ -922,6 +928,7 @@ int dd_procmap_open(void)
 static void vma_kind(struct dd_vma *v, const char *name)
 {
 	v->ours = v->file && strncmp(name, "/memfd:libdedup", 15) == 0;
+	v->named = strncmp(name, "[anon:", 6) == 0;
 	v->anon = !v->file && !v->shared &&
 		  (!*name || strncmp(name, "[heap]", 6) == 0 ||
 		   (strncmp(name, "[anon:", 6) == 0 && strncmp(name, "[anon:libdedup", 14) != 0));

@@ -79,6 +79,10 @@ int dd_uffd_wake(int uffd, uintptr_t start, size_t len);
 /* Move pages; returns bytes moved (>= 0) and sets *err to the errno of the
  * first page that did not move (0 if all moved). */
 ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err);
+/* The same with UFFDIO_MOVE_MODE_* flags (ALLOW_SRC_HOLES: empty source
+ * pages are skipped, and counted as moved). */
+ssize_t dd_uffd_move_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode,
+			  int *err);
 /* Fill from src (UFFDIO_COPY), or map the pages the file already has
  * (UFFDIO_CONTINUE), waking the waiters unless !wake; the same convention. */
 ssize_t dd_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake, int *err);
@@ -131,6 +135,7 @@ struct dd_vma {
 	bool file;         /* backed by a file (inode != 0) */
 	bool anon;         /* private anonymous memory ([heap], [anon:...] too) */
 	bool ours;         /* a mapping of a libdedup memfd (a merged run) */
+	bool named;        /* [anon:NAME] (prctl PR_SET_VMA_ANON_NAME) */
 	uint64_t offset;   /* file offset of lo */
 	uint64_t ino;      /* the file's inode number (0: anonymous) */
 };
