@@ -1064,6 +1064,17 @@ int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
 	return r < 0 ? r : 0;
 }
 
+/* dd_vmas_in() from the text of maps, even where PROCMAP_QUERY works: one
+ * read, a line per mapping of the process below hi, where the ioctl walk
+ * costs an ioctl and a descriptor check per mapping of the range. For a
+ * range that holds a good part of the process's mappings. */
+int dd_vmas_in_text(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
+{
+	struct vmas_ctx vc = { lo, hi, fn, ctx };
+	int r = dd_maps_each(vmas_line, &vc);
+	return r < 0 ? r : 0;
+}
+
 /* VmFlags names of /proc/self/smaps that dd_vma_vmflags reports */
 static const struct dd_vmflag_name vmflag_names[] = {
 	{ "nh", DD_VMF_NOHUGEPAGE }, { "hg", DD_VMF_HUGEPAGE }, { "dd", DD_VMF_DONTDUMP },

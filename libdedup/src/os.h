@@ -145,6 +145,8 @@ int dd_procmap_open(void);   /* fd for dd_vma_query, or -ENOTTY (no PROCMAP_QUER
 int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v);
 /* fn for each VMA overlapping [lo, hi), in address order. 0 or -errno. */
 int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
+/* The same from the text of maps, whatever the kernel offers. */
+int dd_vmas_in_text(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
 #define DD_VMF_NOHUGEPAGE 0x001u
 #define DD_VMF_HUGEPAGE   0x002u
 #define DD_VMF_DONTDUMP   0x004u
