@@ -1639,6 +1639,7 @@ static void um_gaps_back(struct um *u, uintptr_t a, size_t np, uint64_t since, b
 static bool um_fill_x(struct um *u, size_t i, size_t j)
 {
 	uintptr_t a = u->ch[i].a;
+	int tries = 0;
 
 	for (size_t x = i; x < j; x++) {
 		size_t b = (u->ch[x].a - a) / DD_PAGE;
@@ -1656,7 +1657,7 @@ static bool um_fill_x(struct um *u, size_t i, size_t j)
 			size_t g = got > 0 ? (size_t)got / DD_PAGE : 0;
 			memset(u->gap + q, UM_X_FILLED, g);
 			if (err && !(err == EAGAIN && g)) {
-				if (err != EAGAIN)
+				if (err != EAGAIN || ++tries > 100000)
 					return false;
 				let_reader_run();   /* parked: faults still wait */
 			}
