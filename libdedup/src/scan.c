@@ -506,6 +506,12 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 		group_ask(c, a, h);   /* maybe another member has it */
 }
 
+/* This process, for process_vm_readv(): asked once per step (glibc does
+ * not cache getpid(), and a system call per 32 pages read was as many as
+ * the reads themselves; a step never spans a fork, the engine thread
+ * does not exist in a child). */
+static pid_t self_pid;
+
 static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
 {
 	struct pass_ctx *c = ctx;
@@ -538,7 +544,7 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		if (!n)
 			continue;
 		struct iovec l = { buf, n * DD_PAGE };
-		ssize_t got = process_vm_readv(getpid(), &l, 1, rv, n, 0);
+		ssize_t got = process_vm_readv(self_pid, &l, 1, rv, n, 0);
 		size_t k = got > 0 ? (size_t)got / DD_PAGE : 0;
 		for (size_t i = 0; i < k; i++)
 			visit_page(c, (uintptr_t)rv[i].iov_base, buf + i * DD_PAGE, &due[i]);
@@ -590,13 +596,17 @@ static bool recount_due(void)
 
 /* What one walk costs against a step's budget, in pages hashed: the pages
  * it hashed, 1/SKIP_COST_DIV for each other page it returned (skipped by
- * the smart scan, or merged: metadata only), a little for the call, and
+ * the smart scan, or merged: metadata only - its word, read in address
+ * order, and its PTE in the walk: 64 skipped pages cost about one hashed
+ * page since the smart scan stopped offering them to the unstable index,
+ * and every step has a fixed cost: a descriptor check, a wake-up, a lock
+ * round trip), a little for the call, and
  * with the /proc/self/pagemap fallback the entries it read (64 to a page).
  * PAGEMAP_SCAN skips what is absent inside the kernel: a terabyte with
  * nothing in it costs a call. A settled heap thus takes few steps per pass:
  * each step has a fixed cost (a sleep and a wake-up, a few system calls). */
 #define WALK_COST 16
-#define SKIP_COST_DIV 16
+#define SKIP_COST_DIV 64
 
 /*
  * Scan from *cursor for up to max_pages present pages (a pass over a huge
@@ -611,6 +621,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 	struct pass_ctx c = { 0 };
 	size_t budget = max_pages;
 
+	self_pid = getpid();
 	if (*cursor == 0) {
 		dd_unstable_reset();
 		grp.nask = grp.npub = grp.nu = 0;   /* flushed at the end of a pass */
