@@ -361,6 +361,14 @@ bool dd_aged_insert(uint64_t hash, uintptr_t addr)
 	return true;
 }
 
+/* Fetch the slot a lookup of @hash starts at (scan.c, a page about to be
+ * read: its lookup comes after the read and the hash). */
+void dd_aged_prefetch(uint64_t hash)
+{
+	if (ag.cap)
+		__builtin_prefetch(&ag.t[mix(hash, ag.cap)], 0);
+}
+
 static void aged_kill(struct aged_ent *e)
 {
 	e->addr = A_DEAD;

@@ -27,6 +27,7 @@ void dd_aged_remove(uint64_t hash, uintptr_t addr);
 uintptr_t dd_aged_take(uint64_t hash, const void *page, uintptr_t self,
 		       bool (*valid)(uintptr_t addr, uint64_t hash), bool *collided);
 size_t dd_aged_count(void);       /* entries, stale ones included */
+void dd_aged_prefetch(uint64_t hash);
 size_t dd_index_bytes(void);
 
 #endif /* DEDUP_INDEX_H */

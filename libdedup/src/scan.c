@@ -387,8 +387,13 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 		return true;
 	if (sm.full && w_listed(w))
 		sm.aged_seen++;
-	if (smart_due(w, a))
+	if (smart_due(w, a)) {
+		/* read and hashed before its look at the aged index: a random
+		 * access in a table as large as the heap's pages, started now */
+		if (w_listed(w))
+			dd_aged_prefetch(W_HASH(w));
 		return true;
+	}
 	DD_INC(pages_skipped_smart, 1);
 	/* In a group, asked about by its old checksum at every fourth pass
 	 * it sits out, without a read: a member that joins later finds our
