@@ -559,6 +559,24 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 }
 
 /*
+ * Can a present page of ours be a file page - a page merged into a slot of
+ * ours or a group segment, still mapping it? Not while no slot has a
+ * reference: a slot is released only once nobody maps it (store.c). Then
+ * the walk need not tell file pages from anonymous ones (os.c: that costs
+ * a look at every page's struct page in the kernel, most of a settled
+ * engine's walk over a heap with nothing merged). A page that merely
+ * was merged and then copied (DD_SLOT_COWED) is told by its metadata
+ * (page_due); a file page the program mapped over a range of ours by a
+ * raw system call is then taken for an anonymous page and read - as it
+ * could be anyway, mapped there between the walk and the merge - and the
+ * merge refuses it (its VMA is not registered with our userfaultfd).
+ */
+static bool file_pages_possible(void)
+{
+	return dd_store_sharing() || dd_store_group_pages();
+}
+
+/*
  * A region is fresh until two passes went over all of it: the first hashes
  * its pages, the second finds which of them held still. The engine scans
  * fresh regions promptly even while it backs off from full passes over a
@@ -693,7 +711,8 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			r->scan_gen = eng.pass_gen;
 		size_t hashed0 = c.scanned;
 		dd_meta_walk_begin();
-		if (dd_present_walk(from, rend, budget, on_present, &c, &to) == 0 && to > from)
+		if (dd_present_walk(from, rend, budget, file_pages_possible(), on_present, &c, &to) == 0 &&
+		    to > from)
 			dd_meta_sweep(from, to);   /* what is gone forgets its checksum */
 		else
 			to = rend;   /* cannot walk it (or no progress): next pass */
