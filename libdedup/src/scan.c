@@ -100,7 +100,8 @@ _Static_assert(SMART_AGE_MAX <= 7, "the age has 3 bits");
 
 static struct {
 	uint64_t clock;      /* full passes begun (smart scan) */
-	size_t aged_seen;    /* this full pass: pages with an aged word */
+	size_t aged_seen;    /* this full pass: pages with an aged word after
+				their visit or skip (aged_rebuild_if_stale) */
 	bool full;           /* the pass in progress is a full one */
 } sm;
 
@@ -147,6 +148,8 @@ static bool word_set(uintptr_t a, uint64_t *w, uint64_t nw)
 		dd_aged_remove(W_HASH(ow), a);
 	if (is && (!was || W_HASH(ow) != W_HASH(nw)))
 		in = dd_aged_insert(W_HASH(nw), a);
+	if (is && sm.full)
+		sm.aged_seen++;
 	*w = nw;
 	return in;   /* in the aged index now (as far as we know) */
 }
@@ -385,8 +388,6 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 	uint64_t w = *p->w;
 	if (*p->slot != DD_SLOT_NONE)
 		return true;
-	if (sm.full && w_listed(w))
-		sm.aged_seen++;
 	if (smart_due(w, a)) {
 		/* read and hashed before its look at the aged index: a random
 		 * access in a table as large as the heap's pages, started now */
@@ -395,6 +396,8 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 		return true;
 	}
 	DD_INC(pages_skipped_smart, 1);
+	if (sm.full && w_listed(w))
+		sm.aged_seen++;   /* and word_set() counts those read */
 	/* In a group, asked about by its old checksum at every fourth pass
 	 * it sits out, without a read: a member that joins later finds our
 	 * offer fresh (SEEN: it publishes), and we find what it published
