@@ -9,10 +9,11 @@
  * PASSES (96) passes; prints CPU ms per pass in windows of 8, the most in
  * one pass of each window, and the pages hashed per window.
  *
- *   cc -O2 -o pass_cost pass_cost.c -I libdedup/include -L BUILD -ldedup
- *   LD_LIBRARY_PATH=BUILD ./pass_cost [MiB] [PASSES] [api|fragile]
- * (fragile needs the internal eng.fragile_regions: build with
- *  -DFRAGILE -I libdedup/src against libdedup.a instead.)
+ *   gcc -O2 -DFRAGILE -o pass_cost pass_cost.c -I SRC/libdedup/include \
+ *       -I SRC/libdedup/src BUILD/libdedup.a -luring -lpthread
+ *   ./pass_cost [MiB] [PASSES] [api|fragile]
+ * (SRC the source tree, BUILD its build directory; fragile sets the
+ *  internal eng.fragile_regions, as the preload library does.)
  */
 #define _GNU_SOURCE
 #include <libdedup.h>
