@@ -409,14 +409,39 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 	return false;
 }
 
+/*
+ * A page whose metadata says merged (a slot, or the zero page) and that the
+ * walk reported present and anonymous: was it really copied? The walk's
+ * word may be stale. A batch flushed during the step (visit_page) merges an
+ * aged page that a candidate took from the aged index, which may lie ahead
+ * of the walk: in the PAGEMAP_SCAN results already read (present,
+ * anonymous, before the merge), or in a part walked without PAGE_IS_FILE
+ * because no slot had a reference when the step began
+ * (file_pages_possible). Dropping the slot's reference for a page that still
+ * maps it would release the slot under it: the slot is punched or reused,
+ * and the page's next fault reads zeros (or another content). So the page
+ * table is asked again: one pagemap read per copy-on-write break. A copy
+ * cannot turn back into a merged page but by a merge, and merges happen
+ * only here, under eng.lock.
+ */
+static bool merged_page_copied(uintptr_t a)
+{
+	uint8_t st;
+	return dd_pte_states(a, 1, &st) == 0 && (st & DD_PTE_PRESENT) &&
+	       !(st & (DD_PTE_FILE | DD_PTE_ZERO));
+}
+
 /* Second half: the page's content d (the page itself, or a copy of it). */
 static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const struct page_ref *p)
 {
 	uint64_t h, *w = p->w;
 	uint32_t *slot = p->slot;
 
-	/* Present and anonymous. Was it merged before? Then a writer copied it. */
+	/* Present and anonymous. Was it merged before? Then a writer copied it,
+	 * if the page table still says so (merged_page_copied). */
 	if (*slot != DD_SLOT_NONE) {
+		if (!merged_page_copied(a))
+			return;
 		if (*slot == DD_SLOT_ZERO) {
 			/* Faulted in again. A read does that too where the kernel
 			 * has no shared zero page (pvm_no_zero_page): only a page
