@@ -138,7 +138,9 @@ struct result {
 	size_t size_mib;
 	uint64_t pages;         /* pages in the workload's buffer (or dataset) */
 	double pss_before_kib, pss_after_kib, saved_kib, saved_pages;
-	double net_saved_kib;   /* saved minus merger metadata outside Pss (KSM) */
+	double net_saved_kib;   /* saved minus the merger's metadata outside Pss */
+	double meta_in_kib;     /* the merger's metadata inside the measured Pss */
+	double meta_out_kib;    /* ... and outside it (KSM's slab, the group's helper) */
 	double baseline_kib;    /* preload x redis: Pss "before" from mode none */
 	double baseline_vmas;   /* preload x redis: VMAs "before" from mode none */
 	double t50_s, t90_s, t99_s;

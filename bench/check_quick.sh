@@ -127,7 +127,7 @@ awk -F, -v size_mib=32 -v share_built=$share_built '
 function fail(msg) { print "FAIL: " msg; bad = 1 }
 function isnum(v) { return v ~ /^-?[0-9]+(\.[0-9]+)?$/ }
 NR == 1 {
-	nc = split("workload,mode,status,end_reason,size_mib,pages,app_unit,duration_s,pss_before_kib,pss_after_kib,saved_kib,saved_pages,net_saved_kib,t50_s,t90_s,t99_s,merger_cpu_s,merge_cpu_s,cpu_s_per_gib_saved,merged_pages_per_cpu_s,pages_scanned,scanned_pages_per_cpu_s,vmas_before,vmas_after,vmas_added,cow_p50_us,cow_p99_us,cow_samples,cow_idle_p50_us,cow_idle_p99_us,app_rate,slowdown_pct,note", want, ",")
+	nc = split("workload,mode,status,end_reason,size_mib,pages,app_unit,duration_s,pss_before_kib,pss_after_kib,saved_kib,saved_pages,net_saved_kib,meta_in_pss_kib,meta_out_pss_kib,t50_s,t90_s,t99_s,merger_cpu_s,merge_cpu_s,cpu_s_per_gib_saved,merged_pages_per_cpu_s,pages_scanned,scanned_pages_per_cpu_s,vmas_before,vmas_after,vmas_added,cow_p50_us,cow_p99_us,cow_samples,cow_idle_p50_us,cow_idle_p99_us,app_rate,slowdown_pct,note", want, ",")
 	for (i = 1; i <= NF; i++)
 		col[$i] = i
 	for (i = 1; i <= nc; i++)
@@ -165,8 +165,10 @@ NR == 1 {
 			ok = !merged
 		else if (name ~ /^cow_/)
 			ok = !merged
-		else if (name == "merger_cpu_s")
+		else if (name == "merger_cpu_s" || name == "meta_in_pss_kib")
 			ok = (m == "none")
+		else if (name == "meta_out_pss_kib")   # KSM: n/a without ksm_stat
+			ok = (m == "none" || m ~ /^ksm-/)
 		else if (name == "pages_scanned" || name == "scanned_pages_per_cpu_s")
 			ok = (m == "none" || (w != "unique" && m !~ /^libdedup-/))
 		else if (name == "app_rate" || name == "slowdown_pct")

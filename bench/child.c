@@ -548,7 +548,7 @@ static void stats_line(char *out, size_t len)
 		 "ld_shared=%llu ld_zero=%llu ld_merges=%llu ld_cow_breaks=%llu "
 		 "ld_skipped_volatile=%llu ld_skipped_budget=%llu ld_skipped_pinned=%llu "
 		 "ld_skipped_mismatch=%llu ld_skipped_raced=%llu ld_vmas_added=%llu "
-		 "ld_vma_budget=%llu ld_metadata_bytes=%llu",
+		 "ld_vma_budget=%llu ld_metadata_bytes=%llu ld_budget_waiting=%llu",
 		 (unsigned long long)st.full_passes, (unsigned long long)st.pages_scanned,
 		 (unsigned long long)st.engine_cpu_ns, (unsigned long long)st.bytes_saved,
 		 (unsigned long long)st.pages_sharing, (unsigned long long)st.pages_shared,
@@ -557,7 +557,7 @@ static void stats_line(char *out, size_t len)
 		 (unsigned long long)st.skipped_budget, (unsigned long long)st.skipped_pinned,
 		 (unsigned long long)st.skipped_mismatch, (unsigned long long)st.skipped_raced,
 		 (unsigned long long)st.vmas_added, (unsigned long long)st.vma_budget,
-		 (unsigned long long)st.metadata_bytes);
+		 (unsigned long long)st.metadata_bytes, (unsigned long long)st.budget_waiting);
 	size_t used = strlen(out);
 	if (group && used < len)   /* libdedup-share: still a member, pages in the group */
 		snprintf(out + used, len - used, " ld_group_pages=%llu ld_in_group=%d",

@@ -168,6 +168,7 @@ void preload_extras(const struct preload *s, struct result *r)
 	result_extra(r, "ld_vmas_added", "%llu", (unsigned long long)st->vmas_added);
 	result_extra(r, "ld_vma_budget", "%llu", (unsigned long long)st->vma_budget);
 	result_extra(r, "ld_metadata_bytes", "%llu", (unsigned long long)st->metadata_bytes);
+	result_extra(r, "ld_budget_waiting", "%llu", (unsigned long long)st->budget_waiting);
 	result_extra(r, "ld_regions", "%llu", (unsigned long long)st->regions);
 	result_extra(r, "ld_bytes_registered", "%llu", (unsigned long long)st->bytes_registered);
 	/* the options in force, to show they are the API mode's */

@@ -423,26 +423,54 @@ bool run_sample(struct run_ctx *c)
 	return ok;
 }
 
-/* net_saved_kib (report.c): KSM's rmap_items are kernel memory, outside
- * the process's Pss; libdedup's tables are inside it. */
-static void net_saving(struct result *r)
+/* The merger's own memory in and outside the measured Pss, and the saving
+ * net of what is outside (report.c explains each figure). */
+#define KSM_SLAB_OBJ 64   /* struct ksm_rmap_item, struct ksm_stable_node (x86_64, NUMA) */
+static void net_saving(struct run_ctx *c)
 {
+	struct result *r = c->r;
 	const char *mp = result_extra_get(r, "ksm_merging_pages");
 	const char *pp = result_extra_get(r, "ksm_process_profit");
+	const char *ps = result_extra_get(r, "pages_shared");
 	const char *lm = result_extra_get(r, "ld_metadata_bytes");
 
 	if (is_na(r->saved_kib))
 		return;
 	r->net_saved_kib = r->saved_kib;
 	if (r->m->merger == MERGER_KSM && mp && pp) {
-		double meta = (strtod(mp, NULL) * 4096 - strtod(pp, NULL)) / 1024;
-		result_extra(r, "merger_meta_kib", "%.0f", meta);
+		/* profit = merging pages - rmap_items * sizeof: the family's
+		 * rmap_items; stable nodes from the machine-wide count (one
+		 * per shared page: the bench holds the KSM lock) */
+		double rmap = (strtod(mp, NULL) * 4096 - strtod(pp, NULL)) / 1024;
+		double stable = ps ? strtod(ps, NULL) * KSM_SLAB_OBJ / 1024 : 0;
+		result_extra(r, "ksm_rmap_items_kib", "%.0f", rmap);
+		result_extra(r, "ksm_stable_nodes_kib", "%.0f", stable);
+		result_extra(r, "merger_meta_kib", "%.0f", rmap + stable);
 		result_extra(r, "merger_meta_in_pss", "no");
-		r->net_saved_kib = r->saved_kib - meta;
+		r->meta_in_kib = 0;
+		r->meta_out_kib = rmap + stable;
 	} else if (r->m->merger == MERGER_LIBDEDUP && lm) {
+		/* the tables are the members' own memory; a group's helper is
+		 * another process, its index and offers outside their Pss */
+		double helper = 0;
+		pid_t hp = c->tr.helper ? c->tr.helper : c->tr.helper_seen;
+		const char *had = result_extra_get(r, "helper_pss_kib");
+		if (had) {   /* read at the end of sampling; later the members
+			      * have left and the helper may be gone */
+			helper = strtod(had, NULL);
+		} else if (c->group[0] && hp > 0) {
+			helper = proc_pss_kib(hp);
+			if (is_na(helper))
+				helper = 0;   /* gone (idle exit): it holds nothing */
+			result_extra(r, "helper_pss_kib", "%.0f", helper);
+		}
 		result_extra(r, "merger_meta_kib", "%.0f", strtod(lm, NULL) / 1024);
 		result_extra(r, "merger_meta_in_pss", "yes");
+		r->meta_in_kib = strtod(lm, NULL) / 1024;
+		r->meta_out_kib = helper;
 	}
+	if (!is_na(r->meta_out_kib))
+		r->net_saved_kib = r->saved_kib - r->meta_out_kib;
 }
 
 void run_ksm_collect(struct run_ctx *c)
@@ -455,7 +483,7 @@ void run_ksm_collect(struct run_ctx *c)
 	char path[64], buf[1024];
 
 	if (r->m->merger != MERGER_KSM) {
-		net_saving(r);
+		net_saving(c);
 		return;
 	}
 	long long v = ksm_read("full_scans");
@@ -487,7 +515,7 @@ void run_ksm_collect(struct run_ctx *c)
 				result_extra(r, key, "%s", val);
 		}
 	}
-	net_saving(r);
+	net_saving(c);
 }
 
 void run_note_early(struct result *r, double early_kib, const char *when, double secs)
@@ -792,7 +820,7 @@ void run_one(struct result *r, FILE *series)
 		goto out;
 	}
 	kv_extras(r, line, "");
-	net_saving(r);
+	net_saving(&c);   /* again, with the final counters */
 	double v, n = 0;
 	if (kv_num(line, "cow_n", &n) && n > 0 && kv_num(line, "cow_p50_ns", &v)) {
 		r->cow_p50_us = v / 1000;

@@ -24,6 +24,8 @@ set_tests_properties(test_hammer_signals PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE
 dedup_test(test_discard LABELS core)
 dedup_test(test_remove_race TIMEOUT 600 LABELS core race)
 dedup_test(test_vma_budget LABELS core MMC)
+dedup_test(test_vma_budget_own LABELS core MMC)
+dedup_test(test_vma_budget_long LABELS core)
 dedup_test(test_vma_cost LABELS core)
 dedup_test(test_unregister_race TIMEOUT 600 LABELS core race MMC)
 # Each race test must fail on the naive implementation it guards against:

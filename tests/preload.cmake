@@ -48,7 +48,7 @@ endfunction()
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
           pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse pl_fork_full
-          pl_unmerge_scale pl_fstat pl_share)
+          pl_unmerge_scale pl_fstat pl_share pl_enomem)
   pl_program(${p})
 endforeach()
 
@@ -78,6 +78,22 @@ set_tests_properties(preload_fork_full PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 7
                      FIXTURES_REQUIRED max_map_count
                      ENVIRONMENT "DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")
 set_tests_properties(preload_fork_child_catches_naive PROPERTIES WILL_FAIL TRUE)
+# A program that runs into vm.max_map_count after merging (issue 11.5): its
+# mprotect splits and mmap succeed because libdedup gives mappings back on
+# ENOMEM and the call is made again; without the give-back they fail.
+foreach(v give_back no_give_back)
+  set(env "")
+  if(v STREQUAL no_give_back)
+    set(env DEDUP_TEST_NO_GIVE_BACK=1)
+  endif()
+  add_test(NAME preload_enomem_${v} COMMAND ${DEDUP_BASH} ${DEDUP_MMC_WRAP} --timeout 200 3000 --
+           ${CMAKE_COMMAND} -E env ${PL_ENV} ${env} $<TARGET_FILE:pl_enomem>)
+  set_tests_properties(preload_enomem_${v} PROPERTIES TIMEOUT 220 SKIP_RETURN_CODE 77
+                       LABELS "preload;max_map_count" RESOURCE_LOCK max_map_count
+                       FIXTURES_REQUIRED max_map_count
+                       ENVIRONMENT "DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")
+endforeach()
+set_tests_properties(preload_enomem_no_give_back PROPERTIES WILL_FAIL TRUE)
 # DEDUP_EXCLUDE: the brk heap, every other anonymous mapping, an address range
 pl_test(preload_exclude_heap PROGRAM pl_exclude ARGS heap ENV DEDUP_EXCLUDE=heap)
 pl_test(preload_exclude_mmap PROGRAM pl_exclude ARGS mmap ENV DEDUP_EXCLUDE=mmap)

@@ -2,7 +2,8 @@
 # Each test gets the built tool's path as its first argument. Waits for the
 # engine (a published snapshot, merges seen by --watch) are capped by
 # t_cap() (3 minutes); TIMEOUT 600 only catches a hang.
-foreach(t test_stat_json test_stat_prometheus test_stat_stale test_stat_errors test_stat_watch)
+foreach(t test_stat_json test_stat_prometheus test_stat_stale test_stat_errors test_stat_watch
+          test_stat_waiting)
   dedup_test(${t} SOURCES ${t}.c TIMEOUT 600 LABELS stat ARGS $<TARGET_FILE:dedup-stat>)
   add_dependencies(${t} dedup-stat)
 endforeach()

@@ -10,10 +10,12 @@
 
 /* Start the engine with a long interval (tests drive passes with
  * dedup_scan_now) or skip when userfaultfd is not usable here. */
-static inline void t_engine_start(uint32_t interval_ms)
+/* dedup_init() at full CPU with this interval and VMA budget (0: the
+ * default); skips where userfaultfd is refused. */
+static inline void t_engine_start_budget(uint32_t interval_ms, uint64_t vma_budget)
 {
 	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = interval_ms,
-				    .cpu_percent = 100 };
+				    .cpu_percent = 100, .vma_budget = vma_budget };
 	int r = dedup_init(&cfg);
 	if (r == -EPERM || r == -ENOSYS)
 		t_skip("userfaultfd not usable here (%s)", strerror(-r));
@@ -21,6 +23,11 @@ static inline void t_engine_start(uint32_t interval_ms)
 		fprintf(stderr, "dedup_init: %s\n", strerror(-r));
 		exit(T_FAIL);
 	}
+}
+
+static inline void t_engine_start(uint32_t interval_ms)
+{
+	t_engine_start_budget(interval_ms, 0);
 }
 
 static inline struct dedup_stats t_stats(void)

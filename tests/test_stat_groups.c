@@ -20,6 +20,8 @@
  *    a process's saved column (nor in bytes_saved, --json);
  *  - dedup-stat --prometheus: libdedup_group_members 2 and
  *    libdedup_group_saved_bytes as in JSON;
+ *  - each member's group: the last column of the text list, "group" in the
+ *    processes' JSON, libdedup_process_group_info in Prometheus;
  *  - a socket nobody listens on is skipped without a word.
  */
 #define _GNU_SOURCE   /* before any system header: struct ucred, nftw */
@@ -230,6 +232,10 @@ int main(int argc, char **argv)
 		CHECK(o);
 		CHECK(ts_json_u64(o, "bytes_saved", &v) && v == 0);
 		CHECK(ts_json_u64(o, "group_pages", &v) && v == NPAGES);
+		char gk[64];   /* the process's group, by its helper's member list */
+		snprintf(gk, sizeof(gk), "\"group\":\"%s\"", name);
+		const char *gv = strstr(o, gk), *next = strstr(o + 1, "{\"pid\":");
+		CHECK(gv && (!next || gv < next));
 		if (p == b)
 			break;
 	}
@@ -249,6 +255,10 @@ int main(int argc, char **argv)
 		CHECK(pl && pl < grp);
 		double psv = -1;
 		CHECK(sscanf(pl + 1, "%*d %*s %lf", &psv) == 1 && psv == 0.0);
+		const char *eol = strchr(pl + 1, '\n');   /* last column: GROUP */
+		CHECK(eol && (size_t)(eol - pl) > strlen(name) + 1 &&
+		      !strncmp(eol - strlen(name) - 1, " ", 1) &&
+		      !strncmp(eol - strlen(name), name, strlen(name)));
 		if (p == b)
 			break;
 	}
@@ -263,6 +273,16 @@ int main(int argc, char **argv)
 	run = ts_tool_run("--prometheus", NULL);
 	CHECK(run->status == 0 && strstr(run->out, "# TYPE libdedup_group_saved_bytes gauge\n"));
 	CHECK(prom_value(run->out, "libdedup_group_members") == 2);
+	for (pid_t p = a;; p = b) {
+		char pk[96];
+		snprintf(pk, sizeof(pk), "libdedup_process_group_info{pid=\"%d\",", (int)p);
+		const char *pl = strstr(run->out, pk), *eol = pl ? strchr(pl, '\n') : NULL;
+		snprintf(pk, sizeof(pk), ",group=\"%s\"} 1", name);
+		const char *gl = pl ? strstr(pl, pk) : NULL;
+		CHECK(gl && gl < eol);
+		if (p == b)
+			break;
+	}
 	v = prom_value(run->out, "libdedup_group_saved_bytes");
 	CHECK(v > 0 && v <= NPAGES * T_PAGE);
 	run = ts_tool_run("--groups", "--prometheus", NULL);

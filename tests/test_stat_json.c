@@ -20,7 +20,8 @@
 	X(pages_shared) X(zero_pages) X(merges) X(cow_breaks) X(skipped_volatile)        \
 	X(skipped_budget) X(skipped_pinned) X(skipped_mismatch) X(skipped_raced)         \
 	X(vmas_added) X(vma_budget) X(bytes_saved) X(metadata_bytes) X(regions)          \
-	X(bytes_registered) X(engine_cpu_ns) X(store_slots_freed) X(pages_skipped_smart) X(group_pages)
+	X(bytes_registered) X(engine_cpu_ns) X(store_slots_freed) X(pages_skipped_smart) X(group_pages) \
+	X(budget_waiting) X(runs_given_back) X(enomem_retries)
 #define COUNT(name) +1
 _Static_assert(0 STATS_FIELDS(COUNT) == sizeof(struct dedup_stats) / 8 - 1,
 	       "a member of struct dedup_stats is not checked");

@@ -26,12 +26,7 @@ static void want(char *page, size_t i)
 
 int main(void)
 {
-	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 3600000,
-				    .cpu_percent = 100, .vma_budget = BUDGET };
-	int r = dedup_init(&cfg);
-	if (r == -EPERM || r == -ENOSYS)
-		t_skip("userfaultfd not usable here");
-	CHECK(r == 0);
+	t_engine_start_budget(3600000, BUDGET);
 	char *buf = t_map_anon(N * T_PAGE), page[T_PAGE];
 	CHECK(madvise(buf, N * T_PAGE, MADV_NOHUGEPAGE) == 0);
 	for (size_t i = 0; i < N; i++)

@@ -57,8 +57,11 @@
 #include "publish.h"
 #include "share_proto.h"
 
-#define OFFERS (1u << 18)              /* unstable offers remembered, at most (6 MiB) */
-#define OFFER_NS (60ULL * 1000000000) /* how long an offer stays fresh */
+#define OFFERS_MIN (1u << 12)          /* unstable offers remembered at first (64 KiB) */
+#define OFFERS_MAX (1u << 22)          /* ... at most (64 MiB; offers_rebuild) */
+#define OFFER_WAYS 8                  /* of a set (below, do_lookup) */
+#define OFFER_MS 60000u                /* how long an offer stays fresh */
+#define PUBLISH_MS 2000u               /* how long a SEEN keeps others from publishing */
 #define MAX_CONNS DD_SHARE_MAX_MEMBERS
 #define FD_RESERVE 8                  /* descriptors kept for connections */
 #ifndef SO_PEERPIDFD
@@ -67,6 +70,26 @@
 
 static const char *prog = "dedup-share";
 static const char *group = "?";
+
+/*
+ * Fault injection for tests/share/share_inject.c: DEDUP_SHARE_TEST_DIE=N in
+ * the helper's own environment (a member never passes DEDUP_* on to a
+ * helper it starts) makes it SIGKILL itself the first time it reaches:
+ */
+enum {
+	DIE_PUBLISH_RECEIVED = 1,   /* a PUBLISH and its descriptor received, nothing done */
+	DIE_PUBLISH_INDEXED,        /* indexed and held, not answered */
+	DIE_LOOKUP_RECEIVED,        /* a LOOKUP received, not answered */
+	DIE_RELEASED,               /* a RELEASE done */
+	DIE_MEMBER_GONE,            /* a member's connection dropped, its holds let go */
+};
+static long test_die;
+
+static void die_at(long step)
+{
+	if (test_die == step)
+		kill(getpid(), SIGKILL);
+}
 
 struct seg {
 	uint64_t id;
@@ -99,17 +122,12 @@ struct slot {                    /* the index: open addressing, linear probing *
 	uint32_t page;
 };
 
-/* The first of the two ways of hash's set. */
-static size_t offer_pos(uint64_t hash)
-{
-	return (size_t)(hash * 0x9e3779b97f4a7c15ULL >> 32) % OFFERS & ~(size_t)1;
-}
-
 struct offer {
-	uint64_t hash;           /* 0: none */
-	uint64_t conn;
-	uint64_t at;
+	uint64_t hash;           /* 0: a free way */
+	uint32_t conn;           /* who offered it; | PUBLISHING: who publishes it */
+	uint32_t at;             /* when, ms (now_ms(): wraps, compared as an age) */
 };
+#define PUBLISHING (1u << 31)
 
 static struct {
 	struct seg **segs;       /* sorted by id (ids only grow) */
@@ -117,7 +135,8 @@ static struct {
 	uint64_t next_id, pages, holds, lookups;
 	struct slot *idx;
 	size_t idx_cap, idx_n;   /* capacity a power of two, at most half full */
-	struct offer offers[OFFERS];
+	struct offer *offers;    /* offers_cap, in sets of OFFER_WAYS */
+	size_t offers_cap, offers_used;   /* used: ways not free */
 	struct conn *conns[MAX_CONNS];
 	size_t nconns;
 	size_t members;          /* of nconns: said HELLO as members; only they
@@ -151,6 +170,70 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* The first of the OFFER_WAYS ways of hash's set. */
+static size_t offer_pos(uint64_t hash)
+{
+	return (size_t)(hash * 0x9e3779b97f4a7c15ULL >> 32) % (h.offers_cap / OFFER_WAYS) *
+	       OFFER_WAYS;
+}
+
+/* Where hash goes in its set: its own way, else a free one, else the
+ * oldest. */
+static struct offer *offer_way(uint64_t hash, uint32_t now, bool *own)
+{
+	struct offer *set = &h.offers[offer_pos(hash)], *old = set;
+
+	for (unsigned w = 0; w < OFFER_WAYS; w++) {
+		if (set[w].hash == hash) {
+			*own = true;
+			return &set[w];
+		}
+		if (old->hash && (!set[w].hash || now - set[w].at > now - old->at))
+			old = &set[w];
+	}
+	*own = false;
+	return old;
+}
+
+/*
+ * The offers table is sized to the group: 64 KiB at first; when a quarter
+ * of its ways are used it is made again without the stale offers, twice
+ * as large if more than an eighth are fresh. A set of eight ways at a
+ * quarter full overflows rarely (Poisson(2) above 8: 2e-4), and an offer
+ * evicted by an overflow is a page published apart from its neighbours
+ * (above). A fixed 2^18 was resident in the helper of any group, however
+ * small (6 MiB: outside the members' Pss, and dedup-bench counts it
+ * against the group's saving as it counts KSM's slab against KSM's), and
+ * a table that starts small must grow before it evicts: at 4,096 ways
+ * for 8,192 offers most were evicted. No memory for the new one keeps the
+ * old one as it is.
+ */
+static void offers_rebuild(uint32_t now)
+{
+	size_t ocap = h.offers_cap, fresh = 0, ncap = ocap;
+	struct offer *old = h.offers;
+
+	for (size_t i = 0; i < ocap; i++)
+		fresh += old[i].hash && now - old[i].at < OFFER_MS;
+	if (fresh > ocap / 8 && ncap < OFFERS_MAX)
+		ncap *= 2;
+	struct offer *n = calloc(ncap, sizeof(*n));
+	if (!n)
+		return;
+	h.offers = n;
+	h.offers_cap = ncap;
+	h.offers_used = 0;
+	for (size_t i = 0; i < ocap; i++) {
+		bool own;
+		if (!old[i].hash || now - old[i].at >= OFFER_MS)
+			continue;
+		struct offer *o = offer_way(old[i].hash, now, &own);
+		h.offers_used += !o->hash;
+		*o = old[i];
+	}
+	free(old);
 }
 
 static void *xcalloc(size_t n, size_t size)
@@ -408,8 +491,11 @@ static void conn_drop(size_t i, const char *why)
 	if (c->pidfd >= 0)
 		close(c->pidfd);
 	free(c->holds);
+	bool member = c->hello && !c->observer;
 	free(c);
 	h.conns[i] = h.conns[--h.nconns];
+	if (member)
+		die_at(DIE_MEMBER_GONE);
 }
 
 /* ---- replies ---- */
@@ -450,9 +536,15 @@ static bool do_lookup(struct conn *c, const uint64_t *hashes, uint32_t n)
 	struct seg *named[DD_SHARE_MAX_FDS];
 	int fds[DD_SHARE_MAX_FDS];
 	uint32_t ns = 0;
-	uint64_t now = now_ns(), tag = ++h.lookups;
+	uint64_t tag = ++h.lookups;
+	uint32_t now_ms = (uint32_t)(now_ns() / 1000000), me = (uint32_t)c->id & ~PUBLISHING;
 
+	die_at(DIE_LOOKUP_RECEIVED);
 	memset(ent, 0, n * sizeof(*ent));
+	if (!h.offers) {
+		h.offers = xcalloc(OFFERS_MIN, sizeof(*h.offers));
+		h.offers_cap = OFFERS_MIN;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t x = hashes[i];
 		struct slot *e = idx_find(x);
@@ -472,20 +564,45 @@ static bool do_lookup(struct conn *c, const uint64_t *hashes, uint32_t n)
 			continue;
 		}
 		/* unstable: a fresh offer by another member makes this SEEN.
-		 * Two ways, and room for a few heaps: a member of 256 MiB offers
-		 * 65,536 checksums in one pass, and with 4,096 slots, one way,
-		 * they evicted each other before the next member asked (4 x 256
-		 * MiB merged 12% in 2 minutes); the older of the two goes. */
-		struct offer *o = &h.offers[offer_pos(x)], *o2 = o + 1;
-		if (o2->hash == x)
-			o = o2;
-		if (o->hash == x && o->conn != c->id && now - o->at < OFFER_NS) {
+		 * Sets of OFFER_WAYS ways, and room for a few heaps: a member of
+		 * 256 MiB offers 65,536 checksums in one pass, and with 4,096
+		 * slots, one way, they evicted each other before the next member
+		 * asked (4 x 256 MiB merged 12% in 2 minutes). With 2^18 slots in
+		 * sets of two, 65,536 checksums still overflowed a few percent
+		 * of the sets: each offer evicted that way was NONE to the next
+		 * member, asked about again passes later and published alone,
+		 * into another segment than its neighbours' - 4 x 256 MiB ended
+		 * with some 10,000 mappings a member, runs of one to ten pages
+		 * (share_workers counts them). In sets of eight, in a table
+		 * at most a quarter full (offers_rebuild), an overflow is rare.
+		 * The oldest of the set goes. */
+		bool own;
+		struct offer *o = offer_way(x, now_ms, &own);
+		if (!own) {   /* a new offer, in place of a free or the oldest */
+			if (!o->hash && ++h.offers_used > h.offers_cap / 4) {
+				offers_rebuild(now_ms);
+				o = offer_way(x, now_ms, &own);
+				h.offers_used += !o->hash;
+			}
+			*o = (struct offer){ x, me, now_ms };
+			continue;
+		}
+		/* A SEEN makes the asker the content's publisher: the offer
+		 * stays, marked, so that for PUBLISH_MS (its segment comes
+		 * within the member's PUB_WAIT_NS, scan.c) the others get NONE
+		 * and find the segment at their next ask. It used to be dropped:
+		 * of four members asking in step, the third offered again and the
+		 * fourth published the same pages a second time (4 x 256 MiB kept
+		 * 318 MiB of segments for 256 MiB of content). A publisher that
+		 * never publishes (it died, its copy changed) leaves an offer that
+		 * the next asker after PUBLISH_MS is SEEN on. */
+		if ((o->conn & PUBLISHING) && now_ms - o->at < PUBLISH_MS) {
+			continue;   /* NONE: it is being published */
+		} else if ((o->conn & ~PUBLISHING) != me && now_ms - o->at < OFFER_MS) {
 			ent[i].kind = DD_GROUP_SEEN;
-			o->hash = 0;
+			*o = (struct offer){ x, me | PUBLISHING, now_ms };
 		} else {
-			if (o->hash != x && o2->at < o->at)
-				o = o2;
-			*o = (struct offer){ x, c->id, now };
+			*o = (struct offer){ x, me, now_ms };
 		}
 	}
 	/* the holds first: nothing can free a segment between here and the
@@ -546,6 +663,7 @@ static bool fd_room(void)
 
 static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int fd)
 {
+	die_at(DIE_PUBLISH_RECEIVED);
 	if (!fd_room()) {
 		close(fd);
 		return reply_error(c, EMFILE);
@@ -578,6 +696,7 @@ static bool do_publish(struct conn *c, const uint64_t *hashes, uint32_t n, int f
 	for (uint32_t p = 0; p < n; p++)
 		idx_add(hashes[p], s, p);
 
+	die_at(DIE_PUBLISH_INDEXED);
 	struct dd_share_id m = { .id = s->id };
 	dd_share_hdr_init(&m.h, DD_SHARE_PUBLISHED, 0);
 	return reply(c, &m, sizeof(m), NULL, 0);
@@ -688,6 +807,7 @@ static bool serve(size_t i, const char **why)
 		break;
 	case DD_SHARE_RELEASE:
 		release(c, arr, m.h.count);
+		die_at(DIE_RELEASED);
 		break;
 	case DD_SHARE_STATS:
 		ok = do_stats(c);
@@ -1056,6 +1176,8 @@ int main(int argc, char **argv)
 	ino_t ino = 0;
 	int c, lfd;
 
+	const char *td = getenv("DEDUP_SHARE_TEST_DIE");
+	test_die = td ? strtol(td, NULL, 10) : 0;
 	h.idle_ns = 30ULL * 1000000000;
 	h.grace_ns = 2000ULL * 1000000;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {

@@ -103,13 +103,20 @@ static const struct field fields[] = {
 	F(vmas_added, "Mappings", GAUGE, NUMBER, "vmas_added", NULL,
 	  "mappings (VMAs) merging added to the process (estimate), held to vma_budget"),
 	F(vma_budget, "Mappings", GAUGE, NUMBER, "vma_budget", NULL,
-	  "mappings the engine may add (DEDUP_VMA_BUDGET; default half of vm.max_map_count)"),
+	  "mappings the engine may add (DEDUP_VMA_BUDGET; default vm.max_map_count - max(4 x own, 4096))"),
 	F(regions, "Mappings", GAUGE, NUMBER, "regions", NULL,
 	  "ranges registered (dedup_register() or the preload library)"),
 	F(bytes_registered, "Mappings", GAUGE, BYTES, "registered_bytes", NULL,
 	  "total length of the registered ranges"),
 	F(engine_cpu_ns, "Engine", COUNTER, NSEC, "engine_cpu_seconds_total", NULL,
 	  "CPU time of libdedup's threads and of dedup_scan_now() passes"),
+	F(budget_waiting, "Waiting on vm.max_map_count", GAUGE, PAGES, "budget_waiting_pages", NULL,
+	  "MiB waiting on vm.max_map_count: duplicates the VMA budget kept from merging"
+	  " at the last pass, what a larger limit would let merge (pages saved)"),
+	F(runs_given_back, "Waiting on vm.max_map_count", COUNTER, NUMBER, "runs_given_back_total",
+	  NULL, "merged runs unmerged to give their mappings back (for a longer run, or an ENOMEM)"),
+	F(enomem_retries, "Waiting on vm.max_map_count", COUNTER, NUMBER, "enomem_retries_total",
+	  NULL, "program calls that failed with ENOMEM, retried after giving mappings back"),
 };
 #undef F
 /* Every member of struct dedup_stats but .size has a row. */
@@ -631,15 +638,19 @@ static const char *printable(const char *comm, char *buf)
 	return buf;
 }
 
-static void print_list(const struct samples *s, const struct samples *prev)
+struct groups;
+static const char *group_of(const struct groups *gs, int pid);
+
+static void print_list(const struct samples *s, const struct samples *prev,
+		       const struct groups *gs)
 {
 	bool rates = opt.watch;
 
-	printf("%7s %-15s %10s %9s %9s %9s %10s %15s %6s", "PID", "COMMAND", "SAVED_MiB",
-	       "SHARING", "SHARED", "ZERO", "COW_BREAKS", "VMAS/BUDGET", "CPU%");
+	printf("%7s %-15s %10s %9s %9s %9s %10s %15s %8s %6s", "PID", "COMMAND", "SAVED_MiB",
+	       "SHARING", "SHARED", "ZERO", "COW_BREAKS", "VMAS/BUDGET", "WAIT_MiB", "CPU%");
 	if (rates)
 		printf(" %9s %10s", "MERGED/s", "SCAN_MiB/s");
-	printf("\n");
+	printf(" GROUP\n");
 	for (size_t i = 0; i < s->n; i++) {
 		const struct sample *x = &s->v[i];
 		const struct dedup_stats *st = &x->live.stats;
@@ -648,14 +659,16 @@ static void print_list(const struct samples *s, const struct samples *prev)
 		snprintf(vmas, sizeof(vmas), "%lld/%llu", (long long)st->vmas_added,
 			 (unsigned long long)st->vma_budget);
 		char cbuf[16];
-		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %6.1f", x->pid,
+		printf("%7d %-15s %10.1f %9llu %9llu %9llu %10llu %15s %8.1f %6.1f", x->pid,
 		       printable(x->comm, cbuf),
 		       mib(st->bytes_saved), (unsigned long long)st->pages_sharing,
 		       (unsigned long long)st->pages_shared, (unsigned long long)st->zero_pages,
-		       (unsigned long long)st->cow_breaks, vmas, r.cpu_percent);
+		       (unsigned long long)st->cow_breaks, vmas,
+		       mib(st->budget_waiting * x->page_size), r.cpu_percent);
 		if (rates)
 			printf(" %9.0f %10.1f", r.merged_ps, r.scanned_mibps);
-		printf("\n");
+		const char *g = group_of(gs, x->pid);
+		printf(" %s\n", g ? g : "-");
 	}
 	if (!s->n)
 		printf("(no process publishes libdedup stats)\n");
@@ -789,7 +802,10 @@ static void json_str(const char *s)
 	putchar('"');
 }
 
-static void print_json(const struct sample *x, const struct sample *prev)
+/* gs: the groups, when they were asked (the list), else NULL (one PID):
+ * "group" then says the process's group, or null. */
+static void print_json(const struct sample *x, const struct sample *prev,
+		       const struct groups *gs)
 {
 	const struct dd_pub_live *l = &x->live;
 	struct rates r = rates_of(prev, x);
@@ -822,6 +838,17 @@ static void print_json(const struct sample *x, const struct sample *prev)
 	       "\"ksm_process_profit\":%lld},",
 	       (unsigned long long)l->stats.pages_sharing, (unsigned long long)l->stats.zero_pages,
 	       (long long)profit(x));
+	printf("\"mib_waiting_on_max_map_count\":%.1f,",
+	       mib(l->stats.budget_waiting * x->page_size));
+	if (gs) {
+		const char *g = group_of(gs, x->pid);
+		printf("\"group\":");
+		if (g)
+			json_str(g);
+		else
+			printf("null");
+		printf(",");
+	}
 	printf("\"rates\":{\"window_seconds\":%.3f,\"since_start\":%s,\"merged_pages_per_second\":%.3f,"
 	       "\"scanned_mib_per_second\":%.3f,\"cow_breaks_per_second\":%.3f,"
 	       "\"engine_cpu_percent\":%.3f}}",
@@ -873,7 +900,7 @@ static void prom_sample(const char *name, const struct sample *x, const char *re
 }
 
 /* Extra gauges that are not members of struct dedup_stats. */
-enum extra { X_PROFIT, X_UPDATED, X_STARTED, X_CPU, X_INTERVAL, X_RATE, X_NEXTRA };
+enum extra { X_PROFIT, X_UPDATED, X_STARTED, X_CPU, X_INTERVAL, X_RATE, X_WAITING, X_NEXTRA };
 static const struct {
 	const char *name, *help;
 } extras[X_NEXTRA] = {
@@ -887,6 +914,9 @@ static const struct {
 			 "DEDUP_INTERVAL: pause between full passes, seconds" },
 	[X_RATE] = { "config_pages_per_second_limit",
 		     "DEDUP_PAGES_PER_SEC: scan rate cap, pages per second (0: none)" },
+	[X_WAITING] = { "waiting_on_max_map_count_bytes",
+			"memory waiting on vm.max_map_count: budget_waiting x page size, what a"
+			" larger limit would let merge" },
 };
 
 /* Metrics outer, processes inner: each metric's HELP and TYPE once, then
@@ -938,6 +968,10 @@ static void print_prometheus(const struct samples *s)
 				break;
 			case X_INTERVAL:
 				printf("%.3f\n", (double)x->live.scan_interval_ms / 1e3);
+				break;
+			case X_WAITING:
+				printf("%llu\n", (unsigned long long)(x->live.stats.budget_waiting *
+									x->page_size));
 				break;
 			default:
 				printf("%llu\n", (unsigned long long)x->live.pages_per_sec);
@@ -1147,6 +1181,37 @@ static void print_groups_prometheus(const struct groups *gs)
 	}
 }
 
+/* The group whose helper lists pid as a member, or NULL. */
+static const char *group_of(const struct groups *gs, int pid)
+{
+	for (size_t i = 0; gs && i < gs->n; i++)
+		for (uint32_t k = 0; k < gs->v[i].info.npids; k++)
+			if ((int)gs->v[i].info.pids[k] == pid)
+				return gs->v[i].name;
+	return NULL;
+}
+
+/* Which group each member process is in: an info metric (value 1), one
+ * sample per member, so that a process's series keep their labels. */
+static void print_members_prometheus(const struct samples *s, const struct groups *gs)
+{
+	bool head = false;
+	for (size_t p = 0; p < s->n; p++) {
+		const char *g = group_of(gs, s->v[p].pid);
+		if (!g)
+			continue;
+		if (!head)
+			prom_head("process_group_info", "gauge",
+				  "1 for each process that is a member of a sharing group (label group)");
+		head = true;
+		printf("libdedup_process_group_info{pid=\"%d\",comm=\"", s->v[p].pid);
+		prom_label(s->v[p].comm);
+		printf("\",group=\"");
+		prom_label(g);
+		printf("\"} 1\n");
+	}
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 static const char help_text[] =
@@ -1168,9 +1233,13 @@ static const char help_text[] =
 "\n"
 "    Without PID, one line per process: PID, command, MiB saved, pages\n"
 "    sharing, pages shared, zero pages, COW breaks, VMAs added / VMA budget,\n"
+"    MiB waiting on vm.max_map_count (duplicates the VMA budget kept from\n"
+"    merging at the last pass: what a larger limit would let merge),\n"
 "    and engine CPU% (CPU time of libdedup's threads over the time since\n"
 "    the engine started, percent of one core; with --watch, over the last\n"
-"    refresh).\n"
+"    refresh), and last GROUP: the sharing group whose helper lists the\n"
+"    process as a member, or - (in --json, \"group\", a name or null; in\n"
+"    --prometheus, libdedup_process_group_info{group=...} 1).\n"
 "\n"
 "    Then, if any, one line per sharing group (DEDUP_SHARE, dedup-run\n"
 "    --share) whose helper answers: GROUP (its name), MEMBERS (processes in\n"
@@ -1211,7 +1280,8 @@ static const char help_text[] =
 "        JSON: an object for PID, an array of objects otherwise. Keys: pid,\n"
 "        comm, start_time_ticks, lib_version, page_size, started_unix_ns,\n"
 "        updated_unix_ns, age_seconds, updates, config{...}, stats{...} (the\n"
-"        members of struct dedup_stats), ksm_stat{...}, rates{...}. Groups\n"
+"        members of struct dedup_stats), ksm_stat{...},\n"
+"        mib_waiting_on_max_map_count, group (in the array), rates{...}. Groups\n"
 "        only with --groups, which keeps this array as it was: keys name,\n"
 "        socket, helper_pid, page_size, member_pids[], members, segments,\n"
 "        pages, holds, mapped_pages, saved_bytes, members_unseen.\n"
@@ -1221,7 +1291,8 @@ static const char help_text[] =
 "        dedup-stat --prometheus > DIR/libdedup.prom.$$ && mv ...), then\n"
 "        the groups' libdedup_group_members, _segments, _canonical_pages,\n"
 "        _holds, _mapped_pages, _saved_bytes, _members_without_stats, with\n"
-"        labels group and socket.\n"
+"        labels group and socket, and libdedup_process_group_info (1, labels\n"
+"        pid, comm and group) for each process in a group.\n"
 "    --dir DIR\n"
 "        Read stats files from DIR only.\n"
 "    --no-clean\n"
@@ -1407,7 +1478,7 @@ static int explain_missing(int pid, enum load why)
 static void output_one(const struct sample *x, const struct sample *prev)
 {
 	if (opt.json) {
-		print_json(x, prev);
+		print_json(x, prev, NULL);
 		printf("\n");
 	} else if (opt.prom) {
 		struct samples one = { .v = (struct sample *)x, .n = 1 };
@@ -1434,14 +1505,15 @@ static void output_all(const struct samples *s, const struct samples *prev,
 		for (size_t i = 0; i < s->n; i++) {
 			if (i)
 				printf(",");
-			print_json(&s->v[i], opt.watch ? find_prev(prev, s->v[i].pid) : NULL);
+			print_json(&s->v[i], opt.watch ? find_prev(prev, s->v[i].pid) : NULL, gs);
 		}
 		printf("]\n");
 	} else if (opt.prom) {
 		print_prometheus(s);
 		print_groups_prometheus(gs);
+		print_members_prometheus(s, gs);
 	} else {
-		print_list(s, prev);
+		print_list(s, prev, gs);
 		if (gs->n) {
 			printf("\n");
 			print_groups(gs);
@@ -1589,8 +1661,7 @@ int main(int argc, char **argv)
 		} else {
 			if (!opt.groups)
 				scan_all(&dirs, &all);
-			if (opt.groups || !opt.json)   /* --json alone: the processes */
-				scan_groups(&shares, &dirs, &groups);
+			scan_groups(&shares, &dirs, &groups);   /* also for each process's group */
 			output_all(&all, have_prev ? &before : NULL, &groups);
 			struct samples t = before;
 			before = all;

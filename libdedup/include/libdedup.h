@@ -67,7 +67,8 @@ struct dedup_config {
 	uint32_t cpu_percent;       /* DEDUP_CPU: engine CPU share of one core, 1-100 (25) */
 	int32_t zero_pages;         /* DEDUP_ZERO_PAGES: merge zero pages, 1 on / -1 off (on) */
 	uint64_t vma_budget;        /* DEDUP_VMA_BUDGET: VMAs the engine may add
-	                               (max_map_count / 2) */
+	                               (max_map_count minus 4x the program's own
+	                               mappings, at least 4096; 0 = that rule) */
 	uint64_t min_region;        /* DEDUP_MIN_REGION: smallest range worth
 	                               registering, bytes (64K; used by preload) */
 	int32_t log_level;          /* DEDUP_LOG: enum dedup_log_level + 1; 0 = default (warn) */
@@ -113,6 +114,15 @@ struct dedup_stats {
 	uint64_t group_pages;        /* pages that map a sharing group's canonical
 	                                page (DEDUP_SHARE); not in pages_sharing,
 	                                bytes_saved: the group saves them, once */
+	uint64_t budget_waiting;     /* pages that would merge (net pages saved) but
+	                                wait on the VMA budget, as found by the last
+	                                full pass: what a larger vm.max_map_count
+	                                would let merge (a gauge) */
+	uint64_t runs_given_back;    /* merged runs unmerged to give mappings back:
+	                                for a longer run, or for a program call
+	                                that failed with ENOMEM */
+	uint64_t enomem_retries;     /* the program's mapping calls that failed with
+	                                ENOMEM, retried after a give-back (preload) */
 };
 
 /* Start the engine (threads, userfaultfd, page store). NULL: defaults.

@@ -49,7 +49,6 @@ DD_API int dedup_init(const struct dedup_config *config)
 		goto out;
 	}
 	eng.running = true;
-	eng.maps_at_init = dd_count_maps(NULL, NULL);
 	eng.maps_counted_ns = 0;   /* the first pass counts (scan.c) */
 	dd_publish_open();
 	dd_stats_table_open();

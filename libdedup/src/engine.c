@@ -74,7 +74,13 @@ static void creds_thread_start(void);
 
 struct dd_engine eng = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.gate = PTHREAD_MUTEX_INITIALIZER,
+	/* Adaptive: a thread that finds the gate taken spins a little before
+	 * it sleeps. The merger and the reader pass it back and forth once
+	 * for every run placed or handed back (the REMAP of the mremap, read
+	 * under the gate), and the reader holds it for microseconds: sleeping
+	 * cost a FUTEX_WAIT, a FUTEX_WAKE from the reader and another from
+	 * the merger's next unlock, and a context switch, per run. */
+	.gate = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
 	.uffd = -1,
 };
 
@@ -106,9 +112,22 @@ static struct {
 	struct io_uring ring;
 	bool have;      /* the ring works: the uffd is its fixed file 0 */
 	bool polled;    /* a poll of the uffd is in flight */
+	bool checked;   /* this round of drain_uffd: eng.uffd found ours */
+	bool lost;      /* this round: found not ours, and not had back */
 } rd;
 
 static bool uffd_usable(void);
+
+/* Is eng.uffd's number ours (uffd_usable), checked once a round of
+ * drain_uffd, before its first use. */
+static bool number_ours(void)
+{
+	if (!rd.checked && !rd.lost) {
+		rd.checked = uffd_usable();
+		rd.lost = !rd.checked;
+	}
+	return rd.checked;
+}
 static ssize_t uffd_read(void *buf, size_t len);
 
 /*
@@ -228,19 +247,29 @@ static bool drain_uffd(bool *lost)
 
 	for (;;) {
 		ssize_t r = 0;
-		/* Each round, before the ioctls that resolve faults: is the
-		 * number still ours (a raw close by the program), else get
-		 * the uffd back. Faults kept for that (kept_if_lost) wait. */
-		if (!uffd_usable()) {
-			*lost = true;
-			return rang;
-		}
+		/* Each round, before the first use of the number: is it still
+		 * ours (a raw close by the program), else get the uffd back.
+		 * Faults kept for that (kept_if_lost) wait. The ring reads its
+		 * fixed file and needs no number, so with it the check waits
+		 * until after the reads, and is left out when nothing uses the
+		 * number: a round that only read a REMAP (merge.c wakes us with
+		 * one for every run it places or hands back) saves its two
+		 * system calls. Without the ring, read() uses the number:
+		 * uffd_read checks first. The doorbell's ringers wait for the
+		 * gate after their madvise (ring_doorbell), so a check after
+		 * the read still comes before they look. */
+		rd.checked = rd.lost = false;
 		while (npend + DD_ARRAY_SIZE(msg) <= DD_PENDING_MAX) {
 			r = uffd_read(msg, sizeof(msg));
 			if (r == -EINTR)
 				continue;
 			if (r <= 0)
 				break;
+			/* A short read took all that was pending: no second read
+			 * to hear EAGAIN (a system call per wake-up, and merge.c
+			 * wakes us once per run it places or hands back). What
+			 * comes later makes the uffd readable for the next poll. */
+			bool drained = (size_t)r < sizeof(msg);
 			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
 				struct uffd_msg *m = &msg[i];
 				uintptr_t a;
@@ -277,6 +306,14 @@ static bool drain_uffd(bool *lost)
 					break;
 				}
 			}
+			if (drained) {
+				r = 0;
+				break;
+			}
+		}
+		if ((npend || rang || rd.lost || dd_removing_unfenced()) && !number_ours()) {
+			*lost = true;
+			return rang;
 		}
 		/* resolve, keeping what still meets EAGAIN */
 		size_t keep = 0;
@@ -388,7 +425,9 @@ static ssize_t uffd_read(void *buf, size_t len)
 		no_nowait = true;
 		dd_debug("io_uring read of the uffd with RWF_NOWAIT: errno %d; using read()", -r);
 	}
-	/* no ring: the number was checked this round (uffd_usable) */
+	/* no ring: read() the number, once it is known to be ours */
+	if (!number_ours())
+		return -EBADF;
 	ssize_t r = read(eng.uffd, buf, len);
 	return r < 0 ? -errno : r;
 }
@@ -438,7 +477,11 @@ static bool wait_readable(void)
 		io_uring_prep_poll_add(sqe, 0, POLLIN);
 		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, RD_POLL);
-		if (io_uring_submit(&rd.ring) < 0)
+		/* submit and wait in one system call; a signal may end the
+		 * wait (or come before the submission: submit again) */
+		int r = io_uring_submit_and_wait(&rd.ring, 1);
+		if ((r < 0 && r != -EINTR) ||
+		    (io_uring_sq_ready(&rd.ring) && io_uring_submit(&rd.ring) < 0))
 			return false;
 		rd.polled = true;
 	}
@@ -516,8 +559,14 @@ static void *reader_main(void *arg)
  * madvise, straight to the kernel. Not while the reader may be gone. */
 static void ring_doorbell(void)
 {
-	if (eng.doorbell)
+	if (eng.doorbell) {
 		dd_os_madvise((void *)eng.doorbell, DD_PAGE, MADV_DONTNEED);
+		/* The reader read the REMOVE under the gate and checks the
+		 * number in the same hold, after the read (drain_uffd): once
+		 * we have had the gate, eng.uffd is ours again if it can be. */
+		pthread_mutex_lock(&eng.gate);
+		pthread_mutex_unlock(&eng.gate);
+	}
 }
 
 /*
@@ -735,6 +784,7 @@ static void *engine_main(void *arg)
 		}
 		pthread_mutex_lock(&eng.lock);
 		apply_events();
+		dd_group_check();
 		bool done = dd_scan_step(&cursor, step, &merged, &scanned, fresh_only);
 		dd_engine_account_cpu(&cpu);
 		dd_publish_update();
@@ -879,7 +929,11 @@ static void postfork_child(void)
 	 * parent's userfaultfd at once: while a child held it, the parent's
 	 * registrations would outlive the parent's dedup_shutdown(), and a
 	 * discard there would wait forever for a reader. */
-	pthread_mutex_init(&eng.gate, NULL);
+	pthread_mutexattr_t adaptive;
+	pthread_mutexattr_init(&adaptive);
+	pthread_mutexattr_settype(&adaptive, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&eng.gate, &adaptive);   /* as the initialiser above */
+	pthread_mutexattr_destroy(&adaptive);
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
 	dd_fd_close(&eng.uffd);
@@ -919,6 +973,58 @@ static void doorbell_free(void)
 }
 
 /*
+ * The VMA budget: how many mappings merging may add (issue 11, point 5).
+ * Every merged run is a mapping, and an isolated page costs two; past
+ * vm.max_map_count the kernel refuses the *program's* next mmap, mprotect
+ * or munmap that splits a mapping, and the program breaks in its own code.
+ * So the budget is what the limit leaves once the program has room to grow:
+ *
+ *	budget = limit - headroom,
+ *	headroom = max(4 x own, min(4096, 3/4 x limit))
+ *
+ * where own is the mappings the process has that merging did not add (all
+ * of them minus ours: scan.c counts both at each recount, and this is
+ * called again then, so the budget follows the program as it grows or
+ * shrinks). Why 4 x: a program's mapping count moves with its load
+ * (threads bring a stack and a guard each, allocators add arenas and
+ * split them with mprotect, JITs map code); room for it to quadruple
+ * covers what we saw (redis 121, a JVM a few thousand) without the
+ * half of the limit that the old flat budget held back for a program of
+ * a hundred mappings. Why 4096 at least: the kernel itself wants a few
+ * mappings more than it has for a split or a fork's copy, and a small
+ * program may start many threads at once. Where the limit itself is only a
+ * few thousand, the floor is three quarters of it: at limit 1000 (the
+ * hostile-host test) the budget is at most 250, and none once the program
+ * has 250 mappings of its own, so merging never takes the last mappings of
+ * a program that runs close to the limit on its own (zero pages, which add
+ * no mapping, still merge). With no floor below 4096 there would be no
+ * budget at all up to limit 4096, and a program of 50 mappings there could
+ * not merge even one run. Above the budget there is a
+ * hard stop at limit - 256 (merge.c budget_allows) for the total count,
+ * and if the program still meets ENOMEM, the preload library gives runs
+ * back and retries its call (preload/interpose.c).
+ *
+ * DEDUP_VMA_BUDGET overrides the whole rule (the hard stop stays).
+ * eng.lock held (or before the threads run).
+ */
+#define BUDGET_OWN_TIMES 4
+#define BUDGET_FLOOR 4096
+
+void dd_engine_size_budget(long own)
+{
+	if (dd_opt.vma_budget) {
+		eng.vma_budget = dd_opt.vma_budget;
+		return;
+	}
+	long limit = dd_feat.max_map_count;
+	long room = own > 0 ? BUDGET_OWN_TIMES * own : 0;
+	long floor = limit - limit / 4 < BUDGET_FLOOR ? limit - limit / 4 : BUDGET_FLOOR;
+	if (room < floor)
+		room = floor;
+	eng.vma_budget = limit > room ? (uint64_t)(limit - room) : 0;
+}
+
+/*
  * Everything the engine needs before its threads run: the userfaultfd, the
  * kernel's features, the store, the index, the merger's memory (merge.c),
  * then the two threads. Called by dedup_init() under eng.lock. 0, or -errno
@@ -934,8 +1040,9 @@ int dd_engine_init(const char **why)
 		return ret;
 	*why = NULL;
 	dd_os_probe();
-	eng.vma_budget = dd_opt.vma_budget ? dd_opt.vma_budget
-					   : (uint64_t)dd_feat.max_map_count / 2;
+	dd_engine_size_budget(dd_count_maps(NULL, NULL));
+	atomic_store(&dd_cnt.budget_waiting, 0);
+	eng.budget_wait_pass = 0;
 	eng.zero_hash = dd_hash_page(dd_zero_page);
 	eng.cursor = 0;
 	ret = dd_store_init(dd_opt.store_max);

@@ -36,6 +36,7 @@ struct dd_engine {
 	_Atomic bool stop;
 	pthread_t engine_thr, reader_thr;
 	char *cmpbuf;           /* batch_pages pages: S read back for comparing (merge.c) */
+	bool cmpbuf_used;       /* written since dd_merge_free_scratch() gave it back */
 	struct dd_merge_item *batch;
 	size_t nbatch;
 	/* REMOVE/REMAP events read by the uffd reader (written under the gate):
@@ -56,14 +57,16 @@ struct dd_engine {
 	/* new regions are fragile (scan.c): set by the preload library, whose
 	 * regions libc may unmap or shrink behind its back */
 	bool fragile_regions;
+	bool keep_spares;              /* preload: spare mappings for a give-back (merge.c) */
 	bool child;                    /* we are a fork()ed child */
 	uintptr_t cursor;              /* dedup_scan_now's pass */
 	/* VMA accounting for the budget */
-	long maps_at_init;      /* /proc/self/maps lines after dedup_init */
 	long maps_at_pass;      /* /proc/self/maps lines at the last count */
 	long vmas_this_pass;    /* added by merges since that count */
 	uint64_t maps_counted_ns, maps_count_cpu_ns;   /* when, and what it cost */
-	uint64_t vma_budget;
+	uint64_t vma_budget;    /* dd_engine_size_budget(), at each recount */
+	uint64_t budget_wait_pass;   /* pages waiting on the budget, this pass so far
+				       (scan.c, merge.c); dd_cnt.budget_waiting at its end */
 	uint64_t zero_hash;
 	uint64_t pass_gen;
 	uint64_t cpu_base;      /* thread CPU already added to the counter */
@@ -71,6 +74,7 @@ struct dd_engine {
 extern struct dd_engine eng;
 
 int dd_engine_init(const char **why);   /* eng.lock held: uffd, tables, threads */
+void dd_engine_size_budget(long own);  /* eng.lock held: the VMA budget from own mappings */
 void dd_engine_fini(void);
 int dd_engine_start(void);
 void dd_engine_stop(void);

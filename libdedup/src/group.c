@@ -69,6 +69,7 @@ extern char **environ;
 
 static struct {
 	int fd;                               /* the connection; -1: no group */
+	uid_t uid;                            /* our euid when we joined */
 	char name[DD_GROUP_NAME_MAX + 1];     /* the group's, also when not joined */
 } grp = { .fd = -1 };
 
@@ -97,6 +98,14 @@ void dd_group_atfork_child(void)
 }
 
 /* Leave the group after a protocol or socket error; err is returned. */
+_Static_assert(DD_GS_LAST == 7, "DEDUP_TEST_SHARE_DIE's range in options.h");
+
+void dd_group_test_die(enum dd_group_step step)
+{
+	if (dd_unlikely(dd_opt.test_share_die == (uint64_t)step))
+		kill(getpid(), SIGKILL);
+}
+
 static int fail(int err, const char *why)
 {
 	dd_warn("sharing group %s: %s (%s); leaving the group, merged pages stay merged",
@@ -105,18 +114,40 @@ static int fail(int err, const char *why)
 	return err;
 }
 
-/* The connection, still ours? If the program closed it, leave quietly. */
+/*
+ * The connection, still ours, and we still who joined? If the program
+ * closed it, leave quietly. If it changed its uid without us in between
+ * (an API program's setuid(); a preloaded one leaves before, dd_creds_sync),
+ * leave: the helper took our uid at connect (SO_PEERCRED) and would go on
+ * sharing with a process that is no longer the group's user. Checked before
+ * every message and at every engine step (dd_group_check): the engine
+ * thread's euid, which glibc's set*id() changes with every thread's.
+ */
 static bool conn_ok(void)
 {
 	if (grp.fd < 0)
 		return false;
-	if (dd_fd_intact(grp.fd))
-		return true;
-	dd_warn("sharing group %s: the program closed our connection; leaving the group",
-		grp.name);
-	dd_fd_forget(&grp.fd);   /* the number is not ours: never close it */
-	grp.fd = -1;
-	return false;
+	if (!dd_fd_intact(grp.fd)) {
+		dd_warn("sharing group %s: the program closed our connection; leaving the group",
+			grp.name);
+		dd_fd_forget(&grp.fd);   /* the number is not ours: never close it */
+		grp.fd = -1;
+		return false;
+	}
+	if (geteuid() != grp.uid) {
+		dd_warn("sharing group %s: the process changed its uid (%u to %u); leaving the "
+			"group, merged pages stay merged", grp.name, (unsigned)grp.uid,
+			(unsigned)geteuid());
+		dd_group_leave();
+		return false;
+	}
+	return true;
+}
+
+void dd_group_check(void)
+{
+	if (grp.fd >= 0)
+		(void)conn_ok();
 }
 
 /* One message: hdr (len bytes) then arr (alen bytes), with pass (>= 0)
@@ -197,6 +228,8 @@ static int transact(const void *hdr, size_t len, const void *arr, size_t alen, i
 	ret = send_msg(hdr, len, arr, alen, pass);
 	if (ret < 0)
 		return fail(ret, send_failed(ret));
+	if (pass >= 0)
+		dd_group_test_die(DD_GS_PUBLISH_SENT);
 	ret = recv_msg(r, fds, nfds);
 	if (ret < 0)
 		return fail(ret, ret == -EPROTO ? "malformed message from the helper"
@@ -365,7 +398,8 @@ static int hello(void)
 
 	if (getsockopt(grp.fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0)
 		return fail(-errno, "cannot ask who the helper is");
-	if (uc.uid != geteuid())
+	grp.uid = geteuid();
+	if (uc.uid != grp.uid)
 		return fail(-EACCES, "the helper runs as another user");
 	dd_share_hdr_init(&m.h, DD_SHARE_HELLO, 0);
 	int t = transact(&m, sizeof(m), NULL, 0, -1, &r, fds, &nfds, DD_SHARE_WELCOME, false);
@@ -422,8 +456,10 @@ int dd_group_join(const char *name)
 				     waited < SPAWN_WAIT_MS; waited += 10)
 			sleep_ms(10);
 		r = try_connect(&sa);
-		if (nobody_listens(r))
+		if (nobody_listens(r)) {
+			dd_group_test_die(DD_GS_LOCKED);
 			r = spawn_helper(dir);
+		}
 		dd_fd_close_temp(lk);   /* the helper takes it to bind */
 		if (!r && grp.fd < 0) {
 			r = -ECONNREFUSED;
@@ -490,8 +526,10 @@ int dd_group_segment_new(const void *const *pages, size_t n)
 			done += (size_t)w;
 		}
 	}
+	dd_group_test_die(DD_GS_WRITTEN);
 	if (fcntl(fd, F_ADD_SEALS, DD_SHARE_SEALS) < 0)
 		goto fail;
+	dd_group_test_die(DD_GS_SEALED);
 	return fd;
 fail:
 	e = errno;
@@ -610,6 +648,7 @@ int dd_group_release(const uint64_t *ids, size_t n)
 		r = send_msg(&h, sizeof(h), ids, k * sizeof(*ids), -1);
 		if (r < 0)
 			return fail(r, send_failed(r));
+		dd_group_test_die(DD_GS_RELEASE_SENT);
 		ids += k;
 		n -= k;
 	}

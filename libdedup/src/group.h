@@ -36,6 +36,8 @@ bool dd_group_name_ok(const char *name);
 int dd_group_join(const char *name);
 void dd_group_leave(void);          /* close the connection; idempotent */
 bool dd_group_active(void);
+void dd_group_check(void);          /* leave if the connection is no longer ours
+                                       or our euid changed (once a step) */
 void dd_group_atfork_child(void);   /* a fork()ed child: close the inherited
                                        connection without a word to the helper */
 
@@ -81,5 +83,23 @@ int64_t dd_group_publish(int fd, const uint64_t *hashes, size_t n);
 
 /* This member maps no page of these segments any more. */
 int dd_group_release(const uint64_t *ids, size_t n);
+
+/*
+ * Fault injection (DEDUP_TEST_SHARE_DIE=N, tests/share/share_inject.c):
+ * the process SIGKILLs itself the first time it reaches step N, so that a
+ * test can kill a member between two steps of the protocol rather than at
+ * a random instant. The helper has its own (tools/dedup-share.c).
+ */
+enum dd_group_step {
+	DD_GS_LOCKED = 1,     /* holding the group's flock, the helper not spawned */
+	DD_GS_WRITTEN,        /* a segment written, not sealed */
+	DD_GS_SEALED,         /* sealed, not published */
+	DD_GS_PUBLISH_SENT,   /* PUBLISH sent, its answer not read */
+	DD_GS_FOUND,          /* a LOOKUP answered with segments, nothing merged yet */
+	DD_GS_MERGING,        /* a window into a segment: pages moved out, not replaced */
+	DD_GS_RELEASE_SENT,   /* RELEASE sent */
+	DD_GS_LAST = DD_GS_RELEASE_SENT
+};
+void dd_group_test_die(enum dd_group_step step);
 
 #endif /* DEDUP_GROUP_H */

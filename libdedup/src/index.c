@@ -19,6 +19,14 @@
  * Both are open-addressing tables with linear probing, in dd_vm memory.
  * Hash value 0 is never stored (dd_hash_page() maps it to 1).
  *
+ * Both are sized to what they hold, in both directions: they double when
+ * three quarters full, and shrink back (IX_MIN entries at least) when at
+ * most an eighth is used - the stable one as slots go, the unstable one at
+ * the end of a pass, to what that pass put in it. A settled process
+ * whose pages are all merged offers no candidate: before, it kept the
+ * largest table any pass had needed (3 MiB of unstable index for 256 MiB
+ * of heap, in the process's Pss, for nothing).
+ *
  * Locking: eng.lock held by every caller.
  */
 #include <string.h>
@@ -49,14 +57,16 @@ static inline size_t mix(uint64_t h, size_t cap)
 	return (size_t)h & (cap - 1);
 }
 
+#define IX_MIN 1024   /* entries: 16 or 24 KiB */
+
 static void aged_free(void);
 
 int dd_index_init(void)
 {
 	memset(&ix, 0, sizeof(ix));
 	dd_aged_reset();
-	ix.s_cap = 1024;
-	ix.u_cap = 1024;
+	ix.s_cap = IX_MIN;
+	ix.u_cap = IX_MIN;
 	ix.s = dd_vm_alloc(ix.s_cap * sizeof(*ix.s));
 	ix.u = dd_vm_alloc(ix.u_cap * sizeof(*ix.u));
 	ix.gen = 1;
@@ -184,9 +194,13 @@ void dd_stable_remove(uint64_t hash, uint32_t slot)
 			e->used = 2;
 			ix.s_live--;
 			ix.s_dead++;
-			return;
+			break;
 		}
 	}
+	/* mostly empty: half the size (it holds at most a quarter then);
+	 * no memory for the smaller one leaves it as it is */
+	if (ix.s_cap > IX_MIN && ix.s_live * 8 <= ix.s_cap)
+		stable_rehash(ix.s_cap / 2);
 }
 
 /* ---- unstable --------------------------------------------------------- */
@@ -196,6 +210,30 @@ void dd_unstable_reset(void)
 	dd_assert_held(&eng.lock);
 	ix.gen++;
 	ix.u_live = 0;
+}
+
+/*
+ * At a pass's end (scan.c): a fresh table the size the pass needed (u_live
+ * counts what it put in), if that is an eighth of this one or less; its
+ * candidates are forgotten at the next pass's start anyway. Here and not
+ * at that start, so that metadata_bytes changes only with full_passes
+ * (test_stat_prometheus compares a snapshot's profit with the tool's).
+ */
+void dd_unstable_trim(void)
+{
+	dd_assert_held(&eng.lock);
+	if (ix.u_cap > IX_MIN && ix.u_live * 8 <= ix.u_cap) {
+		size_t ncap = IX_MIN;
+		while (ncap < ix.u_live * 2)
+			ncap *= 2;
+		struct unstable_ent *n = dd_vm_alloc(ncap * sizeof(*n));
+		if (n) {   /* zeroed: generation 0, older than any ix.gen */
+			dd_vm_free(ix.u, ix.u_cap * sizeof(*ix.u));
+			ix.u = n;
+			ix.u_cap = ncap;
+			ix.u_live = 0;
+		}
+	}
 }
 
 /*

@@ -17,6 +17,7 @@ void dd_stable_verify_hash(uint64_t hash);
 int dd_stable_insert(uint64_t hash, uint32_t slot);
 void dd_stable_remove(uint64_t hash, uint32_t slot);
 void dd_unstable_reset(void);     /* new pass: forget all candidates */
+void dd_unstable_trim(void);      /* pass end: forget them, shrink to what it used */
 uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided);
 int dd_unstable_insert(uint64_t hash, uintptr_t addr);
 size_t dd_unstable_count(void);   /* candidates of this pass */

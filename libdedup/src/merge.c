@@ -156,6 +156,7 @@ static struct {
 	size_t used;               /* pages holding moved-out pages */
 	size_t batch;              /* first page of this batch's part */
 	bool lost;                 /* a page could not be restored: keep S */
+	pid_t pid;                 /* ours, for process_vm_readv (read_moved) */
 } scratch;
 
 /* Page i of this batch's part of S. */
@@ -374,7 +375,8 @@ static const char *read_moved(struct dd_merge_item *it, size_t n, size_t base)
 	}
 	if (!nio)
 		return eng.cmpbuf;
-	ssize_t r = process_vm_readv(getpid(), local, nio, remote, nio, 0);
+	eng.cmpbuf_used = true;
+	ssize_t r = process_vm_readv(scratch.pid, local, nio, remote, nio, 0);
 	return r == (ssize_t)total ? eng.cmpbuf : NULL;
 }
 
@@ -541,8 +543,44 @@ struct window {
 	long merged;
 };
 
+/*
+ * Long runs first (issue 11, point 5). A run of L pages that adds d
+ * mappings saves L pages for them: a single page in the middle of a
+ * mapping saves 1 for 2, a run of 16 pages 16 for 2. Where the budget
+ * binds, every mapping should go to the longest runs. The scanner cannot
+ * sort a pass's runs by length before merging them (it finds them in
+ * address order, and merges as it goes), so one simple rule: the last part
+ * of the budget (RESERVE_SHARE of it, at least RESERVE_MIN mappings) is
+ * kept for runs that save at least 2 pages per mapping they add (L >= 2 d):
+ * a single page or a pair is refused there and waits (budget_waiting), so
+ * the reserve is not eaten by singles while longer runs still come (new
+ * memory the program fills, a heap that settles). The rule only refuses
+ * merges: nothing here can change what the program reads. Its cost, when
+ * no long run ever comes: the reserve's worth of single pages, half a page
+ * a mapping (at 65,530: about 1,900 mappings, some 950 pages, 3.7 MiB).
+ * Not done: evicting merged single pages for a long run. The scanner
+ * stops offering non-zero pages once the budget is spent (scan.c
+ * budget_wait), and with the reserve the budget is never spent by singles,
+ * so a long run always finds room without it; dd_merge_give_back() (below)
+ * is the eviction a fuller scheme would use.
+ */
+#define RESERVE_SHARE 32
+#define RESERVE_MIN 64
+
+static bool worth_reserve(size_t pages, long delta)
+{
+	if (delta <= 0 || (long)pages >= 2 * delta)
+		return true;
+	long left = (long)eng.vma_budget - (long)atomic_load(&dd_cnt.vmas_added);
+	long reserve = (long)eng.vma_budget / RESERVE_SHARE;
+	if (reserve < RESERVE_MIN)
+		reserve = RESERVE_MIN;
+	/* a tiny budget (hostile hosts, tests) is not split */
+	return (long)eng.vma_budget < 4 * RESERVE_MIN || left - delta >= reserve;
+}
+
 /* Before 1: drop non-zero runs that would spend more mappings than the VMA
- * budget has left. */
+ * budget has left, or spend its reserve on few pages (worth_reserve). */
 static void win_budget(struct window *w)
 {
 	struct dd_merge_item *it = w->it;
@@ -553,9 +591,12 @@ static void win_budget(struct window *w)
 			while (k < w->n && it[k].target == it[k - 1].target + 1)
 				k++;
 			size_t p = (it[i].addr - w->r->start) / DD_PAGE;
-			if (!budget_allows(vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target)))
+			long d = vma_delta(w->r, p, k - i, it[i].target, it[k - 1].target);
+			if (!budget_allows(d) || !worth_reserve(k - i, d)) {
 				for (size_t m = i; m < k; m++)
 					drop(&it[m], IT_GONE, &dd_cnt.skipped_budget);
+				eng.budget_wait_pass += k - i;   /* they would merge */
+			}
 		}
 		i = k;
 	}
@@ -683,6 +724,11 @@ static void win_replace(struct window *w)
 	struct dd_merge_item *it = w->it;
 	size_t n = w->n;
 
+	if (dd_unlikely(dd_opt.test_share_die == DD_GS_MERGING))
+		for (size_t i = 0; i < n; i++)
+			if (it[i].state == IT_MOVED && DD_SLOT_REAL(it[i].target) &&
+			    dd_store_slot_is_group(it[i].target - 1))
+				dd_group_test_die(DD_GS_MERGING);
 	for (size_t i = 0; i < n;) {
 		if (atomic_load(&eng.ev_head) != w->seen) {
 			w->seen = atomic_load(&eng.ev_head);
@@ -704,6 +750,7 @@ static void win_replace(struct window *w)
 		size_t p = (a - w->r->start) / DD_PAGE, l = k * DD_PAGE;
 		long delta = vma_delta(w->r, p, k, it[i].target, it[i + k - 1].target);
 		if (place_run(a, l, it[i].target) < 0) {   /* ENOMEM at the map limit */
+			eng.budget_wait_pass += k;
 			for (size_t x = i; x < i + k; x++) {
 				DD_INC(skipped_budget, 1);
 				it[x].state = move_back(w->base + x, it[x].addr) ? IT_DROP_WP : IT_GONE;
@@ -826,10 +873,11 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
  *     modes (tests/probe/probe_register_modes.c), and a run without MINOR
  *     would read its canonical page again after a discard. The anonymous
  *     parts take MISSING so that their VMAs are like the replacements (3.);
- *  1. the group's span is parked and write-protected: from here a write,
- *     user or kernel mode, waits for us, and so does a read of an empty
- *     page (the reader leaves a parked range's faults to us, also when we
- *     let it run to read events). What each page is comes from pagemap,
+ *  1. the group's span is parked and its chunks write-protected (not the
+ *     anonymous pages between them: each VMA protected costs a TLB flush):
+ *     from here a write to a chunk, user or kernel mode, waits for us, and
+ *     so does a read of an empty page (the reader leaves a parked
+ *     range's faults to us, also when we let it run to read events). What each page is comes from pagemap,
  *     read once before and once after the protection;
  *  2. per chunk, it is copied into a buffer B page by page from what A
  *     reads: a canonical page from the store, a page copied on write from
@@ -1026,7 +1074,8 @@ static bool um_next_run(struct um *u, uintptr_t *a, uintptr_t *e)
 {
 	if (u->r) {
 		size_t i = (u->pos - u->r->start) / DD_PAGE, k;
-		if (u->pos >= u->hi || !dd_region_next_merged(u->r, &i, &k))
+		if (u->pos >= u->hi || !dd_region_next_merged(u->r, &i, &k) ||
+		    u->r->start + i * DD_PAGE >= u->hi)   /* past a range short of r's end */
 			return false;
 		*a = u->r->start + i * DD_PAGE;
 		*e = u->r->start + k * DD_PAGE;
@@ -1364,19 +1413,37 @@ static void um_group(struct um *u, size_t n)
 	DD_TRACE('U', s, e - s, (long)n);
 	if ((ret = dd_pte_states(s, np, u->st)) < 0)
 		goto out;
-	for (int tries = 0;; tries++) {
-		ret = dd_uffd_wp(eng.uffd, s, e - s, true);
-		if (ret < 0 && tries <= 1000 && uffd_back(-ret))
-			continue;
-		if (ret != -EAGAIN || tries > 1000)
-			break;
-		let_reader_run();   /* an event is pending */
+	/* Only the chunks are protected, each stretch of adjacent ones with
+	 * one call: not the anonymous pages between them, which nothing here
+	 * reads or replaces. The kernel flushes the TLB once per VMA it
+	 * protects (uffd_wp_range), and between isolated runs every other
+	 * VMA is such a page: protecting the span cost twice the flushes. */
+	bool wp_failed[UM_GROUP];
+	for (size_t i = 0, k; i < n; i = k) {
+		uintptr_t pe = u->ch[i].a + u->ch[i].n * DD_PAGE;
+		for (k = i + 1; k < n && u->ch[k].a == pe; k++)
+			pe += u->ch[k].n * DD_PAGE;
+		for (int tries = 0;; tries++) {
+			ret = dd_uffd_wp(eng.uffd, u->ch[i].a, pe - u->ch[i].a, true);
+			if (ret < 0 && tries <= 1000 && uffd_back(-ret))
+				continue;
+			if (ret != -EAGAIN || tries > 1000)
+				break;
+			let_reader_run();   /* an event is pending */
+		}
+		for (size_t x = i; x < k; x++)
+			wp_failed[x] = ret < 0;
+		if (ret < 0)
+			um_error(u, ret, u->ch[i].a, (pe - u->ch[i].a) / DD_PAGE,
+				 "write-protecting it");
 	}
-	if (ret < 0 || (ret = dd_pte_states(s, np, u->st2)) < 0)
+	if ((ret = dd_pte_states(s, np, u->st2)) < 0)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct um_chunk *c = &u->ch[i];
 		size_t l = c->n * DD_PAGE;
+		if (wp_failed[i])   /* left merged (and valid) */
+			continue;
 		/* 2. */
 		if ((ret = um_copy(u, c, (c->a - s) / DD_PAGE)) < 0) {
 			um_error(u, ret, c->a, c->n, "reading it");
@@ -1433,7 +1500,7 @@ static void um_group(struct um *u, size_t n)
 	ret = 0;
 out:
 	if (ret < 0)
-		um_error(u, ret, s, np, "write-protecting it");
+		um_error(u, ret, s, np, "reading its page states");
 	/* 5. (what is left merged is un-protected too) */
 	unprotect(s, e - s);
 	atomic_store(&eng.parked, 0);
@@ -1638,6 +1705,165 @@ out:
 	return ret;
 }
 
+/*
+ * Giving mappings back (issue 11, point 5): unmerge the merged runs worth
+ * least - those of at most max_len pages, shortest first: a single page
+ * costs two mappings and saves one page - until about @want mappings are
+ * freed. Each run goes through the unmerging protocol above on its own
+ * range of a region that stays registered; what is anonymous again then
+ * gets the region's WP-only registration back, so that it merges with its
+ * anonymous neighbours into one VMA (the unmerge leaves it MISSING|WP like
+ * the replacement, which would keep it a VMA of its own); what could not
+ * be unmerged stays merged and registered as it was. Used by the preload
+ * library when a call of the program fails with ENOMEM near the limit
+ * (preload/interpose.c), and to make room for a long run (dd_merge_batch).
+ * With @hold (the ENOMEM case) the budget is lowered to what is left, so the
+ * pages given back are not merged again before the next count of the
+ * mappings sizes the budget anew (scan.c); that count is made due. eng.lock
+ * held, not the gate. Returns the mappings freed (an estimate, as
+ * vmas_added).
+ */
+static bool slot_merged(uint32_t s)
+{
+	return s != DD_SLOT_NONE && s != DD_SLOT_ZERO;
+}
+
+static long give_back_run(struct dd_region *r, size_t i, size_t k)
+{
+	long delta = vma_delta(r, i, k - i, dd_region_slot(r, i), dd_region_slot(r, k - 1));
+	int err;
+
+	/* The range unmerged is the run with the whole anonymous pieces on its
+	 * sides (up to the next merged page or the region's edge): the unmerge
+	 * registers it all MISSING|WP like its replacement, which then merges
+	 * with them at once (see "Unmerging", 0. and 3.), and registering
+	 * whole VMAs splits none - at the limit a split would fail. */
+	size_t lo = i, hi = k;
+	while (lo > 0 && !slot_merged(dd_region_slot(r, lo - 1)))
+		lo--;
+	while (hi < r->npages && !slot_merged(dd_region_slot(r, hi)))
+		hi++;
+	struct um *u = um_init(r, r->start + lo * DD_PAGE, r->start + hi * DD_PAGE, &err);
+	if (!u) {
+		dd_debug("give back: %#lx+%zu: errno %d", (unsigned long)(r->start + i * DD_PAGE),
+			 (k - i) * DD_PAGE, -err);
+		return 0;
+	}
+	um_run(u);
+	size_t left = 0;
+	pthread_mutex_lock(&eng.gate);
+	for (size_t p = lo; p < hi;) {   /* the region's registration, where anonymous */
+		bool merged = slot_merged(dd_region_slot(r, p));
+		size_t q = p + 1;
+		while (q < hi && slot_merged(dd_region_slot(r, q)) == merged)
+			q++;
+		if (!merged) {
+			uintptr_t s = r->start + p * DD_PAGE;
+			int ret = dd_uffd_unregister(eng.uffd, s, (q - p) * DD_PAGE);
+			if (ret < 0 && uffd_back(-ret))
+				dd_uffd_unregister(eng.uffd, s, (q - p) * DD_PAGE);
+			if (dd_uffd_register(eng.uffd, s, (q - p) * DD_PAGE, UFFDIO_REGISTER_MODE_WP) < 0)
+				dd_debug("give back: could not register %#lx+%zu again",
+					 (unsigned long)s, (q - p) * DD_PAGE);
+		} else {
+			left += q - p;
+		}
+		p = q;
+	}
+	pthread_mutex_unlock(&eng.gate);
+	um_fini(u);
+	dd_debug("give back: %#lx+%zu in [%zu, %zu): %zu pages left merged, delta %ld",
+		 (unsigned long)(r->start + i * DD_PAGE), (k - i) * DD_PAGE, lo, hi, left, delta);
+	if (left || delta <= 0)
+		return 0;   /* left merged (a warning said why), or it cost nothing */
+	DD_INC(runs_given_back, 1);
+	return delta;
+}
+
+/*
+ * Spare mappings for giving back at the limit. Unmerging a run needs
+ * mappings to spare before it gives any back (see "Unmerging": about 9),
+ * and where a call of the program failed with ENOMEM there are none. So
+ * while merging holds added mappings we keep SPARES mappings of our own,
+ * one reservation of SPARES pages whose every other page has another
+ * protection (a VMA each, no memory: never touched). Unmapping them splits
+ * nothing, which the kernel allows at the limit; dd_merge_give_back()
+ * unmaps them first and makes them again after. Only in preload mode
+ * (eng.keep_spares), the one caller at the limit: an API program keeps
+ * every mapping of the budget's count. eng.lock.
+ */
+#define SPARES 32
+static uintptr_t spares;
+
+void dd_merge_spares_keep(void)
+{
+	dd_assert_held(&eng.lock);
+	if (spares || !eng.keep_spares || (int64_t)atomic_load(&dd_cnt.vmas_added) <= 0)
+		return;
+	void *p = dd_os_mmap(NULL, SPARES * DD_PAGE, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, true);
+	if (p == MAP_FAILED)
+		return;
+	for (size_t i = 1; i < SPARES; i += 2)
+		if (dd_os_mprotect((char *)p + i * DD_PAGE, DD_PAGE, PROT_READ) < 0)
+			break;   /* fewer spares */
+	spares = (uintptr_t)p;
+}
+
+/* Page by page: an inner page is a VMA of its own, so its munmap splits
+ * nothing; an edge page may have merged with a neighbour of the same kind
+ * (another PROT_NONE reservation), and is left mapped (no memory) if its
+ * munmap fails at the limit. */
+static void spares_release(void)
+{
+	if (!spares)
+		return;
+	for (size_t i = 1; i + 1 < SPARES; i++)
+		dd_os_munmap((void *)(spares + i * DD_PAGE), DD_PAGE);
+	dd_os_munmap((void *)spares, DD_PAGE);
+	dd_os_munmap((void *)(spares + (SPARES - 1) * DD_PAGE), DD_PAGE);
+	spares = 0;
+}
+
+long dd_merge_give_back(long want, size_t max_len, bool hold)
+{
+	dd_assert_held(&eng.lock);
+	long freed = 0;
+	int failed = 0;   /* in a row: no mapping to spare, stop trying */
+
+	if (!eng.running || atomic_load(&eng.forking) || eng.child)
+		return 0;
+	spares_release();
+	for (size_t len = 1; len <= max_len && len <= ((size_t)1 << 20) && freed < want &&
+			     failed < 8;
+	     len = len < 4 ? len + 1 : len * 2) {
+		for (size_t x = 0; x < dd_region_count() && freed < want && failed < 8; x++) {
+			struct dd_region *r = dd_region_at(x);
+			size_t i = 0, k;
+			while (freed < want && failed < 8 && dd_region_next_merged(r, &i, &k)) {
+				size_t n = k - i;
+				if (n <= len && (len == 1 || n > len / 2)) {
+					long d = give_back_run(r, i, k);
+					failed = d > 0 ? 0 : failed + 1;
+					freed += d;
+					eng.vmas_this_pass -= d;
+				}
+				i = k;
+			}
+		}
+	}
+	if (freed) {
+		int64_t added = (int64_t)atomic_load(&dd_cnt.vmas_added) - freed;
+		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
+		if (hold && eng.vma_budget > (uint64_t)(added > 0 ? added : 0))
+			eng.vma_budget = (uint64_t)(added > 0 ? added : 0);
+		if (hold)
+			eng.maps_counted_ns = 0;   /* count again at the next pass (scan.c) */
+	}
+	dd_merge_spares_keep();
+	return freed;
+}
+
 /* Sort the batch by address in place. Not qsort(): glibc's may malloc, and
  * no thread of ours may call the application's allocator (internal.h).
  * Batches are small and arrive mostly sorted: an insertion sort. */
@@ -1664,6 +1890,13 @@ void dd_merge_free_scratch(void)
 	if (scratch.used && !scratch.lost)
 		dd_os_madvise((void *)scratch.base, scratch.used * DD_PAGE, MADV_DONTNEED);
 	scratch.used = 0;
+	/* and the compare buffer (read_moved): a batch's pages, resident
+	 * since the first batch, used only inside one. At a pass's end no
+	 * batch is open (eng.lock); a settled process gives it back. */
+	if (eng.cmpbuf_used) {
+		dd_os_madvise(eng.cmpbuf, (dd_opt.batch_pages + 2) * DD_PAGE, MADV_DONTNEED);
+		eng.cmpbuf_used = false;
+	}
 }
 
 /*
@@ -1680,6 +1913,11 @@ int dd_merge_init(void)
 	scratch.pages = dd_opt.batch_pages * 8 > 512 ? dd_opt.batch_pages * 8 : 512;
 	scratch.used = 0;
 	scratch.lost = false;
+	/* getpid() is a system call (glibc caches nothing), and read_moved
+	 * needs it once a window. Batches run only in the process whose
+	 * engine this is (a fork()ed child that merges starts an engine of
+	 * its own, and comes here again). */
+	scratch.pid = getpid();
 	void *s = dd_os_mmap(NULL, scratch.pages * DD_PAGE, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0, true);
 	if (!eng.batch || !eng.cmpbuf || s == MAP_FAILED)
@@ -1692,8 +1930,11 @@ int dd_merge_init(void)
 
 /* Free what dd_merge_init() made. Also in a fork()ed child that starts its
  * own engine (single-threaded there): the raw munmap, no interposer. */
+static void spares_release(void);
+
 void dd_merge_fini(void)
 {
+	spares_release();
 	if (scratch.base)
 		dd_os_raw_munmap((void *)scratch.base, scratch.pages * DD_PAGE);
 	scratch.base = 0;

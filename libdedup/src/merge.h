@@ -18,5 +18,7 @@ int dd_merge_init(void);       /* eng.lock held: batch, cmpbuf, S */
 void dd_merge_fini(void);
 bool dd_merge_is_scratch(uintptr_t a, uintptr_t b);   /* [a, b) inside S */
 bool dd_merge_budget_spent(void);
+long dd_merge_give_back(long want, size_t max_len, bool hold);   /* eng.lock held */
+void dd_merge_spares_keep(void);   /* eng.lock held */
 
 #endif /* DEDUP_MERGE_H */

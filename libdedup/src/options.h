@@ -24,7 +24,7 @@
 	X(zero_pages, uint64_t, "DEDUP_ZERO_PAGES", 1, 0, 1, 0,                     \
 	  "merge zero-filled pages into the kernel zero page (1/0)")                 \
 	X(vma_budget, uint64_t, "DEDUP_VMA_BUDGET", 0, 0, UINT64_MAX / 2, 1,        \
-	  "mappings the engine may add (0: half of vm.max_map_count)")               \
+	  "mappings the engine may add (0: max_map_count - max(4 x own, 4096))")     \
 	X(min_region, uint64_t, "DEDUP_MIN_REGION", 65536, 4096, UINT64_MAX / 2, 1, \
 	  "smallest range the preload library registers, bytes")                     \
 	X(log_level, uint64_t, "DEDUP_LOG", 2, 0, 5, 0,                             \
@@ -47,8 +47,12 @@
 	  "test hook: our threads take the application's signals")                \
 	X(test_unsafe_no_child_guard, uint64_t, "DEDUP_TEST_UNSAFE_NO_CHILD_GUARD", 0, 0, 1, 0, \
 	  "test hook: a fork()ed child's merged pages are left unguarded")          \
+	X(test_no_give_back, uint64_t, "DEDUP_TEST_NO_GIVE_BACK", 0, 0, 1, 0,       \
+	  "test hook: no give-back when a call of the program fails with ENOMEM")   \
 	X(test_mremap_hole, uint64_t, "DEDUP_TEST_MREMAP_HOLE", 0, 0, 1000000, 0,  \
 	  "test hook: every Nth placing mremap unmaps its target, then fails")      \
+	X(test_share_die, uint64_t, "DEDUP_TEST_SHARE_DIE", 0, 0, 7, 0,            \
+	  "test hook: SIGKILL this process at sharing-group step N (group.h)")      \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \
 	  "largest canonical page store (memfd), bytes")                             \
 	X(reconcile_ms, uint64_t, "DEDUP_RECONCILE_MS", 1000, 10, 3600000, 0,       \

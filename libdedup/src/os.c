@@ -1117,6 +1117,42 @@ static int count_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, co
 	return 0;
 }
 
+/*
+ * Mappings merging added, counted from the text of maps: each private
+ * mapping of one of our memfds (a merged run: "/memfd:libdedup", or a
+ * sharing group's "/memfd:libdedup-g:...") is one, and so is the anonymous
+ * piece right after it, which exists only because the run split an
+ * anonymous mapping. The piece before a run is the mapping that was there
+ * already. An upper bound: a run at the very start of a mapping counts the
+ * piece after it although nothing was split before it. Our store's shared
+ * view ('s') is not a merge.
+ */
+static bool rest_is_anon(const char *rest);
+struct ours_ctx { long n, ours; uintptr_t run_end; };
+
+static int ours_line(void *c, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
+{
+	struct ours_ctx *oc = c;
+	oc->n++;
+	if (perms[3] == 'p' && strstr(rest, "/memfd:libdedup")) {
+		oc->ours++;
+		oc->run_end = hi;
+		return 0;
+	}
+	if (oc->run_end == lo && rest_is_anon(rest))
+		oc->ours++;   /* the piece a run split off */
+	oc->run_end = 0;
+	return 0;
+}
+
+long dd_count_maps_ours(long *ours)
+{
+	struct ours_ctx oc = { 0, 0, 0 };
+	int r = dd_maps_each(ours_line, &oc);
+	*ours = oc.ours;
+	return r < 0 ? r : oc.n;
+}
+
 long dd_count_maps(const char *needle, long *matching)
 {
 	struct count_ctx cc = { 0, 0, needle };

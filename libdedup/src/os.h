@@ -119,6 +119,8 @@ void dd_os_reopen(void);   /* pagemap again, after the program closed ours */
 
 /* VMA facts read from /proc/self/maps. */
 long dd_count_maps(const char *needle, long *matching);
+/* all mappings; *ours: those merging added (an upper bound) */
+long dd_count_maps_ours(long *ours);
 /* 0 if [start,end) is covered by private, writable, anonymous mappings. */
 int dd_check_anon_private(uintptr_t start, uintptr_t end);
 int dd_vma_prot(uintptr_t a);

@@ -82,7 +82,16 @@ uint64_t dd_hash_page(const void *p)
  * of a settled engine, 0.7 s of CPU each for 1 GiB. At the cap a page is
  * read exactly once every 2^SMART_AGE_MAX passes, always at the same
  * phase. A page of age k+1 read at its age-k slot next falls due 2^k or
- * 2^(k+1) passes later. Pages merged into a slot or the zero page are not
+ * 2^(k+1) passes later.
+ * Not in a sharing group: there every phase is 0. A page is asked about,
+ * and published when another member has it, in the pass that reads it (or
+ * asks by its old checksum), so spreading cut a contiguous range into pages
+ * asked on different passes, each pass's share published into a segment
+ * of its own: four members with the same 256 MiB ended with some 10,000
+ * mappings each, runs of one to ten pages alternating between segments
+ * (share_workers counts them). Without it, a range aged together stays
+ * together, is asked about in one pass, in address order, and lands in one
+ * segment in order. Pages merged into a slot or the zero page are not
  * present anonymous pages and are not visited at all; a present page that
  * was merged (copied by a writer) is always read.
  *
@@ -120,6 +129,8 @@ static uint64_t w_aged(uint64_t w)
  * (Fibonacci hashing: any 2^k pages in a row take 2^k different phases). */
 static unsigned phase(uintptr_t a)
 {
+	if (dd_group_active())   /* in a group, no spreading (above) */
+		return 0;
 	return (unsigned)(((uint64_t)(a / DD_PAGE) * 0x9E3779B97F4A7C15ULL) >> 40);
 }
 
@@ -308,11 +319,30 @@ static void group_publish(struct pass_ctx *c, uintptr_t a, uint64_t h, const voi
 	grp.pub[grp.npub++].u = (uint32_t)u;
 }
 
+/*
+ * Ask the helper about the pages waiting in grp.ask, and act on its
+ * answers in address order (the order of a segment's contents, so that a
+ * run of SEEN pages becomes a run of contiguous slots: one mapping). The
+ * asks come nearly sorted (the smart scan's offers lag the reads by up to
+ * OFFER_AHEAD pages): an insertion sort of the indexes, no allocation.
+ *
+ * Gaps: a NONE between SEEN pages, address neighbours in this answer, is
+ * published with them (up to GAP_FILL pages in a row). Another member had
+ * the pages on both sides, so it very likely has this one too, and the
+ * helper just did not know it (its offer was evicted, or not made yet):
+ * published alone later, by whoever asks next, it would cut the run in
+ * three mappings in every member. Publishing a page nobody else has costs
+ * us nothing but the copy (our own page is merged into the segment's and
+ * freed); the segment's page lives as long as the segment does.
+ */
+#define GAP_FILL 16
 static void group_lookup(struct pass_ctx *c)
 {
 	uint64_t *h = grp.ask_h;
 	uint32_t *base = grp.seg_base;
 	size_t n = grp.nask, ns = 0;
+	uint16_t ord[DD_GROUP_MAX_LOOKUP];
+	uint8_t kind[DD_GROUP_MAX_LOOKUP];
 
 	grp.nask = 0;
 	for (size_t i = 0; i < n; i++)
@@ -321,9 +351,32 @@ static void group_lookup(struct pass_ctx *c)
 		return;   /* out of the group now (group.c said why) */
 	for (size_t k = 0; k < ns; k++)
 		base[k] = dd_store_seg_add(grp.segs[k].id, grp.segs[k].fd, grp.segs[k].npages);
+	if (ns)
+		dd_group_test_die(DD_GS_FOUND);
 	for (size_t i = 0; i < n; i++) {
+		size_t j = i;
+		for (; j && grp.ask[ord[j - 1]].a > grp.ask[i].a; j--)
+			ord[j] = ord[j - 1];
+		ord[j] = (uint16_t)i;
+		kind[i] = (uint8_t)grp.ans[i].kind;
+	}
+	for (size_t j = 1; j < n; j++) {   /* fill the gaps (above) */
+		if (kind[ord[j]] != DD_GROUP_NONE || kind[ord[j - 1]] != DD_GROUP_SEEN)
+			continue;
+		size_t k = j;
+		while (k < n && k - j < GAP_FILL && kind[ord[k]] == DD_GROUP_NONE &&
+		       grp.ask[ord[k]].a == grp.ask[ord[k - 1]].a + DD_PAGE)
+			k++;
+		if (k < n && kind[ord[k]] == DD_GROUP_SEEN &&
+		    grp.ask[ord[k]].a == grp.ask[ord[k - 1]].a + DD_PAGE)
+			for (size_t m = j; m < k; m++)
+				kind[ord[m]] = DD_GROUP_SEEN;
+		j = k - 1 > j ? k - 1 : j;
+	}
+	for (size_t j = 0; j < n; j++) {
+		size_t i = ord[j];
 		const struct dd_group_answer *an = &grp.ans[i];
-		if (an->kind == DD_GROUP_SEEN) {
+		if (kind[i] == DD_GROUP_SEEN) {
 			group_publish(c, grp.ask[i].a, h[i], NULL);
 		} else if (an->kind == DD_GROUP_FOUND && an->seg < ns && base[an->seg] &&
 			   an->page < grp.segs[an->seg].npages) {
@@ -431,6 +484,62 @@ static bool merged_page_copied(uintptr_t a)
 	       !(st & (DD_PTE_FILE | DD_PTE_ZERO));
 }
 
+/*
+ * The VMA budget is spent and page a (content d) is not zero: it does not
+ * go to a merge window. Before, such a page went to windows that
+ * write-protected it (a TLB shootdown each) only to find the budget spent:
+ * redis in the benchmark lost most of its GET rate to that. And no
+ * canonical page is written for it (dd_store_new): it would only be
+ * dropped. But we still find out whether it *would* merge, and count it in
+ * the gauge budget_waiting (what a larger vm.max_map_count would let
+ * merge, docs/stats.md): hashed, unchanged since the last pass, and equal
+ * to a canonical page (one page saved) or to another page of this pass
+ * (which then stands for both in the unstable index: n equal pages count
+ * n - 1, the pages merging them would save). The check costs a hash and at
+ * most one compare per page; a page that matches nothing ages as usual
+ * (smart scan), so the budget-bound heap is not hashed whole every pass.
+ * A page that waits stays young: it is hashed at each pass and merges as
+ * soon as the budget allows. Not in a sharing group: its lookups go to the
+ * helper, which a page that cannot merge should not load.
+ */
+static void budget_wait(uintptr_t a, const void *d, uint64_t *w)
+{
+	bool collided = false;
+	uint64_t h;
+
+	uintptr_t b;
+
+	DD_INC(skipped_budget, 1);
+	if (dd_group_active()) {   /* as before: starts over later */
+		word_set(a, w, w_aged(w_make(0, W_AGE(*w))));
+		return;
+	}
+	h = dd_hash_page(d);
+	if (h != W_HASH(*w)) {   /* changed since the last pass: not a candidate */
+		word_set(a, w, w_make(h, 0));
+		return;
+	}
+	if (dd_stable_lookup(h, d, &collided)) {
+		eng.budget_wait_pass++;
+		word_set(a, w, w_make(h, 0));
+		return;
+	}
+	/* an aged page (young again once taken), then one of this pass */
+	b = dd_aged_take(h, d, a, aged_valid, &collided);
+	if (b)
+		aged_taken(b);
+	else
+		b = dd_unstable_take(h, d, &collided);
+	if (b) {
+		eng.budget_wait_pass++;
+		word_set(a, w, w_make(h, 0));
+		dd_unstable_insert(h, a);   /* the next equal page meets this one */
+		return;
+	}
+	if (!word_set(a, w, w_aged(*w)))   /* as in visit_page */
+		dd_unstable_insert(h, a);
+}
+
 /* Second half: the page's content d (the page itself, or a copy of it). */
 static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const struct page_ref *p)
 {
@@ -459,18 +568,10 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	}
 	c->scanned++;
 	/* VMA budget spent: only a zero page can still merge (it adds no
-	 * mapping). Skip the rest before hashing (so no canonical page is
-	 * written only to be dropped, and no stable match is tried): with the budget spent, a
-	 * heap whose other duplicates could never merge was hashed whole on
-	 * every pass, and its stable matches went to merge windows that
-	 * write-protected them (a TLB shootdown each) only to find the
-	 * budget spent - redis in the benchmark lost most of its GET rate to
-	 * that. Its hash is forgotten: should the budget allow merges again,
-	 * it starts over. It matched nothing: it ages (smart scan). */
+	 * mapping). The rest is not offered to merge (budget_wait). */
 	if (dd_merge_budget_spent() &&
 	    ((((const uint64_t *)d)[0] | ((const uint64_t *)d)[1]) || memcmp(d, dd_zero_page, DD_PAGE))) {
-		word_set(a, w, w_aged(w_make(0, W_AGE(*w))));
-		DD_INC(skipped_budget, 1);
+		budget_wait(a, d, w);
 		return;
 	}
 	h = dd_hash_page(d);
@@ -683,23 +784,36 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 		if (sm.full) {
 			sm.clock++;
 			sm.aged_seen = 0;
+			eng.budget_wait_pass = 0;
 		}
 	}
 	if (*cursor == 0 && !fresh_only && recount_due()) {
 		/* Recalibrate the VMA estimate from what the kernel says: the
 		 * per-merge estimate (merge.c vma_delta) cannot see merges of
-		 * adjacent mappings and overcounts. Mappings the application
-		 * added since dedup_init() count against the budget too: the
-		 * budget protects the process, whoever spends it. Not for a
-		 * pass over fresh regions only, which may come every interval,
-		 * and not at every pass (recount_due): the count reads all of
+		 * adjacent mappings and overcounts. The count splits the total
+		 * into ours (our memfd runs and the pieces they split off:
+		 * dd_count_maps_ours) and the program's own, and the budget is
+		 * sized again from the program's own (engine.c
+		 * dd_engine_size_budget), with the limit read again: what the
+		 * program adds shrinks our budget by several times as much,
+		 * and the hard stop (merge.c budget_allows) holds the total
+		 * below the limit whoever spends it. Not for a pass over fresh
+		 * regions only, which may come every interval, and not at
+		 * every pass (recount_due): the count reads all of
 		 * /proc/self/maps. */
 		uint64_t c0 = dd_thread_cpu_ns();
-		eng.maps_at_pass = dd_count_maps(NULL, NULL);
+		long ours = 0, total = dd_count_maps_ours(&ours);
 		eng.maps_count_cpu_ns = dd_thread_cpu_ns() - c0;
 		eng.maps_counted_ns = dd_now_ns();
-		long added = eng.maps_at_pass - eng.maps_at_init;
-		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
+		if (total > 0) {
+			long limit = dd_max_map_count_now();
+			if (limit > 0)
+				dd_feat.max_map_count = limit;
+			eng.maps_at_pass = total;
+			atomic_store(&dd_cnt.vmas_added, (uint64_t)ours);
+			dd_engine_size_budget(total - ours);
+			dd_merge_spares_keep();   /* for a give-back at the limit (merge.c) */
+		}
 		eng.vmas_this_pass = 0;
 	}
 	while (budget) {
@@ -717,6 +831,7 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			if (eng.nbatch)
 				c.merged += dd_merge_batch();
 			dd_merge_free_scratch();
+			dd_unstable_trim();   /* sized to what this pass used */
 			dd_store_sweep();   /* orphaned canonical pages (store.c) */
 			if (sm.full)
 				aged_rebuild_if_stale();
@@ -725,6 +840,11 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			dd_removing_prune();
 			pthread_mutex_unlock(&eng.gate);
 			*cursor = 0;
+			/* what waits on the budget, as this pass found it (a pass
+			 * over fresh regions only adds to the next full one) */
+			if (!fresh_only)
+				atomic_store_explicit(&dd_cnt.budget_waiting, eng.budget_wait_pass,
+						      memory_order_relaxed);
 			DD_INC(full_passes, 1);
 			*merged += c.merged;
 			*scanned += c.scanned;

@@ -30,6 +30,7 @@ void dd_stats_snapshot(struct dedup_stats *out)
 	DD_COUNTERS(X)
 #undef X
 	st.zero_pages = atomic_load(&dd_cnt.zero_pages);
+	st.budget_waiting = atomic_load_explicit(&dd_cnt.budget_waiting, memory_order_relaxed);
 	st.pages_sharing = dd_store_sharing();
 	st.pages_shared = dd_store_shared();
 	st.group_pages = dd_store_group_pages();
@@ -126,7 +127,8 @@ void dd_stats_report(const char *when)
 	ROW(skipped_mismatch) ROW(skipped_raced)
 	LINE("libdedup[%d]: %-20s %lld\n", pid, "vmas_added", (long long)st.vmas_added); /* may be < 0 */
 	ROW(vma_budget) ROW(bytes_saved) ROW(metadata_bytes) ROW(regions) ROW(bytes_registered)
-	ROW(engine_cpu_ns) ROW(store_slots_freed)
+	ROW(engine_cpu_ns) ROW(store_slots_freed) ROW(budget_waiting)
+	ROW(runs_given_back) ROW(enomem_retries)
 	/* ksm_process_profit's counterpart; may be negative */
 	LINE("libdedup[%d]: %-20s %lld\n", pid, "process_profit",
 	     (long long)st.bytes_saved - (long long)st.metadata_bytes);

@@ -24,6 +24,8 @@
 	X(pages_skipped_smart, "pages not hashed: unchanged and unmatched for passes (smart scan)") \
 	X(vmas_added, "mappings added by merging (estimate)")                    \
 	X(store_slots_freed, "canonical pages released")                         \
+	X(runs_given_back, "merged runs unmerged to give their mappings back")  \
+	X(enomem_retries, "program calls retried after an ENOMEM and a give-back") \
 	X(engine_cpu_ns, "CPU time of libdedup threads, ns")
 
 struct dd_counters {
@@ -31,6 +33,7 @@ struct dd_counters {
 	DD_COUNTERS(X)
 #undef X
 	_Atomic uint64_t zero_pages;  /* gauge */
+	_Atomic uint64_t budget_waiting;   /* gauge: set at the end of each full pass (scan.c) */
 };
 extern struct dd_counters dd_cnt;
 #define DD_INC(name, n) atomic_fetch_add_explicit(&dd_cnt.name, (n), memory_order_relaxed)

@@ -333,7 +333,7 @@ static void release(uint32_t slot)
 	DD_INC(store_slots_freed, 1);
 }
 
-static void seg_release(struct seg *g, bool unindex);
+static void seg_release(struct seg *g);
 
 /* Drop one reference; at zero the slot is released. Also used with a
  * slot that never got a reference (a canonical page nobody matched). */
@@ -388,6 +388,7 @@ uint64_t dd_store_hash(uint32_t ref)
 }
 void dd_store_set_hash(uint32_t ref, uint64_t h) { st.info[ref - 1].hash = h; }
 uint64_t dd_store_group_pages(void) { return atomic_load(&sg.pages); }
+bool dd_store_slot_is_group(uint32_t slot) { return IS_SEG(slot); }
 uint64_t dd_store_sharing(void) { return atomic_load(&st.sharing); }
 uint64_t dd_store_shared(void) { return atomic_load(&st.shared); }
 
@@ -582,9 +583,15 @@ out:
 
 /*
  * Take segment id (descriptor fd, checked and sealed: group.c; now ours)
- * of npages pages. Every page is hashed from a read-only view and entered
- * in the stable index, so that later candidates find it without asking the
- * helper; the hashes the helper gave are not trusted for anything. A
+ * of npages pages. Every page is hashed from a read-only view, so that an
+ * answer of the helper's naming one of its pages can be checked (scan.c
+ * group_lookup): the hashes the helper gave are not trusted for anything.
+ * The pages are not entered in our stable index: the helper's index is the
+ * group's, and a candidate that matches nothing here is asked about anyway
+ * (one LOOKUP per 256). Entered, they cost a member 16 to 32 bytes a page
+ * for as long as it held the segment (2 MiB of a 256 MiB member's Pss once
+ * all its pages were merged, where KSM's stable tree is kernel memory),
+ * to save it a round trip per 256 pages while it merged. A
  * segment we hold already is not taken twice (fd is closed). Returns the
  * slot (+ 1) of its page 0, or 0. It stays at least until the end of the
  * step (dd_store_seg_sweep), so the caller may batch merges into it.
@@ -642,11 +649,8 @@ uint32_t dd_store_seg_add(uint64_t id, int fd, uint32_t npages)
 	sg.fresh = true;
 	g->refs = (uint32_t *)(g->hash + npages);
 	uint32_t base = SEG_BASE + (k << SEG_SHIFT) + 1;
-	for (uint32_t p = 0; p < npages; p++) {
+	for (uint32_t p = 0; p < npages; p++)
 		g->hash[p] = dd_hash_page(g->view + (size_t)p * DD_PAGE);
-		if (dd_stable_insert(g->hash[p], base + p) < 0)
-			g->hash[p] = 0;
-	}
 	return base;
 fail:
 	dd_sys_close(fd);
@@ -665,19 +669,16 @@ void dd_store_seg_sweep(void)
 	sg.sweep = sg.fresh = false;
 	for (uint32_t k = 0; k < sg.n; k++)
 		if (sg.v[k].id && !sg.v[k].live)
-			seg_release(&sg.v[k], true);
+			seg_release(&sg.v[k]);
 }
 
-/* Nothing of ours maps g (or we are done: the index may be gone already,
- * unindex false): forget it, and tell the helper. */
-static void seg_release(struct seg *g, bool unindex)
+/* Nothing of ours maps g (or we are done): forget it, and tell the
+ * helper. Its pages are in no index of ours (dd_store_seg_add). */
+static void seg_release(struct seg *g)
 {
-	uint32_t k = (uint32_t)(g - sg.v), base = SEG_BASE + (k << SEG_SHIFT) + 1;
+	uint32_t k = (uint32_t)(g - sg.v);
 	uint64_t id = g->id;
 
-	for (uint32_t p = 0; unindex && p < g->npages; p++)
-		if (g->hash[p])
-			dd_stable_remove(g->hash[p], base + p);
 	dd_os_munmap((void *)g->view, g->npages * DD_PAGE);
 	if (g->fd >= 0 && dd_fd_names(g->fd, g->ino))
 		dd_sys_close(g->fd);
@@ -692,7 +693,7 @@ static void seg_release_all(void)
 {
 	for (uint32_t k = 0; k < sg.n; k++)
 		if (sg.v[k].id)
-			seg_release(&sg.v[k], false);
+			seg_release(&sg.v[k]);
 	dd_vm_free(sg.v, sg.n * sizeof(*sg.v));
 	sg.v = NULL;
 	sg.n = sg.free_head = 0;

@@ -36,6 +36,7 @@ uint32_t dd_store_slot_at(uint64_t ino, uint64_t off);   /* a file's page: slot 
 /* group segments (docs/sharing.md) */
 uint32_t dd_store_seg_add(uint64_t id, int fd, uint32_t npages);  /* page 0's slot */
 void dd_store_seg_sweep(void);         /* end of a step: release unused segments */
+bool dd_store_slot_is_group(uint32_t slot);   /* a group segment's page */
 uint64_t dd_store_group_pages(void);   /* our pages that map a group segment */
 void dd_store_child_close_segments(void);
 

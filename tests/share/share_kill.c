@@ -29,13 +29,8 @@
  * shared memory the group used (Shmem in /proc/meminfo) must go back: no
  * segment outlives the last process that maps it.
  */
-#include "tcommon.h"
+#include "tshare.h"   /* first: tcommon.h */
 #include "libdedup.h"
-#include "share_query.h"
-
-#include <dirent.h>
-#include <signal.h>
-#include <sys/wait.h>
 
 static size_t npages;
 
@@ -122,6 +117,7 @@ static void start(struct proc *m, const char *group)
 	m->pid = fork();
 	CHECK(m->pid >= 0);
 	if (m->pid == 0) {
+		ts_close_others(a[0], b[1]);
 		CHECK(fcntl(a[0], F_SETFL, O_NONBLOCK) == 0);
 		_exit(member(group, a[0], b[1]));
 	}
@@ -152,51 +148,6 @@ static void stop(struct proc *m, int sig)
 	waitpid(m->pid, NULL, 0);
 }
 
-/* The helpers of our group (a dedup-share whose command line names it). */
-static int helpers(const char *group, pid_t *out, int max)
-{
-	char path[300], buf[512];
-	struct dirent *e;
-	int n = 0;
-	DIR *d = opendir("/proc");
-
-	CHECK(d);
-	while ((e = readdir(d)) && n < max) {
-		pid_t p = (pid_t)atoi(e->d_name);
-		if (p <= 0)
-			continue;
-		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)p);
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		ssize_t k = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		if (k <= 0)
-			continue;
-		buf[k] = 0;
-		for (ssize_t i = 0; i < k; i++)
-			if (!buf[i])
-				buf[i] = ' ';
-		if (strstr(buf, "dedup-share") && strstr(buf, group))
-			out[n++] = p;
-	}
-	closedir(d);
-	return n;
-}
-
-static long shmem_kib(void)
-{
-	char line[256];
-	long v = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
-	CHECK(f);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Shmem: %ld kB", &v) == 1)
-			break;
-	fclose(f);
-	return v;
-}
-
 int main(int argc, char **argv)
 {
 	int kills = argc > 1 ? atoi(argv[1]) : 40;
@@ -216,7 +167,7 @@ int main(int argc, char **argv)
 	CHECK(mkdtemp(dir));
 	setenv("XDG_RUNTIME_DIR", dir, 1);
 	snprintf(group, sizeof(group), "kill-%d", getpid());
-	long shm0 = shmem_kib();
+	long shm0 = ts_shmem_kib();
 
 	for (int i = 0; i < n; i++, started++)
 		start(&m[i], group);
@@ -233,7 +184,7 @@ int main(int argc, char **argv)
 	for (int k = 0; k < kills; k++) {
 		usleep((useconds_t)(rand_r(&seed) % 150000));
 		pid_t hp[8];
-		int nh = k % 5 == 2 ? helpers(group, hp, 8) : 0;   /* the last kills are members' */
+		int nh = k % 5 == 2 ? ts_group_helpers(group, hp, 8) : 0;   /* the last kills are members' */
 		if (nh) {
 			for (int j = 0; j < nh; j++)
 				kill(hp[j], SIGKILL);
@@ -265,20 +216,17 @@ int main(int argc, char **argv)
 	 * 0 segments. A helper killed last may have left no socket: then
 	 * there is nothing to ask. */
 	char sock[600];
-	struct dd_share_info in;
+	uint64_t segs;
 	snprintf(sock, sizeof(sock), "%s/libdedup/share/%s.sock", dir, group);
-	double t2 = t_now();
-	int q;
-	while ((q = dd_share_query(sock, &in)) == 0 && in.segments && t_now() - t2 < t_cap())
-		usleep(100000);
+	int q = ts_segments_drain(sock, &segs);
 	if (q == 0)
 		printf("the helper holds %llu segments once the members are gone\n",
-		       (unsigned long long)in.segments);
+		       (unsigned long long)segs);
 	if (q != 0)
 		printf("no helper to ask (%s)\n", strerror(-q));
-	CHECK(q != 0 || in.segments == 0);
+	CHECK(q != 0 || segs == 0);
 	pid_t hp[8];
-	int nh = helpers(group, hp, 8);
+	int nh = ts_group_helpers(group, hp, 8);
 	for (int j = 0; j < nh; j++)
 		kill(hp[j], SIGKILL);   /* not our children: Shmem tells when they are gone */
 	/* Every mapping and descriptor of every segment is gone: the kernel
@@ -286,10 +234,10 @@ int main(int argc, char **argv)
 	 * programs on the machine use shared memory too: a generous margin,
 	 * far below what the group published, n x MiB). */
 	double t0 = t_now();
-	long shm = shmem_kib(), slack = (long)(mib << 10) / 2 + 4096;
+	long shm = ts_shmem_kib(), slack = (long)(mib << 10) / 2 + 4096;
 	while (shm > shm0 + slack && t_now() - t0 < t_cap()) {
 		usleep(100000);
-		shm = shmem_kib();
+		shm = ts_shmem_kib();
 	}
 	printf("%d members (%d started), %d member kills, %d helper kills, %.1f MiB verified "
 	       "(%.0f%% of it mapping group pages); Shmem %ld -> %ld KiB\n", n, started, member_kills,

@@ -6,9 +6,12 @@
  * socket opened up on purpose, it can connect, and the helper's
  * SO_PEERCRED check closes the connection before any answer. And a member
  * refuses a directory that is not its own (another uid's, or open to
- * others). The helper serves its own uid throughout.
+ * others). The helper serves its own uid throughout. And a member (API,
+ * its engine running) that becomes another uid with setuid() leaves the
+ * group on its own: the helper would otherwise go on sharing with it.
  */
 #include "tshare.h"
+#include "libdedup.h"
 
 #include <grp.h>
 
@@ -39,6 +42,22 @@ static int run_child(void)
 	if (!kid)
 		_exit(child_try());
 	return ts_wait(kid);
+}
+
+/* A member through the API that drops to nobody once the parent says so
+ * (a byte on rfd); it stays alive until killed or the parent is gone (EOF:
+ * a failing test must not leave it holding ctest's output). */
+static int member_then_nobody(int rfd)
+{
+	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 10, .share = NAME };
+	char c;
+
+	CHECK(dedup_init(&cfg) == 0);
+	CHECK(read(rfd, &c, 1) == 1);
+	CHECK(setgroups(0, NULL) == 0 && setgid(NOBODY) == 0 && setuid(NOBODY) == 0);
+	while (read(rfd, &c, 1) != 0)
+		;
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -80,8 +99,27 @@ int main(int argc, char **argv)
 	CHECK(dd_group_join(NAME) == 0);
 	struct dd_share_stats st = ts_stats(s);
 	CHECK(st.members == 2);
+
+	/* a member that changes its uid leaves (up to t_cap()); the child
+	 * must not inherit our connection */
+	dd_group_leave();
+	TS_WAIT_STATS(s, st, st.members == 1);
+	int go[2];
+	CHECK(pipe(go) == 0);
+	pid_t kid = fork();
+	CHECK(kid >= 0);
+	if (!kid) {
+		close(go[1]);
+		_exit(member_then_nobody(go[0]));
+	}
+	TS_WAIT_STATS(s, st, st.members == 2);
+	CHECK(write(go[1], "x", 1) == 1);
+	TS_WAIT_STATS(s, st, st.members == 1);
+	kill(kid, SIGKILL);
+	CHECK(ts_wait(kid) == 128 + SIGKILL);
 	CHECK(kill(helper, 0) == 0);
 	close(s);
-	printf("PASS: another uid is refused by the directory and by SO_PEERCRED\n");
+	printf("PASS: another uid is refused by the directory and by SO_PEERCRED; a member "
+	       "that becomes another uid leaves\n");
 	return T_PASS;
 }

@@ -13,6 +13,7 @@
 
 #include "tcommon.h"   /* first: _GNU_SOURCE */
 
+#include <dirent.h>
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
@@ -23,6 +24,7 @@
 
 #include "hash.h"
 #include "share_proto.h"
+#include "share_query.h"
 
 static char ts_root[64];        /* the test's $XDG_RUNTIME_DIR */
 static char ts_dir[80];         /* its libdedup/share */
@@ -207,6 +209,79 @@ static inline int ts_wait(pid_t pid)
 
 	CHECK(waitpid(pid, &st, 0) == pid);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* In a forked member: close every descriptor but stdio and its own two
+ * pipe ends. Other members' pipe ends inherited here would keep each
+ * other's reads from seeing the parent's exit: after a failed CHECK they
+ * would wait for ever, holding the test's output open. */
+static inline void ts_close_others(int keep1, int keep2)
+{
+	for (int fd = 3; fd < 1024; fd++)
+		if (fd != keep1 && fd != keep2)
+			close(fd);
+}
+
+/* The helpers of group (every dedup-share whose command line names it),
+ * whoever started them. */
+static inline int ts_group_helpers(const char *group, pid_t *out, int max)
+{
+	char path[300], buf[512];
+	struct dirent *e;
+	int n = 0;
+	DIR *d = opendir("/proc");
+
+	CHECK(d);
+	while ((e = readdir(d)) && n < max) {
+		pid_t p = (pid_t)atoi(e->d_name);
+		if (p <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)p);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t k = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (k <= 0)
+			continue;
+		buf[k] = 0;
+		for (ssize_t i = 0; i < k; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		if (strstr(buf, "dedup-share") && strstr(buf, group))
+			out[n++] = p;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Ask the helper at sock, as an observer (share_query.h), until it holds no
+ * segment (its grace over once no member holds them), up to t_cap(). The
+ * query's result (-errno: no helper to ask, e.g. one killed last), and
+ * the segments it held at the last answer in *segs. */
+static inline int ts_segments_drain(const char *sock, uint64_t *segs)
+{
+	struct dd_share_info in;
+	double t0 = t_now();
+	int q;
+
+	while ((q = dd_share_query(sock, &in)) == 0 && in.segments && t_now() - t0 < t_cap())
+		usleep(50000);
+	*segs = q == 0 ? in.segments : 0;
+	return q;
+}
+
+static inline long ts_shmem_kib(void)
+{
+	char line[256];
+	long v = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+	CHECK(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Shmem: %ld kB", &v) == 1)
+			break;
+	fclose(f);
+	return v;
 }
 
 #endif /* DEDUP_TSHARE_H */

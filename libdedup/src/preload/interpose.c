@@ -25,6 +25,9 @@
  *     are first turned back into anonymous memory (a copy: see "Known
  *     limits"). MADV_DONTNEED/REMOVE need nothing here: the engine sees them
  *     as uffd REMOVE events, from libc-internal callers too.
+ *   ENOMEM: any of the calls above that fails with ENOMEM near
+ *     vm.max_map_count while merging holds mappings is made again once
+ *     after single merged pages are given back (give_back, below).
  *   mlock, mlock2: excluded for good (a merge would drop VM_LOCKED);
  *     mlockall: preload goes passive and unregisters everything.
  *   ioctl(UFFDIO_REGISTER) by the application: we unregister our ranges in
@@ -51,6 +54,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "preload.h"
@@ -69,6 +73,76 @@ void dd_pl_op_end(struct op *o)
 	if (o->dropped && state() == PL_ON)
 		dd_pl_register_parts(o->u.lo, o->u.hi);
 	pthread_mutex_unlock(&pl.lock);
+}
+
+/*
+ * Giving mappings back on ENOMEM (issue 11, point 5). A mapping call of the
+ * program that splits a VMA or adds one fails with ENOMEM once the process
+ * has vm.max_map_count mappings, and part of them may be ours: merged runs
+ * (an isolated page costs two). The budget leaves the program room
+ * (engine.c, dd_engine_size_budget), but a program may grow faster than the
+ * next count of the mappings, or the limit may be lowered under it. So when
+ * such a call fails with ENOMEM while merging holds added mappings, and the
+ * process really is near the limit (counted now: ENOMEM also means "out of
+ * memory", where unmerging would only make things worse), the runs worth
+ * least are unmerged - single pages first, GIVE_BACK mappings' worth
+ * (merge.c, dd_merge_give_back) - the budget is held to what is left until
+ * the next count, and the call is made once more. Whatever the second call
+ * returns is the program's answer; errno is the first call's when there is
+ * no second.
+ *
+ * Locks: called with pl.lock held (a call that changes registered memory)
+ * or with nothing of ours (a plain mmap, also from a signal handler); takes
+ * eng.lock, which comes after pl.lock, and, inside the unmerging, eng.gate.
+ * eng.lock is only tried, for at most GIVE_BACK_WAIT_MS: the engine holds it
+ * for one step at a time, but a signal handler may have interrupted this
+ * very thread inside an interposer that holds it, and waiting would then
+ * never end. Not getting it leaves the ENOMEM as it was.
+ */
+#define GIVE_BACK 64            /* mappings freed per failed call */
+#define GIVE_BACK_NEAR 64       /* "near the limit": within this many */
+#define GIVE_BACK_WAIT_MS 100
+
+static bool give_back(int err)
+{
+	static _Atomic uint64_t far_ns;   /* when a count last found us far from the limit */
+	if (err != ENOMEM || state() != PL_ON || dd_opt.test_no_give_back)
+		return false;
+	if ((int64_t)atomic_load(&dd_cnt.vmas_added) <= 0) {
+		dd_debug("preload: ENOMEM, but merging holds no mappings");
+		return false;
+	}
+	/* ENOMEM also means "not mapped" (madvise, mprotect): a program that
+	 * gets that often pays for a count of the mappings once in 100 ms */
+	if (dd_now_ns() - atomic_load(&far_ns) < 100000000ULL)
+		return false;
+	for (int i = 0; pthread_mutex_trylock(&eng.lock) != 0; i++) {
+		if (i >= GIVE_BACK_WAIT_MS * 2) {
+			dd_debug("preload: ENOMEM, but the engine is busy: not given back");
+			goto no;
+		}
+		struct timespec ts = { 0, 500000 };
+		nanosleep(&ts, NULL);
+	}
+	bool ok = false;
+	if (eng.running && !eng.child) {
+		long total = dd_count_maps(NULL, NULL), limit = dd_max_map_count_now();
+		if (total > 0 && total + GIVE_BACK_NEAR >= limit)
+			ok = dd_merge_give_back(GIVE_BACK, SIZE_MAX, true) > 0;
+		else
+			atomic_store(&far_ns, dd_now_ns());
+		dd_debug("preload: ENOMEM at %ld of %ld mappings: %s (now %ld)", total, limit,
+			 ok ? "runs given back, call made again" : "nothing given back",
+			 dd_count_maps(NULL, NULL));
+	}
+	pthread_mutex_unlock(&eng.lock);
+	if (ok) {
+		DD_INC(enomem_retries, 1);
+		return true;
+	}
+no:
+	errno = err;
+	return false;
 }
 
 static bool anon_private(int flags, int fd)
@@ -98,12 +172,16 @@ DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 		struct op o;
 		dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 		ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
+		if (ret == MAP_FAILED && give_back(errno))
+			ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED)
 			dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 		dd_pl_op_end(&o);
 		return ret;
 	}
 	ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
+	if (ret == MAP_FAILED && give_back(errno))
+		ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 	if (ret != MAP_FAILED && anon_private(flags, fd) && (prot & PROT_WRITE) &&
 	    len >= min_region())
 		dd_pl_kick();
@@ -130,6 +208,8 @@ DD_API int munmap(void *addr, size_t len)
 		return dd_os_raw_munmap(addr, len);
 	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 	ret = dd_os_raw_munmap(addr, len);
+	if (ret < 0 && give_back(errno))
+		ret = dd_os_raw_munmap(addr, len);
 	if (ret == 0)
 		dd_rt_sub(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 	dd_pl_op_end(&o);
@@ -178,6 +258,8 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		dst_dropped = dd_pl_drop_overlaps(pg_down((uintptr_t)fixed),
 					    pg_up((uintptr_t)fixed + new_len), &dst);
 	ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
+	if (ret == MAP_FAILED && give_back(errno))
+		ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
 	if (ret != MAP_FAILED) {
 		/* Exclusions travel with the memory; the new range is registered
 		 * now when we had the old one (else the reconcile finds it). */
@@ -220,6 +302,9 @@ static int protect_common(void *addr, size_t len, int prot, long pkey, const voi
 	dd_pl_op_begin(&o, (uintptr_t)addr, (uintptr_t)addr + len);
 	ret = pkey < 0 ? dd_os_mprotect(addr, len, prot)
 		       : (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	if (ret < 0 && give_back(errno))
+		ret = pkey < 0 ? dd_os_mprotect(addr, len, prot)
+			       : (int)syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
 	if (ret == 0 && pkey >= 0)   /* a merge would map it with the default key */
 		dd_rt_union(&pl.excl, pg_down((uintptr_t)addr), pg_up((uintptr_t)addr + len));
 	dd_pl_op_end(&o);
@@ -331,13 +416,18 @@ DD_API int madvise(void *addr, size_t len, int advice)
 	case MADV_DONTDUMP:
 		exclude_range(lo, hi, &o);
 		ret = dd_os_madvise(addr, len, advice);
+		if (ret < 0 && give_back(errno))   /* a split of flags, near the limit */
+			ret = dd_os_madvise(addr, len, advice);
 		if (ret < 0 && errno == EINVAL && advice == MADV_WIPEONFORK && dd_page_aligned(lo) &&
 		    dd_pl_has_merged(lo, hi) && dd_pl_unmerge_pieces(lo, hi) == 0)
 			ret = dd_os_madvise(addr, len, advice);
 		dd_pl_op_end(&o);
 		return ret;
 	default:
-		return dd_os_madvise(addr, len, advice);
+		ret = dd_os_madvise(addr, len, advice);
+		if (ret < 0 && give_back(errno))
+			ret = dd_os_madvise(addr, len, advice);
+		return ret;
 	}
 }
 

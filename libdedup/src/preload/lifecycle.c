@@ -257,6 +257,8 @@ static void start(void)
 	 * back (glibc trims the brk heap with its internal sbrk): the engine
 	 * reads our regions the safe way (scan.c, "fragile"). */
 	eng.fragile_regions = true;
+	/* spare mappings for an ENOMEM give-back (interpose.c, merge.c) */
+	eng.keep_spares = true;
 	/* Options (DEDUP_JEMALLOC, DEDUP_LOG) are loaded now. Only dlsym here;
 	 * the dedup-preload thread installs the hooks (jemalloc.c). */
 	dd_jemalloc_detect();
