@@ -382,8 +382,8 @@ const char dd_zero_page[DD_PAGE] __attribute__((aligned(4096)));
  * present, not the range; /proc/self/pagemap has an entry for every page,
  * so its walk also stops after 64 entries per page it may return.
  */
-static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
-		     void *ctx, uintptr_t *walk_end)
+static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, bool file,
+		     dd_present_fn fn, void *ctx, uintptr_t *walk_end)
 {
 	struct page_region vec[256];
 	struct pm_scan_arg arg;
@@ -397,7 +397,11 @@ static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, dd_presen
 		arg.vec_len = DD_ARRAY_SIZE(vec);
 		arg.max_pages = max_pages;
 		arg.category_anyof_mask = PAGE_IS_PRESENT;
-		arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO;
+		/* PAGE_IS_FILE costs a look at each present page's struct page
+		 * (vm_normal_page, PageAnon: fs/proc/task_mmu.c, asked only if
+		 * it is in a mask), where the rest is read off the PTE: most of
+		 * the walk of a large heap (source, pagemap_page_category) */
+		arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_PFNZERO | (file ? PAGE_IS_FILE : 0);
 		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
 		if (n < 0)
 			return -errno;
@@ -498,13 +502,13 @@ static int walk_pagemap(uintptr_t start, uintptr_t end, size_t max_pages, dd_pre
 	return 0;
 }
 
-int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, bool file, dd_present_fn fn,
 		    void *ctx, uintptr_t *walk_end)
 {
 	*walk_end = start;
 	if (pagemap_fd < 0)
 		return -EBADF;
-	return dd_feat.pagemap_scan ? walk_scan(start, end, max_pages, fn, ctx, walk_end)
+	return dd_feat.pagemap_scan ? walk_scan(start, end, max_pages, file, fn, ctx, walk_end)
 				    : walk_pagemap(start, end, max_pages, fn, ctx, walk_end);
 }
 
