@@ -942,6 +942,7 @@ static void postfork_child(void)
 	dd_store_child_close_segments();
 	eng.running = false;
 	eng.child = true;
+	dd_child_atfork();   /* a fork() that is not ours: guard from here */
 }
 
 /*
@@ -1082,6 +1083,7 @@ int dd_engine_start(void)
 	int ret;
 
 	if (!atfork_done) {
+		dd_child_probe();
 		pthread_atfork(prefork, postfork_parent, postfork_child);
 		atfork_done = true;
 	}

@@ -605,17 +605,17 @@ bool dd_page_is_zero(uintptr_t a)
  * but not gone), uffd-wp bit set, the zero page (known only when pfns are
  * visible, i.e. as root). Returns 0 or -errno.
  */
-int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
+static int pte_states(int fd, uintptr_t start, size_t n, uint8_t *out)
 {
 	uint64_t ent[512];
 	uint64_t zpfn;
 
-	if (pagemap_fd < 0)
+	if (fd < 0)
 		return -EBADF;
 	zpfn = zero_pfn();
 	while (n) {
 		size_t k = n < DD_ARRAY_SIZE(ent) ? n : DD_ARRAY_SIZE(ent);
-		ssize_t r = pread(pagemap_fd, ent, k * 8, (off_t)(start / DD_PAGE * 8));
+		ssize_t r = pread(fd, ent, k * 8, (off_t)(start / DD_PAGE * 8));
 		if (r < 0)
 			return -errno;
 		if ((size_t)r != k * 8)
@@ -639,6 +639,24 @@ int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
 		start += k * DD_PAGE;
 	}
 	return 0;
+}
+
+int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
+{
+	return pte_states(pagemap_fd, start, n, out);
+}
+
+/* The same through a descriptor opened for the call: in a fork()ed child,
+ * where the engine's pagemap_fd, opened by the parent, reads the parent's
+ * page table. */
+int dd_pte_states_here(uintptr_t start, size_t n, uint8_t *out)
+{
+	int fd = dd_fd_open_temp("/proc/self/pagemap", O_RDONLY);
+	int r = pte_states(fd, start, n, out);
+
+	if (fd >= 0)
+		dd_fd_close_temp(fd);
+	return fd < 0 ? fd : r;
 }
 
 static long read_long_file(const char *path, long def)

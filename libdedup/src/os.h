@@ -108,6 +108,7 @@ int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, bool file,
 #define DD_PTE_ZERO 8u
 #define DD_PTE_FILE 16u   /* present, a file (memfd) page */
 int dd_pte_states(uintptr_t start, size_t n, uint8_t *out);
+int dd_pte_states_here(uintptr_t start, size_t n, uint8_t *out);   /* fresh descriptor */
 /* first run of pages in [start, end) that are not empty (present, swapped,
  * or a marker), cost following the page tables: *lo = *hi = end if none */
 int dd_first_mapped(uintptr_t start, uintptr_t end, uintptr_t *lo, uintptr_t *hi);
