@@ -142,7 +142,7 @@ static struct {
  */
 static void zero_discarded(void *t, uintptr_t a, uintptr_t lo, uintptr_t hi)
 {
-	uint8_t st[64];
+	uint8_t st[512];   /* a pagemap descriptor opened per 512 pages */
 
 	for (uintptr_t p = lo; p < hi;) {
 		size_t n = (hi - p) / DD_PAGE < DD_ARRAY_SIZE(st) ? (hi - p) / DD_PAGE : DD_ARRAY_SIZE(st);
