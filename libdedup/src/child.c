@@ -309,15 +309,18 @@ static __thread bool in_our_fork;   /* below, fork() */
  * process that starts a thread (its die_after_fork, on by default): the
  * guard thread would end the child. In such a program the pieces are
  * copied instead (give_up: more memory, the same behaviour). Found at
- * engine start (dd_child_probe), where dlsym may still be called.
+ * engine start (dd_child_probe). The runtime is told by a weak reference,
+ * bound at load time: not dlsym(), whose miss allocates its error message
+ * (the engine may start from inside the program's free(): lifecycle.c).
  */
+extern void __tsan_init(void) __attribute__((weak));
 static bool threads_fatal;
 
 void dd_child_probe(void)
 {
 	const char *o = getenv("TSAN_OPTIONS");
-	threads_fatal = (dlsym(RTLD_DEFAULT, "__tsan_init") &&
-			 !(o && strstr(o, "die_after_fork=0"))) || dd_opt.test_child_copy;
+	threads_fatal = (__tsan_init && !(o && strstr(o, "die_after_fork=0"))) ||
+			dd_opt.test_child_copy;
 }
 
 static void postfork_guard_child(void)
