@@ -484,6 +484,21 @@ static bool merged_page_copied(uintptr_t a)
 	       !(st & (DD_PTE_FILE | DD_PTE_ZERO));
 }
 
+/* Another page equal to page a (content d, checksum h), taken out of the
+ * indexes: an aged page (skipped or not, this pass or an earlier one; young
+ * again once taken), then a candidate of this pass that is not in the aged
+ * index. 0 if none. */
+static uintptr_t take_twin(uint64_t h, const void *d, uintptr_t a, bool *collided)
+{
+	uintptr_t b = dd_aged_take(h, d, a, aged_valid, collided);
+
+	if (b)
+		aged_taken(b);
+	else
+		b = dd_unstable_take(h, d, collided);
+	return b;
+}
+
 /*
  * The VMA budget is spent and page a (content d) is not zero: it does not
  * go to a merge window. Before, such a page went to windows that
@@ -524,12 +539,7 @@ static void budget_wait(uintptr_t a, const void *d, uint64_t *w)
 		word_set(a, w, w_make(h, 0));
 		return;
 	}
-	/* an aged page (young again once taken), then one of this pass */
-	b = dd_aged_take(h, d, a, aged_valid, &collided);
-	if (b)
-		aged_taken(b);
-	else
-		b = dd_unstable_take(h, d, &collided);
+	b = take_twin(h, d, a, &collided);
 	if (b) {
 		eng.budget_wait_pass++;
 		word_set(a, w, w_make(h, 0));
@@ -597,13 +607,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 		batch_add(c, a, s);
 		return;
 	}
-	/* An aged page (skipped or not, this pass or an earlier one), then a
-	 * candidate of this pass that is not in the aged index */
-	uintptr_t b = dd_aged_take(h, d, a, aged_valid, &collided);
-	if (b)
-		aged_taken(b);
-	else
-		b = dd_unstable_take(h, d, &collided);
+	uintptr_t b = take_twin(h, d, a, &collided);
 	if (collided)
 		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
 	if (b) {
