@@ -53,6 +53,10 @@ dedup_test(test_sparse TIMEOUT 600 LABELS core)
 # Smart scan (issue 14, idle cost): pages that never match are read less
 # and less, and duplicates that appear later still merge.
 dedup_test(test_smart_scan TIMEOUT 600 LABELS core)
+dedup_test(test_fork_not_ours TIMEOUT 120 LABELS core)
+add_test(NAME test_fork_not_ours_catches_naive COMMAND test_fork_not_ours)
+set_tests_properties(test_fork_not_ours_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 120
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1" LABELS core)
 # A still heap (nothing faults, nothing changes) backs off beyond the idle
 # back-off (issue 14, idle cost); new memory in it ends that at once.
 dedup_test(test_still TIMEOUT 600 LABELS core)

@@ -15,6 +15,10 @@
  *     passes of the same size do not grow the unstable one; dd_index_bytes()
  *     is the size of both tables and matches what dd_vm holds for them (old
  *     tables are freed).
+ *   - aged index (the smart scan's skipped pages, across passes): found by
+ *     hash and equal content, never the page itself, gone once taken or
+ *     removed, a stale entry (the scanner's check says no) dropped; growth
+ *     at 3/4 load, churn does not grow it, dd_aged_reset() forgets all.
  *
  * Preconditions (from index.c and store.c): dd_index_init() first; a lookup
  * that compares content reads the canonical page through dd_store_page(), so
@@ -388,6 +392,97 @@ static void test_unstable_growth(void)
 #undef PG
 }
 
+/*
+ * Aged index: pages the smart scan skips, across passes. A page is found by
+ * its hash while @valid says its metadata still has it (a stale entry is
+ * dropped unread), and only with equal content now; taking it removes it;
+ * a removed one is not found; several pages share a hash; the table grows
+ * at 3/4 load and drops dead entries when it rehashes; dd_aged_reset()
+ * forgets all.
+ */
+static uintptr_t stale_addr;   /* aged_ok() says no for this one */
+static bool aged_ok(uintptr_t a, uint64_t h)
+{
+	(void)h;
+	return a != stale_addr;
+}
+
+static uintptr_t atake(uint64_t h, uint64_t seed, uintptr_t self, bool *collided)
+{
+	t_fill(probe, seed);
+	*collided = false;
+	return dd_aged_take(h, probe, self, aged_ok, collided);
+}
+
+static size_t aged_step;
+
+static void test_aged(void)
+{
+	enum { N = 1600 };
+	char *pg = t_map_anon(N * T_PAGE);
+	bool c;
+#define PG(i) ((uintptr_t)(pg + (size_t)(i) * T_PAGE))
+	for (int i = 0; i < N; i++)
+		t_fill(pg + (size_t)i * T_PAGE, 5000 + i);
+	setup();
+	size_t b0 = dd_index_bytes();
+	const uint64_t H = nth_hash(9, 0);
+	CHECK(dd_aged_count() == 0);
+	CHECK(dd_aged_insert(H, PG(0)));
+	CHECK(atake(H, 5001, 0, &c) == 0);            /* other content */
+	CHECK(atake(H, 5000, PG(0), &c) == 0);        /* never the page itself */
+	CHECK(atake(H, 5000, 0, &c) == PG(0));
+	CHECK(atake(H, 5000, 0, &c) == 0);            /* taken: gone */
+	CHECK(dd_aged_count() == 0);
+	/* several pages under one hash; a removed one is not found */
+	for (int i = 1; i <= 4; i++)
+		CHECK(dd_aged_insert(H, PG(i)));
+	dd_aged_remove(H, PG(2));
+	dd_aged_remove(H, PG(7));                     /* not there: nothing */
+	CHECK(dd_aged_count() == 3);
+	CHECK(atake(H, 5002, 0, &c) == 0 && !c);
+	CHECK(atake(H, 5003, 0, &c) == PG(3) && !c);  /* PG(1) compared on the way */
+	/* a page whose content still has the hash, but not this one: a collision
+	 * only if the compared page's own content has H (it has not here) */
+	CHECK(atake(H, 4999, 0, &c) == 0 && !c);
+	/* stale: dropped without a read */
+	stale_addr = PG(4);
+	CHECK(atake(H, 5004, 0, &c) == 0);
+	stale_addr = 0;
+	CHECK(atake(H, 5004, 0, &c) == 0);            /* dropped for good */
+	CHECK(dd_aged_count() == 1);                  /* PG(1) */
+	CHECK(dd_index_bytes() == b0);
+	/* growth: the 769th live entry doubles the table; all stay findable */
+	dd_aged_reset();
+	size_t last = dd_index_bytes();
+	CHECK(last == b0);
+	for (int i = 0; i < N; i++) {
+		CHECK(dd_aged_insert(nth_hash(10, i), PG(i)));
+		if (dd_index_bytes() != last && !aged_step) {
+			CHECK(i + 1 == 769);
+			aged_step = dd_index_bytes() - last;
+		}
+	}
+	CHECK(aged_step > 0);
+	for (int i = 0; i < N; i++)
+		CHECK(atake(nth_hash(10, i), 5000 + i, 0, &c) == PG(i) && !c);
+	CHECK(dd_aged_count() == 0);
+	/* churn: insert and remove, over and over, does not grow it */
+	size_t b1 = dd_index_bytes();
+	for (int r = 0; r < 20; r++) {
+		for (int i = 0; i < 500; i++)
+			CHECK(dd_aged_insert(nth_hash(11 + r, i), PG(i)));
+		for (int i = 0; i < 500; i++)
+			dd_aged_remove(nth_hash(11 + r, i), PG(i));
+	}
+	CHECK(dd_index_bytes() == b1);
+	dd_aged_reset();
+	CHECK(dd_aged_count() == 0 && dd_index_bytes() == b0);
+	teardown();
+	munmap(pg, N * T_PAGE);
+#undef PG
+}
+
 int main(void)
 {
 	probe = t_map_anon(T_PAGE);
@@ -397,9 +492,10 @@ int main(void)
 	test_stable_growth();
 	test_unstable();
 	test_unstable_growth();
-	/* both tables start at the same capacity: dd_index_bytes() after
+	test_aged();
+	/* the tables start at the same capacity: dd_index_bytes() after
 	 * dd_index_init() is one growth step of each, nothing else */
-	CHECK(init_bytes == stable_step + unstable_step);
+	CHECK(init_bytes == stable_step + unstable_step + aged_step);
 	pthread_mutex_unlock(&eng.lock);
 	return T_PASS;
 }

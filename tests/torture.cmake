@@ -47,6 +47,16 @@ add_test(NAME torture_catches_naive_child
 set_tests_properties(torture_catches_naive_child PROPERTIES WILL_FAIL TRUE TIMEOUT 600
                      ENVIRONMENT "DEDUP_TEST_UNSAFE_NO_CHILD_GUARD=1" LABELS "torture;race")
 
+# A child that cannot run the guard thread (ThreadSanitizer's runtime kills
+# it; or no userfaultfd there) copies its merged pages instead (child.c,
+# give_up). The copy zeroed every page discarded since its merge, also those
+# written since: the fork child lost writes (seed 2, within a second, every
+# run, before 2026-12-07). Must pass.
+add_test(NAME torture_child_copy
+         COMMAND torture --seconds 20 --seed 2)
+set_tests_properties(torture_child_copy PROPERTIES TIMEOUT 300
+                     ENVIRONMENT "DEDUP_TEST_CHILD_COPY=1" LABELS "torture;race")
+
 # Bugs the torture found, reduced to small deterministic programs.
 # After dedup_unregister merged runs used to stay file mappings, so mremap
 # grow mapped other canonical pages and a move of several registered VMAs

@@ -128,6 +128,34 @@ static struct {
  * mapping per piece - no more than it had. Linear in the pieces: one read
  * of /proc/self/maps per call, four system calls per piece.
  */
+/*
+ * [lo, hi) of the piece at a was discarded since it merged (a mark): where
+ * no page of its own has come since, it reads zeros, not the canonical
+ * page the copy read. But a mark stays after its fault (discard.c): a page
+ * discarded, faulted in as zeros and written since is a private anonymous
+ * page holding the program's data, and fork() copied it. So the copy at t
+ * is zeroed only where the page table has no private page: a present
+ * anonymous page or a swapped one keeps what the copy read. (Zeroing every
+ * marked page lost such writes: torture seed 2 with the guard thread
+ * refused, DEDUP_TEST_CHILD_COPY=1.) Without a page table to read, zeros,
+ * as before.
+ */
+static void zero_discarded(void *t, uintptr_t a, uintptr_t lo, uintptr_t hi)
+{
+	uint8_t st[512];   /* a pagemap descriptor opened per 512 pages */
+
+	for (uintptr_t p = lo; p < hi;) {
+		size_t n = (hi - p) / DD_PAGE < DD_ARRAY_SIZE(st) ? (hi - p) / DD_PAGE : DD_ARRAY_SIZE(st);
+		bool known = dd_pte_states_here(p, n, st) == 0;
+		for (size_t i = 0; i < n; i++, p += DD_PAGE) {
+			bool own = known && (((st[i] & DD_PTE_PRESENT) && !(st[i] & DD_PTE_FILE)) ||
+					     (st[i] & DD_PTE_SWAP));
+			if (!own)
+				memset((char *)t + (p - a), 0, DD_PAGE);
+		}
+	}
+}
+
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero)
 {
 	void *t = dd_os_raw_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -141,7 +169,7 @@ int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *ze
 		for (size_t i = dd_rt_lower(zero, a); i < zero->n && zero->r[i].lo < a + len; i++) {
 			uintptr_t lo = zero->r[i].lo > a ? zero->r[i].lo : a;
 			uintptr_t hi = zero->r[i].hi < a + len ? zero->r[i].hi : a + len;
-			memset((char *)t + (lo - a), 0, hi - lo);
+			zero_discarded(t, a, lo, hi);
 		}
 	dd_os_mprotect(t, len, prot);
 	if (dd_os_raw_mremap(t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
@@ -274,9 +302,31 @@ static void prefork_guard(void)
 	pthread_mutex_unlock(&cg.lock);
 }
 
+static __thread bool in_our_fork;   /* below, fork() */
+
+/*
+ * ThreadSanitizer's runtime kills a fork()ed child of a multi-threaded
+ * process that starts a thread (its die_after_fork, on by default): the
+ * guard thread would end the child. In such a program the pieces are
+ * copied instead (give_up: more memory, the same behaviour). Found at
+ * engine start (dd_child_probe). The runtime is told by a weak reference,
+ * bound at load time: not dlsym(), whose miss allocates its error message
+ * (the engine may start from inside the program's free(): lifecycle.c).
+ */
+extern void __tsan_init(void) __attribute__((weak));
+static bool threads_fatal;
+
+void dd_child_probe(void)
+{
+	const char *o = getenv("TSAN_OPTIONS");
+	threads_fatal = (__tsan_init && !(o && strstr(o, "die_after_fork=0"))) ||
+			dd_opt.test_child_copy;
+}
+
 static void postfork_guard_child(void)
 {
-	pthread_mutex_init(&cg.lock, NULL);
+	if (in_our_fork)   /* else dd_child_atfork() did it, and started the guard */
+		pthread_mutex_init(&cg.lock, NULL);
 }
 
 /* ---- starting the guard --------------------------------------------------- */
@@ -396,6 +446,10 @@ void dd_child_guard(void)
 		return;
 	}
 	seed_marks(grandchild);
+	if (threads_fatal) {
+		give_up(0, cg.npieces, "a thread in a child", -ENOTSUP);
+		return;
+	}
 
 	/* UNMAP events too: marks of memory the program unmaps must go, or
 	 * they would zero what a restarted engine merges there later */
@@ -518,7 +572,9 @@ DD_API pid_t fork(void)
 		pid_t (*f)(void) = (pid_t (*)(void))dlsym(RTLD_NEXT, "fork");
 		next_fork = f && f != fork ? f : __fork;
 	}
+	in_our_fork = true;
 	pid_t pid = next_fork();   /* runs every atfork handler, ours included */
+	in_our_fork = false;
 
 	if (pid != 0)
 		return pid;
@@ -529,6 +585,31 @@ DD_API pid_t fork(void)
 	if (dd_preload_forked)
 		dd_preload_forked();
 	return 0;
+}
+
+/*
+ * A fork() that is not the one above still runs the atfork handlers: a
+ * program linked with libdedup.a and a sanitizer's runtime (TSan's fork
+ * interceptor is bound ahead of ours: a child of a TSan build read the
+ * canonical page after MADV_DONTNEED, torture seed 2), or one that calls
+ * libc's fork through dlsym. The engine's child handler (engine.c,
+ * postfork_child) calls this last: when fork() above is not on the way,
+ * the guard starts here, before the handlers registered after the
+ * engine's have run - ours do not use the allocator, and the guard's own
+ * (postfork_guard_child) then leaves the lock it set up alone. The child
+ * is single-threaded as in fork() above. (_Fork() and a raw clone() run no
+ * handler at all: no interposer sees them.)
+ */
+void dd_child_atfork(void)
+{
+	if (in_our_fork)
+		return;   /* fork() above guards, once every handler has run */
+	if (dd_child_guarding())   /* a grandchild: the lock a parent held */
+		pthread_mutex_init(&cg.lock, NULL);
+	dd_child_guard();
+	/* not dd_preload_forked() (DEDUP_FORK=restart): a new engine from
+	 * inside fork(), before the later handlers, is one risk too many; the
+	 * child runs guarded, without an engine of its own */
 }
 
 /*

@@ -740,12 +740,6 @@ static void *engine_main(void *arg)
 	uint64_t c0 = dd_thread_cpu_ns(), owed = 0;
 	while (!atomic_load(&eng.stop)) {
 		dd_creds_follow();
-		if (dd_unlikely(!dd_fds_intact() || atomic_load(&eng.fds_lost))) {
-			lost();
-			while (!atomic_load(&eng.stop))
-				wait_ns(0);
-			break;
-		}
 		long merged = 0;
 		size_t scanned = 0;
 		uint64_t t0 = dd_now_ns();
@@ -775,6 +769,18 @@ static void *engine_main(void *arg)
 					continue;
 				}
 			}
+		}
+		/* Our descriptors, before each step (fds.c): a step walks the
+		 * page tables through one and may merge through the others.
+		 * Not at the wake-ups that find nothing to do while the engine
+		 * backs off (above): those use none, and were most of the
+		 * checks of a settled engine (about 2 system calls a descriptor
+		 * each, every interval). */
+		if (dd_unlikely(!dd_fds_intact() || atomic_load(&eng.fds_lost))) {
+			lost();
+			while (!atomic_load(&eng.stop))
+				wait_ns(0);
+			break;
 		}
 		pthread_mutex_lock(&eng.lock);
 		apply_events();
@@ -936,6 +942,7 @@ static void postfork_child(void)
 	dd_store_child_close_segments();
 	eng.running = false;
 	eng.child = true;
+	dd_child_atfork();   /* a fork() that is not ours: guard from here */
 }
 
 /*
@@ -1076,6 +1083,7 @@ int dd_engine_start(void)
 	int ret;
 
 	if (!atfork_done) {
+		dd_child_probe();
 		pthread_atfork(prefork, postfork_parent, postfork_child);
 		atfork_done = true;
 	}

@@ -9,10 +9,11 @@
  *    by the scanner, the same content) makes a new stable page. The unstable
  *    index is not trusted across passes: every pass starts it afresh (a
  *    generation number makes that O(1)), because the pages it points to are
- *    not protected and may have changed. Pages the scanner skips in a pass
- *    (scan.c, smart scan) enter it too, with the checksum of the pass that
- *    last read them, marked stale: a candidate equal to one of them still
- *    finds it, and a stale one whose content moved on is no hash collision.
+ *    not protected and may have changed.
+ *  - aged: hash -> address of the pages the smart scan skips (scan.c), by
+ *    the checksum of the visit that last read them, kept across passes and
+ *    changed only when a visit finds a page aged or young again: a
+ *    candidate equal to a skipped page finds it here (below, "aged").
  *
  * A hash is never trusted for merging: merge.c compares the full page.
  * Both are open-addressing tables with linear probing, in dd_vm memory.
@@ -39,7 +40,6 @@ struct stable_ent {
 	uint16_t verify;    /* a lookup of this hash must compare content */
 };
 struct unstable_ent { uint64_t hash; uintptr_t addr; uint64_t gen; };
-#define U_STALE ((uintptr_t)1)   /* in addr: a hash from an earlier pass */
 
 static struct {
 	struct stable_ent *s;
@@ -59,9 +59,12 @@ static inline size_t mix(uint64_t h, size_t cap)
 
 #define IX_MIN 1024   /* entries: 16 or 24 KiB */
 
+static void aged_free(void);
+
 int dd_index_init(void)
 {
 	memset(&ix, 0, sizeof(ix));
+	dd_aged_reset();
 	ix.s_cap = IX_MIN;
 	ix.u_cap = IX_MIN;
 	ix.s = dd_vm_alloc(ix.s_cap * sizeof(*ix.s));
@@ -72,14 +75,17 @@ int dd_index_init(void)
 
 void dd_index_fini(void)
 {
+	aged_free();
 	dd_vm_free(ix.s, ix.s_cap * sizeof(*ix.s));
 	dd_vm_free(ix.u, ix.u_cap * sizeof(*ix.u));
 	memset(&ix, 0, sizeof(ix));
 }
 
+static size_t aged_bytes(void);
+
 size_t dd_index_bytes(void)
 {
-	return ix.s_cap * sizeof(*ix.s) + ix.u_cap * sizeof(*ix.u);
+	return ix.s_cap * sizeof(*ix.s) + ix.u_cap * sizeof(*ix.u) + aged_bytes();
 }
 
 /* ---- stable ----------------------------------------------------------- */
@@ -197,23 +203,6 @@ void dd_stable_remove(uint64_t hash, uint32_t slot)
 		stable_rehash(ix.s_cap / 2);
 }
 
-/* A live slot with @hash: a page skipped with that checksum could match. */
-bool dd_stable_has(uint64_t hash)
-{
-	for (size_t i = mix(hash, ix.s_cap);; i = (i + 1) & (ix.s_cap - 1)) {
-		struct stable_ent *e = &ix.s[i];
-		if (!e->used)
-			return false;
-		if (e->used == 1 && e->hash == hash)
-			return true;
-	}
-}
-
-void dd_stable_prefetch(uint64_t hash)
-{
-	__builtin_prefetch(&ix.s[mix(hash, ix.s_cap)], 0);
-}
-
 /* ---- unstable --------------------------------------------------------- */
 
 void dd_unstable_reset(void)
@@ -261,7 +250,7 @@ uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 		struct unstable_ent *e = &ix.u[i];
 		if (e->gen != ix.gen)
 			return 0;
-		uintptr_t a = e->addr & ~U_STALE;
+		uintptr_t a = e->addr;
 		if (e->hash != hash || !a || a == (uintptr_t)page)
 			continue;
 		/* a is the application's page, read the safe way: in a
@@ -270,8 +259,7 @@ uintptr_t dd_unstable_take(uint64_t hash, const void *page, bool *collided)
 			e->addr = 0;   /* stays as a probe-chain marker until next pass */
 			return a;
 		}
-		if (!(e->addr & U_STALE))   /* a stale one may simply have changed */
-			*collided = true;
+		*collided = true;
 		if (++cmps >= DD_MAX_PROBE_CMP)
 			return 0;
 	}
@@ -298,6 +286,11 @@ static int unstable_grow(void)
 	return 0;
 }
 
+size_t dd_unstable_count(void)
+{
+	return ix.u_live;
+}
+
 int dd_unstable_insert(uint64_t hash, uintptr_t addr)
 {
 	dd_assert_held(&eng.lock);
@@ -311,31 +304,177 @@ int dd_unstable_insert(uint64_t hash, uintptr_t addr)
 	return 0;
 }
 
-/* Fetch the slot dd_unstable_offer(hash) starts at (scan.c offers skipped
- * pages a few at a time: the table is large, the slots random). */
-void dd_unstable_prefetch(uint64_t hash)
+/* ---- aged ------------------------------------------------------------- */
+
+/*
+ * The checksums of the pages the smart scan skips (scan.c), kept across
+ * passes: hash -> address, several addresses per hash allowed. A page
+ * enters when a visit first finds it unchanged and unmatched (it ages)
+ * and leaves when a visit finds it young again (changed, merged, copied);
+ * a candidate that matches nothing else looks here, reads the aged page
+ * and compares (dd_aged_take). Before, every skipped page entered the
+ * unstable index at every pass instead, a random write per page per pass,
+ * a quarter of a settled engine's time: this index costs what changes.
+ *
+ * Pages can also leave without a visit (unmapped, discarded: region.c
+ * forgets their word without telling us), so an entry is only a hint: the
+ * scanner's @valid callback checks the page's word still says "aged, with
+ * this checksum" before it is read, and drops the entry otherwise. Such
+ * stale entries are bounded by a rebuild (scan.c, dd_aged_reset and
+ * re-insertion) when they outnumber the live ones.
+ */
+struct aged_ent { uint64_t hash; uintptr_t addr; };   /* addr 0: empty, 1: dead */
+#define A_DEAD ((uintptr_t)1)
+
+static struct {
+	struct aged_ent *t;
+	size_t cap, live, dead;
+} ag;
+
+static int aged_rehash(size_t ncap)
 {
-	__builtin_prefetch(&ix.u[mix(hash, ix.u_cap)], 1);
+	struct aged_ent *old = ag.t, *n = dd_vm_alloc(ncap * sizeof(*n));
+	size_t ocap = ag.cap;
+
+	if (!n)
+		return -ENOMEM;
+	for (size_t i = 0; i < ocap; i++) {
+		if (old[i].addr <= A_DEAD)
+			continue;
+		size_t j = mix(old[i].hash, ncap);
+		while (n[j].addr)
+			j = (j + 1) & (ncap - 1);
+		n[j] = old[i];
+	}
+	ag.t = n;
+	ag.cap = ncap;
+	ag.dead = 0;
+	dd_vm_free(old, ocap * sizeof(*old));
+	return 0;
+}
+
+static void aged_free(void)
+{
+	dd_vm_free(ag.t, ag.cap * sizeof(*ag.t));
+	memset(&ag, 0, sizeof(ag));
+}
+
+static size_t aged_bytes(void)
+{
+	return ag.cap * sizeof(*ag.t);
+}
+
+void dd_aged_reset(void)
+{
+	dd_vm_free(ag.t, ag.cap * sizeof(*ag.t));
+	ag.cap = 1024;
+	ag.live = ag.dead = 0;
+	ag.t = dd_vm_alloc(ag.cap * sizeof(*ag.t));
+	if (!ag.t)
+		ag.cap = 0;
+}
+
+size_t dd_aged_count(void)
+{
+	return ag.live;
+}
+
+/* A page that aged with checksum @hash. False if there is no room (the
+ * scanner then offers it to the unstable index, for this pass only). */
+bool dd_aged_insert(uint64_t hash, uintptr_t addr)
+{
+	dd_assert_held(&eng.lock);
+	if (!ag.cap)
+		return false;
+	if ((ag.live + ag.dead + 1) * 4 > ag.cap * 3 &&
+	    aged_rehash(ag.live * 2 > ag.cap ? ag.cap * 2 : ag.cap) < 0)
+		return false;
+	size_t i = mix(hash, ag.cap);
+	while (ag.t[i].addr > A_DEAD)
+		i = (i + 1) & (ag.cap - 1);
+	if (ag.t[i].addr == A_DEAD)
+		ag.dead--;
+	ag.t[i] = (struct aged_ent){ hash, addr };
+	ag.live++;
+	return true;
+}
+
+/* Fetch the slot a lookup of @hash starts at (scan.c, a page about to be
+ * read: its lookup comes after the read and the hash). */
+void dd_aged_prefetch(uint64_t hash)
+{
+	if (ag.cap)
+		__builtin_prefetch(&ag.t[mix(hash, ag.cap)], 0);
+}
+
+static void aged_kill(struct aged_ent *e)
+{
+	e->addr = A_DEAD;
+	ag.live--;
+	ag.dead++;
+}
+
+/* The page at @addr, aged with @hash, is young again (or gone). */
+void dd_aged_remove(uint64_t hash, uintptr_t addr)
+{
+	dd_assert_held(&eng.lock);
+	if (!ag.cap)
+		return;
+	for (size_t i = mix(hash, ag.cap);; i = (i + 1) & (ag.cap - 1)) {
+		struct aged_ent *e = &ag.t[i];
+		if (!e->addr)
+			return;
+		if (e->hash == hash && e->addr == addr) {
+			aged_kill(e);
+			return;
+		}
+	}
 }
 
 /*
- * A page the scanner skips this pass (scan.c, smart scan), whose checksum
- * when it was last read is @hash. If a candidate of this pass has that
- * hash, the two could match: true, and the scanner reads the page after
- * all (it then takes the candidate as any other page would). Otherwise the
- * page enters as a stale candidate, for one that comes later in the pass:
- * one probe, where reading the page would be 4 KiB. False also when there
- * is no room (the page is simply skipped).
+ * Take an aged page with @hash whose content equals @page right now, other
+ * than the page at @self; 0 if none (*collided set if one had the checksum
+ * but other content). @valid(addr, hash) says whether the
+ * page's metadata still has it aged with that checksum (else the entry is
+ * dropped, unread). As with the unstable index, equal content now is only
+ * a reason to try: merge.c compares again under protection. An aged page
+ * whose content moved on stays (its next visit sees that and removes it).
  */
-bool dd_unstable_offer(uint64_t hash, uintptr_t addr)
+uintptr_t dd_aged_take(uint64_t hash, const void *page, uintptr_t self,
+		       bool (*valid)(uintptr_t addr, uint64_t hash), bool *collided)
 {
-	if ((ix.u_live + 1) * 4 > ix.u_cap * 3 && unstable_grow() < 0)
-		return false;
-	size_t i = mix(hash, ix.u_cap);
-	for (; ix.u[i].gen == ix.gen; i = (i + 1) & (ix.u_cap - 1))
-		if (ix.u[i].hash == hash && ix.u[i].addr)
-			return true;
-	ix.u[i] = (struct unstable_ent){ hash, addr | U_STALE, ix.gen };
-	ix.u_live++;
-	return false;
+	dd_assert_held(&eng.lock);
+	static char cmp[DD_PAGE] __attribute__((aligned(64)));   /* eng.lock */
+	int cmps = 0;
+
+	if (!ag.cap)
+		return 0;
+	for (size_t i = mix(hash, ag.cap);; i = (i + 1) & (ag.cap - 1)) {
+		struct aged_ent *e = &ag.t[i];
+		if (!e->addr)
+			return 0;
+		if (e->addr == A_DEAD || e->hash != hash || e->addr == self)
+			continue;
+		uintptr_t a = e->addr;
+		if (!valid(a, hash)) {
+			aged_kill(e);
+			continue;
+		}
+		/* the application's page, read the safe way: it may be gone */
+		if (!dd_read_page(a, cmp)) {   /* gone (a fragile region) */
+			if (++cmps >= DD_MAX_PROBE_CMP)
+				return 0;
+			continue;
+		}
+		if (memcmp(page, cmp, DD_PAGE) == 0) {
+			aged_kill(e);
+			return a;
+		}
+		/* other content: a collision if it still has the checksum, or
+		 * else a page written since its last visit (not one) */
+		if (dd_hash_page(cmp) == hash)
+			*collided = true;
+		if (++cmps >= DD_MAX_PROBE_CMP)
+			return 0;
+	}
 }

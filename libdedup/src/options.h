@@ -47,6 +47,8 @@
 	  "test hook: our threads take the application's signals")                \
 	X(test_unsafe_no_child_guard, uint64_t, "DEDUP_TEST_UNSAFE_NO_CHILD_GUARD", 0, 0, 1, 0, \
 	  "test hook: a fork()ed child's merged pages are left unguarded")          \
+	X(test_child_copy, uint64_t, "DEDUP_TEST_CHILD_COPY", 0, 0, 1, 0,            \
+	  "test hook: a fork()ed child copies its merged pages, no guard thread")   \
 	X(test_no_give_back, uint64_t, "DEDUP_TEST_NO_GIVE_BACK", 0, 0, 1, 0,       \
 	  "test hook: no give-back when a call of the program fails with ENOMEM")   \
 	X(test_mremap_hole, uint64_t, "DEDUP_TEST_MREMAP_HOLE", 0, 0, 1000000, 0,  \

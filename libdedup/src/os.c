@@ -388,8 +388,8 @@ const char dd_zero_page[DD_PAGE] __attribute__((aligned(4096)));
  * present, not the range; /proc/self/pagemap has an entry for every page,
  * so its walk also stops after 64 entries per page it may return.
  */
-static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
-		     void *ctx, uintptr_t *walk_end)
+static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, bool file,
+		     dd_present_fn fn, void *ctx, uintptr_t *walk_end)
 {
 	struct page_region vec[256];
 	struct pm_scan_arg arg;
@@ -403,7 +403,11 @@ static int walk_scan(uintptr_t start, uintptr_t end, size_t max_pages, dd_presen
 		arg.vec_len = DD_ARRAY_SIZE(vec);
 		arg.max_pages = max_pages;
 		arg.category_anyof_mask = PAGE_IS_PRESENT;
-		arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO;
+		/* PAGE_IS_FILE costs a look at each present page's struct page
+		 * (vm_normal_page, PageAnon: fs/proc/task_mmu.c, asked only if
+		 * it is in a mask), where the rest is read off the PTE: most of
+		 * the walk of a large heap (source, pagemap_page_category) */
+		arg.return_mask = PAGE_IS_PRESENT | PAGE_IS_PFNZERO | (file ? PAGE_IS_FILE : 0);
 		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &arg);
 		if (n < 0)
 			return -errno;
@@ -504,13 +508,13 @@ static int walk_pagemap(uintptr_t start, uintptr_t end, size_t max_pages, dd_pre
 	return 0;
 }
 
-int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, bool file, dd_present_fn fn,
 		    void *ctx, uintptr_t *walk_end)
 {
 	*walk_end = start;
 	if (pagemap_fd < 0)
 		return -EBADF;
-	return dd_feat.pagemap_scan ? walk_scan(start, end, max_pages, fn, ctx, walk_end)
+	return dd_feat.pagemap_scan ? walk_scan(start, end, max_pages, file, fn, ctx, walk_end)
 				    : walk_pagemap(start, end, max_pages, fn, ctx, walk_end);
 }
 
@@ -607,17 +611,17 @@ bool dd_page_is_zero(uintptr_t a)
  * but not gone), uffd-wp bit set, the zero page (known only when pfns are
  * visible, i.e. as root). Returns 0 or -errno.
  */
-int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
+static int pte_states(int fd, uintptr_t start, size_t n, uint8_t *out)
 {
 	uint64_t ent[512];
 	uint64_t zpfn;
 
-	if (pagemap_fd < 0)
+	if (fd < 0)
 		return -EBADF;
 	zpfn = zero_pfn();
 	while (n) {
 		size_t k = n < DD_ARRAY_SIZE(ent) ? n : DD_ARRAY_SIZE(ent);
-		ssize_t r = pread(pagemap_fd, ent, k * 8, (off_t)(start / DD_PAGE * 8));
+		ssize_t r = pread(fd, ent, k * 8, (off_t)(start / DD_PAGE * 8));
 		if (r < 0)
 			return -errno;
 		if ((size_t)r != k * 8)
@@ -641,6 +645,24 @@ int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
 		start += k * DD_PAGE;
 	}
 	return 0;
+}
+
+int dd_pte_states(uintptr_t start, size_t n, uint8_t *out)
+{
+	return pte_states(pagemap_fd, start, n, out);
+}
+
+/* The same through a descriptor opened for the call: in a fork()ed child,
+ * where the engine's pagemap_fd, opened by the parent, reads the parent's
+ * page table. */
+int dd_pte_states_here(uintptr_t start, size_t n, uint8_t *out)
+{
+	int fd = dd_fd_open_temp("/proc/self/pagemap", O_RDONLY);
+	int r = pte_states(fd, start, n, out);
+
+	if (fd >= 0)
+		dd_fd_close_temp(fd);
+	return fd < 0 ? fd : r;
 }
 
 static long read_long_file(const char *path, long def)

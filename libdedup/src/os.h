@@ -97,11 +97,14 @@ extern const char dd_zero_page[DD_PAGE];   /* page-aligned zeros */
  * (the last run may be cut), and sets *walk_end to where it stopped (end if
  * it got there). Its cost follows the pages present, not the range (with
  * the /proc/self/pagemap fallback it reads at most 64 entries per page it
- * may return, and may stop early for that). Returns 0 or -errno. */
+ * may return, and may stop early for that). Without @file, DD_PG_FILE may
+ * be left out: the caller knows no page of the range can be a file page it
+ * cares about (PAGEMAP_SCAN then reads the PTEs only, not each page's
+ * struct page). Returns 0 or -errno. */
 #define DD_PG_FILE 1u
 #define DD_PG_ZERO 2u
 typedef void (*dd_present_fn)(void *ctx, uintptr_t start, uintptr_t end, unsigned flags);
-int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present_fn fn,
+int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, bool file, dd_present_fn fn,
 		    void *ctx, uintptr_t *walk_end);
 #define DD_PTE_PRESENT 1u
 #define DD_PTE_SWAP 2u
@@ -109,6 +112,7 @@ int dd_present_walk(uintptr_t start, uintptr_t end, size_t max_pages, dd_present
 #define DD_PTE_ZERO 8u
 #define DD_PTE_FILE 16u   /* present, a file (memfd) page */
 int dd_pte_states(uintptr_t start, size_t n, uint8_t *out);
+int dd_pte_states_here(uintptr_t start, size_t n, uint8_t *out);   /* fresh descriptor */
 /* first run of pages in [start, end) that are not empty (present, swapped,
  * or a marker), cost following the page tables: *lo = *hi = end if none */
 int dd_first_mapped(uintptr_t start, uintptr_t end, uintptr_t *lo, uintptr_t *hi);

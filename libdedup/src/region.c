@@ -359,6 +359,43 @@ void dd_meta_sweep(uintptr_t lo, uintptr_t hi)
 	}
 }
 
+/* Page a's word and slot, if it has metadata; nothing is created, and the
+ * scan's cache of the last chunk is left alone (scan.c looks up pages out
+ * of address order: the aged index). */
+bool dd_meta_peek(uintptr_t a, uint64_t **hash, uint32_t **slot)
+{
+	uint64_t key = key_of(a);
+	struct chunk *c = mt.root;
+
+	if (mt.last && mt.last->key == key)
+		c = mt.last;
+	while (c && c->key != key)
+		c = key < c->key ? c->l : c->r;
+	if (!c)
+		return false;
+	*hash = &c->hash[idx_of(a)];
+	*slot = &c->slot[idx_of(a)];
+	return true;
+}
+
+/* fn(ctx, address, word, slot) for every page with a word, in address
+ * order (scan.c rebuilds the aged index from them). */
+static void each(const struct chunk *c, void (*fn)(void *, uintptr_t, uint64_t, uint32_t),
+		 void *ctx)
+{
+	for (; c; c = c->r) {
+		each(c->l, fn, ctx);
+		for (unsigned i = 0; i < CHUNK_PAGES; i++)
+			if (c->hash[i])
+				fn(ctx, chunk_start(c) + i * DD_PAGE, c->hash[i], c->slot[i]);
+	}
+}
+
+void dd_meta_each(void (*fn)(void *ctx, uintptr_t a, uint64_t hash, uint32_t slot), void *ctx)
+{
+	each(mt.root, fn, ctx);
+}
+
 /* Forget pages [lo, hi) (region removal). */
 static void meta_clear(uintptr_t lo, uintptr_t hi)
 {

@@ -39,6 +39,10 @@ bool dd_region_next_merged(const struct dd_region *r, size_t *i, size_t *k);
 void dd_meta_walk_begin(void);
 bool dd_meta_visit(uintptr_t a, uint64_t **hash, uint32_t **slot);
 void dd_meta_sweep(uintptr_t lo, uintptr_t hi);
+/* page a's word and slot if it has any, without creating them */
+bool dd_meta_peek(uintptr_t a, uint64_t **hash, uint32_t **slot);
+/* every page with a word (non-zero), in address order */
+void dd_meta_each(void (*fn)(void *ctx, uintptr_t a, uint64_t hash, uint32_t slot), void *ctx);
 size_t dd_meta_chunks(void);
 
 #endif /* DEDUP_REGION_H */

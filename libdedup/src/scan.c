@@ -50,64 +50,162 @@ uint64_t dd_hash_page(const void *p)
  * age, the scans it has been through; from age 3 on, it is skipped for
  * skip_age(age) scans (1, 2, 4, then 8) between visits. Here, as there, a
  * page's age grows with every visit that finds it unchanged and matching
- * nothing, and a page of age k is read once every 2^k passes (capped at
- * 2^SMART_AGE_MAX: a unique heap then costs 1/32 of a hash pass per pass,
- * where it cost a whole one: the idle cost of issue 14). Unlike KSM, whose
- * age only grows:
+ * nothing, and a page of age k is read once every 2^k full passes (capped
+ * at 2^SMART_AGE_MAX: a unique heap then costs 1/32 of a hash pass per
+ * pass, where it cost a whole one: the idle cost of issue 14). Unlike
+ * KSM, whose age only grows:
  *  - the age starts again from 0 whenever a visit finds the page changed
  *    (volatile), or it goes to a merge batch (it matched), or it leaves
  *    (absent at a walk: dd_meta_sweep forgets the word), so freshly written
  *    and freshly faulted memory is read every pass, as before;
- *  - a page skipped in a pass still takes part in it, by its checksum from
- *    the pass that last read it (metadata only, no read of the page): if a
- *    live canonical page or a candidate of this pass has that checksum, it
- *    could match, and it is read after all; otherwise it enters the
- *    unstable index as a stale candidate (index.c), where a page that comes
- *    later in the pass with that content finds it. So a new duplicate of
- *    an old page merges as promptly as before. What waits is a skipped
+ *  - a page skipped in a pass can still be found by its checksum from the
+ *    visit that last read it, without any work for it in that pass: it is
+ *    in the aged index (index.c) from the visit that first aged it until
+ *    one finds it young again. A candidate that matches no canonical page
+ *    looks there before the unstable index, and reads and compares the
+ *    aged page it finds: so a new duplicate of an old page merges as
+ *    promptly as before, at any place in the pass. (Until 2026-12 every
+ *    skipped page was offered to the unstable index at every pass instead:
+ *    a random write per page per pass, a quarter of a settled engine's
+ *    time, for a heap in which nothing happened.) What waits is a skipped
  *    page that is itself written: its change is seen at its next visit, at
  *    most 2^SMART_AGE_MAX passes later (no write-protection to notice it:
  *    that would cost the program a fault on its first write, and a TLB
  *    flush for every page protected).
- * The skip count is 2^k - 1, less a little jitter from the checksum (up to
- * a quarter of it), so that pages aged together - a heap filled at once -
- * are read on different passes, not all in one. Not in a sharing group:
- * there a page is asked about, and published when another member has it,
- * in the pass that reads it (or asks by its old checksum), so the jitter
- * cut a contiguous range into pages asked on different passes, each pass's
- * share published into a segment of its own: four members with the same
- * 256 MiB ended with some 10,000 mappings each, runs of one to ten pages
- * alternating between segments (share_workers counts them). Without it, a
- * range aged together stays together, is asked about in one pass, in
- * address order, and lands in one segment in order. Pages merged into a slot
- * or the zero page are not present anonymous pages and are not visited at
- * all; a present page that was merged (copied by a writer) is always read.
+ * When a page of age k is due is not counted down per page but read off a
+ * clock, the full passes (sm.clock), and the page's address: due when
+ * (clock + phase(a)) is a multiple of 2^k, phase() a hash of the address.
+ * So pages aged together - a heap filled at once, read at the same passes
+ * while young - fall due over the whole interval, 1/2^k of them at each
+ * pass, where they used to fall due together (a jitter of at most a
+ * quarter of the skip): whole-heap re-reads at passes 1, 2, 4, 8 and 16
+ * of a settled engine, 0.7 s of CPU each for 1 GiB. At the cap a page is
+ * read exactly once every 2^SMART_AGE_MAX passes, always at the same
+ * phase. A page of age k+1 read at its age-k slot next falls due 2^k or
+ * 2^(k+1) passes later.
+ * Not in a sharing group: there every phase is 0. A page is asked about,
+ * and published when another member has it, in the pass that reads it (or
+ * asks by its old checksum), so spreading cut a contiguous range into pages
+ * asked on different passes, each pass's share published into a segment
+ * of its own: four members with the same 256 MiB ended with some 10,000
+ * mappings each, runs of one to ten pages alternating between segments
+ * (share_workers counts them). Without it, a range aged together stays
+ * together, is asked about in one pass, in address order, and lands in one
+ * segment in order. Pages merged into a slot or the zero page are not
+ * present anonymous pages and are not visited at all; a present page that
+ * was merged (copied by a writer) is always read.
  *
  * The word per page (region.c keeps it, only scan.c reads its parts):
  *   bits  0-55  checksum at the last visit (DD_HASH_MASK; 0: none)
  *   bits 56-58  age: visits in a row that found it unchanged, unmatched
- *   bits 59-63  passes still to skip before the next visit
+ *   bits 59-63  zero (they held a per-page skip count before the clock)
+ * A word with age >= 1 and a checksum (other than the zero page's) has an
+ * entry in the aged index: word_set() keeps the two in step.
  */
 #define SMART_AGE_MAX 5
 #define W_HASH(w) ((w) & DD_HASH_MASK)
 #define W_AGE(w) ((unsigned)((w) >> 56) & 7u)
-#define W_SKIP(w) ((unsigned)((w) >> 59))
-_Static_assert((1u << SMART_AGE_MAX) - 1 <= 31, "the skip count has 5 bits");
+_Static_assert(SMART_AGE_MAX <= 7, "the age has 3 bits");
 
-static uint64_t w_make(uint64_t h, unsigned age, unsigned skip)
+static struct {
+	uint64_t clock;      /* full passes begun (smart scan) */
+	size_t aged_seen;    /* this full pass: pages with an aged word after
+				their visit or skip (aged_rebuild_if_stale) */
+	bool full;           /* the pass in progress is a full one */
+} sm;
+
+static uint64_t w_make(uint64_t h, unsigned age)
 {
-	return h | (uint64_t)age << 56 | (uint64_t)skip << 59;
+	return h | (uint64_t)age << 56;
 }
 
 /* The word after a visit that found the page unchanged and unmatched. */
 static uint64_t w_aged(uint64_t w)
 {
-	uint64_t h = W_HASH(w);
-	unsigned age = W_AGE(w) < SMART_AGE_MAX ? W_AGE(w) + 1 : SMART_AGE_MAX;
-	unsigned skip = (1u << age) - 1;
-	if (!dd_group_active())   /* in a group, no jitter (above) */
-		skip -= (unsigned)(h >> 20) & ((1u << age) / 4 - (age >= 2));
-	return w_make(h, age, skip);
+	return w_make(W_HASH(w), W_AGE(w) < SMART_AGE_MAX ? W_AGE(w) + 1 : SMART_AGE_MAX);
+}
+
+/* The page's place in the skip interval: a hash of its page number
+ * (Fibonacci hashing: any 2^k pages in a row take 2^k different phases). */
+static unsigned phase(uintptr_t a)
+{
+	if (dd_group_active())   /* in a group, no spreading (above) */
+		return 0;
+	return (unsigned)(((uint64_t)(a / DD_PAGE) * 0x9E3779B97F4A7C15ULL) >> 40);
+}
+
+/* Is a page with word w at a to be read in this pass? */
+static bool smart_due(uint64_t w, uintptr_t a)
+{
+	unsigned age = W_AGE(w);
+	return !age || ((sm.clock + phase(a)) & ((1u << age) - 1)) == 0;
+}
+
+/* Does a page with word w belong in the aged index? */
+static bool w_listed(uint64_t w)
+{
+	return W_AGE(w) && W_HASH(w) && W_HASH(w) != eng.zero_hash;
+}
+
+/* Set the word of the page at a, and its entry in the aged index with it:
+ * only a change of state costs a write there. True if the page is listed
+ * there now. */
+static bool word_set(uintptr_t a, uint64_t *w, uint64_t nw)
+{
+	uint64_t ow = *w;
+	bool was = w_listed(ow), is = w_listed(nw), in = is;
+
+	if (was && (!is || W_HASH(ow) != W_HASH(nw)))
+		dd_aged_remove(W_HASH(ow), a);
+	if (is && (!was || W_HASH(ow) != W_HASH(nw)))
+		in = dd_aged_insert(W_HASH(nw), a);
+	if (is && sm.full)
+		sm.aged_seen++;
+	*w = nw;
+	return in;   /* in the aged index now (as far as we know) */
+}
+
+/* For dd_aged_take: is the page at a still aged with checksum h? Its entry
+ * may be stale: the page was unmapped or discarded (region.c forgot its
+ * word without a visit), or merged. */
+static bool aged_valid(uintptr_t a, uint64_t h)
+{
+	uint64_t *w;
+	uint32_t *slot;
+	return dd_meta_peek(a, &w, &slot) && *slot == DD_SLOT_NONE && w_listed(*w) &&
+	       W_HASH(*w) == h;
+}
+
+/* An aged page that a candidate has taken: young again (it goes to a merge
+ * batch; should the merge not happen, it is read at the next pass). */
+static void aged_taken(uintptr_t b)
+{
+	uint64_t *w;
+	uint32_t *slot;
+	if (dd_meta_peek(b, &w, &slot))
+		*w = w_make(W_HASH(*w), 0);   /* its entry is gone already */
+}
+
+/*
+ * Stale entries (aged_valid) are dropped when a lookup meets them; pages
+ * unmapped while aged that nothing looks up stay. Once they outnumber the
+ * aged pages the last full pass met, the index is made again from the
+ * metadata: O(heap), but only after as many pages have left: O(changed)
+ * over time.
+ */
+static void aged_add(void *ctx, uintptr_t a, uint64_t w, uint32_t slot)
+{
+	(void)ctx;
+	if (slot == DD_SLOT_NONE && w_listed(w))
+		dd_aged_insert(W_HASH(w), a);
+}
+
+static void aged_rebuild_if_stale(void)
+{
+	if (dd_aged_count() <= 2 * sm.aged_seen + 1024)
+		return;
+	dd_aged_reset();
+	dd_meta_each(aged_add, NULL);
 }
 
 /* A present anonymous page's metadata, between the two halves of a visit. */
@@ -116,25 +214,12 @@ struct page_ref {
 	uint32_t *slot;
 };
 
-/* Skipped pages wait here for their look at the stable index and their
- * offer to the unstable one (index.c), OFFER_AHEAD at a time, their table
- * slots prefetched when they come in: one random access per skipped page,
- * in a table as large as the heap's pages, was a third of the idle
- * engine's time before they overlapped. */
-#define OFFER_AHEAD 16
-struct offer {
-	uintptr_t a;
-	struct page_ref p;
-};
-
 struct pass_ctx {
 	struct dd_region *r;
 	uint32_t last_new;   /* last slot created, for contiguous allocation */
 	long merged;
 	size_t scanned;
 	size_t found;        /* present pages the walk returned */
-	struct offer off[OFFER_AHEAD];   /* a ring */
-	unsigned off_head, off_n;
 };
 
 static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
@@ -146,8 +231,6 @@ static long batch_add(struct pass_ctx *c, uintptr_t addr, uint32_t target)
 	c->merged += merged;
 	return merged;
 }
-
-static void offer_one(struct pass_ctx *c);
 
 /*
  * A sharing group (docs/sharing.md sections 5 and 6). A candidate that
@@ -343,7 +426,8 @@ static void group_flush(struct pass_ctx *c, bool pass_end)
  * First half of a visit, metadata only: is the page's content to be read
  * this pass? Not for a page we cannot merge (no memory for its metadata,
  * or copied inside a file mapping of ours), nor for one the smart scan
- * skips this pass (it waits for its offer: offer_one).
+ * skips this pass: that one costs its word here and nothing else (the
+ * aged index has it already).
  */
 static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 {
@@ -355,22 +439,64 @@ static bool page_due(struct pass_ctx *c, uintptr_t a, struct page_ref *p)
 	if (*p->slot == DD_SLOT_COWED)
 		return false;
 	uint64_t w = *p->w;
-	if (*p->slot != DD_SLOT_NONE || !W_SKIP(w))
+	if (*p->slot != DD_SLOT_NONE)
 		return true;
-	/* Skipped this pass, unless it could match (above): a canonical page
-	 * with its checksum, or a candidate of this pass (offer_one). */
-	uint64_t h = W_HASH(w);
-	if (!h) {   /* no checksum (VMA budget spent): nothing to offer */
-		*p->w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
-		DD_INC(pages_skipped_smart, 1);
-		return false;
+	if (smart_due(w, a)) {
+		/* read and hashed before its look at the aged index: a random
+		 * access in a table as large as the heap's pages, started now */
+		if (w_listed(w))
+			dd_aged_prefetch(W_HASH(w));
+		return true;
 	}
-	if (c->off_n == OFFER_AHEAD)
-		offer_one(c);
-	dd_stable_prefetch(h);
-	dd_unstable_prefetch(h);
-	c->off[(c->off_head + c->off_n++) % OFFER_AHEAD] = (struct offer){ a, *p };
+	DD_INC(pages_skipped_smart, 1);
+	if (sm.full && w_listed(w))
+		sm.aged_seen++;   /* and word_set() counts those read */
+	/* In a group, asked about by its old checksum at every fourth pass
+	 * it sits out, without a read: a member that joins later finds our
+	 * offer fresh (SEEN: it publishes), and we find what it published
+	 * (FOUND: the window reads and compares the page). Otherwise an aged
+	 * page would speak to the group once in 32 passes, and members
+	 * started minutes apart hardly merge. */
+	if (dd_group_active() && W_HASH(w) && ((sm.clock + phase(a)) & 3) == 0)
+		group_ask(c, a, W_HASH(w));
 	return false;
+}
+
+/*
+ * A page whose metadata says merged (a slot, or the zero page) and that the
+ * walk reported present and anonymous: was it really copied? The walk's
+ * word may be stale. A batch flushed during the step (visit_page) merges an
+ * aged page that a candidate took from the aged index, which may lie ahead
+ * of the walk: in the PAGEMAP_SCAN results already read (present,
+ * anonymous, before the merge), or in a part walked without PAGE_IS_FILE
+ * because no slot had a reference when the step began
+ * (file_pages_possible). Dropping the slot's reference for a page that still
+ * maps it would release the slot under it: the slot is punched or reused,
+ * and the page's next fault reads zeros (or another content). So the page
+ * table is asked again: one pagemap read per copy-on-write break. A copy
+ * cannot turn back into a merged page but by a merge, and merges happen
+ * only here, under eng.lock.
+ */
+static bool merged_page_copied(uintptr_t a)
+{
+	uint8_t st;
+	return dd_pte_states(a, 1, &st) == 0 && (st & DD_PTE_PRESENT) &&
+	       !(st & (DD_PTE_FILE | DD_PTE_ZERO));
+}
+
+/* Another page equal to page a (content d, checksum h), taken out of the
+ * indexes: an aged page (skipped or not, this pass or an earlier one; young
+ * again once taken), then a candidate of this pass that is not in the aged
+ * index. 0 if none. */
+static uintptr_t take_twin(uint64_t h, const void *d, uintptr_t a, bool *collided)
+{
+	uintptr_t b = dd_aged_take(h, d, a, aged_valid, collided);
+
+	if (b)
+		aged_taken(b);
+	else
+		b = dd_unstable_take(h, d, collided);
+	return b;
 }
 
 /*
@@ -396,29 +522,32 @@ static void budget_wait(uintptr_t a, const void *d, uint64_t *w)
 	bool collided = false;
 	uint64_t h;
 
+	uintptr_t b;
+
 	DD_INC(skipped_budget, 1);
-	if (dd_group_active()) {
-		*w = w_aged(w_make(0, W_AGE(*w), 0));   /* as before: starts over later */
+	if (dd_group_active()) {   /* as before: starts over later */
+		word_set(a, w, w_aged(w_make(0, W_AGE(*w))));
 		return;
 	}
 	h = dd_hash_page(d);
 	if (h != W_HASH(*w)) {   /* changed since the last pass: not a candidate */
-		*w = w_make(h, 0, 0);
+		word_set(a, w, w_make(h, 0));
 		return;
 	}
 	if (dd_stable_lookup(h, d, &collided)) {
 		eng.budget_wait_pass++;
-		*w = w_make(h, 0, 0);
+		word_set(a, w, w_make(h, 0));
 		return;
 	}
-	if (dd_unstable_take(h, d, &collided)) {
+	b = take_twin(h, d, a, &collided);
+	if (b) {
 		eng.budget_wait_pass++;
-		*w = w_make(h, 0, 0);
+		word_set(a, w, w_make(h, 0));
 		dd_unstable_insert(h, a);   /* the next equal page meets this one */
 		return;
 	}
-	*w = w_aged(*w);
-	dd_unstable_insert(h, a);
+	if (!word_set(a, w, w_aged(*w)))   /* as in visit_page */
+		dd_unstable_insert(h, a);
 }
 
 /* Second half: the page's content d (the page itself, or a copy of it). */
@@ -427,8 +556,11 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	uint64_t h, *w = p->w;
 	uint32_t *slot = p->slot;
 
-	/* Present and anonymous. Was it merged before? Then a writer copied it. */
+	/* Present and anonymous. Was it merged before? Then a writer copied it,
+	 * if the page table still says so (merged_page_copied). */
 	if (*slot != DD_SLOT_NONE) {
+		if (!merged_page_copied(a))
+			return;
 		if (*slot == DD_SLOT_ZERO) {
 			/* Faulted in again. A read does that too where the kernel
 			 * has no shared zero page (pvm_no_zero_page): only a page
@@ -442,7 +574,7 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 			*slot = DD_SLOT_COWED;  /* still inside a file VMA */
 			DD_INC(cow_breaks, 1);
 		}
-		*w = W_HASH(*w);   /* young again */
+		word_set(a, w, W_HASH(*w));   /* young again */
 	}
 	c->scanned++;
 	/* VMA budget spent: only a zero page can still merge (it adds no
@@ -454,32 +586,32 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 	}
 	h = dd_hash_page(d);
 	if (h != W_HASH(*w)) {
-		*w = w_make(h, 0, 0);
+		word_set(a, w, w_make(h, 0));
 		DD_INC(skipped_volatile, 1);
 		return;
 	}
 	DD_INC(candidates, 1);
 	if (h == eng.zero_hash && memcmp(d, dd_zero_page, DD_PAGE) == 0) {
 		if (dd_opt.zero_pages) {
-			*w = w_make(h, 0, 0);
+			word_set(a, w, w_make(h, 0));
 			batch_add(c, a, DD_SLOT_ZERO);
 		} else {
-			*w = w_aged(*w);
+			word_set(a, w, w_aged(*w));   /* not listed: zeros */
 		}
 		return;
 	}
 	bool collided = false;
 	uint32_t s = dd_stable_lookup(h, d, &collided);
 	if (s) {
-		*w = w_make(h, 0, 0);
+		word_set(a, w, w_make(h, 0));
 		batch_add(c, a, s);
 		return;
 	}
-	uintptr_t b = dd_unstable_take(h, d, &collided);
+	uintptr_t b = take_twin(h, d, a, &collided);
 	if (collided)
 		DD_INC(skipped_mismatch, 1);   /* a hash matched, the content did not */
 	if (b) {
-		*w = w_make(h, 0, 0);
+		word_set(a, w, w_make(h, 0));
 		if (dd_group_active()) {   /* the group's canonical page, not ours */
 			group_publish(c, b, h, d);   /* equal: index.c compared */
 			group_publish(c, a, h, d);
@@ -502,51 +634,21 @@ static void visit_page(struct pass_ctx *c, uintptr_t a, const void *d, const str
 		batch_add(c, a, s);
 		return;
 	}
-	*w = w_aged(*w);   /* matched nothing (smart scan) */
-	dd_unstable_insert(h, a);
+	/* Matched nothing: it ages (smart scan) and so enters the aged index,
+	 * where later candidates find it, in this pass and the next ones. The
+	 * unstable index is left for what the aged one could not take (no
+	 * memory for it). */
+	if (!word_set(a, w, w_aged(*w)))
+		dd_unstable_insert(h, a);
 	if (dd_group_active())
 		group_ask(c, a, h);   /* maybe another member has it */
 }
 
-/*
- * The oldest skipped page waiting: offered to the unstable index. Skipped
- * for good if neither a canonical page nor anything of this pass has its
- * checksum; otherwise it could match, and it is read now (out of address
- * order, which the indexes do not mind).
- */
-static void offer_one(struct pass_ctx *c)
-{
-	static char buf[DD_PAGE] __attribute__((aligned(64)));   /* eng.lock */
-	struct offer o = c->off[c->off_head];
-	uint64_t w = *o.p.w, h = W_HASH(w);
-
-	c->off_head = (c->off_head + 1) % OFFER_AHEAD;
-	c->off_n--;
-	if (!dd_stable_has(h) && !dd_unstable_offer(h, o.a)) {
-		*o.p.w = w_make(h, W_AGE(w), W_SKIP(w) - 1);
-		DD_INC(pages_skipped_smart, 1);
-		/* In a group, asked about by its old checksum at every fourth
-		 * pass it sits out, without a read: a member that joins later
-		 * finds our offer fresh (SEEN: it publishes), and we find what
-		 * it published (FOUND: the window reads and compares the page).
-		 * Otherwise an aged page would speak to the group once in 32
-		 * passes, and members started minutes apart hardly merge. */
-		if (dd_group_active() && (W_SKIP(w) & 3) == 0)
-			group_ask(c, o.a, h);
-		return;
-	}
-	*o.p.w = w_make(h, 0, 0);
-	if (!c->r->fragile)
-		visit_page(c, o.a, (const void *)o.a, &o.p);
-	else if (dd_read_page(o.a, buf))   /* gone: not scanned */
-		visit_page(c, o.a, buf, &o.p);
-}
-
-static void offer_all(struct pass_ctx *c)
-{
-	while (c->off_n)
-		offer_one(c);
-}
+/* This process, for process_vm_readv(): asked once per step (glibc does
+ * not cache getpid(), and a system call per 32 pages read was as many as
+ * the reads themselves; a step never spans a fork, the engine thread
+ * does not exist in a child). */
+static pid_t self_pid;
 
 static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags)
 {
@@ -560,7 +662,6 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		for (uintptr_t a = start; a < end; a += DD_PAGE)
 			if (page_due(c, a, &p))
 				visit_page(c, a, (const void *)a, &p);
-		offer_all(c);
 		return;
 	}
 	/* A fragile region (the preload library's: libc may shrink or unmap
@@ -581,14 +682,31 @@ static void on_present(void *ctx, uintptr_t start, uintptr_t end, unsigned flags
 		if (!n)
 			continue;
 		struct iovec l = { buf, n * DD_PAGE };
-		ssize_t got = process_vm_readv(getpid(), &l, 1, rv, n, 0);
+		ssize_t got = process_vm_readv(self_pid, &l, 1, rv, n, 0);
 		size_t k = got > 0 ? (size_t)got / DD_PAGE : 0;
 		for (size_t i = 0; i < k; i++)
 			visit_page(c, (uintptr_t)rv[i].iov_base, buf + i * DD_PAGE, &due[i]);
 		if (k < n)
 			break;
 	}
-	offer_all(c);
+}
+
+/*
+ * Can a present page of ours be a file page - a page merged into a slot of
+ * ours or a group segment, still mapping it? Not while no slot has a
+ * reference: a slot is released only once nobody maps it (store.c). Then
+ * the walk need not tell file pages from anonymous ones (os.c: that costs
+ * a look at every page's struct page in the kernel, most of a settled
+ * engine's walk over a heap with nothing merged). A page that merely
+ * was merged and then copied (DD_SLOT_COWED) is told by its metadata
+ * (page_due); a file page the program mapped over a range of ours by a
+ * raw system call is then taken for an anonymous page and read - as it
+ * could be anyway, mapped there between the walk and the merge - and the
+ * merge refuses it (its VMA is not registered with our userfaultfd).
+ */
+static bool file_pages_possible(void)
+{
+	return dd_store_sharing() || dd_store_group_pages();
 }
 
 /*
@@ -634,13 +752,17 @@ static bool recount_due(void)
 
 /* What one walk costs against a step's budget, in pages hashed: the pages
  * it hashed, 1/SKIP_COST_DIV for each other page it returned (skipped by
- * the smart scan, or merged: metadata only), a little for the call, and
+ * the smart scan, or merged: metadata only - its word, read in address
+ * order, and its PTE in the walk: 64 skipped pages cost about one hashed
+ * page since the smart scan stopped offering them to the unstable index,
+ * and every step has a fixed cost: a descriptor check, a wake-up, a lock
+ * round trip), a little for the call, and
  * with the /proc/self/pagemap fallback the entries it read (64 to a page).
  * PAGEMAP_SCAN skips what is absent inside the kernel: a terabyte with
  * nothing in it costs a call. A settled heap thus takes few steps per pass:
  * each step has a fixed cost (a sleep and a wake-up, a few system calls). */
 #define WALK_COST 16
-#define SKIP_COST_DIV 16
+#define SKIP_COST_DIV 64
 
 /*
  * Scan from *cursor for up to max_pages present pages (a pass over a huge
@@ -655,12 +777,19 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 	struct pass_ctx c = { 0 };
 	size_t budget = max_pages;
 
+	self_pid = getpid();
 	if (*cursor == 0) {
 		dd_unstable_reset();
 		grp.nask = grp.npub = grp.nu = 0;   /* flushed at the end of a pass */
 		eng.pass_gen++;
-		if (!fresh_only)
+		/* the smart scan's clock counts full passes: a page of a region
+		 * that fresh-only passes leave out must not miss its turn */
+		sm.full = !fresh_only;
+		if (sm.full) {
+			sm.clock++;
+			sm.aged_seen = 0;
 			eng.budget_wait_pass = 0;
+		}
 	}
 	if (*cursor == 0 && !fresh_only && recount_due()) {
 		/* Recalibrate the VMA estimate from what the kernel says: the
@@ -708,6 +837,8 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			dd_merge_free_scratch();
 			dd_unstable_trim();   /* sized to what this pass used */
 			dd_store_sweep();   /* orphaned canonical pages (store.c) */
+			if (sm.full)
+				aged_rebuild_if_stale();
 			dd_store_seg_sweep();
 			pthread_mutex_lock(&eng.gate);
 			dd_removing_prune();
@@ -732,7 +863,8 @@ bool dd_scan_step(uintptr_t *cursor, size_t max_pages, long *merged, size_t *sca
 			r->scan_gen = eng.pass_gen;
 		size_t hashed0 = c.scanned;
 		dd_meta_walk_begin();
-		if (dd_present_walk(from, rend, budget, on_present, &c, &to) == 0 && to > from)
+		if (dd_present_walk(from, rend, budget, file_pages_possible(), on_present, &c, &to) == 0 &&
+		    to > from)
 			dd_meta_sweep(from, to);   /* what is gone forgets its checksum */
 		else
 			to = rend;   /* cannot walk it (or no progress): next pass */
