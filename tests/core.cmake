@@ -31,6 +31,15 @@ dedup_test(test_unregister_race TIMEOUT 600 LABELS core race MMC)
 # The same with isolated merged pages: the pages between them are moved out
 # and back while a span of runs is handed back (merge.c, um_span)
 dedup_test(test_unregister_gaps TIMEOUT 600 LABELS core race)
+# ... and keeps the flags a program gave the pages between them (smaps):
+# spans read them, one mremap per run never touches them
+dedup_test(test_unregister_gap_flags TIMEOUT 600 LABELS core)
+add_test(NAME test_unregister_gap_flags_by_run COMMAND test_unregister_gap_flags)
+set_tests_properties(test_unregister_gap_flags_by_run PROPERTIES TIMEOUT 600
+                     ENVIRONMENT "DEDUP_TEST_UNMERGE_BY_RUN=1" LABELS "core")
+add_test(NAME test_unregister_gap_flags_catches_naive COMMAND test_unregister_gap_flags)
+set_tests_properties(test_unregister_gap_flags_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_SPAN_FLAGS=1" LABELS "core")
 # Each race test must fail on the naive implementation it guards against:
 add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
 set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600

@@ -115,6 +115,7 @@
  *
  * Locking: eng.lock held by the caller; eng.gate taken here.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -895,15 +896,18 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
  *     anonymous neighbours at once. (A T mapped with mmap(NULL) next to our
  *     buffer merged with that buffer instead, took its anon_vma, and kept
  *     T's page offset: every unmerged run stayed a VMA of its own, 16,423
- *     of them after 16k runs.) If a neighbour has flags T lacks (madvise:
- *     MADV_NOHUGEPAGE and friends, or MAP_NORESERVE), the merge does not
- *     happen; we then read the neighbour's VmFlags once (smaps), give them
- *     to the still empty replacement and to every later T;
+ *     of them after 16k runs.) T's flags (madvise: MADV_NOHUGEPAGE and
+ *     friends, or MAP_NORESERVE) must be the run's and its neighbours': a
+ *     big range's walk reads them all from smaps (um_t_flags); otherwise,
+ *     if T did not merge with a neighbour, we read that neighbour's VmFlags
+ *     once (smaps), give them to the still empty replacement and to every
+ *     later T (um_check_merge);
  *  4. filled from B with UFFDIO_COPY (pages that read zeros stay empty),
  *     except pages the application discarded while we were out of the
  *     gate (they stay empty: zeros);
  *  3.-4. by span: chunks close together (within UM_CHUNK pages, read-
- *     write, the anonymous gaps between them plain) go as one: the gaps'
+ *     write, the anonymous gaps between them plain, with flags read from
+ *     smaps that T can be given: um_walk, um_gap_ok) go as one: the gaps'
  *     pages are moved out to X with UFFDIO_MOVE, one T is moved over the
  *     whole span (one mremap, one REMAP round trip, for all its runs), the
  *     chunks are filled from B and the gaps' pages moved back (um_span,
@@ -958,6 +962,8 @@ struct um {
 		uint64_t offset, ino;
 		int prot;
 		bool ours, anon, named;
+		bool vmf_known;    /* vmf read from smaps (um_walk) */
+		unsigned vmf;      /* DD_VMF_* */
 	} *v;
 	size_t nv, vcap, vi;       /* the range's VMAs; vi: cursor */
 	char *buf;                 /* B */
@@ -968,6 +974,8 @@ struct um {
 	bool x_dirty;              /* X holds pages nobody took back: make it anew */
 	bool x_lost;               /* X holds pages we could not put back: keep it */
 	bool missing;              /* 0. registered the range MISSING: spans allowed */
+	unsigned span_vmf;         /* um_span_end: the flags of the span's gaps */
+	bool span_gaps;            /* ... if it has any */
 	struct um_chunk ch[UM_GROUP];
 	uintptr_t res, res_end, res_pos;   /* T reservation */
 	bool noreserve;            /* T: MAP_NORESERVE (a neighbour has it) */
@@ -1021,7 +1029,7 @@ static int um_vma_fn(void *ctx, const struct dd_vma *v)
 		u->vcap = ncap;
 	}
 	u->v[u->nv] = (struct um_vma){ v->lo, v->hi, v->offset, v->ino, v->prot, v->ours, v->anon,
-				       v->named };
+				       v->named, v->vmf_known, v->vmf };
 	u->nv++;
 	return 0;
 }
@@ -1083,6 +1091,10 @@ static uint32_t um_slot(const struct um *u, uintptr_t a)
 	return dd_store_alive(s) ? s : DD_SLOT_NONE;
 }
 
+/* The madvise flags a replacement T can be given (um_advise) */
+#define UM_ADVISED (DD_VMF_NOHUGEPAGE | DD_VMF_HUGEPAGE | DD_VMF_DONTDUMP | DD_VMF_DONTFORK | \
+		    DD_VMF_WIPEONFORK | DD_VMF_SEQ_READ | DD_VMF_RAND_READ | DD_VMF_MERGEABLE)
+
 /*
  * The next run of merged pages at or after u->pos, [*a, *e): from the
  * region's metadata (without visiting absent pages: region.c), or from the
@@ -1119,10 +1131,12 @@ static bool um_next_chunk(struct um *u, struct um_chunk *c)
 	const struct um_vma *v = um_find(u, a);
 	int prot = v ? v->prot : -1;
 	uintptr_t end = a + UM_CHUNK * DD_PAGE < e ? a + UM_CHUNK * DD_PAGE : e;
-	/* cut where the protection changes (the VMA table, in order) */
+	unsigned vmf = v && v->vmf_known ? v->vmf & UM_ADVISED : 0;
+	/* cut where the protection changes, or the madvise flags where smaps
+	 * told them (the VMA table, in order): T gets one set */
 	for (uintptr_t vend = v ? v->hi : end; vend < end; vend = v->hi) {
 		v = um_find(u, vend);
-		if (!v || v->prot != prot) {
+		if (!v || v->prot != prot || (v->vmf_known && (v->vmf & UM_ADVISED) != vmf)) {
 			end = vend;
 			break;
 		}
@@ -1139,8 +1153,6 @@ static const struct { unsigned f; int advice; } um_advice[] = {
 	{ DD_VMF_WIPEONFORK, MADV_WIPEONFORK }, { DD_VMF_SEQ_READ, MADV_SEQUENTIAL },
 	{ DD_VMF_RAND_READ, MADV_RANDOM }, { DD_VMF_MERGEABLE, MADV_MERGEABLE },
 };
-#define UM_ADVISED (DD_VMF_NOHUGEPAGE | DD_VMF_HUGEPAGE | DD_VMF_DONTDUMP | DD_VMF_DONTFORK | \
-		    DD_VMF_WIPEONFORK | DD_VMF_SEQ_READ | DD_VMF_RAND_READ | DD_VMF_MERGEABLE)
 
 static void um_advise(uintptr_t a, size_t len, unsigned vmf)
 {
@@ -1433,6 +1445,46 @@ static void um_put_slots(struct um *u, uintptr_t a, size_t n)
 	}
 }
 
+/*
+ * T's flags where smaps told what the replaced mappings have (um_walk).
+ * Our runs were mapped without the flags of the memory they replaced, so
+ * what a run has was given to it since (the program's madvise after the
+ * merge) and T keeps it; the rest comes from the anonymous memory around,
+ * which kept what the program gave the range: the flags the neighbours on
+ * both sides share (a neighbour that has a flag the other lacks is where a
+ * madvise'd range begins or ends), or the one neighbour's; in a span the
+ * gaps' (all the same, um_span_end). MAP_NORESERVE likewise. True if they
+ * are known: T is then given them (a new reservation if they differ from
+ * the current one's), and um_check_merge, which guesses them from a
+ * neighbour T failed to merge with, must not run: a neighbour with other
+ * flags is then right not to merge.
+ */
+static bool um_t_flags(struct um *u, uintptr_t a, size_t l)
+{
+	const struct um_vma *v = um_find(u, a), *nl = um_find(u, a - DD_PAGE), *nr = um_find(u, a + l);
+	unsigned around;
+
+	if (!v || !v->vmf_known)
+		return false;
+	if (u->span_gaps) {
+		around = u->span_vmf;
+	} else {
+		nl = nl && nl->anon && nl->vmf_known ? nl : NULL;
+		nr = nr && nr->anon && nr->vmf_known ? nr : NULL;
+		if (!nl && !nr)
+			return false;
+		around = nl && nr ? nl->vmf & nr->vmf : (nl ? nl : nr)->vmf;
+	}
+	unsigned advised = (v->vmf | around) & UM_ADVISED;
+	bool noreserve = around & DD_VMF_NORESERVE;
+	if (u->vmf != advised || u->noreserve != noreserve) {
+		um_drop_reserve(u);
+		u->vmf = advised;
+		u->noreserve = noreserve;
+	}
+	return true;
+}
+
 /* 2.-4. for chunk c alone: its own T and mremap. s: the group's first
  * page (for the state arrays). Under the gate, released for the mremap. */
 static void um_chunk(struct um *u, const struct um_chunk *c, uintptr_t s)
@@ -1447,6 +1499,8 @@ static void um_chunk(struct um *u, const struct um_chunk *c, uintptr_t s)
 	}
 	/* 3. */
 	const uint64_t since = atomic_load(&eng.ev_head);
+	u->span_gaps = false;
+	bool known = um_t_flags(u, c->a, l);
 	uintptr_t t = um_make_t(u, l, c->prot);
 	if (!t) {   /* near the limit: mappings to spare later, maybe */
 		um_defer(u, c);
@@ -1475,7 +1529,9 @@ static void um_chunk(struct um *u, const struct um_chunk *c, uintptr_t s)
 		/* the run was unmapped, and is anonymous and empty
 		 * again: go on as if it had been moved (B has it all) */
 	}
-	um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE), um_anon_at(u, c->a + l));
+	if (!known)
+		um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE),
+			       um_anon_at(u, c->a + l));
 	/* 4. */
 	ret = refill(u, c->a, c->n, since, 0);
 	if (ret < 0)   /* cannot happen while the run stays ours and empty */
@@ -1525,41 +1581,73 @@ static bool um_x(struct um *u)
  * May [g0, g1), the anonymous pages between two chunks, go to X while T
  * is moved over it and its chunks? It must be one anonymous mapping of the
  * span's protection (read-write, as X) with no name: its pages come back
- * into T's mapping, which is plain anonymous memory with the flags T got
- * (see "Unmerging", 3.). And none of its pages may be named by a REMOVE
- * whose zap may still be to come (discard.c): moved out, the page would
- * miss its zap and come back with the old content.
+ * into T's mapping, which replaces the gap's. So its flags must be known
+ * (smaps, um_walk) and be ones T can be given (*vmf: madvise flags and
+ * MAP_NORESERVE, um_make_t); a locked gap (its lock would go) or one with
+ * any other flag (VM_GROWSDOWN, mseal, lock-on-fault, a flag newer than
+ * this code) stays in place. And none of its pages may be named by a
+ * REMOVE whose zap may still be to come (discard.c): moved out, the page
+ * would miss its zap and come back with the old content.
  */
-static bool um_gap_ok(const struct um *u, uintptr_t g0, uintptr_t g1)
+static bool um_gap_ok(const struct um *u, uintptr_t g0, uintptr_t g1, unsigned *vmf)
 {
-	if (g0 == g1)
-		return true;
 	const struct um_vma *v = um_find(u, g0);
+	bool any = dd_unlikely(dd_opt.test_unsafe_span_flags);
 	if (!v || v->ours || !v->anon || v->named || v->hi < g1 ||
-	    v->prot != (PROT_READ | PROT_WRITE))
+	    v->prot != (PROT_READ | PROT_WRITE) ||
+	    (!any && (!v->vmf_known || (v->vmf & (DD_VMF_LOCKED | DD_VMF_OTHER)))))
 		return false;
 	for (uintptr_t p = g0; p < g1; p += DD_PAGE)
 		if (dd_removing_named(p))
 			return false;
+	*vmf = any ? u->vmf | (u->noreserve ? DD_VMF_NORESERVE : 0)   /* what T has */
+		   : v->vmf & (UM_ADVISED | DD_VMF_NORESERVE);
 	return true;
 }
 
 /* The chunks from i of the group that go as one span: i..j-1, read-write,
  * within UM_CHUNK pages (B holds them at their offsets), none left
- * unprotected, gaps um_gap_ok. j == i + 1: chunk i alone. */
+ * unprotected, gaps um_gap_ok and all of the same flags (u->span_vmf, the
+ * flags T will get). j == i + 1: chunk i alone. */
 static size_t um_span_end(struct um *u, size_t i, size_t n, const bool *wp_failed)
 {
 	const struct um_chunk *ch = u->ch;
 	size_t j = i + 1;
 
+	u->span_gaps = false;
 	/* A gap page out in X leaves its address empty: only MISSING
 	 * registration (step 0) makes an access there wait for us. */
-	if (dd_unlikely(dd_opt.test_unmerge_by_run) || !u->missing || wp_failed[i] || ch[i].prot != (PROT_READ | PROT_WRITE) || u->x_lost)
+	if (dd_unlikely(dd_opt.test_unmerge_by_run) || !u->missing || wp_failed[i] ||
+	    ch[i].prot != (PROT_READ | PROT_WRITE) || u->x_lost)
 		return j;
-	while (j < n && !wp_failed[j] && ch[j].prot == ch[i].prot &&
-	       ch[j].a + ch[j].n * DD_PAGE - ch[i].a <= UM_CHUNK * DD_PAGE &&
-	       um_gap_ok(u, ch[j - 1].a + ch[j - 1].n * DD_PAGE, ch[j].a))
-		j++;
+	/* The runs' flags: T gets the gaps' (um_t_flags), so a run given a
+	 * flag the gaps lack goes alone. Runs and gaps locked, or with a flag
+	 * T cannot be given, stay out of spans. */
+	const bool any = dd_unlikely(dd_opt.test_unsafe_span_flags);
+	const struct um_vma *v = um_find(u, ch[i].a);
+	if (!any && (!v || !v->vmf_known || (v->vmf & (DD_VMF_LOCKED | DD_VMF_OTHER))))
+		return j;
+	unsigned runs = v ? v->vmf & UM_ADVISED : 0;
+	for (; j < n && !wp_failed[j] && ch[j].prot == ch[i].prot &&
+	       ch[j].a + ch[j].n * DD_PAGE - ch[i].a <= UM_CHUNK * DD_PAGE; j++) {
+		uintptr_t g0 = ch[j - 1].a + ch[j - 1].n * DD_PAGE, g1 = ch[j].a;
+		unsigned f = u->span_vmf;
+		v = um_find(u, g1);
+		if (!any && (!v || !v->vmf_known || (v->vmf & (DD_VMF_LOCKED | DD_VMF_OTHER))))
+			break;
+		if (g0 != g1 && (!um_gap_ok(u, g0, g1, &f) || (u->span_gaps && f != u->span_vmf)))
+			break;
+		unsigned r2 = runs | (v ? v->vmf & UM_ADVISED : 0);
+		if (!any && (g0 != g1 || u->span_gaps) && (r2 & ~f))
+			break;
+		runs = r2;
+		if (g0 != g1) {
+			u->span_vmf = f;
+			u->span_gaps = true;
+		}
+	}
+	if (any)
+		u->span_gaps = false;   /* (T as it is: the naive span) */
 	return j;
 }
 
@@ -1715,12 +1803,15 @@ static bool um_gaps_out(struct um *u, size_t i, size_t j, uint64_t since)
  *    come) keeps the span from forming (um_gap_ok); one announced while
  *    we let the reader run (the mremap, EAGAIN retries) leaves the page out
  *    (um_gaps_back, follow_events), as for the chunks' pages (refill);
- *  - a gap's flags: it is one VMA of the span's protection and no name,
- *    and it gets T's flags (the neighbours', learned by um_check_merge).
- *    Flags that only smaps shows (MADV_DONTFORK and the like) are not
- *    checked: where a program gave a gap between merged pages other ones
- *    than its neighbours, the gap takes its neighbours'. (mlock is: a
- *    locked page does not move.)
+ *  - a gap's flags: T replaces its VMA, so a span forms only where every
+ *    gap is one VMA of the span's protection, no name, and flags read from
+ *    smaps (um_walk) that are all the same and that T can be given: T gets
+ *    them (MADV_DONTDUMP, DONTFORK, WIPEONFORK... and MAP_NORESERVE), and
+ *    a gap with any other flag, or locked, stays in place (um_gap_ok). A
+ *    flag given after the read (a raw madvise the preload library does not
+ *    see) is the program changing the range while it unregisters it. (A
+ *    page locked meanwhile does not move either: UFFDIO_MOVE refuses a
+ *    VM_LOCKED source into an unlocked X, probe_move_semantics.)
  * False if the span could not be formed (nothing changed: the caller goes
  * chunk by chunk). Under the gate, released for the mremap.
  */
@@ -1742,6 +1833,8 @@ static bool um_span(struct um *u, size_t i, size_t j, uintptr_t s)
 	memset(u->gap, UM_X_NONE, np);
 	if (!um_gaps_out(u, i, j, since))
 		return false;
+	/* T takes the runs' and gaps' place: it gets their flags */
+	bool known = !dd_opt.test_unsafe_span_flags && um_t_flags(u, a, l);
 	uintptr_t t = um_make_t(u, l, prot);
 	if (!t) {
 		um_gaps_back(u, a, np, since, false);
@@ -1765,7 +1858,8 @@ static bool um_span(struct um *u, size_t i, size_t j, uintptr_t s)
 		}
 		/* unmapped and mapped again, anonymous and empty: go on */
 	}
-	um_check_merge(u, a, l, prot, um_anon_at(u, a - DD_PAGE), um_anon_at(u, e));
+	if (!known)
+		um_check_merge(u, a, l, prot, um_anon_at(u, a - DD_PAGE), um_anon_at(u, e));
 	/* 4.: the chunks' pages into X, and all back with the gaps */
 	if (!um_fill_x(u, i, j)) {
 		for (size_t q = 0; q < np; q++)
@@ -1873,30 +1967,66 @@ static void um_fini(struct um *u)
 
 /*
  * The range's VMAs into u->v. PROCMAP_QUERY costs an ioctl and a check of
- * its descriptor per VMA (dd_vmas_in), the text of maps one read with a
- * line per VMA of the whole process below hi (dd_vmas_in_text): where a
- * region holds a good part of the process's VMAs (a quarter, and at least
- * 1024: 2 per isolated run, by its metadata), the text is cheaper (32,000
- * isolated runs handed back: about 15% less time). Never for small ranges
- * (give-back hands back one run at a time: the text would cost the whole
- * process each time).
+ * its descriptor per VMA (dd_vmas_in); the text of maps one read with a
+ * line per VMA of the whole process below hi (dd_vmas_in_text); smaps the
+ * same with each VMA's flags, which spans need (um_gap_ok), but twenty
+ * lines a VMA and a walk of the page tables of every mapping it prints
+ * (dd_vmas_in_smaps: 0.1 s for 64k mappings and 1 GiB resident, about
+ * 1.5 us a mapping and 0.3 us a resident page). A span saves about 45 us a
+ * run against one mremap each (docs/bench/2026-12-07-unmerge2), so smaps
+ * is read where the range's merged runs outnumber (resident pages + 5 x
+ * mappings) / 150; else the text where the region holds a good part of the
+ * process's VMAs (a quarter, and at least 1024: 2 per isolated run), else
+ * PROCMAP_QUERY (give-back hands back one run at a time: the text would
+ * cost the whole process each time). Pieces no region covers are counted
+ * by a first walk. Without smaps, no span: runs go one mremap each.
  */
+/* um_walk: merged runs from which smaps is worth reading (at least 256) */
+static long um_smaps_at(void)
+{
+	long total = eng.maps_at_pass + eng.vmas_this_pass, rss = dd_resident_pages();
+
+	return rss < 0 ? LONG_MAX : (rss + 5 * total) / 150 + 256;
+}
+
 static int um_walk(struct um *u)
 {
 	struct dd_region *r = u->r;
+	long total = eng.maps_at_pass + eng.vmas_this_pass, runs = 0, smaps_at = 256;
+	long text_at = total / 4 > 1024 ? total / 4 : 1024;
+	int ret;
 
-	if (r && u->qfd >= 0) {
+	if (r) {
 		size_t i = (u->lo - r->start) / DD_PAGE, k;
-		long vmas = 1, total = eng.maps_at_pass + eng.vmas_this_pass;
-		long need = total / 4 > 1024 ? total / 4 : 1024;
-		while (vmas < need && dd_region_next_merged(r, &i, &k) &&
-		       r->start + i * DD_PAGE < u->hi) {
-			vmas += 2;
+		long enough = text_at / 2 + 1;
+		bool asked = false;
+		while (dd_region_next_merged(r, &i, &k) && r->start + i * DD_PAGE < u->hi) {
+			runs++;
 			i = k;
+			if (runs == smaps_at && !asked) {   /* a statm read: not for a few runs */
+				smaps_at = um_smaps_at();
+				asked = true;
+			}
+			if (runs >= smaps_at && runs >= enough)
+				break;
 		}
-		if (vmas >= need)
+		if (runs >= smaps_at && dd_vmas_in_smaps(u->lo, u->hi, um_vma_fn, u) == 0)
+			return 0;
+		u->nv = 0;   /* (smaps failed: the others) */
+		if (u->qfd >= 0 && 2 * runs + 1 >= text_at)
 			return dd_vmas_in_text(u->lo, u->hi, um_vma_fn, u);
+		return dd_vmas_in(u->lo, u->hi, um_vma_fn, u);
 	}
+	if ((ret = dd_vmas_in(u->lo, u->hi, um_vma_fn, u)) < 0)
+		return ret;
+	for (size_t i = 0; i < u->nv; i++)
+		runs += u->v[i].ours;
+	if (runs < smaps_at || runs < um_smaps_at())
+		return 0;
+	u->nv = 0;
+	if (dd_vmas_in_smaps(u->lo, u->hi, um_vma_fn, u) == 0)
+		return 0;
+	u->nv = 0;
 	return dd_vmas_in(u->lo, u->hi, um_vma_fn, u);
 }
 

@@ -142,6 +142,8 @@ struct dd_vma {
 	bool named;        /* [anon:NAME] (prctl PR_SET_VMA_ANON_NAME) */
 	uint64_t offset;   /* file offset of lo */
 	uint64_t ino;      /* the file's inode number (0: anonymous) */
+	unsigned vmf;      /* DD_VMF_*, if vmf_known (dd_vmas_in_smaps only) */
+	bool vmf_known;
 };
 typedef int (*dd_vma_fn)(void *ctx, const struct dd_vma *v);   /* non-zero stops */
 int dd_procmap_open(void);   /* fd for dd_vma_query, or -ENOTTY (no PROCMAP_QUERY) */
@@ -151,6 +153,8 @@ int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v);
 int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
 /* The same from the text of maps, whatever the kernel offers. */
 int dd_vmas_in_text(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
+/* The same from smaps, with each VMA's VmFlags (vmf_known): expensive. */
+int dd_vmas_in_smaps(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
 #define DD_VMF_NOHUGEPAGE 0x001u
 #define DD_VMF_HUGEPAGE   0x002u
 #define DD_VMF_DONTDUMP   0x004u
@@ -162,7 +166,9 @@ int dd_vmas_in_text(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
 #define DD_VMF_NORESERVE  0x100u
 #define DD_VMF_ACCOUNT    0x200u
 #define DD_VMF_LOCKED     0x400u
+#define DD_VMF_OTHER      0x800u   /* dd_vmas_in_smaps: a flag none of these, nor plain */
 int dd_vma_vmflags(uintptr_t a, unsigned *flags);   /* from smaps: expensive */
+long dd_resident_pages(void);   /* /proc/self/statm, or -errno */
 ssize_t dd_read_full(int fd, void *buf, size_t len);
 /* futex on a word of ours: sleep while *w == val, up to ns (0: no limit) */
 void dd_futex_wait(_Atomic uint32_t *w, uint32_t val, uint64_t ns);
