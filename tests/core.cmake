@@ -28,6 +28,18 @@ dedup_test(test_vma_budget_own LABELS core MMC)
 dedup_test(test_vma_budget_long LABELS core)
 dedup_test(test_vma_cost LABELS core)
 dedup_test(test_unregister_race TIMEOUT 600 LABELS core race MMC)
+# The same with isolated merged pages: the pages between them are moved out
+# and back while a span of runs is handed back (merge.c, um_span)
+dedup_test(test_unregister_gaps TIMEOUT 600 LABELS core race)
+# ... and keeps the flags a program gave the pages between them (smaps):
+# spans read them, one mremap per run never touches them
+dedup_test(test_unregister_gap_flags TIMEOUT 600 LABELS core)
+add_test(NAME test_unregister_gap_flags_by_run COMMAND test_unregister_gap_flags)
+set_tests_properties(test_unregister_gap_flags_by_run PROPERTIES TIMEOUT 600
+                     ENVIRONMENT "DEDUP_TEST_UNMERGE_BY_RUN=1" LABELS "core")
+add_test(NAME test_unregister_gap_flags_catches_naive COMMAND test_unregister_gap_flags)
+set_tests_properties(test_unregister_gap_flags_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
+                     ENVIRONMENT "DEDUP_TEST_UNSAFE_SPAN_FLAGS=1" LABELS "core")
 # Each race test must fail on the naive implementation it guards against:
 add_test(NAME test_remove_race_catches_naive COMMAND test_remove_race)
 set_tests_properties(test_remove_race_catches_naive PROPERTIES WILL_FAIL TRUE TIMEOUT 600
@@ -72,6 +84,11 @@ endforeach()
 add_test(NAME test_unmerge_scale_maps_text COMMAND test_unmerge_scale unregister 16384)
 set_tests_properties(test_unmerge_scale_maps_text PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
                      LABELS core ENVIRONMENT "DEDUP_FORCE_MAPS_TEXT=1;DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")
+# Run by run (one mremap each, no spans: merge.c, um_span), the path a span
+# falls back to when a page between its runs will not move
+add_test(NAME test_unmerge_scale_by_run COMMAND test_unmerge_scale unregister 16384)
+set_tests_properties(test_unmerge_scale_by_run PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
+                     LABELS core ENVIRONMENT "DEDUP_TEST_UNMERGE_BY_RUN=1;DEDUP_STAT_DIR=${CMAKE_BINARY_DIR}/stat-dir")
 # Near vm.max_map_count: a run is left merged only when nothing at all can
 # be handed back. Lowers the sysctl itself, for one call at a time, under the
 # machine-wide lock (tests/mmc_lock.h), which it may wait for (up to t_cap()).

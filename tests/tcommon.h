@@ -176,6 +176,18 @@ static inline long t_map_count(void)
 }
 
 /* Fill a page with a pattern derived from @seed (never all zero). */
+/* A kernel-mode write of len bytes of v into dst: read() from a pipe
+ * (pfd from pipe()). Exits T_FAIL if the read falls short. */
+static inline void t_kernel_write(const int pfd[2], void *dst, const void *v, size_t len)
+{
+	CHECK(write(pfd[1], v, len) == (ssize_t)len);
+	ssize_t r = read(pfd[0], dst, len);
+	if (r != (ssize_t)len) {
+		fprintf(stderr, "read() into the range: %zd (%s)\n", r, strerror(errno));
+		_exit(T_FAIL);
+	}
+}
+
 static inline void t_fill(void *page, uint64_t seed)
 {
 	uint64_t *w = page;

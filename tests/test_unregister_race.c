@@ -45,12 +45,7 @@ static void *writer(void *arg)
 		if (x & 1) {
 			memcpy(region + page * T_PAGE + off, v, sizeof(v));
 		} else {   /* a kernel-mode write: read() from a pipe */
-			CHECK(write(pfd[1], v, sizeof(v)) == (ssize_t)sizeof(v));
-			ssize_t r = read(pfd[0], region + page * T_PAGE + off, sizeof(v));
-			if (r != (ssize_t)sizeof(v)) {
-				fprintf(stderr, "read() into the range: %zd (%s)\n", r, strerror(errno));
-				_exit(T_FAIL);
-			}
+			t_kernel_write(pfd, region + page * T_PAGE + off, v, sizeof(v));
 		}
 		memcpy(shadow + page * T_PAGE + off, v, sizeof(v));
 		atomic_fetch_add(&writes, 1);

@@ -115,6 +115,7 @@
  *
  * Locking: eng.lock held by the caller; eng.gate taken here.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -895,13 +896,23 @@ static long merge_window(struct dd_region *r, struct dd_merge_item *it, size_t n
  *     anonymous neighbours at once. (A T mapped with mmap(NULL) next to our
  *     buffer merged with that buffer instead, took its anon_vma, and kept
  *     T's page offset: every unmerged run stayed a VMA of its own, 16,423
- *     of them after 16k runs.) If a neighbour has flags T lacks (madvise:
- *     MADV_NOHUGEPAGE and friends, or MAP_NORESERVE), the merge does not
- *     happen; we then read the neighbour's VmFlags once (smaps), give them
- *     to the still empty replacement and to every later T;
+ *     of them after 16k runs.) T's flags (madvise: MADV_NOHUGEPAGE and
+ *     friends, or MAP_NORESERVE) must be the run's and its neighbours': a
+ *     big range's walk reads them all from smaps (um_t_flags); otherwise,
+ *     if T did not merge with a neighbour, we read that neighbour's VmFlags
+ *     once (smaps), give them to the still empty replacement and to every
+ *     later T (um_check_merge);
  *  4. filled from B with UFFDIO_COPY (pages that read zeros stay empty),
  *     except pages the application discarded while we were out of the
  *     gate (they stay empty: zeros);
+ *  3.-4. by span: chunks close together (within UM_CHUNK pages, read-
+ *     write, the anonymous gaps between them plain, with flags read from
+ *     smaps that T can be given: um_walk, um_gap_ok) go as one: the gaps'
+ *     pages are moved out to X with UFFDIO_MOVE, one T is moved over the
+ *     whole span (one mremap, one REMAP round trip, for all its runs), the
+ *     chunks are filled from B and the gaps' pages moved back (um_span,
+ *     which says why that is safe). Where a gap page will not move
+ *     (pinned, shared with a child, locked), the span goes chunk by chunk;
  *  5. the span is un-protected and woken. dedup_unregister() then
  *     unregisters the whole region, and what is left is one anonymous VMA.
  * Near vm.max_map_count: step 3 needs mappings to spare before it gives
@@ -946,11 +957,25 @@ struct um {
 	struct dd_region *r;
 	uintptr_t lo, hi;          /* the range (r's, or the one asked for) */
 	uintptr_t pos;             /* chunks are found from here on */
-	struct um_vma { uintptr_t lo, hi; uint64_t offset, ino; int prot; bool ours; } *v;
+	struct um_vma {
+		uintptr_t lo, hi;
+		uint64_t offset, ino;
+		int prot;
+		bool ours, anon, named;
+		bool vmf_known;    /* vmf read from smaps (um_walk) */
+		unsigned vmf;      /* DD_VMF_* */
+	} *v;
 	size_t nv, vcap, vi;       /* the range's VMAs; vi: cursor */
 	char *buf;                 /* B */
 	uint8_t *st, *st2;         /* PTE states of a span, before/after 1. */
 	uint8_t zero[UM_CHUNK];    /* what B's pages are (UM_COPIED, ...) */
+	uint8_t gap[UM_CHUNK];     /* a span's pages in X: UM_X_* (um_span) */
+	uintptr_t x;               /* X: where a span's gaps wait (um_x), 0: none */
+	bool x_dirty;              /* X holds pages nobody took back: make it anew */
+	bool x_lost;               /* X holds pages we could not put back: keep it */
+	bool missing;              /* 0. registered the range MISSING: spans allowed */
+	unsigned span_vmf;         /* um_span_end: the flags of the span's gaps */
+	bool span_gaps;            /* ... if it has any */
 	struct um_chunk ch[UM_GROUP];
 	uintptr_t res, res_end, res_pos;   /* T reservation */
 	bool noreserve;            /* T: MAP_NORESERVE (a neighbour has it) */
@@ -1003,7 +1028,8 @@ static int um_vma_fn(void *ctx, const struct dd_vma *v)
 		u->v = p;
 		u->vcap = ncap;
 	}
-	u->v[u->nv] = (struct um_vma){ v->lo, v->hi, v->offset, v->ino, v->prot, v->ours };
+	u->v[u->nv] = (struct um_vma){ v->lo, v->hi, v->offset, v->ino, v->prot, v->ours, v->anon,
+				       v->named, v->vmf_known, v->vmf };
 	u->nv++;
 	return 0;
 }
@@ -1065,6 +1091,10 @@ static uint32_t um_slot(const struct um *u, uintptr_t a)
 	return dd_store_alive(s) ? s : DD_SLOT_NONE;
 }
 
+/* The madvise flags a replacement T can be given (um_advise) */
+#define UM_ADVISED (DD_VMF_NOHUGEPAGE | DD_VMF_HUGEPAGE | DD_VMF_DONTDUMP | DD_VMF_DONTFORK | \
+		    DD_VMF_WIPEONFORK | DD_VMF_SEQ_READ | DD_VMF_RAND_READ | DD_VMF_MERGEABLE)
+
 /*
  * The next run of merged pages at or after u->pos, [*a, *e): from the
  * region's metadata (without visiting absent pages: region.c), or from the
@@ -1101,10 +1131,12 @@ static bool um_next_chunk(struct um *u, struct um_chunk *c)
 	const struct um_vma *v = um_find(u, a);
 	int prot = v ? v->prot : -1;
 	uintptr_t end = a + UM_CHUNK * DD_PAGE < e ? a + UM_CHUNK * DD_PAGE : e;
-	/* cut where the protection changes (the VMA table, in order) */
+	unsigned vmf = v && v->vmf_known ? v->vmf & UM_ADVISED : 0;
+	/* cut where the protection changes, or the madvise flags where smaps
+	 * told them (the VMA table, in order): T gets one set */
 	for (uintptr_t vend = v ? v->hi : end; vend < end; vend = v->hi) {
 		v = um_find(u, vend);
-		if (!v || v->prot != prot) {
+		if (!v || v->prot != prot || (v->vmf_known && (v->vmf & UM_ADVISED) != vmf)) {
 			end = vend;
 			break;
 		}
@@ -1121,8 +1153,6 @@ static const struct { unsigned f; int advice; } um_advice[] = {
 	{ DD_VMF_WIPEONFORK, MADV_WIPEONFORK }, { DD_VMF_SEQ_READ, MADV_SEQUENTIAL },
 	{ DD_VMF_RAND_READ, MADV_RANDOM }, { DD_VMF_MERGEABLE, MADV_MERGEABLE },
 };
-#define UM_ADVISED (DD_VMF_NOHUGEPAGE | DD_VMF_HUGEPAGE | DD_VMF_DONTDUMP | DD_VMF_DONTFORK | \
-		    DD_VMF_WIPEONFORK | DD_VMF_SEQ_READ | DD_VMF_RAND_READ | DD_VMF_MERGEABLE)
 
 static void um_advise(uintptr_t a, size_t len, unsigned vmf)
 {
@@ -1277,26 +1307,29 @@ static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool l
 
 enum { UM_COPIED, UM_ZERO, UM_READ };   /* what B's page is (um.zero) */
 
-/* 4.: UFFDIO_COPY of B into [a, a + n pages), retried while events are
- * pending; pages that read zeros, and pages a REMOVE read since @since
- * names, stay empty. */
-static int refill(struct um *u, uintptr_t a, size_t n, uint64_t since)
+/* 4.: UFFDIO_COPY of B (from its page b) into [a, a + n pages), retried
+ * while events are pending; pages that read zeros, and pages a REMOVE read
+ * since @since names, stay empty. */
+static int refill(struct um *u, uintptr_t a, size_t n, uint64_t since, size_t b)
 {
+	const char *buf = u->buf + b * DD_PAGE;
+	const uint8_t *zero = u->zero + b;
+
 	for (size_t i = 0; i < n;) {
 		uintptr_t x = a + i * DD_PAGE;
-		if (u->zero[i] == UM_ZERO || !follow_events(since, &x) || x != a + i * DD_PAGE) {
+		if (zero[i] == UM_ZERO || !follow_events(since, &x) || x != a + i * DD_PAGE) {
 			i++;   /* zeros, discarded (or moved: not ours to fill) */
 			continue;
 		}
 		size_t k = i + 1;
-		while (k < n && u->zero[k] != UM_ZERO && k - i < 64) {
+		while (k < n && zero[k] != UM_ZERO && k - i < 64) {
 			x = a + k * DD_PAGE;
 			if (!follow_events(since, &x) || x != a + k * DD_PAGE)
 				break;
 			k++;
 		}
 		int e;
-		ssize_t got = dd_uffd_copy(eng.uffd, a + i * DD_PAGE, u->buf + i * DD_PAGE,
+		ssize_t got = dd_uffd_copy(eng.uffd, a + i * DD_PAGE, buf + i * DD_PAGE,
 					   (k - i) * DD_PAGE, false, &e);
 		if (!e) {
 			i = k;
@@ -1314,11 +1347,15 @@ static int refill(struct um *u, uintptr_t a, size_t n, uint64_t since)
 	return 0;
 }
 
-/* 2.: the chunk's content into B. off: its first page in the span's
- * state arrays. u->zero[q] says what B's page q is: 0 copied, 1 zeros (not
- * filled: the page is left empty), 2 to be read from A. */
-static int um_copy(struct um *u, const struct um_chunk *c, size_t off)
+/* 2.: the chunk's content into B, from B's page b on. off: its first page
+ * in the span's state arrays. zero[q] says what B's page b + q is: 0
+ * copied, 1 zeros (not filled: the page is left empty), 2 to be read from
+ * A. */
+static int um_copy(struct um *u, const struct um_chunk *c, size_t off, size_t b)
 {
+	char *buf = u->buf + b * DD_PAGE;
+	uint8_t *zero = u->zero + b;
+
 	for (size_t q = 0; q < c->n; q++) {
 		uintptr_t pa = c->a + q * DD_PAGE;
 		uint8_t s1 = u->st[off + q], s2 = u->st2[off + q];
@@ -1333,32 +1370,32 @@ static int um_copy(struct um *u, const struct um_chunk *c, size_t off)
 		if (anon) {
 			/* a REMOVE read and no fault since: the old page, with
 			 * its zap to come */
-			u->zero[q] = dd_discard_pending(pa) ? UM_ZERO : UM_READ;
+			zero[q] = dd_discard_pending(pa) ? UM_ZERO : UM_READ;
 		} else if (dd_discard_marked(pa)) {
-			u->zero[q] = UM_ZERO;   /* discarded (present: its zap to come) */
+			zero[q] = UM_ZERO;   /* discarded (present: its zap to come) */
 		} else if (DD_SLOT_REAL(slot)) {
-			memcpy(u->buf + q * DD_PAGE, dd_store_page(slot - 1), DD_PAGE);
-			u->zero[q] = UM_COPIED;   /* what it maps, or a minor fault would */
+			memcpy(buf + q * DD_PAGE, dd_store_page(slot - 1), DD_PAGE);
+			zero[q] = UM_COPIED;   /* what it maps, or a minor fault would */
 		} else {
 			/* present: as it reads; empty and no slot: a fault reads zeros */
-			u->zero[q] = file ? UM_READ : UM_ZERO;
+			zero[q] = file ? UM_READ : UM_ZERO;
 		}
 	}
 	/* the pages to read, runs of them per iovec, 64 iovecs a call */
 	struct iovec lv[64], rv[64];
 	size_t nio = 0, want = 0;
 	for (size_t q = 0; q <= c->n; q++) {
-		if (q < c->n && u->zero[q] == UM_READ) {
-			if (nio && (q && u->zero[q - 1] == UM_READ)) {
+		if (q < c->n && zero[q] == UM_READ) {
+			if (nio && (q && zero[q - 1] == UM_READ)) {
 				lv[nio - 1].iov_len += DD_PAGE;
 				rv[nio - 1].iov_len += DD_PAGE;
 			} else {
-				lv[nio] = (struct iovec){ u->buf + q * DD_PAGE, DD_PAGE };
+				lv[nio] = (struct iovec){ buf + q * DD_PAGE, DD_PAGE };
 				rv[nio] = (struct iovec){ (void *)(c->a + q * DD_PAGE), DD_PAGE };
 				nio++;
 			}
 			want += DD_PAGE;
-			if (nio < DD_ARRAY_SIZE(lv) || (q + 1 < c->n && u->zero[q + 1] == UM_READ))
+			if (nio < DD_ARRAY_SIZE(lv) || (q + 1 < c->n && zero[q + 1] == UM_READ))
 				continue;
 		} else if (!nio || (q < c->n && nio < DD_ARRAY_SIZE(lv))) {
 			continue;
@@ -1391,10 +1428,462 @@ static void um_done(struct um *u, uintptr_t a, uintptr_t b)
 	u->done[u->ndone++][1] = b;
 }
 
+/* Region bookkeeping for n pages from a, unmerged: their slots go. Pieces
+ * no region covers keep their slots (region.c). */
+static void um_put_slots(struct um *u, uintptr_t a, size_t n)
+{
+	struct dd_region *r = u->r;
+
+	if (!r)
+		return;
+	size_t p = (a - r->start) / DD_PAGE;
+	for (size_t q = p; q < p + n; q++) {
+		uint32_t slot = dd_region_slot(r, q);
+		if (DD_SLOT_REAL(slot))
+			dd_store_put(slot);
+		dd_region_set_slot(r, q, DD_SLOT_NONE);
+	}
+}
+
+/*
+ * T's flags where smaps told what the replaced mappings have (um_walk).
+ * Our runs were mapped without the flags of the memory they replaced, so
+ * what a run has was given to it since (the program's madvise after the
+ * merge) and T keeps it; the rest comes from the anonymous memory around,
+ * which kept what the program gave the range: the flags the neighbours on
+ * both sides share (a neighbour that has a flag the other lacks is where a
+ * madvise'd range begins or ends), or the one neighbour's; in a span the
+ * gaps' (all the same, um_span_end). MAP_NORESERVE likewise. True if they
+ * are known: T is then given them (a new reservation if they differ from
+ * the current one's), and um_check_merge, which guesses them from a
+ * neighbour T failed to merge with, must not run: a neighbour with other
+ * flags is then right not to merge.
+ */
+static bool um_t_flags(struct um *u, uintptr_t a, size_t l)
+{
+	const struct um_vma *v = um_find(u, a), *nl = um_find(u, a - DD_PAGE), *nr = um_find(u, a + l);
+	unsigned around;
+
+	if (!v || !v->vmf_known)
+		return false;
+	if (u->span_gaps) {
+		around = u->span_vmf;
+	} else {
+		nl = nl && nl->anon && nl->vmf_known ? nl : NULL;
+		nr = nr && nr->anon && nr->vmf_known ? nr : NULL;
+		if (!nl && !nr)
+			return false;
+		around = nl && nr ? nl->vmf & nr->vmf : (nl ? nl : nr)->vmf;
+	}
+	unsigned advised = (v->vmf | around) & UM_ADVISED;
+	bool noreserve = around & DD_VMF_NORESERVE;
+	if (u->vmf != advised || u->noreserve != noreserve) {
+		um_drop_reserve(u);
+		u->vmf = advised;
+		u->noreserve = noreserve;
+	}
+	return true;
+}
+
+/* 2.-4. for chunk c alone: its own T and mremap. s: the group's first
+ * page (for the state arrays). Under the gate, released for the mremap. */
+static void um_chunk(struct um *u, const struct um_chunk *c, uintptr_t s)
+{
+	size_t l = c->n * DD_PAGE;
+	int ret;
+
+	/* 2. */
+	if ((ret = um_copy(u, c, (c->a - s) / DD_PAGE, 0)) < 0) {
+		um_error(u, ret, c->a, c->n, "reading it");
+		return;
+	}
+	/* 3. */
+	const uint64_t since = atomic_load(&eng.ev_head);
+	u->span_gaps = false;
+	bool known = um_t_flags(u, c->a, l);
+	uintptr_t t = um_make_t(u, l, c->prot);
+	if (!t) {   /* near the limit: mappings to spare later, maybe */
+		um_defer(u, c);
+		return;
+	}
+	if (move_registered((void *)t, l, c->a) == MAP_FAILED) {
+		ret = -errno;
+		/* nothing moved; the piece goes back to the reservation
+		 * (or away: it may have been split off by mprotect) */
+		if (c->prot == (PROT_READ | PROT_WRITE) && t + l == u->res_pos)
+			u->res_pos = t;
+		else
+			dd_os_munmap((void *)t, l);
+		int m = mend_hole(c->a, l, c->prot);
+		if (m < 0) {
+			um_error(u, ret, c->a, c->n, "mremap left a hole");
+			return;
+		}
+		if (m == 0) {
+			if (ret == -ENOMEM)
+				um_defer(u, c);
+			else
+				um_error(u, ret, c->a, c->n, "mremap");
+			return;
+		}
+		/* the run was unmapped, and is anonymous and empty
+		 * again: go on as if it had been moved (B has it all) */
+	}
+	if (!known)
+		um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE),
+			       um_anon_at(u, c->a + l));
+	/* 4. */
+	ret = refill(u, c->a, c->n, since, 0);
+	if (ret < 0)   /* cannot happen while the run stays ours and empty */
+		dd_err("could not refill %#lx+%zu while unmerging (errno %d): pages lost",
+		       (unsigned long)c->a, l, -ret);
+	um_done(u, c->a, c->a + l);
+	um_put_slots(u, c->a, c->n);
+}
+
+/*
+ * X: where the gaps of a span wait while T is moved over it (um_span).
+ * Private anonymous read-write memory of ours, registered MISSING with our
+ * uffd like S: UFFDIO_MOVE wants both ends anonymous, registered with the
+ * same uffd, of the same protection; and an access to an empty page of it
+ * would wait for a reader (nobody but this thread touches it). Between
+ * spans it is empty. A page that was not taken back (the application
+ * discarded it meanwhile) makes it dirty: unmapped (no event: we do not ask
+ * for UNMAP) and made again. False: no X (no span then).
+ */
+static bool um_x(struct um *u)
+{
+	const size_t len = UM_CHUNK * DD_PAGE;
+
+	if (u->x_lost)
+		return false;   /* it keeps what we could not put back */
+	if (u->x && u->x_dirty) {
+		dd_os_munmap((void *)u->x, len);
+		u->x = 0;
+	}
+	if (!u->x) {
+		void *p = dd_os_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+				     -1, 0, true);
+		if (p == MAP_FAILED)
+			return false;
+		dd_os_madvise(p, len, MADV_NOHUGEPAGE);
+		if (dd_uffd_register(eng.uffd, (uintptr_t)p, len, UFFDIO_REGISTER_MODE_MISSING) < 0) {
+			dd_os_munmap(p, len);
+			return false;
+		}
+		u->x = (uintptr_t)p;
+		u->x_dirty = false;
+	}
+	return true;
+}
+
+/*
+ * May [g0, g1), the anonymous pages between two chunks, go to X while T
+ * is moved over it and its chunks? It must be one anonymous mapping of the
+ * span's protection (read-write, as X) with no name: its pages come back
+ * into T's mapping, which replaces the gap's. So its flags must be known
+ * (smaps, um_walk) and be ones T can be given (*vmf: madvise flags and
+ * MAP_NORESERVE, um_make_t); a locked gap (its lock would go) or one with
+ * any other flag (VM_GROWSDOWN, mseal, lock-on-fault, a flag newer than
+ * this code) stays in place. And none of its pages may be named by a
+ * REMOVE whose zap may still be to come (discard.c): moved out, the page
+ * would miss its zap and come back with the old content.
+ */
+static bool um_gap_ok(const struct um *u, uintptr_t g0, uintptr_t g1, unsigned *vmf)
+{
+	const struct um_vma *v = um_find(u, g0);
+	bool any = dd_unlikely(dd_opt.test_unsafe_span_flags);
+	if (!v || v->ours || !v->anon || v->named || v->hi < g1 ||
+	    v->prot != (PROT_READ | PROT_WRITE) ||
+	    (!any && (!v->vmf_known || (v->vmf & (DD_VMF_LOCKED | DD_VMF_OTHER)))))
+		return false;
+	for (uintptr_t p = g0; p < g1; p += DD_PAGE)
+		if (dd_removing_named(p))
+			return false;
+	*vmf = any ? u->vmf | (u->noreserve ? DD_VMF_NORESERVE : 0)   /* what T has */
+		   : v->vmf & (UM_ADVISED | DD_VMF_NORESERVE);
+	return true;
+}
+
+/* The chunks from i of the group that go as one span: i..j-1, read-write,
+ * within UM_CHUNK pages (B holds them at their offsets), none left
+ * unprotected, gaps um_gap_ok and all of the same flags (u->span_vmf, the
+ * flags T will get). j == i + 1: chunk i alone. */
+static size_t um_span_end(struct um *u, size_t i, size_t n, const bool *wp_failed)
+{
+	const struct um_chunk *ch = u->ch;
+	size_t j = i + 1;
+
+	u->span_gaps = false;
+	/* A gap page out in X leaves its address empty: only MISSING
+	 * registration (step 0) makes an access there wait for us. */
+	if (dd_unlikely(dd_opt.test_unmerge_by_run) || !u->missing || wp_failed[i] ||
+	    ch[i].prot != (PROT_READ | PROT_WRITE) || u->x_lost)
+		return j;
+	/* The runs' flags: T gets the gaps' (um_t_flags), so a run given a
+	 * flag the gaps lack goes alone. Runs and gaps locked, or with a flag
+	 * T cannot be given, stay out of spans. */
+	const bool any = dd_unlikely(dd_opt.test_unsafe_span_flags);
+	const struct um_vma *v = um_find(u, ch[i].a);
+	if (!any && (!v || !v->vmf_known || (v->vmf & (DD_VMF_LOCKED | DD_VMF_OTHER))))
+		return j;
+	unsigned runs = v ? v->vmf & UM_ADVISED : 0;
+	for (; j < n && !wp_failed[j] && ch[j].prot == ch[i].prot &&
+	       ch[j].a + ch[j].n * DD_PAGE - ch[i].a <= UM_CHUNK * DD_PAGE; j++) {
+		uintptr_t g0 = ch[j - 1].a + ch[j - 1].n * DD_PAGE, g1 = ch[j].a;
+		unsigned f = u->span_vmf;
+		v = um_find(u, g1);
+		if (!any && (!v || !v->vmf_known || (v->vmf & (DD_VMF_LOCKED | DD_VMF_OTHER))))
+			break;
+		if (g0 != g1 && (!um_gap_ok(u, g0, g1, &f) || (u->span_gaps && f != u->span_vmf)))
+			break;
+		unsigned r2 = runs | (v ? v->vmf & UM_ADVISED : 0);
+		if (!any && (g0 != g1 || u->span_gaps) && (r2 & ~f))
+			break;
+		runs = r2;
+		if (g0 != g1) {
+			u->span_vmf = f;
+			u->span_gaps = true;
+		}
+	}
+	if (any)
+		u->span_gaps = false;   /* (T as it is: the naive span) */
+	return j;
+}
+
+/* What page i of a span is in X (u->gap[i]). */
+enum { UM_X_NONE, UM_X_GAP, UM_X_FILLED, UM_X_LEFT };
+
+/*
+ * Move the span at a back from X: its gap pages (UM_X_GAP), and the pages
+ * of its chunks filled in X from B (UM_X_FILLED), each to its address as
+ * followed through the events read since @since. A page the application
+ * discarded meanwhile stays out (its address is empty and reads zeros, as
+ * the discard leaves it); a chunk's page whose address moved stays out too
+ * (not ours to fill, as in refill); X is then dirty. Contiguous pages go in
+ * one UFFDIO_MOVE, holes of X (UM_X_NONE: pages that read zeros) included
+ * if @whole (T is over the span: one mapping): the kernel clears the moved
+ * PTEs of one call with one TLB flush (against one each, page by page:
+ * about 5 us a page on this guest, 0.1-0.7 us a page for 512 in one
+ * call). Without @whole (T never came) only gap pages, each
+ * stretch into its own anonymous mapping. Retried while
+ * events are pending (the span is parked: its faults wait). Moves the
+ * pages, so whatever they are - written, swapped - they come back as they
+ * left.
+ */
+static void um_gaps_back(struct um *u, uintptr_t a, size_t np, uint64_t since, bool whole)
+{
+	int tries = 0;
+
+	for (size_t i = 0; i < np;) {
+		if (u->gap[i] == UM_X_NONE || u->gap[i] == UM_X_LEFT) {
+			i++;
+			continue;
+		}
+		uintptr_t p = a + i * DD_PAGE, to = p;
+		if (!follow_events(since, &to) || (to != p && u->gap[i] == UM_X_FILLED)) {
+			DD_TRACE('b', p, DD_PAGE, 0);
+			u->gap[i++] = UM_X_LEFT;
+			u->x_dirty = true;
+			continue;
+		}
+		size_t k = i + 1;
+		while (to == p && k < np && u->gap[k] != UM_X_LEFT &&
+		       (whole || u->gap[k] == UM_X_GAP)) {
+			uintptr_t q = a + k * DD_PAGE;
+			if (!follow_events(since, &q) || q != a + k * DD_PAGE)
+				break;
+			k++;
+		}
+		int err;
+		ssize_t m = dd_uffd_move_mode(eng.uffd, to, u->x + i * DD_PAGE, (k - i) * DD_PAGE,
+					      UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, &err);
+		DD_TRACE('B', to, (k - i) * DD_PAGE, m);
+		size_t got = m > 0 ? (size_t)m / DD_PAGE : 0;
+		memset(u->gap + i, UM_X_NONE, got);
+		i += got;
+		if (!err || (err == EAGAIN && got))
+			continue;   /* all, or stopped at a page: from there */
+		if ((err == EAGAIN || uffd_back(err)) && ++tries < 100000) {
+			if (err == EAGAIN)
+				let_reader_run();   /* an event is pending */
+			continue;
+		}
+		/* Cannot happen while the span stays parked, registered with
+		 * us and empty, and our uffd has a number. */
+		dd_err("could not restore page %#lx (errno %d); its content is kept at %#lx",
+		       (unsigned long)to, err, (unsigned long)(u->x + i * DD_PAGE));
+		if (dd_trace_on)
+			dd_trace_dump(to);
+		u->x_lost = true;
+		u->gap[i++] = UM_X_LEFT;
+	}
+}
+
+/* 4. for a span: the pages of its chunks i..j-1 from B into X at their
+ * offsets (UFFDIO_COPY: X is empty there), except those that read zeros,
+ * for um_gaps_back to move with the gaps. False if a copy failed (then
+ * the caller fills the chunks in place with refill). */
+static bool um_fill_x(struct um *u, size_t i, size_t j)
+{
+	uintptr_t a = u->ch[i].a;
+	int tries = 0;
+
+	for (size_t x = i; x < j; x++) {
+		size_t b = (u->ch[x].a - a) / DD_PAGE;
+		for (size_t q = b, end = b + u->ch[x].n; q < end;) {
+			if (u->zero[q] == UM_ZERO) {
+				q++;
+				continue;
+			}
+			size_t k = q + 1;
+			while (k < end && u->zero[k] != UM_ZERO)
+				k++;
+			int err;
+			ssize_t got = dd_uffd_copy(eng.uffd, u->x + q * DD_PAGE, u->buf + q * DD_PAGE,
+						   (k - q) * DD_PAGE, false, &err);
+			size_t g = got > 0 ? (size_t)got / DD_PAGE : 0;
+			memset(u->gap + q, UM_X_FILLED, g);
+			if (err && !(err == EAGAIN && g)) {
+				if (err != EAGAIN || ++tries > 100000)
+					return false;
+				let_reader_run();   /* parked: faults still wait */
+			}
+			q += g;
+		}
+	}
+	return true;
+}
+
+/* Move the gaps of chunks i..j-1 out to X (u->gap says which pages went).
+ * False if one would not go (pinned or shared with a child: EBUSY; locked,
+ * or another protection: EINVAL; an event pending: EAGAIN): then every
+ * page is back in its place. */
+static bool um_gaps_out(struct um *u, size_t i, size_t j, uint64_t since)
+{
+	const struct um_chunk *ch = u->ch;
+	uintptr_t a = ch[i].a;
+
+	for (size_t x = i + 1; x < j; x++) {
+		uintptr_t g0 = ch[x - 1].a + ch[x - 1].n * DD_PAGE, g1 = ch[x].a;
+		if (g0 == g1)
+			continue;
+		int err;
+		ssize_t m = dd_uffd_move_mode(eng.uffd, u->x + (g0 - a), g0, g1 - g0,
+					      UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, &err);
+		DD_TRACE('M', g0, g1 - g0, m);
+		size_t got = m > 0 ? (size_t)m / DD_PAGE : 0;
+		memset(u->gap + (g0 - a) / DD_PAGE, UM_X_GAP, got);
+		if (got * DD_PAGE == g1 - g0)
+			continue;
+		dd_debug("unmerge: %#lx stays in place (errno %d): its span goes run by run",
+			 (unsigned long)(g0 + got * DD_PAGE), err);
+		um_gaps_back(u, a, (g1 - a) / DD_PAGE, since, false);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * 2.-4. for chunks i..j-1 as one span [a, e): one T and one mremap for all
+ * of them, the anonymous pages between them (the gaps) moved out to X
+ * before and back after. What that spares: an mremap per run - each an
+ * unmap with its TLB flush, a VMA move and merge, and a REMAP that our
+ * reader must read before the mremap returns (two context switches) -
+ * for two UFFDIO_MOVEs per gap page. Why it is safe:
+ *  - the chunks are write-protected and parked as in the per-chunk steps;
+ *  - a gap page is either in place (untouched, the application's as
+ *    always), or in X with its address empty in a MISSING-registered,
+ *    parked range (an access waits for us, user or kernel mode), or back;
+ *    UFFDIO_MOVE moves the page itself, so nothing is copied: a gap page
+ *    that is pinned (a device may write into it) or shared with a child
+ *    does not move (EBUSY), nor does a locked one (EINVAL), and the span
+ *    then goes chunk by chunk, every gap page back in place;
+ *  - a discard of a gap page announced before we look (its zap perhaps to
+ *    come) keeps the span from forming (um_gap_ok); one announced while
+ *    we let the reader run (the mremap, EAGAIN retries) leaves the page out
+ *    (um_gaps_back, follow_events), as for the chunks' pages (refill);
+ *  - a gap's flags: T replaces its VMA, so a span forms only where every
+ *    gap is one VMA of the span's protection, no name, and flags read from
+ *    smaps (um_walk) that are all the same and that T can be given: T gets
+ *    them (MADV_DONTDUMP, DONTFORK, WIPEONFORK... and MAP_NORESERVE), and
+ *    a gap with any other flag, or locked, stays in place (um_gap_ok). A
+ *    flag given after the read (a raw madvise the preload library does not
+ *    see) is the program changing the range while it unregisters it. (A
+ *    page locked meanwhile does not move either: UFFDIO_MOVE refuses a
+ *    VM_LOCKED source into an unlocked X, probe_move_semantics.)
+ * False if the span could not be formed (nothing changed: the caller goes
+ * chunk by chunk). Under the gate, released for the mremap.
+ */
+static bool um_span(struct um *u, size_t i, size_t j, uintptr_t s)
+{
+	const struct um_chunk *ch = u->ch;
+	uintptr_t a = ch[i].a, e = ch[j - 1].a + ch[j - 1].n * DD_PAGE;
+	size_t np = (e - a) / DD_PAGE, l = e - a;
+	int prot = ch[i].prot, ret;
+
+	if (!um_x(u))
+		return false;
+	/* 2. */
+	for (size_t x = i; x < j; x++)
+		if (um_copy(u, &ch[x], (ch[x].a - s) / DD_PAGE, (ch[x].a - a) / DD_PAGE) < 0)
+			return false;   /* chunk by chunk, which says so */
+	/* 3. */
+	const uint64_t since = atomic_load(&eng.ev_head);
+	memset(u->gap, UM_X_NONE, np);
+	if (!um_gaps_out(u, i, j, since))
+		return false;
+	/* T takes the runs' and gaps' place: it gets their flags */
+	bool known = !dd_opt.test_unsafe_span_flags && um_t_flags(u, a, l);
+	uintptr_t t = um_make_t(u, l, prot);
+	if (!t) {
+		um_gaps_back(u, a, np, since, false);
+		return false;
+	}
+	if (move_registered((void *)t, l, a) == MAP_FAILED) {
+		ret = -errno;
+		if (t + l == u->res_pos)
+			u->res_pos = t;
+		else
+			dd_os_munmap((void *)t, l);
+		int m = mend_hole(a, l, prot);
+		if (m == 0) {   /* nothing moved: chunk by chunk (ENOMEM defers) */
+			um_gaps_back(u, a, np, since, false);
+			return false;
+		}
+		if (m < 0) {
+			um_error(u, ret, a, np, "mremap left a hole");
+			u->x_lost = true;   /* the gaps' pages are there */
+			return true;
+		}
+		/* unmapped and mapped again, anonymous and empty: go on */
+	}
+	if (!known)
+		um_check_merge(u, a, l, prot, um_anon_at(u, a - DD_PAGE), um_anon_at(u, e));
+	/* 4.: the chunks' pages into X, and all back with the gaps */
+	if (!um_fill_x(u, i, j)) {
+		for (size_t q = 0; q < np; q++)
+			if (u->gap[q] == UM_X_FILLED) {
+				u->gap[q] = UM_X_LEFT;
+				u->x_dirty = true;
+			}
+		for (size_t x = i; x < j; x++) {
+			ret = refill(u, ch[x].a, ch[x].n, since, (ch[x].a - a) / DD_PAGE);
+			if (ret < 0)   /* cannot happen while the span stays ours and empty */
+				dd_err("could not refill %#lx+%zu while unmerging (errno %d): "
+				       "pages lost", (unsigned long)ch[x].a, ch[x].n * DD_PAGE, -ret);
+		}
+	}
+	um_gaps_back(u, a, np, since, true);
+	um_done(u, a, e);
+	for (size_t x = i; x < j; x++)
+		um_put_slots(u, ch[x].a, ch[x].n);
+	return true;
+}
+
 /* Steps 1-5 for the chunks u->ch[0..n). Returns with the gate released. */
 static void um_group(struct um *u, size_t n)
 {
-	struct dd_region *r = u->r;
 	uintptr_t s = u->ch[0].a, e = u->ch[n - 1].a + u->ch[n - 1].n * DD_PAGE;
 	size_t np = (e - s) / DD_PAGE;
 	int ret;
@@ -1439,63 +1928,15 @@ static void um_group(struct um *u, size_t n)
 	}
 	if ((ret = dd_pte_states(s, np, u->st2)) < 0)
 		goto out;
-	for (size_t i = 0; i < n; i++) {
-		const struct um_chunk *c = &u->ch[i];
-		size_t l = c->n * DD_PAGE;
-		if (wp_failed[i])   /* left merged (and valid) */
+	/* 2.-4., a span of chunks at a time where one can be (um_span), else
+	 * chunk by chunk */
+	for (size_t i = 0, j; i < n; i = j) {
+		j = um_span_end(u, i, n, wp_failed);
+		if (j > i + 1 && um_span(u, i, j, s))
 			continue;
-		/* 2. */
-		if ((ret = um_copy(u, c, (c->a - s) / DD_PAGE)) < 0) {
-			um_error(u, ret, c->a, c->n, "reading it");
-			continue;
-		}
-		/* 3. */
-		const uint64_t since = atomic_load(&eng.ev_head);
-		uintptr_t t = um_make_t(u, l, c->prot);
-		if (!t) {   /* near the limit: mappings to spare later, maybe */
-			um_defer(u, c);
-			continue;
-		}
-		if (move_registered((void *)t, l, c->a) == MAP_FAILED) {
-			ret = -errno;
-			/* nothing moved; the piece goes back to the reservation
-			 * (or away: it may have been split off by mprotect) */
-			if (c->prot == (PROT_READ | PROT_WRITE) && t + l == u->res_pos)
-				u->res_pos = t;
-			else
-				dd_os_munmap((void *)t, l);
-			int m = mend_hole(c->a, l, c->prot);
-			if (m < 0) {
-				um_error(u, ret, c->a, c->n, "mremap left a hole");
-				continue;
-			}
-			if (m == 0) {
-				if (ret == -ENOMEM)
-					um_defer(u, c);
-				else
-					um_error(u, ret, c->a, c->n, "mremap");
-				continue;
-			}
-			/* the run was unmapped, and is anonymous and empty
-			 * again: go on as if it had been moved (B has it all) */
-		}
-		um_check_merge(u, c->a, l, c->prot, um_anon_at(u, c->a - DD_PAGE),
-			       um_anon_at(u, c->a + l));
-		/* 4. */
-		ret = refill(u, c->a, c->n, since);
-		if (ret < 0)   /* cannot happen while the run stays ours and empty */
-			dd_err("could not refill %#lx+%zu while unmerging (errno %d): pages lost",
-			       (unsigned long)c->a, l, -ret);
-		um_done(u, c->a, c->a + l);
-		if (r) {
-			size_t p = (c->a - r->start) / DD_PAGE;
-			for (size_t q = p; q < p + c->n; q++) {
-				uint32_t slot = dd_region_slot(r, q);
-				if (DD_SLOT_REAL(slot))
-					dd_store_put(slot);
-				dd_region_set_slot(r, q, DD_SLOT_NONE);
-			}
-		}   /* pieces no region covers keep their slots (region.c) */
+		for (size_t x = i; x < j; x++)
+			if (!wp_failed[x])   /* left merged (and valid) */
+				um_chunk(u, &u->ch[x], s);
 	}
 	ret = 0;
 out:
@@ -1511,6 +1952,8 @@ out:
 static void um_fini(struct um *u)
 {
 	um_drop_reserve(u);
+	if (u->x && !u->x_lost)
+		dd_os_munmap((void *)u->x, UM_CHUNK * DD_PAGE);
 	if (u->qfd >= 0)
 		dd_fd_close_temp(u->qfd);
 	dd_vm_free(u->v, u->vcap * sizeof(*u->v));
@@ -1520,6 +1963,71 @@ static void um_fini(struct um *u)
 	dd_vm_free(u->st, UM_SPAN);
 	dd_vm_free(u->st2, UM_SPAN);
 	dd_vm_free(u, sizeof(*u));
+}
+
+/*
+ * The range's VMAs into u->v. PROCMAP_QUERY costs an ioctl and a check of
+ * its descriptor per VMA (dd_vmas_in); the text of maps one read with a
+ * line per VMA of the whole process below hi (dd_vmas_in_text); smaps the
+ * same with each VMA's flags, which spans need (um_gap_ok), but twenty
+ * lines a VMA and a walk of the page tables of every mapping it prints
+ * (dd_vmas_in_smaps: 0.1 s for 64k mappings and 1 GiB resident, about
+ * 1.5 us a mapping and 0.3 us a resident page). A span saves about 45 us a
+ * run against one mremap each (docs/bench/2026-12-07-unmerge2), so smaps
+ * is read where the range's merged runs outnumber (resident pages + 5 x
+ * mappings) / 150; else the text where the region holds a good part of the
+ * process's VMAs (a quarter, and at least 1024: 2 per isolated run), else
+ * PROCMAP_QUERY (give-back hands back one run at a time: the text would
+ * cost the whole process each time). Pieces no region covers are counted
+ * by a first walk. Without smaps, no span: runs go one mremap each.
+ */
+/* um_walk: merged runs from which smaps is worth reading (at least 256) */
+static long um_smaps_at(void)
+{
+	long total = eng.maps_at_pass + eng.vmas_this_pass, rss = dd_resident_pages();
+
+	return rss < 0 ? LONG_MAX : (rss + 5 * total) / 150 + 256;
+}
+
+static int um_walk(struct um *u)
+{
+	struct dd_region *r = u->r;
+	long total = eng.maps_at_pass + eng.vmas_this_pass, runs = 0, smaps_at = 256;
+	long text_at = total / 4 > 1024 ? total / 4 : 1024;
+	int ret;
+
+	if (r) {
+		size_t i = (u->lo - r->start) / DD_PAGE, k;
+		long enough = text_at / 2 + 1;
+		bool asked = false;
+		while (dd_region_next_merged(r, &i, &k) && r->start + i * DD_PAGE < u->hi) {
+			runs++;
+			i = k;
+			if (runs == smaps_at && !asked) {   /* a statm read: not for a few runs */
+				smaps_at = um_smaps_at();
+				asked = true;
+			}
+			if (runs >= smaps_at && runs >= enough)
+				break;
+		}
+		if (runs >= smaps_at && dd_vmas_in_smaps(u->lo, u->hi, um_vma_fn, u) == 0)
+			return 0;
+		u->nv = 0;   /* (smaps failed: the others) */
+		if (u->qfd >= 0 && 2 * runs + 1 >= text_at)
+			return dd_vmas_in_text(u->lo, u->hi, um_vma_fn, u);
+		return dd_vmas_in(u->lo, u->hi, um_vma_fn, u);
+	}
+	if ((ret = dd_vmas_in(u->lo, u->hi, um_vma_fn, u)) < 0)
+		return ret;
+	for (size_t i = 0; i < u->nv; i++)
+		runs += u->v[i].ours;
+	if (runs < smaps_at || runs < um_smaps_at())
+		return 0;
+	u->nv = 0;
+	if (dd_vmas_in_smaps(u->lo, u->hi, um_vma_fn, u) == 0)
+		return 0;
+	u->nv = 0;
+	return dd_vmas_in(u->lo, u->hi, um_vma_fn, u);
 }
 
 static struct um *um_init(struct dd_region *r, uintptr_t lo, uintptr_t hi, int *err)
@@ -1536,7 +2044,7 @@ static struct um *um_init(struct dd_region *r, uintptr_t lo, uintptr_t hi, int *
 	u->buf = dd_vm_alloc(UM_CHUNK * DD_PAGE);
 	u->st = dd_vm_alloc(UM_SPAN);
 	u->st2 = dd_vm_alloc(UM_SPAN);
-	*err = !u->buf || !u->st || !u->st2 ? -ENOMEM : dd_vmas_in(lo, hi, um_vma_fn, u);
+	*err = !u->buf || !u->st || !u->st2 ? -ENOMEM : um_walk(u);
 	if (*err < 0) {
 		um_fini(u);
 		return NULL;
@@ -1562,6 +2070,7 @@ static void um_register(struct um *u)
 	u->vi = 0;
 	ret = dd_uffd_register(eng.uffd, u->lo, u->hi - u->lo,
 			       UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	u->missing = ret == 0;
 	if (ret < 0)
 		dd_debug("unmerge: could not register %#lx+%zu MISSING (errno %d): it may stay "
 			 "several mappings", (unsigned long)u->lo, (size_t)(u->hi - u->lo), -ret);

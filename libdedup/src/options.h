@@ -53,6 +53,10 @@
 	  "test hook: no give-back when a call of the program fails with ENOMEM")   \
 	X(test_mremap_hole, uint64_t, "DEDUP_TEST_MREMAP_HOLE", 0, 0, 1000000, 0,  \
 	  "test hook: every Nth placing mremap unmaps its target, then fails")      \
+	X(test_unmerge_by_run, uint64_t, "DEDUP_TEST_UNMERGE_BY_RUN", 0, 0, 1, 0,  \
+	  "test hook: hand merged runs back one mremap each (no spans)")            \
+	X(test_unsafe_span_flags, uint64_t, "DEDUP_TEST_UNSAFE_SPAN_FLAGS", 0, 0, 1, 0, \
+	  "test hook: unmerge spans take gaps whatever their flags (they lose them)") \
 	X(test_share_die, uint64_t, "DEDUP_TEST_SHARE_DIE", 0, 0, 7, 0,            \
 	  "test hook: SIGKILL this process at sharing-group step N (group.h)")      \
 	X(store_max, uint64_t, "DEDUP_STORE_MAX", 64ULL << 30, 1 << 20, 1ULL << 44, 1, \

@@ -309,8 +309,14 @@ int dd_uffd_wake(int uffd, uintptr_t start, size_t len)
 
 ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err)
 {
+	return dd_uffd_move_mode(uffd, dst, src, len, 0, err);
+}
+
+ssize_t dd_uffd_move_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode,
+			  int *err)
+{
 	struct uffdio_move m = { .dst = dst, .src = src, .len = len,
-				 .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+				 .mode = UFFDIO_MOVE_MODE_DONTWAKE | mode };
 
 	*err = 0;
 	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
@@ -944,6 +950,7 @@ int dd_procmap_open(void)
 static void vma_kind(struct dd_vma *v, const char *name)
 {
 	v->ours = v->file && strncmp(name, "/memfd:libdedup", 15) == 0;
+	v->named = strncmp(name, "[anon:", 6) == 0;
 	v->anon = !v->file && !v->shared &&
 		  (!*name || strncmp(name, "[heap]", 6) == 0 ||
 		   (strncmp(name, "[anon:", 6) == 0 && strncmp(name, "[anon:libdedup", 14) != 0));
@@ -981,6 +988,8 @@ int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v)
 	v->file = q.inode != 0;
 	v->ino = q.inode;
 	v->offset = q.vma_offset;
+	v->vmf = 0;
+	v->vmf_known = false;
 	vma_kind(v, name);
 	return 0;
 }
@@ -1015,6 +1024,8 @@ static void vma_from_line(struct dd_vma *v, uintptr_t lo, uintptr_t hi, const ch
 
 	v->lo = lo;
 	v->hi = hi;
+	v->vmf = 0;
+	v->vmf_known = false;
 	v->prot = dd_perms_prot(perms);
 	v->shared = perms[3] == 's';
 	v->offset = hex_at(&p);
@@ -1079,6 +1090,17 @@ int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
 	return r < 0 ? r : 0;
 }
 
+/* dd_vmas_in() from the text of maps, even where PROCMAP_QUERY works: one
+ * read, a line per mapping of the process below hi, where the ioctl walk
+ * costs an ioctl and a descriptor check per mapping of the range. For a
+ * range that holds a good part of the process's mappings. */
+int dd_vmas_in_text(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
+{
+	struct vmas_ctx vc = { lo, hi, fn, ctx };
+	int r = dd_maps_each(vmas_line, &vc);
+	return r < 0 ? r : 0;
+}
+
 /* VmFlags names of /proc/self/smaps that dd_vma_vmflags reports */
 static const struct dd_vmflag_name vmflag_names[] = {
 	{ "nh", DD_VMF_NOHUGEPAGE }, { "hg", DD_VMF_HUGEPAGE }, { "dd", DD_VMF_DONTDUMP },
@@ -1122,6 +1144,107 @@ int dd_vma_vmflags(uintptr_t a, unsigned *out)
 	if (r < 0)
 		return r;
 	return vc.in ? 0 : -ENOENT;
+}
+
+/* The VmFlags every private anonymous read-write mapping may have, ours
+ * included (uffd registration, soft-dirty, accounting): not told apart. */
+static const char plain_vmflags[][3] = {
+	"rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "ac", "sd", "um", "uw", "ui",
+};
+
+/* dd_vmflags_parse() of vmflag_names, and DD_VMF_OTHER for a flag that is
+ * neither one of them nor plain (VM_GROWSDOWN, mseal, VM_LOCKONFAULT, a
+ * flag newer than this code...). */
+static unsigned vmflags_all(const char *p)
+{
+	unsigned f = dd_vmflags_parse(p, vmflag_names, DD_ARRAY_SIZE(vmflag_names));
+
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		if (!p[0] || !p[1])
+			break;
+		bool known = false;
+		for (size_t i = 0; i < DD_ARRAY_SIZE(vmflag_names) && !known; i++)
+			known = p[0] == vmflag_names[i].n[0] && p[1] == vmflag_names[i].n[1];
+		for (size_t i = 0; i < DD_ARRAY_SIZE(plain_vmflags) && !known; i++)
+			known = p[0] == plain_vmflags[i][0] && p[1] == plain_vmflags[i][1];
+		if (!known)
+			f |= DD_VMF_OTHER;
+		p += 2;
+		while (*p && *p != ' ' && *p != '\n')
+			p++;   /* a longer name, should one come: other */
+	}
+	return f;
+}
+
+struct smaps_ctx {
+	uintptr_t lo, hi;
+	dd_vma_fn fn;
+	void *ctx;
+	struct dd_vma v;
+	bool in;   /* v is a header of the range, its VmFlags to come */
+};
+
+static int smaps_line(void *c, char *line)
+{
+	struct smaps_ctx *sc = c;
+	struct dd_maps_line m;
+
+	if (strncmp(line, "VmFlags:", 8) == 0) {
+		if (!sc->in)
+			return 0;
+		sc->in = false;
+		sc->v.vmf = vmflags_all(line + 8);
+		sc->v.vmf_known = true;
+		return sc->fn(sc->ctx, &sc->v);
+	}
+	if (!dd_maps_header(line, &m))
+		return 0;
+	if (sc->in)
+		return -EPROTO;   /* a mapping without VmFlags: not the smaps we know */
+	if (m.hi <= sc->lo)
+		return 0;
+	if (m.lo >= sc->hi)
+		return 1;
+	vma_from_line(&sc->v, m.lo, m.hi, m.perms, m.rest);
+	sc->in = true;
+	return 0;
+}
+
+/*
+ * dd_vmas_in() from /proc/self/smaps, with each VMA's VmFlags: one read,
+ * but the kernel walks the page tables of every mapping it prints (below
+ * hi), and prints twenty lines for each. For the one caller that must know
+ * the flags of many mappings at once (merge.c: the gaps of a span).
+ */
+int dd_vmas_in_smaps(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx)
+{
+	struct smaps_ctx sc = { .lo = lo, .hi = hi, .fn = fn, .ctx = ctx };
+	int r = dd_proc_lines("/proc/self/smaps", smaps_line, &sc);
+
+	if (r >= 0 && sc.in)
+		r = -EPROTO;   /* cut short */
+	return r < 0 ? r : 0;
+}
+
+/* The process's resident pages (the second field of /proc/self/statm). */
+long dd_resident_pages(void)
+{
+	char buf[128];
+	int fd = dd_fd_open_temp("/proc/self/statm", O_RDONLY);
+
+	if (fd < 0)
+		return fd;
+	ssize_t n = dd_fd_read_temp(fd, buf, sizeof(buf) - 1);
+	dd_fd_close_temp(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = 0;
+	char *e;
+	strtol(buf, &e, 10);
+	long rss = strtol(e, &e, 10);
+	return rss >= 0 ? rss : -EIO;
 }
 
 struct count_ctx { long n, match; const char *needle; };

@@ -79,6 +79,10 @@ int dd_uffd_wake(int uffd, uintptr_t start, size_t len);
 /* Move pages; returns bytes moved (>= 0) and sets *err to the errno of the
  * first page that did not move (0 if all moved). */
 ssize_t dd_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len, int *err);
+/* The same with UFFDIO_MOVE_MODE_* flags (ALLOW_SRC_HOLES: empty source
+ * pages are skipped, and counted as moved). */
+ssize_t dd_uffd_move_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len, uint64_t mode,
+			  int *err);
 /* Fill from src (UFFDIO_COPY), or map the pages the file already has
  * (UFFDIO_CONTINUE), waking the waiters unless !wake; the same convention. */
 ssize_t dd_uffd_copy(int uffd, uintptr_t dst, const void *src, size_t len, bool wake, int *err);
@@ -135,8 +139,11 @@ struct dd_vma {
 	bool file;         /* backed by a file (inode != 0) */
 	bool anon;         /* private anonymous memory ([heap], [anon:...] too) */
 	bool ours;         /* a mapping of a libdedup memfd (a merged run) */
+	bool named;        /* [anon:NAME] (prctl PR_SET_VMA_ANON_NAME) */
 	uint64_t offset;   /* file offset of lo */
 	uint64_t ino;      /* the file's inode number (0: anonymous) */
+	unsigned vmf;      /* DD_VMF_*, if vmf_known (dd_vmas_in_smaps only) */
+	bool vmf_known;
 };
 typedef int (*dd_vma_fn)(void *ctx, const struct dd_vma *v);   /* non-zero stops */
 int dd_procmap_open(void);   /* fd for dd_vma_query, or -ENOTTY (no PROCMAP_QUERY) */
@@ -144,6 +151,10 @@ int dd_procmap_open(void);   /* fd for dd_vma_query, or -ENOTTY (no PROCMAP_QUER
 int dd_vma_query(int fd, uintptr_t a, bool or_next, struct dd_vma *v);
 /* fn for each VMA overlapping [lo, hi), in address order. 0 or -errno. */
 int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
+/* The same from the text of maps, whatever the kernel offers. */
+int dd_vmas_in_text(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
+/* The same from smaps, with each VMA's VmFlags (vmf_known): expensive. */
+int dd_vmas_in_smaps(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
 #define DD_VMF_NOHUGEPAGE 0x001u
 #define DD_VMF_HUGEPAGE   0x002u
 #define DD_VMF_DONTDUMP   0x004u
@@ -155,7 +166,9 @@ int dd_vmas_in(uintptr_t lo, uintptr_t hi, dd_vma_fn fn, void *ctx);
 #define DD_VMF_NORESERVE  0x100u
 #define DD_VMF_ACCOUNT    0x200u
 #define DD_VMF_LOCKED     0x400u
+#define DD_VMF_OTHER      0x800u   /* dd_vmas_in_smaps: a flag none of these, nor plain */
 int dd_vma_vmflags(uintptr_t a, unsigned *flags);   /* from smaps: expensive */
+long dd_resident_pages(void);   /* /proc/self/statm, or -errno */
 ssize_t dd_read_full(int fd, void *buf, size_t len);
 /* futex on a word of ours: sleep while *w == val, up to ns (0: no limit) */
 void dd_futex_wait(_Atomic uint32_t *w, uint32_t val, uint64_t ns);

@@ -18,6 +18,9 @@
  *    there: the ioctl fails with EAGAIN and `move` reports the bytes moved
  *    before it (pages before it moved, pages from it on untouched). If the
  *    very first page is absent: ENOENT, move == -ENOENT.
+ *  - a page of an mlock()ed VMA does not move into an unlocked one (EINVAL,
+ *    nothing moved): unmerge spans (merge.c,
+ *    um_gaps_out) rely on a page locked after their smaps read staying put.
  *
  * Why libdedup depends on it: libdedup moves a page out of the application's
  * range (to detect pins and to own the old page) before mapping the merged
@@ -310,6 +313,36 @@ static void test_partial(void)
 	munmap(dst, 4 * T_PAGE);
 }
 
+/* VM_LOCKED must match on both sides (mm/userfaultfd.c, validate_move_areas). */
+static void test_locked(void)
+{
+	int64_t moved;
+	unsigned char *src = map_nothp(2 * T_PAGE);
+	unsigned char *dst = map_nothp(2 * T_PAGE);
+	t_fill(src, 210);
+	t_fill(src + T_PAGE, 211);
+	if (mlock(src, T_PAGE) != 0) {
+		printf("mlock: %s: locked moves not probed\n", strerror(errno));
+		goto out;
+	}
+	CHECK(t_uffd_register(uffd, src, 2 * T_PAGE, MODE_MW) == 0);
+	CHECK(t_uffd_register(uffd, dst, 2 * T_PAGE, UFFDIO_REGISTER_MODE_MISSING) == 0);
+	errno = 0;
+	int r = do_move(dst, src, T_PAGE, 0, &moved);
+	int e = errno;
+	printf("move out of a locked VMA: ret %d errno %d (%s) move %lld\n", r, e, strerror(e),
+	       (long long)moved);
+	CHECK(r == -1 && e == EINVAL);
+	CHECK(present(src) && !present(dst));
+	static unsigned char want[T_PAGE];
+	t_fill(want, 210);
+	CHECK(memcmp(src, want, T_PAGE) == 0);
+	munlock(src, T_PAGE);
+out:
+	munmap(src, 2 * T_PAGE);
+	munmap(dst, 2 * T_PAGE);
+}
+
 int main(void)
 {
 	uint64_t got = 0;
@@ -326,6 +359,7 @@ int main(void)
 	test_wp_only();
 	test_missing_wp();
 	test_partial();
+	test_locked();
 
 	close(uffd);
 	printf("PASS\n");
