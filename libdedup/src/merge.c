@@ -1992,7 +1992,8 @@ static long um_smaps_at(void)
 static int um_walk(struct um *u)
 {
 	struct dd_region *r = u->r;
-	long total = eng.maps_at_pass + eng.vmas_this_pass, runs = 0, smaps_at = 256;
+	long total = eng.maps_at_pass + eng.vmas_this_pass, runs = 0;
+	long smaps_at = dd_unlikely(dd_opt.test_unmerge_smaps) ? 1 : 256;
 	long text_at = total / 4 > 1024 ? total / 4 : 1024;
 	int ret;
 
@@ -2003,7 +2004,7 @@ static int um_walk(struct um *u)
 		while (dd_region_next_merged(r, &i, &k) && r->start + i * DD_PAGE < u->hi) {
 			runs++;
 			i = k;
-			if (runs == smaps_at && !asked) {   /* a statm read: not for a few runs */
+			if (runs == smaps_at && !asked && smaps_at > 1) {   /* statm: not for a few */
 				smaps_at = um_smaps_at();
 				asked = true;
 			}
@@ -2021,7 +2022,7 @@ static int um_walk(struct um *u)
 		return ret;
 	for (size_t i = 0; i < u->nv; i++)
 		runs += u->v[i].ours;
-	if (runs < smaps_at || runs < um_smaps_at())
+	if (runs < smaps_at || (smaps_at > 1 && runs < um_smaps_at()))
 		return 0;
 	u->nv = 0;
 	if (dd_vmas_in_smaps(u->lo, u->hi, um_vma_fn, u) == 0)

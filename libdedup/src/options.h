@@ -55,6 +55,8 @@
 	  "test hook: every Nth placing mremap unmaps its target, then fails")      \
 	X(test_unmerge_by_run, uint64_t, "DEDUP_TEST_UNMERGE_BY_RUN", 0, 0, 1, 0,  \
 	  "test hook: hand merged runs back one mremap each (no spans)")            \
+	X(test_unmerge_smaps, uint64_t, "DEDUP_TEST_UNMERGE_SMAPS", 0, 0, 1, 0,    \
+	  "test hook: read smaps for every hand-back, so spans form in small ranges too") \
 	X(test_unsafe_span_flags, uint64_t, "DEDUP_TEST_UNSAFE_SPAN_FLAGS", 0, 0, 1, 0, \
 	  "test hook: unmerge spans take gaps whatever their flags (they lose them)") \
 	X(test_share_die, uint64_t, "DEDUP_TEST_SHARE_DIE", 0, 0, 7, 0,            \
