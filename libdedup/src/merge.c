@@ -2000,14 +2000,11 @@ static int um_walk(struct um *u)
 	if (r) {
 		size_t i = (u->lo - r->start) / DD_PAGE, k;
 		long enough = text_at / 2 + 1;
-		bool asked = false;
 		while (dd_region_next_merged(r, &i, &k) && r->start + i * DD_PAGE < u->hi) {
 			runs++;
 			i = k;
-			if (runs == smaps_at && !asked && smaps_at > 1) {   /* statm: not for a few */
+			if (runs == 256 && smaps_at > 1)   /* statm is not read for a few runs */
 				smaps_at = um_smaps_at();
-				asked = true;
-			}
 			if (runs >= smaps_at && runs >= enough)
 				break;
 		}

@@ -1152,28 +1152,28 @@ static const char plain_vmflags[][3] = {
 	"rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "ac", "sd", "um", "uw", "ui",
 };
 
-/* dd_vmflags_parse() of vmflag_names, and DD_VMF_OTHER for a flag that is
- * neither one of them nor plain (VM_GROWSDOWN, mseal, VM_LOCKONFAULT, a
- * flag newer than this code...). */
+/* The DD_VMF_* of a "VmFlags:" line as dd_vmflags_parse() of vmflag_names,
+ * and DD_VMF_OTHER for a flag that is neither one of them nor plain
+ * (VM_GROWSDOWN, mseal, VM_LOCKONFAULT, a flag newer than this code...). */
 static unsigned vmflags_all(const char *p)
 {
-	unsigned f = dd_vmflags_parse(p, vmflag_names, DD_ARRAY_SIZE(vmflag_names));
+	unsigned f = 0;
 
-	while (*p) {
-		while (*p == ' ')
-			p++;
-		if (!p[0] || !p[1])
-			break;
+	for (; *p; p++) {
+		if (*p == ' ' || !p[1])
+			continue;
 		bool known = false;
 		for (size_t i = 0; i < DD_ARRAY_SIZE(vmflag_names) && !known; i++)
-			known = p[0] == vmflag_names[i].n[0] && p[1] == vmflag_names[i].n[1];
+			if (p[0] == vmflag_names[i].n[0] && p[1] == vmflag_names[i].n[1]) {
+				f |= vmflag_names[i].f;
+				known = true;
+			}
 		for (size_t i = 0; i < DD_ARRAY_SIZE(plain_vmflags) && !known; i++)
 			known = p[0] == plain_vmflags[i][0] && p[1] == plain_vmflags[i][1];
-		if (!known)
-			f |= DD_VMF_OTHER;
-		p += 2;
-		while (*p && *p != ' ' && *p != '\n')
-			p++;   /* a longer name, should one come: other */
+		if (!known || (p[2] && p[2] != ' '))
+			f |= DD_VMF_OTHER;   /* (a name of three letters or more: other too) */
+		while (p[1] && p[1] != ' ')
+			p++;
 	}
 	return f;
 }
