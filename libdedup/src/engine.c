@@ -21,13 +21,11 @@
  * dedup_init() and dedup_shutdown().
  *
  * Descriptors (fds.c). The program may close ours by a raw system call that
- * no interposer sees. The reader's ring has no descriptor of its own (the
- * ring fd is registered with the thread, then closed) and holds the uffd in
- * its fixed-file table: the userfaultfd itself can never be released behind
- * our back (releasing it would drop every registration - a merge window half
- * done would read zeros), and the reader installs it again at a new number
- * (IORING_OP_FIXED_FD_INSTALL, Linux 6.8) when the old one is no longer
- * ours. It is woken by the uffd alone: to stop it, or to have it recover the
+ * no interposer sees. The reader keeps the uffd in an io_uring (keeper.c):
+ * the userfaultfd itself can never be released behind our back (releasing
+ * it would drop every registration - a merge window half done would read
+ * zeros), and the reader installs it again at a new number when the old
+ * one is no longer ours. It is woken by the uffd alone: to stop it, or to have it recover the
  * uffd, another thread discards the doorbell page D, which raises a REMOVE
  * event that the reader must read before that madvise() returns. The engine
  * checks every descriptor at each step; if one is gone it hands merged
@@ -54,7 +52,6 @@
  * that stays still (no page faulted in, none found changed) backs off
  * further, up to STILL_MAX times that (engine_main).
  */
-#include <liburing.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -68,6 +65,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "keeper.h"
 #include "uapi.h"
 
 static void creds_thread_start(void);
@@ -107,11 +105,9 @@ void dd_engine_account_cpu(uint64_t *last)
 
 /* ---- the uffd reader ---------------------------------------------------- */
 
-/* The reader's io_uring (reader thread only; see reader_ring_init). */
+/* The reader's state (reader thread only). */
 static struct {
-	struct io_uring ring;
-	bool have;      /* the ring works: the uffd is its fixed file 0 */
-	bool polled;    /* a poll of the uffd is in flight */
+	struct dd_keeper k;   /* the uffd's keeper (keeper.c) */
 	bool checked;   /* this round of drain_uffd: eng.uffd found ours */
 	bool lost;      /* this round: found not ours, and not had back */
 } rd;
@@ -346,146 +342,24 @@ static bool drain_uffd(bool *lost)
 	}
 }
 
-/* Linux 6.8; liburing 2.3's headers predate it (uapi.h has no room for
- * io_uring): install fixed file sqe->fd as a new O_CLOEXEC descriptor. */
-#define DD_IORING_OP_FIXED_FD_INSTALL 54
-
-/* Completion tags of the reader's ring. */
-enum { RD_POLL = 1, RD_READ = 2, RD_INSTALL = 3 };
-
-/* Wait for a completion of ours: the uffd's poll, a read or the install.
- * Returns the result of the one asked for, or -errno. */
-static int ring_wait_for(uint64_t tag)
-{
-	for (;;) {
-		struct io_uring_cqe *cqe;
-		int r = io_uring_wait_cqe(&rd.ring, &cqe);
-		if (r == -EINTR)
-			continue;
-		if (r < 0)
-			return r;
-		uint64_t what = io_uring_cqe_get_data64(cqe);
-		int res = cqe->res;
-		io_uring_cqe_seen(&rd.ring, cqe);
-		if (what == RD_POLL)
-			rd.polled = false;
-		if (what == tag)
-			return res;
-	}
-}
-
-static struct io_uring_sqe *ring_sqe(void)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&rd.ring);
-	if (!sqe && io_uring_submit(&rd.ring) >= 0)
-		sqe = io_uring_get_sqe(&rd.ring);
-	return sqe;   /* NULL: the caller falls back to poll() */
-}
-
-/* Submit one operation on the fixed uffd and wait for its result. */
-static int ring_do(struct io_uring_sqe *sqe, uint64_t tag)
-{
-	sqe->flags |= IOSQE_FIXED_FILE;
-	io_uring_sqe_set_data64(sqe, tag);
-	int r = io_uring_submit(&rd.ring);
-	return r < 0 ? r : ring_wait_for(tag);
-}
-
-/* The fixed uffd as a new descriptor of ours, in place of a lost one. */
-static int ring_install_uffd(void)
-{
-	struct io_uring_sqe *sqe = ring_sqe();
-	if (!sqe)
-		return -EBUSY;
-	io_uring_prep_rw(DD_IORING_OP_FIXED_FD_INSTALL, sqe, 0, NULL, 0, 0);
-	sqe->flags = 0;
-	return ring_do(sqe, RD_INSTALL);
-}
-
 /*
- * Read messages from the uffd. With the ring, from its fixed file: the
- * number may name the program's file by now (a raw close, fds.c), and a
- * read() there would take the program's data (a pipe, a socket) or move
- * its file offset. Never waits: -EAGAIN when nothing is pending. Not the
- * uffd's O_NONBLOCK but RWF_NOWAIT says so to io_uring, which otherwise
- * waits for a pollable file to become readable (we hold the gate here).
- * Returns bytes read or -errno.
+ * Read messages from the uffd: with the ring, from its fixed file (the
+ * number may name the program's file by now: a raw close, fds.c, and a
+ * read() there would take the program's data or move its file offset).
+ * Never waits: -EAGAIN when nothing is pending. Returns bytes read or
+ * -errno.
  */
 static ssize_t uffd_read(void *buf, size_t len)
 {
-	static bool no_nowait;   /* RWF_NOWAIT refused: read() the number */
-	struct io_uring_sqe *sqe = rd.have && !no_nowait ? ring_sqe() : NULL;
+	ssize_t r = dd_keeper_read(&rd.k, buf, len);
 
-	if (sqe) {
-		io_uring_prep_read(sqe, 0, buf, (unsigned)len, 0);
-		sqe->rw_flags = RWF_NOWAIT;
-		int r = ring_do(sqe, RD_READ);
-		if (r != -EOPNOTSUPP && r != -EINVAL)
-			return r;
-		no_nowait = true;
-		dd_debug("io_uring read of the uffd with RWF_NOWAIT: errno %d; using read()", -r);
-	}
+	if (r != -ENOSYS)
+		return r;
 	/* no ring: read() the number, once it is known to be ours */
 	if (!number_ours())
 		return -EBADF;
-	ssize_t r = read(eng.uffd, buf, len);
+	r = read(eng.uffd, buf, len);
 	return r < 0 ? -errno : r;
-}
-
-/*
- * The reader's ring: io_uring_queue_init, then the uffd in the fixed-file
- * table, the ring fd registered and closed, the rings kept from fork()ed
- * children (they would keep the uffd alive). Once, the install is tried, so
- * that recovery is known to work before it is needed. false: no ring (no
- * io_uring, seccomp, an old kernel); the reader then uses poll() and read().
- */
-static bool reader_ring_init(void)
-{
-	int fd = eng.uffd;
-
-	eng.uffd_recoverable = false;
-	rd.polled = false;
-	if (io_uring_queue_init(4, &rd.ring, 0) < 0)
-		return false;
-	if (io_uring_register_files(&rd.ring, &fd, 1) < 0 ||
-	    io_uring_register_ring_fd(&rd.ring) != 1) {
-		io_uring_queue_exit(&rd.ring);
-		return false;
-	}
-	dd_sys_close(rd.ring.ring_fd);
-	rd.ring.ring_fd = -1;
-	io_uring_ring_dontfork(&rd.ring);
-	fd = ring_install_uffd();
-	if (fd >= 0) {
-		dd_sys_close(fd);
-		eng.uffd_recoverable = true;
-	}
-	return true;
-}
-
-/*
- * Wait until the uffd is readable. With the ring, a poll of the fixed file
- * (it needs no number); without, poll() on the number. Returns false if the
- * ring failed (the caller goes on with poll()).
- */
-static bool wait_readable(void)
-{
-	if (!rd.polled) {
-		struct io_uring_sqe *sqe = ring_sqe();
-		if (!sqe)
-			return false;
-		io_uring_prep_poll_add(sqe, 0, POLLIN);
-		sqe->flags |= IOSQE_FIXED_FILE;
-		io_uring_sqe_set_data64(sqe, RD_POLL);
-		/* submit and wait in one system call; a signal may end the
-		 * wait (or come before the submission: submit again) */
-		int r = io_uring_submit_and_wait(&rd.ring, 1);
-		if ((r < 0 && r != -EINTR) ||
-		    (io_uring_sq_ready(&rd.ring) && io_uring_submit(&rd.ring) < 0))
-			return false;
-		rd.polled = true;
-	}
-	return ring_wait_for(RD_POLL) >= 0;
 }
 
 /*
@@ -498,15 +372,7 @@ static bool wait_readable(void)
  */
 static bool uffd_usable(void)
 {
-	if (dd_fd_intact(eng.uffd))
-		return true;
-	if (!rd.have || !eng.uffd_recoverable)
-		return false;
-	int fd = ring_install_uffd();
-	if (fd < 0)
-		return false;
-	dd_fd_forget(&eng.uffd);
-	return dd_fd_adopt(&eng.uffd, fd) >= 0;   /* the file kept its tag */
+	return dd_keeper_renumber(&rd.k, &eng.uffd);
 }
 
 static _Atomic bool reader_gone;   /* the reader left on its own */
@@ -515,13 +381,16 @@ static void *reader_main(void *arg)
 {
 	uint64_t cpu = dd_thread_cpu_ns();
 
-	rd.have = reader_ring_init();
+	if (!dd_keeper_init(&rd.k, eng.uffd))
+		dd_debug("no io_uring for the uffd reader: poll() and read()");
+	eng.uffd_recoverable = rd.k.recoverable;
 	creds_thread_start();
 	thread_ready();
 	for (;;) {
 		dd_creds_follow();
-		if (!rd.have || !wait_readable()) {
-			rd.have = false;
+		if (!rd.k.have || dd_keeper_wait(&rd.k, -1, -1) < 0) {
+			dd_keeper_exit(&rd.k);
+			eng.uffd_recoverable = false;
 			struct pollfd p = { eng.uffd, POLLIN, 0 };
 			if (poll(&p, 1, -1) < 0 && errno != EINTR)
 				break;
@@ -548,8 +417,7 @@ static void *reader_main(void *arg)
 			break;
 		dd_creds_follow();   /* before the doorbell's ringer goes on */
 	}
-	if (rd.have)
-		io_uring_queue_exit(&rd.ring);
+	dd_keeper_exit(&rd.k);
 	dd_engine_account_cpu(&cpu);
 	return NULL;
 }

@@ -11,3 +11,4 @@ dedup_test(probe_move_pinned SOURCES probe_move_pinned.c TIMEOUT 600 LABELS prob
 dedup_test(probe_move_semantics SOURCES probe_move_semantics.c TIMEOUT 600 LABELS probe)
 dedup_test(probe_move_not_exclusive SOURCES probe_move_not_exclusive.c TIMEOUT 600 LABELS probe)
 dedup_test(probe_register_modes SOURCES probe_register_modes.c TIMEOUT 600 LABELS probe)
+dedup_test(probe_uffd_keeper SOURCES probe_uffd_keeper.c TIMEOUT 600 LABELS probe)
