@@ -30,7 +30,11 @@
  *     file mapping without an anon_vma, and each first read would otherwise
  *     be a round trip to our thread (tests/probe/probe_fork_child_file.c).
  *  4. Register each run of pieces MINOR|MISSING and start the "dedup-child"
- *     thread, which serves that uffd:
+ *     thread. It first puts the uffd in an io_uring of its own (keeper.c;
+ *     fork() waits for that), so that a raw close of the number by the
+ *     child - a daemon closing everything - cannot end the guard: it
+ *     installs the uffd at a new number before its next ioctl. It serves
+ *     that uffd:
  *       REMOVE [a, b)  the pages are discarded: remember them;
  *       UNMAP [a, b)   forget them;
  *       REMAP f -> t   the marks move from f to t, and all of f counts as
@@ -79,6 +83,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "keeper.h"
 #include "uapi.h"
 
 #ifndef MADV_POPULATE_READ
@@ -96,6 +101,8 @@ static struct {
 	pthread_mutex_t lock;
 	int uffd;                 /* -1: not guarding */
 	int stop_fd;              /* eventfd: stops the guard thread */
+	struct dd_keeper k;       /* the guard thread's: keeps the uffd (keeper.c) */
+	_Atomic uint32_t ready;   /* the guard thread has made its keeper */
 	pthread_t thr;
 	bool thr_started;
 	_Atomic bool stopping;    /* dd_child_release: the guard is to leave */
@@ -225,31 +232,61 @@ static void remapped(uintptr_t from, uintptr_t to, size_t len)
 	mark_gone(from, from + len);
 }
 
+/* Wait for the uffd or the stop eventfd, at most timeout_ms (-1: no
+ * limit). false: leave (the uffd is gone, or poll() failed). */
+static bool guard_wait(int timeout_ms)
+{
+	/* The numbers are read again each time: an interposed dup2() onto
+	 * one of ours moves it (fds.c). */
+	int stop = dd_fd_intact(cg.stop_fd) ? cg.stop_fd : -1;
+
+	/* without stop_fd (closed behind our back), look every 100 ms */
+	if (stop < 0 && timeout_ms < 0)
+		timeout_ms = 100;
+	if (cg.k.have) {
+		if (dd_keeper_wait(&cg.k, stop, timeout_ms) >= 0)
+			return true;
+		dd_keeper_exit(&cg.k);   /* the ring failed: poll() the number */
+	}
+	/* Without a keeper a uffd the program closed by a raw system call is
+	 * gone for good: leave (its file went with the number, and the kernel
+	 * dropped the registrations). */
+	if (!dd_fd_intact(cg.uffd))
+		return false;
+	struct pollfd pfd[2] = { { .fd = cg.uffd, .events = POLLIN }, { .fd = stop, .events = POLLIN } };
+	return poll(pfd, 2, timeout_ms) >= 0 || errno == EINTR;
+}
+
+static ssize_t guard_read(void *buf, size_t len)
+{
+	ssize_t r = dd_keeper_read(&cg.k, buf, len);
+
+	if (r != -ENOSYS)
+		return r;
+	r = read(cg.uffd, buf, len);   /* no keeper: guard_wait checked the number */
+	return r < 0 ? -errno : r;
+}
+
 static void *guard_main(void *arg)
 {
 	static struct { uintptr_t a; bool minor; } pend[CG_PENDING];
 	size_t npend = 0;
 	struct uffd_msg msg[32];
-	struct pollfd pfd[2] = { { .fd = cg.uffd, .events = POLLIN }, { .fd = cg.stop_fd, .events = POLLIN } };
 
 	(void)arg;
+	/* The keeper first, while the child's one other thread waits in
+	 * dd_child_guard(): nothing can close the uffd's number before the
+	 * ring holds it. */
+	if (!dd_keeper_init(&cg.k, cg.uffd))
+		dd_debug("child: no io_uring to keep the guard's uffd");
+	atomic_store(&cg.ready, 1);
+	dd_futex_wake(&cg.ready);
 	for (;;) {
-		/* The numbers are read again each time: an interposed dup2()
-		 * onto one of ours moves it (fds.c). A uffd the program closed
-		 * by a raw system call is gone for good: leave (its file goes
-		 * with the number, and the kernel drops the registrations). */
-		pfd[0].fd = cg.uffd;
-		pfd[1].fd = dd_fd_intact(cg.stop_fd) ? cg.stop_fd : -1;
-		if (!dd_fd_intact(cg.uffd))
-			break;
-		/* without stop_fd (closed behind our back), look every 100 ms */
-		if (poll(pfd, 2, npend ? 1 : pfd[1].fd < 0 ? 100 : -1) < 0 && errno != EINTR)
-			break;
-		if (atomic_load(&cg.stopping))
+		if (!guard_wait(npend ? 1 : -1) || atomic_load(&cg.stopping))
 			break;
 		pthread_mutex_lock(&cg.lock);
 		while (npend + DD_ARRAY_SIZE(msg) <= CG_PENDING) {
-			ssize_t r = read(cg.uffd, msg, sizeof(msg));
+			ssize_t r = guard_read(msg, sizeof(msg));
 			if (r <= 0)
 				break;
 			for (size_t i = 0; i < (size_t)r / sizeof(msg[0]); i++) {
@@ -273,6 +310,12 @@ static void *guard_main(void *arg)
 				}
 			}
 		}
+		/* the ioctls need a number that is ours: after a raw close,
+		 * the keeper installs the uffd at a new one */
+		if (npend && !dd_keeper_renumber(&cg.k, &cg.uffd)) {
+			pthread_mutex_unlock(&cg.lock);
+			break;
+		}
 		size_t keep = 0;
 		for (size_t i = 0; i < npend; i++)
 			if (resolve(pend[i].a, pend[i].minor) == -EAGAIN)
@@ -282,6 +325,9 @@ static void *guard_main(void *arg)
 		if (npend)
 			sched_yield();   /* an event's thread has yet to run */
 	}
+	/* With the number gone too, the uffd goes with the ring: the kernel
+	 * drops the registrations and wakes every fault. */
+	dd_keeper_exit(&cg.k);
 	return NULL;
 }
 
@@ -424,6 +470,7 @@ void dd_child_guard(void)
 		dd_fd_close(&cg.uffd);
 		dd_fd_close(&cg.stop_fd);
 		cg.thr_started = false;
+		cg.k.have = false;   /* the parent's ring: not inherited */
 	}
 	if (dd_opt.test_unsafe_no_child_guard)
 		return;   /* test hook: tests/preload.cmake shows pl_fork_child failing */
@@ -476,6 +523,7 @@ void dd_child_guard(void)
 			give_up(i, j, "UFFDIO_REGISTER", r);
 		i = j;
 	}
+	atomic_store(&cg.ready, 0);
 	r = dd_thread_create(&cg.thr, guard_main, NULL);
 	if (r) {
 		/* Unregistered again by closing the uffd, then copied. */
@@ -485,6 +533,8 @@ void dd_child_guard(void)
 		return;
 	}
 	pthread_setname_np(cg.thr, "dedup-child");
+	while (!atomic_load(&cg.ready))
+		dd_futex_wait(&cg.ready, 0, 0);
 	cg.thr_started = true;
 	atomic_store(&cg.stopping, false);
 	if (!cg.atfork_done) {
@@ -550,6 +600,13 @@ int dd_child_release(void)
 			(void)!write(cg.stop_fd, &one, sizeof(one));
 		pthread_join(cg.thr, NULL);
 		cg.thr_started = false;
+		/* pthread_join() returns once the kernel cleared the thread's
+		 * id, early in its exit; it leaves the thread group later (a
+		 * guard with a ring takes longer: its io_uring context goes
+		 * first), and until then the call that needs one thread fails
+		 * EINVAL. Wait for that, briefly. */
+		for (int i = 0; i < 2000 && thread_count() > 1; i++)
+			usleep(50);
 	}
 	dd_fd_close(&cg.uffd);
 	dd_fd_close(&cg.stop_fd);
