@@ -23,6 +23,7 @@
 #include "pl.h"
 
 #include <dirent.h>
+#include <linux/io_uring.h>
 #include <sys/stat.h>
 
 #define NP 1024
@@ -72,6 +73,31 @@ static int count_lines(const char *path, const char *needle, bool show)
 		}
 	fclose(f);
 	return n;
+}
+
+/* io_uring can be set up here (not forbidden by seccomp or
+ * kernel.io_uring_disabled): what libdedup's keepers need (keeper.c). */
+static bool have_io_uring(void)
+{
+	struct io_uring_params p;
+	memset(&p, 0, sizeof(p));
+	int fd = (int)syscall(__NR_io_uring_setup, 1, &p);
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+/* One line from libdedup where an engine of ours lost its descriptors to a
+ * raw close, none otherwise. 0, or the test's status. */
+static int lines_ok(bool raw, bool engine_here)
+{
+	int lines = count_lines(errpath, "libdedup", true);
+	if (lines != (raw && engine_here ? 1 : 0)) {
+		fprintf(stderr, "FAIL: %d lines of libdedup on stderr\n", lines);
+		return 25;
+	}
+	return 0;
 }
 
 static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
@@ -169,7 +195,12 @@ static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 	/* Anonymous-memory behaviour of what had been merged, in a child too:
 	 * there a's merged pages are the fork guard's, whose uffd a raw close
 	 * must not take (its keeper, keeper.c; before it the guard left and
-	 * the discarded page read its merged content again). */
+	 * the discarded page read its merged content again). Without io_uring
+	 * there is no keeper: a known limit (docs/preload.md). */
+	if (raw && in_child && !have_io_uring()) {
+		printf("no io_uring here: the fork guard has no keeper; discards not checked\n");
+		return lines_ok(raw, engine_here);
+	}
 	CHECK(madvise(a + len, T_PAGE, MADV_DONTNEED) == 0);
 	if (!pl_is_zero(a + len, T_PAGE)) {
 		fprintf(stderr, "FAIL: a discarded page does not read zeros\n");
@@ -188,12 +219,7 @@ static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 		fprintf(stderr, "FAIL: pages after a second discard read wrong\n");
 		return 27;
 	}
-	int lines = count_lines(errpath, "libdedup", true);
-	if (lines != (raw && engine_here ? 1 : 0)) {
-		fprintf(stderr, "FAIL: %d lines of libdedup on stderr\n", lines);
-		return 25;
-	}
-	return 0;
+	return lines_ok(raw, engine_here);
 }
 
 int main(int argc, char **argv)
