@@ -48,6 +48,11 @@
  *     anonymous page, which only another discard empties again.
  *  A piece that cannot be guarded (no uffd, a registration refused) is made
  *  anonymous memory again by a copy: more memory, same behaviour.
+ *  The guard thread follows set*id() calls as the engine's threads do
+ *  (engine.c, "credentials of our threads"): woken by its eventfd, it takes
+ *  the caller's capabilities and keep-caps flag, and glibc's SIGSETXID then
+ *  changes its ids with the others'. So a child that drops privileges (a
+ *  pre-fork server's worker) keeps sharing what its parent merged.
  *
  * The child never merges these pieces; with DEDUP_FORK=restart its own new
  * engine merges other memory (a range holding our pieces is registered with
@@ -100,12 +105,13 @@ struct piece {
 static struct {
 	pthread_mutex_t lock;
 	int uffd;                 /* -1: not guarding */
-	int stop_fd;              /* eventfd: stops the guard thread */
+	int wake_fd;              /* eventfd: wakes the guard (to stop, to follow creds) */
 	struct dd_keeper k;       /* the guard thread's: keeps the uffd (keeper.c) */
 	_Atomic uint32_t ready;   /* the guard thread has made its keeper */
 	pthread_t thr;
 	bool thr_started;
 	_Atomic bool stopping;    /* dd_child_release: the guard is to leave */
+	_Atomic bool left;        /* the guard thread has left its loop */
 	bool atfork_done;
 	struct dd_rtab gone;      /* discarded pages of our pieces */
 	struct dd_rtab snap;      /* gone, as of the last fork() (prefork_guard) */
@@ -114,7 +120,7 @@ static struct {
 } cg = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.uffd = -1,
-	.stop_fd = -1,
+	.wake_fd = -1,
 };
 
 /* ---- a piece back to anonymous memory ------------------------------------ */
@@ -232,29 +238,40 @@ static void remapped(uintptr_t from, uintptr_t to, size_t len)
 	mark_gone(from, from + len);
 }
 
-/* Wait for the uffd or the stop eventfd, at most timeout_ms (-1: no
- * limit). false: leave (the uffd is gone, or poll() failed). */
-static bool guard_wait(int timeout_ms)
+/* Wait for the uffd or the wake-up eventfd, at most timeout_ms (-1: no
+ * limit). Returns 2 when the eventfd rang (drained here), 1 otherwise, -1
+ * to leave (the uffd is gone, or poll() failed). */
+static int guard_wait(int timeout_ms)
 {
 	/* The numbers are read again each time: an interposed dup2() onto
 	 * one of ours moves it (fds.c). */
-	int stop = dd_fd_intact(cg.stop_fd) ? cg.stop_fd : -1;
+	int wake = dd_fd_intact(cg.wake_fd) ? cg.wake_fd : -1, r = -1;
+	uint64_t v;
 
-	/* without stop_fd (closed behind our back), look every 100 ms */
-	if (stop < 0 && timeout_ms < 0)
+	/* without wake_fd (closed behind our back), look every 100 ms */
+	if (wake < 0 && timeout_ms < 0)
 		timeout_ms = 100;
 	if (cg.k.have) {
-		if (dd_keeper_wait(&cg.k, stop, timeout_ms) >= 0)
-			return true;
-		dd_keeper_exit(&cg.k);   /* the ring failed: poll() the number */
+		r = dd_keeper_wait(&cg.k, wake, timeout_ms);
+		if (r < 0)
+			dd_keeper_exit(&cg.k);   /* the ring failed: poll() the number */
 	}
-	/* Without a keeper a uffd the program closed by a raw system call is
-	 * gone for good: leave (its file went with the number, and the kernel
-	 * dropped the registrations). */
-	if (!dd_fd_intact(cg.uffd))
-		return false;
-	struct pollfd pfd[2] = { { .fd = cg.uffd, .events = POLLIN }, { .fd = stop, .events = POLLIN } };
-	return poll(pfd, 2, timeout_ms) >= 0 || errno == EINTR;
+	if (r < 0) {
+		/* Without a keeper a uffd the program closed by a raw system
+		 * call is gone for good: leave (its file went with the number,
+		 * and the kernel dropped the registrations). */
+		if (!dd_fd_intact(cg.uffd))
+			return -1;
+		struct pollfd pfd[2] = { { .fd = cg.uffd, .events = POLLIN }, { .fd = wake, .events = POLLIN } };
+		r = poll(pfd, 2, timeout_ms);
+		if (r < 0 && errno != EINTR)
+			return -1;
+		r = r > 0 && (pfd[1].revents & POLLIN) ? 2 : 1;
+	}
+	/* non-blocking; the number checked just above, as for every use */
+	if (r == 2 && dd_fd_intact(wake))
+		(void)!read(wake, &v, sizeof(v));
+	return r;
 }
 
 static ssize_t guard_read(void *buf, size_t len)
@@ -279,11 +296,13 @@ static void *guard_main(void *arg)
 	 * ring holds it. */
 	if (!dd_keeper_init(&cg.k, cg.uffd))
 		dd_debug("child: no io_uring to keep the guard's uffd");
+	dd_creds_thread_start();
 	atomic_store(&cg.ready, 1);
 	dd_futex_wake(&cg.ready);
 	for (;;) {
-		if (!guard_wait(npend ? 1 : -1) || atomic_load(&cg.stopping))
+		if (guard_wait(npend ? 1 : -1) < 0 || atomic_load(&cg.stopping))
 			break;
+		dd_creds_follow();   /* a set*id() call is waiting for us */
 		pthread_mutex_lock(&cg.lock);
 		while (npend + DD_ARRAY_SIZE(msg) <= CG_PENDING) {
 			ssize_t r = guard_read(msg, sizeof(msg));
@@ -328,6 +347,7 @@ static void *guard_main(void *arg)
 	/* With the number gone too, the uffd goes with the ring: the kernel
 	 * drops the registrations and wakes every fault. */
 	dd_keeper_exit(&cg.k);
+	atomic_store(&cg.left, true);
 	return NULL;
 }
 
@@ -468,7 +488,7 @@ void dd_child_guard(void)
 	if (grandchild) {
 		/* our parent's guard uffd: nobody serves it here */
 		dd_fd_close(&cg.uffd);
-		dd_fd_close(&cg.stop_fd);
+		dd_fd_close(&cg.wake_fd);
 		cg.thr_started = false;
 		cg.k.have = false;   /* the parent's ring: not inherited */
 	}
@@ -502,7 +522,7 @@ void dd_child_guard(void)
 	 * they would zero what a restarted engine merges there later */
 	r = dd_uffd_open(&cg.uffd, UFFD_FEATURE_EVENT_UNMAP, &why);
 	if (r == 0) {
-		r = dd_fd_adopt(&cg.stop_fd, eventfd(0, EFD_CLOEXEC));
+		r = dd_fd_adopt(&cg.wake_fd, eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 		if (r < 0)
 			r = -errno, why = "eventfd";
 	}
@@ -524,11 +544,13 @@ void dd_child_guard(void)
 		i = j;
 	}
 	atomic_store(&cg.ready, 0);
+	atomic_store(&cg.left, false);
+	atomic_store(&cg.stopping, false);
 	r = dd_thread_create(&cg.thr, guard_main, NULL);
 	if (r) {
 		/* Unregistered again by closing the uffd, then copied. */
 		dd_fd_close(&cg.uffd);
-		dd_fd_close(&cg.stop_fd);
+		dd_fd_close(&cg.wake_fd);
 		give_up(0, cg.npieces, "pthread_create", -r);
 		return;
 	}
@@ -536,7 +558,6 @@ void dd_child_guard(void)
 	while (!atomic_load(&cg.ready))
 		dd_futex_wait(&cg.ready, 0, 0);
 	cg.thr_started = true;
-	atomic_store(&cg.stopping, false);
 	if (!cg.atfork_done) {
 		pthread_atfork(prefork_guard, NULL, postfork_guard_child);
 		cg.atfork_done = true;
@@ -547,6 +568,23 @@ void dd_child_guard(void)
 bool dd_child_guarding(void)
 {
 	return cg.uffd >= 0;
+}
+
+/* Our threads in this (guarded) child that follow credentials: the guard
+ * thread, while it runs (engine.c, dd_creds_sync). */
+unsigned dd_child_threads(void)
+{
+	return cg.thr_started && !atomic_load(&cg.left) ? 1 : 0;
+}
+
+/* Wake the guard thread (dd_creds_sync: it then follows the caller's
+ * capabilities and keep-caps flag). */
+void dd_child_wake(void)
+{
+	uint64_t one = 1;
+
+	if (cg.thr_started && dd_fd_intact(cg.wake_fd))
+		(void)!write(cg.wake_fd, &one, sizeof(one));
 }
 
 /*
@@ -596,8 +634,8 @@ int dd_child_release(void)
 	}
 	if (cg.thr_started) {
 		atomic_store(&cg.stopping, true);
-		if (dd_fd_intact(cg.stop_fd))
-			(void)!write(cg.stop_fd, &one, sizeof(one));
+		if (dd_fd_intact(cg.wake_fd))
+			(void)!write(cg.wake_fd, &one, sizeof(one));
 		pthread_join(cg.thr, NULL);
 		cg.thr_started = false;
 		/* pthread_join() returns once the kernel cleared the thread's
@@ -609,7 +647,7 @@ int dd_child_release(void)
 			usleep(50);
 	}
 	dd_fd_close(&cg.uffd);
-	dd_fd_close(&cg.stop_fd);
+	dd_fd_close(&cg.wake_fd);
 	return ret;
 }
 

@@ -12,6 +12,8 @@ void dd_child_guard(void);           /* in the child, from fork() */
 void dd_child_atfork(void);          /* engine.c's atfork child handler, last */
 void dd_child_probe(void);           /* engine start: can a child start a thread? */
 bool dd_child_guarding(void);
+unsigned dd_child_threads(void);     /* 1 while the guard thread runs */
+void dd_child_wake(void);            /* the guard: dd_creds_follow() */
 int dd_child_release(void);          /* back to anonymous memory, guard stopped */
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero);
 void dd_preload_forked(void);        /* preload/lifecycle.c: after the guard, in the child */

@@ -68,7 +68,7 @@
 #include "keeper.h"
 #include "uapi.h"
 
-static void creds_thread_start(void);
+static void creds_atfork_child(void);
 
 struct dd_engine eng = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -384,7 +384,7 @@ static void *reader_main(void *arg)
 	if (!dd_keeper_init(&rd.k, eng.uffd))
 		dd_debug("no io_uring for the uffd reader: poll() and read()");
 	eng.uffd_recoverable = rd.k.recoverable;
-	creds_thread_start();
+	dd_creds_thread_start();
 	thread_ready();
 	for (;;) {
 		dd_creds_follow();
@@ -580,7 +580,7 @@ static void *engine_main(void *arg)
 	uint64_t cpu = dd_thread_cpu_ns();
 	const size_t step = 1024;
 
-	creds_thread_start();
+	dd_creds_thread_start();
 	thread_ready();
 	/* The first pass starts one interval after dedup_init(), like every
 	 * other: the application's start-up is its busiest time. */
@@ -810,6 +810,7 @@ static void postfork_child(void)
 	dd_store_child_close_segments();
 	eng.running = false;
 	eng.child = true;
+	creds_atfork_child();
 	dd_child_atfork();   /* a fork() that is not ours: guard from here */
 }
 
@@ -1005,7 +1006,8 @@ int dd_engine_start(void)
  * and keep-caps flag (dd_creds_sync); the kernel then changes every thread
  * alike. Our threads apply it at the top of their loops (dd_creds_follow),
  * woken for it: the engine by a kick, the reader by the doorbell, the
- * preload thread by its own wake-up. The caller waits for them, with a cap
+ * preload thread by its own wake-up, a fork()ed child's guard by its
+ * eventfd (child.c). The caller waits for them, with a cap
  * (2 s): a thread that does not answer in time is no worse off than before.
  */
 static struct {
@@ -1016,7 +1018,8 @@ static struct {
 } creds = { .lock = PTHREAD_MUTEX_INITIALIZER };
 static __thread uint32_t creds_seen;
 
-static void creds_thread_start(void)
+/* A thread of ours starts: it follows syncs made from now on. */
+void dd_creds_thread_start(void)
 {
 	creds_seen = atomic_load_explicit(&creds.gen, memory_order_acquire);
 }
@@ -1032,6 +1035,13 @@ void dd_creds_follow(void)
 	prctl(PR_SET_KEEPCAPS, creds.keepcaps, 0, 0, 0);
 	syscall(SYS_capset, &h, creds.cap);
 	atomic_fetch_add_explicit(&creds.acks, 1, memory_order_release);
+}
+
+/* A sync in another thread at fork() left the lock held: it is ours now
+ * (the child's guard thread follows syncs: child.c). */
+static void creds_atfork_child(void)
+{
+	pthread_mutex_init(&creds.lock, NULL);
 }
 
 void dd_creds_sync(unsigned others, void (*wake_others)(void))

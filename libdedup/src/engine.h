@@ -82,6 +82,7 @@ void dd_engine_kick(void);
 /* set*id() ahead: our threads take the caller's capabilities (engine.c) */
 void dd_creds_sync(unsigned others, void (*wake_others)(void));
 void dd_creds_follow(void);
+void dd_creds_thread_start(void);
 void dd_engine_child_reset(void);
 void dd_engine_account_cpu(uint64_t *last);
 bool dd_engine_uffd_back(void);   /* eng.gate held: eng.uffd ours again? */

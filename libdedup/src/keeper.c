@@ -171,9 +171,9 @@ ssize_t dd_keeper_read(struct dd_keeper *k, void *buf, size_t len)
  * number) or, if extra_fd >= 0, extra_fd is (a poll of that number: the
  * caller checks it is ours first; the poll holds the file it found), at
  * most timeout_ms (-1: no limit). A signal ends the wait early. Returns 1
- * when one of them is readable (or extra_fd's poll ended otherwise), 0 when
- * the time ran out, -errno if the ring failed (the caller goes on with
- * poll()).
+ * when the uffd is readable, 2 when extra_fd's poll ended (readable, or the
+ * file went), 0 when the time ran out, -errno if the ring failed (the
+ * caller goes on with poll()).
  */
 int dd_keeper_wait(struct dd_keeper *k, int extra_fd, int timeout_ms)
 {
@@ -216,7 +216,7 @@ int dd_keeper_wait(struct dd_keeper *k, int extra_fd, int timeout_ms)
 		int res;
 		uint64_t what = seen(k, cqe, &res);
 		if (what == K_EXTRA)
-			return 1;   /* the caller looks at what it waits for */
+			return 2;
 		if (what == K_POLL)
 			return res < 0 ? res : 1;
 	}

@@ -6,7 +6,11 @@
  * every thread of the process take the new ids (a signal to each, SIGSETXID)
  * and aborts the process if one of them fails, so libdedup's threads must
  * take them too. Prints "ok <checksum>"; exit 77 when not root.
- * hl_setuid fork: the same in a fork()ed child (the daemon way).
+ * hl_setuid fork: the same in a fork()ed child (the daemon way, and a
+ * pre-fork server's workers'). There the guard of the merged pages the
+ * child inherited (libdedup/src/child.c) follows the ids too and keeps
+ * guarding: the pages stay shared with the parent (they were copied before
+ * the guard followed credentials), and a discarded one reads zeros.
  */
 #include "../preload/pl.h"
 
@@ -14,6 +18,49 @@
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+
+/* Private mappings of libdedup's memfd (merged pieces); *lo: one of them
+ * inside [a, a + len), or 0. */
+static size_t pieces(uintptr_t a, size_t len, uintptr_t *lo)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	size_t n = 0;
+
+	CHECK(f != NULL);
+	*lo = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		char perms[8];
+		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3 || perms[3] != 'p' ||
+		    !strstr(line, "memfd:libdedup"))
+			continue;
+		n++;
+		if (!*lo && s >= a && s < a + len)
+			*lo = s;
+	}
+	fclose(f);
+	return n;
+}
+
+/* In a guarded child after the ids changed: a merged page of b reads zeros
+ * once discarded; then it gets its content back. */
+static bool still_guarded(char *b, size_t pages)
+{
+	char *start = b + 4096 - ((uintptr_t)b & 4095);
+	uintptr_t p;
+
+	if (!pieces((uintptr_t)start, pages * T_PAGE, &p) || !p)
+		return true;   /* nothing merged in this buffer */
+	CHECK(madvise((void *)p, T_PAGE, MADV_DONTNEED) == 0);
+	if (!pl_is_zero((const char *)p, T_PAGE)) {
+		fprintf(stderr, "hl_setuid: a discarded merged page does not read zeros after the "
+			"ids changed\n");
+		return false;
+	}
+	t_fill((void *)p, 1 * 1000003 + (p - (uintptr_t)start) / T_PAGE);
+	return true;
+}
 
 int main(int argc, char **argv)
 {
@@ -47,6 +94,8 @@ int main(int argc, char **argv)
 			return WEXITSTATUS(st);
 		}
 	}
+	uintptr_t any;
+	size_t merged = pieces(0, 0, &any);   /* inherited, in a child */
 	CHECK(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) == 0);
 	gid_t g = 65534;
 	CHECK(setgroups(1, &g) == 0);
@@ -61,6 +110,16 @@ int main(int argc, char **argv)
 	CHECK(syscall(SYS_capset, &h, d) == 0);
 	CHECK(setresgid(65534, 65534, 65534) == 0);
 	CHECK(getuid() == 65534 && getgid() == 65534);
+	if (argc > 1 && strcmp(argv[1], "fork") == 0 && merged) {
+		if (!pieces(0, 0, &any)) {
+			fprintf(stderr, "hl_setuid: %zu merged pieces before the ids changed, none "
+				"after: the child's guard let go and copied them\n", merged);
+			return T_FAIL;
+		}
+		for (int i = 0; i < N; i++)
+			if (!still_guarded(b[i], SZ / T_PAGE - 1))
+				return T_FAIL;
+	}
 	for (int i = N; i < 2 * N; i++) {
 		b[i] = malloc(SZ);
 		CHECK(b[i]);

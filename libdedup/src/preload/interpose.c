@@ -37,7 +37,8 @@
  *     after every atfork handler, so after the allocator's).
  *   setuid, setgid, set{e,re,res}{u,g}id, setgroups: glibc applies them to
  *     every thread and aborts if one fails; ours first take the caller's
- *     capabilities and keep-caps flag (engine.c, dd_creds_sync).
+ *     capabilities and keep-caps flag (engine.c, dd_creds_sync), a guarded
+ *     child's guard thread included.
  *   unshare, setns of a user namespace: need a single-threaded process; a
  *     guarded child gives up its guard first (child.c, dd_child_release).
  *
@@ -573,15 +574,28 @@ DD_API int setns(int fd, int nstype)
  * set*id(): glibc makes every thread take the new ids and aborts the
  * process if one of them fails where the caller succeeded. Ours must have
  * the caller's capabilities and keep-caps flag first (engine.c,
- * dd_creds_sync); a fork()ed child's guard thread is simply let go, as for
- * unshare() above. The real calls are glibc's.
+ * dd_creds_sync), a fork()ed child's guard thread included. The real calls
+ * are glibc's.
  */
+static bool pl_thread_runs(void)
+{
+	return state() == PL_ON && pl.thr_started;
+}
+
+static void wake_ours(void)
+{
+	if (pl_thread_runs())
+		dd_pl_wake();
+	dd_child_wake();
+}
+
 static void before_setxid(void)
 {
-	if (dd_child_guarding())
-		dd_child_release();
-	/* also for a program that runs the engine through the API */
-	dd_creds_sync(state() == PL_ON && pl.thr_started ? 1 : 0, dd_pl_wake);
+	/* also for a program that runs the engine through the API; a
+	 * guarded child's guard follows too, and keeps guarding: a pre-fork
+	 * server's workers that drop privileges keep sharing what the parent
+	 * merged */
+	dd_creds_sync((pl_thread_runs() ? 1 : 0) + dd_child_threads(), wake_ours);
 }
 
 #define SETXID(name, params, args)                                             \
