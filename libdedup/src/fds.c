@@ -124,6 +124,7 @@ bool dd_fd_names(int fd, uint64_t ino)
  * hidden from the program like the others (close, dup2, the fstat family). */
 #define DD_TEMP_MAX 8
 static _Atomic int temp[DD_TEMP_MAX];
+static off_t temp_off[DD_TEMP_MAX];   /* the next read's offset (its opener's) */
 
 bool dd_fd_ours(int fd)
 {
@@ -221,8 +222,10 @@ static void temp_add(int fd)
 {
 	for (size_t i = 0; i < DD_TEMP_MAX; i++) {
 		int none = 0;
-		if (atomic_compare_exchange_strong(&temp[i], &none, fd + 1))
+		if (atomic_compare_exchange_strong(&temp[i], &none, fd + 1)) {
+			temp_off[i] = 0;
 			return;
+		}
 	}   /* more at once than we ever hold: it stays visible */
 }
 
@@ -299,17 +302,39 @@ void dd_fd_close_temp(int fd)
 	temp_del(fd);
 }
 
-/* read(2) on a temporary descriptor, only while it is ours: -EBADF else. */
+/*
+ * read(2) on a temporary descriptor, only while it is ours: -EBADF else.
+ * The check and the read are two system calls, and between them a raw close
+ * and an open() of the program's in another thread could take the number.
+ * So the read is a pread() at the offset we keep: it never moves the
+ * program's file offset, and on its pipe or socket it fails (ESPIPE)
+ * without taking a byte. And the tag is checked again after it: a number
+ * once lost never names our file again, so what we read is kept only if it
+ * came from our file. (seq_file /proc files read on from the same offset
+ * as with read(): no re-walk.)
+ */
 ssize_t dd_fd_read_temp(int fd, void *buf, size_t len)
 {
+	size_t i = 0;
+
+	while (i < DD_TEMP_MAX && atomic_load_explicit(&temp[i], memory_order_acquire) != fd + 1)
+		i++;
 	for (;;) {
 		if (!dd_fd_intact(fd))
 			return -EBADF;
-		ssize_t r = read(fd, buf, len);
-		if (r >= 0)
+		/* not in the table (no room above the floor): the low number,
+		 * read() as before */
+		ssize_t r = i < DD_TEMP_MAX ? pread(fd, buf, len, temp_off[i]) : read(fd, buf, len);
+		int e = errno;
+		if (r >= 0 && !dd_fd_intact(fd))
+			return -EBADF;
+		if (r >= 0) {
+			if (i < DD_TEMP_MAX)
+				temp_off[i] += r;
 			return r;
-		if (errno != EINTR)
-			return -errno;
+		}
+		if (e != EINTR)
+			return -e;
 	}
 }
 
