@@ -102,6 +102,7 @@ static int lines_ok(bool raw, bool engine_here)
 
 static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 {
+	bool keeper = have_io_uring();
 	int ours[64], nours = ours_list(ours, 64);
 	uint64_t merges0 = pl_stats().merges;
 
@@ -150,10 +151,11 @@ static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 	} else if (engine_here && raw) {
 		/* libdedup notices, hands back, says so once. (In a child, a's
 		 * merged pages are the fork guard's, not this engine's: see
-		 * below.) */
+		 * below. Without io_uring the uffd is gone for good and nothing
+		 * can be handed back: it says so.) */
 		double t0 = t_now();
 		while (count_lines(errpath, "libdedup", false) < 1 ||
-		       (!in_child && pl_has_merged(a, 4 * len))) {
+		       (!in_child && keeper && pl_has_merged(a, 4 * len))) {
 			if (t_now() - t0 > t_cap()) {
 				fprintf(stderr, "FAIL: no hand-back within %g s\n", t_cap());
 				return 20;
@@ -196,9 +198,10 @@ static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 	 * there a's merged pages are the fork guard's, whose uffd a raw close
 	 * must not take (its keeper, keeper.c; before it the guard left and
 	 * the discarded page read its merged content again). Without io_uring
-	 * there is no keeper: a known limit (docs/preload.md). */
-	if (raw && in_child && !have_io_uring()) {
-		printf("no io_uring here: the fork guard has no keeper; discards not checked\n");
+	 * there is no keeper, in the process or in a child: a known limit
+	 * (docs/preload.md, "A raw close without io_uring"). */
+	if (raw && !keeper) {
+		printf("no io_uring here: no keeper for the uffd; discards not checked\n");
 		return lines_ok(raw, engine_here);
 	}
 	CHECK(madvise(a + len, T_PAGE, MADV_DONTNEED) == 0);
