@@ -189,34 +189,9 @@ target_include_directories(hl_churn PRIVATE ${PROJECT_SOURCE_DIR}/tests
 target_link_libraries(hl_churn PRIVATE ${CMAKE_DL_LIBS})
 set(HL_ARGS $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain> $<TARGET_FILE:hl_churn>
     $<TARGET_FILE:hl_seccomp> $<TARGET_FILE:hl_setuid>)
-foreach(c seccomp noproc nofile as memcg setuid)
+foreach(c seccomp no_io_uring noproc nofile as memcg setuid)
   add_test(NAME hostile_${c} COMMAND ${PL_BASH} ${HL_DIR}/hostile.sh ${c} ${HL_ARGS})
   set_tests_properties(hostile_${c} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
-                       LABELS "preload;hostile")
-endforeach()
-# io_uring forbidden (seccomp, as Docker's profile since 25.0; or
-# kernel.io_uring_disabled=2): no keeper for the uffd (keeper.c). The daemon
-# sequence and the fork guard must still behave (pl_daemon skips what only a
-# keeper can give: a fork guard that survives a raw close).
-foreach(t daemon_raw:pl_daemon:raw daemon_fork_raw:pl_daemon:raw,fork
-          daemon_restart_raw:pl_daemon:raw,fork fork_child:pl_fork_child: workload:pl_workload:)
-  string(REPLACE ":" ";" parts ${t})
-  list(GET parts 0 n)
-  list(GET parts 1 prog)
-  list(LENGTH parts len)
-  set(args "")
-  if(len GREATER 2)
-    list(GET parts 2 a)
-    string(REPLACE "," ";" args "${a}")
-  endif()
-  set(env ${PL_ENV})
-  if(n STREQUAL "daemon_restart_raw")
-    list(APPEND env DEDUP_FORK=restart)
-  endif()
-  add_test(NAME hostile_no_io_uring_${n}
-           COMMAND $<TARGET_FILE:hl_seccomp> --io-uring ${CMAKE_COMMAND} -E env ${env}
-                   $<TARGET_FILE:${prog}> ${args})
-  set_tests_properties(hostile_no_io_uring_${n} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                        LABELS "preload;hostile")
 endforeach()
 # vm.max_map_count 1000, set (and put back) by the wrapper, under its lock

@@ -490,7 +490,7 @@ void dd_child_guard(void)
 		dd_fd_close(&cg.uffd);
 		dd_fd_close(&cg.wake_fd);
 		cg.thr_started = false;
-		cg.k.have = false;   /* the parent's ring: not inherited */
+		memset(&cg.k, 0, sizeof(cg.k));   /* the parent's ring: not inherited */
 	}
 	if (dd_opt.test_unsafe_no_child_guard)
 		return;   /* test hook: tests/preload.cmake shows pl_fork_child failing */

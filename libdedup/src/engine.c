@@ -514,9 +514,10 @@ static bool wait_ns(uint64_t ns)
  * have the reader install the uffd again if it was that one, hand every
  * merged run back as anonymous memory, and stop merging; the preload
  * library then unregisters everything (eng.on_fds_lost). With the uffd
- * gone for good (no io_uring, or a kernel before 6.8), merged pages keep
- * their content but a discard of one reads it again instead of zeros: we
- * say that too. Engine thread, no lock held.
+ * gone for good (the engine starts only where a keeper works, keeper.c:
+ * only a ring that failed later leaves it so), merged pages keep their
+ * content but a discard of one reads it again instead of zeros: we say
+ * that too. Engine thread, no lock held.
  */
 static void lost(void)
 {
@@ -908,6 +909,17 @@ int dd_engine_init(const char **why)
 	ret = dd_uffd_open(&eng.uffd, 0, why);
 	if (ret < 0)
 		return ret;
+	/* Without a keeper (keeper.c) a raw close of the uffd by the program
+	 * in the middle of a merge window would leave pages out of place:
+	 * the program would read wrong data. Not a merge to risk. */
+	if (!dd_keeper_works(eng.uffd)) {
+		dd_fd_close(&eng.uffd);
+		*why = "io_uring is not available (a seccomp filter or kernel.io_uring_disabled "
+		       "forbids it, or the kernel is older than 6.8); libdedup keeps its "
+		       "userfaultfd in an io_uring, so that the program closing every descriptor "
+		       "cannot make it lose pages";
+		return -ENOTSUP;
+	}
 	*why = NULL;
 	dd_os_probe();
 	dd_engine_size_budget(dd_count_maps(NULL, NULL));

@@ -31,9 +31,12 @@
  * thread exits), and with the number gone the uffd goes with it
  * (asynchronously: ring teardown runs in a kernel worker).
  *
- * Without a ring (io_uring refused by seccomp, or not built in) the caller
- * falls back to poll() and read() on the number, and a raw close ends the
- * uffd as before: dd_keeper_init() returns false and callers say so.
+ * Without a ring (io_uring refused by seccomp or kernel.io_uring_disabled)
+ * a raw close would end the uffd, and a merge window open at that moment
+ * could not put its pages back: the program would read wrong data
+ * (hostile_no_io_uring). So the engine does not start where a keeper does
+ * not work (dd_keeper_works, engine.c); the poll() and read() fallbacks
+ * only serve a ring that fails later, and a fork()ed child's guard.
  *
  * Locking: none. A keeper belongs to the thread that made it: the
  * registered ring fd is that thread's (an io_uring_enter from another
@@ -220,6 +223,19 @@ int dd_keeper_wait(struct dd_keeper *k, int extra_fd, int timeout_ms)
 		if (what == K_POLL)
 			return res < 0 ? res : 1;
 	}
+}
+
+/*
+ * Can a keeper hold uffd here and give it a new number (a ring, the uffd in
+ * it, FIXED_FD_INSTALL)? Made in the calling thread and released at once.
+ */
+bool dd_keeper_works(int uffd)
+{
+	struct dd_keeper k;
+	bool ok = dd_keeper_init(&k, uffd) && k.recoverable;
+
+	dd_keeper_exit(&k);
+	return ok;
 }
 
 /*

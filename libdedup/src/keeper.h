@@ -25,6 +25,7 @@ int dd_keeper_install(struct dd_keeper *k);
 ssize_t dd_keeper_read(struct dd_keeper *k, void *buf, size_t len);
 int dd_keeper_wait(struct dd_keeper *k, int extra_fd, int timeout_ms);
 bool dd_keeper_renumber(struct dd_keeper *k, int *var);
+bool dd_keeper_works(int uffd);
 void dd_keeper_exit(struct dd_keeper *k);
 
 #endif /* DEDUP_KEEPER_H */

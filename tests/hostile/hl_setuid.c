@@ -19,30 +19,6 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
-/* Private mappings of libdedup's memfd (merged pieces); *lo: one of them
- * inside [a, a + len), or 0. */
-static size_t pieces(uintptr_t a, size_t len, uintptr_t *lo)
-{
-	FILE *f = fopen("/proc/self/maps", "r");
-	char line[512];
-	size_t n = 0;
-
-	CHECK(f != NULL);
-	*lo = 0;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long s, e;
-		char perms[8];
-		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3 || perms[3] != 'p' ||
-		    !strstr(line, "memfd:libdedup"))
-			continue;
-		n++;
-		if (!*lo && s >= a && s < a + len)
-			*lo = s;
-	}
-	fclose(f);
-	return n;
-}
-
 /* In a guarded child after the ids changed: a merged page of b reads zeros
  * once discarded; then it gets its content back. */
 static bool still_guarded(char *b, size_t pages)
@@ -50,7 +26,7 @@ static bool still_guarded(char *b, size_t pages)
 	char *start = b + 4096 - ((uintptr_t)b & 4095);
 	uintptr_t p;
 
-	if (!pieces((uintptr_t)start, pages * T_PAGE, &p) || !p)
+	if (!pl_pieces((uintptr_t)start, (uintptr_t)start + pages * T_PAGE, &p) || !p)
 		return true;   /* nothing merged in this buffer */
 	CHECK(madvise((void *)p, T_PAGE, MADV_DONTNEED) == 0);
 	if (!pl_is_zero((const char *)p, T_PAGE)) {
@@ -95,7 +71,7 @@ int main(int argc, char **argv)
 		}
 	}
 	uintptr_t any;
-	size_t merged = pieces(0, 0, &any);   /* inherited, in a child */
+	size_t merged = pl_pieces(0, UINTPTR_MAX, &any);   /* inherited, in a child */
 	CHECK(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) == 0);
 	gid_t g = 65534;
 	CHECK(setgroups(1, &g) == 0);
@@ -111,7 +87,7 @@ int main(int argc, char **argv)
 	CHECK(setresgid(65534, 65534, 65534) == 0);
 	CHECK(getuid() == 65534 && getgid() == 65534);
 	if (argc > 1 && strcmp(argv[1], "fork") == 0 && merged) {
-		if (!pieces(0, 0, &any)) {
+		if (!pl_pieces(0, UINTPTR_MAX, &any)) {
 			fprintf(stderr, "hl_setuid: %zu merged pieces before the ids changed, none "
 				"after: the child's guard let go and copied them\n", merged);
 			return T_FAIL;

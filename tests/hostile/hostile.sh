@@ -7,6 +7,10 @@
 # as without libdedup - and libdedup says in one line on stderr why it does
 # not merge, where it does not. CASE is one of:
 #   seccomp        a seccomp filter forbids userfaultfd (as Docker's does)
+#   no_io_uring    a seccomp filter forbids io_uring (as Docker's does since
+#                  25.0; or kernel.io_uring_disabled=2): without it a raw
+#                  close of libdedup's descriptors could lose pages, so no
+#                  merging (libdedup/src/keeper.c)
 #   noproc         /proc is a bare tmpfs (a mount namespace of its own)
 #   nofile         RLIMIT_NOFILE 16
 #   as             RLIMIT_AS just above the program's own need
@@ -64,6 +68,14 @@ seccomp)
 	run pl "$seccomp" "${pre[@]}" DEDUP_START=0 "$plain"
 	same ref pl
 	oneline pl 'seccomp'
+	;;
+no_io_uring)
+	run ref "$seccomp" --io-uring "$plain"
+	[ "$(cat "$tmp/ref.rc")" = 77 ] && skip "$(cat "$tmp/ref.err")"
+	[ "$(cat "$tmp/ref.rc")" = 0 ] || fail "the program fails without libdedup"
+	run pl "$seccomp" --io-uring "${pre[@]}" DEDUP_START=0 "$plain"
+	same ref pl
+	oneline pl 'io_uring'
 	;;
 noproc)
 	[ "$(id -u)" = 0 ] || skip "not root: cannot mount over /proc"

@@ -176,6 +176,31 @@ static inline bool pl_pages_ok(const char *p, size_t np, uint64_t seed, size_t z
 	return true;
 }
 
+/* Merged pieces (private mappings of libdedup's memfd) overlapping
+ * [lo, hi), from maps; *first: the start of the first that starts inside,
+ * or 0. */
+static inline size_t pl_pieces(uintptr_t lo, uintptr_t hi, uintptr_t *first)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	size_t n = 0;
+
+	CHECK(f != NULL);
+	*first = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		char perms[8];
+		if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) != 3 || perms[3] != 'p' ||
+		    a >= hi || b <= lo || !strstr(line, "memfd:libdedup"))
+			continue;
+		n++;
+		if (!*first && a >= lo)
+			*first = a;
+	}
+	fclose(f);
+	return n;
+}
+
 static inline bool pl_has_merged(const void *p, size_t len)
 {
 	bool m, r;
