@@ -884,7 +884,7 @@ static void doorbell_free(void)
 void dd_engine_size_budget(long own)
 {
 	if (dd_opt.vma_budget) {
-		eng.vma_budget = dd_opt.vma_budget;
+		__atomic_store_n(&eng.vma_budget, dd_opt.vma_budget, __ATOMIC_RELAXED);
 		return;
 	}
 	long limit = dd_feat.max_map_count;
@@ -892,7 +892,9 @@ void dd_engine_size_budget(long own)
 	long floor = limit - limit / 4 < BUDGET_FLOOR ? limit - limit / 4 : BUDGET_FLOOR;
 	if (room < floor)
 		room = floor;
-	eng.vma_budget = limit > room ? (uint64_t)(limit - room) : 0;
+	/* stored whole: dedup_stats() reads it without the lock */
+	__atomic_store_n(&eng.vma_budget, limit > room ? (uint64_t)(limit - room) : 0,
+			 __ATOMIC_RELAXED);
 }
 
 /*

@@ -64,7 +64,8 @@ struct dd_engine {
 	long maps_at_pass;      /* /proc/self/maps lines at the last count */
 	long vmas_this_pass;    /* added by merges since that count */
 	uint64_t maps_counted_ns, maps_count_cpu_ns;   /* when, and what it cost */
-	uint64_t vma_budget;    /* dd_engine_size_budget(), at each recount */
+	uint64_t vma_budget;    /* dd_engine_size_budget(), at each recount; written
+				 * under eng.lock, read without it (stats): __atomic */
 	uint64_t budget_wait_pass;   /* pages waiting on the budget, this pass so far
 				       (scan.c, merge.c); dd_cnt.budget_waiting at its end */
 	uint64_t zero_hash;

@@ -2363,7 +2363,8 @@ long dd_merge_give_back(long want, size_t max_len, bool hold)
 		int64_t added = (int64_t)atomic_load(&dd_cnt.vmas_added) - freed;
 		atomic_store(&dd_cnt.vmas_added, (uint64_t)(added > 0 ? added : 0));
 		if (hold && eng.vma_budget > (uint64_t)(added > 0 ? added : 0))
-			eng.vma_budget = (uint64_t)(added > 0 ? added : 0);
+			__atomic_store_n(&eng.vma_budget, (uint64_t)(added > 0 ? added : 0),
+					 __ATOMIC_RELAXED);   /* read unlocked: stats.c */
 		if (hold)
 			eng.maps_counted_ns = 0;   /* count again at the next pass (scan.c) */
 	}

@@ -116,7 +116,7 @@ static void write_snapshot(uint64_t mono_ns)
 	live.pages_per_sec = dd_opt.pages_per_sec;
 	live.batch_pages = dd_opt.batch_pages;
 	live.zero_pages_enabled = dd_opt.zero_pages;
-	live.vma_budget = eng.vma_budget;
+	live.vma_budget = __atomic_load_n(&eng.vma_budget, __ATOMIC_RELAXED);
 
 	uint64_t s = atomic_load_explicit(&p->seq, memory_order_relaxed);
 	atomic_store_explicit(&p->seq, s + 1, memory_order_relaxed);

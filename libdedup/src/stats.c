@@ -42,7 +42,7 @@ void dd_stats_snapshot(struct dedup_stats *out)
 			    (added > 0 ? (uint64_t)added * (uint64_t)dd_feat.vma_cost : 0);
 	st.regions = dd_region_count_relaxed();
 	st.bytes_registered = dd_region_bytes();
-	st.vma_budget = eng.vma_budget;
+	st.vma_budget = __atomic_load_n(&eng.vma_budget, __ATOMIC_RELAXED);
 	memcpy(out, &st, n);
 }
 
