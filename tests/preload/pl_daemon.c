@@ -89,18 +89,6 @@ static bool have_io_uring(void)
 	return true;
 }
 
-/* One line from libdedup where an engine of ours lost its descriptors to a
- * raw close, none otherwise. 0, or the test's status. */
-static int lines_ok(bool raw, bool engine_here)
-{
-	int lines = count_lines(errpath, "libdedup", true);
-	if (lines != (raw && engine_here ? 1 : 0)) {
-		fprintf(stderr, "FAIL: %d lines of libdedup on stderr\n", lines);
-		return 25;
-	}
-	return 0;
-}
-
 static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 {
 	int ours[64], nours = ours_list(ours, 64);
@@ -215,7 +203,12 @@ static int run(bool raw, bool in_child, bool engine_here, char *a, size_t len)
 		fprintf(stderr, "FAIL: pages after a second discard read wrong\n");
 		return 27;
 	}
-	return lines_ok(raw, engine_here);
+	int lines = count_lines(errpath, "libdedup", true);
+	if (lines != (raw && engine_here ? 1 : 0)) {
+		fprintf(stderr, "FAIL: %d lines of libdedup on stderr\n", lines);
+		return 25;
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
