@@ -53,6 +53,13 @@ foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child p
 endforeach()
 
 pl_test(preload_workload PROGRAM pl_workload)
+# Another library's wrappers preloaded before libdedup (pl_shim.c): the same
+# workload, merged, every byte right, no hang.
+add_library(pl_shim SHARED ${PL_DIR}/pl_shim.c)
+set_target_properties(pl_shim PROPERTIES C_VISIBILITY_PRESET hidden)
+target_link_libraries(pl_shim PRIVATE ${CMAKE_DL_LIBS})
+pl_test(preload_shim_first PROGRAM pl_workload TIMEOUT 300
+        ENV LD_PRELOAD=$<TARGET_FILE:pl_shim>:$<TARGET_FILE:dedup>)
 # A sharing group of preloaded programs (issue 13), in a runtime directory
 # of its own so that the test's helper is nobody else's.
 pl_test(preload_share PROGRAM pl_share ARGS 3 16

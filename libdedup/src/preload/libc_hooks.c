@@ -25,13 +25,23 @@ extern void __libc_free(void *);
 static void (*next_free)(void *);
 static void *(*next_realloc)(void *, size_t);
 static bool glibc_malloc;
+static __thread volatile bool resolving;   /* volatile: dlsym() reads it, via free() */
 
 void dd_pl_resolve_alloc(void)
 {
-	/* dlsym(RTLD_NEXT) of a defined symbol does not allocate. Very early
-	 * (ld.so freeing during start-up) it may find nothing yet: then we
-	 * try again next time, and the constructor resolves for good. */
+	/* dlsym(RTLD_NEXT) of a defined symbol does not allocate, but it may
+	 * free the error string of an earlier failed dlsym() - ThreadSanitizer's
+	 * start-up leaves one, allocated by its malloc - and that free() comes
+	 * back here: the nested call finds `resolving` set and leaks the string
+	 * (free) or fails (realloc) instead of recursing until the stack ends.
+	 * Very early (ld.so freeing during start-up) dlsym may find nothing
+	 * yet: then we try again next time, and the constructor resolves for
+	 * good. */
+	if (resolving)
+		return;
+	resolving = true;
 	void *f = dlsym(RTLD_NEXT, "free"), *r = dlsym(RTLD_NEXT, "realloc");
+	resolving = false;
 	if (!f || !r)
 		return;
 	glibc_malloc = f == (void *)__libc_free;
