@@ -166,6 +166,30 @@ set_tests_properties(preload_jemalloc PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
 add_test(NAME preload_uffd_unavailable
          COMMAND ${PL_BASH} ${PL_DIR}/pl_oneline.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain>)
 add_test(NAME preload_symbols COMMAND ${PL_BASH} ${PL_DIR}/pl_symbols.sh $<TARGET_FILE:dedup>)
+# Programs built with a sanitizer (pl_plain again): unchanged under libdedup.
+include(CheckCSourceCompiles)
+foreach(san address thread)
+  set(CMAKE_REQUIRED_FLAGS -fsanitize=${san})
+  set(CMAKE_REQUIRED_LINK_OPTIONS -fsanitize=${san})
+  check_c_source_compiles("int main(void) { return 0; }" PL_CAN_${san})
+  unset(CMAKE_REQUIRED_FLAGS)
+  unset(CMAKE_REQUIRED_LINK_OPTIONS)
+  if(PL_CAN_${san})
+    add_executable(pl_plain_${san} ${PL_DIR}/pl_plain.c)
+    target_include_directories(pl_plain_${san} PRIVATE ${PROJECT_SOURCE_DIR}/tests
+                               ${PROJECT_SOURCE_DIR}/libdedup/src ${PROJECT_SOURCE_DIR}/libdedup/include)
+    target_compile_options(pl_plain_${san} PRIVATE -fsanitize=${san})
+    target_link_options(pl_plain_${san} PRIVATE -fsanitize=${san})
+    target_link_libraries(pl_plain_${san} PRIVATE Threads::Threads)
+    set(PL_SAN_${san} $<TARGET_FILE:pl_plain_${san}>)
+  else()
+    set(PL_SAN_${san} "")
+  endif()
+endforeach()
+add_test(NAME preload_sanitizers
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_sanitizers.sh $<TARGET_FILE:dedup-run> $<TARGET_FILE:dedup>
+                 "${PL_SAN_address}" "${PL_SAN_thread}")
+set_tests_properties(preload_sanitizers PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77 LABELS preload)
 add_test(NAME preload_dedup_run
          COMMAND ${PL_BASH} ${PL_DIR}/pl_dedup_run.sh $<TARGET_FILE:dedup-run> $<TARGET_FILE:pl_plain>)
 add_test(NAME preload_python

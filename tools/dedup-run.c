@@ -10,7 +10,9 @@
  * (DD_OPTIONS in libdedup/src/options.h), so the two never disagree.
  */
 #define _GNU_SOURCE
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdbool.h>
@@ -65,6 +67,12 @@ static void help(void)
 "    Programs the preloaded one starts inherit LD_PRELOAD and the DEDUP_*\n"
 "    variables, and so run under libdedup too. See docs/preload.md.\n"
 "\n"
+"    A program built with a sanitizer (AddressSanitizer, ThreadSanitizer,\n"
+"    LeakSanitizer) runs unmerged: libdedup says so in one line and stays\n"
+"    passive. If the program loads the sanitizer's runtime as a library\n"
+"    (gcc's default), dedup-run preloads that runtime before libdedup.so,\n"
+"    since AddressSanitizer refuses to run when it is not first.\n"
+"\n"
 "OPTIONS\n"
 "    --interval MS        milliseconds between full passes over memory (%s)\n"
 "    --pages-per-sec N    cap on pages scanned per second, K/M suffixes, 0 = none (%s)\n"
@@ -99,8 +107,9 @@ static void help(void)
 "    -h, --help           this text\n"
 "\n"
 "ENVIRONMENT\n"
-"    dedup-run sets LD_PRELOAD (libdedup.so first, an existing value kept\n"
-"    after it), DEDUP_PRELOAD=1, and for each option given the matching\n"
+"    dedup-run sets LD_PRELOAD (libdedup.so first - after a sanitizer\n"
+"    runtime the program needs, above - and an existing value kept after\n"
+"    it), DEDUP_PRELOAD=1, and for each option given the matching\n"
 "    variable: DEDUP_INTERVAL, DEDUP_PAGES_PER_SEC, DEDUP_CPU, DEDUP_ZERO_PAGES,\n"
 "    DEDUP_VMA_BUDGET, DEDUP_BATCH, DEDUP_MIN_REGION, DEDUP_LOG, DEDUP_FORK,\n"
 "    DEDUP_RECONCILE_MS, DEDUP_EXCLUDE, DEDUP_START, DEDUP_SHARE. Variables\n"
@@ -255,6 +264,108 @@ static bool find_library(char *out, size_t size)
 	return false;
 }
 
+/* ---- a sanitizer runtime the program needs ----------------------------
+ *
+ * AddressSanitizer aborts a process whose first library is not its runtime
+ * ("ASan runtime does not come first in initial library list"), so with
+ * libdedup.so first in LD_PRELOAD an ASan-built program would not start.
+ * We read the DT_NEEDED entries of the program (64-bit ELF, found in PATH as
+ * execvp() would) and put a sanitizer runtime named there first. Anything
+ * unexpected (a script, another class, a short read) means "none": the
+ * program is then started as before.
+ */
+static bool sanitizer_soname(const char *n)
+{
+	static const char *const pre[] = { "libasan.so", "libtsan.so", "liblsan.so", "libhwasan.so",
+					   "libclang_rt.asan", "libclang_rt.tsan", "libclang_rt.lsan",
+					   "libclang_rt.hwasan" };
+	for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++)
+		if (strncmp(n, pre[i], strlen(pre[i])) == 0)
+			return true;
+	return false;
+}
+
+static bool read_at(int fd, void *buf, size_t len, off_t off)
+{
+	return len && pread(fd, buf, len, off) == (ssize_t)len;
+}
+
+/* The file offset of virtual address v (a PT_LOAD that holds it), or -1. */
+static off_t vaddr_off(const Elf64_Phdr *ph, int n, uint64_t v)
+{
+	for (int i = 0; i < n; i++)
+		if (ph[i].p_type == PT_LOAD && v >= ph[i].p_vaddr &&
+		    v < ph[i].p_vaddr + ph[i].p_filesz)
+			return (off_t)(v - ph[i].p_vaddr + ph[i].p_offset);
+	return -1;
+}
+
+/* The first DT_NEEDED of the ELF file at path that is a sanitizer runtime,
+ * copied to out; false if none (or not a file we understand). */
+static bool needed_sanitizer(const char *path, char *out, size_t size)
+{
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph[64];
+	Elf64_Dyn dyn[512];
+	bool found = false;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return false;
+	if (!read_at(fd, &eh, sizeof(eh), 0) || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
+	    eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) ||
+	    eh.e_phnum == 0 || eh.e_phnum > 64 ||
+	    !read_at(fd, ph, eh.e_phnum * sizeof(Elf64_Phdr), (off_t)eh.e_phoff))
+		goto out;
+	for (int i = 0; i < eh.e_phnum && !found; i++) {
+		if (ph[i].p_type != PT_DYNAMIC)
+			continue;
+		size_t nd = ph[i].p_filesz / sizeof(Elf64_Dyn);
+		if (nd > 512)
+			nd = 512;
+		if (!read_at(fd, dyn, nd * sizeof(Elf64_Dyn), (off_t)ph[i].p_offset))
+			goto out;
+		off_t strtab = -1;
+		for (size_t k = 0; k < nd && dyn[k].d_tag != DT_NULL; k++)
+			if (dyn[k].d_tag == DT_STRTAB)
+				strtab = vaddr_off(ph, eh.e_phnum, dyn[k].d_un.d_ptr);
+		for (size_t k = 0; strtab >= 0 && k < nd && dyn[k].d_tag != DT_NULL; k++) {
+			char name[128] = "";
+			if (dyn[k].d_tag != DT_NEEDED ||
+			    pread(fd, name, sizeof(name) - 1, strtab + (off_t)dyn[k].d_un.d_val) <= 0)
+				continue;
+			if (sanitizer_soname(name) && !strchr(name, ':') && strlen(name) < size) {
+				strcpy(out, name);
+				found = true;
+				break;
+			}
+		}
+	}
+out:
+	close(fd);
+	return found;
+}
+
+/* The file execvp() would run for name (a name without '/' is looked up in
+ * PATH); false if not found. */
+static bool resolve_program(const char *name, char *out, size_t size)
+{
+	if (strchr(name, '/'))
+		return snprintf(out, size, "%s", name) < (int)size;
+	const char *path = getenv("PATH");
+	if (!path || !*path)
+		path = "/usr/local/bin:/bin:/usr/bin";
+	while (*path) {
+		size_t n = strcspn(path, ":");
+		if (n && (int)n < (int)size &&
+		    snprintf(out, size, "%.*s/%s", (int)n, path, name) < (int)size &&
+		    access(out, X_OK) == 0 && is_file(out))
+			return true;
+		path += n + (path[n] == ':');
+	}
+	return false;
+}
+
 int main(int argc, char **argv)
 {
 	enum { O_INTERVAL = 256, O_PPS, O_CPU, O_NOZERO, O_VMA, O_BATCH, O_MINREG, O_LOG,
@@ -351,19 +462,20 @@ int main(int argc, char **argv)
 	if (!find_library(lib, sizeof(lib)))
 		return 127;
 
-	/* libdedup first; keep what was preloaded already (e.g. a jemalloc) */
+	/* libdedup first - after a sanitizer runtime the program needs - and
+	 * keep what was preloaded already (e.g. a jemalloc) */
+	char exe[PATH_MAX], san[128] = "";
+	if (resolve_program(argv[optind], exe, sizeof(exe)))
+		(void)needed_sanitizer(exe, san, sizeof(san));
 	const char *old = getenv("LD_PRELOAD");
-	if (old && *old) {
-		size_t n = strlen(lib) + strlen(old) + 2;
-		char *both = malloc(n);
-		if (!both)
-			return 127;
-		snprintf(both, n, "%s:%s", lib, old);
-		setenv("LD_PRELOAD", both, 1);
-		free(both);
-	} else {
-		setenv("LD_PRELOAD", lib, 1);
-	}
+	size_t n = strlen(san) + strlen(lib) + (old ? strlen(old) : 0) + 3;
+	char *all = malloc(n);
+	if (!all)
+		return 127;
+	snprintf(all, n, "%s%s%s%s%s", san, *san ? ":" : "", lib, old && *old ? ":" : "",
+		 old && *old ? old : "");
+	setenv("LD_PRELOAD", all, 1);
+	free(all);
 	setenv("DEDUP_PRELOAD", "1", 1);
 
 	execvp(argv[optind], &argv[optind]);

@@ -16,6 +16,7 @@
  * handlers in the thread calling fork(), with no lock of ours held across
  * it (pl_prepare). The state moves with atomics (pl.state).
  */
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,9 +190,17 @@ static int start_thread(void)
  * A limit the program sets after we started is not watched.
  */
 #define DD_MIN_NOFILE 128
+static const char *sanitizer;   /* the constructor's finding (below) */
+
 static bool host_allows(void)
 {
 	struct rlimit rl;
+
+	if (sanitizer) {
+		dd_warn("not merging: the program runs under %s, whose runtime reads, poisons and "
+			"unmaps memory from every thread, libdedup's included", sanitizer);
+		return false;
+	}
 	int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	char c;
 
@@ -304,11 +313,41 @@ static uint64_t env_size(const char *name, uint64_t def)
 	return s && *s && dd_parse_u64(s, true, &v) == 0 ? v : def;
 }
 
+/*
+ * A sanitizer's runtime in the process: AddressSanitizer (its leak check
+ * stops every thread, ours too, then reads all memory - a page in a merge
+ * window would wait forever), ThreadSanitizer (its interceptors run in our
+ * threads and unmap shadow and allocator memory we registered: our reader
+ * thread waited on its own event), MemorySanitizer, HWASan, LeakSanitizer.
+ * Such a build is a test build, where memory savings mean nothing and
+ * the program must behave exactly as without us: we stay passive. The
+ * runtime is in the executable (clang's default) or a library it needs
+ * (gcc's); either way its entry points are global symbols. Found here, in
+ * the constructor, where dlsym() may allocate; said at the start, if the
+ * process ever gets there (host_allows). dedup-run puts a needed runtime
+ * before libdedup.so in LD_PRELOAD, as ASan requires (docs/preload.md).
+ */
+static const char *find_sanitizer(void)
+{
+	static const char *const rt[][2] = {
+		{ "__asan_init", "AddressSanitizer" },  { "__tsan_init", "ThreadSanitizer" },
+		{ "__msan_init", "MemorySanitizer" },   { "__hwasan_init", "HWAddressSanitizer" },
+		{ "__lsan_init", "LeakSanitizer" },
+	};
+	const char *found = NULL;
+	for (size_t i = 0; i < sizeof(rt) / sizeof(rt[0]) && !found; i++)
+		if (dlsym(RTLD_DEFAULT, rt[i][0]))
+			found = rt[i][1];
+	(void)dlerror();   /* the program's next dlerror() must not see our misses */
+	return found;
+}
+
 __attribute__((constructor)) static void preload_init(void)
 {
 	dd_pl_resolve_alloc();
 	if (!preloaded())
 		return;
+	sanitizer = find_sanitizer();
 	pthread_atfork(pl_prepare, pl_parent, pl_child);
 	start_at = env_size("DEDUP_START", 64ULL << 20);
 	watch_restart = env_is("DEDUP_FORK", "restart") || env_is("DEDUP_FORK", "1");
