@@ -190,6 +190,9 @@ add_test(NAME preload_sanitizers
          COMMAND ${PL_BASH} ${PL_DIR}/pl_sanitizers.sh $<TARGET_FILE:dedup-run> $<TARGET_FILE:dedup>
                  "${PL_SAN_address}" "${PL_SAN_thread}")
 set_tests_properties(preload_sanitizers PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77 LABELS preload)
+add_test(NAME preload_valgrind
+         COMMAND ${PL_BASH} ${PL_DIR}/pl_valgrind.sh $<TARGET_FILE:dedup> $<TARGET_FILE:pl_plain>)
+set_tests_properties(preload_valgrind PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS preload)
 add_test(NAME preload_dedup_run
          COMMAND ${PL_BASH} ${PL_DIR}/pl_dedup_run.sh $<TARGET_FILE:dedup-run> $<TARGET_FILE:pl_plain>)
 add_test(NAME preload_python

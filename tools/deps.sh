@@ -3,7 +3,7 @@
 # tools/quickstart and tools/check). Installs only what is missing; needs
 # root or sudo for apt-get.
 DEDUP_BUILD_PKGS="build-essential cmake pkg-config liburing-dev libxxhash-dev libjemalloc-dev"
-DEDUP_TEST_PKGS="redis-server redis-tools python3 gnuplot-nox"
+DEDUP_TEST_PKGS="redis-server redis-tools python3 gnuplot-nox valgrind"
 # Real test suites under preload (tests/suite.cmake, label suite): CPython's
 # regression tests for Debian's python3.11, and a JDK (javac) for the JVM test.
 DEDUP_SUITE_PKGS="libpython3.11-testsuite openjdk-17-jdk-headless"

@@ -17,6 +17,7 @@
  * it (pl_prepare). The state moves with atomics (pl.state).
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,7 +191,8 @@ static int start_thread(void)
  * A limit the program sets after we started is not watched.
  */
 #define DD_MIN_NOFILE 128
-static const char *sanitizer;   /* the constructor's finding (below) */
+static const char *sanitizer;   /* the constructor's findings (below) */
+static bool valgrind;
 
 static bool host_allows(void)
 {
@@ -199,6 +201,11 @@ static bool host_allows(void)
 	if (sanitizer) {
 		dd_warn("not merging: the program runs under %s, whose runtime reads, poisons and "
 			"unmaps memory from every thread, libdedup's included", sanitizer);
+		return false;
+	}
+	if (valgrind) {
+		dd_warn("not merging: the program runs under Valgrind, which runs one thread at a "
+			"time: a page fault waiting for libdedup's thread would never end");
 		return false;
 	}
 	int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
@@ -342,12 +349,25 @@ static const char *find_sanitizer(void)
 	return found;
 }
 
+/* Valgrind: its synthetic CPU runs one thread at a time, so a thread that
+ * faults on a page in a merge window holds the CPU our reader needs (and it
+ * does not know the userfaultfd ioctls). It always preloads its
+ * vgpreload_core-<arch>.so. */
+static int vg_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	(void)data;
+	const char *n = info->dlpi_name;
+	return n && strstr(n, "/vgpreload_core-") != NULL;
+}
+
 __attribute__((constructor)) static void preload_init(void)
 {
 	dd_pl_resolve_alloc();
 	if (!preloaded())
 		return;
 	sanitizer = find_sanitizer();
+	valgrind = dl_iterate_phdr(vg_object, NULL) != 0;
 	pthread_atfork(pl_prepare, pl_parent, pl_child);
 	start_at = env_size("DEDUP_START", 64ULL << 20);
 	watch_restart = env_is("DEDUP_FORK", "restart") || env_is("DEDUP_FORK", "1");
