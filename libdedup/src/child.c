@@ -423,6 +423,26 @@ static bool pieces_reserve(size_t n)
 	return true;
 }
 
+/*
+ * The child's tables, mapped once in the parent at engine start, so that a
+ * child maps nothing to list and mark its pieces. At a vm.max_map_count
+ * lowered below what the process maps (others' tests did that on our CI
+ * machine), no mmap succeeds in the child, nor an unmerge in the parent
+ * (each needs a mapping for a moment): the child then ran unguarded ("child:
+ * no memory to look for merged pages") and its discarded merged pages read
+ * their old content. The parent never writes them (no memory, three
+ * MAP_NORESERVE mappings); a child writes its copy. The guard's io_uring is
+ * optional (keeper.c), and its thread takes a stack glibc cached at fork().
+ * Failures are left for the child to try again.
+ */
+void dd_child_reserve(void)
+{
+	(void)pieces_reserve(1);
+	if (!cg.gone.r && dd_rt_init(&cg.gone, dd_maps_table_cap()) &&
+	    !dd_rt_init(&cg.snap, dd_maps_table_cap()))
+		dd_rt_fini(&cg.gone);
+}
+
 static int piece_line(void *ctx, uintptr_t lo, uintptr_t hi, const char *perms, const char *rest)
 {
 	(void)ctx;

@@ -11,6 +11,7 @@
 void dd_child_guard(void);           /* in the child, from fork() */
 void dd_child_atfork(void);          /* engine.c's atfork child handler, last */
 void dd_child_probe(void);           /* engine start: can a child start a thread? */
+void dd_child_reserve(void);         /* engine start: the child's tables, mapped ahead */
 bool dd_child_guarding(void);
 unsigned dd_child_threads(void);     /* 1 while the guard thread runs */
 void dd_child_wake(void);            /* the guard: dd_creds_follow() */

@@ -758,11 +758,48 @@ static bool atfork_done;
  * until the fork is done; taking eng.lock once waits for the one in
  * progress, so a child never inherits a window half done.
  */
+/*
+ * Room for the child's guard. A fork()ed child that inherits merged pages
+ * maps a few things to guard them (its table of pieces, the discard marks,
+ * an io_uring, perhaps a thread stack: child.c). The VMA budget keeps the
+ * process far below vm.max_map_count, but the limit can be lowered under a
+ * running process (other people's tests did it on our CI machine): then
+ * the child can map nothing, runs unguarded ("child: no memory to look for
+ * merged pages"), and a merged page it discards reads its old content.
+ * So, near the live limit, merged runs are given back before the fork
+ * (the cheapest first: dd_merge_give_back), until the child has
+ * CHILD_ROOM mappings to spare. The mappings are counted exactly (a read
+ * of /proc/self/maps) when the limit is below the one the engine last
+ * read, or the estimate (the last count plus what merges added since) is
+ * near it, or there was no count yet; the sysctl itself is read at every
+ * fork while merged runs exist (one open, read and close).
+ * eng.lock held, eng.forking not yet set (the give-back refuses then).
+ */
+#define CHILD_ROOM 64
+
+static void child_room(void)
+{
+	if (!eng.running || eng.child || atomic_load(&dd_cnt.vmas_added) == 0)
+		return;
+	long limit = dd_max_map_count_now();
+	bool lowered = limit < dd_feat.max_map_count;   /* since the engine last read it */
+	if (limit <= 0 || (!lowered && eng.maps_at_pass > 0 &&
+			   eng.maps_at_pass + eng.vmas_this_pass + 4 * CHILD_ROOM < limit))
+		return;
+	long total = dd_count_maps(NULL, NULL);
+	if (total <= 0 || total + CHILD_ROOM < limit)
+		return;
+	long freed = dd_merge_give_back(total + CHILD_ROOM - limit + 1, SIZE_MAX, true);
+	dd_info("fork() at %ld of %ld mappings: %ld given back for the child's guard", total,
+		limit, freed);
+}
+
 static void prefork(void)
 {
 	if (dd_unlikely(dd_opt.test_unsafe_no_fork_fence))
 		return;   /* test hook: tests/torture.cmake shows repro_fork_store failing */
 	pthread_mutex_lock(&eng.lock);
+	child_room();
 	atomic_store(&eng.forking, true);
 	/* The child inherits private mappings of every slot in use now and
 	 * faults them in from our memfd for as long as it lives: those slots
@@ -965,6 +1002,7 @@ int dd_engine_start(void)
 {
 	int ret;
 
+	dd_child_reserve();
 	if (!atfork_done) {
 		dd_child_probe();
 		pthread_atfork(prefork, postfork_parent, postfork_child);
