@@ -23,8 +23,7 @@
  * without root.
  */
 #include <sys/wait.h>
-#include "tdedup.h"
-#include "mmc_lock.h"
+#include "mmc_test.h"
 
 enum { RUNS = 300, GAP = 2, NPAGES = RUNS * GAP + 1, BULK = 4000, DROP = 100 };
 
@@ -53,24 +52,7 @@ static int check_all(const char *who, const char *buf, bool child)
 
 int main(void)
 {
-	if (mmc_hold("test_fork_low_limit", t_cap(), 300) < 0) {
-		if (errno == ETIMEDOUT) {
-			printf("FAIL: no lock on vm.max_map_count after %.0f s\n", t_cap());
-			return T_FAIL;
-		}
-		t_skip("%s not writable: %s", MMC_SYSCTL, strerror(errno));
-	}
-	char *bulk = mmap(NULL, 2 * BULK * T_PAGE, PROT_NONE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	CHECK(bulk != MAP_FAILED);
-	for (int i = 0; i < BULK; i++)
-		CHECK(mprotect(bulk + (2 * i + 1) * T_PAGE, T_PAGE, PROT_READ) == 0);
-	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 3600000,
-				    .cpu_percent = 100, .vma_budget = 4 * RUNS + 512 };
-	int r = dedup_init(&cfg);
-	if (r == -EPERM || r == -ENOSYS)
-		t_skip("userfaultfd not usable here");
-	CHECK(r == 0);
+	t_mmc_start("test_fork_low_limit", BULK, 4 * RUNS + 512);
 
 	char *buf = t_map_anon(NPAGES * T_PAGE);
 	CHECK(madvise(buf, NPAGES * T_PAGE, MADV_NOHUGEPAGE) == 0);

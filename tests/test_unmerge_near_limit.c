@@ -25,8 +25,7 @@
  * one dedup_unregister() call, and puts the value back on every way out.
  * Skipped without root.
  */
-#include "tdedup.h"
-#include "mmc_lock.h"
+#include "mmc_test.h"
 
 enum { RUNS = 64, GAP = 2, NPAGES = RUNS * GAP + 1, NDUP = RUNS + 1, BULK = 4000 };
 
@@ -62,27 +61,7 @@ static int vmas_over(uintptr_t lo, uintptr_t hi, int *files)
 
 int main(void)
 {
-	if (mmc_hold("test_unmerge_near_limit", t_cap(), 300) < 0) {
-		if (errno == ETIMEDOUT) {
-			printf("FAIL: no lock on vm.max_map_count after %.0f s\n", t_cap());
-			return T_FAIL;
-		}
-		t_skip("%s not writable: %s", MMC_SYSCTL, strerror(errno));
-	}
-	/* about 2 * BULK mappings of our own: alternate PROT_NONE / PROT_READ */
-	char *bulk = mmap(NULL, 2 * BULK * T_PAGE, PROT_NONE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	CHECK(bulk != MAP_FAILED);
-	for (int i = 0; i < BULK; i++)
-		CHECK(mprotect(bulk + (2 * i + 1) * T_PAGE, T_PAGE, PROT_READ) == 0);
-	/* (before dedup_init: the budget counts mappings added after it) */
-	struct dedup_config cfg = { .size = sizeof(cfg), .scan_interval_ms = 3600000,
-				    .cpu_percent = 100, .vma_budget = 4 * RUNS + 512 };
-	int r = dedup_init(&cfg);
-	if (r == -EPERM || r == -ENOSYS)
-		t_skip("userfaultfd not usable here");
-	CHECK(r == 0);
-
+	t_mmc_start("test_unmerge_near_limit", BULK, 4 * RUNS + 512);
 
 	int partial_before = 0, left_trials = 0;
 	char page[T_PAGE];
@@ -113,7 +92,7 @@ int main(void)
 		long c0 = t_map_count();
 		/* ---- lowered: one call (the sysctl is global) ---- */
 		CHECK(mmc_set(c0 + m) == 0);
-		r = dedup_unregister(buf, NPAGES * T_PAGE);
+		int r = dedup_unregister(buf, NPAGES * T_PAGE);
 		long c1 = t_map_count();
 		int n1 = vmas_over(lo, hi, &files);
 		mmc_put_back();
