@@ -151,13 +151,35 @@ static bool anon_private(int flags, int fd)
 	return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE;
 }
 
+/*
+ * Where preload mode is off or passive, mmap and munmap go on to the next
+ * definition, not straight to the kernel: a library after us may define
+ * them too - a sanitizer's runtime that the executable needs, when
+ * libdedup.so was preloaded first (ThreadSanitizer resets its shadow of
+ * the range there; skipped, it could report races between the memory's
+ * old and new users). Resolved by the constructor (dd_pl_resolve_alloc);
+ * before that, and if the lookup failed, the system call.
+ */
+static void *(*next_mmap)(void *, size_t, int, int, int, off_t);
+static int (*next_munmap)(void *, size_t);
+
+void dd_pl_resolve_mem_calls(void)
+{
+	void *m = dlsym(RTLD_NEXT, "mmap"), *u = dlsym(RTLD_NEXT, "munmap");
+	if (m && u && m != (void *)mmap && u != (void *)munmap) {
+		next_munmap = (int (*)(void *, size_t))u;
+		next_mmap = (void *(*)(void *, size_t, int, int, int, off_t))m;
+	}
+}
+
 DD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	int st = state();
 	void *ret;
 
 	if (st == PL_OFF || st == PL_PASSIVE)
-		return dd_os_raw_mmap(addr, len, prot, flags, fd, off);
+		return next_mmap ? next_mmap(addr, len, prot, flags, fd, off)
+				 : dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 	if (from_us(__builtin_return_address(0))) {
 		ret = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 		if (ret != MAP_FAILED && anon_private(flags, fd) && !(flags & MAP_FIXED))
@@ -198,7 +220,7 @@ DD_API int munmap(void *addr, size_t len)
 	struct op o;
 
 	if (st == PL_OFF || st == PL_PASSIVE)
-		return dd_os_raw_munmap(addr, len);
+		return next_munmap ? next_munmap(addr, len) : dd_os_raw_munmap(addr, len);
 	if (from_us(__builtin_return_address(0))) {
 		ret = dd_os_raw_munmap(addr, len);
 		if (ret == 0)

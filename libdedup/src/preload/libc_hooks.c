@@ -48,6 +48,7 @@ void dd_pl_resolve_alloc(void)
 	next_realloc = (void *(*)(void *, size_t))r;
 	next_free = (void (*)(void *))f;   /* same values from every thread */
 	dd_pl_resolve_fd_calls();
+	dd_pl_resolve_mem_calls();
 }
 
 /* The mapping of glibc chunk p, if it is an mmapped chunk. */

@@ -375,6 +375,14 @@ __attribute__((constructor)) static void preload_init(void)
 		start();
 		return;
 	}
+	if (sanitizer || valgrind) {
+		/* Passive at once: no watching (whose interposers go straight to
+		 * the kernel, past a runtime's own mmap), and no line - through
+		 * such a runtime's allocator the lazy start is hardly ever
+		 * reached anyway (its free() does not call ours). */
+		atomic_store(&pl.state, PL_PASSIVE);
+		return;
+	}
 	atomic_store(&pl.state, PL_WATCHING);
 	dd_pl_watch(true);
 }

@@ -253,6 +253,7 @@ void dd_pl_op_end(struct op *o);
 void dd_pl_watch(bool may_start);   /* lazy start: a look at the memory in use */
 void dd_pl_resolve_alloc(void);     /* the next free and realloc */
 void dd_pl_resolve_fd_calls(void);  /* the next close, dup2, fstat & co. */
+void dd_pl_resolve_mem_calls(void); /* the next mmap and munmap (interpose.c) */
 
 /* ---- jemalloc.c ------------------------------------------------------------- */
 
