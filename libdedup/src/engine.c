@@ -749,16 +749,6 @@ int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
 static bool atfork_done;
 
 /*
- * Our prepare handler runs before the allocator's (it was registered after
- * them), and holds no lock of ours while theirs run: an application thread
- * that holds an allocator mutex may be waiting for our reader (a write to a
- * protected page) or for eng.lock (an interposed munmap), and the
- * allocator's handler waits for that mutex (preload_repro_fork_alloc_lock).
- * Instead, eng.forking keeps merge windows and unmerging from starting
- * until the fork is done; taking eng.lock once waits for the one in
- * progress, so a child never inherits a window half done.
- */
-/*
  * Room for the child's guard. A fork()ed child that inherits merged pages
  * maps a few things to guard them (its table of pieces, the discard marks,
  * an io_uring, perhaps a thread stack: child.c). The VMA budget keeps the
@@ -794,6 +784,16 @@ static void child_room(void)
 		limit, freed);
 }
 
+/*
+ * Our prepare handler runs before the allocator's (it was registered after
+ * them), and holds no lock of ours while theirs run: an application thread
+ * that holds an allocator mutex may be waiting for our reader (a write to a
+ * protected page) or for eng.lock (an interposed munmap), and the
+ * allocator's handler waits for that mutex (preload_repro_fork_alloc_lock).
+ * Instead, eng.forking keeps merge windows and unmerging from starting
+ * until the fork is done; taking eng.lock once waits for the one in
+ * progress, so a child never inherits a window half done.
+ */
 static void prefork(void)
 {
 	if (dd_unlikely(dd_opt.test_unsafe_no_fork_fence))
