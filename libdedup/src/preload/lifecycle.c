@@ -330,9 +330,11 @@ static uint64_t env_size(const char *name, uint64_t def)
  * the program must behave exactly as without us: we stay passive. The
  * runtime is in the executable (clang's default) or a library it needs
  * (gcc's); either way its entry points are global symbols. Found here, in
- * the constructor, where dlsym() may allocate; said at the start, if the
- * process ever gets there (host_allows). dedup-run puts a needed runtime
- * before libdedup.so in LD_PRELOAD, as ASan requires (docs/preload.md).
+ * the constructor, where dlsym() may allocate. Said in one line when the
+ * engine would start at once (DEDUP_START=0: host_allows); otherwise
+ * preload mode goes passive in silence (preload_init). dedup-run puts a
+ * needed runtime before libdedup.so in LD_PRELOAD, as ASan requires
+ * (docs/preload.md, "Other preloaded libraries, and sanitizers").
  */
 static const char *find_sanitizer(void)
 {
