@@ -48,7 +48,7 @@ endfunction()
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
           pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse pl_fork_full
-          pl_unmerge_scale pl_fstat pl_share pl_enomem)
+          pl_unmerge_scale pl_unmerge_part pl_fstat pl_share pl_enomem)
   pl_program(${p})
 endforeach()
 
@@ -137,6 +137,9 @@ foreach(m wipeonfork uffd mremap mlock release)
 endforeach()
 pl_test(preload_exec_fds PROGRAM pl_exec)
 pl_test(preload_uffd_app PROGRAM pl_uffd_app)
+# mlock, MADV_WIPEONFORK and the program's UFFDIO_REGISTER on part of a merged
+# range, cut mid-run: unmerged from the region, or as pieces no region covers
+pl_test(preload_unmerge_part PROGRAM pl_unmerge_part)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a
 # userfault only the uffd reader resolves, while libdedup's fork handlers held
 # eng.gate and jemalloc's waited for the mutex (hung in about 1 run of 4-8,

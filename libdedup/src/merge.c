@@ -1113,7 +1113,8 @@ static bool um_next_run(struct um *u, uintptr_t *a, uintptr_t *e)
 	}
 	while (u->vi < u->nv && (u->v[u->vi].hi <= u->pos || !u->v[u->vi].ours))
 		u->vi++;
-	if (u->vi == u->nv || u->v[u->vi].lo >= u->hi)
+	/* (a piece across the range's end: done at u->hi, not a run of 0) */
+	if (u->pos >= u->hi || u->vi == u->nv || u->v[u->vi].lo >= u->hi)
 		return false;
 	*a = u->v[u->vi].lo > u->pos ? u->v[u->vi].lo : u->pos;
 	*e = u->v[u->vi].hi < u->hi ? u->v[u->vi].hi : u->hi;
