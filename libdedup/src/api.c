@@ -98,16 +98,21 @@ out:
 
 DD_API int dedup_unregister(void *addr, size_t len)
 {
-	return dd_unregister(addr, len, true);
+	return dd_unregister(addr, len, (uintptr_t)addr, (uintptr_t)addr + len);
 }
 
 /*
- * unmerge: hand merged runs back as anonymous memory (merge.c, "Unmerging"),
- * as the API promises. The preload library passes false: it unregisters
- * around munmap/mprotect/mremap and registers again, and handles merged
- * pieces itself (it moves them with mremap, which keeps pinned pages).
+ * Unregister the region [addr, addr + len). Its merged runs in [ulo, uhi)
+ * are handed back as anonymous memory first (merge.c, "Unmerging"): the
+ * whole region, as the API promises. The preload library passes an empty
+ * range around munmap/mprotect/mremap, which it unregisters around and
+ * registers again, and handles merged pieces itself (it moves them with
+ * mremap, which keeps pinned pages); it passes the range of a call that
+ * needs anonymous memory (mlock, MADV_WIPEONFORK, the program's
+ * UFFDIO_REGISTER): unmerged here, from the region's metadata, that costs
+ * no walk of the range's mappings.
  */
-int dd_unregister(void *addr, size_t len, bool unmerge)
+int dd_unregister(void *addr, size_t len, uintptr_t ulo, uintptr_t uhi)
 {
 	uintptr_t a = (uintptr_t)addr;
 	struct dd_region *r;
@@ -125,8 +130,8 @@ int dd_unregister(void *addr, size_t len, bool unmerge)
 		ret = -ENOENT;
 		goto out;
 	}
-	if (unmerge)
-		dd_merge_unmerge(r);   /* a run it cannot unmerge stays merged */
+	if (ulo < uhi)
+		dd_merge_unmerge(r, ulo, uhi);   /* a run it cannot unmerge stays merged */
 	/* Unregister the anonymous parts. Merged runs left (preload, or a run
 	 * that could not be unmerged) stay registered MINOR|MISSING, so that a
 	 * discard of a merged page still reads zeros. */
@@ -196,7 +201,7 @@ int dd_shutdown(bool unmerge)
 	dd_stats_report("shutdown");
 	if (unmerge)   /* with the reader still there to read events */
 		for (size_t i = 0; i < dd_region_count(); i++)
-			dd_merge_unmerge(dd_region_at(i));
+			dd_merge_unmerge(dd_region_at(i), 0, UINTPTR_MAX);
 	eng.running = false;
 	pthread_mutex_unlock(&eng.lock);
 	dd_engine_stop();   /* joins: the engine thread needs eng.lock */

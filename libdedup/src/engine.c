@@ -529,7 +529,7 @@ static void lost(void)
 		pthread_mutex_lock(&eng.lock);
 		dd_os_reopen();   /* unmerging reads the page table */
 		for (size_t i = 0; i < dd_region_count(); i++)
-			dd_merge_unmerge(dd_region_at(i));
+			dd_merge_unmerge(dd_region_at(i), 0, UINTPTR_MAX);
 		pthread_mutex_unlock(&eng.lock);
 		dd_warn("the program closed libdedup's file descriptors; merged memory handed "
 			"back, not merging any more");

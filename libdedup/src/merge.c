@@ -1109,6 +1109,8 @@ static bool um_next_run(struct um *u, uintptr_t *a, uintptr_t *e)
 			return false;
 		*a = u->r->start + i * DD_PAGE;
 		*e = u->r->start + k * DD_PAGE;
+		if (*e > u->hi)   /* a range cut inside a run: the part in it */
+			*e = u->hi;
 		return true;
 	}
 	while (u->vi < u->nv && (u->v[u->vi].hi <= u->pos || !u->v[u->vi].ours))
@@ -1980,7 +1982,8 @@ static void um_fini(struct um *u)
  * process's VMAs (a quarter, and at least 1024: 2 per isolated run), else
  * PROCMAP_QUERY (give-back hands back one run at a time: the text would
  * cost the whole process each time). Pieces no region covers are counted
- * by a first walk. Without smaps, no span: runs go one mremap each.
+ * by a first walk, which stops once they are enough for smaps. Without
+ * smaps, no span: runs go one mremap each.
  */
 /* um_walk: merged runs from which smaps is worth reading (at least 256) */
 static long um_smaps_at(void)
@@ -1988,6 +1991,26 @@ static long um_smaps_at(void)
 	long total = eng.maps_at_pass + eng.vmas_this_pass, rss = dd_resident_pages();
 
 	return rss < 0 ? LONG_MAX : (rss + 5 * total) / 150 + 256;
+}
+
+/* um_walk without a region: collect the range's VMAs, counting our pieces,
+ * and stop as soon as there are enough of them to read smaps instead (the
+ * rest of an ioctl walk would be wasted: 2 x 32k queries for 32k runs). */
+struct um_count {
+	struct um *u;
+	long runs, smaps_at;
+};
+
+static int um_count_fn(void *ctx, const struct dd_vma *v)
+{
+	struct um_count *c = ctx;
+	int ret = um_vma_fn(c->u, v);
+
+	if (ret || !v->ours)
+		return ret;
+	if (++c->runs == 256 && c->smaps_at > 1)   /* statm is not read for a few runs */
+		c->smaps_at = um_smaps_at();
+	return c->runs >= c->smaps_at;
 }
 
 static int um_walk(struct um *u)
@@ -2016,12 +2039,11 @@ static int um_walk(struct um *u)
 			return dd_vmas_in_text(u->lo, u->hi, um_vma_fn, u);
 		return dd_vmas_in(u->lo, u->hi, um_vma_fn, u);
 	}
-	if ((ret = dd_vmas_in(u->lo, u->hi, um_vma_fn, u)) < 0)
+	struct um_count c = { u, 0, smaps_at };
+	if ((ret = dd_vmas_in(u->lo, u->hi, um_count_fn, &c)) < 0)
 		return ret;
-	for (size_t i = 0; i < u->nv; i++)
-		runs += u->v[i].ours;
-	if (runs < smaps_at || (smaps_at > 1 && runs < um_smaps_at()))
-		return 0;
+	if (c.runs < c.smaps_at)
+		return 0;   /* walked it all */
 	u->nv = 0;
 	if (dd_vmas_in_smaps(u->lo, u->hi, um_vma_fn, u) == 0)
 		return 0;
@@ -2136,22 +2158,65 @@ static int um_run(struct um *u)
 	return u->err;
 }
 
-/* Unmerge every merged run of r (see "Unmerging"). eng.lock held. Returns
- * 0, or the first error (the runs it concerns stay merged and valid). The
- * caller unregisters the region. */
-int dd_merge_unmerge(struct dd_region *r)
+static bool slot_merged(uint32_t s)
+{
+	return s != DD_SLOT_NONE && s != DD_SLOT_ZERO;
+}
+
+/* How far um_widen looks for the next merged page on either side */
+#define UM_WIDEN_MAX ((size_t)1 << 16)
+
+/*
+ * Page indices [*lo, *hi) of r, widened over the anonymous pages on both
+ * sides up to the next merged page or r's edge (at most UM_WIDEN_MAX): the
+ * unmerge registers its range MISSING|WP like its replacement, which then
+ * merges with them at once (see "Unmerging", 0. and 3.), and registering
+ * whole VMAs splits none - at the limit a split would fail. An edge inside
+ * a stretch of merged pages stays where it is: the run there is cut
+ * (um_next_run), not unmerged beyond the range.
+ */
+static void um_widen(const struct dd_region *r, size_t *lo, size_t *hi)
+{
+	size_t a = *lo, b = *hi, n;
+
+	for (n = 0; a > 0 && n < UM_WIDEN_MAX && !slot_merged(dd_region_slot(r, a - 1)); n++)
+		a--;
+	if (n < UM_WIDEN_MAX)
+		*lo = a;
+	for (n = 0; b < r->npages && n < UM_WIDEN_MAX && !slot_merged(dd_region_slot(r, b)); n++)
+		b++;
+	if (n < UM_WIDEN_MAX)
+		*hi = b;
+}
+
+/*
+ * Unmerge the merged runs of r in [lo, hi) (see "Unmerging"): all of them
+ * for dedup_unregister() and dedup_shutdown(); the preload library's part
+ * of a region before a call that needs anonymous memory there (mlock,
+ * MADV_WIPEONFORK, the program's UFFDIO_REGISTER: preload/discover.c).
+ * eng.lock held. Returns 0, or the first error (the runs it concerns stay
+ * merged and valid). The caller unregisters the region.
+ */
+int dd_merge_unmerge(struct dd_region *r, uintptr_t lo, uintptr_t hi)
 {
 	dd_assert_held(&eng.lock);
 	uintptr_t end = r->start + r->npages * DD_PAGE;
-	size_t i = 0, k;
 	int ret;
 
+	lo = lo > r->start ? lo : r->start;
+	hi = hi < end ? hi : end;
+	if (lo >= hi)
+		return 0;
+	size_t i = (lo - r->start) / DD_PAGE, k, e = (hi - r->start + DD_PAGE - 1) / DD_PAGE;
 	/* merged runs are found without visiting absent pages (region.c) */
-	if (!dd_region_next_merged(r, &i, &k))
+	if (!dd_region_next_merged(r, &i, &k) || i >= e)
 		return 0;
 	if (atomic_load(&eng.forking))   /* engine.c, prefork(): stay merged */
 		return -EBUSY;
-	struct um *u = um_init(r, r->start, end, &ret);
+	i = (lo - r->start) / DD_PAGE;
+	if (i > 0 || e < r->npages)
+		um_widen(r, &i, &e);
+	struct um *u = um_init(r, r->start + i * DD_PAGE, r->start + e * DD_PAGE, &ret);
 	if (!u)
 		return ret;
 	ret = um_run(u);
@@ -2231,26 +2296,15 @@ out:
  * held, not the gate. Returns the mappings freed (an estimate, as
  * vmas_added).
  */
-static bool slot_merged(uint32_t s)
-{
-	return s != DD_SLOT_NONE && s != DD_SLOT_ZERO;
-}
-
 static long give_back_run(struct dd_region *r, size_t i, size_t k)
 {
 	long delta = vma_delta(r, i, k - i, dd_region_slot(r, i), dd_region_slot(r, k - 1));
 	int err;
 
 	/* The range unmerged is the run with the whole anonymous pieces on its
-	 * sides (up to the next merged page or the region's edge): the unmerge
-	 * registers it all MISSING|WP like its replacement, which then merges
-	 * with them at once (see "Unmerging", 0. and 3.), and registering
-	 * whole VMAs splits none - at the limit a split would fail. */
+	 * sides (um_widen) */
 	size_t lo = i, hi = k;
-	while (lo > 0 && !slot_merged(dd_region_slot(r, lo - 1)))
-		lo--;
-	while (hi < r->npages && !slot_merged(dd_region_slot(r, hi)))
-		hi++;
+	um_widen(r, &lo, &hi);
 	struct um *u = um_init(r, r->start + lo * DD_PAGE, r->start + hi * DD_PAGE, &err);
 	if (!u) {
 		dd_debug("give back: %#lx+%zu: errno %d", (unsigned long)(r->start + i * DD_PAGE),

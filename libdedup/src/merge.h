@@ -9,9 +9,9 @@
 #include "region.h"
 
 long dd_merge_batch(void);      /* eng.lock held; merges eng.batch */
-int dd_merge_unmerge(struct dd_region *r);   /* eng.lock held */
+int dd_merge_unmerge(struct dd_region *r, uintptr_t lo, uintptr_t hi);   /* eng.lock held */
 int dd_merge_unmerge_pieces(uintptr_t lo, uintptr_t hi);   /* preload: takes eng.lock */
-int dd_unregister(void *addr, size_t len, bool unmerge);   /* api.c */
+int dd_unregister(void *addr, size_t len, uintptr_t ulo, uintptr_t uhi);   /* api.c */
 int dd_shutdown(bool unmerge);                             /* api.c */
 void dd_merge_free_scratch(void);
 int dd_merge_init(void);       /* eng.lock held: batch, cmpbuf, S */

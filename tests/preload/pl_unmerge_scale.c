@@ -105,6 +105,10 @@ static double cpu_now(void)
 
 static void start(void)
 {
+	if (getenv("T_PAUSE")) {   /* time to attach a profiler to the hand-back */
+		fprintf(stderr, "pid %d: pausing %s s\n", getpid(), getenv("T_PAUSE"));
+		usleep((useconds_t)(atof(getenv("T_PAUSE")) * 1e6));
+	}
 	atomic_store(&done, 0);
 	CHECK(pthread_create(&wd, NULL, watchdog, NULL) == 0);
 	cpu0 = cpu_now();

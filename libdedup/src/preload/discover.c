@@ -92,7 +92,7 @@ static int reg_one(uintptr_t lo, uintptr_t hi)
 	switch (r) {
 	case 0:
 		if (!dd_rt_insert(&pl.mine, lo, hi)) {
-			dd_unregister((void *)lo, hi - lo, false);
+			dd_unregister((void *)lo, hi - lo, 0, 0);
 			return -ENOMEM;
 		}
 		dd_debug("preload: registered %#lx-%#lx", (unsigned long)lo, (unsigned long)hi);
@@ -143,10 +143,12 @@ void dd_pl_register_parts(uintptr_t lo, uintptr_t hi)
 
 /*
  * Before a call that changes [lo, hi): unregister every range of ours that
- * overlaps it. Returns the union of [lo, hi) and those ranges in *u, the
- * span to register again afterwards. pl.lock held.
+ * overlaps it; with unmerge, after unmerging its runs in [lo, hi) (the
+ * call needs anonymous memory there: remap.c says which). Returns the union
+ * of [lo, hi) and those ranges in *u, the span to register again
+ * afterwards. pl.lock held.
  */
-bool dd_pl_drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u)
+bool dd_pl_drop_overlaps(uintptr_t lo, uintptr_t hi, bool unmerge, struct dd_range *u)
 {
 	bool any = false;
 	size_t i = dd_rt_lower(&pl.mine, lo);
@@ -155,7 +157,8 @@ bool dd_pl_drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u)
 	u->hi = hi;
 	while (i < pl.mine.n && pl.mine.r[i].lo < hi) {
 		struct dd_range r = pl.mine.r[i];
-		int ret = dd_unregister((void *)r.lo, r.hi - r.lo, false);
+		int ret = dd_unregister((void *)r.lo, r.hi - r.lo, unmerge ? lo : 0,
+					unmerge ? hi : 0);
 		if (ret < 0 && ret != -ENOENT && ret != -ENODEV)
 			dd_warn("preload: dedup_unregister(%#lx, %zu): errno %d", (unsigned long)r.lo,
 				(size_t)(r.hi - r.lo), -ret);
@@ -176,7 +179,7 @@ void dd_pl_step_aside(void)
 	atomic_store(&pl.state, PL_PASSIVE);
 	while (pl.mine.n) {
 		struct dd_range r = pl.mine.r[pl.mine.n - 1];
-		dd_unregister((void *)r.lo, r.hi - r.lo, false);
+		dd_unregister((void *)r.lo, r.hi - r.lo, 0, 0);
 		pl.mine.n--;
 	}
 	pthread_mutex_unlock(&pl.lock);
@@ -257,7 +260,7 @@ static void reconcile(unsigned round)
 			i++;
 			continue;
 		}
-		dd_unregister((void *)r.lo, r.hi - r.lo, false);   /* -ENOENT: moved by REMAP */
+		dd_unregister((void *)r.lo, r.hi - r.lo, 0, 0);   /* -ENOENT: moved by REMAP */
 		dd_rt_remove_at(&pl.mine, i);
 		dd_debug("preload: forgot %#lx-%#lx (unmapped)", (unsigned long)r.lo,
 			 (unsigned long)r.hi);
@@ -300,7 +303,7 @@ static void reconcile(unsigned round)
 				i++;
 				continue;
 			}
-			dd_unregister((void *)r.lo, r.hi - r.lo, false);
+			dd_unregister((void *)r.lo, r.hi - r.lo, 0, 0);
 			dd_rt_remove_at(&pl.mine, i);
 			dd_debug("preload: forgot %#lx-%#lx (no longer registered)",
 				 (unsigned long)r.lo, (unsigned long)r.hi);

@@ -63,10 +63,16 @@
 
 extern void *__sbrk(intptr_t increment);
 
-void dd_pl_op_begin(struct op *o, uintptr_t lo, uintptr_t hi)
+static void op_begin(struct op *o, uintptr_t lo, uintptr_t hi, bool unmerge)
 {
 	pthread_mutex_lock(&pl.lock);
-	o->dropped = state() == PL_ON && dd_pl_drop_overlaps(pg_down(lo), pg_up(hi), &o->u);
+	o->dropped = state() == PL_ON &&
+		     dd_pl_drop_overlaps(pg_down(lo), pg_up(hi), unmerge, &o->u);
+}
+
+void dd_pl_op_begin(struct op *o, uintptr_t lo, uintptr_t hi)
+{
+	op_begin(o, lo, hi, false);
 }
 
 void dd_pl_op_end(struct op *o)
@@ -279,7 +285,7 @@ DD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	/* MREMAP_FIXED unmaps whatever is at the destination first */
 	if ((flags & MREMAP_FIXED) && state() == PL_ON)
 		dst_dropped = dd_pl_drop_overlaps(pg_down((uintptr_t)fixed),
-					    pg_up((uintptr_t)fixed + new_len), &dst);
+					    pg_up((uintptr_t)fixed + new_len), false, &dst);
 	ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
 	if (ret == MAP_FAILED && give_back(errno))
 		ret = dd_pl_grow_or_mremap(old, old_len, new_len, flags, fixed);
@@ -344,10 +350,14 @@ DD_API int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 	return protect_common(addr, len, prot, pkey, __builtin_return_address(0));
 }
 
-/* Exclude [addr, addr+len) from merging for good, then run the call. */
-static void exclude_range(uintptr_t lo, uintptr_t hi, struct op *o)
+/* Exclude [addr, addr+len) from merging for good, then run the call. With
+ * anon, the call needs anonymous memory there (MADV_WIPEONFORK, mlock, the
+ * program's UFFDIO_REGISTER): the regions' merged runs there are unmerged
+ * before the regions go (dd_pl_drop_overlaps); merged pieces that no region
+ * covered any more are left to dd_pl_unmerge_pieces (remap.c). */
+static void exclude_range(uintptr_t lo, uintptr_t hi, bool anon, struct op *o)
 {
-	dd_pl_op_begin(o, lo, hi);
+	op_begin(o, lo, hi, anon);
 	dd_rt_union(&pl.excl, pg_down(lo), pg_up(hi));
 }
 
@@ -437,7 +447,7 @@ DD_API int madvise(void *addr, size_t len, int advice)
 	case MADV_DONTFORK:
 	case MADV_WIPEONFORK:
 	case MADV_DONTDUMP:
-		exclude_range(lo, hi, &o);
+		exclude_range(lo, hi, advice == MADV_WIPEONFORK, &o);
 		ret = dd_os_madvise(addr, len, advice);
 		if (ret < 0 && give_back(errno))   /* a split of flags, near the limit */
 			ret = dd_os_madvise(addr, len, advice);
@@ -462,7 +472,7 @@ static int lock_common(const void *addr, size_t len, unsigned flags, bool two, c
 	if (st != PL_ON || from_us(caller))
 		return two ? (int)syscall(SYS_mlock2, addr, len, flags)
 			   : (int)syscall(SYS_mlock, addr, len);
-	exclude_range((uintptr_t)addr, (uintptr_t)addr + len, &o);
+	exclude_range((uintptr_t)addr, (uintptr_t)addr + len, true, &o);
 	/* Locking a merged piece would copy every page on write (a private
 	 * file mapping is populated for writing) and keep it a mapping of
 	 * its own: unmerge it first, into one locked anonymous mapping. */
@@ -535,7 +545,7 @@ DD_API int ioctl(int fd, unsigned long req, ...)
 		struct iovec l = { &r, sizeof(r) }, rem = { arg, sizeof(r) };
 		if (process_vm_readv(getpid(), &l, 1, &rem, 1, 0) == (ssize_t)sizeof(r) && r.range.len) {
 			struct op o;
-			exclude_range(r.range.start, r.range.start + r.range.len, &o);
+			exclude_range(r.range.start, r.range.start + r.range.len, true, &o);
 			/* Whatever of ours is still registered there (merged runs
 			 * are registered MINOR) goes too: the range is no region
 			 * any more, so the engine no longer looks at it. */

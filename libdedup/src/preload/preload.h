@@ -218,7 +218,7 @@ long dd_pl_pieces_in(uintptr_t lo, uintptr_t hi);   /* into pl.pieces; pl.lock h
 
 /* Register / unregister around a call that changes [lo, hi). pl.lock held. */
 void dd_pl_register_parts(uintptr_t lo, uintptr_t hi);
-bool dd_pl_drop_overlaps(uintptr_t lo, uintptr_t hi, struct dd_range *u);
+bool dd_pl_drop_overlaps(uintptr_t lo, uintptr_t hi, bool unmerge, struct dd_range *u);
 void dd_pl_step_aside(void);          /* stop merging for good */
 void *dd_pl_reconcile_main(void *arg);   /* the dedup-preload thread */
 void dd_pl_wake(void);                /* wake the dedup-preload thread */
