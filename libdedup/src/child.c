@@ -133,13 +133,18 @@ static struct {
  * atomic against another thread writing the piece meanwhile: callers hold
  * the only thread (the child at fork) or are changing the range anyway.
  * Quiet system calls (os.c): this runs inside fork() and interposed calls
- * (preload/remap.c).
+ * (preload/remap.c). With uffd >= 0 the piece is unregistered from it
+ * between the copy and the mremap: the copy still reads discarded pages
+ * through the guard, and the mremap then raises no UNMAP event, whose round
+ * trip to the guard thread (two context switches) cost more than the rest
+ * of the step (dd_child_release, where the caller is the only thread of
+ * the program left).
  * The copy stays a mapping of its own: in a fork()ed child the anonymous
  * neighbours came from the parent with anon_vma chains of their own, and
  * the kernel merges nothing into them (not even a fresh mapping made in
  * place: tests/probe/probe_child_no_merge.c), so the range keeps one
  * mapping per piece - no more than it had. Linear in the pieces: one read
- * of /proc/self/maps per call, four system calls per piece.
+ * of /proc/self/maps per call, three or four system calls per piece.
  */
 /*
  * [lo, hi) of the piece at a was discarded since it merged (a mark): where
@@ -169,7 +174,7 @@ static void zero_discarded(void *t, uintptr_t a, uintptr_t lo, uintptr_t hi)
 	}
 }
 
-int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero)
+int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero, int uffd)
 {
 	void *t = dd_os_raw_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
@@ -184,7 +189,10 @@ int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *ze
 			uintptr_t hi = zero->r[i].hi < a + len ? zero->r[i].hi : a + len;
 			zero_discarded(t, a, lo, hi);
 		}
-	dd_os_mprotect(t, len, prot);
+	if (prot != (PROT_READ | PROT_WRITE))
+		dd_os_mprotect(t, len, prot);
+	if (uffd >= 0)
+		(void)dd_uffd_unregister(uffd, a, len);
 	if (dd_os_raw_mremap(t, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
 		int e = errno;
 		dd_os_raw_munmap(t, len);
@@ -458,7 +466,7 @@ static void give_up(size_t first, size_t last, const char *why, int err)
 {
 	for (size_t i = first; i < last; i++) {
 		const struct piece *p = &cg.pieces[i];
-		int r = dd_piece_to_anon(p->lo, p->hi - p->lo, p->prot, &cg.gone);
+		int r = dd_piece_to_anon(p->lo, p->hi - p->lo, p->prot, &cg.gone, -1);
 		if (r < 0)
 			dd_err("child: cannot guard nor copy merged pages at %#lx (%s: %s)",
 			       (unsigned long)p->lo, why, strerror(-r));
@@ -642,13 +650,15 @@ int dd_child_release(void)
 	 * their feet. */
 	if (cg.thr_started && thread_count() != 2)
 		return 0;
-	/* The copies read discarded pages through the guard (zeros), and their
-	 * mremap raises UNMAP events it reads: it must still run. */
+	/* The copies read discarded pages through the guard (zeros): it must
+	 * still run. Each piece leaves the guard's uffd before its mremap, which
+	 * then raises no event (dd_piece_to_anon). */
+	int uffd = dd_fd_intact(cg.uffd) ? cg.uffd : -1;
 	cg.npieces = 0;
 	dd_maps_each(piece_line, NULL);
 	for (size_t i = 0; i < cg.npieces; i++) {
 		const struct piece *p = &cg.pieces[i];
-		int r = dd_piece_to_anon(p->lo, p->hi - p->lo, p->prot, NULL);
+		int r = dd_piece_to_anon(p->lo, p->hi - p->lo, p->prot, NULL, uffd);
 		if (r < 0 && !ret)
 			ret = r;
 	}

@@ -46,7 +46,7 @@ int dd_pl_unmerge_pieces(uintptr_t lo, uintptr_t hi)
 		if (v->kind != K_DEDUP)
 			continue;
 		uintptr_t a = v->lo > lo ? v->lo : lo, e = v->hi < hi ? v->hi : hi;
-		int r = dd_piece_to_anon(a, e - a, prot_of(v), NULL);
+		int r = dd_piece_to_anon(a, e - a, prot_of(v), NULL, -1);
 		if (r < 0) {
 			ret = r;
 			break;
