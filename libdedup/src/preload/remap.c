@@ -163,7 +163,9 @@ efault:
 
 /*
  * mremap() of a range that may hold merged pieces. pl.lock held.
- *  - Several VMAs: the kernel refuses (EFAULT); emulate_mremap() does it.
+ *  - Several VMAs: the kernel refuses (EFAULT), or since Linux 6.17 moves
+ *    them with MREMAP_FIXED up to our first piece and then refuses;
+ *    emulate_mremap() does it.
  *  - Growing a range that holds a piece: the kernel would grow a piece that
  *    is one whole VMA, or move one and grow it, by mapping more of our
  *    memfd - other pages' content (preload_mremap, case 6). emulate_mremap()
@@ -175,7 +177,12 @@ void *dd_pl_grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags,
 	bool can = old_len && dd_page_aligned((uintptr_t)old) && !(flags & MREMAP_DONTUNMAP);
 	void *ret;
 
-	if (can && pg_up(new_len) > hi - lo && dd_pl_has_merged(lo, hi))
+	/* Growing a merged piece that is the whole range would map more of our
+	 * memfd; and since Linux 6.17 a move (MREMAP_FIXED) of several VMAs goes
+	 * one VMA at a time and stops with EFAULT at our first merged piece
+	 * (registered with our uffd), leaving what came before it moved
+	 * (tests/probe/probe_mremap_multi.c). Neither goes to the kernel. */
+	if (can && (pg_up(new_len) > hi - lo || (flags & MREMAP_FIXED)) && dd_pl_has_merged(lo, hi))
 		return emulate_mremap(lo, hi, new_len, flags, fixed);
 	ret = dd_os_raw_mremap(old, old_len, new_len, flags, fixed);
 	if (ret == MAP_FAILED && errno == EFAULT && can)
