@@ -171,6 +171,42 @@ int dd_discard_merged(uintptr_t a, uintptr_t b)
 	return iv_add(&merged, a, b);
 }
 
+/* Move what s holds in [from, from + len) to [to, to + len), which loses
+ * what it held (the ranges do not overlap: mremap refuses that). */
+static void iv_move(struct ivset *s, uintptr_t from, uintptr_t to, size_t len)
+{
+	size_t i;
+
+	iv_remove(s, to, to + len);
+	while ((i = iv_lower(s, from)) < s->n && s->iv[i][0] < from + len) {
+		uintptr_t lo = s->iv[i][0] > from ? s->iv[i][0] : from;
+		uintptr_t hi = s->iv[i][1] < from + len ? s->iv[i][1] : from + len;
+		if (iv_remove(s, lo, hi) < 0 || iv_add(s, lo - from + to, hi - from + to) < 0) {
+			dd_err("out of memory tracking discarded pages");
+			return;
+		}
+	}
+}
+
+/*
+ * A REMAP event: [from, from + len) moved to [to, ...) with its page table
+ * (the program's mremap of merged pieces; preload/remap.c moves a merged
+ * range piece by piece). What the sets say about those pages goes with them:
+ * a discarded merged page still reads zeros at its new address, and a page
+ * there that was never discarded reads its canonical page. Read before any
+ * fault at the new address (the mremap waits for its event to be read).
+ */
+void dd_discard_moved(uintptr_t from, uintptr_t to, size_t len)
+{
+	dd_assert_held(&eng.gate);
+	struct ivset *sets[] = { &merged, &discard, &refilled, &unfenced, &fenced, &sticky };
+
+	if (from == to || !len)
+		return;
+	for (size_t k = 0; k < DD_ARRAY_SIZE(sets); k++)
+		iv_move(sets[k], from, to, len);
+}
+
 /* Anonymous [a, b) is being discarded. Whatever was fenced or sticky there
  * starts over: the zap to come erases what they were about. */
 static void announce(uintptr_t a, uintptr_t b)

@@ -10,6 +10,7 @@
 
 int dd_discard_merged(uintptr_t a, uintptr_t b);
 void dd_discard_removed(uintptr_t a, uintptr_t b);
+void dd_discard_moved(uintptr_t from, uintptr_t to, size_t len);   /* a REMAP event */
 bool dd_discard_marked(uintptr_t a);
 void dd_discard_refilled(uintptr_t a);
 bool dd_discard_pending(uintptr_t a);

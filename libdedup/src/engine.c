@@ -295,6 +295,8 @@ static bool drain_uffd(bool *lost)
 				case UFFD_EVENT_REMAP:
 					if (m->arg.remap.from == atomic_load(&eng.placing_from))
 						break;   /* merge.c placing a run */
+					dd_discard_moved(m->arg.remap.from, m->arg.remap.to,
+							 m->arg.remap.len);
 					record_event(UFFD_EVENT_REMAP, m->arg.remap.from,
 						     m->arg.remap.to, m->arg.remap.len);
 					break;
