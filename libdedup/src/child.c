@@ -323,8 +323,9 @@ static void *guard_main(void *arg)
 					pend[npend].a = m->arg.pagefault.address & ~(uintptr_t)(DD_PAGE - 1);
 					pend[npend++].minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
 					break;
-				case UFFD_EVENT_REMOVE:
-					mark_gone(m->arg.remove.start, m->arg.remove.end);
+				case UFFD_EVENT_REMOVE:   /* MADV_FREE frees no piece (discard.c) */
+					if (!dd_discard_freeing(m->arg.remove.start, m->arg.remove.end))
+						mark_gone(m->arg.remove.start, m->arg.remove.end);
 					break;
 				case UFFD_EVENT_UNMAP:
 					dd_rt_sub(&cg.gone, m->arg.remove.start, m->arg.remove.end);

@@ -218,8 +218,62 @@ static void announce(uintptr_t a, uintptr_t b)
 }
 
 /*
+ * DOC: MADV_FREE raises REMOVE events too
+ *
+ * The kernel announces MADV_FREE with the same UFFD_EVENT_REMOVE as
+ * MADV_DONTNEED, VMA by VMA, before it looks at the VMA - and on a merged
+ * piece (a private file mapping) it then fails with EINVAL, having freed
+ * nothing there. A merged page marked discarded by such an event read zeros
+ * at its next fault and was handed back as zeros by an unmerge: the
+ * program's data, lost (tests/preload/pl_calls.c). MADV_FREE never frees a
+ * page of a merged piece (a page copied on write in it is in a file VMA
+ * too), so its events mark nothing there; elsewhere they are what they
+ * were (not mergeable until the zap is known to be behind them). The
+ * preload library's madvise() says which calls are MADV_FREE
+ * (dd_discard_free_begin/end); the event, read while the call waits for it,
+ * finds the call in this table. Limit: a raw MADV_FREE system call that no
+ * interposer sees still marks.
+ */
+#define FREEING_MAX 16
+static struct {
+	_Atomic uintptr_t lo, hi;   /* lo 0: a free entry; 1: being taken */
+} freeing[FREEING_MAX];
+
+int dd_discard_free_begin(uintptr_t lo, uintptr_t hi)
+{
+	for (int k = 0; k < FREEING_MAX; k++) {
+		uintptr_t zero = 0;
+		if (!atomic_compare_exchange_strong(&freeing[k].lo, &zero, 1))
+			continue;
+		atomic_store(&freeing[k].hi, hi);
+		atomic_store(&freeing[k].lo, lo > 1 ? lo : 2);
+		return k;
+	}
+	return -1;   /* full: its events mark, as before */
+}
+
+void dd_discard_free_end(int k)
+{
+	if (k >= 0)
+		atomic_store(&freeing[k].lo, 0);
+}
+
+static bool freeing_covers(uintptr_t a, uintptr_t b)
+{
+	for (int k = 0; k < FREEING_MAX; k++) {
+		uintptr_t lo = atomic_load(&freeing[k].lo);
+		if (lo > 1 && lo <= a && b <= atomic_load(&freeing[k].hi))
+			return true;
+	}
+	return false;
+}
+
+bool dd_discard_freeing(uintptr_t a, uintptr_t b) { return freeing_covers(a, b); }
+
+/*
  * A REMOVE event for [a, b): the merged pages in it are being discarded, the
- * others are not mergeable until the zap is known to be behind them.
+ * others are not mergeable until the zap is known to be behind them. From
+ * MADV_FREE: nothing merged is discarded (above).
  */
 void dd_discard_removed(uintptr_t a, uintptr_t b)
 {
@@ -228,6 +282,10 @@ void dd_discard_removed(uintptr_t a, uintptr_t b)
 
 	if (dd_merge_is_scratch(a, b))
 		return;   /* our own scratch area */
+	if (freeing_covers(a, b)) {
+		announce(a, b);
+		return;
+	}
 	for (size_t i = iv_lower(&merged, a); i < merged.n && merged.iv[i][0] < b; i++) {
 		uintptr_t lo = merged.iv[i][0] > a ? merged.iv[i][0] : a;
 		uintptr_t hi = merged.iv[i][1] < b ? merged.iv[i][1] : b;

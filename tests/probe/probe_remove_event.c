@@ -8,14 +8,18 @@
  * still holds its old content. While it is pending UFFDIO_WRITEPROTECT and
  * UFFDIO_MOVE fail with EAGAIN, UFFDIO_WAKE works (and does not release the
  * madvise caller). After the read the madvise returns and (DONTNEED) the page
- * reads zeros.
+ * reads zeros. MADV_FREE on a private file mapping (what a merged page is)
+ * raises the REMOVE too, then fails with EINVAL and frees nothing.
  *
  * Why libdedup depends on it: the merger sees application purges of merged
  * or write-protected pages through REMOVE and must drop its state for the
  * range before the zap lands; it must treat EAGAIN from its own ioctls as
  * "drain the event queue, then retry", never as a failure; and it may use
  * UFFDIO_WAKE to release blocked writers while an event is queued, knowing
- * that this does not release the event's own waiter.
+ * that this does not release the event's own waiter. And a REMOVE does not
+ * say whether it was MADV_FREE, which discards no merged page: the preload
+ * library tells the reader which calls are (discard.c, "MADV_FREE raises
+ * REMOVE events too").
  */
 #include "probe.h"
 
@@ -159,6 +163,28 @@ int main(void)
 	CHECK(kept || is_zero(y));
 	printf("MADV_FREE: REMOVE event raised; afterwards the page %s\n",
 	       kept ? "still holds its content (lazy free)" : "reads zeros (reclaimed)");
+	CHECK(!uffd_readable(uffd, 0));
+
+	/* ---- MADV_FREE on a private file mapping: REMOVE, then EINVAL ---- */
+	int mfd = memfd_create("probe", MFD_CLOEXEC);
+	CHECK(mfd >= 0 && ftruncate(mfd, T_PAGE) == 0 && pwrite(mfd, pat, T_PAGE, 0) == T_PAGE);
+	unsigned char *f = mmap(NULL, T_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, mfd, 0);
+	CHECK(f != MAP_FAILED && memcmp(f, pat, T_PAGE) == 0);
+	CHECK(t_uffd_register(uffd, f, T_PAGE, UFFDIO_REGISTER_MODE_MISSING) == 0);
+	memset(&b, 0, sizeof(b));
+	b.op = op_madvise;
+	b.addr = f;
+	b.len = T_PAGE;
+	b.arg = MADV_FREE;
+	bg_start(&b);
+	CHECK(uffd_readable(uffd, t_cap_ms()));
+	uffd_read_msg(uffd, &m);
+	CHECK(m.event == UFFD_EVENT_REMOVE);
+	CHECK(m.arg.remove.start == (uintptr_t)f && m.arg.remove.end == (uintptr_t)f + T_PAGE);
+	bg_join(&b);
+	CHECK(b.ret == -1 && b.err == EINVAL);
+	CHECK(is_present(f) && memcmp(f, pat, T_PAGE) == 0);
+	printf("MADV_FREE on a private file mapping: REMOVE event raised, then EINVAL, page kept\n");
 	CHECK(!uffd_readable(uffd, 0));
 
 	close(uffd);

@@ -393,9 +393,8 @@ static int madv_free_pieces(uintptr_t lo, uintptr_t hi)
 
 /* A guarded fork()ed child (child.c): MADV_FREE and MADV_WIPEONFORK on
  * merged pieces, as for the parent below, without an engine to stop. */
-static int child_madvise(void *addr, size_t len, int advice)
+static int child_madvise_call(void *addr, size_t len, int advice, uintptr_t lo, uintptr_t hi)
 {
-	uintptr_t lo = (uintptr_t)addr, hi = pg_up((uintptr_t)addr + len);
 	int ret = dd_os_madvise(addr, len, advice), r;
 
 	if (ret == 0 || errno != EINVAL || !dd_page_aligned(lo) || !len || !dd_child_guarding() ||
@@ -416,6 +415,18 @@ static int child_madvise(void *addr, size_t len, int advice)
 	return 0;
 }
 
+static int child_madvise(void *addr, size_t len, int advice)
+{
+	uintptr_t lo = (uintptr_t)addr, hi = pg_up((uintptr_t)addr + len);
+	/* MADV_FREE's REMOVE events mark no piece gone (discard.c) */
+	int k = advice == MADV_FREE ? dd_discard_free_begin(lo, hi) : -1;
+	int ret = child_madvise_call(addr, len, advice, lo, hi), e = errno;
+
+	dd_discard_free_end(k);
+	errno = e;
+	return ret;
+}
+
 DD_API int madvise(void *addr, size_t len, int advice)
 {
 	int st = state(), ret;
@@ -427,7 +438,9 @@ DD_API int madvise(void *addr, size_t len, int advice)
 	if (st != PL_ON)
 		return child_madvise(addr, len, advice);
 	switch (advice) {
-	case MADV_FREE:
+	case MADV_FREE: {
+		/* its REMOVE events discard no merged page (discard.c) */
+		int k = dd_discard_free_begin(lo, hi);
 		ret = dd_os_madvise(addr, len, advice);
 		if (ret < 0 && errno == EINVAL && dd_page_aligned(lo) && len) {
 			/* eng.lock: the engine merges only under it, so no piece
@@ -440,10 +453,15 @@ DD_API int madvise(void *addr, size_t len, int advice)
 			pthread_mutex_unlock(&eng.lock);
 			pthread_mutex_unlock(&pl.lock);
 			if (r == 0)
-				return 0;
-			errno = -r;
+				ret = 0;
+			else
+				errno = -r;
 		}
+		int e = errno;
+		dd_discard_free_end(k);
+		errno = e;
 		return ret;
+	}
 	case MADV_DONTFORK:
 	case MADV_WIPEONFORK:
 	case MADV_DONTDUMP:
