@@ -1247,12 +1247,13 @@ static uintptr_t um_make_t(struct um *u, size_t len, int prot)
 /*
  * 3., after the move: the replacement at [a, a + l) should have merged with
  * the anonymous neighbour(s) that left/right say it has. If not, learn that
- * neighbour's VmFlags (smaps) and give them to the replacement (still
- * empty: nothing to lose) and to every later T: madvise adds flags; where
- * T has a flag the neighbour lacks, or differs in MAP_NORESERVE, a new T
- * with the right ones is moved over it. With PROCMAP_QUERY the first chunks
- * are checked, then every 32nd (a miss costs a mapping, not data); without
- * it, the first (maps text is read for it).
+ * neighbour's VmFlags (smaps) and give them, but for the fork flags, to
+ * the replacement (still empty: nothing to lose) and to every later T:
+ * madvise adds flags; where T has a flag the neighbour lacks, or differs
+ * in MAP_NORESERVE, a new T with the right ones is moved over it. With
+ * PROCMAP_QUERY the first chunks are checked, then every 32nd (a miss
+ * costs a mapping, not data); without it, the first (maps text is read for
+ * it).
  */
 static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool left, bool right)
 {
@@ -1286,7 +1287,12 @@ static void um_check_merge(struct um *u, uintptr_t a, size_t l, int prot, bool l
 		return;
 	u->learned++;
 	u->nchecked = 0;   /* check the next ones again */
-	unsigned want = f & UM_ADVISED;
+	/* Not WIPEONFORK or DONTFORK: they decide what a fork()ed child reads,
+	 * and a merged run never had them (a piece, a file VMA, cannot have
+	 * WIPEONFORK; the preload library unmerges a range before either goes
+	 * on it). Taken from a neighbour, the run read zeros in the child, or
+	 * was not there (pl_unmerge_part). */
+	unsigned want = f & UM_ADVISED & ~(DD_VMF_WIPEONFORK | DD_VMF_DONTFORK);
 	bool noreserve = f & DD_VMF_NORESERVE;
 	dd_debug("unmerge: %#lx did not merge with its neighbour (VmFlags %#x): copying them",
 		 (unsigned long)a, f);

@@ -197,6 +197,35 @@ int main(void)
 		if (!run(x, op, "pieces without a region"))
 			return T_FAIL;
 	}
+	/* A neighbour's flags are not the run's: MADV_WIPEONFORK on the page
+	 * before the range, then mlock of that page and the range (merged
+	 * pieces without a region). The unmerged run could not merge with that
+	 * neighbour; it once took its VmFlags, and a fork()ed child read zeros
+	 * there. */
+	char *w = t_map_anon(2 * CL);
+	pl_fill(w, NP, SEED);
+	pl_fill(w + CL, NP, SEED);
+	t0 = t_now();
+	while (!pl_has_merged(w + CL + LO * T_PAGE, (HI - LO) * T_PAGE) && t_now() - t0 < t_cap())
+		usleep(20000);
+	CHECK(madvise(w + CL + (LO - 1) * T_PAGE, T_PAGE, MADV_WIPEONFORK) == 0);
+	if (!pl_has_merged(w + CL + LO * T_PAGE, (HI - LO) * T_PAGE)) {
+		fprintf(stderr, "FAIL: the range did not merge (or was unmerged) before mlock\n");
+		return T_FAIL;
+	}
+	CHECK(mlock(w + CL + (LO - 1) * T_PAGE, (HI - LO + 1) * T_PAGE) == 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0)
+		_exit(data_ok(w, LO - 1, LO, "the child (a neighbour's WIPEONFORK)") ? 0 : 1);
+	int st;
+	CHECK(waitpid(pid, &st, 0) == pid);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fprintf(stderr, "FAIL: child status %#x after mlock next to a WIPEONFORK page\n", st);
+		return T_FAIL;
+	}
+	CHECK(data_ok(w, 0, 0, "the parent (a neighbour's WIPEONFORK)"));
 	fprintf(stderr, "PASS\n");
 	return T_PASS;
 }
