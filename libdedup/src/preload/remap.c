@@ -67,6 +67,25 @@ bool dd_pl_has_merged(uintptr_t lo, uintptr_t hi)
 	return false;
 }
 
+/* The n VMAs of [lo, hi) in pl.pieces: one anonymous range that merging
+ * may have split (anonymous pieces and pieces of our memfd, all private with
+ * one protection, no hole)? */
+static bool one_range(long n, uintptr_t lo, uintptr_t hi)
+{
+	uintptr_t at = lo;
+
+	if (n <= 0)
+		return false;
+	for (long i = 0; i < n; i++) {
+		const struct vma *v = &pl.pieces[i];
+		if (v->lo > at || (v->kind != K_ANON && v->kind != K_DEDUP) || v->perms[3] != 'p' ||
+		    prot_of(v) != prot_of(&pl.pieces[0]))
+			return false;
+		at = v->hi;
+	}
+	return at >= hi;
+}
+
 /*
  * The kernel said EFAULT: [lo, hi) is not one VMA. If it is one anonymous
  * range that merging split (anonymous pieces and pieces of our memfd, all
@@ -78,23 +97,14 @@ bool dd_pl_has_merged(uintptr_t lo, uintptr_t hi)
 static void *emulate_mremap(uintptr_t lo, uintptr_t hi, size_t new_len, int flags, void *fixed)
 {
 	long n = dd_pl_pieces_in(lo, hi);
-	uintptr_t at = lo, dst;
+	uintptr_t dst;
 	size_t old_len = hi - lo;
 	int prot;
 
 	new_len = pg_up(new_len);
-	if (n <= 0 || (flags & MREMAP_DONTUNMAP))
+	if ((flags & MREMAP_DONTUNMAP) || !one_range(n, lo, hi))
 		goto efault;
 	prot = prot_of(&pl.pieces[0]);
-	for (long i = 0; i < n; i++) {
-		const struct vma *v = &pl.pieces[i];
-		if (v->lo > at || (v->kind != K_ANON && v->kind != K_DEDUP) || v->perms[3] != 'p' ||
-		    prot_of(v) != prot)
-			goto efault;
-		at = v->hi;
-	}
-	if (at < hi)
-		goto efault;
 
 	if (new_len <= old_len && !(flags & MREMAP_FIXED)) {
 		/* shrink in place: the kernel does not refuse this, but be safe */
@@ -178,12 +188,19 @@ void *dd_pl_grow_or_mremap(void *old, size_t old_len, size_t new_len, int flags,
 	void *ret;
 
 	/* Growing a merged piece that is the whole range would map more of our
-	 * memfd; and since Linux 6.17 a move (MREMAP_FIXED) of several VMAs goes
-	 * one VMA at a time and stops with EFAULT at our first merged piece
-	 * (registered with our uffd), leaving what came before it moved
-	 * (tests/probe/probe_mremap_multi.c). Neither goes to the kernel. */
-	if (can && (pg_up(new_len) > hi - lo || (flags & MREMAP_FIXED)) && dd_pl_has_merged(lo, hi))
+	 * memfd: not for the kernel. And since Linux 6.17 a move (MREMAP_FIXED)
+	 * of several VMAs goes one VMA at a time and stops with EFAULT at one
+	 * registered with a userfaultfd - a merged piece, or anonymous memory
+	 * the engine follows there since an earlier move - leaving what came
+	 * before it moved (tests/probe/probe_mremap_multi.c): one such range of
+	 * ours is moved here, VMA by VMA. */
+	if (can && pg_up(new_len) > hi - lo && dd_pl_has_merged(lo, hi))
 		return emulate_mremap(lo, hi, new_len, flags, fixed);
+	if (can && (flags & MREMAP_FIXED)) {
+		long n = dd_pl_pieces_in(lo, hi);
+		if (n > 1 && one_range(n, lo, hi))
+			return emulate_mremap(lo, hi, new_len, flags, fixed);
+	}
 	ret = dd_os_raw_mremap(old, old_len, new_len, flags, fixed);
 	if (ret == MAP_FAILED && errno == EFAULT && can)
 		ret = emulate_mremap(lo, hi, new_len, flags, fixed);
