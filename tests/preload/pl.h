@@ -201,6 +201,25 @@ static inline size_t pl_pieces(uintptr_t lo, uintptr_t hi, uintptr_t *first)
 	return n;
 }
 
+/* Sum of smaps "Locked:" (kB) over the VMAs overlapping [p, p + len). */
+static inline long pl_locked_kb(const char *p, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+	long kb = 0;
+	CHECK(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		uintptr_t lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = lo < (uintptr_t)p + len && hi > (uintptr_t)p;
+		else if (in && !strncmp(line, "Locked:", 7))
+			kb += strtol(line + 7, NULL, 10);
+	}
+	fclose(f);
+	return kb;
+}
+
 static inline bool pl_has_merged(const void *p, size_t len)
 {
 	bool m, r;

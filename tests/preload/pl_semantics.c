@@ -46,25 +46,6 @@ static bool faults(char *p, bool write)
 	return f;
 }
 
-/* Sum of smaps "Locked:" (kB) over the VMAs inside [p, p + len). */
-static long locked_kb(const char *p, size_t len)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	char line[512];
-	bool in = false;
-	long kb = 0;
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
-			in = lo >= (uintptr_t)p && hi <= (uintptr_t)p + len;
-		else if (in && !strncmp(line, "Locked:", 7))
-			kb += strtol(line + 7, NULL, 10);
-	}
-	fclose(f);
-	return kb;
-}
-
 static char *ch(char *a, int c) { return a + (size_t)c * CL; }
 
 int main(void)
@@ -101,7 +82,7 @@ int main(void)
 	/* 3. mlock */
 	CHECK(mlock(ch(a, 3), CL) == 0);
 	CHECK(pl_check(ch(a, 3), NP, 51));
-	long kb = locked_kb(ch(a, 3), CL);
+	long kb = pl_locked_kb(ch(a, 3), CL);
 	if (kb != (long)(CL / 1024)) {
 		fprintf(stderr, "FAIL: %ld kB locked of %lu\n", kb, CL / 1024);
 		return T_FAIL;

@@ -48,25 +48,6 @@ static void *handler(void *arg)
 	}
 }
 
-/* Sum of smaps "Locked:" (kB) over the VMAs overlapping [p, p + len). */
-static long locked_kb(const char *p, size_t len)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	char line[512];
-	bool in = false;
-	long kb = 0;
-	CHECK(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
-			in = lo < (uintptr_t)p + len && hi > (uintptr_t)p;
-		else if (in && !strncmp(line, "Locked:", 7))
-			kb += strtol(line + 7, NULL, 10);
-	}
-	fclose(f);
-	return kb;
-}
-
 /* The two copies at m hold the pattern, pages [zlo, zhi) of copy 1 zeros. */
 static bool data_ok(const char *m, size_t zlo, size_t zhi, const char *who)
 {
@@ -103,9 +84,9 @@ static bool run(char *m, int op, const char *path)
 			fprintf(stderr, "FAIL: %s: %s\n", who, strerror(errno));
 			return false;
 		}
-		if (locked_kb(m, 2 * CL) != (long)(len / 1024)) {
+		if (pl_locked_kb(m, 2 * CL) != (long)(len / 1024)) {
 			fprintf(stderr, "FAIL: %s: %ld kB locked, not %zu\n", who,
-				locked_kb(m, 2 * CL), len / 1024);
+				pl_locked_kb(m, 2 * CL), len / 1024);
 			return false;
 		}
 		break;
