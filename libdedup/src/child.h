@@ -16,6 +16,7 @@ bool dd_child_guarding(void);
 unsigned dd_child_threads(void);     /* 1 while the guard thread runs */
 void dd_child_wake(void);            /* the guard: dd_creds_follow() */
 int dd_child_release(void);          /* back to anonymous memory, guard stopped */
+void dd_child_events_handled(void);  /* the guard has handled what it read */
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero, int uffd);
 void dd_preload_forked(void);        /* preload/lifecycle.c: after the guard, in the child */
 

@@ -231,8 +231,9 @@ static void announce(uintptr_t a, uintptr_t b)
  * were (not mergeable until the zap is known to be behind them). The
  * preload library's madvise() says which calls are MADV_FREE
  * (dd_discard_free_begin/end); the event, read while the call waits for it,
- * finds the call in this table. Limit: a raw MADV_FREE system call that no
- * interposer sees still marks.
+ * finds the call in this table (the entry stays until the reader has
+ * handled it: seen gone too early, it marked - pl_calls, 1 run in 8).
+ * Limit: a raw MADV_FREE system call that no interposer sees still marks.
  */
 #define FREEING_MAX 16
 static struct {
@@ -252,10 +253,31 @@ int dd_discard_free_begin(uintptr_t lo, uintptr_t hi)
 	return -1;   /* full: its events mark, as before */
 }
 
+/* After the call: its events were read (the kernel waits for that) but may
+ * not be handled yet. The reader reads and handles them in one hold of
+ * eng.gate (engine.c, drain_uffd), so once we have had the gate they are
+ * handled; only while something is merged, else no event marks anything.
+ * In a guarded fork()ed child the guard does the same under its own lock
+ * (eng.gate may have been held by the parent's reader at fork). */
 void dd_discard_free_end(int k)
 {
-	if (k >= 0)
-		atomic_store(&freeing[k].lo, 0);
+	if (k < 0)
+		return;
+	if (__atomic_load_n(&eng.running, __ATOMIC_ACQUIRE)) {
+		/* tried, for at most 100 ms: a signal handler's madvise may
+		 * have interrupted this very thread under the gate */
+		for (int i = 0; __atomic_load_n(&merged.n, __ATOMIC_RELAXED) && i < 2000; i++) {
+			if (pthread_mutex_trylock(&eng.gate) == 0) {
+				pthread_mutex_unlock(&eng.gate);
+				break;
+			}
+			struct timespec ts = { 0, 50000 };
+			nanosleep(&ts, NULL);
+		}
+	} else {
+		dd_child_events_handled();
+	}
+	atomic_store(&freeing[k].lo, 0);
 }
 
 static bool freeing_covers(uintptr_t a, uintptr_t b)
