@@ -144,7 +144,8 @@ pl_test(preload_unmerge_part PROGRAM pl_unmerge_part)
 # program's own userfaultfd, fork) on ranges cut anywhere in merged memory,
 # against a shadow of every page (tests/preload/pl_calls.c). In CI without
 # mremap (PL_CALLS_SKIP=7): README "Known bugs" says what mremap still
-# breaks. preload_calls_remap shows it, disabled until it is fixed (it fails).
+# breaks. preload_calls_remap shows it, disabled until it passes (it fails in
+# about 1 run of 8).
 foreach(seed 1 2)
   pl_test(preload_calls_${seed} PROGRAM pl_calls ARGS ${seed} 3000 TIMEOUT 300
           ENV PL_CALLS_SKIP=7)

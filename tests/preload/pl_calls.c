@@ -26,7 +26,8 @@
  * done and MERGES pages were merged meanwhile (t_cap() at most): a run that
  * merges nothing proves nothing.
  * To chase a failure: PL_CALLS_CHECK_MAPS=1 checks every page and the
- * arena's mappings after every call (names the call that broke it),
+ * arena's mappings after every call (names the call that broke it;
+ * PL_CALLS_VERIFY_EACH=1 the pages only, which changes the timing less),
  * PL_CALLS_DUMP_OP=N prints the mappings of call N's range before and
  * after it, PL_CALLS_SKIP=3,7 leaves calls out by number (write 0 ...
  * verify 11, in the order above), and PL_CALLS_NATIVE=1 runs without
@@ -224,6 +225,7 @@ int main(int argc, char **argv)
 	/* PL_CALLS_NATIVE=1: without libdedup, to check the model itself */
 	bool native = getenv("PL_CALLS_NATIVE") != NULL;
 	bool check_maps = getenv("PL_CALLS_CHECK_MAPS") != NULL;   /* after every call */
+	bool verify_each = getenv("PL_CALLS_VERIFY_EACH") != NULL;  /* the pages only: faster */
 	bool skip[12] = { false };   /* PL_CALLS_SKIP=7,8: not these calls (a failure's bisection) */
 	for (const char *q = getenv("PL_CALLS_SKIP"); q && *q; q += strcspn(q, ","), q += !!*q)
 		if (atoi(q) >= 0 && atoi(q) < 12)
@@ -412,7 +414,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "after:\n");
 			dump_maps(p, p + n * T_PAGE);
 		}
-		if (check_maps && !all_ok(false, names[a], op)) {
+		if ((check_maps || verify_each) && !all_ok(false, names[a], op)) {
 			fprintf(stderr, "  after %s of pages [%zu, %zu)\n", names[a], i, i + n);
 			return T_FAIL;
 		}
