@@ -256,7 +256,7 @@ int dd_discard_free_begin(uintptr_t lo, uintptr_t hi)
 /* After the call: its events were read (the kernel waits for that) but may
  * not be handled yet. The reader reads and handles them in one hold of
  * eng.gate (engine.c, drain_uffd), so once we have had the gate they are
- * handled; only while something is merged, else no event marks anything.
+ * handled; only once something merged, else no event marks anything.
  * In a guarded fork()ed child the guard does the same under its own lock
  * (eng.gate may have been held by the parent's reader at fork). */
 void dd_discard_free_end(int k)
@@ -266,7 +266,8 @@ void dd_discard_free_end(int k)
 	if (__atomic_load_n(&eng.running, __ATOMIC_ACQUIRE)) {
 		/* tried, for at most 100 ms: a signal handler's madvise may
 		 * have interrupted this very thread under the gate */
-		for (int i = 0; __atomic_load_n(&merged.n, __ATOMIC_RELAXED) && i < 2000; i++) {
+		for (int i = 0; atomic_load_explicit(&dd_cnt.merges, memory_order_relaxed) && i < 2000;
+		     i++) {
 			if (pthread_mutex_trylock(&eng.gate) == 0) {
 				pthread_mutex_unlock(&eng.gate);
 				break;
