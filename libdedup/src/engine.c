@@ -293,7 +293,9 @@ static bool drain_uffd(bool *lost)
 						     m->arg.remove.end - m->arg.remove.start);
 					break;
 				case UFFD_EVENT_REMAP:
-					if (m->arg.remap.from == atomic_load(&eng.placing_from))
+					if (m->arg.remap.from == atomic_load(&eng.placing_from) &&
+					    m->arg.remap.to == atomic_load(&eng.placing_to) &&
+					    m->arg.remap.len == atomic_load(&eng.placing_len))
 						break;   /* merge.c placing a run */
 					dd_discard_moved(m->arg.remap.from, m->arg.remap.to,
 							 m->arg.remap.len);

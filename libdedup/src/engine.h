@@ -48,9 +48,12 @@ struct dd_engine {
 	/* [parked, parked_end): window whose pages sit in S while the merger is
 	 * out of the gate (merge.c); the reader leaves their faults alone */
 	_Atomic uintptr_t parked, parked_end;
-	/* T while merge.c moves a new run from T into place: the REMAP that
-	 * raises is ours, the reader does not record it */
-	_Atomic uintptr_t placing_from;
+	/* T, its target and length while merge.c moves a new run from T into
+	 * place: the REMAP that raises is ours, the reader does not record it.
+	 * All three: T's address is free again once it moved, and the program
+	 * may map and move memory from there before placing_from is cleared
+	 * (pl_calls: that REMAP was skipped, the discard marks stayed behind) */
+	_Atomic uintptr_t placing_from, placing_to, placing_len;
 	/* a fork() is under way: no merge window or unmerging starts (engine.c) */
 	_Atomic bool forking;
 	_Atomic bool fork_snap_failed; /* prefork could not copy the discard marks */

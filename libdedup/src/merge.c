@@ -413,6 +413,8 @@ static void map_canonical(uintptr_t a, size_t l)
 static void *move_registered(void *t, size_t l, uintptr_t a)
 {
 	static uint64_t nth;
+	atomic_store(&eng.placing_to, a);
+	atomic_store(&eng.placing_len, l);
 	atomic_store(&eng.placing_from, (uintptr_t)t);
 	pthread_mutex_unlock(&eng.gate);
 	void *m;
