@@ -142,18 +142,11 @@ pl_test(preload_uffd_app PROGRAM pl_uffd_app)
 pl_test(preload_unmerge_part PROGRAM pl_unmerge_part)
 # Random memory calls (madvise, mlock, mprotect, mremap, munmap/mmap, the
 # program's own userfaultfd, fork) on ranges cut anywhere in merged memory,
-# against a shadow of every page (tests/preload/pl_calls.c). In CI without
-# mremap (PL_CALLS_SKIP=7): README "Known bugs" says what mremap still
-# breaks. preload_calls_remap shows it, disabled until it passes (it fails in
-# about 1 run of 8).
+# against a shadow of every page (tests/preload/pl_calls.c); more seeds by
+# hand (docs/preload.md).
 foreach(seed 1 2)
-  pl_test(preload_calls_${seed} PROGRAM pl_calls ARGS ${seed} 3000 TIMEOUT 300
-          ENV PL_CALLS_SKIP=7)
+  pl_test(preload_calls_${seed} PROGRAM pl_calls ARGS ${seed} 3000 TIMEOUT 300)
 endforeach()
-pl_test(preload_calls_remap PROGRAM pl_calls ARGS 3 3000 TIMEOUT 300)
-if(TEST preload_calls_remap)
-  set_tests_properties(preload_calls_remap PROPERTIES DISABLED TRUE)
-endif()
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a
 # userfault only the uffd reader resolves, while libdedup's fork handlers held
 # eng.gate and jemalloc's waited for the mutex (hung in about 1 run of 4-8,

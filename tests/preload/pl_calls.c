@@ -35,7 +35,8 @@
  * a merged range half done by Linux 6.17+ (remap.c), discard marks left
  * behind by an mremap (discard.c), MADV_FREE's REMOVE events taken for
  * discards (discard.c), an unmerged run given its neighbour's
- * MADV_WIPEONFORK (merge.c), and what README "Known bugs" still lists.
+ * MADV_WIPEONFORK (merge.c), and the program's REMAP taken for the
+ * merger's own (engine.c).
  */
 #include "pl.h"
 
@@ -238,6 +239,8 @@ int main(int argc, char **argv)
 
 	double t0 = t_now();
 	uint64_t op = 0, merged = 0;
+	if (check_maps || verify_each)
+		fprintf(stderr, "arena %p, %d pages\n", (void *)arena, NPG);
 	for (; op < ops || merged < MERGES; op++) {
 		if (t_now() - t0 > t_cap()) {
 			fprintf(stderr, "FAIL: %llu ops and %llu merges after %.0f s\n",
