@@ -401,7 +401,9 @@ static void *reader_main(void *arg)
 		}
 		bool lost = false, rang;
 		pthread_mutex_lock(&eng.gate);
+		atomic_fetch_add(&eng.drain_gen, 1);
 		rang = drain_uffd(&lost);
+		atomic_fetch_add(&eng.drain_gen, 1);
 		pthread_mutex_unlock(&eng.gate);
 		dd_engine_account_cpu(&cpu);
 		/* The number is gone and cannot be had again: leave, and with

@@ -54,6 +54,10 @@ struct dd_engine {
 	 * may map and move memory from there before placing_from is cleared
 	 * (pl_calls: that REMAP was skipped, the discard marks stayed behind) */
 	_Atomic uintptr_t placing_from, placing_to, placing_len;
+	/* odd while the reader reads and handles messages (drain_uffd): a
+	 * thread whose event was read knows it handled once this has moved on
+	 * or is even (discard.c, dd_discard_free_end) */
+	_Atomic uint64_t drain_gen;
 	/* a fork() is under way: no merge window or unmerging starts (engine.c) */
 	_Atomic bool forking;
 	_Atomic bool fork_snap_failed; /* prefork could not copy the discard marks */
