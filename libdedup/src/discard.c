@@ -276,7 +276,7 @@ void dd_discard_free_end(int k)
 	atomic_store(&freeing[k].lo, 0);
 }
 
-static bool freeing_covers(uintptr_t a, uintptr_t b)
+bool dd_discard_freeing(uintptr_t a, uintptr_t b)
 {
 	for (int k = 0; k < FREEING_MAX; k++) {
 		uintptr_t lo = atomic_load(&freeing[k].lo);
@@ -285,8 +285,6 @@ static bool freeing_covers(uintptr_t a, uintptr_t b)
 	}
 	return false;
 }
-
-bool dd_discard_freeing(uintptr_t a, uintptr_t b) { return freeing_covers(a, b); }
 
 /*
  * A REMOVE event for [a, b): the merged pages in it are being discarded, the
@@ -300,7 +298,7 @@ void dd_discard_removed(uintptr_t a, uintptr_t b)
 
 	if (dd_merge_is_scratch(a, b))
 		return;   /* our own scratch area */
-	if (freeing_covers(a, b)) {
+	if (dd_discard_freeing(a, b)) {
 		announce(a, b);
 		return;
 	}
