@@ -17,6 +17,12 @@
  *  5. dd_fd_read_temp() on a temporary number that the program closed and
  *     reopened: -EBADF, and the program's file is untouched - its pipe keeps
  *     every byte, its regular file keeps its offset.
+ *  6. READERS threads read the file with dd_proc_lines() at once, READS times
+ *     each: every read gives every line. A temporary number one thread has
+ *     just closed is often the next one the other opens, while the first
+ *     thread's slot is still there (fds.c, temp_slot): the second thread
+ *     used to read at the first one's offset, from the end of the file, and
+ *     got no line at all.
  */
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -50,6 +56,26 @@ static int line_fn(void *ctx, char *line)
 	}
 	l->n++;
 	return 0;
+}
+
+#define READERS 8   /* more than the cores: a closer is preempted now and then */
+#define READS 2000
+
+static const char *file6;
+
+static void *reader6(void *arg)
+{
+	(void)arg;
+	for (int k = 0; k < READS; k++) {
+		struct lines l = { 0, true };
+		int r = dd_proc_lines(file6, line_fn, &l);
+		if (r != 0 || !l.ok || l.n != 3000) {
+			fprintf(stderr, "FAIL: read %d of the file gave %zu lines of 3000 (%d)\n", k,
+				l.n, r);
+			return (void *)1;
+		}
+	}
+	return NULL;
 }
 
 int main(void)
@@ -118,6 +144,17 @@ int main(void)
 	dd_fd_close_temp(t);
 	CHECK(lseek(g, 0, SEEK_CUR) == 5 && lseek(t, 0, SEEK_CUR) == 5);
 	CHECK(close(t) == 0 && close(g) == 0);
+
+	/* 6 */
+	file6 = path;
+	pthread_t th[READERS];
+	for (int i = 0; i < READERS; i++)
+		CHECK(pthread_create(&th[i], NULL, reader6, NULL) == 0);
+	for (int i = 0; i < READERS; i++) {
+		void *res;
+		CHECK(pthread_join(th[i], &res) == 0);
+		CHECK(res == NULL);
+	}
 	unlink(path);
 	printf("PASS\n");
 	return T_PASS;

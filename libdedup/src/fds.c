@@ -121,10 +121,34 @@ bool dd_fd_names(int fd, uint64_t ino)
 }
 
 /* Temporary descriptors (dd_fd_open_temp) while they are open, number + 1:
- * hidden from the program like the others (close, dup2, the fstat family). */
+ * hidden from the program like the others (close, dup2, the fstat family).
+ * A slot is its opener's: the offset of its next read, and the number
+ * alone does not say whose it is. dd_fd_close_temp closes before it frees
+ * the slot (until the close the number must stay hidden), so for an instant
+ * a closed number's slot is still there while another thread opens the same
+ * number into a second slot. Found by pl_calls with threads: that thread
+ * read /proc/self/maps from the first slot's offset, the middle of the file,
+ * and missed the mappings before it (an mremap refused with EFAULT, an
+ * madvise with EINVAL, where the program's call should have worked). So a
+ * slot is looked up by number and opener, and its opener is cleared before
+ * it is freed: a slot being taken never shows a stale opener. */
 #define DD_TEMP_MAX 8
 static _Atomic int temp[DD_TEMP_MAX];
+static _Atomic pthread_t temp_owner[DD_TEMP_MAX];   /* its opener, 0 while free */
 static off_t temp_off[DD_TEMP_MAX];   /* the next read's offset (its opener's) */
+
+/* The slot of temporary fd opened by this thread, or DD_TEMP_MAX */
+static size_t temp_slot(int fd)
+{
+	pthread_t self = pthread_self();
+	size_t i = 0;
+
+	while (i < DD_TEMP_MAX && !(atomic_load_explicit(&temp[i], memory_order_acquire) == fd + 1 &&
+				    pthread_equal(atomic_load_explicit(&temp_owner[i],
+								       memory_order_relaxed), self)))
+		i++;
+	return i;
+}
 
 bool dd_fd_ours(int fd)
 {
@@ -224,6 +248,7 @@ static void temp_add(int fd)
 		int none = 0;
 		if (atomic_compare_exchange_strong(&temp[i], &none, fd + 1)) {
 			temp_off[i] = 0;
+			atomic_store_explicit(&temp_owner[i], pthread_self(), memory_order_relaxed);
 			return;
 		}
 	}   /* more at once than we ever hold: it stays visible */
@@ -231,10 +256,11 @@ static void temp_add(int fd)
 
 static void temp_del(int fd)
 {
-	for (size_t i = 0; i < DD_TEMP_MAX; i++) {
-		int f = fd + 1;
-		if (atomic_compare_exchange_strong(&temp[i], &f, 0))
-			return;
+	size_t i = temp_slot(fd);
+
+	if (i < DD_TEMP_MAX) {
+		atomic_store_explicit(&temp_owner[i], (pthread_t)0, memory_order_relaxed);
+		atomic_store_explicit(&temp[i], 0, memory_order_release);
 	}
 }
 
@@ -315,10 +341,8 @@ void dd_fd_close_temp(int fd)
  */
 ssize_t dd_fd_read_temp(int fd, void *buf, size_t len)
 {
-	size_t i = 0;
+	size_t i = temp_slot(fd);
 
-	while (i < DD_TEMP_MAX && atomic_load_explicit(&temp[i], memory_order_acquire) != fd + 1)
-		i++;
 	for (;;) {
 		if (!dd_fd_intact(fd))
 			return -EBADF;
