@@ -176,7 +176,7 @@ static void zero_discarded(void *t, uintptr_t a, uintptr_t lo, uintptr_t hi)
 
 int dd_piece_to_anon(uintptr_t a, size_t len, int prot, const struct dd_rtab *zero, int uffd)
 {
-	void *t = dd_os_raw_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *t = dd_os_far_mmap(len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (t == MAP_FAILED)
 		return -ENOMEM;
@@ -420,11 +420,11 @@ static bool pieces_reserve(size_t n)
 	while (ncap < n)
 		ncap *= 2;
 	if (!cg.pieces)
-		p = dd_os_raw_mmap(NULL, ncap * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
+		p = dd_os_far_mmap(ncap * sizeof(*cg.pieces), PROT_READ | PROT_WRITE,
 				   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	else
-		p = dd_os_raw_mremap(cg.pieces, cg.cap * sizeof(*cg.pieces),
-				     ncap * sizeof(*cg.pieces), MREMAP_MAYMOVE, NULL);
+		p = dd_os_far_mremap(cg.pieces, cg.cap * sizeof(*cg.pieces),
+				     ncap * sizeof(*cg.pieces));
 	if (p == MAP_FAILED)
 		return false;
 	cg.pieces = p;

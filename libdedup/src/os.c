@@ -83,9 +83,132 @@ void *dd_os_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, voi
 	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
 }
 
+/*
+ * DOC: Where our mappings go
+ *
+ * The kernel gives mmap(NULL) the highest free gap that fits: often a hole
+ * the program has just made and means to fill again - munmap() and then
+ * mmap() at the same address (MAP_FIXED, MAP_FIXED_NOREPLACE, or a hint it
+ * expects to be given), an mremap() away and back. A mapping of ours placed
+ * there meanwhile (the run being placed, merge.c, is a new mapping for every
+ * run merged) would be replaced by the program's MAP_FIXED, under our feet,
+ * or make its MAP_FIXED_NOREPLACE fail and its hint be ignored: calls that
+ * never fail without us (tests/preload/pl_hole.c; pl_calls with threads).
+ * So the mappings we make where the kernel would choose go to an area of our
+ * own instead: far below where the kernel places mappings (half way down to
+ * zero, at a random offset), taken next-fit and always with
+ * MAP_FIXED_NOREPLACE, so that nothing there is ever replaced. A program
+ * gets our area only by asking for it by address; it then keeps it, and we
+ * go on past it. Only where the area is full, or smaller than the request
+ * (the store's view, 8 TiB of address space), does the kernel choose.
+ *
+ * The program's own memory never goes there: a program's mmap(NULL) that an
+ * interposer makes for it, and an mremap we emulate for it (preload/remap.c),
+ * get the kernel's choice, as they would without us.
+ */
+static uintptr_t far_lo, far_hi;      /* the area, set once (far_init) */
+static _Atomic uintptr_t far_next;    /* next-fit cursor in it */
+static _Atomic int far_state;         /* 0 unset, 1 being set, 2 set */
+
+/* Sets the area once. No lock and no waiting: a thread that finds another
+ * one setting it (or a fork()ed child that found a thread fork did not
+ * copy half way) lets the kernel choose meanwhile. */
+static void far_init(void)
+{
+	/* where the kernel places a mapping now: the top of the mmap area */
+	void *p = dd_os_raw_mmap(NULL, DD_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return;
+	dd_os_raw_munmap(p, DD_PAGE);
+	uintptr_t top = (uintptr_t)p, gib = (uintptr_t)1 << 30;
+	uintptr_t span = top / 16 < ((uintptr_t)1 << 40) ? top / 16 : (uintptr_t)1 << 40;
+	if (span < gib)
+		return;   /* a small address space: the kernel chooses */
+	/* a random start in [top/2, top/2 + top/16): the bits ASLR gave p and
+	 * the clock, mixed */
+	uint64_t x = ((uint64_t)top >> 12) ^ dd_now_ns();
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	far_lo = (top / 2 + (uintptr_t)(x % (top / 16))) & ~(gib - 1);
+	far_hi = far_lo + span;
+	atomic_store(&far_next, far_lo);
+}
+
+static bool far_ready(void)
+{
+	int st = atomic_load_explicit(&far_state, memory_order_acquire), zero = 0;
+	if (st == 2)
+		return far_lo != 0;
+	if (st != 0 || !atomic_compare_exchange_strong(&far_state, &zero, 1))
+		return false;
+	far_init();
+	atomic_store_explicit(&far_state, 2, memory_order_release);
+	return far_lo != 0;
+}
+
+/* An address of our area for len bytes, or 0: next-fit, wrapping. */
+static uintptr_t far_take(size_t len)
+{
+	if (!far_ready())
+		return 0;
+	size_t step = ((len + DD_PAGE - 1) & ~(DD_PAGE - 1)) + DD_PAGE;   /* a free page between ours */
+	if (step > (far_hi - far_lo) / 4)
+		return 0;
+	uintptr_t a = atomic_load(&far_next), n;
+	do {
+		n = a + step;
+		if (n > far_hi) {
+			a = far_lo;
+			n = a + step;
+		}
+	} while (!atomic_compare_exchange_weak(&far_next, &a, n) && (a = atomic_load(&far_next), 1));
+	return a;
+}
+
+/* mmap(NULL, ...) of ours, in our area (above), without the hook. Where
+ * something is in the way (a long-lived mapping of ours met again after the
+ * cursor wrapped, or the program's), it tries further on, by ever larger
+ * steps, then lets the kernel choose. */
+void *dd_os_far_mmap(size_t len, int prot, int flags, int fd, off_t off)
+{
+	for (int tries = 0; tries < 12; tries++) {
+		uintptr_t a = far_take(len);
+		if (!a)
+			break;
+		void *p = dd_os_raw_mmap((void *)a, len, prot, flags | MAP_FIXED_NOREPLACE, fd, off);
+		if (p != MAP_FAILED || errno != EEXIST)
+			return p;
+		far_take(((size_t)64 << 10) << tries);   /* skip: 64 KiB .. 128 MiB */
+	}
+	return dd_os_raw_mmap(NULL, len, prot, flags, fd, off);
+}
+
+/* mremap(old, old_len, new_len, MREMAP_MAYMOVE) of ours: in place if it
+ * can grow there, else moved to our area (onto a reservation made there
+ * first: MREMAP_FIXED replaces what it lands on). Without the hook. */
+void *dd_os_far_mremap(void *old, size_t old_len, size_t new_len)
+{
+	void *p = dd_os_raw_mremap(old, old_len, new_len, 0, NULL);
+	if (p != MAP_FAILED || errno != ENOMEM)
+		return p;
+	void *r = dd_os_far_mmap(new_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (r == MAP_FAILED)
+		return MAP_FAILED;
+	p = dd_os_raw_mremap(old, old_len, new_len, MREMAP_MAYMOVE | MREMAP_FIXED, r);
+	if (p == MAP_FAILED) {
+		int e = errno;
+		dd_os_raw_munmap(r, new_len);
+		errno = e;
+	}
+	return p;
+}
+
 void *dd_os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off, bool ours)
 {
-	void *p = dd_os_raw_mmap(addr, len, prot, flags, fd, off);
+	void *p = !addr && ours && !(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
+			  ? dd_os_far_mmap(len, prot, flags, fd, off)
+			  : dd_os_raw_mmap(addr, len, prot, flags, fd, off);
 	/* only anonymous memory can be taken for the program's heap */
 	if (ours && (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE)
 		note(p, len, true);
@@ -102,7 +225,8 @@ int dd_os_munmap(void *addr, size_t len)
 
 void *dd_os_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr, bool ours)
 {
-	void *p = dd_os_raw_mremap(old, old_len, new_len, flags, new_addr);
+	void *p = ours && flags == MREMAP_MAYMOVE ? dd_os_far_mremap(old, old_len, new_len)
+						  : dd_os_raw_mremap(old, old_len, new_len, flags, new_addr);
 	if (p != MAP_FAILED) {
 		note(old, old_len, false);
 		if (ours)

@@ -18,6 +18,9 @@ int dd_os_mprotect(void *addr, size_t len, int prot);
 int dd_os_madvise(void *addr, size_t len, int advice);
 /* the same, telling nobody: for the hook's own tables and a child in fork() */
 void *dd_os_raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+/* ours, where the kernel would choose: in our own area (os.c, "Where our mappings go") */
+void *dd_os_far_mmap(size_t len, int prot, int flags, int fd, off_t off);
+void *dd_os_far_mremap(void *old, size_t old_len, size_t new_len);
 int dd_os_raw_munmap(void *addr, size_t len);
 void *dd_os_raw_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
 extern void (*dd_os_ours_hook)(uintptr_t lo, size_t len, bool add);   /* preload sets it */

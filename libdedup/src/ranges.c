@@ -29,7 +29,7 @@ static size_t bytes(size_t cap)
 bool dd_rt_init(struct dd_rtab *t, size_t cap)
 {
 	cap = dd_own_table_cap(cap < 256 ? 256 : cap, sizeof(struct dd_range));
-	void *p = dd_os_raw_mmap(NULL, bytes(cap), PROT_READ | PROT_WRITE,
+	void *p = dd_os_far_mmap(bytes(cap), PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	t->r = p == MAP_FAILED ? NULL : p;
 	t->n = 0;
@@ -51,7 +51,7 @@ bool dd_rt_reserve(struct dd_rtab *t, size_t n)
 		return false;
 	while (ncap < n)
 		ncap *= 2;
-	void *p = dd_os_raw_mremap(t->r, bytes(t->cap), bytes(ncap), MREMAP_MAYMOVE, NULL);
+	void *p = dd_os_far_mremap(t->r, bytes(t->cap), bytes(ncap));
 	if (p == MAP_FAILED)
 		return false;
 	if (p != (void *)t->r)

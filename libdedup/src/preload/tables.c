@@ -26,7 +26,7 @@ struct dd_preload pl = {
 
 static void *reserve(size_t bytes)
 {
-	void *p = dd_os_raw_mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+	void *p = dd_os_far_mmap(bytes, PROT_READ | PROT_WRITE,
 			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p != MAP_FAILED)
 		dd_os_madvise(p, bytes, MADV_DONTDUMP);   /* ours, not the program's */
@@ -53,7 +53,7 @@ bool dd_pl_table_grow(void **p, size_t *cap, size_t elem, size_t need)
 	if (*p && ncap == *cap)
 		return true;
 	if (*p)
-		q = dd_os_raw_mremap(*p, pages_of(*cap * elem), pages_of(ncap * elem), MREMAP_MAYMOVE, NULL);
+		q = dd_os_far_mremap(*p, pages_of(*cap * elem), pages_of(ncap * elem));
 	else
 		q = reserve(pages_of(ncap * elem));
 	if (!q || q == MAP_FAILED)
