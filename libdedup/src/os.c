@@ -115,17 +115,18 @@ static _Atomic int far_state;         /* 0 unset, 1 being set, 2 set */
  * copy half way) lets the kernel choose meanwhile. */
 static void far_init(void)
 {
-	/* where the kernel places a mapping now: the top of the mmap area */
-	void *p = dd_os_raw_mmap(NULL, DD_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return;
-	dd_os_raw_munmap(p, DD_PAGE);
-	uintptr_t top = (uintptr_t)p, gib = (uintptr_t)1 << 30;
+	/* The top of the address space the kernel maps in: a stack (the main
+	 * thread's is above the mmap area, a thread's inside it, near its
+	 * top), or our own code if that is higher. Not a probe mmap(NULL): it
+	 * would take the program's hole for an instant itself. */
+	uintptr_t top = (uintptr_t)__builtin_frame_address(0), gib = (uintptr_t)1 << 30;
+	if ((uintptr_t)&far_init > top)
+		top = (uintptr_t)&far_init;
 	uintptr_t span = top / 16 < ((uintptr_t)1 << 40) ? top / 16 : (uintptr_t)1 << 40;
 	if (span < gib)
 		return;   /* a small address space: the kernel chooses */
-	/* a random start in [top/2, top/2 + top/16): the bits ASLR gave p and
-	 * the clock, mixed */
+	/* a random start in [top/2, top/2 + top/16): the bits ASLR gave the
+	 * stack and the clock, mixed */
 	uint64_t x = ((uint64_t)top >> 12) ^ dd_now_ns();
 	x ^= x >> 33;
 	x *= 0xff51afd7ed558ccdULL;
