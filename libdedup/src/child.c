@@ -366,6 +366,7 @@ static void prefork_guard(void)
 {
 	if (cg.uffd < 0)
 		return;
+	dd_fork_serialize();   /* cg.snap is one buffer (engine.c) */
 	pthread_mutex_lock(&cg.lock);
 	cg.snap.n = 0;
 	if (dd_rt_reserve(&cg.snap, cg.gone.n)) {

@@ -791,8 +791,43 @@ static void child_room(void)
 }
 
 /*
+ * One fork() at a time through our handlers. The child learns which merged
+ * pages were discarded from a snapshot its prepare handler copies (here,
+ * and prefork_guard in a guarded child), in one buffer: when two threads
+ * forked at once, the second one's copy (emptied, then refilled) was what
+ * the first one's child inherited, and that child read a discarded page's
+ * old content (pl_calls with four threads: "child ... reads 0xa9, not 0").
+ * And eng.forking, a flag, was cleared by the first fork to end while the
+ * second was still under way. So the first of our prepare handlers to run
+ * takes fork_lock, and the parent's handler gives it back once the fork is
+ * done (the child makes it anew). A second forker waits in its prepare
+ * handler, holding no lock of ours; the kernel's fork takes mmap_lock for
+ * writing anyway, so forks of one process hardly overlapped.
+ */
+static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread bool fork_locked;   /* this thread's fork holds fork_lock */
+
+void dd_fork_serialize(void)
+{
+	if (!fork_locked) {
+		pthread_mutex_lock(&fork_lock);
+		fork_locked = true;
+	}
+}
+
+static void fork_unserialize(bool child)
+{
+	if (child)
+		pthread_mutex_init(&fork_lock, NULL);
+	else if (fork_locked)
+		pthread_mutex_unlock(&fork_lock);
+	fork_locked = false;
+}
+
+/*
  * Our prepare handler runs before the allocator's (it was registered after
- * them), and holds no lock of ours while theirs run: an application thread
+ * them), and holds no lock of ours while theirs run (fork_lock aside, which
+ * only another forker waits for): an application thread
  * that holds an allocator mutex may be waiting for our reader (a write to a
  * protected page) or for eng.lock (an interposed munmap), and the
  * allocator's handler waits for that mutex (preload_repro_fork_alloc_lock).
@@ -804,6 +839,7 @@ static void prefork(void)
 {
 	if (dd_unlikely(dd_opt.test_unsafe_no_fork_fence))
 		return;   /* test hook: tests/torture.cmake shows repro_fork_store failing */
+	dd_fork_serialize();
 	pthread_mutex_lock(&eng.lock);
 	child_room();
 	atomic_store(&eng.forking, true);
@@ -831,6 +867,7 @@ static void postfork_parent(void)
 {
 	atomic_store(&eng.forking, false);
 	atomic_store(&eng.fork_snap_failed, false);
+	fork_unserialize(false);
 }
 
 static void postfork_child(void)
@@ -848,6 +885,7 @@ static void postfork_child(void)
 	pthread_mutexattr_destroy(&adaptive);
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
+	fork_unserialize(true);
 	dd_fd_close(&eng.uffd);
 	/* the parent's group connection and segments are the parent's */
 	dd_group_atfork_child();

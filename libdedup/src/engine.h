@@ -92,6 +92,7 @@ void dd_creds_sync(unsigned others, void (*wake_others)(void));
 void dd_creds_follow(void);
 void dd_creds_thread_start(void);
 void dd_engine_child_reset(void);
+void dd_fork_serialize(void);   /* atfork prepare handlers: one fork() at a time */
 void dd_engine_account_cpu(uint64_t *last);
 bool dd_engine_uffd_back(void);   /* eng.gate held: eng.uffd ours again? */
 int dd_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);   /* signals blocked */
