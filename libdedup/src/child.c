@@ -428,6 +428,9 @@ static bool pieces_reserve(size_t n)
 				     ncap * sizeof(*cg.pieces));
 	if (p == MAP_FAILED)
 		return false;
+	/* ours, not the program's: the preload library leaves "dd" alone
+	 * (it registered this table as heap memory before) */
+	dd_os_madvise(p, ncap * sizeof(*cg.pieces), MADV_DONTDUMP);
 	cg.pieces = p;
 	cg.cap = ncap;
 	return true;
