@@ -48,7 +48,7 @@ endfunction()
 foreach(p pl_workload pl_dontneed pl_madv_free pl_mremap pl_fork pl_fork_child pl_exec pl_uffd_app
           pl_exclude pl_semantics pl_leave_alone
           pl_jemalloc pl_plain pl_fork_alloc_lock pl_daemon pl_lazy pl_sparse pl_fork_full
-          pl_unmerge_scale pl_unmerge_part pl_calls pl_fstat pl_share pl_enomem)
+          pl_unmerge_scale pl_unmerge_part pl_calls pl_hole pl_fork_threads pl_fstat pl_share pl_enomem)
   pl_program(${p})
 endforeach()
 
@@ -147,6 +147,13 @@ pl_test(preload_unmerge_part PROGRAM pl_unmerge_part)
 foreach(seed 1 2)
   pl_test(preload_calls_${seed} PROGRAM pl_calls ARGS ${seed} 3000 TIMEOUT 300)
 endforeach()
+# The same calls from four threads at once, each on an arena of its own: they
+# race each other, the engine and the reader (docs/preload.md, Tests)
+pl_test(preload_calls_threads PROGRAM pl_calls ARGS 3 2000 4 TIMEOUT 400)
+# A hole the program makes while merges go on stays free for it to map again
+pl_test(preload_hole PROGRAM pl_hole TIMEOUT 300)
+# fork() from four threads at once: each child sees its thread's discards
+pl_test(preload_fork_threads PROGRAM pl_fork_threads TIMEOUT 300)
 # fork() used to deadlock when a thread holding a jemalloc mutex waited in a
 # userfault only the uffd reader resolves, while libdedup's fork handlers held
 # eng.gate and jemalloc's waited for the mutex (hung in about 1 run of 4-8,
