@@ -13,6 +13,7 @@
  *   DEDUP_FORCE_USER_ONLY=1    act as if only a user-mode-only uffd existed
  *   DEDUP_FORCE_DIRECT_READ=1  compare moved pages in place, not via process_vm_readv
  *   DEDUP_FORCE_MAPS_TEXT=1    read the text of /proc/self/maps, not PROCMAP_QUERY
+ *   DEDUP_TEST_FAR_SPAN=BYTES  our own mapping area that small ("Where our mappings go")
  *
  * Thread-safety: stateless apart from dd_feat (written at init) and the
  * pagemap fd (opened at init, used under eng.lock).
@@ -125,6 +126,9 @@ static void far_init(void)
 	uintptr_t span = top / 16 < ((uintptr_t)1 << 40) ? top / 16 : (uintptr_t)1 << 40;
 	if (span < gib)
 		return;   /* a small address space: the kernel chooses */
+	const char *t = getenv("DEDUP_TEST_FAR_SPAN");   /* a small area: wraps soon */
+	if (t && strtoull(t, NULL, 0) >= ((uint64_t)1 << 20))
+		span = (uintptr_t)strtoull(t, NULL, 0);
 	/* a random start in [top/2, top/2 + top/16): the bits ASLR gave the
 	 * stack and the clock, mixed */
 	uint64_t x = ((uint64_t)top >> 12) ^ dd_now_ns();
@@ -156,14 +160,11 @@ static uintptr_t far_take(size_t len)
 	size_t step = ((len + DD_PAGE - 1) & ~(DD_PAGE - 1)) + DD_PAGE;   /* a free page between ours */
 	if (step > (far_hi - far_lo) / 4)
 		return 0;
-	uintptr_t a = atomic_load(&far_next), n;
-	do {
+	uintptr_t cur = atomic_load(&far_next), a, n;
+	do {   /* a failed exchange loads the cursor into cur */
+		a = cur + step > far_hi ? far_lo : cur;   /* wrap */
 		n = a + step;
-		if (n > far_hi) {
-			a = far_lo;
-			n = a + step;
-		}
-	} while (!atomic_compare_exchange_weak(&far_next, &a, n) && (a = atomic_load(&far_next), 1));
+	} while (!atomic_compare_exchange_weak(&far_next, &cur, n));
 	return a;
 }
 
