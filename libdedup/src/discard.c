@@ -233,10 +233,16 @@ static void announce(uintptr_t a, uintptr_t b)
  * (dd_discard_free_begin/end); the event, read while the call waits for it,
  * finds the call in this table (the entry stays until the reader has
  * handled it: seen gone too early, it marked - pl_calls, 1 run in 8).
+ * An entry is read under its sequence count: read as lo of one call and hi
+ * of the next one to take the slot, it could cover another thread's
+ * MADV_DONTNEED, whose merged pages would then not be marked and read their
+ * old content (by reading the code, chasing the one pl_calls failure left
+ * with four threads, 2026-12-08).
  * Limit: a raw MADV_FREE system call that no interposer sees still marks.
  */
 #define FREEING_MAX 16
 static struct {
+	_Atomic uint64_t seq;       /* odd while lo and hi are one call's */
 	_Atomic uintptr_t lo, hi;   /* lo 0: a free entry; 1: being taken */
 } freeing[FREEING_MAX];
 
@@ -248,6 +254,7 @@ int dd_discard_free_begin(uintptr_t lo, uintptr_t hi)
 			continue;
 		atomic_store(&freeing[k].hi, hi);
 		atomic_store(&freeing[k].lo, lo > 1 ? lo : 2);
+		atomic_fetch_add(&freeing[k].seq, 1);   /* odd: in use */
 		return k;
 	}
 	return -1;   /* full: its events mark, as before */
@@ -273,14 +280,29 @@ void dd_discard_free_end(int k)
 	} else {
 		dd_child_events_handled();
 	}
+	atomic_fetch_add(&freeing[k].seq, 1);   /* even: lo and hi no longer say */
 	atomic_store(&freeing[k].lo, 0);
+}
+
+/* A fork()ed child: calls that other threads had under way are not its
+ * own (those threads are not there): their entries would keep its
+ * discards unmarked. */
+void dd_discard_free_atfork_child(void)
+{
+	for (int k = 0; k < FREEING_MAX; k++) {
+		atomic_store(&freeing[k].seq, 0);
+		atomic_store(&freeing[k].lo, 0);
+	}
 }
 
 bool dd_discard_freeing(uintptr_t a, uintptr_t b)
 {
 	for (int k = 0; k < FREEING_MAX; k++) {
-		uintptr_t lo = atomic_load(&freeing[k].lo);
-		if (lo > 1 && lo <= a && b <= atomic_load(&freeing[k].hi))
+		uint64_t s = atomic_load(&freeing[k].seq);
+		if (!(s & 1))
+			continue;
+		uintptr_t lo = atomic_load(&freeing[k].lo), hi = atomic_load(&freeing[k].hi);
+		if (atomic_load(&freeing[k].seq) == s && lo <= a && b <= hi)
 			return true;
 	}
 	return false;

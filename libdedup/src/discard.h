@@ -13,6 +13,7 @@ void dd_discard_removed(uintptr_t a, uintptr_t b);
 int dd_discard_free_begin(uintptr_t lo, uintptr_t hi);   /* MADV_FREE in flight: no gate */
 void dd_discard_free_end(int k);
 bool dd_discard_freeing(uintptr_t a, uintptr_t b);        /* no gate */
+void dd_discard_free_atfork_child(void);   /* engine.c, postfork_child */
 void dd_discard_moved(uintptr_t from, uintptr_t to, size_t len);   /* a REMAP event */
 bool dd_discard_marked(uintptr_t a);
 void dd_discard_refilled(uintptr_t a);

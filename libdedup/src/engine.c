@@ -886,6 +886,7 @@ static void postfork_child(void)
 	pthread_mutex_init(&eng.lock, NULL);
 	atomic_store(&eng.forking, false);
 	fork_unserialize(true);
+	dd_discard_free_atfork_child();
 	dd_fd_close(&eng.uffd);
 	/* the parent's group connection and segments are the parent's */
 	dd_group_atfork_child();
